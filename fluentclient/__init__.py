@@ -1,0 +1,38 @@
+"""fluentclient: ship structured events to Fluentd and Fluent Bit over the forward protocol."""
+
+from .backoff import Backoff
+from .client import BufferedClient, SyncClient
+from .errors import (
+    BufferFullError,
+    ClientClosedError,
+    FluentConnectionError,
+    FluentError,
+    FluentTimeoutError,
+    InvalidTagError,
+    InvalidTimeError,
+    RecordTooLargeError,
+    SerializationError,
+)
+from .message import EventTime, Message
+from .stats import ShutdownReport, Stats
+
+__all__ = [
+    "Backoff",
+    "BufferFullError",
+    "BufferedClient",
+    "ClientClosedError",
+    "EventTime",
+    "FluentConnectionError",
+    "FluentError",
+    "FluentTimeoutError",
+    "InvalidTagError",
+    "InvalidTimeError",
+    "Message",
+    "RecordTooLargeError",
+    "SerializationError",
+    "ShutdownReport",
+    "Stats",
+    "SyncClient",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,224 @@
+"""The hand-over between the reader thread and the writer thread.
+
+The reader appends serialized entries, grouped by tag; the writer takes whole frames and
+later releases them (the peer took them) or puts them back (the connection failed before
+the peer took them). Everything held here, taken frames included, counts against the
+limit, so memory stays bounded whatever the server does. All state is guarded by
+``lock``; ``changed`` wakes the writer and ``done`` wakes callers of ``flush()``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+
+from .framing import frame_overhead, packed_forward_frame
+
+
+class Frame:
+    """A whole PackedForward frame and what it carries."""
+
+    __slots__ = ("tag", "data", "records", "first_seq", "entry_bytes")
+
+    def __init__(self, tag: str, data: bytes, records: int, first_seq: int, entry_bytes: int):
+        self.tag = tag
+        self.data = data
+        self.records = records
+        self.first_seq = first_seq
+        self.entry_bytes = entry_bytes
+
+
+class _Gathering:
+    """Entries of one tag that are not yet a frame."""
+
+    __slots__ = ("entries", "records", "first_seq", "limit")
+
+    def __init__(self, first_seq: int, limit: int) -> None:
+        self.entries = bytearray()
+        self.records = 0
+        self.first_seq = first_seq
+        self.limit = limit
+
+
+class Buffer:
+    def __init__(
+        self, *, limit: int, write_threshold: int, max_frame_size: int, str_entries: bool = False
+    ) -> None:
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.done = threading.Condition(self.lock)
+        self.limit = limit
+        self.write_threshold = write_threshold
+        self.max_frame_size = max_frame_size
+        self._str_entries = str_entries
+        self._gathering: dict[str, _Gathering] = {}
+        self._ready: deque[Frame] = deque()
+        self._taken: dict[int, Frame] = {}
+        self._payload_limits: dict[str, int] = {}
+        # Bytes and records not yet taken by the writer ("pending") and all held ("held").
+        self.pending_bytes = 0
+        self.pending_records = 0
+        self.held_bytes = 0
+        self.held_records = 0
+        # Records get consecutive numbers as they enter, so flush() can wait for a prefix.
+        self.next_seq = 0
+        self.oldest_pending: float | None = None
+        self.flush_until = -1
+
+    # -- reader side (lock held by the caller) -------------------------------------------
+
+    def payload_limit(self, tag: str) -> int:
+        limit = self._payload_limits.get(tag)
+        if limit is None:
+            limit = self.max_frame_size - frame_overhead(tag)
+            if len(self._payload_limits) < 4096:
+                self._payload_limits[tag] = limit
+        return limit
+
+    def add_locked(self, tag: str, entry: bytes) -> bool:
+        """Append one entry; False when it would pass the limit."""
+        size = len(entry)
+        if self.held_bytes + size > self.limit:
+            return False
+        gathering = self._gathering.get(tag)
+        if gathering is None:
+            gathering = self._gathering[tag] = _Gathering(self.next_seq, self.payload_limit(tag))
+        elif len(gathering.entries) + size > gathering.limit:
+            self._seal(tag, gathering)
+            gathering = self._gathering[tag] = _Gathering(self.next_seq, gathering.limit)
+        gathering.entries += entry
+        gathering.records += 1
+        self.next_seq += 1
+        if self.oldest_pending is None:
+            self.oldest_pending = time.monotonic()
+        self.pending_bytes += size
+        self.pending_records += 1
+        self.held_bytes += size
+        self.held_records += 1
+        return True
+
+    def _seal(self, tag: str, gathering: _Gathering) -> None:
+        data = packed_forward_frame(
+            tag, gathering.entries, gathering.records, str_entries=self._str_entries
+        )
+        self._ready.append(
+            Frame(tag, data, gathering.records, gathering.first_seq, len(gathering.entries))
+        )
+
+    # -- writer side ---------------------------------------------------------------------
+
+    def due_in(self, now: float, flush_interval: float) -> float | None:
+        """Seconds until a write is due (0: now), or None when nothing is pending."""
+        if not self.pending_records:
+            return None
+        if self.pending_bytes >= self.write_threshold or self.flush_until >= 0:
+            return 0.0
+        assert self.oldest_pending is not None
+        return max(0.0, self.oldest_pending + flush_interval - now)
+
+    def take_locked(self, max_bytes: int) -> list[Frame]:
+        """Take ready frames, then whole-tag gatherings, up to about ``max_bytes``."""
+        frames: list[Frame] = []
+        size = 0
+        while self._ready and (not frames or size < max_bytes):
+            frame = self._ready.popleft()
+            frames.append(frame)
+            size += frame.entry_bytes
+        if size < max_bytes:
+            for tag, gathering in list(self._gathering.items()):
+                if frames and size >= max_bytes:
+                    break
+                del self._gathering[tag]
+                self._seal(tag, gathering)
+                frame = self._ready.pop()
+                frames.append(frame)
+                size += frame.entry_bytes
+        for frame in frames:
+            self._taken[id(frame)] = frame
+            self.pending_bytes -= frame.entry_bytes
+            self.pending_records -= frame.records
+        if not self.pending_records:
+            self.oldest_pending = None
+        return frames
+
+    def release(self, frames: Sequence[Frame]) -> None:
+        """The writer is done with these frames: the peer took them, or they were given up."""
+        with self.lock:
+            for frame in frames:
+                if self._taken.pop(id(frame), None) is not None:
+                    self.held_bytes -= frame.entry_bytes
+                    self.held_records -= frame.records
+            self._after_progress()
+
+    def requeue(self, frames: Sequence[Frame]) -> None:
+        """Put frames back, oldest first, to be sent again whole on the next connection."""
+        if not frames:
+            return
+        with self.lock:
+            for frame in reversed(frames):
+                if self._taken.pop(id(frame), None) is not None:
+                    self._ready.appendleft(frame)
+                    self.pending_bytes += frame.entry_bytes
+                    self.pending_records += frame.records
+            # Requeued frames are overdue already.
+            self.oldest_pending = float("-inf")
+            self._after_progress()
+
+    def _after_progress(self) -> None:
+        if self.flush_until >= 0 and not self._taken_before(self.flush_until):
+            self.flush_until = -1
+        self.done.notify_all()
+
+    def _taken_before(self, seq: int) -> bool:
+        """Whether any record numbered below ``seq`` is still held."""
+        for frame in self._taken.values():
+            if frame.first_seq < seq:
+                return True
+        for frame in self._ready:
+            if frame.first_seq < seq:
+                return True
+        for gathering in self._gathering.values():
+            if gathering.first_seq < seq:
+                return True
+        return False
+
+    def holds_before(self, seq: int) -> bool:
+        with self.lock:
+            return self._taken_before(seq)
+
+    # -- flush and shutdown --------------------------------------------------------------
+
+    def request_flush(self) -> int:
+        """Ask the writer to write everything now; returns the sequence to wait for."""
+        with self.lock:
+            self.flush_until = max(self.flush_until, self.next_seq)
+            self.changed.notify_all()
+            return self.next_seq
+
+    def wait_flushed(self, seq: int, deadline: float | None) -> bool:
+        with self.lock:
+            while self._taken_before(seq):
+                if deadline is None:
+                    self.done.wait(1.0)
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self.done.wait(remaining)
+            return True
+
+    def drain_all(self) -> tuple[int, int]:
+        """Remove everything held (used once the writer is gone); returns records, bytes."""
+        with self.lock:
+            records, nbytes = self.held_records, self.held_bytes
+            self._gathering.clear()
+            self._ready.clear()
+            self._taken.clear()
+            self.pending_bytes = self.pending_records = 0
+            self.held_bytes = self.held_records = 0
+            self.oldest_pending = None
+            self.flush_until = -1
+            self.done.notify_all()
+            return records, nbytes

@@ -1,0 +1,613 @@
+"""The two clients: :class:`BufferedClient` (never blocks) and :class:`SyncClient`.
+
+Threads of a BufferedClient and what each owns::
+
+    caller threads   post(): check the tag, build a Message, put it on the queue
+          |          (a SimpleQueue: no lock of ours, and it wakes the reader)
+          v
+    reader thread    owns the packer; packs a batch, then appends it to the buffer
+          |          under buffer.lock and notifies buffer.changed when a write is due
+          v
+    writer thread    owns the connection; waits on buffer.changed (threshold reached,
+                     flush interval passed, flush() or shutdown), takes whole frames
+                     under the lock, writes them with the lock released, then releases
+                     or requeues them (buffer.done wakes flush() callers)
+
+Shutdown is a state change in :class:`Lifecycle` made under buffer.lock plus a
+notify_all, and a STOP marker on the queue for the reader. Past the deadline the
+shutting-down thread aborts the writer's socket itself, so it never waits on I/O.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import re
+import threading
+import time as _time
+import weakref
+from collections.abc import Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FuturesTimeout
+from types import TracebackType
+from typing import Any, Callable, Optional
+
+from .backoff import Backoff
+from .buffer import Buffer
+from .connection import Address, Connection, SendError
+from .errors import (
+    BufferFullError,
+    ClientClosedError,
+    FluentConnectionError,
+    FluentError,
+    FluentTimeoutError,
+    InvalidTagError,
+)
+from .framing import Default, EntryPacker, frame_overhead, packed_forward_frame
+from .lifecycle import Lifecycle
+from .message import Message, TimeLike, time_to_ns
+from .reader import STOP, Reader
+from .stats import (
+    DROP_BUFFER_FULL,
+    DROP_CLOSED,
+    Counters,
+    ShutdownReport,
+    Stats,
+)
+from .writer import Writer
+
+log = logging.getLogger("fluentclient")
+
+ErrorCallback = Callable[[FluentError, Optional[Message]], None]
+
+_TAG = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\Z")
+_MAX_TAG = 1024
+_TAG_CACHE = 10_000
+_MiB = 1024 * 1024
+# Queued messages past which post() lets the reader run before queueing more.
+_YIELD_AT = 256
+_sleep = _time.sleep
+
+
+class _TagChecker:
+    """Validates tags once and remembers the good ones, so post() pays a dict lookup."""
+
+    __slots__ = ("_prefix", "_known")
+
+    def __init__(self, prefix: str | None) -> None:
+        if prefix is not None:
+            prefix = self._check(prefix, "tag_prefix")
+        self._prefix = prefix
+        self._known: dict[str, str] = {}
+
+    @staticmethod
+    def _check(tag: object, what: str = "tag") -> str:
+        if not isinstance(tag, str):
+            raise InvalidTagError(f"{what} must be a str, not {type(tag).__name__}")
+        if not tag or len(tag) > _MAX_TAG or not _TAG.match(tag):
+            raise InvalidTagError(
+                f"{what} {tag!r} is not dot-separated parts of letters, digits, '_' and '-'"
+            )
+        return tag
+
+    def __call__(self, tag: str) -> str:
+        full = self._known.get(tag)
+        if full is None:
+            full = self._check(tag)
+            if self._prefix:
+                full = f"{self._prefix}.{full}"
+            if len(self._known) < _TAG_CACHE:
+                self._known[tag] = full
+        return full
+
+
+def _address(host: str, port: int, unix_path: str | None) -> Address:
+    return unix_path if unix_path is not None else (host, port)
+
+
+def _call_on_error(
+    callback: ErrorCallback | None, err: FluentError, msg: Message | None
+) -> None:
+    if callback is None:
+        return
+    try:
+        callback(err, msg)
+    except Exception:
+        log.exception("fluentclient: the on_error callback raised")
+
+
+_live_clients: weakref.WeakSet[BufferedClient] = weakref.WeakSet()
+
+
+class BufferedClient:
+    """Posts records without ever blocking; a reader and a writer thread do the rest.
+
+    ``post()`` returns at once whatever the server does. Records are packed into
+    PackedForward frames of at most ``max_frame_size`` bytes and written when
+    ``write_threshold`` bytes are waiting or ``flush_interval`` seconds have passed since
+    the oldest unsent one. Memory is bounded by ``buffer_limit``, which also covers what
+    still waits to be packed; past it new records are dropped and counted. Every record
+    ends up counted in :meth:`stats` as sent, dropped, possibly lost or unsent.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 24224,
+        *,
+        unix_path: str | None = None,
+        tag_prefix: str | None = None,
+        buffer_limit: int = 8 * _MiB,
+        write_threshold: int = 8 * 1024,
+        flush_interval: float = 0.1,
+        max_frame_size: int = _MiB,
+        connect_timeout: float = 5.0,
+        write_timeout: float = 5.0,
+        backoff: Backoff = Backoff(),
+        on_error: ErrorCallback | None = None,
+        default: Default = None,
+        shutdown_timeout: float = 5.0,
+        int_time: bool = False,
+        at_exit: bool = True,
+    ) -> None:
+        if max_frame_size < 1024 or max_frame_size > 6_000_000:
+            # fluent-bit drops connections carrying frames over 6,144,000 bytes.
+            raise ValueError("max_frame_size must be between 1 KiB and 6,000,000 bytes")
+        if buffer_limit < 1024:
+            raise ValueError("buffer_limit must be at least 1 KiB")
+        # A frame never needs to be larger than everything the buffer may hold.
+        max_frame_size = min(max_frame_size, buffer_limit)
+        if write_threshold <= 0 or flush_interval <= 0:
+            raise ValueError("write_threshold and flush_interval must be positive")
+        if connect_timeout <= 0 or write_timeout <= 0 or shutdown_timeout < 0:
+            raise ValueError("timeouts must be positive")
+        self._address = _address(host, port, unix_path)
+        self._tags = _TagChecker(tag_prefix)
+        self._options: dict[str, Any] = dict(
+            buffer_limit=buffer_limit,
+            write_threshold=write_threshold,
+            flush_interval=flush_interval,
+            max_frame_size=max_frame_size,
+            connect_timeout=connect_timeout,
+            write_timeout=write_timeout,
+            backoff=backoff,
+            default=default,
+            int_time=int_time,
+        )
+        self._on_error = on_error
+        self.shutdown_timeout = shutdown_timeout
+        self._shutdown_lock = threading.Lock()
+        self._report: ShutdownReport | None = None
+        self._fresh()
+        _live_clients.add(self)
+        if at_exit:
+            _register_at_exit(self)
+
+    def _fresh(self) -> None:
+        """Build the queue, buffer and threads (not started): at init and after fork."""
+        o = self._options
+        self._closing = False
+        self._life = Lifecycle()
+        self._counters = Counters()
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._buffer = Buffer(
+            limit=o["buffer_limit"],
+            write_threshold=o["write_threshold"],
+            max_frame_size=o["max_frame_size"],
+        )
+        packer = EntryPacker(default=o["default"], int_time=o["int_time"])
+        self._reader = Reader(self._queue, self._buffer, self._life, packer, self._fail)
+        self._writer = Writer(
+            self._address,
+            self._buffer,
+            self._life,
+            self._counters,
+            flush_interval=o["flush_interval"],
+            connect_timeout=o["connect_timeout"],
+            write_timeout=o["write_timeout"],
+            backoff=o["backoff"],
+            max_write=max(o["max_frame_size"], _MiB),
+        )
+        self._started = False
+        self._start_lock = threading.Lock()
+        self._stranded = 0
+
+    def _start(self) -> None:
+        # Threads start on first use, so a client made at import time in a preforking
+        # server (gunicorn --preload) has no threads when the fork happens.
+        with self._start_lock:
+            if not self._started:
+                self._reader.thread.start()
+                self._writer.thread.start()
+                self._started = True
+
+    # -- posting -------------------------------------------------------------------------
+
+    def post(
+        self,
+        tag: str,
+        record: Mapping[str, Any],
+        *,
+        time: TimeLike | None = None,
+        sync_append: bool = False,
+        timeout: float | None = None,
+    ) -> bool:
+        """Queue one record; True if it was taken, False if it was dropped (and counted).
+
+        With ``sync_append=True`` the call returns only once the record is in the buffer,
+        and raises the reason when it cannot be: :class:`SerializationError`,
+        :class:`BufferFullError`, :class:`RecordTooLargeError`, :class:`ClientClosedError`,
+        or :class:`FluentTimeoutError` after ``timeout`` seconds (the record may still be
+        buffered later). An invalid tag or time always raises at once.
+        """
+        full_tag = self._tags(tag)
+        time_ns = _time.time_ns() if time is None else time_to_ns(time)
+        if self._closing:
+            err: FluentError = ClientClosedError("the client is shut down")
+            self._fail(DROP_CLOSED, err, None)
+            if sync_append:
+                raise err
+            return False
+        if not self._started:
+            self._start()
+        buf = self._buffer
+        queued = self._queue.qsize()
+        if queued > _YIELD_AT:
+            # Posts are outrunning serialization: give the reader the GIL for a moment
+            # rather than let the queue grow into drops. This waits on no I/O.
+            _sleep(0)
+        if buf.held_bytes + queued * self._reader.mean_entry >= buf.limit:
+            err = BufferFullError(f"buffer_limit of {buf.limit} bytes reached")
+            self._fail(DROP_BUFFER_FULL, err, None)
+            if sync_append:
+                raise err
+            return False
+        if not sync_append:
+            self._queue.put(Message(full_tag, record, time_ns))
+            return True
+        waiter: Future[None] = Future()
+        self._queue.put(Message(full_tag, record, time_ns, waiter))
+        try:
+            waiter.result(timeout)
+        except FuturesTimeout:
+            raise FluentTimeoutError(
+                f"the record did not reach the buffer within {timeout} s"
+            ) from None
+        return True
+
+    def _fail(self, reason: str, err: FluentError, msg: Message | None) -> None:
+        """Account for a record that will not be sent, and tell whoever listens."""
+        self._counters.drop(reason, refused=msg is None)
+        if msg is not None and msg.waiter is not None:
+            msg.waiter.set_exception(err)
+        _call_on_error(self._on_error, err, msg)
+
+    # -- flushing and stopping -----------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Write everything posted before this call; False if ``timeout`` ran out first.
+
+        Written means the server's host has taken the bytes (where the OS can tell).
+        """
+        if not self._started:
+            return True
+        deadline = None if timeout is None else _time.monotonic() + timeout
+        # Everything posted before now must first pass through the reader.
+        target = self._reader.taken + self._queue.qsize()
+        with self._buffer.lock:
+            while self._reader.taken < target and not self._life.reader_done:
+                remaining = 0.005 if deadline is None else min(0.005, deadline - _time.monotonic())
+                if remaining <= 0:
+                    return False
+                self._buffer.done.wait(remaining)
+        seq = self._buffer.request_flush()
+        return self._buffer.wait_flushed(seq, deadline)
+
+    def shutdown(self, timeout: float | None = None) -> ShutdownReport:
+        """Stop taking records, send what is held until the deadline, and report.
+
+        Returns on time even if the server is stuck: at the deadline the writer's socket is
+        aborted and whatever was not sent is counted in the report. Idempotent.
+        """
+        with self._shutdown_lock:
+            if self._report is not None:
+                return self._report
+            timeout = self.shutdown_timeout if timeout is None else timeout
+            deadline = _time.monotonic() + max(0.0, timeout)
+            self._closing = True
+            timed_out = False
+            if self._started:
+                timed_out = not self._stop_threads(deadline, drain=True)
+            self._report = self._final_report(timed_out)
+            _live_clients.discard(self)
+            return self._report
+
+    def close(self) -> None:
+        """Stop at once without sending what is still held; it is counted as unsent."""
+        with self._shutdown_lock:
+            if self._report is not None:
+                return
+            self._closing = True
+            if self._started:
+                self._stop_threads(_time.monotonic(), drain=False)
+            self._report = self._final_report(timed_out=False)
+            _live_clients.discard(self)
+
+    def _stop_threads(self, deadline: float, *, drain: bool) -> bool:
+        buf, life = self._buffer, self._life
+        self._queue.put(STOP)
+        with buf.lock:
+            life.drain_deadline = deadline
+            if not drain:
+                life.abandoned = True
+            buf.changed.notify_all()
+        for thread in (self._reader.thread, self._writer.thread):
+            thread.join(max(0.0, deadline - _time.monotonic()))
+        clean = not self._writer.thread.is_alive() and not self._reader.thread.is_alive()
+        if not clean or not drain:
+            with buf.lock:
+                life.abandoned = True
+                buf.changed.notify_all()
+            self._writer.abort()
+            # A short grace so the threads settle their own counts before we report.
+            for thread in (self._reader.thread, self._writer.thread):
+                thread.join(0.25)
+        return clean
+
+    def _final_report(self, timed_out: bool) -> ShutdownReport:
+        stranded = 0
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, Message):
+                stranded += 1
+                if item.waiter is not None:
+                    item.waiter.set_exception(ClientClosedError("the client shut down"))
+        records, nbytes = self._buffer.drain_all()
+        c = self._counters
+        with c.lock:
+            c.unsent += records + stranded
+            c.unsent_bytes += nbytes
+            self._stranded += stranded
+            return ShutdownReport(
+                sent=c.sent,
+                unsent_records=c.unsent,
+                unsent_bytes=c.unsent_bytes,
+                possibly_lost=c.possibly_lost,
+                dropped=dict(c.dropped),
+                timed_out=timed_out,
+            )
+
+    # -- observing -----------------------------------------------------------------------
+
+    def stats(self) -> Stats:
+        c = self._counters
+        entered = self._reader.taken + self._stranded + self._queue.qsize()
+        with c.lock:
+            posted = entered + c.refused
+            dropped = dict(c.dropped)
+            # Whatever is not accounted for yet is still on its way: queued, buffered,
+            # or written but not yet known to have reached the server.
+            on_its_way = posted - c.sent - sum(dropped.values()) - c.unsent - c.possibly_lost
+            return Stats(
+                posted=posted,
+                sent=c.sent,
+                dropped=dropped,
+                unsent=c.unsent,
+                possibly_lost=c.possibly_lost,
+                buffered=max(0, on_its_way),
+                buffered_bytes=self._buffer.held_bytes,
+                retried=c.retried,
+                frames_sent=c.frames_sent,
+                bytes_sent=c.bytes_sent,
+                connects=c.connects,
+                connect_failures=c.connect_failures,
+                connection_failures=c.connection_failures,
+            )
+
+    def __enter__(self) -> BufferedClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown()
+
+    # -- process events ------------------------------------------------------------------
+
+    def _after_fork_in_child(self) -> None:
+        # The parent still owns and sends what it buffered; the child starts empty, with
+        # fresh locks (a lock held by a parent thread at fork time would never be freed).
+        self._shutdown_lock = threading.Lock()
+        self._report = None
+        self._fresh()
+
+
+def _register_at_exit(client: BufferedClient) -> None:
+    ref = weakref.ref(client)
+
+    def at_exit() -> None:
+        c = ref()
+        if c is not None and c._report is None and c._started:
+            report = c.shutdown(c.shutdown_timeout)
+            if not report.complete:
+                log.warning(
+                    "fluentclient: at exit %d records were not sent, %d possibly lost, "
+                    "%d dropped",
+                    report.unsent_records, report.possibly_lost, sum(report.dropped.values()),
+                )
+
+    atexit.register(at_exit)
+
+
+def _reinit_in_child() -> None:
+    for client in list(_live_clients):
+        client._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_in_child)
+
+
+class SyncClient:
+    """Sends each record on the caller's thread and raises when it cannot.
+
+    Uses the same :class:`Message`, packer and frames as :class:`BufferedClient`; each
+    ``post()`` writes one PackedForward frame. A connection that failed is replaced on the
+    next call; a write that fails on a reused connection is tried once more on a new one,
+    since a server that went away is only noticed when writing.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 24224,
+        *,
+        unix_path: str | None = None,
+        tag_prefix: str | None = None,
+        connect_timeout: float = 5.0,
+        write_timeout: float = 5.0,
+        default: Default = None,
+        int_time: bool = False,
+        max_frame_size: int = _MiB,
+    ) -> None:
+        self._address = _address(host, port, unix_path)
+        self._tags = _TagChecker(tag_prefix)
+        self._packer = EntryPacker(default=default, int_time=int_time)
+        self._connect_timeout = connect_timeout
+        self._write_timeout = write_timeout
+        self._max_frame_size = max_frame_size
+        self._lock = threading.Lock()
+        self._conn: Connection | None = None
+        self._counters = Counters()
+        self._posted = 0
+        self._closed = False
+
+    def post(
+        self,
+        tag: str,
+        record: Mapping[str, Any],
+        *,
+        time: TimeLike | None = None,
+        sync_append: bool = False,
+        timeout: float | None = None,
+    ) -> bool:
+        """Send one record now; raises a :class:`FluentError` if it cannot be sent.
+
+        ``timeout`` caps the whole call (connect and write); ``sync_append`` is accepted
+        for symmetry with the buffered client, since this call is synchronous anyway.
+        """
+        full_tag = self._tags(tag)
+        time_ns = _time.time_ns() if time is None else time_to_ns(time)
+        if self._closed:
+            raise ClientClosedError("the client is closed")
+        entry = self._packer_pack(Message(full_tag, record, time_ns))
+        if len(entry) + frame_overhead(full_tag) > self._max_frame_size:
+            from .errors import RecordTooLargeError
+
+            raise RecordTooLargeError(
+                f"a {len(entry)}-byte record does not fit in a frame of "
+                f"{self._max_frame_size} bytes"
+            )
+        frame = packed_forward_frame(full_tag, entry, 1)
+        start = _time.monotonic()
+        with self._lock:
+            self._posted += 1
+            self._send(frame, start, timeout)
+        with self._counters.lock:
+            self._counters.sent += 1
+            self._counters.frames_sent += 1
+            self._counters.bytes_sent += len(frame)
+        return True
+
+    def _packer_pack(self, message: Message) -> bytes:
+        with self._lock:
+            return self._packer.pack(message)
+
+    def _deadline(self, start: float, step: float, timeout: float | None) -> float:
+        deadline = _time.monotonic() + step
+        return deadline if timeout is None else min(deadline, start + timeout)
+
+    def _send(self, frame: bytes, start: float, timeout: float | None) -> None:
+        for attempt in (0, 1):
+            conn = self._conn
+            reused = conn is not None
+            if conn is not None and conn.peer_closed():
+                conn.close()
+                conn = self._conn = None
+                reused = False
+            if conn is None:
+                conn = Connection(self._address)
+                try:
+                    conn.connect(self._deadline(start, self._connect_timeout, timeout))
+                except FluentError:
+                    with self._counters.lock:
+                        self._counters.connect_failures += 1
+                    raise
+                self._conn = conn
+                with self._counters.lock:
+                    self._counters.connects += 1
+            try:
+                conn.send(frame, self._deadline(start, self._write_timeout, timeout))
+                return
+            except SendError as exc:
+                conn.close()
+                self._conn = None
+                with self._counters.lock:
+                    self._counters.connection_failures += 1
+                if not (reused and attempt == 0 and exc.written == 0):
+                    raise
+        raise FluentConnectionError("unreachable")  # pragma: no cover
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Nothing is ever held: every post() has already been written."""
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> ShutdownReport:
+        with self._lock:
+            conn, self._conn = self._conn, None
+            self._closed = True
+        if conn is not None:
+            conn.close_gracefully(_time.monotonic() + (5.0 if timeout is None else timeout))
+        c = self._counters
+        with c.lock:
+            return ShutdownReport(
+                sent=c.sent, unsent_records=0, unsent_bytes=0, possibly_lost=0,
+                dropped=dict(c.dropped), timed_out=False,
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+            self._closed = True
+        if conn is not None:
+            conn.close()
+
+    def stats(self) -> Stats:
+        c = self._counters
+        with c.lock:
+            return Stats(
+                posted=self._posted, sent=c.sent, dropped=dict(c.dropped), unsent=0,
+                possibly_lost=0, buffered=0, buffered_bytes=0, retried=0,
+                frames_sent=c.frames_sent, bytes_sent=c.bytes_sent, connects=c.connects,
+                connect_failures=c.connect_failures,
+                connection_failures=c.connection_failures,
+            )
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown()

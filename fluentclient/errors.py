@@ -1,0 +1,44 @@
+"""The one exception hierarchy of fluentclient.
+
+Every error the library raises derives from :class:`FluentError` and, where a builtin
+means the same thing, from that builtin too, so ``except ValueError`` keeps working for
+callers who do not know about this library.
+"""
+
+from __future__ import annotations
+
+
+class FluentError(Exception):
+    """Base class of every error raised by fluentclient."""
+
+
+class InvalidTagError(FluentError, ValueError):
+    """The tag is not a non-empty dot-separated string of ``[A-Za-z0-9_-]`` parts."""
+
+
+class InvalidTimeError(FluentError, ValueError):
+    """The event time cannot be sent as a forward-protocol EventTime."""
+
+
+class SerializationError(FluentError, TypeError):
+    """The record is not a mapping, or msgpack cannot serialize something inside it."""
+
+
+class RecordTooLargeError(FluentError, ValueError):
+    """One serialized record does not fit in a frame of ``max_frame_size`` bytes."""
+
+
+class BufferFullError(FluentError, BufferError):
+    """The buffer (including what waits to enter it) has reached ``buffer_limit``."""
+
+
+class ClientClosedError(FluentError, RuntimeError):
+    """The client is shutting down or closed and takes no new records."""
+
+
+class FluentTimeoutError(FluentError, TimeoutError):
+    """A wait with a deadline (``sync_append``, ``flush``, the sync client's I/O) ran out."""
+
+
+class FluentConnectionError(FluentError, ConnectionError):
+    """Connecting to or sending to the server failed."""

@@ -1,0 +1,99 @@
+"""The record in flight: :class:`Message`, and the forward protocol's :class:`EventTime`."""
+
+from __future__ import annotations
+
+import time as _time
+from collections.abc import Mapping
+from concurrent.futures import Future
+from typing import Any, NamedTuple, Union
+
+from .errors import InvalidTimeError
+
+_NS = 1_000_000_000
+# fluent-bit reserves 0xFFFFFFFE and 0xFFFFFFFF seconds as group markers.
+_MAX_SECONDS = 0xFFFFFFFD
+
+
+class EventTime(NamedTuple):
+    """Seconds and nanoseconds since the Unix epoch, as the ext type 0 of the protocol.
+
+    The protocol stores both as unsigned 32-bit integers, so only 1970 to 2106 can be sent.
+    """
+
+    seconds: int
+    nanoseconds: int = 0
+
+    @classmethod
+    def now(cls) -> EventTime:
+        return cls(*divmod(_time.time_ns(), _NS))
+
+    @classmethod
+    def from_ns(cls, ns: int) -> EventTime:
+        return cls(*divmod(ns, _NS))
+
+    def to_ns(self) -> int:
+        return self.seconds * _NS + self.nanoseconds
+
+
+TimeLike = Union[EventTime, int, float]
+
+
+def time_to_ns(value: TimeLike | None) -> int:
+    """Convert what ``post(time=...)`` accepts to integer nanoseconds, checking the range.
+
+    Floats are converted once, here, so that the wire never carries a float time: servers
+    drop or choke on those.
+    """
+    if value is None:
+        return _time.time_ns()
+    if isinstance(value, EventTime):
+        sec, nsec = value
+        if not (isinstance(sec, int) and isinstance(nsec, int)) or not 0 <= nsec < _NS:
+            raise InvalidTimeError(f"EventTime needs integer seconds and 0 <= ns < 1e9: {value!r}")
+        ns = sec * _NS + nsec
+    elif isinstance(value, bool):
+        raise InvalidTimeError("time must be an EventTime or a number of seconds, not a bool")
+    elif isinstance(value, int):
+        ns = value * _NS
+    elif isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise InvalidTimeError(f"time must be finite, got {value!r}")
+        # Split before scaling so that large timestamps keep their nanoseconds.
+        whole = int(value // 1)
+        ns = whole * _NS + round((value - whole) * _NS)
+    else:
+        raise InvalidTimeError(
+            f"time must be an EventTime or seconds as int or float, not {type(value).__name__}"
+        )
+    if not 0 <= ns // _NS <= _MAX_SECONDS:
+        raise InvalidTimeError(f"time {value!r} is outside what the protocol can carry (1970-2106)")
+    return ns
+
+
+class Message:
+    """One posted record, as both clients carry it from ``post()`` to the wire.
+
+    ``waiter`` is set only when the caller wants to hear what became of the record
+    (``sync_append``); the common path leaves it ``None`` and allocates nothing else.
+    """
+
+    __slots__ = ("tag", "record", "time_ns", "waiter")
+
+    def __init__(
+        self,
+        tag: str,
+        record: Mapping[str, Any],
+        time_ns: int,
+        waiter: Future[None] | None = None,
+    ) -> None:
+        self.tag = tag
+        self.record = record
+        self.time_ns = time_ns
+        self.waiter = waiter
+
+    @property
+    def time(self) -> EventTime:
+        return EventTime.from_ns(self.time_ns)
+
+    def __repr__(self) -> str:
+        return f"Message(tag={self.tag!r}, time={self.time!r}, record={self.record!r})"

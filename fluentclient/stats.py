@@ -1,0 +1,85 @@
+"""Counters, and the snapshots and reports made from them."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+# Why a record was dropped before it reached the buffer.
+DROP_BUFFER_FULL = "buffer_full"
+DROP_UNSERIALIZABLE = "unserializable"
+DROP_TOO_LARGE = "too_large"
+DROP_CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class Stats:
+    """A consistent snapshot of what happened to the records posted to a client.
+
+    Every record that ``post()`` accepted ends in exactly one of: ``sent``, ``dropped``
+    (by reason), ``unsent`` (still held when the client stopped), ``possibly_lost``
+    (written to a connection that then failed before the server was seen to take it),
+    or is still on its way (``buffered``).
+    """
+
+    posted: int
+    sent: int
+    dropped: Mapping[str, int]
+    unsent: int
+    possibly_lost: int
+    buffered: int
+    buffered_bytes: int
+    retried: int
+    frames_sent: int
+    bytes_sent: int
+    connects: int
+    connect_failures: int
+    connection_failures: int
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
+
+
+@dataclass(frozen=True)
+class ShutdownReport:
+    """What ``shutdown()`` could and could not deliver before its deadline."""
+
+    sent: int
+    unsent_records: int
+    unsent_bytes: int
+    possibly_lost: int
+    dropped: Mapping[str, int]
+    timed_out: bool
+
+    @property
+    def complete(self) -> bool:
+        """True when everything posted reached the server and nothing was dropped."""
+        return not (self.unsent_records or self.possibly_lost or sum(self.dropped.values()))
+
+
+@dataclass
+class Counters:
+    """Mutable counters shared by a client's threads; every update holds ``lock``."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    sent: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    # Records post() refused before they reached the queue (also counted in dropped).
+    refused: int = 0
+    unsent: int = 0
+    unsent_bytes: int = 0
+    possibly_lost: int = 0
+    retried: int = 0
+    frames_sent: int = 0
+    bytes_sent: int = 0
+    connects: int = 0
+    connect_failures: int = 0
+    connection_failures: int = 0
+
+    def drop(self, reason: str, *, refused: bool) -> None:
+        with self.lock:
+            self.dropped[reason] = self.dropped.get(reason, 0) + 1
+            if refused:
+                self.refused += 1

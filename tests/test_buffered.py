@@ -1,0 +1,354 @@
+"""BufferedClient against the embedded server over real sockets: one test per promise."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from fluentclient import (
+    BufferedClient,
+    BufferFullError,
+    ClientClosedError,
+    EventTime,
+    InvalidTagError,
+    RecordTooLargeError,
+    SerializationError,
+)
+from fluentclient.framing import EntryPacker, packed_forward_frame, time_to_ns
+from fluentclient.message import Message
+from fluentclient.server import ForwardServer
+
+from .conftest import FAST_BACKOFF
+
+
+def client_for(server: ForwardServer, **kwargs) -> BufferedClient:
+    kwargs.setdefault("backoff", FAST_BACKOFF)
+    kwargs.setdefault("at_exit", False)
+    if server.unix_path:
+        return BufferedClient(unix_path=server.unix_path, **kwargs)
+    return BufferedClient(server.host, server.port, **kwargs)
+
+
+def accounted(stats) -> int:
+    return stats.sent + stats.dropped_total + stats.unsent + stats.possibly_lost + stats.buffered
+
+
+def test_records_arrive_with_their_times(fluent_server):
+    with client_for(fluent_server) as client:
+        client.post("app.a", {"n": 1}, time=EventTime(1700000000, 123456789))
+        client.post("app.a", {"n": 2}, time=1700000001)
+        client.post("app.a", {"n": 3}, time=1700000002.25)
+    assert fluent_server.wait_for_events(3, timeout=5)
+    events = fluent_server.events
+    assert [(e.tag, e.time, e.record) for e in events] == [
+        ("app.a", EventTime(1700000000, 123456789), {"n": 1}),
+        ("app.a", EventTime(1700000001, 0), {"n": 2}),
+        ("app.a", EventTime(1700000002, 250000000), {"n": 3}),
+    ]
+
+
+def test_default_time_is_now_with_nanoseconds(fluent_server):
+    before = time.time_ns()
+    with client_for(fluent_server) as client:
+        client.post("app.now", {"x": 1})
+    after = time.time_ns()
+    assert fluent_server.wait_for_events(1, timeout=5)
+    t = fluent_server.events[0].time
+    assert isinstance(t, EventTime)
+    assert before <= t.to_ns() <= after
+
+
+def test_int_time_option_sends_integer_seconds(fluent_server):
+    with client_for(fluent_server, int_time=True) as client:
+        client.post("app.old", {"x": 1}, time=EventTime(1700000000, 5))
+    assert fluent_server.wait_for_events(1, timeout=5)
+    assert fluent_server.events[0].time == 1700000000
+    assert type(fluent_server.events[0].time) is int
+
+
+def test_one_record_alone_arrives_after_the_flush_interval(fluent_server):
+    client = client_for(fluent_server, flush_interval=0.05)
+    try:
+        client.post("app.alone", {"x": 1})
+        # No flush(), no shutdown: only the interval can send it.
+        assert fluent_server.wait_for_events(1, timeout=5)
+    finally:
+        client.shutdown(2)
+
+
+def test_write_threshold_sends_before_the_interval(fluent_server):
+    # An interval far beyond the test's patience: only the threshold can send these.
+    client = client_for(fluent_server, flush_interval=3600, write_threshold=1024)
+    try:
+        for i in range(200):
+            client.post("app.bulk", {"i": i, "pad": "x" * 40})
+        assert fluent_server.wait_for(lambda: fluent_server.event_count > 0, timeout=5)
+    finally:
+        client.shutdown(2)
+
+
+def test_frames_are_packed_forward_grouped_by_tag_and_bounded(fluent_server):
+    with client_for(fluent_server, max_frame_size=4096, write_threshold=64 * 1024) as client:
+        for i in range(300):
+            client.post("app.even" if i % 2 == 0 else "app.odd", {"i": i, "pad": "y" * 50})
+    assert fluent_server.wait_for_events(300, timeout=5)
+    frames = fluent_server.frames
+    assert len(frames) > 2
+    for frame in frames:
+        assert frame.mode == "PackedForward"
+        assert frame.options["size"] == len(frame.entries)
+        assert {r["i"] % 2 for _, r in frame.entries} == {0 if frame.tag == "app.even" else 1}
+    for tag in ("app.even", "app.odd"):
+        got = [e.record["i"] for e in fluent_server.events if e.tag == tag]
+        assert got == sorted(got) and len(got) == 150
+    packer = EntryPacker()
+    for frame in frames:
+        entries = b"".join(
+            packer.pack(Message(frame.tag, rec, time_to_ns(t))) for t, rec in frame.entries
+        )
+        assert len(packed_forward_frame(frame.tag, entries, len(frame.entries))) <= 4096
+
+
+def test_unix_socket(tmp_path):
+    path = str(tmp_path / "fluent.sock")
+    with ForwardServer(unix_path=path) as server:
+        with client_for(server) as client:
+            for i in range(50):
+                client.post("app.unix", {"i": i})
+        assert server.wait_for_events(50, timeout=5)
+        assert [e.record["i"] for e in server.events] == list(range(50))
+
+
+def test_invalid_tags_raise_at_once(fluent_server):
+    with client_for(fluent_server) as client:
+        for bad in ["", "a..b", ".a", "a.", "has space", "ünïcode", None, b"bytes", "a*"]:
+            with pytest.raises(InvalidTagError):
+                client.post(bad, {"x": 1})  # type: ignore[arg-type]
+        client.post("fine.tag-1_2", {"x": 1})
+    assert fluent_server.wait_for_events(1, timeout=5)
+
+
+def test_tag_prefix(fluent_server):
+    with client_for(fluent_server, tag_prefix="svc") as client:
+        client.post("web", {"x": 1})
+    assert fluent_server.wait_for_events(1, timeout=5)
+    assert fluent_server.events[0].tag == "svc.web"
+
+
+def test_bad_record_is_reported_and_neighbours_arrive(fluent_server):
+    errors = []
+    with client_for(fluent_server, on_error=lambda err, msg: errors.append((err, msg))) as client:
+        client.post("app.mix", {"i": 0})
+        assert client.post("app.mix", {"bad": object()}) is True  # found later, by the reader
+        client.post("app.mix", {"i": 2})
+        client.post("app.mix", ["not", "a", "mapping"])  # type: ignore[arg-type]
+        client.post("app.mix", {"i": 4})
+        client.flush(5)
+        stats = client.stats()
+    assert fluent_server.wait_for_events(3, timeout=5)
+    assert [e.record for e in fluent_server.events] == [{"i": 0}, {"i": 2}, {"i": 4}]
+    assert stats.dropped == {"unserializable": 2}
+    assert [type(e) for e, _ in errors] == [SerializationError, SerializationError]
+    assert errors[0][1] is not None and errors[0][1].tag == "app.mix"
+    assert fluent_server.errors == []
+
+
+def test_sync_append_raises_the_reason(fluent_server):
+    with client_for(fluent_server) as client:
+        assert client.post("app.s", {"ok": 1}, sync_append=True) is True
+        with pytest.raises(SerializationError):
+            client.post("app.s", {"bad": {1, 2}}, sync_append=True)
+        with pytest.raises(RecordTooLargeError):
+            client.post("app.s", {"big": "z" * 2_000_000}, sync_append=True)
+        client.post("app.s", {"ok": 2}, sync_append=True)
+    client.post("app.s", {"late": 1})  # after shutdown: dropped and counted, no raise
+    with pytest.raises(ClientClosedError):
+        client.post("app.s", {"late": 2}, sync_append=True)
+    assert fluent_server.wait_for_events(2, timeout=5)
+    assert [e.record for e in fluent_server.events] == [{"ok": 1}, {"ok": 2}]
+    assert client.stats().dropped == {"unserializable": 1, "too_large": 1, "closed": 2}
+
+
+def test_default_hook_serializes_user_types(fluent_server):
+    class Point:
+        def __init__(self, x: int, y: int) -> None:
+            self.x, self.y = x, y
+
+    with client_for(fluent_server, default=lambda o: {"x": o.x, "y": o.y}) as client:
+        client.post("app.p", {"p": Point(1, 2)}, sync_append=True)
+    assert fluent_server.wait_for_events(1, timeout=5)
+    assert fluent_server.events[0].record == {"p": {"x": 1, "y": 2}}
+
+
+def test_buffer_limit_drops_newest_and_counts(fluent_server):
+    fluent_server.stall(True)
+    errors = []
+    client = client_for(
+        fluent_server,
+        buffer_limit=64 * 1024,
+        max_frame_size=16 * 1024,
+        on_error=lambda err, msg: errors.append(err),
+    )
+    try:
+        record = {"pad": "p" * 200}
+        accepted = sum(client.post("app.full", record) for _ in range(5000))
+        with pytest.raises(BufferFullError):
+            for _ in range(1000):
+                client.post("app.full", record, sync_append=True)
+        stats = client.stats()
+        assert stats.dropped.get("buffer_full", 0) > 0
+        assert accepted < 5000
+        assert stats.buffered_bytes <= 64 * 1024
+        assert any(isinstance(e, BufferFullError) for e in errors)
+        assert accounted(stats) == stats.posted
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("state", ["refusing", "stalled", "absent", "drops"])
+def test_post_never_waits_for_the_server(fluent_server, state):
+    if state == "refusing":
+        fluent_server.refuse(True)
+    elif state == "stalled":
+        fluent_server.stall(True)
+    elif state == "absent":
+        fluent_server.stop()
+    else:
+        fluent_server.drop_after(1000)
+    client = client_for(fluent_server, write_timeout=10, connect_timeout=10,
+                        buffer_limit=256 * 1024)
+    try:
+        slowest = 0.0
+        for i in range(3000):
+            t0 = time.perf_counter()
+            client.post("app.nb", {"i": i, "pad": "q" * 100})
+            slowest = max(slowest, time.perf_counter() - t0)
+        # Blocking on the server would cost whole seconds (the I/O timeouts are 10 s).
+        assert slowest < 0.5
+    finally:
+        t0 = time.monotonic()
+        report = client.shutdown(0.5)
+        assert time.monotonic() - t0 < 1.5
+    if state != "drops":
+        assert report.unsent_records > 0 or sum(report.dropped.values()) > 0
+
+
+def test_shutdown_drains_everything(fluent_server):
+    client = client_for(fluent_server, flush_interval=3600)
+    for i in range(10_000):
+        client.post("app.drain", {"i": i})
+    report = client.shutdown(10)
+    assert report.complete and report.sent == 10_000 and not report.timed_out
+    assert fluent_server.wait_for_events(10_000, timeout=10)
+    assert client.shutdown(1) is report  # idempotent
+
+
+def test_shutdown_returns_on_time_when_the_server_is_stuck(fluent_server):
+    fluent_server.stall(True)
+    client = client_for(fluent_server, write_timeout=30, connect_timeout=30)
+    for i in range(20_000):
+        client.post("app.stuck", {"i": i, "pad": "s" * 300})
+    t0 = time.monotonic()
+    report = client.shutdown(1.0)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 1.5
+    assert report.timed_out
+    stats = client.stats()
+    assert report.unsent_records + report.possibly_lost + sum(report.dropped.values()) > 0
+    assert accounted(stats) == stats.posted
+    assert stats.buffered == 0
+
+
+def test_close_does_not_drain(fluent_server):
+    client = client_for(fluent_server, flush_interval=3600, write_threshold=10**6)
+    for i in range(100):
+        client.post("app.close", {"i": i}, sync_append=True)
+    client.close()
+    stats = client.stats()
+    assert stats.unsent == 100 and stats.sent == 0
+    with pytest.raises(ClientClosedError):
+        client.post("app.close", {"i": 1}, sync_append=True)
+
+
+def test_flush_waits_for_the_server_to_take_records(fluent_server):
+    client = client_for(fluent_server, flush_interval=3600)
+    try:
+        for i in range(500):
+            client.post("app.flush", {"i": i})
+        assert client.flush(5)
+        assert fluent_server.wait_for_events(500, timeout=5)
+    finally:
+        client.shutdown(2)
+
+
+def test_flush_times_out_against_a_stuck_server(fluent_server):
+    fluent_server.stall(True)
+    client = client_for(fluent_server, flush_interval=3600)
+    try:
+        for i in range(20_000):
+            client.post("app.flushstuck", {"i": i, "pad": "f" * 300})
+        t0 = time.monotonic()
+        assert client.flush(0.5) is False
+        assert time.monotonic() - t0 < 1.5
+    finally:
+        client.close()
+
+
+def test_reconnects_after_a_server_restart(fluent_server):
+    client = client_for(fluent_server, flush_interval=0.01)
+    try:
+        client.post("app.r", {"phase": 1})
+        assert fluent_server.wait_for_events(1, timeout=5)
+        fluent_server.stop()
+        fluent_server.restart()
+        # The first write after the restart may go to the dead connection; keep posting
+        # until records flow again, with a deadline.
+        deadline = time.monotonic() + 10
+        i = 0
+        while time.monotonic() < deadline:
+            client.post("app.r", {"phase": 2, "i": i})
+            i += 1
+            if fluent_server.wait_for(
+                lambda: any(e.record.get("phase") == 2 for e in fluent_server.events), 0.05
+            ):
+                break
+        assert any(e.record.get("phase") == 2 for e in fluent_server.events)
+        assert client.stats().connects >= 2
+    finally:
+        client.shutdown(2)
+
+
+def test_records_posted_while_the_server_is_down_arrive_later(fluent_server):
+    fluent_server.refuse(True)
+    client = client_for(fluent_server)
+    try:
+        for i in range(100):
+            client.post("app.later", {"i": i})
+        assert fluent_server.wait_for(lambda: client.stats().connect_failures >= 2, timeout=5)
+        fluent_server.refuse(False)
+        assert fluent_server.wait_for_events(100, timeout=10)
+        assert [e.record["i"] for e in fluent_server.events] == list(range(100))
+    finally:
+        client.shutdown(2)
+
+
+def test_stats_account_for_every_record(fluent_server):
+    with client_for(fluent_server) as client:
+        for i in range(1000):
+            client.post("app.acct", {"i": i})
+        client.post("app.acct", {"bad": object()})
+    stats = client.stats()
+    assert stats.posted == 1001
+    assert stats.sent == 1000 and stats.dropped == {"unserializable": 1}
+    assert accounted(stats) == stats.posted
+    assert stats.buffered == 0
+
+
+def test_threads_stop_on_shutdown(fluent_server):
+    before = set(threading.enumerate())
+    client = client_for(fluent_server)
+    client.post("app.t", {"x": 1})
+    client.shutdown(2)
+    assert set(threading.enumerate()) - before == set()
