@@ -25,6 +25,7 @@ import logging
 import os
 import queue
 import re
+import sys
 import threading
 import time as _time
 import weakref
@@ -218,10 +219,13 @@ class BufferedClient:
         # Threads start on first use, so a client made at import time in a preforking
         # server (gunicorn --preload) has no threads when the fork happens.
         with self._start_lock:
-            if not self._started:
-                self._reader.thread.start()
-                self._writer.thread.start()
-                self._started = True
+            if self._started:
+                return
+            if sys.is_finalizing():
+                raise ClientClosedError("the interpreter is shutting down")
+            self._reader.thread.start()
+            self._writer.thread.start()
+            self._started = True
 
     # -- posting -------------------------------------------------------------------------
 
@@ -251,7 +255,15 @@ class BufferedClient:
                 raise err
             return False
         if not self._started:
-            self._start()
+            try:
+                self._start()
+            except (ClientClosedError, RuntimeError) as exc:
+                # No new threads once the interpreter is finalizing.
+                err = ClientClosedError(f"cannot start the client: {exc}")
+                self._fail(DROP_CLOSED, err, None)
+                if sync_append:
+                    raise err from exc
+                return False
         buf = self._buffer
         queued = self._queue.qsize()
         if queued > _YIELD_AT:
