@@ -3,7 +3,7 @@
 Threads of a BufferedClient and what each owns::
 
     caller threads   post(): check the tag, build a Message, put it on the queue
-          |          (a SimpleQueue: no lock of ours, and it wakes the reader)
+          |          (a deque: no lock; the reader is woken only when it went idle)
           v
     reader thread    owns the packer; packs a batch, then appends it to the buffer
           |          under buffer.lock and notifies buffer.changed when a write is due
@@ -23,12 +23,12 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import queue
 import re
 import sys
 import threading
 import time as _time
 import weakref
+from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
@@ -70,18 +70,19 @@ _MiB = 1024 * 1024
 # Queued messages past which post() lets the reader run before queueing more.
 _YIELD_AT = 256
 _sleep = _time.sleep
+_time_ns = _time.time_ns
 
 
 class _TagChecker:
     """Validates tags once and remembers the good ones, so post() pays a dict lookup."""
 
-    __slots__ = ("_prefix", "_known")
+    __slots__ = ("_prefix", "known")
 
     def __init__(self, prefix: str | None) -> None:
         if prefix is not None:
             prefix = self._check(prefix, "tag_prefix")
         self._prefix = prefix
-        self._known: dict[str, str] = {}
+        self.known: dict[str, str] = {}
 
     @staticmethod
     def _check(tag: object, what: str = "tag") -> str:
@@ -94,13 +95,13 @@ class _TagChecker:
         return tag
 
     def __call__(self, tag: str) -> str:
-        full = self._known.get(tag)
+        full = self.known.get(tag)
         if full is None:
             full = self._check(tag)
             if self._prefix:
                 full = f"{self._prefix}.{full}"
-            if len(self._known) < _TAG_CACHE:
-                self._known[tag] = full
+            if len(self.known) < _TAG_CACHE:
+                self.known[tag] = full
         return full
 
 
@@ -192,7 +193,7 @@ class BufferedClient:
         self._closing = False
         self._life = Lifecycle()
         self._counters = Counters()
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._queue: deque[object] = deque()
         self._buffer = Buffer(
             limit=o["buffer_limit"],
             write_threshold=o["write_threshold"],
@@ -246,8 +247,8 @@ class BufferedClient:
         or :class:`FluentTimeoutError` after ``timeout`` seconds (the record may still be
         buffered later). An invalid tag or time always raises at once.
         """
-        full_tag = self._tags(tag)
-        time_ns = _time.time_ns() if time is None else time_to_ns(time)
+        full_tag = self._tags.known.get(tag) or self._tags(tag)
+        time_ns = _time_ns() if time is None else time_to_ns(time)
         if self._closing:
             err: FluentError = ClientClosedError("the client is shut down")
             self._fail(DROP_CLOSED, err, None)
@@ -265,22 +266,26 @@ class BufferedClient:
                     raise err from exc
                 return False
         buf = self._buffer
-        queued = self._queue.qsize()
+        reader = self._reader
+        queued = len(self._queue)
         if queued > _YIELD_AT:
             # Posts are outrunning serialization: give the reader the GIL for a moment
             # rather than let the queue grow into drops. This waits on no I/O.
             _sleep(0)
-        if buf.held_bytes + queued * self._reader.mean_entry >= buf.limit:
+        if buf.held_bytes + queued * reader.mean_entry >= buf.limit:
             err = BufferFullError(f"buffer_limit of {buf.limit} bytes reached")
             self._fail(DROP_BUFFER_FULL, err, None)
             if sync_append:
                 raise err
             return False
         if not sync_append:
-            self._queue.put(Message(full_tag, record, time_ns))
+            self._queue.append(Message(full_tag, record, time_ns))
+            if reader.idle:
+                reader.wake.set()
             return True
         waiter: Future[None] = Future()
-        self._queue.put(Message(full_tag, record, time_ns, waiter))
+        self._queue.append(Message(full_tag, record, time_ns, waiter))
+        reader.wake.set()
         try:
             waiter.result(timeout)
         except FuturesTimeout:
@@ -307,7 +312,8 @@ class BufferedClient:
             return True
         deadline = None if timeout is None else _time.monotonic() + timeout
         # Everything posted before now must first pass through the reader.
-        target = self._reader.taken + self._queue.qsize()
+        target = self._reader.taken + len(self._queue)
+        self._reader.wake.set()
         with self._buffer.lock:
             while self._reader.taken < target and not self._life.reader_done:
                 remaining = 0.005 if deadline is None else min(0.005, deadline - _time.monotonic())
@@ -349,7 +355,8 @@ class BufferedClient:
 
     def _stop_threads(self, deadline: float, *, drain: bool) -> bool:
         buf, life = self._buffer, self._life
-        self._queue.put(STOP)
+        self._queue.append(STOP)
+        self._reader.wake.set()
         with buf.lock:
             life.drain_deadline = deadline
             if not drain:
@@ -370,11 +377,8 @@ class BufferedClient:
 
     def _final_report(self, timed_out: bool) -> ShutdownReport:
         stranded = 0
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
+        while self._queue:
+            item = self._queue.popleft()
             if isinstance(item, Message):
                 stranded += 1
                 if item.waiter is not None:
@@ -398,7 +402,7 @@ class BufferedClient:
 
     def stats(self) -> Stats:
         c = self._counters
-        entered = self._reader.taken + self._stranded + self._queue.qsize()
+        entered = self._reader.taken + self._stranded + len(self._queue)
         with c.lock:
             posted = entered + c.refused
             dropped = dict(c.dropped)

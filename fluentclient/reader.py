@@ -7,9 +7,9 @@ per batch, only to append bytes that are already packed.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from typing import Callable
 
 from .buffer import Buffer
@@ -25,14 +25,24 @@ STOP = object()
 # Enough to amortise the lock, few enough that one batch takes well under a millisecond of
 # GIL time: a thread posting meanwhile must not wait a whole switch interval.
 BATCH = 128
+# How often a busy reader looks at the queue without being woken.
+POLL = 0.005
 
 Failure = Callable[[str, FluentError, Message], None]
 
 
 class Reader:
+    """Drains the queue in batches, polling while records flow.
+
+    Waking a sleeping thread costs the poster a system call, so ``post()`` wakes the
+    reader only when it went idle (see ``idle``) or when a caller waits
+    (``sync_append``). While records keep coming the reader looks again every ``POLL``
+    seconds by itself.
+    """
+
     def __init__(
         self,
-        q: queue.SimpleQueue[object],
+        q: deque[object],
         buf: Buffer,
         life: Lifecycle,
         packer: EntryPacker,
@@ -43,6 +53,9 @@ class Reader:
         self._life = life
         self._packer = packer
         self._fail = fail
+        self.wake = threading.Event()
+        # True while the reader waits for post() to wake it rather than polling.
+        self.idle = False
         # Messages taken from the queue; only this thread writes it.
         self.taken = 0
         # A running mean of entry sizes, so post() can charge what still waits in the
@@ -51,29 +64,36 @@ class Reader:
         self.thread = threading.Thread(target=self._run, name="fluentclient-reader", daemon=True)
 
     def _run(self) -> None:
-        get, get_nowait = self._queue.get, self._queue.get_nowait
+        q, popleft = self._queue, self._queue.popleft
         stopping = False
         try:
-            while not stopping:
-                try:
-                    first = get(timeout=1.0)
-                except queue.Empty:
-                    if self._life.abandoned:
-                        break
-                    continue
-                batch: list[object] = [first]
+            while True:
+                batch: list[object] = []
                 try:
                     while len(batch) < BATCH:
-                        batch.append(get_nowait())
-                except queue.Empty:
+                        batch.append(popleft())
+                except IndexError:
                     pass
-                if batch[-1] is STOP or STOP in batch:
-                    stopping = True
-                    batch = [m for m in batch if m is not STOP]
-                self._append(batch)  # type: ignore[arg-type]
-                if not stopping and len(batch) == BATCH:
-                    # More is waiting: let a posting thread have the GIL first.
-                    time.sleep(0)
+                if batch:
+                    if STOP in batch:
+                        stopping = True
+                        batch = [m for m in batch if m is not STOP]
+                    self._append(batch)  # type: ignore[arg-type]
+                    if len(batch) == BATCH:
+                        # More is waiting: let a posting thread have the GIL first.
+                        time.sleep(0)
+                    continue
+                if stopping or self._life.abandoned:
+                    break
+                if not self.wake.wait(POLL):
+                    # A quiet poll: go idle until post() wakes us. ``idle`` is published
+                    # before the queue is looked at again, so a racing post() is either
+                    # seen here or sees ``idle`` and sets ``wake``.
+                    self.idle = True
+                    if not q:
+                        self.wake.wait(1.0)
+                    self.idle = False
+                self.wake.clear()
         except BaseException:  # pragma: no cover - a bug; never die silently
             log.exception("fluentclient reader thread failed")
         finally:
