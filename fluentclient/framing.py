@@ -151,6 +151,10 @@ def _iter_entries(payload: bytes) -> Iterator[Entry]:
         if not isinstance(entry, list) or len(entry) != 2:
             raise FrameError(f"bad entry {entry!r}")
         yield _plain_time(entry[0]), entry[1]
+    # The stream has no count of its own: a payload cut inside an entry just stops.
+    if unpacker.tell() != len(payload):
+        short = len(payload) - unpacker.tell()
+        raise FrameError(f"entries end {short} bytes short of a whole entry")
 
 
 class DecodedFrame:

@@ -28,7 +28,7 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Callable, NamedTuple, TypeVar
 
-from .framing import DecodedFrame, Time, ack_for, decode_frame, new_unpacker
+from .framing import DecodedFrame, FrameError, Time, ack_for, decode_frame, new_unpacker
 
 log = logging.getLogger("fluentclient.server")
 
@@ -632,7 +632,7 @@ class ForwardServer:
             unpacker.feed(data)
             for obj in unpacker:
                 conn.done = unpacker.tell()
-                decoded.append(decode_frame(obj))
+                decoded.append(_checked_frame(obj))
         except Exception as exc:
             failure = f"{conn.name}: broken frame: {_short(repr(exc))}"
         # Frames decoded before a broken one still count and get their acks, as in fluentd.
@@ -658,7 +658,7 @@ class ForwardServer:
                 except Exception:
                     log.exception("on_event callback failed")
         if acks:
-            pass
+            conn.out += b"".join(acks)
             self._flush(conn)
         if failure is not None:
             self._close_conn(conn)
@@ -685,6 +685,20 @@ class ForwardServer:
         if self._unix_path is not None:
             return self._unix_path
         return f"{self._host}:{self._port}"
+
+
+def _checked_frame(obj: Any) -> DecodedFrame:
+    """decode_frame, plus a check that ``size`` (when given) matches the entries found.
+
+    No real server enforces ``size``, but fluentd trusts it for its counts, and it is the
+    only thing that reveals a PackedForward payload cut short at an entry boundary or in
+    the middle of one: the entry stream has no end marker, so decoding just stops early.
+    """
+    frame = decode_frame(obj)
+    size = frame.options.get("size")
+    if isinstance(size, int) and not isinstance(size, bool) and size != len(frame.entries):
+        raise FrameError(f"option size={size} but the frame holds {len(frame.entries)} entries")
+    return frame
 
 
 def _short(text: str, limit: int = 200) -> str:

@@ -165,3 +165,15 @@ def test_any_records_round_trip_through_a_frame(items):
     assert decoded.tag == TAG
     assert decoded.options == {"size": len(items)}
     assert decoded.entries == [(t, rec) for t, rec in items]
+
+
+def test_a_payload_cut_inside_an_entry_is_refused():
+    data = entries()
+    frame = packed_forward_frame(TAG, data[:-3], 2)
+    unpacker = new_unpacker()
+    unpacker.feed(frame)
+    try:
+        decode_frame(next(unpacker))
+    except FrameError:
+        return
+    raise AssertionError("a cut payload decoded")
