@@ -251,7 +251,7 @@ class BufferedClient:
         time_ns = _time_ns() if time is None else time_to_ns(time)
         if self._closing:
             err: FluentError = ClientClosedError("the client is shut down")
-            self._fail(DROP_CLOSED, err, None)
+            self._refuse(DROP_CLOSED, err, Message(full_tag, record, time_ns))
             if sync_append:
                 raise err
             return False
@@ -261,7 +261,7 @@ class BufferedClient:
             except (ClientClosedError, RuntimeError) as exc:
                 # No new threads once the interpreter is finalizing.
                 err = ClientClosedError(f"cannot start the client: {exc}")
-                self._fail(DROP_CLOSED, err, None)
+                self._refuse(DROP_CLOSED, err, Message(full_tag, record, time_ns))
                 if sync_append:
                     raise err from exc
                 return False
@@ -274,7 +274,7 @@ class BufferedClient:
             _sleep(0)
         if buf.held_bytes + queued * reader.mean_entry >= buf.limit:
             err = BufferFullError(f"buffer_limit of {buf.limit} bytes reached")
-            self._fail(DROP_BUFFER_FULL, err, None)
+            self._refuse(DROP_BUFFER_FULL, err, Message(full_tag, record, time_ns))
             if sync_append:
                 raise err
             return False
@@ -294,11 +294,21 @@ class BufferedClient:
             ) from None
         return True
 
-    def _fail(self, reason: str, err: FluentError, msg: Message | None) -> None:
-        """Account for a record that will not be sent, and tell whoever listens."""
-        self._counters.drop(reason, refused=msg is None)
-        if msg is not None and msg.waiter is not None:
+    def _refuse(self, reason: str, err: FluentError, msg: Message) -> None:
+        """A record post() turned away before it reached the queue."""
+        self._drop(reason, err, msg, refused=True)
+
+    def _fail(self, reason: str, err: FluentError, msg: Message) -> None:
+        """A record the reader could not put in the buffer."""
+        if msg.waiter is not None:
             msg.waiter.set_exception(err)
+        self._drop(reason, err, msg, refused=False)
+
+    def _drop(self, reason: str, err: FluentError, msg: Message, *, refused: bool) -> None:
+        if self._counters.drop(reason, refused=refused) == 1:
+            # Once per reason, so a flood of drops cannot flood the log; stats() and
+            # on_error see every one.
+            log.warning("fluentclient: dropping records (%s): %s", reason, err)
         _call_on_error(self._on_error, err, msg)
 
     # -- flushing and stopping -----------------------------------------------------------

@@ -78,8 +78,10 @@ class Counters:
     connect_failures: int = 0
     connection_failures: int = 0
 
-    def drop(self, reason: str, *, refused: bool) -> None:
+    def drop(self, reason: str, *, refused: bool) -> int:
+        """Count one dropped record; returns how many were dropped for that reason."""
         with self.lock:
-            self.dropped[reason] = self.dropped.get(reason, 0) + 1
+            n = self.dropped[reason] = self.dropped.get(reason, 0) + 1
             if refused:
                 self.refused += 1
+            return n

@@ -189,7 +189,7 @@ def test_buffer_limit_drops_newest_and_counts(fluent_server):
         fluent_server,
         buffer_limit=64 * 1024,
         max_frame_size=16 * 1024,
-        on_error=lambda err, msg: errors.append(err),
+        on_error=lambda err, msg: errors.append((err, msg)),
     )
     try:
         record = {"pad": "p" * 200}
@@ -201,7 +201,9 @@ def test_buffer_limit_drops_newest_and_counts(fluent_server):
         assert stats.dropped.get("buffer_full", 0) > 0
         assert accepted < 5000
         assert stats.buffered_bytes <= 64 * 1024
-        assert any(isinstance(e, BufferFullError) for e in errors)
+        full = [(e, m) for e, m in errors if isinstance(e, BufferFullError)]
+        assert len(full) == stats.dropped["buffer_full"]
+        assert all(m is not None and m.tag == "app.full" and m.record == record for _, m in full)
         assert accounted(stats) == stats.posted
     finally:
         client.close()
