@@ -205,6 +205,11 @@ class Writer:
             return
         if self._unconfirmed:
             offset = conn.confirmed_offset() if conn.can_confirm else conn.bytes_written
+            if offset is None and conn.peer_closed():
+                # Reset or closed with frames in flight: requeue them now rather than
+                # after a write timeout spent waiting for progress that cannot come.
+                self._connection_failed("the server closed the connection")
+                return
             if offset is not None and offset > self._confirmed:
                 self._confirmed = offset
                 self._progress_at = time.monotonic()
