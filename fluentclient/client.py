@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
 from types import TracebackType
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from .backoff import Backoff
 from .buffer import Buffer
@@ -61,6 +61,7 @@ from .writer import Writer
 
 log = logging.getLogger("fluentclient")
 
+_C = TypeVar("_C", bound="_Client")
 ErrorCallback = Callable[[FluentError, Optional[Message]], None]
 
 _TAG = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\Z")
@@ -123,7 +124,25 @@ def _call_on_error(
 _live_clients: weakref.WeakSet[BufferedClient] = weakref.WeakSet()
 
 
-class BufferedClient:
+class _Client:
+    """What both clients share: leaving a ``with`` block shuts the client down."""
+
+    def shutdown(self, timeout: float | None = None) -> ShutdownReport:
+        raise NotImplementedError
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown()
+
+
+class BufferedClient(_Client):
     """Posts records without ever blocking; a reader and a writer thread do the rest.
 
     ``post()`` returns at once whatever the server does. Records are packed into
@@ -398,53 +417,15 @@ class BufferedClient:
         with c.lock:
             c.unsent += records + stranded
             c.unsent_bytes += nbytes
-            self._stranded += stranded
-            return ShutdownReport(
-                sent=c.sent,
-                unsent_records=c.unsent,
-                unsent_bytes=c.unsent_bytes,
-                possibly_lost=c.possibly_lost,
-                dropped=dict(c.dropped),
-                timed_out=timed_out,
-            )
+        self._stranded += stranded
+        return c.report(timed_out=timed_out)
 
     # -- observing -----------------------------------------------------------------------
 
     def stats(self) -> Stats:
         c = self._counters
         entered = self._reader.taken + self._stranded + len(self._queue)
-        with c.lock:
-            posted = entered + c.refused
-            dropped = dict(c.dropped)
-            # Whatever is not accounted for yet is still on its way: queued, buffered,
-            # or written but not yet known to have reached the server.
-            on_its_way = posted - c.sent - sum(dropped.values()) - c.unsent - c.possibly_lost
-            return Stats(
-                posted=posted,
-                sent=c.sent,
-                dropped=dropped,
-                unsent=c.unsent,
-                possibly_lost=c.possibly_lost,
-                buffered=max(0, on_its_way),
-                buffered_bytes=self._buffer.held_bytes,
-                retried=c.retried,
-                frames_sent=c.frames_sent,
-                bytes_sent=c.bytes_sent,
-                connects=c.connects,
-                connect_failures=c.connect_failures,
-                connection_failures=c.connection_failures,
-            )
-
-    def __enter__(self) -> BufferedClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.shutdown()
+        return c.snapshot(posted=entered + c.refused, buffered_bytes=self._buffer.held_bytes)
 
     # -- process events ------------------------------------------------------------------
 
@@ -482,7 +463,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reinit_in_child)
 
 
-class SyncClient:
+class SyncClient(_Client):
     """Sends each record on the caller's thread and raises when it cannot.
 
     Uses the same :class:`Message`, packer and frames as :class:`BufferedClient`; each
@@ -602,12 +583,7 @@ class SyncClient:
             self._closed = True
         if conn is not None:
             conn.close_gracefully(_time.monotonic() + (5.0 if timeout is None else timeout))
-        c = self._counters
-        with c.lock:
-            return ShutdownReport(
-                sent=c.sent, unsent_records=0, unsent_bytes=0, possibly_lost=0,
-                dropped=dict(c.dropped), timed_out=False,
-            )
+        return self._counters.report(timed_out=False)
 
     def close(self) -> None:
         with self._lock:
@@ -617,23 +593,4 @@ class SyncClient:
             conn.close()
 
     def stats(self) -> Stats:
-        c = self._counters
-        with c.lock:
-            return Stats(
-                posted=self._posted, sent=c.sent, dropped=dict(c.dropped), unsent=0,
-                possibly_lost=0, buffered=0, buffered_bytes=0, retried=0,
-                frames_sent=c.frames_sent, bytes_sent=c.bytes_sent, connects=c.connects,
-                connect_failures=c.connect_failures,
-                connection_failures=c.connection_failures,
-            )
-
-    def __enter__(self) -> SyncClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.shutdown()
+        return self._counters.snapshot(posted=self._posted, buffered_bytes=0)

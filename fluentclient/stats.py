@@ -85,3 +85,35 @@ class Counters:
             if refused:
                 self.refused += 1
             return n
+
+    def snapshot(self, *, posted: int, buffered_bytes: int) -> Stats:
+        """A Stats; whatever is not accounted for yet is still on its way."""
+        with self.lock:
+            dropped = dict(self.dropped)
+            settled = self.sent + sum(dropped.values()) + self.unsent + self.possibly_lost
+            return Stats(
+                posted=posted,
+                sent=self.sent,
+                dropped=dropped,
+                unsent=self.unsent,
+                possibly_lost=self.possibly_lost,
+                buffered=max(0, posted - settled),
+                buffered_bytes=buffered_bytes,
+                retried=self.retried,
+                frames_sent=self.frames_sent,
+                bytes_sent=self.bytes_sent,
+                connects=self.connects,
+                connect_failures=self.connect_failures,
+                connection_failures=self.connection_failures,
+            )
+
+    def report(self, *, timed_out: bool) -> ShutdownReport:
+        with self.lock:
+            return ShutdownReport(
+                sent=self.sent,
+                unsent_records=self.unsent,
+                unsent_bytes=self.unsent_bytes,
+                possibly_lost=self.possibly_lost,
+                dropped=dict(self.dropped),
+                timed_out=timed_out,
+            )
