@@ -3,8 +3,10 @@
 from .backoff import Backoff
 from .client import BufferedClient, SyncClient
 from .errors import (
+    AuthenticationError,
     BufferFullError,
     ClientClosedError,
+    DeliveryError,
     FluentConnectionError,
     FluentError,
     FluentTimeoutError,
@@ -14,9 +16,14 @@ from .errors import (
     SerializationError,
 )
 from .message import EventTime, Message
-from .stats import ShutdownReport, Stats
+from .pool import Server
+from .stats import ServerStats, ShutdownReport, Stats
 
 __all__ = [
+    "AuthenticationError",
+    "DeliveryError",
+    "Server",
+    "ServerStats",
     "Backoff",
     "BufferFullError",
     "BufferedClient",

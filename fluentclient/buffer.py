@@ -13,47 +13,48 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future
 
-from .framing import frame_overhead, packed_forward_frame
+from .framing import frame_overhead
 
 
 class Frame:
-    """A whole PackedForward frame and what it carries."""
+    """The entries of one tag, gathered until sealed, then written as one frame.
 
-    __slots__ = ("tag", "data", "records", "first_seq", "entry_bytes")
+    The writer builds ``data`` (the wire bytes, maybe compressed, with a chunk id) outside
+    the buffer's lock and keeps it for resends, so a chunk id never changes. The entries
+    are dropped once built; ``entry_bytes`` is what the frame counts against the limit.
+    """
 
-    def __init__(self, tag: str, data: bytes, records: int, first_seq: int, entry_bytes: int):
+    __slots__ = (
+        "tag", "entries", "data", "chunk", "records", "first_seq", "entry_bytes", "futures",
+        "attempts", "limit",
+    )
+
+    def __init__(self, tag: str, first_seq: int, limit: int) -> None:
         self.tag = tag
-        self.data = data
-        self.records = records
-        self.first_seq = first_seq
-        self.entry_bytes = entry_bytes
-
-
-class _Gathering:
-    """Entries of one tag that are not yet a frame."""
-
-    __slots__ = ("entries", "records", "first_seq", "limit")
-
-    def __init__(self, first_seq: int, limit: int) -> None:
-        self.entries = bytearray()
+        self.entries: bytearray | None = bytearray()
+        self.data: bytes | None = None
+        self.chunk: str | None = None
         self.records = 0
         self.first_seq = first_seq
+        self.entry_bytes = 0
+        # Delivery futures of records posted with ack=True; None while there are none.
+        self.futures: list[Future[None]] | None = None
+        # Connections this frame was written to that failed before it was acknowledged.
+        self.attempts = 0
         self.limit = limit
 
 
 class Buffer:
-    def __init__(
-        self, *, limit: int, write_threshold: int, max_frame_size: int, str_entries: bool = False
-    ) -> None:
+    def __init__(self, *, limit: int, write_threshold: int, max_frame_size: int) -> None:
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
         self.done = threading.Condition(self.lock)
         self.limit = limit
         self.write_threshold = write_threshold
         self.max_frame_size = max_frame_size
-        self._str_entries = str_entries
-        self._gathering: dict[str, _Gathering] = {}
+        self._gathering: dict[str, Frame] = {}
         self._ready: deque[Frame] = deque()
         self._taken: dict[int, Frame] = {}
         self._payload_limits: dict[str, int] = {}
@@ -77,19 +78,25 @@ class Buffer:
                 self._payload_limits[tag] = limit
         return limit
 
-    def add_locked(self, tag: str, entry: bytes) -> bool:
+    def add_locked(self, tag: str, entry: bytes, future: Future[None] | None = None) -> bool:
         """Append one entry; False when it would pass the limit."""
         size = len(entry)
         if self.held_bytes + size > self.limit:
             return False
-        gathering = self._gathering.get(tag)
-        if gathering is None:
-            gathering = self._gathering[tag] = _Gathering(self.next_seq, self.payload_limit(tag))
-        elif len(gathering.entries) + size > gathering.limit:
-            self._seal(tag, gathering)
-            gathering = self._gathering[tag] = _Gathering(self.next_seq, gathering.limit)
-        gathering.entries += entry
-        gathering.records += 1
+        frame = self._gathering.get(tag)
+        if frame is None:
+            frame = self._gathering[tag] = Frame(tag, self.next_seq, self.payload_limit(tag))
+        elif frame.entry_bytes + size > frame.limit:
+            self._ready.append(frame)
+            frame = self._gathering[tag] = Frame(tag, self.next_seq, frame.limit)
+        assert frame.entries is not None
+        frame.entries += entry
+        frame.entry_bytes += size
+        frame.records += 1
+        if future is not None:
+            if frame.futures is None:
+                frame.futures = []
+            frame.futures.append(future)
         self.next_seq += 1
         if self.oldest_pending is None:
             self.oldest_pending = time.monotonic()
@@ -98,14 +105,6 @@ class Buffer:
         self.held_bytes += size
         self.held_records += 1
         return True
-
-    def _seal(self, tag: str, gathering: _Gathering) -> None:
-        data = packed_forward_frame(
-            tag, gathering.entries, gathering.records, str_entries=self._str_entries
-        )
-        self._ready.append(
-            Frame(tag, data, gathering.records, gathering.first_seq, len(gathering.entries))
-        )
 
     # -- writer side ---------------------------------------------------------------------
 
@@ -119,22 +118,19 @@ class Buffer:
         return max(0.0, self.oldest_pending + flush_interval - now)
 
     def take_locked(self, max_bytes: int) -> list[Frame]:
-        """Take ready frames, then whole-tag gatherings, up to about ``max_bytes``."""
+        """Take sealed frames, then whole-tag gatherings, up to about ``max_bytes``."""
         frames: list[Frame] = []
         size = 0
         while self._ready and (not frames or size < max_bytes):
             frame = self._ready.popleft()
             frames.append(frame)
             size += frame.entry_bytes
-        if size < max_bytes:
-            for tag, gathering in list(self._gathering.items()):
-                if frames and size >= max_bytes:
-                    break
-                del self._gathering[tag]
-                self._seal(tag, gathering)
-                frame = self._ready.pop()
-                frames.append(frame)
-                size += frame.entry_bytes
+        for tag in list(self._gathering):
+            if frames and size >= max_bytes:
+                break
+            frame = self._gathering.pop(tag)
+            frames.append(frame)
+            size += frame.entry_bytes
         for frame in frames:
             self._taken[id(frame)] = frame
             self.pending_bytes -= frame.entry_bytes
@@ -179,8 +175,8 @@ class Buffer:
         for frame in self._ready:
             if frame.first_seq < seq:
                 return True
-        for gathering in self._gathering.values():
-            if gathering.first_seq < seq:
+        for frame in self._gathering.values():
+            if frame.first_seq < seq:
                 return True
         return False
 
@@ -209,10 +205,11 @@ class Buffer:
                 self.done.wait(remaining)
             return True
 
-    def drain_all(self) -> tuple[int, int]:
-        """Remove everything held (used once the writer is gone); returns records, bytes."""
+    def drain_all(self) -> tuple[int, int, list[Frame]]:
+        """Remove everything held (once the writer is gone): records, bytes and frames."""
         with self.lock:
             records, nbytes = self.held_records, self.held_bytes
+            frames = [*self._taken.values(), *self._ready, *self._gathering.values()]
             self._gathering.clear()
             self._ready.clear()
             self._taken.clear()
@@ -221,4 +218,4 @@ class Buffer:
             self.oldest_pending = None
             self.flush_until = -1
             self.done.notify_all()
-            return records, nbytes
+            return records, nbytes, frames

@@ -24,20 +24,23 @@ import atexit
 import logging
 import os
 import re
+import socket
+import ssl
 import sys
 import threading
 import time as _time
 import weakref
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Callable, Optional, TypeVar
 
 from .backoff import Backoff
 from .buffer import Buffer
-from .connection import Address, Connection, SendError
+from .connection import Address, Connection, ConnectionLost, Security, SendError
 from .errors import (
     BufferFullError,
     ClientClosedError,
@@ -45,10 +48,12 @@ from .errors import (
     FluentError,
     FluentTimeoutError,
     InvalidTagError,
+    RecordTooLargeError,
 )
-from .framing import Default, EntryPacker, frame_overhead, packed_forward_frame
+from .framing import Default, EntryPacker, FrameBuilder, frame_overhead
 from .lifecycle import Lifecycle
 from .message import Message, TimeLike, time_to_ns
+from .pool import Link, Server, ServerSpec, choose
 from .reader import STOP, Reader
 from .stats import (
     DROP_BUFFER_FULL,
@@ -57,7 +62,7 @@ from .stats import (
     ShutdownReport,
     Stats,
 )
-from .writer import Writer
+from .writer import Writer, resolve_futures
 
 log = logging.getLogger("fluentclient")
 
@@ -121,6 +126,107 @@ def _call_on_error(
         log.exception("fluentclient: the on_error callback raised")
 
 
+def _tls_context(
+    ssl_context: ssl.SSLContext | None,
+    tls: bool,
+    ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+    verify: bool,
+) -> ssl.SSLContext | None:
+    """The caller's context, or one made from the simple options (verifying by default)."""
+    if ssl_context is not None:
+        return ssl_context
+    if not (tls or ca_file or cert_file):
+        return None
+    context = ssl.create_default_context(cafile=ca_file)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if cert_file:
+        context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+@dataclass(frozen=True)
+class _Transport:
+    """How a client reaches its servers: everything both clients configure the same way."""
+
+    servers: tuple[Server, ...]
+    security: Security
+    connect_timeout: float
+    write_timeout: float
+    backoff: Backoff
+    require_ack: bool
+    ack_timeout: float
+    ack_retry_limit: int
+    compress: str | None
+    compress_level: int
+    keepalive_timeout: float | None
+    dns_refresh: bool
+    int_time: bool
+    entries_as_str: bool
+    default: Default
+
+    @classmethod
+    def make(
+        cls,
+        host: str,
+        port: int,
+        *,
+        unix_path: str | None,
+        servers: Sequence[ServerSpec] | None,
+        shared_key: str | None,
+        self_hostname: str | None,
+        username: str,
+        password: str,
+        ssl_context: ssl.SSLContext | None,
+        tls: bool,
+        tls_ca_file: str | None,
+        tls_cert_file: str | None,
+        tls_key_file: str | None,
+        tls_verify: bool,
+        tls_server_name: str | None,
+        **options: Any,
+    ) -> _Transport:
+        if servers:
+            parsed = tuple(Server.parse(spec) for spec in servers)
+            if all(server.standby for server in parsed):
+                raise ValueError("at least one server must not be a standby")
+        else:
+            parsed = (Server(host, port, unix_path=unix_path),)
+        if options["connect_timeout"] <= 0 or options["write_timeout"] <= 0:
+            raise ValueError("connect_timeout and write_timeout must be positive")
+        if options["ack_timeout"] <= 0 or options["ack_retry_limit"] < 0:
+            raise ValueError("ack_timeout must be positive, ack_retry_limit not negative")
+        FrameBuilder(compress=options["compress"], level=options["compress_level"])  # checks
+        security = Security(
+            ssl_context=_tls_context(ssl_context, tls, tls_ca_file, tls_cert_file,
+                                     tls_key_file, tls_verify),
+            server_hostname=tls_server_name,
+            shared_key=shared_key,
+            self_hostname=self_hostname if self_hostname is not None else socket.gethostname(),
+            username=username,
+            password=password,
+        )
+        return cls(servers=parsed, security=security, **options)
+
+    def packer(self) -> EntryPacker:
+        return EntryPacker(default=self.default, int_time=self.int_time)
+
+    def builder(self) -> FrameBuilder:
+        return FrameBuilder(
+            compress=self.compress, level=self.compress_level, chunks=self.require_ack,
+            str_entries=self.entries_as_str,
+        )
+
+    def links(self) -> list[Link]:
+        return [
+            Link(server, self.backoff, self.security, dns_refresh=self.dns_refresh)
+            for server in self.servers
+        ]
+
+
 _live_clients: weakref.WeakSet[BufferedClient] = weakref.WeakSet()
 
 
@@ -159,6 +265,7 @@ class BufferedClient(_Client):
         port: int = 24224,
         *,
         unix_path: str | None = None,
+        servers: Sequence[ServerSpec] | None = None,
         tag_prefix: str | None = None,
         buffer_limit: int = 8 * _MiB,
         write_threshold: int = 8 * 1024,
@@ -170,7 +277,26 @@ class BufferedClient(_Client):
         on_error: ErrorCallback | None = None,
         default: Default = None,
         shutdown_timeout: float = 5.0,
+        require_ack: bool = False,
+        ack_timeout: float = 60.0,
+        ack_retry_limit: int = 8,
+        shared_key: str | None = None,
+        self_hostname: str | None = None,
+        username: str = "",
+        password: str = "",
+        ssl_context: ssl.SSLContext | None = None,
+        tls: bool = False,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        tls_verify: bool = True,
+        tls_server_name: str | None = None,
+        compress: str | None = None,
+        compress_level: int = 6,
+        keepalive_timeout: float | None = None,
+        dns_refresh: bool = True,
         int_time: bool = False,
+        entries_as_str: bool = False,
         at_exit: bool = True,
     ) -> None:
         if max_frame_size < 1024 or max_frame_size > 6_000_000:
@@ -182,20 +308,25 @@ class BufferedClient(_Client):
         max_frame_size = min(max_frame_size, buffer_limit)
         if write_threshold <= 0 or flush_interval <= 0:
             raise ValueError("write_threshold and flush_interval must be positive")
-        if connect_timeout <= 0 or write_timeout <= 0 or shutdown_timeout < 0:
-            raise ValueError("timeouts must be positive")
-        self._address = _address(host, port, unix_path)
+        if shutdown_timeout < 0:
+            raise ValueError("shutdown_timeout must not be negative")
+        self._transport = _Transport.make(
+            host, port, unix_path=unix_path, servers=servers, connect_timeout=connect_timeout,
+            write_timeout=write_timeout, backoff=backoff, require_ack=require_ack,
+            ack_timeout=ack_timeout, ack_retry_limit=ack_retry_limit, shared_key=shared_key,
+            self_hostname=self_hostname, username=username, password=password,
+            ssl_context=ssl_context, tls=tls, tls_ca_file=tls_ca_file,
+            tls_cert_file=tls_cert_file, tls_key_file=tls_key_file, tls_verify=tls_verify,
+            tls_server_name=tls_server_name, compress=compress, compress_level=compress_level,
+            keepalive_timeout=keepalive_timeout, dns_refresh=dns_refresh, int_time=int_time,
+            entries_as_str=entries_as_str, default=default,
+        )
         self._tags = _TagChecker(tag_prefix)
         self._options: dict[str, Any] = dict(
             buffer_limit=buffer_limit,
             write_threshold=write_threshold,
             flush_interval=flush_interval,
             max_frame_size=max_frame_size,
-            connect_timeout=connect_timeout,
-            write_timeout=write_timeout,
-            backoff=backoff,
-            default=default,
-            int_time=int_time,
         )
         self._on_error = on_error
         self.shutdown_timeout = shutdown_timeout
@@ -208,28 +339,37 @@ class BufferedClient(_Client):
 
     def _fresh(self) -> None:
         """Build the queue, buffer and threads (not started): at init and after fork."""
-        o = self._options
+        o, t = self._options, self._transport
         self._closing = False
         self._life = Lifecycle()
         self._counters = Counters()
         self._queue: deque[object] = deque()
+        frame_size = o["max_frame_size"]
+        if t.compress:
+            # Deflate can grow incompressible input a little (stored blocks, gzip header
+            # and trailer): leave room so a compressed frame still fits.
+            frame_size -= frame_size // 500 + 64
         self._buffer = Buffer(
             limit=o["buffer_limit"],
             write_threshold=o["write_threshold"],
-            max_frame_size=o["max_frame_size"],
+            max_frame_size=frame_size,
         )
-        packer = EntryPacker(default=o["default"], int_time=o["int_time"])
-        self._reader = Reader(self._queue, self._buffer, self._life, packer, self._fail)
+        self._reader = Reader(self._queue, self._buffer, self._life, t.packer(), self._fail)
         self._writer = Writer(
-            self._address,
+            t.links(),
             self._buffer,
             self._life,
             self._counters,
+            t.builder(),
             flush_interval=o["flush_interval"],
-            connect_timeout=o["connect_timeout"],
-            write_timeout=o["write_timeout"],
-            backoff=o["backoff"],
+            connect_timeout=t.connect_timeout,
+            write_timeout=t.write_timeout,
             max_write=max(o["max_frame_size"], _MiB),
+            require_ack=t.require_ack,
+            ack_timeout=t.ack_timeout,
+            ack_retry_limit=t.ack_retry_limit,
+            keepalive_timeout=t.keepalive_timeout,
+            report=lambda err: _call_on_error(self._on_error, err, None),
         )
         self._started = False
         self._start_lock = threading.Lock()
@@ -257,8 +397,14 @@ class BufferedClient(_Client):
         time: TimeLike | None = None,
         sync_append: bool = False,
         timeout: float | None = None,
-    ) -> bool:
+        ack: bool = False,
+    ) -> Any:
         """Queue one record; True if it was taken, False if it was dropped (and counted).
+
+        With ``ack=True`` (which needs ``require_ack=True``) it returns instead a
+        :class:`concurrent.futures.Future` that resolves once the server acknowledged the
+        frame holding the record, or fails with the reason it never will be; use
+        ``asyncio.wrap_future`` to await it.
 
         With ``sync_append=True`` the call returns only once the record is in the buffer,
         and raises the reason when it cannot be: :class:`SerializationError`,
@@ -268,22 +414,18 @@ class BufferedClient(_Client):
         """
         full_tag = self._tags.known.get(tag) or self._tags(tag)
         time_ns = _time_ns() if time is None else time_to_ns(time)
+        if ack:
+            return self._post_with_ack(full_tag, record, time_ns, sync_append, timeout)
         if self._closing:
             err: FluentError = ClientClosedError("the client is shut down")
             self._refuse(DROP_CLOSED, err, Message(full_tag, record, time_ns))
             if sync_append:
                 raise err
             return False
-        if not self._started:
-            try:
-                self._start()
-            except (ClientClosedError, RuntimeError) as exc:
-                # No new threads once the interpreter is finalizing.
-                err = ClientClosedError(f"cannot start the client: {exc}")
-                self._refuse(DROP_CLOSED, err, Message(full_tag, record, time_ns))
-                if sync_append:
-                    raise err from exc
-                return False
+        if not self._started and not self._try_start(Message(full_tag, record, time_ns)):
+            if sync_append:
+                raise ClientClosedError("the client cannot start threads any more")
+            return False
         buf = self._buffer
         reader = self._reader
         queued = len(self._queue)
@@ -292,7 +434,7 @@ class BufferedClient(_Client):
             # rather than let the queue grow into drops. This waits on no I/O.
             _sleep(0)
         if buf.held_bytes + queued * reader.mean_entry >= buf.limit:
-            err = BufferFullError(f"buffer_limit of {buf.limit} bytes reached")
+            err = self._full_error()
             self._refuse(DROP_BUFFER_FULL, err, Message(full_tag, record, time_ns))
             if sync_append:
                 raise err
@@ -305,22 +447,72 @@ class BufferedClient(_Client):
         waiter: Future[None] = Future()
         self._queue.append(Message(full_tag, record, time_ns, waiter))
         reader.wake.set()
+        self._wait_appended(waiter, timeout)
+        return True
+
+    def _post_with_ack(
+        self, tag: str, record: Mapping[str, Any], time_ns: int, sync_append: bool,
+        timeout: float | None,
+    ) -> Future[None]:
+        if not self._transport.require_ack:
+            raise ValueError("post(ack=True) needs a client made with require_ack=True")
+        delivery: Future[None] = Future()
+        msg = Message(tag, record, time_ns, None, delivery)
+        if self._closing:
+            self._refuse(DROP_CLOSED, ClientClosedError("the client is shut down"), msg)
+        elif not self._started and not self._try_start(msg):
+            pass
+        elif self._over_limit():
+            self._refuse(DROP_BUFFER_FULL, self._full_error(), msg)
+        else:
+            if sync_append:
+                msg.waiter = Future()
+            self._queue.append(msg)
+            self._reader.wake.set()
+            if msg.waiter is not None:
+                self._wait_appended(msg.waiter, timeout)
+        if sync_append and delivery.done() and delivery.exception() is not None:
+            raise delivery.exception()  # type: ignore[misc]
+        return delivery
+
+    def _try_start(self, msg: Message) -> bool:
+        try:
+            self._start()
+        except (ClientClosedError, RuntimeError) as exc:
+            # No new threads once the interpreter is finalizing.
+            self._refuse(DROP_CLOSED, ClientClosedError(f"cannot start the client: {exc}"), msg)
+            return False
+        return True
+
+    def _over_limit(self) -> bool:
+        queued = len(self._queue)
+        if queued > _YIELD_AT:
+            _sleep(0)
+        return self._buffer.held_bytes + queued * self._reader.mean_entry >= self._buffer.limit
+
+    def _full_error(self) -> BufferFullError:
+        return BufferFullError(f"buffer_limit of {self._buffer.limit} bytes reached")
+
+    @staticmethod
+    def _wait_appended(waiter: Future[None], timeout: float | None) -> None:
         try:
             waiter.result(timeout)
         except FuturesTimeout:
             raise FluentTimeoutError(
                 f"the record did not reach the buffer within {timeout} s"
             ) from None
-        return True
 
     def _refuse(self, reason: str, err: FluentError, msg: Message) -> None:
         """A record post() turned away before it reached the queue."""
+        if msg.delivery is not None:
+            msg.delivery.set_exception(err)
         self._drop(reason, err, msg, refused=True)
 
     def _fail(self, reason: str, err: FluentError, msg: Message) -> None:
         """A record the reader could not put in the buffer."""
-        if msg.waiter is not None:
-            msg.waiter.set_exception(err)
+        for future in (msg.waiter, msg.delivery):
+            if future is not None:
+                future.set_exception(err)
         self._drop(reason, err, msg, refused=False)
 
     def _drop(self, reason: str, err: FluentError, msg: Message, *, refused: bool) -> None:
@@ -410,9 +602,13 @@ class BufferedClient(_Client):
             item = self._queue.popleft()
             if isinstance(item, Message):
                 stranded += 1
-                if item.waiter is not None:
-                    item.waiter.set_exception(ClientClosedError("the client shut down"))
-        records, nbytes = self._buffer.drain_all()
+                for future in (item.waiter, item.delivery):
+                    if future is not None:
+                        future.set_exception(ClientClosedError("the client shut down"))
+        records, nbytes, frames = self._buffer.drain_all()
+        closed = ClientClosedError("the client shut down before the server acknowledged it")
+        for frame in frames:
+            resolve_futures(frame, closed)
         c = self._counters
         with c.lock:
             c.unsent += records + stranded
@@ -425,7 +621,11 @@ class BufferedClient(_Client):
     def stats(self) -> Stats:
         c = self._counters
         entered = self._reader.taken + self._stranded + len(self._queue)
-        return c.snapshot(posted=entered + c.refused, buffered_bytes=self._buffer.held_bytes)
+        return c.snapshot(
+            posted=entered + c.refused,
+            buffered_bytes=self._buffer.held_bytes,
+            servers=tuple(link.stats() for link in self._writer.links),
+        )
 
     # -- process events ------------------------------------------------------------------
 
@@ -466,10 +666,13 @@ if hasattr(os, "register_at_fork"):
 class SyncClient(_Client):
     """Sends each record on the caller's thread and raises when it cannot.
 
-    Uses the same :class:`Message`, packer and frames as :class:`BufferedClient`; each
-    ``post()`` writes one PackedForward frame. A connection that failed is replaced on the
-    next call; a write that fails on a reused connection is tried once more on a new one,
-    since a server that went away is only noticed when writing.
+    Uses the same :class:`Message`, packer, frames and connections as
+    :class:`BufferedClient`; each ``post()`` writes one frame and, with
+    ``require_ack=True``, waits for its ack. A failed connection is replaced on the next
+    call; a write that fails on a reused connection is tried once more on a new one, since
+    a server that went away is only noticed when writing. With several ``servers`` each
+    call tries them in turn until one takes the frame. Calls from several threads are
+    serialized, so their frames never interleave on the wire.
     """
 
     def __init__(
@@ -478,21 +681,49 @@ class SyncClient(_Client):
         port: int = 24224,
         *,
         unix_path: str | None = None,
+        servers: Sequence[ServerSpec] | None = None,
         tag_prefix: str | None = None,
         connect_timeout: float = 5.0,
         write_timeout: float = 5.0,
         default: Default = None,
+        require_ack: bool = False,
+        ack_timeout: float = 60.0,
+        shared_key: str | None = None,
+        self_hostname: str | None = None,
+        username: str = "",
+        password: str = "",
+        ssl_context: ssl.SSLContext | None = None,
+        tls: bool = False,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        tls_verify: bool = True,
+        tls_server_name: str | None = None,
+        compress: str | None = None,
+        compress_level: int = 6,
+        keepalive_timeout: float | None = None,
+        dns_refresh: bool = True,
         int_time: bool = False,
+        entries_as_str: bool = False,
         max_frame_size: int = _MiB,
     ) -> None:
-        self._address = _address(host, port, unix_path)
+        self._transport = t = _Transport.make(
+            host, port, unix_path=unix_path, servers=servers, connect_timeout=connect_timeout,
+            write_timeout=write_timeout, backoff=Backoff(), require_ack=require_ack,
+            ack_timeout=ack_timeout, ack_retry_limit=0, shared_key=shared_key,
+            self_hostname=self_hostname, username=username, password=password,
+            ssl_context=ssl_context, tls=tls, tls_ca_file=tls_ca_file,
+            tls_cert_file=tls_cert_file, tls_key_file=tls_key_file, tls_verify=tls_verify,
+            tls_server_name=tls_server_name, compress=compress, compress_level=compress_level,
+            keepalive_timeout=keepalive_timeout, dns_refresh=dns_refresh, int_time=int_time,
+            entries_as_str=entries_as_str, default=default,
+        )
         self._tags = _TagChecker(tag_prefix)
-        self._packer = EntryPacker(default=default, int_time=int_time)
-        self._connect_timeout = connect_timeout
-        self._write_timeout = write_timeout
+        self._packer = t.packer()
+        self._builder = t.builder()
+        self._links = t.links()
         self._max_frame_size = max_frame_size
         self._lock = threading.Lock()
-        self._conn: Connection | None = None
         self._counters = Counters()
         self._posted = 0
         self._closed = False
@@ -505,92 +736,134 @@ class SyncClient(_Client):
         time: TimeLike | None = None,
         sync_append: bool = False,
         timeout: float | None = None,
-    ) -> bool:
+        ack: bool = False,
+    ) -> Any:
         """Send one record now; raises a :class:`FluentError` if it cannot be sent.
 
-        ``timeout`` caps the whole call (connect and write); ``sync_append`` is accepted
-        for symmetry with the buffered client, since this call is synchronous anyway.
+        ``timeout`` caps the whole call. ``sync_append`` is accepted for symmetry with the
+        buffered client (this call is synchronous anyway). ``ack=True`` (with
+        ``require_ack=True``) returns an already resolved Future, for code written for both
+        clients.
         """
-        full_tag = self._tags(tag)
-        time_ns = _time.time_ns() if time is None else time_to_ns(time)
-        if self._closed:
-            raise ClientClosedError("the client is closed")
-        entry = self._packer_pack(Message(full_tag, record, time_ns))
-        if len(entry) + frame_overhead(full_tag) > self._max_frame_size:
-            from .errors import RecordTooLargeError
-
-            raise RecordTooLargeError(
-                f"a {len(entry)}-byte record does not fit in a frame of "
-                f"{self._max_frame_size} bytes"
-            )
-        frame = packed_forward_frame(full_tag, entry, 1)
+        full_tag = self._tags.known.get(tag) or self._tags(tag)
+        time_ns = _time_ns() if time is None else time_to_ns(time)
+        if ack and not self._transport.require_ack:
+            raise ValueError("post(ack=True) needs a client made with require_ack=True")
         start = _time.monotonic()
         with self._lock:
+            if self._closed:
+                raise ClientClosedError("the client is closed")
+            entry = self._packer.pack(Message(full_tag, record, time_ns))
+            if len(entry) + frame_overhead(full_tag) > self._max_frame_size:
+                raise RecordTooLargeError(
+                    f"a {len(entry)}-byte record does not fit in a frame of "
+                    f"{self._max_frame_size} bytes"
+                )
+            data, chunk = self._builder.build(full_tag, entry, 1)
             self._posted += 1
-            self._send(frame, start, timeout)
+            self._send(data, chunk, start, timeout)
         with self._counters.lock:
             self._counters.sent += 1
             self._counters.frames_sent += 1
-            self._counters.bytes_sent += len(frame)
+            self._counters.bytes_sent += len(data)
+        if ack:
+            done: Future[None] = Future()
+            done.set_result(None)
+            return done
         return True
-
-    def _packer_pack(self, message: Message) -> bytes:
-        with self._lock:
-            return self._packer.pack(message)
 
     def _deadline(self, start: float, step: float, timeout: float | None) -> float:
         deadline = _time.monotonic() + step
         return deadline if timeout is None else min(deadline, start + timeout)
 
-    def _send(self, frame: bytes, start: float, timeout: float | None) -> None:
-        for attempt in (0, 1):
-            conn = self._conn
-            reused = conn is not None
-            if conn is not None and conn.peer_closed():
-                conn.close()
-                conn = self._conn = None
-                reused = False
-            if conn is None:
-                conn = Connection(self._address)
-                try:
-                    conn.connect(self._deadline(start, self._connect_timeout, timeout))
-                except FluentError:
+    def _send(self, data: bytes, chunk: str | None, start: float, timeout: float | None) -> None:
+        t = self._transport
+        error: FluentError = FluentConnectionError("no server to send to")
+        # A caller wants an answer now: every server is tried, whatever its backoff.
+        for link in choose(self._links, float("inf")):
+            for attempt in (0, 1):
+                conn = link.conn
+                if conn is not None and self._stale(link, conn):
+                    conn.close()
+                    conn = link.conn = None
+                reused = conn is not None
+                if conn is None:
+                    conn = link.new_connection()
+                    try:
+                        conn.connect(self._deadline(start, t.connect_timeout, timeout))
+                    except FluentError as exc:
+                        link.conn = None
+                        link.failed(str(exc))
+                        with self._counters.lock:
+                            self._counters.connect_failures += 1
+                        error = exc
+                        break
+                    link.connected()
                     with self._counters.lock:
-                        self._counters.connect_failures += 1
-                    raise
-                self._conn = conn
-                with self._counters.lock:
-                    self._counters.connects += 1
-            try:
-                conn.send(frame, self._deadline(start, self._write_timeout, timeout))
+                        self._counters.connects += 1
+                try:
+                    conn.send(data, self._deadline(start, t.write_timeout, timeout))
+                    if chunk is not None:
+                        self._await_ack(conn, chunk, self._deadline(start, t.ack_timeout, timeout))
+                except (SendError, ConnectionLost, FluentTimeoutError) as exc:
+                    conn.close()
+                    link.conn = None
+                    with self._counters.lock:
+                        self._counters.connection_failures += 1
+                    error = exc
+                    # A reused connection may have died while idle: one more try on a
+                    # new one, unless part of the frame already went out on it.
+                    partial = isinstance(exc, SendError) and exc.written > 0
+                    if reused and attempt == 0 and not partial:
+                        continue
+                    link.failed(str(exc))
+                    break
+                link.used_at = _time.monotonic()
+                link.frames_sent += 1
+                if chunk is not None:
+                    link.acked_frames += 1
+                if not conn.keepalive:
+                    conn.close()
+                    link.conn = None
                 return
-            except SendError as exc:
-                conn.close()
-                self._conn = None
-                with self._counters.lock:
-                    self._counters.connection_failures += 1
-                if not (reused and attempt == 0 and exc.written == 0):
-                    raise
-        raise FluentConnectionError("unreachable")  # pragma: no cover
+        raise error
+
+    def _stale(self, link: Link, conn: Connection) -> bool:
+        idle = self._transport.keepalive_timeout
+        if idle is not None and _time.monotonic() - link.used_at >= idle:
+            return True
+        return conn.peer_closed()
+
+    @staticmethod
+    def _await_ack(conn: Connection, chunk: str, deadline: float) -> None:
+        reply = conn.read_object(deadline)
+        if not isinstance(reply, dict) or reply.get("ack") != chunk:
+            raise ConnectionLost(f"expected the ack for {chunk!r}, got {reply!r:.80}")
 
     def flush(self, timeout: float | None = None) -> bool:
         """Nothing is ever held: every post() has already been written."""
         return True
 
     def shutdown(self, timeout: float | None = None) -> ShutdownReport:
+        deadline = _time.monotonic() + (5.0 if timeout is None else timeout)
         with self._lock:
-            conn, self._conn = self._conn, None
             self._closed = True
-        if conn is not None:
-            conn.close_gracefully(_time.monotonic() + (5.0 if timeout is None else timeout))
+            for link in self._links:
+                conn, link.conn = link.conn, None
+                if conn is not None:
+                    conn.close_gracefully(deadline)
         return self._counters.report(timed_out=False)
 
     def close(self) -> None:
         with self._lock:
-            conn, self._conn = self._conn, None
             self._closed = True
-        if conn is not None:
-            conn.close()
+            for link in self._links:
+                conn, link.conn = link.conn, None
+                if conn is not None:
+                    conn.close()
 
     def stats(self) -> Stats:
-        return self._counters.snapshot(posted=self._posted, buffered_bytes=0)
+        return self._counters.snapshot(
+            posted=self._posted, buffered_bytes=0,
+            servers=tuple(link.stats() for link in self._links),
+        )

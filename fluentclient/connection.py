@@ -1,4 +1,4 @@
-"""One socket's life: connect, write with a deadline, notice the peer leaving, close.
+"""One socket's life: connect (TLS, handshake), write with a deadline, read replies, close.
 
 A :class:`Connection` is driven by a single thread (the writer, or the caller of the sync
 client). The one exception is :meth:`Connection.abort`, which another thread may call to
@@ -9,25 +9,30 @@ The connection also reports how many of the bytes it was given the peer has take
 (:meth:`Connection.confirmed_offset`). On Linux the kernel tells how many written bytes
 are still in its send queue (``SIOCOUTQ``); everything before that point reached the
 peer's kernel, and for a Unix socket it was even read by the server. Frames after that
-point can be sent again whole on the next connection instead of being given up.
+point can be sent again whole on the next connection instead of being given up. Under TLS
+the queue holds encrypted records, not our bytes, so nothing can be confirmed that way.
 """
 
 from __future__ import annotations
 
 import fcntl
 import socket
+import ssl
 import struct
 import sys
 import time
-from typing import Union
+from dataclasses import dataclass
+from typing import Any, Union
 
 from .errors import FluentConnectionError, FluentTimeoutError
+from .framing import new_unpacker
 
 Address = Union[tuple[str, int], str]
 
 _SIOCOUTQ = 0x5411  # the same number as TIOCOUTQ on Linux
 _TCP_ESTABLISHED = 1
 _HAS_OUTQ = sys.platform.startswith("linux")
+_READ_SIZE = 65536
 
 
 class SendError(FluentConnectionError):
@@ -38,62 +43,137 @@ class SendError(FluentConnectionError):
         self.written = written
 
 
+class ConnectionLost(FluentConnectionError):
+    """The server closed or reset the connection, or sent something unreadable."""
+
+
 def describe(address: Address) -> str:
     return address if isinstance(address, str) else f"{address[0]}:{address[1]}"
+
+
+@dataclass(frozen=True)
+class Security:
+    """TLS and forward-handshake settings, the same for every connection of a client."""
+
+    ssl_context: ssl.SSLContext | None = None
+    server_hostname: str | None = None
+    shared_key: str | None = None
+    self_hostname: str = ""
+    username: str = ""
+    password: str = ""
+
+
+NO_SECURITY = Security()
 
 
 class Connection:
     """A connected stream socket to a forward server (TCP or Unix)."""
 
-    def __init__(self, address: Address) -> None:
+    def __init__(
+        self,
+        address: Address,
+        security: Security = NO_SECURITY,
+        *,
+        resolved: tuple[Any, ...] | None = None,
+    ) -> None:
         self.address = address
+        self.security = security
         self.sock: socket.socket | None = None
         self.bytes_written = 0
+        # False when the server's HELO said it closes after one event frame.
+        self.keepalive = True
+        self.server_hostname: str | None = None
         self._aborted = False
         self._unix = isinstance(address, str)
+        self._tls = security.ssl_context is not None
+        self._resolved = resolved
+        self._inbound = new_unpacker(max_buffer_size=1024 * 1024)
 
     # -- life cycle ---------------------------------------------------------------------
 
     def connect(self, deadline: float) -> None:
-        """Connect before the monotonic ``deadline`` or raise a FluentError."""
-        timeout = deadline - time.monotonic()
-        if timeout <= 0:
-            raise FluentTimeoutError(f"no time left to connect to {describe(self.address)}")
-        if self._unix:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        else:
-            assert not isinstance(self.address, str)
-            sock = self._tcp_socket(self.address)
-        # Published before connecting so that abort() can break the connect.
-        self.sock = sock
-        if self._aborted:
-            sock.close()
-            raise FluentConnectionError("connection aborted")
+        """Connect, then TLS and handshake if configured, all before ``deadline``."""
+        where = describe(self.address)
+        if deadline - time.monotonic() <= 0:
+            raise FluentTimeoutError(f"no time left to connect to {where}")
         try:
-            sock.settimeout(timeout)
-            sock.connect(self.address)
+            if self._unix:
+                family, target = socket.AF_UNIX, self.address
+            else:
+                family, target = self.resolve()
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            if not self._unix:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            # Published before connecting so that abort() can break the connect.
+            self.sock = sock
+            if self._aborted:
+                raise FluentConnectionError("connection aborted")
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            sock.connect(target)
+            if self._tls:
+                self._start_tls(deadline)
+            if self.security.shared_key is not None:
+                self._handshake(deadline)
+        except FluentConnectionError:
+            self.close()
+            raise
         except socket.timeout as exc:
             self.close()
-            raise FluentTimeoutError(
-                f"connecting to {describe(self.address)} timed out"
-            ) from exc
+            raise FluentTimeoutError(f"connecting to {where} timed out") from exc
+        except ssl.SSLError as exc:
+            self.close()
+            raise FluentConnectionError(f"TLS with {where} failed: {exc.reason or exc}") from exc
         except OSError as exc:
             self.close()
             raise FluentConnectionError(
-                f"cannot connect to {describe(self.address)}: {exc.strerror or exc}"
+                f"cannot connect to {where}: {exc.strerror or exc}"
             ) from exc
 
-    @staticmethod
-    def _tcp_socket(address: tuple[str, int]) -> socket.socket:
-        host, port = address
-        # Resolve here rather than in connect() so that resolution shares the deadline
-        # budget of the caller only once per connection.
+    def resolve(self) -> tuple[Any, ...]:
+        """The address family and socket address to connect to (looked up once if given)."""
+        if self._resolved is not None:
+            return self._resolved
+        assert not isinstance(self.address, str)
+        host, port = self.address
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        family = infos[0][0] if infos else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        return sock
+        if not infos:
+            raise FluentConnectionError(f"{host} has no address")
+        self._resolved = (infos[0][0], infos[0][4])
+        return self._resolved
+
+    def _start_tls(self, deadline: float) -> None:
+        context = self.security.ssl_context
+        assert context is not None and self.sock is not None
+        name = self.security.server_hostname
+        if name is None and not isinstance(self.address, str):
+            name = self.address[0]
+        tls = context.wrap_socket(
+            self.sock, server_hostname=name if context.check_hostname or name else None,
+            do_handshake_on_connect=False,
+        )
+        self.sock = tls
+        tls.settimeout(max(0.001, deadline - time.monotonic()))
+        tls.do_handshake()
+
+    def _handshake(self, deadline: float) -> None:
+        from . import handshake
+
+        sec = self.security
+        assert sec.shared_key is not None
+        helo = handshake.parse_helo(self.read_object(deadline))
+        self.keepalive = helo.keepalive
+        salt = handshake.new_salt()
+        ping = handshake.build_ping(
+            helo, self_hostname=sec.self_hostname, shared_key=sec.shared_key, salt=salt,
+            username=sec.username, password=sec.password,
+        )
+        # fluent-bit needs the whole PING in one read: one send of one buffer.
+        self.send(ping, deadline)
+        self.server_hostname = handshake.check_pong(
+            self.read_object(deadline), helo=helo, salt=salt, shared_key=sec.shared_key,
+            self_hostname=sec.self_hostname,
+        )
 
     def abort(self) -> None:
         """Break a blocked connect or send from another thread."""
@@ -112,6 +192,61 @@ class Connection:
                 sock.close()
             except OSError:
                 pass
+
+    # -- reading what the server says ---------------------------------------------------
+
+    def read_object(self, deadline: float) -> Any:
+        """The next msgpack object from the server, waiting until ``deadline``."""
+        sock = self.sock
+        if sock is None:
+            raise ConnectionLost("not connected")
+        while True:
+            for obj in self._inbound:
+                return obj
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise FluentTimeoutError(f"{describe(self.address)} did not answer in time")
+            sock.settimeout(remaining)
+            try:
+                data = sock.recv(_READ_SIZE)
+            except socket.timeout as exc:
+                raise FluentTimeoutError(
+                    f"{describe(self.address)} did not answer in time"
+                ) from exc
+            except OSError as exc:
+                raise ConnectionLost(f"reading from {describe(self.address)}: {exc}") from exc
+            if not data:
+                raise ConnectionLost(f"{describe(self.address)} closed the connection")
+            self._feed(data)
+
+    def read_available(self) -> list[Any]:
+        """Whatever objects the server has sent so far, without waiting.
+
+        Raises :class:`ConnectionLost` when the server closed or reset the connection.
+        """
+        sock = self.sock
+        if sock is None:
+            raise ConnectionLost("not connected")
+        sock.settimeout(0.0)
+        while True:
+            try:
+                data = sock.recv(_READ_SIZE)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+                break
+            except OSError as exc:
+                raise ConnectionLost(f"reading from {describe(self.address)}: {exc}") from exc
+            if not data:
+                raise ConnectionLost(f"{describe(self.address)} closed the connection")
+            self._feed(data)
+            if len(data) < _READ_SIZE:
+                break
+        return list(self._inbound)
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self._inbound.feed(data)
+        except Exception as exc:  # msgpack's BufferFull: a server flooding us
+            raise ConnectionLost(f"{describe(self.address)} sent too much: {exc}") from exc
 
     def close_gracefully(self, deadline: float) -> bool:
         """Half-close, then wait for the server to close too.
@@ -184,8 +319,10 @@ class Connection:
         try:
             # A socket with a timeout would wait for data here; this must only look.
             sock.settimeout(0.0)
-            data = sock.recv(1, socket.MSG_PEEK)
-        except (BlockingIOError, InterruptedError):
+            # TLS sockets take no flags; reading a byte is fine since any data at all
+            # means the connection is done.
+            data = sock.recv(1) if self._tls else sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
             return False
         except OSError:
             return True
@@ -194,13 +331,13 @@ class Connection:
 
     @property
     def can_confirm(self) -> bool:
-        """Whether :meth:`confirmed_offset` can ever know anything on this platform."""
-        return _HAS_OUTQ
+        """Whether :meth:`confirmed_offset` can ever know anything here."""
+        return _HAS_OUTQ and not self._tls
 
     def confirmed_offset(self) -> int | None:
         """How many of the bytes written so far the peer has taken, or None if unknown now."""
         sock = self.sock
-        if sock is None or not _HAS_OUTQ:
+        if sock is None or not self.can_confirm:
             return None
         try:
             buf = fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0")

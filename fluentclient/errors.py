@@ -42,3 +42,11 @@ class FluentTimeoutError(FluentError, TimeoutError):
 
 class FluentConnectionError(FluentError, ConnectionError):
     """Connecting to or sending to the server failed."""
+
+
+class AuthenticationError(FluentConnectionError, PermissionError):
+    """The server refused our shared key or user, or could not prove it knows the key."""
+
+
+class DeliveryError(FluentError):
+    """A record was given up: the server never acknowledged it within the retry limit."""

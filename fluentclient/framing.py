@@ -13,6 +13,7 @@ import base64
 import gzip
 import os
 import struct
+import zlib
 from collections.abc import Iterator, Mapping
 from typing import Any, Callable, Optional, Union
 
@@ -99,6 +100,51 @@ def packed_forward_frame(
     n = len(entries)
     head = _STR32.pack(0xDB, n) if str_entries else bin_header(n)
     return b"".join((b"\x93", _packb(tag), head, entries, _packb(options)))
+
+
+class FrameBuilder:
+    """Turns a tag's entries into the bytes of one frame, as the client is configured.
+
+    ``compress="gzip"`` makes CompressedPackedForward frames (``bin`` entries, as the spec
+    requires); ``chunks=True`` gives each frame a fresh ack id; ``str_entries`` writes
+    uncompressed entries as str32 for servers whose msgpack predates ``bin``.
+    """
+
+    def __init__(
+        self,
+        *,
+        compress: str | None = None,
+        level: int = 6,
+        chunks: bool = False,
+        str_entries: bool = False,
+    ) -> None:
+        if compress not in (None, "gzip"):
+            raise ValueError(f"compress must be None or 'gzip', not {compress!r}")
+        if not 0 <= level <= 9:
+            raise ValueError("compress_level must be between 0 and 9")
+        self.compress = compress
+        self.level = level
+        self.chunks = chunks
+        self.str_entries = str_entries
+
+    def build(
+        self, tag: str, entries: bytes | bytearray, count: int
+    ) -> tuple[bytes, str | None]:
+        """The frame's bytes and its chunk id (None without acks)."""
+        chunk = new_chunk_id() if self.chunks else None
+        if self.compress is None:
+            data = packed_forward_frame(
+                tag, entries, count, chunk=chunk, str_entries=self.str_entries
+            )
+            return data, chunk
+        # wbits 31: a gzip member (header and trailer), what both servers inflate.
+        deflate = zlib.compressobj(self.level, zlib.DEFLATED, 31)
+        payload = deflate.compress(entries) + deflate.flush()
+        options: dict[str, Any] = {"size": count, "compressed": "gzip"}
+        if chunk is not None:
+            options["chunk"] = chunk
+        data = b"".join((b"\x93", _packb(tag), bin_header(len(payload)), payload, _packb(options)))
+        return data, chunk
 
 
 def new_chunk_id() -> str:

@@ -73,11 +73,12 @@ def time_to_ns(value: TimeLike | None) -> int:
 class Message:
     """One posted record, as both clients carry it from ``post()`` to the wire.
 
-    ``waiter`` is set only when the caller wants to hear what became of the record
-    (``sync_append``); the common path leaves it ``None`` and allocates nothing else.
+    ``waiter`` (``sync_append``: the record reached the buffer) and ``delivery``
+    (``ack=True``: the server acknowledged it) are set only when the caller wants to hear
+    what became of the record; the common path leaves both ``None``.
     """
 
-    __slots__ = ("tag", "record", "time_ns", "waiter")
+    __slots__ = ("tag", "record", "time_ns", "waiter", "delivery")
 
     def __init__(
         self,
@@ -85,11 +86,13 @@ class Message:
         record: Mapping[str, Any],
         time_ns: int,
         waiter: Future[None] | None = None,
+        delivery: Future[None] | None = None,
     ) -> None:
         self.tag = tag
         self.record = record
         self.time_ns = time_ns
         self.waiter = waiter
+        self.delivery = delivery
 
     @property
     def time(self) -> EventTime:

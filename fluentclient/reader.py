@@ -131,7 +131,7 @@ class Reader:
             was_idle = buf.pending_records == 0
             add = buf.add_locked
             for msg, entry in packed:
-                if not add(msg.tag, entry):
+                if not add(msg.tag, entry, msg.delivery):
                     if rejected is None:
                         rejected = []
                     rejected.append(msg)

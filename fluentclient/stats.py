@@ -11,6 +11,21 @@ DROP_BUFFER_FULL = "buffer_full"
 DROP_UNSERIALIZABLE = "unserializable"
 DROP_TOO_LARGE = "too_large"
 DROP_CLOSED = "closed"
+DROP_NOT_ACKED = "not_acked"
+
+
+@dataclass(frozen=True)
+class ServerStats:
+    """One server as ``stats()`` shows it."""
+
+    address: str
+    state: str
+    standby: bool
+    connects: int
+    failures: int
+    frames_sent: int
+    acked_frames: int
+    last_error: str | None
 
 
 @dataclass(frozen=True)
@@ -36,6 +51,7 @@ class Stats:
     connects: int
     connect_failures: int
     connection_failures: int
+    servers: tuple[ServerStats, ...] = ()
 
     @property
     def dropped_total(self) -> int:
@@ -86,7 +102,9 @@ class Counters:
                 self.refused += 1
             return n
 
-    def snapshot(self, *, posted: int, buffered_bytes: int) -> Stats:
+    def snapshot(
+        self, *, posted: int, buffered_bytes: int, servers: tuple[ServerStats, ...] = ()
+    ) -> Stats:
         """A Stats; whatever is not accounted for yet is still on its way."""
         with self.lock:
             dropped = dict(self.dropped)
@@ -105,6 +123,7 @@ class Counters:
                 connects=self.connects,
                 connect_failures=self.connect_failures,
                 connection_failures=self.connection_failures,
+                servers=servers,
             )
 
     def report(self, *, timed_out: bool) -> ShutdownReport:

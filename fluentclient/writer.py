@@ -1,15 +1,21 @@
-"""The writer thread: takes whole frames from the buffer and writes them to the server.
+"""The writer thread: takes whole frames from the buffer and writes them to the servers.
 
-A written frame moves through three states, so that no record is ever lost unseen:
+A written frame stays *unconfirmed* (bytes held, counted against the buffer limit) until
+the server confirms it; if its connection fails first, it is sent again whole, with the
+same chunk id, on the next connection. What confirms a frame depends on the mode:
 
-* *unconfirmed*: written into our socket, bytes still held (they count against the
-  buffer limit). If the connection fails now, the frame is sent again whole on the next
-  connection.
-* *unsettled*: the peer's kernel took it (``Connection.confirmed_offset``); only its
-  record count is kept. A server that stops reading can still sit on such bytes, so if the
-  connection fails now its records count as ``possibly_lost``.
-* *sent*: the server must have read it, because it went on taking more bytes than any
-  receive buffer holds after it, or it closed its side after reading our FIN.
+* with acks (``require_ack``), the server's ``{"ack": id}``, matched in order. The frame is
+  then *sent*. A frame whose connections keep failing before its ack is given up after
+  ``ack_retry_limit`` attempts, and counted and reported, never silently dropped.
+* without acks, the peer's kernel taking the bytes (``Connection.confirmed_offset``). Only
+  the record count is kept from then on (*unsettled*): a server that stops reading can
+  still sit on such bytes, so if the connection fails now they count as ``possibly_lost``.
+  They become *sent* once more bytes than any receive buffer holds have been taken after
+  them, or once the server answers our closing FIN with its own.
+
+The loop fits on a screen: tend the links (read acks, confirm, settle, close idle ones),
+wait for work on the buffer's Condition, write. Socket I/O never happens with the lock
+held.
 """
 
 from __future__ import annotations
@@ -17,19 +23,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections.abc import Callable
 
-from .backoff import Backoff
 from .buffer import Buffer, Frame
-from .connection import Address, Connection, SendError, describe
-from .errors import FluentError
+from .connection import ConnectionLost, SendError
+from .errors import AuthenticationError, DeliveryError, FluentError
+from .framing import FrameBuilder
 from .lifecycle import Lifecycle
-from .stats import Counters
+from .pool import Link, choose, level
+from .stats import DROP_NOT_ACKED, Counters
 
 log = logging.getLogger("fluentclient")
 
-# How long to wait for the peer's kernel to take written bytes before looking again.
-_CONFIRM_POLL = 0.005
+# How long to wait for confirmations or acks before looking again.
+_POLL = 0.005
 # What a TCP receiver may hold unread when its own settings are unknown (Linux's default
 # maximum receive buffer).
 _DEFAULT_PEER_WINDOW = 6 * 1024 * 1024
@@ -44,36 +51,55 @@ def _peer_window() -> int:
         return _DEFAULT_PEER_WINDOW
 
 
+def resolve_futures(frame: Frame, error: BaseException | None = None) -> None:
+    """Complete the delivery futures of a frame's records (a cancelled one is skipped)."""
+    for future in frame.futures or ():
+        if future.done():
+            continue
+        try:
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+        except Exception:  # InvalidStateError: cancelled at this very moment
+            pass
+    frame.futures = None
+
+
 class Writer:
     def __init__(
         self,
-        address: Address,
+        links: list[Link],
         buf: Buffer,
         life: Lifecycle,
         counters: Counters,
+        builder: FrameBuilder,
         *,
         flush_interval: float,
         connect_timeout: float,
         write_timeout: float,
-        backoff: Backoff,
         max_write: int,
+        require_ack: bool,
+        ack_timeout: float,
+        ack_retry_limit: int,
+        keepalive_timeout: float | None,
+        report: Callable[[FluentError], None],
     ) -> None:
-        self._address = address
+        self.links = links
         self._buffer = buf
         self._life = life
         self._counters = counters
+        self._builder = builder
         self._flush_interval = flush_interval
         self._connect_timeout = connect_timeout
         self._write_timeout = write_timeout
-        self._backoff = backoff
         self._max_write = max_write
-        self.conn: Connection | None = None
-        # On a Unix socket the kernel counts bytes as taken only once the server read them.
-        self._settle_distance = 0 if isinstance(address, str) else _peer_window()
-        self._unconfirmed: deque[tuple[int, Frame]] = deque()
-        self._unsettled: deque[tuple[int, int]] = deque()
-        self._confirmed = 0
-        self._progress_at = 0.0
+        self._require_ack = require_ack
+        self._ack_timeout = ack_timeout
+        self._ack_retry_limit = ack_retry_limit
+        self._keepalive_timeout = keepalive_timeout
+        self._report = report
+        self._settle_distance = _peer_window()
         self.thread = threading.Thread(target=self._run, name="fluentclient-writer", daemon=True)
 
     # -- the loop ------------------------------------------------------------------------
@@ -81,7 +107,8 @@ class Writer:
     def _run(self) -> None:
         try:
             while True:
-                self._confirm()
+                for link in self.links:
+                    self._tend(link)
                 frames = self._wait_for_work()
                 if frames is None:
                     break
@@ -92,7 +119,7 @@ class Writer:
             log.exception("fluentclient writer thread failed")
 
     def _wait_for_work(self) -> list[Frame] | None:
-        """Wait until frames are due; None means stop, [] means look at confirmations."""
+        """Wait until frames are due; None means stop, [] means tend the links again."""
         buf, life = self._buffer, self._life
         with buf.changed:
             while True:
@@ -100,84 +127,153 @@ class Writer:
                     return None
                 now = time.monotonic()
                 due = buf.due_in(now, self._flush_interval)
+                in_flight = any(link.unconfirmed for link in self.links)
                 if life.drain_deadline is not None:
                     if now >= life.drain_deadline:
                         return None
                     if due is not None:
                         due = 0.0
-                    elif life.reader_done and not self._unconfirmed:
+                    elif life.reader_done and not in_flight:
                         return None
                 if due == 0.0:
                     return buf.take_locked(self._max_write)
-                if self._unconfirmed:
-                    if now - self._progress_at > self._write_timeout:
-                        return []
-                    wait = _CONFIRM_POLL if due is None else min(due, _CONFIRM_POLL)
-                    buf.changed.wait(wait)
+                if in_flight:
+                    buf.changed.wait(_POLL if due is None else min(due, _POLL))
                     return []
-                buf.changed.wait(1.0 if due is None else due)
+                wait = 1.0 if due is None else due
+                idle_close = self._next_idle_close(now)
+                if idle_close is not None:
+                    if idle_close <= 0:
+                        return []
+                    wait = min(wait, idle_close)
+                buf.changed.wait(wait)
+
+    def _next_idle_close(self, now: float) -> float | None:
+        if self._keepalive_timeout is None:
+            return None
+        times = [link.used_at + self._keepalive_timeout - now
+                 for link in self.links if link.conn is not None]
+        return min(times) if times else None
 
     # -- writing -------------------------------------------------------------------------
 
     def _write(self, frames: list[Frame]) -> None:
-        conn = self.conn
-        if conn is not None and conn.peer_closed():
-            self._connection_failed("the server closed the connection")
-            conn = None
-        if conn is None:
-            conn = self._connect()
-            if conn is None:
+        for frame in frames:
+            if frame.data is None:
+                assert frame.entries is not None
+                frame.data, frame.chunk = self._builder.build(
+                    frame.tag, frame.entries, frame.records
+                )
+                frame.entries = None
+        while frames:
+            link = self._connected_link()
+            if link is None:
                 self._buffer.requeue(frames)
                 self._pause()
                 return
-        data = frames[0].data if len(frames) == 1 else b"".join(f.data for f in frames)
+            share = self._share(link, frames)
+            frames = frames[len(share):]
+            if not self._send(link, share, frames):
+                return
+
+    def _share(self, link: Link, frames: list[Frame]) -> list[Frame]:
+        """The frames for this link: as many as keep it no more loaded than the next one."""
+        conn = link.conn
+        assert conn is not None
+        if not conn.keepalive:
+            # The server closes after one event frame: one frame per connection.
+            return frames[:1]
+        now = time.monotonic()
+        others = [other.load for other in self.links if other is not link
+                  and not other.server.standby and other.available(now)]
+        if link.server.standby or not others:
+            return frames
+        room = (min(others) - link.load) * link.server.weight
+        size = 0
+        for n, frame in enumerate(frames):
+            size += len(frame.data)  # type: ignore[arg-type]
+            if size > room and n:
+                return frames[:n]
+        return frames
+
+    def _send(self, link: Link, frames: list[Frame], rest: list[Frame]) -> bool:
+        """Write frames on the link's connection; False if it failed.
+
+        On failure the frames not written go back to the buffer, followed by ``rest`` (the
+        frames of this batch not yet handed to any link), so every tag keeps its order.
+        """
+        conn = link.conn
+        assert conn is not None
+        data = b"".join(f.data for f in frames)  # type: ignore[misc]
         start = conn.bytes_written
+        link.load += len(data) / link.server.weight
         try:
             conn.send(data, self._deadline(self._write_timeout))
         except SendError as exc:
-            end = start
+            # Frames wholly written are tracked like any other; the cut one goes back.
             written: list[Frame] = []
+            end = start
             for frame in frames:
-                if end + len(frame.data) > start + exc.written:
+                end += len(frame.data)  # type: ignore[arg-type]
+                if end > start + exc.written:
                     break
-                end += len(frame.data)
                 written.append(frame)
-            self._track(written, start)
-            self._buffer.requeue(frames[len(written):])
-            self._connection_failed(str(exc))
-            self._pause()
-            return
-        self._track(frames, start)
-        self._backoff = self._backoff.reset()
+            self._track(link, written, start)
+            self._link_failed(link, str(exc), pending=frames[len(written):] + rest)
+            return False
+        self._track(link, frames, start)
+        link.backoff = link.backoff.reset()
+        link.frames_sent += len(frames)
         with self._counters.lock:
             self._counters.frames_sent += len(frames)
             self._counters.bytes_sent += len(data)
+        if not conn.keepalive and not self._require_ack:
+            self._close(link)
+        return True
 
-    def _track(self, frames: list[Frame], offset: int) -> None:
-        if frames and not self._unconfirmed:
-            self._progress_at = time.monotonic()
+    def _track(self, link: Link, frames: list[Frame], offset: int) -> None:
+        now = time.monotonic()
+        if frames and not link.unconfirmed:
+            link.progress_at = now
+        link.used_at = now
         for frame in frames:
-            offset += len(frame.data)
-            self._unconfirmed.append((offset, frame))
+            offset += len(frame.data)  # type: ignore[arg-type]
+            link.unconfirmed.append((offset, frame))
 
-    def _connect(self) -> Connection | None:
-        conn = Connection(self._address)
-        self.conn = conn
-        if self._life.abandoned:
-            return None
-        try:
-            conn.connect(self._deadline(self._connect_timeout))
-        except FluentError as exc:
-            self.conn = None
+    def _connected_link(self) -> Link | None:
+        """A link with a live connection, connecting one if need be."""
+        for link in choose(self.links, time.monotonic()):
+            if link.conn is not None:
+                if self._require_ack or not link.conn.peer_closed():
+                    return link
+                self._link_failed(link, "the server closed the connection")
+                if not link.available(time.monotonic()):
+                    continue
+            if self._life.abandoned:
+                return None
+            conn = link.new_connection()
+            try:
+                conn.connect(self._deadline(self._connect_timeout))
+            except FluentError as exc:
+                link.conn = None
+                auth = isinstance(exc, AuthenticationError)
+                # A refused key is a configuration error: no tight loop, and say it loudly.
+                link.failed(str(exc), backoff_to_max=auth)
+                with self._counters.lock:
+                    self._counters.connect_failures += 1
+                if auth:
+                    log.error("fluentclient: %s refused us: %s", link.name, exc)
+                    self._report(exc)
+                else:
+                    log.warning("fluentclient: %s", exc)
+                continue
+            link.connected()
+            level(link, self.links)
             with self._counters.lock:
-                self._counters.connect_failures += 1
-            log.warning("fluentclient: %s", exc)
-            return None
-        self._confirmed = 0
-        with self._counters.lock:
-            self._counters.connects += 1
-        log.debug("fluentclient: connected to %s", describe(self._address))
-        return conn
+                self._counters.connects += 1
+            log.debug("fluentclient: connected to %s", link.name)
+            return link
+        return None
 
     def _deadline(self, timeout: float) -> float:
         deadline = time.monotonic() + timeout
@@ -185,10 +281,10 @@ class Writer:
         return deadline if drain is None else min(deadline, drain)
 
     def _pause(self) -> None:
-        """Wait out the backoff delay; shutdown cuts it short."""
-        delay = self._backoff.delay()
-        self._backoff = self._backoff.next()
-        deadline = self._deadline(delay)
+        """Wait until some link may be tried again; shutdown cuts it short."""
+        now = time.monotonic()
+        retry = min((link.retry_at for link in self.links), default=now)
+        deadline = min(self._deadline(max(0.0, retry - now)), self._deadline(1.0))
         with self._buffer.changed:
             while not self._life.abandoned:
                 remaining = deadline - time.monotonic()
@@ -198,49 +294,122 @@ class Writer:
 
     # -- confirmation and failure --------------------------------------------------------
 
-    def _confirm(self) -> None:
-        """Release frames the peer took, settle records it must have read."""
-        conn = self.conn
+    def _tend(self, link: Link) -> None:
+        conn = link.conn
         if conn is None:
             return
-        if self._unconfirmed:
-            offset = conn.confirmed_offset() if conn.can_confirm else conn.bytes_written
-            if offset is None and conn.peer_closed():
-                # Reset or closed with frames in flight: requeue them now rather than
-                # after a write timeout spent waiting for progress that cannot come.
-                self._connection_failed("the server closed the connection")
+        if self._require_ack:
+            self._read_acks(link)
+        elif link.unconfirmed:
+            self._confirm(link)
+        if link.conn is None:
+            return
+        if not self._require_ack:
+            self._settle(link)
+        now = time.monotonic()
+        idle = not link.unconfirmed and (
+            not conn.keepalive
+            or (self._keepalive_timeout is not None
+                and now - link.used_at >= self._keepalive_timeout)
+        )
+        if idle:
+            # Closed now and reopened when needed, so a middlebox that silently drops idle
+            # connections cannot eat the next frame.
+            self._close(link)
+
+    def _read_acks(self, link: Link) -> None:
+        conn = link.conn
+        assert conn is not None
+        try:
+            replies = conn.read_available()
+        except ConnectionLost as exc:
+            self._link_failed(link, str(exc))
+            return
+        acked: list[Frame] = []
+        for reply in replies:
+            head = link.unconfirmed[0][1] if link.unconfirmed else None
+            # Acks come in order; anything else means this connection is out of step
+            # (fluentd #4057) and must not be trusted with another frame.
+            if head is None or not isinstance(reply, dict) or reply.get("ack") != head.chunk:
+                self._finish_acks(link, acked)
+                self._link_failed(link, f"unexpected reply {reply!r:.80}")
                 return
-            if offset is not None and offset > self._confirmed:
-                self._confirmed = offset
-                self._progress_at = time.monotonic()
-            taken: list[Frame] = []
-            while self._unconfirmed and self._unconfirmed[0][0] <= self._confirmed:
-                end, frame = self._unconfirmed.popleft()
-                taken.append(frame)
-                self._unsettled.append((end, frame.records))
-            if taken:
-                self._buffer.release(taken)
-            elif time.monotonic() - self._progress_at > self._write_timeout:
-                self._connection_failed(
-                    f"the server took nothing for {self._write_timeout:g} s (stuck?)"
-                )
-                return
+            link.unconfirmed.popleft()
+            acked.append(head)
+        self._finish_acks(link, acked)
+        now = time.monotonic()
+        if acked:
+            link.progress_at = now
+        elif link.unconfirmed and now - link.progress_at > self._ack_timeout:
+            self._link_failed(link, f"no ack within {self._ack_timeout:g} s")
+
+    def _finish_acks(self, link: Link, acked: list[Frame]) -> None:
+        if not acked:
+            return
+        link.acked_frames += len(acked)
+        self._buffer.release(acked)
+        with self._counters.lock:
+            self._counters.sent += sum(f.records for f in acked)
+        for frame in acked:
+            resolve_futures(frame)
+
+    def _confirm(self, link: Link) -> None:
+        """Release the frames the peer's kernel took."""
+        conn = link.conn
+        assert conn is not None
+        offset = conn.confirmed_offset() if conn.can_confirm else conn.bytes_written
+        if offset is None and conn.peer_closed():
+            # Reset or closed with frames in flight: requeue them now rather than after a
+            # write timeout spent waiting for progress that cannot come.
+            self._link_failed(link, "the server closed the connection")
+            return
+        now = time.monotonic()
+        if offset is not None and offset > link.confirmed:
+            link.confirmed = offset
+            link.progress_at = now
+        taken: list[Frame] = []
+        while link.unconfirmed and link.unconfirmed[0][0] <= link.confirmed:
+            end, frame = link.unconfirmed.popleft()
+            taken.append(frame)
+            link.unsettled.append((end, frame.records))
+        if taken:
+            self._buffer.release(taken)
+        elif now - link.progress_at > self._write_timeout:
+            self._link_failed(link, f"the server took nothing for {self._write_timeout:g} s")
+
+    def _settle(self, link: Link) -> None:
         settled = 0
-        limit = self._confirmed - self._settle_distance
-        while self._unsettled and self._unsettled[0][0] <= limit:
-            settled += self._unsettled.popleft()[1]
+        limit = link.confirmed - (0 if link.server.unix_path else self._settle_distance)
+        while link.unsettled and link.unsettled[0][0] <= limit:
+            settled += link.unsettled.popleft()[1]
         if settled:
             with self._counters.lock:
                 self._counters.sent += settled
 
-    def _connection_failed(self, reason: str) -> None:
-        conn, self.conn = self.conn, None
+    def _link_failed(self, link: Link, reason: str, pending: list[Frame] | None = None) -> None:
+        """Drop the link's connection; its unconfirmed frames, then ``pending``, go back."""
+        conn, link.conn = link.conn, None
         if conn is not None:
             conn.close()
-        lost = sum(n for _, n in self._unsettled)
-        self._unsettled.clear()
-        again = [frame for _, frame in self._unconfirmed]
-        self._unconfirmed.clear()
+        if pending:
+            self._buffer.requeue(pending)
+        if not link.unconfirmed and not link.unsettled:
+            # A server closing an idle connection owes us nothing: reconnect when needed,
+            # without counting a failure or backing off.
+            log.debug("fluentclient: %s closed an idle connection: %s", link.name, reason)
+            return
+        lost = sum(n for _, n in link.unsettled)
+        link.unsettled.clear()
+        again: list[Frame] = []
+        given_up: list[Frame] = []
+        for _, frame in link.unconfirmed:
+            frame.attempts += 1
+            if self._require_ack and frame.attempts > self._ack_retry_limit:
+                given_up.append(frame)
+            else:
+                again.append(frame)
+        link.unconfirmed.clear()
+        link.failed(reason)
         self._buffer.requeue(again)
         retried = sum(f.records for f in again)
         with self._counters.lock:
@@ -249,30 +418,55 @@ class Writer:
             self._counters.retried += retried
         log.warning(
             "fluentclient: connection to %s failed: %s; %d records will be sent again, "
-            "%d may be lost",
-            describe(self._address), reason, retried, lost,
+            "%d may be lost", link.name, reason, retried, lost,
         )
+        if given_up:
+            self._give_up(given_up)
+
+    def _give_up(self, frames: list[Frame]) -> None:
+        records = sum(f.records for f in frames)
+        error = DeliveryError(
+            f"{records} records were not acknowledged after "
+            f"{self._ack_retry_limit} attempts; given up"
+        )
+        self._buffer.release(frames)
+        with self._counters.lock:
+            self._counters.dropped[DROP_NOT_ACKED] = (
+                self._counters.dropped.get(DROP_NOT_ACKED, 0) + records
+            )
+        log.error("fluentclient: %s", error)
+        for frame in frames:
+            resolve_futures(frame, error)
+        self._report(error)
+
+    def _close(self, link: Link) -> None:
+        """Close a connection with nothing unconfirmed, settling what it can."""
+        conn, link.conn = link.conn, None
+        if conn is None:
+            return
+        clean = False
+        if self._life.abandoned or link.unconfirmed:
+            conn.close()
+        else:
+            clean = conn.close_gracefully(self._deadline(self._write_timeout))
+        count = sum(n for _, n in link.unsettled)
+        link.unsettled.clear()
+        if count:
+            with self._counters.lock:
+                if clean:
+                    self._counters.sent += count
+                else:
+                    self._counters.possibly_lost += count
 
     def _finish(self) -> None:
-        """Close the connection, turning unsettled records into sent ones if we can."""
-        conn, self.conn = self.conn, None
-        clean = False
-        if conn is not None:
-            if self._life.abandoned or self._unconfirmed:
-                conn.close()
-            else:
-                clean = conn.close_gracefully(self._deadline(self._write_timeout))
         # Frames never confirmed stay in the buffer and are reported as unsent.
-        count = sum(n for _, n in self._unsettled)
-        self._unsettled.clear()
-        with self._counters.lock:
-            if clean:
-                self._counters.sent += count
-            else:
-                self._counters.possibly_lost += count
+        for link in self.links:
+            self._close(link)
+            link.unconfirmed.clear()
 
     def abort(self) -> None:
-        conn = self.conn
-        if conn is not None:
-            conn.abort()
+        for link in self.links:
+            conn = link.conn
+            if conn is not None:
+                conn.abort()
 

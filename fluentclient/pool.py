@@ -1,0 +1,154 @@
+"""The servers a client sends to, and the writer's per-server state.
+
+A :class:`Server` is what the user configures. A :class:`Link` is the writer's view of
+one server: its connection, the frames written to it and not yet confirmed, its own
+backoff, and counters for ``stats()``. Only the writer thread changes a Link; ``stats()``
+reads its counters without a lock, which at worst shows a value a moment old.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Union
+
+from .backoff import Backoff
+from .buffer import Frame
+from .connection import Address, Connection, Security, describe
+from .stats import ServerStats
+
+
+@dataclass(frozen=True)
+class Server:
+    """One forward server: TCP ``host``/``port`` or a Unix socket ``unix_path``.
+
+    Records are spread over the servers that are not ``standby`` in proportion to
+    ``weight``; standbys take over only while every other server is failing.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 24224
+    unix_path: str | None = None
+    weight: int = 60
+    standby: bool = False
+
+    def __post_init__(self) -> None:
+        if self.weight <= 0:
+            raise ValueError("a server's weight must be positive")
+
+    @property
+    def address(self) -> Address:
+        return self.unix_path if self.unix_path is not None else (self.host, self.port)
+
+    @classmethod
+    def parse(cls, spec: ServerSpec) -> Server:
+        """Accept a Server, ``"host:port"``, ``"unix:///path"`` or ``(host, port)``."""
+        if isinstance(spec, Server):
+            return spec
+        if isinstance(spec, tuple):
+            return cls(spec[0], int(spec[1]))
+        if spec.startswith("unix://"):
+            return cls(unix_path=spec[len("unix://"):])
+        host, sep, port = spec.rpartition(":")
+        if not sep:
+            return cls(spec)
+        return cls(host.strip("[]"), int(port))
+
+
+ServerSpec = Union[Server, str, tuple[str, int]]
+
+
+class Link:
+    def __init__(
+        self, server: Server, backoff: Backoff, security: Security, *, dns_refresh: bool
+    ) -> None:
+        self.server = server
+        self.name = describe(server.address)
+        self.backoff = backoff
+        self.security = security
+        self.dns_refresh = dns_refresh
+        self.conn: Connection | None = None
+        self.retry_at = 0.0
+        # Bytes written per unit of weight: the least loaded primary goes next.
+        self.load = 0.0
+        # Frames written on this connection and not yet confirmed (by the kernel, or by an
+        # ack), with the stream offset where each ends.
+        self.unconfirmed: deque[tuple[int, Frame]] = deque()
+        # Without acks: record counts the peer's kernel took, by stream offset.
+        self.unsettled: deque[tuple[int, int]] = deque()
+        self.confirmed = 0
+        self.progress_at = 0.0
+        self.used_at = 0.0
+        self._resolved: tuple[Any, ...] | None = None
+        self.connects = 0
+        self.failures = 0
+        self.frames_sent = 0
+        self.acked_frames = 0
+        self.last_error: str | None = None
+
+    def available(self, now: float) -> bool:
+        return self.conn is not None or now >= self.retry_at
+
+    def new_connection(self) -> Connection:
+        conn = Connection(
+            self.server.address, self.security,
+            resolved=None if self.dns_refresh else self._resolved,
+        )
+        self.conn = conn
+        self.confirmed = 0
+        return conn
+
+    def connected(self) -> None:
+        assert self.conn is not None
+        if not self.dns_refresh and self.server.unix_path is None:
+            self._resolved = self.conn.resolve()
+        self.connects += 1
+        self.last_error = None
+        self.progress_at = self.used_at = time.monotonic()
+
+    def failed(self, reason: str, *, backoff_to_max: bool = False) -> None:
+        """Schedule the next attempt after this link's backoff delay."""
+        self.failures += 1
+        self.last_error = reason
+        if backoff_to_max:
+            self.backoff = Backoff(
+                initial=self.backoff.maximum, maximum=self.backoff.maximum,
+                jitter=self.backoff.jitter,
+            )
+        self.retry_at = time.monotonic() + self.backoff.delay()
+        self.backoff = self.backoff.next()
+
+    def stats(self) -> ServerStats:
+        now = time.monotonic()
+        if self.conn is not None:
+            state = "connected"
+        elif now < self.retry_at:
+            state = "backing_off"
+        else:
+            state = "idle"
+        return ServerStats(
+            address=self.name, state=state, standby=self.server.standby,
+            connects=self.connects, failures=self.failures, frames_sent=self.frames_sent,
+            acked_frames=self.acked_frames, last_error=self.last_error,
+        )
+
+
+def choose(links: list[Link], now: float) -> list[Link]:
+    """The links to try for the next write, best first.
+
+    Primaries that are connected or due a retry come first, least loaded first: load is
+    bytes written divided by weight, so over time each server takes its share of bytes
+    whatever the size of each write. Standbys follow, and only matter when every primary
+    fails.
+    """
+    primaries = [link for link in links if not link.server.standby and link.available(now)]
+    standbys = [link for link in links if link.server.standby and link.available(now)]
+    primaries.sort(key=lambda link: link.load)
+    return primaries + standbys
+
+
+def level(link: Link, links: list[Link]) -> None:
+    """Start a link that (re)joins at the others' load, so it is not flooded to catch up."""
+    others = [other.load for other in links if other is not link and other.conn is not None]
+    link.load = max(others, default=link.load)
