@@ -54,7 +54,7 @@ from .framing import Default, EntryPacker, FrameBuilder, frame_overhead
 from .lifecycle import Lifecycle
 from .message import Message, TimeLike, time_to_ns
 from .pool import Link, Server, ServerSpec, choose
-from .reader import STOP, Reader
+from .reader import STOP, Reader, yield_gil
 from .stats import (
     DROP_BUFFER_FULL,
     DROP_CLOSED,
@@ -75,7 +75,6 @@ _TAG_CACHE = 10_000
 _MiB = 1024 * 1024
 # Queued messages past which post() lets the reader run before queueing more.
 _YIELD_AT = 256
-_sleep = _time.sleep
 _time_ns = _time.time_ns
 
 
@@ -432,7 +431,7 @@ class BufferedClient(_Client):
         if queued > _YIELD_AT:
             # Posts are outrunning serialization: give the reader the GIL for a moment
             # rather than let the queue grow into drops. This waits on no I/O.
-            _sleep(0)
+            yield_gil()
         if buf.held_bytes + queued * reader.mean_entry >= buf.limit:
             err = self._full_error()
             self._refuse(DROP_BUFFER_FULL, err, Message(full_tag, record, time_ns))
@@ -487,7 +486,7 @@ class BufferedClient(_Client):
     def _over_limit(self) -> bool:
         queued = len(self._queue)
         if queued > _YIELD_AT:
-            _sleep(0)
+            yield_gil()
         return self._buffer.held_bytes + queued * self._reader.mean_entry >= self._buffer.limit
 
     def _full_error(self) -> BufferFullError:

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Union
 
+from . import handshake
 from .errors import FluentConnectionError, FluentTimeoutError
 from .framing import new_unpacker
 
@@ -157,8 +158,6 @@ class Connection:
         tls.do_handshake()
 
     def _handshake(self, deadline: float) -> None:
-        from . import handshake
-
         sec = self.security
         assert sec.shared_key is not None
         helo = handshake.parse_helo(self.read_object(deadline))
