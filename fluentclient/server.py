@@ -23,6 +23,7 @@ import socket
 import stat
 import struct
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
 from types import TracebackType
@@ -120,6 +121,12 @@ class ForwardServer:
         self._stalled = False
         self._refusing = False
         self._drop_after: int | None = None
+        # Ack faults: acks held back for a while, never sent, sent twice, or with a wrong id.
+        self._ack_delay: float | None = None
+        self._withhold_acks = False
+        self._duplicate_acks = False
+        self._garble_acks = False
+        self._delayed_acks: list[tuple[float, _Conn, bytes]] = []
 
         self._cmd_lock = threading.Lock()
         self._commands: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
@@ -337,6 +344,38 @@ class ForwardServer:
 
         self._control(op)
 
+    def delay_acks(self, seconds: float | None) -> None:
+        """Write each ack ``seconds`` late (None: at once); reading goes on meanwhile."""
+
+        def op() -> None:
+            self._ack_delay = seconds
+
+        self._control(op)
+
+    def withhold_acks(self, on: bool = True) -> None:
+        """Record events but never acknowledge them."""
+
+        def op() -> None:
+            self._withhold_acks = on
+
+        self._control(op)
+
+    def duplicate_acks(self, on: bool = True) -> None:
+        """Send every ack twice, as a confused server might."""
+
+        def op() -> None:
+            self._duplicate_acks = on
+
+        self._control(op)
+
+    def garble_acks(self, on: bool = True) -> None:
+        """Answer each chunk with an ack for a different id."""
+
+        def op() -> None:
+            self._garble_acks = on
+
+        self._control(op)
+
     def drop_after(self, n: int | None) -> None:
         """Reset each connection accepted from now on once it has delivered ``n`` bytes.
 
@@ -400,7 +439,8 @@ class ForwardServer:
         assert sel is not None
         try:
             while not self._stopping:
-                for key, mask in sel.select(timeout=1.0):
+                timeout = self._send_due_acks() if self._delayed_acks else 1.0
+                for key, mask in sel.select(timeout=timeout):
                     data = key.data
                     if data is _WAKER:
                         self._drain_wake()
@@ -639,7 +679,7 @@ class ForwardServer:
         events = [
             ReceivedEvent(frame.tag, t, record) for frame in decoded for t, record in frame.entries
         ]
-        acks = [ack_for(frame.options["chunk"]) for frame in decoded if "chunk" in frame.options]
+        acks = self._acks_for(decoded)
         with self._cond:
             self._bytes_received += len(data)
             if decoded:
@@ -658,10 +698,42 @@ class ForwardServer:
                 except Exception:
                     log.exception("on_event callback failed")
         if acks:
-            conn.out += b"".join(acks)
-            self._flush(conn)
+            if self._ack_delay:
+                self._delayed_acks.append(
+                    (time.monotonic() + self._ack_delay, conn, b"".join(acks))
+                )
+            else:
+                conn.out += b"".join(acks)
+                self._flush(conn)
         if failure is not None:
             self._close_conn(conn)
+
+    def _acks_for(self, decoded: list[DecodedFrame]) -> list[bytes]:
+        if self._withhold_acks:
+            return []
+        acks = []
+        for frame in decoded:
+            chunk = frame.options.get("chunk")
+            if chunk is None:
+                continue
+            ack = ack_for(f"{chunk}-not-this-one" if self._garble_acks else chunk)
+            acks.append(ack)
+            if self._duplicate_acks:
+                acks.append(ack)
+        return acks
+
+    def _send_due_acks(self) -> float:
+        """Write delayed acks that are due; the seconds until the next one (or 1)."""
+        now = time.monotonic()
+        waiting = []
+        for due, conn, data in self._delayed_acks:
+            if due > now:
+                waiting.append((due, conn, data))
+            elif not conn.closed:
+                conn.out += data
+                self._flush(conn)
+        self._delayed_acks = waiting
+        return min((due - now for due, _, _ in waiting), default=1.0)
 
     def _flush(self, conn: _Conn) -> None:
         while conn.out and not conn.closed:
