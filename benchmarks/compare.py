@@ -38,7 +38,7 @@ RECORD = {
 }
 TAG = "bench.access"
 BUFFER_LIMIT = 8 * 1024 * 1024
-THROUGHPUT = ["raw", "buffered", "buffered_ack", "buffered_gzip", "sync",
+THROUGHPUT = ["raw", "raw_naive", "buffered", "buffered_ack", "buffered_gzip", "sync",
               "fluent_logger_async", "fluent_logger_sync"]
 
 
@@ -116,6 +116,8 @@ def make_poster(name: str, port: int) -> tuple[Any, Any, Any]:
         return post_sync, sync.shutdown, sync.close
     if name == "raw":
         return raw_ceiling(port)
+    if name == "raw_naive":
+        return raw_ceiling(port, naive=True)
     if name.startswith("fluent_logger"):
         if name == "fluent_logger_async":
             from fluent import asyncsender as sender_module  # type: ignore[import-not-found]
@@ -127,8 +129,12 @@ def make_poster(name: str, port: int) -> tuple[Any, Any, Any]:
     raise SystemExit(f"unknown contender {name}")
 
 
-def raw_ceiling(port: int) -> tuple[Any, Any, Any]:
-    """One thread packing PackedForward frames with msgpack.Packer and sendall: no threads."""
+def raw_ceiling(port: int, naive: bool = False) -> tuple[Any, Any, Any]:
+    """One thread packing PackedForward frames with msgpack.Packer and sendall: no threads.
+
+    The ceiling packs each entry's EventTime head with struct, as fluentclient does;
+    ``naive`` packs ``[ExtType(0, ...), record]`` per entry, as a plain client would.
+    """
     import msgpack
 
     sock = socket.create_connection(("127.0.0.1", port))
@@ -147,8 +153,12 @@ def raw_ceiling(port: int) -> tuple[Any, Any, Any]:
     def post(record: dict[str, Any]) -> None:
         nonlocal count
         sec, nsec = divmod(time.time_ns(), 1_000_000_000)
-        entries.extend(head.pack(0x92, 0xD7, 0, sec, nsec))
-        entries.extend(packer.pack(record))
+        if naive:
+            event_time = msgpack.ExtType(0, struct.pack(">II", sec, nsec))
+            entries.extend(packer.pack([event_time, record]))
+        else:
+            entries.extend(head.pack(0x92, 0xD7, 0, sec, nsec))
+            entries.extend(packer.pack(record))
         count += 1
         if len(entries) >= 64 * 1024:
             send()
@@ -306,6 +316,9 @@ def report(results: dict[str, Any]) -> str:
     if "raw" in t and "buffered" in t:
         ratios.append(f"BufferedClient / raw ceiling, end to end: "
                       f"{t['buffered']['e2e_rate'] / t['raw']['e2e_rate']:.2f}")
+    if "raw_naive" in t and "buffered" in t:
+        ratios.append(f"BufferedClient / naive raw loop, end to end: "
+                      f"{t['buffered']['e2e_rate'] / t['raw_naive']['e2e_rate']:.2f}")
     if "buffered_ack" in t and "buffered" in t:
         ratios.append(f"ack mode / plain: "
                       f"{t['buffered_ack']['e2e_rate'] / t['buffered']['e2e_rate']:.2f}")
