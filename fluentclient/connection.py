@@ -84,6 +84,8 @@ class Connection:
         # False when the server's HELO said it closes after one event frame.
         self.keepalive = True
         self.server_hostname: str | None = None
+        # The server closed its side (seen by read_available).
+        self.eof = False
         self._aborted = False
         self._unix = isinstance(address, str)
         self._tls = security.ssl_context is not None
@@ -221,7 +223,8 @@ class Connection:
     def read_available(self) -> list[Any]:
         """Whatever objects the server has sent so far, without waiting.
 
-        Raises :class:`ConnectionLost` when the server closed or reset the connection.
+        A server's close comes after its last acks; those are returned and ``eof`` is
+        set. Raises :class:`ConnectionLost` when the connection was reset.
         """
         sock = self.sock
         if sock is None:
@@ -235,7 +238,8 @@ class Connection:
             except OSError as exc:
                 raise ConnectionLost(f"reading from {describe(self.address)}: {exc}") from exc
             if not data:
-                raise ConnectionLost(f"{describe(self.address)} closed the connection")
+                self.eof = True
+                break
             self._feed(data)
             if len(data) < _READ_SIZE:
                 break

@@ -8,6 +8,7 @@ holding raw bytes), so every digest is computed over exactly the bytes received.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,8 +21,10 @@ from .errors import AuthenticationError
 
 @dataclass(frozen=True)
 class Helo:
+    """What the server's HELO offered: the raw nonce and auth salt, and keepalive."""
+
     nonce: bytes
-    auth: bytes
+    auth: bytes  # empty: the server asks for no user authentication
     keepalive: bool
 
 
@@ -34,14 +37,33 @@ def _raw(value: Any, what: str) -> bytes:
     raise AuthenticationError(f"HELO {what} must be bin or str, not {type(value).__name__}")
 
 
+def _wire(text: str) -> bytes:
+    """The bytes a str stands for: decoded with surrogateescape, so raw bytes come back."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        # A lone surrogate that no decoder made: hash it as-is rather than fail.
+        return text.encode("utf-8", "surrogatepass")
+
+
 def _digest(*parts: bytes | str) -> str:
     h = hashlib.sha512()
     for part in parts:
-        h.update(part if isinstance(part, bytes) else part.encode("utf-8", "surrogateescape"))
+        h.update(part if isinstance(part, bytes) else _wire(part))
     return h.hexdigest()
 
 
+def _same(received: str, expected: str) -> bool:
+    """Digest comparison in constant time (the expected value is lowercase hex)."""
+    return hmac.compare_digest(_wire(received), expected.encode("ascii"))
+
+
 def parse_helo(obj: Any) -> Helo:
+    """Check a decoded HELO and keep the exact bytes of its nonce and auth salt.
+
+    Both ``bin`` (fluentd) and ``str`` (fluent-bit, raw bytes decoded with
+    surrogateescape) are accepted; a missing ``keepalive`` means true.
+    """
     if (
         not isinstance(obj, list) or len(obj) != 2 or obj[0] != "HELO"
         or not isinstance(obj[1], dict)
@@ -59,6 +81,7 @@ def parse_helo(obj: Any) -> Helo:
 
 
 def new_salt() -> str:
+    """A fresh salt for one PING: 32 lowercase hex characters."""
     return os.urandom(16).hex()
 
 
@@ -66,6 +89,7 @@ def build_ping(
     helo: Helo, *, self_hostname: str, shared_key: str, salt: str,
     username: str = "", password: str = "",
 ) -> bytes:
+    """The packed PING: six ``str`` elements, the user fields empty when HELO auth is."""
     digest = _digest(salt, self_hostname, helo.nonce, shared_key)
     if helo.auth:
         user, password_digest = username, _digest(helo.auth, username, password)
@@ -90,7 +114,7 @@ def check_pong(obj: Any, *, helo: Helo, salt: str, shared_key: str, self_hostnam
         raise AuthenticationError(
             f"the server has our own hostname {self_hostname!r}: set self_hostname"
         )
-    if digest != _digest(salt, server_hostname, helo.nonce, shared_key):
+    if not _same(digest, _digest(salt, server_hostname, helo.nonce, shared_key)):
         raise AuthenticationError("the server's PONG digest is wrong: it does not know the key")
     return server_hostname
 
@@ -98,11 +122,14 @@ def check_pong(obj: Any, *, helo: Helo, salt: str, shared_key: str, self_hostnam
 # -- the server's side ------------------------------------------------------------------
 
 def build_helo(nonce: bytes, auth: bytes, keepalive: bool = True, *, as_str: bool = False) -> bytes:
+    """The packed HELO, fluentd style (``bin``, keepalive always given) or, with ``as_str``,
+    fluent-bit style (``str`` holding the raw bytes, no keepalive key unless it is false).
+    """
     options: dict[str, Any] = {
         "nonce": nonce.decode("utf-8", "surrogateescape") if as_str else nonce,
         "auth": auth.decode("utf-8", "surrogateescape") if as_str else auth,
     }
-    if not as_str:
+    if not as_str or not keepalive:
         options["keepalive"] = keepalive
     packer = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape")
     packed: bytes = packer.pack(["HELO", options])
@@ -113,7 +140,11 @@ def check_ping(
     obj: Any, *, nonce: bytes, auth: bytes, shared_key: str,
     users: Mapping[str, str] | None, server_hostname: str,
 ) -> tuple[bool, str, bytes]:
-    """(accepted, reason, the PONG to send)."""
+    """(accepted, reason, the PONG to send); never raises, whatever ``obj`` is.
+
+    The checks follow fluentd: the PING's shape, the hostname, the shared key digest,
+    then, when ``users`` is given, the user and its password digest over ``auth``.
+    """
     def pong(ok: bool, reason: str, digest: str = "") -> tuple[bool, str, bytes]:
         packed: bytes = msgpack.packb(
             ["PONG", ok, reason, server_hostname if ok else "", digest], use_bin_type=True
@@ -127,10 +158,10 @@ def check_ping(
     _, client_hostname, salt, digest, username, password_digest = obj
     if client_hostname == server_hostname:
         return pong(False, "same hostname between input and output: invalid configuration")
-    if digest != _digest(salt, client_hostname, nonce, shared_key):
+    if not _same(digest, _digest(salt, client_hostname, nonce, shared_key)):
         return pong(False, "shared_key mismatch")
     if users:
         password = users.get(username)
-        if password is None or password_digest != _digest(auth, username, password):
+        if password is None or not _same(password_digest, _digest(auth, username, password)):
             return pong(False, "username/password mismatch")
     return pong(True, "", _digest(salt, server_hostname, nonce, shared_key))

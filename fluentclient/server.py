@@ -20,15 +20,18 @@ import logging
 import os
 import selectors
 import socket
+import ssl
 import stat
 import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Callable, NamedTuple, TypeVar
 
+from . import handshake
 from .framing import DecodedFrame, FrameError, Time, ack_for, decode_frame, new_unpacker
 
 log = logging.getLogger("fluentclient.server")
@@ -54,10 +57,23 @@ class ReceivedEvent(NamedTuple):
 class _Conn:
     """An accepted socket and its decoding state. Used by the I/O thread only."""
 
-    __slots__ = ("sock", "name", "unpacker", "budget", "out", "mask", "closed", "fed", "done")
+    __slots__ = (
+        "sock", "name", "unpacker", "budget", "out", "mask", "closed", "fed", "done",
+        "tls_want", "nonce", "auth", "await_ping", "close_after_flush", "held_acks",
+    )
 
     def __init__(self, sock: socket.socket, name: str, budget: int | None) -> None:
         self.sock = sock
+        # While a TLS handshake is under way: the event it waits for, else 0.
+        self.tls_want = 0
+        # The handshake (server <security>): what HELO offered, and whether PING is due.
+        self.nonce = b""
+        self.auth = b""
+        self.await_ping = False
+        # Close once everything queued is written (a refused PONG, keepalive off).
+        self.close_after_flush = False
+        # Batches of acks waiting in the delay queue; a due close waits for them too.
+        self.held_acks = 0
         self.name = name
         self.unpacker = new_unpacker()
         # Bytes this connection may still deliver before it is reset (drop_after).
@@ -88,6 +104,12 @@ class ForwardServer:
         unix_path: str | os.PathLike[str] | None = None,
         on_event: Callable[[ReceivedEvent], None] | None = None,
         backlog: int = 128,
+        shared_key: str | None = None,
+        users: Mapping[str, str] | None = None,
+        self_hostname: str = "server.test",
+        ssl_context: ssl.SSLContext | None = None,
+        keepalive: bool = True,
+        helo_as_str: bool = False,
         control_timeout: float = 5.0,
     ) -> None:
         self._host = host
@@ -95,6 +117,16 @@ class ForwardServer:
         self._unix_path = os.fspath(unix_path) if unix_path is not None else None
         self._on_event = on_event
         self._backlog = backlog
+        if users and shared_key is None:
+            raise ValueError("users need a shared_key: the handshake carries both")
+        self._shared_key = shared_key
+        self._users = dict(users) if users else None
+        self._self_hostname = self_hostname
+        self._ssl_context = ssl_context
+        self._keepalive = keepalive
+        self._helo_as_str = helo_as_str
+        self._handshakes = 0
+        self._auth_failures = 0
         self._control_timeout = control_timeout
 
         # The condition guards everything recorded; an RLock so that a wait_for predicate
@@ -126,7 +158,8 @@ class ForwardServer:
         self._withhold_acks = False
         self._duplicate_acks = False
         self._garble_acks = False
-        self._delayed_acks: list[tuple[float, _Conn, bytes]] = []
+        # (when due, connection, the acks packed, how many)
+        self._delayed_acks: list[tuple[float, _Conn, bytes, int]] = []
 
         self._cmd_lock = threading.Lock()
         self._commands: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
@@ -282,8 +315,21 @@ class ForwardServer:
 
     @property
     def acks_sent(self) -> int:
+        """Acks handed to the socket (a delayed ack counts once its delay is over)."""
         with self._cond:
             return self._acks_sent
+
+    @property
+    def handshakes(self) -> int:
+        """Handshakes that ended with an accepted PING."""
+        with self._cond:
+            return self._handshakes
+
+    @property
+    def auth_failures(self) -> int:
+        """PINGs refused (wrong key, user or password, malformed)."""
+        with self._cond:
+            return self._auth_failures
 
     def clear(self) -> None:
         """Forget everything recorded so far and reset the counters (open connections stay)."""
@@ -294,6 +340,8 @@ class ForwardServer:
             self._bytes_received = 0
             self._connections_accepted = 0
             self._acks_sent = 0
+            self._handshakes = 0
+            self._auth_failures = 0
             self._cond.notify_all()
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0) -> bool:
@@ -341,6 +389,12 @@ class ForwardServer:
             self._stalled = on
             for conn in list(self._conns):
                 self._update_interest(conn)
+                if (
+                    not on and not conn.closed and not conn.tls_want
+                    and isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending()
+                ):
+                    # Decrypted bytes already inside the TLS layer: no select reports them.
+                    self._read(conn)
 
         self._control(op)
 
@@ -446,6 +500,8 @@ class ForwardServer:
                         self._drain_wake()
                     elif data is _LISTENER:
                         self._accept_all()
+                    elif data.tls_want and not data.closed:
+                        self._continue_tls(data)
                     elif not data.closed:
                         if mask & selectors.EVENT_WRITE:
                             self._flush(data)
@@ -585,7 +641,13 @@ class ForwardServer:
         else:
             where = self._unix_path
         self._next_conn_id += 1
+        if self._ssl_context is not None:
+            sock = self._ssl_context.wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False
+            )
         conn = _Conn(sock, f"connection {self._next_conn_id} ({where})", self._drop_after)
+        if self._ssl_context is not None:
+            conn.tls_want = selectors.EVENT_READ
         self._conns.add(conn)
         with self._cond:
             self._connections_accepted += 1
@@ -594,15 +656,57 @@ class ForwardServer:
         log.debug("%s accepted", conn.name)
         if conn.budget == 0:
             self._close_conn(conn, reset=True)
+        elif conn.tls_want:
+            self._continue_tls(conn)
+        else:
+            self._begin(conn)
+
+    def _continue_tls(self, conn: _Conn) -> None:
+        """Drive a non-blocking TLS handshake; a slow client never holds up the others."""
+        assert isinstance(conn.sock, ssl.SSLSocket)
+        try:
+            conn.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            conn.tls_want = selectors.EVENT_READ
+        except ssl.SSLWantWriteError:
+            conn.tls_want = selectors.EVENT_WRITE
+        except (ssl.SSLError, OSError) as exc:
+            self._record_error(f"{conn.name}: TLS handshake failed: {_short(str(exc))}")
+            self._close_conn(conn)
+            return
+        else:
+            conn.tls_want = 0
+            self._begin(conn)
+            return
+        self._update_interest(conn)
+
+    def _begin(self, conn: _Conn) -> None:
+        """The connection is ready: with security on, the server speaks first (HELO)."""
+        if self._shared_key is not None:
+            conn.nonce = os.urandom(16)
+            # Both real servers offer an auth salt even without users.
+            conn.auth = os.urandom(16)
+            conn.await_ping = True
+            conn.out += handshake.build_helo(
+                conn.nonce, conn.auth, self._keepalive, as_str=self._helo_as_str
+            )
+            self._flush(conn)
         else:
             self._update_interest(conn)
+        if isinstance(conn.sock, ssl.SSLSocket) and not conn.closed:
+            # Bytes that came with the TLS handshake are decrypted already: the selector
+            # will not report them.
+            self._read(conn)
 
     def _update_interest(self, conn: _Conn) -> None:
         if conn.closed or self._sel is None:
             return
-        want = 0 if self._stalled else selectors.EVENT_READ
-        if conn.out:
-            want |= selectors.EVENT_WRITE
+        if conn.tls_want:
+            want = conn.tls_want
+        else:
+            want = 0 if self._stalled else selectors.EVENT_READ
+            if conn.out:
+                want |= selectors.EVENT_WRITE
         if want == conn.mask:
             return
         # A selector will not hold a socket with no events, so a stalled and idle
@@ -630,6 +734,13 @@ class ForwardServer:
                 conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
             except OSError:
                 pass
+        elif isinstance(conn.sock, ssl.SSLSocket) and not conn.tls_want:
+            # Best effort close_notify, so that the peer reads a clean end of stream; the
+            # socket is non-blocking, so this never waits for the peer's answer.
+            try:
+                conn.sock.unwrap()
+            except (OSError, ValueError):
+                pass
         conn.sock.close()
         self._conns.discard(conn)
         with self._cond:
@@ -646,10 +757,16 @@ class ForwardServer:
         self._close_conn(conn)
 
     def _read(self, conn: _Conn) -> None:
+        if self._stalled:
+            return
         size = _READ_SIZE if conn.budget is None else min(_READ_SIZE, conn.budget)
         try:
             data = conn.sock.recv(size)
-        except (BlockingIOError, InterruptedError):
+            if isinstance(conn.sock, ssl.SSLSocket):
+                # TLS may hold more decrypted bytes than one read returned.
+                while conn.sock.pending() and len(data) < size:
+                    data += conn.sock.recv(min(conn.sock.pending(), size - len(data)))
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except OSError as exc:
             self._peer_gone(conn, f"read failed ({exc})")
@@ -672,7 +789,14 @@ class ForwardServer:
             unpacker.feed(data)
             for obj in unpacker:
                 conn.done = unpacker.tell()
+                if conn.close_after_flush:
+                    break  # refused, or keepalive off and its one frame taken
+                if conn.await_ping:
+                    self._answer_ping(conn, obj)
+                    continue
                 decoded.append(_checked_frame(obj))
+                if not self._keepalive:
+                    conn.close_after_flush = True
         except Exception as exc:
             failure = f"{conn.name}: broken frame: {_short(repr(exc))}"
         # Frames decoded before a broken one still count and get their acks, as in fluentd.
@@ -680,12 +804,14 @@ class ForwardServer:
             ReceivedEvent(frame.tag, t, record) for frame in decoded for t, record in frame.entries
         ]
         acks = self._acks_for(decoded)
+        delay = self._ack_delay
         with self._cond:
             self._bytes_received += len(data)
             if decoded:
                 self._frames.extend(decoded)
                 self._events.extend(events)
-                self._acks_sent += len(acks)
+                if not delay:
+                    self._acks_sent += len(acks)  # delayed ones count once written
             if failure is not None:
                 self._errors.append(failure)
             self._cond.notify_all()
@@ -697,16 +823,38 @@ class ForwardServer:
                     self._on_event(event)
                 except Exception:
                     log.exception("on_event callback failed")
+        if (conn.out or conn.close_after_flush) and not acks:
+            # A PONG, a HELO that waited for the TLS handshake, or a close that is due.
+            self._flush(conn)
         if acks:
-            if self._ack_delay:
+            if delay:
+                conn.held_acks += 1
                 self._delayed_acks.append(
-                    (time.monotonic() + self._ack_delay, conn, b"".join(acks))
+                    (time.monotonic() + delay, conn, b"".join(acks), len(acks))
                 )
             else:
                 conn.out += b"".join(acks)
                 self._flush(conn)
         if failure is not None:
             self._close_conn(conn)
+
+    def _answer_ping(self, conn: _Conn, obj: Any) -> None:
+        assert self._shared_key is not None
+        ok, reason, pong = handshake.check_ping(
+            obj, nonce=conn.nonce, auth=conn.auth, shared_key=self._shared_key,
+            users=self._users, server_hostname=self._self_hostname,
+        )
+        conn.await_ping = False
+        conn.out += pong
+        with self._cond:
+            if ok:
+                self._handshakes += 1
+            else:
+                self._auth_failures += 1
+            self._cond.notify_all()
+        if not ok:
+            log.info("%s refused: %s", conn.name, reason)
+            conn.close_after_flush = True
 
     def _acks_for(self, decoded: list[DecodedFrame]) -> list[bytes]:
         if self._withhold_acks:
@@ -726,25 +874,34 @@ class ForwardServer:
         """Write delayed acks that are due; the seconds until the next one (or 1)."""
         now = time.monotonic()
         waiting = []
-        for due, conn, data in self._delayed_acks:
+        for item in self._delayed_acks:
+            due, conn, data, count = item
             if due > now:
-                waiting.append((due, conn, data))
+                waiting.append(item)
             elif not conn.closed:
+                conn.held_acks -= 1
                 conn.out += data
+                with self._cond:
+                    self._acks_sent += count
+                    self._cond.notify_all()
                 self._flush(conn)
         self._delayed_acks = waiting
-        return min((due - now for due, _, _ in waiting), default=1.0)
+        return min((item[0] - now for item in waiting), default=1.0)
 
     def _flush(self, conn: _Conn) -> None:
         while conn.out and not conn.closed:
             try:
                 sent = conn.sock.send(conn.out)
-            except (BlockingIOError, InterruptedError):
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
+                    ssl.SSLWantWriteError):
                 break
             except OSError as exc:
                 self._peer_gone(conn, f"write failed ({exc})")
                 return
             del conn.out[:sent]
+        if conn.close_after_flush and not conn.out and not conn.held_acks and not conn.closed:
+            self._close_conn(conn)
+            return
         self._update_interest(conn)
 
     def _record_error(self, message: str) -> None:

@@ -171,6 +171,11 @@ class Writer:
                 self._buffer.requeue(frames)
                 self._pause()
                 return
+            if link.conn is not None and not link.conn.keepalive and link.unconfirmed:
+                # Its one frame is out and the server will close it: the rest wait for a
+                # new connection, made once that frame is confirmed.
+                self._buffer.requeue(frames)
+                return
             share = self._share(link, frames)
             frames = frames[len(share):]
             if not self._send(link, share, frames):
@@ -337,6 +342,9 @@ class Writer:
             link.unconfirmed.popleft()
             acked.append(head)
         self._finish_acks(link, acked)
+        if conn.eof:
+            self._link_failed(link, "the server closed the connection")
+            return
         now = time.monotonic()
         if acked:
             link.progress_at = now

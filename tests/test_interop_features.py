@@ -30,7 +30,6 @@ certificate, and a client certificate from an unrelated CA) are made at test tim
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
 import ssl
 import threading
@@ -38,7 +37,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -53,6 +51,7 @@ from fluentclient import (
     FluentError,
     SyncClient,
 )
+from tests.certs import Pki
 from tests.peer_server import NodePeer, PeerEvent, assert_peer_equal, require_peer
 
 pytestmark = pytest.mark.peer
@@ -73,51 +72,6 @@ Post = tuple[str, EventTime, dict[str, Any]]
 
 
 # -- certificates --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Pki:
-    ca_file: Path  # the test CA (PEM): trusted by both sides
-    server_cert: Path  # server certificate for 127.0.0.1 and localhost, signed by the CA
-    server_key: Path
-    client_cert: Path  # client certificate signed by the CA
-    client_key: Path
-    stranger_cert: Path  # client certificate signed by a CA nobody trusts
-    stranger_key: Path
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    try:
-        import trustme
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("trustme is not installed (pip install trustme)", pytrace=False)
-        pytest.skip("trustme is not installed (pip install trustme)")
-    d = tmp_path_factory.mktemp("pki")
-    ca = trustme.CA()
-    stranger_ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    client = ca.issue_cert("client.fluentclient.test")
-    stranger = stranger_ca.issue_cert("client.fluentclient.test")
-    pki = Pki(
-        ca_file=d / "ca.pem",
-        server_cert=d / "server.pem",
-        server_key=d / "server.key",
-        client_cert=d / "client.pem",
-        client_key=d / "client.key",
-        stranger_cert=d / "stranger.pem",
-        stranger_key=d / "stranger.key",
-    )
-    ca.cert_pem.write_to_path(str(pki.ca_file))
-    for leaf, cert_path, key_path in (
-        (server, pki.server_cert, pki.server_key),
-        (client, pki.client_cert, pki.client_key),
-        (stranger, pki.stranger_cert, pki.stranger_key),
-    ):
-        cert_path.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-        leaf.private_key_pem.write_to_path(str(key_path))
-    return pki
 
 
 # -- peers (one per configuration, shared by the module; each test clears the one it uses) ----

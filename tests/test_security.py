@@ -1,0 +1,154 @@
+"""Handshake, TLS and keepalive against the embedded server, for both clients."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+import msgpack
+import pytest
+
+from fluentclient import AuthenticationError, BufferedClient, FluentConnectionError, SyncClient
+from fluentclient.framing import new_unpacker
+from fluentclient.server import ForwardServer
+
+from .certs import Pki, server_context
+from .conftest import FAST_BACKOFF
+
+KEY = "a shared secret"
+
+
+def post_all(client, n: int, tag: str = "sec.a") -> None:
+    for i in range(n):
+        client.post(tag, {"i": i})
+
+
+@pytest.mark.parametrize("helo_as_str", [False, True], ids=["fluentd-helo", "fluent-bit-helo"])
+@pytest.mark.parametrize("kind", ["buffered", "sync"])
+def test_shared_key_handshake(kind, helo_as_str):
+    with ForwardServer(shared_key=KEY, helo_as_str=helo_as_str) as server:
+        cls = BufferedClient if kind == "buffered" else SyncClient
+        options = {"at_exit": False} if kind == "buffered" else {}
+        with cls(server.host, server.port, shared_key=KEY, self_hostname="app.test",
+                 **options) as client:
+            post_all(client, 20)
+        assert server.wait_for_events(20, timeout=5)
+        assert server.handshakes >= 1 and server.auth_failures == 0
+
+
+def test_users_and_passwords():
+    users = {"alice": "wonder", "bob": "builder"}
+    with ForwardServer(shared_key=KEY, users=users) as server:
+        with SyncClient(server.host, server.port, shared_key=KEY, username="bob",
+                        password="builder") as client:
+            client.post("sec.u", {"ok": 1})
+        with pytest.raises(AuthenticationError, match="username/password"):
+            SyncClient(server.host, server.port, shared_key=KEY, username="bob",
+                       password="nope").post("sec.u", {"ok": 0})
+        assert server.wait_for_events(1, timeout=5)
+        assert [e.record for e in server.events] == [{"ok": 1}]
+        assert server.auth_failures == 1
+
+
+def test_a_wrong_key_sends_nothing_and_is_reported():
+    errors = []
+    with ForwardServer(shared_key=KEY) as server:
+        with pytest.raises(AuthenticationError, match="shared_key mismatch"):
+            SyncClient(server.host, server.port, shared_key="wrong").post("sec.w", {"x": 1})
+        client = BufferedClient(server.host, server.port, shared_key="wrong", at_exit=False,
+                                backoff=FAST_BACKOFF,
+                                on_error=lambda err, msg: errors.append(err))
+        post_all(client, 10)
+        assert server.wait_for(lambda: server.auth_failures >= 2, timeout=5)
+        report = client.shutdown(0.5)
+        assert report.unsent_records == 10
+        assert server.event_count == 0
+        assert any(isinstance(e, AuthenticationError) for e in errors)
+        assert "shared_key mismatch" in (client.stats().servers[0].last_error or "")
+
+
+def test_server_speaks_first_and_refuses_records_before_ping():
+    with ForwardServer(shared_key=KEY) as server:
+        with socket.create_connection((server.host, server.port), timeout=5) as sock:
+            unpacker = new_unpacker()
+            unpacker.feed(sock.recv(4096))
+            helo = next(unpacker)
+            assert helo[0] == "HELO" and len(helo[1]["nonce"]) == 16
+            sock.sendall(msgpack.packb(["sec.early", 1700000000, {"x": 1}]))
+            unpacker.feed(sock.recv(4096))
+            pong = next(unpacker)
+            assert pong[:3] == ["PONG", False, "invalid ping message"]
+            assert sock.recv(4096) == b""  # closed after the refusal
+        assert server.event_count == 0
+
+
+def client_tls(pki: Pki, *, cert: bool = False) -> dict:
+    options = {"tls_ca_file": str(pki.ca_file)}
+    if cert:
+        options.update(tls_cert_file=str(pki.client_cert), tls_key_file=str(pki.client_key))
+    return options
+
+
+@pytest.mark.parametrize("kind", ["buffered", "sync"])
+def test_tls_with_handshake_and_acks(pki, kind):
+    with ForwardServer(ssl_context=server_context(pki), shared_key=KEY) as server:
+        cls = BufferedClient if kind == "buffered" else SyncClient
+        options = {"at_exit": False} if kind == "buffered" else {}
+        with cls(server.host, server.port, shared_key=KEY, require_ack=True,
+                 **client_tls(pki), **options) as client:
+            post_all(client, 300)
+        assert server.wait_for_events(300, timeout=5)
+        assert [e.record["i"] for e in server.events] == list(range(300))
+        assert server.acks_sent >= 1
+
+
+def test_tls_verifies_the_server_by_default(pki):
+    with ForwardServer(ssl_context=server_context(pki)) as server:
+        with pytest.raises(FluentConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+            SyncClient(server.host, server.port, tls=True).post("sec.v", {"x": 1})
+        with pytest.raises(FluentConnectionError):
+            SyncClient(server.host, server.port, tls_server_name="other.test",
+                       **client_tls(pki)).post("sec.v", {"x": 1})
+        assert server.event_count == 0
+
+
+def test_mutual_tls(pki):
+    with ForwardServer(ssl_context=server_context(pki, require_client_cert=True)) as server:
+        with SyncClient(server.host, server.port, require_ack=True,
+                        **client_tls(pki, cert=True)) as client:
+            client.post("sec.m", {"x": 1})
+        # Without a client certificate the server refuses; acks make that visible.
+        with pytest.raises(FluentConnectionError):
+            SyncClient(server.host, server.port, require_ack=True, ack_timeout=2,
+                       **client_tls(pki)).post("sec.m", {"x": 2})
+        assert server.wait_for_events(1, timeout=5)
+        assert [e.record for e in server.events] == [{"x": 1}]
+
+
+def test_a_client_stuck_in_tls_does_not_hold_up_others(pki):
+    with ForwardServer(ssl_context=server_context(pki)) as server:
+        with socket.create_connection((server.host, server.port), timeout=5):
+            # Connected but never starts TLS: the server must still serve other clients.
+            with SyncClient(server.host, server.port, **client_tls(pki)) as client:
+                client.post("sec.s", {"x": 1})
+            assert server.wait_for_events(1, timeout=5)
+
+
+def test_one_frame_per_connection_when_keepalive_is_off():
+    with ForwardServer(shared_key=KEY, keepalive=False) as server:
+        with BufferedClient(server.host, server.port, shared_key=KEY, require_ack=True,
+                            max_frame_size=2048, at_exit=False) as client:
+            post_all(client, 400)
+        assert server.wait_for_events(400, timeout=10)
+        assert [e.record["i"] for e in server.events] == list(range(400))
+        assert server.connections_accepted == len(server.frames) > 1
+
+
+def test_server_context_is_tls_only(pki):
+    with ForwardServer(ssl_context=server_context(pki)) as server:
+        with pytest.raises(FluentConnectionError):
+            SyncClient(server.host, server.port, require_ack=True,
+                       ack_timeout=1).post("sec.plain", {"x": 1})
+        assert server.event_count == 0
+        assert any("TLS" in e for e in server.errors)
+    assert ssl.HAS_TLSv1_3
