@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 
 from .framing import frame_overhead
+from .message import Message
 
 
 class Frame:
@@ -78,33 +79,51 @@ class Buffer:
                 self._payload_limits[tag] = limit
         return limit
 
-    def add_locked(self, tag: str, entry: bytes, future: Future[None] | None = None) -> bool:
-        """Append one entry; False when it would pass the limit."""
-        size = len(entry)
-        if self.held_bytes + size > self.limit:
-            return False
-        frame = self._gathering.get(tag)
-        if frame is None:
-            frame = self._gathering[tag] = Frame(tag, self.next_seq, self.payload_limit(tag))
-        elif frame.entry_bytes + size > frame.limit:
-            self._ready.append(frame)
-            frame = self._gathering[tag] = Frame(tag, self.next_seq, frame.limit)
-        assert frame.entries is not None
-        frame.entries += entry
-        frame.entry_bytes += size
-        frame.records += 1
-        if future is not None:
-            if frame.futures is None:
-                frame.futures = []
-            frame.futures.append(future)
-        self.next_seq += 1
-        if self.oldest_pending is None:
-            self.oldest_pending = time.monotonic()
-        self.pending_bytes += size
-        self.pending_records += 1
-        self.held_bytes += size
-        self.held_records += 1
-        return True
+    def add_batch_locked(self, msgs: list[Message], entries: list[bytes]) -> list[Message]:
+        """Append the entries of a batch in order; returns the messages over the limit.
+
+        The bookkeeping is kept in locals: this loop runs once per record on the reader
+        thread, which holds the GIL meanwhile.
+        """
+        rejected: list[Message] = []
+        held, limit, seq = self.held_bytes, self.limit, self.next_seq
+        gathering = self._gathering
+        added_bytes = added = 0
+        tag: str | None = None
+        frame: Frame | None = None
+        for msg, entry in zip(msgs, entries):
+            size = len(entry)
+            if held + size > limit:
+                rejected.append(msg)
+                continue
+            if msg.tag != tag or frame is None:
+                tag = msg.tag
+                frame = gathering.get(tag)
+                if frame is None:
+                    frame = gathering[tag] = Frame(tag, seq, self.payload_limit(tag))
+            if frame.entry_bytes + size > frame.limit:
+                self._ready.append(frame)
+                frame = gathering[tag] = Frame(tag, seq, frame.limit)
+            frame.entries += entry  # type: ignore[operator]
+            frame.entry_bytes += size
+            frame.records += 1
+            if msg.delivery is not None:
+                if frame.futures is None:
+                    frame.futures = []
+                frame.futures.append(msg.delivery)
+            seq += 1
+            held += size
+            added_bytes += size
+            added += 1
+        if added:
+            if self.oldest_pending is None:
+                self.oldest_pending = time.monotonic()
+            self.next_seq = seq
+            self.held_bytes = held
+            self.held_records += added
+            self.pending_bytes += added_bytes
+            self.pending_records += added
+        return rejected
 
     # -- writer side ---------------------------------------------------------------------
 

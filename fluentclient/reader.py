@@ -115,44 +115,40 @@ class Reader:
     def _append(self, batch: list[Message]) -> None:
         if not batch:
             return
+        buf = self._buffer
         pack = self._packer.pack
-        packed: list[tuple[Message, bytes]] = []
-        total = 0
+        limit_of = buf.payload_limit
+        kept: list[Message] = []
+        entries: list[bytes] = []
         for msg in batch:
             try:
                 entry = pack(msg)
             except SerializationError as exc:
                 self._fail(DROP_UNSERIALIZABLE, exc, msg)
                 continue
-            if len(entry) > self._buffer.payload_limit(msg.tag):
+            if len(entry) > limit_of(msg.tag):
                 self._fail(
                     DROP_TOO_LARGE,
                     RecordTooLargeError(
                         f"a {len(entry)}-byte record does not fit in a frame of "
-                        f"{self._buffer.max_frame_size} bytes"
+                        f"{buf.max_frame_size} bytes"
                     ),
                     msg,
                 )
                 continue
-            packed.append((msg, entry))
-            total += len(entry)
-        rejected: list[Message] | None = None
-        buf = self._buffer
+            kept.append(msg)
+            entries.append(entry)
         with buf.lock:
             was_idle = buf.pending_records == 0
-            add = buf.add_locked
-            for msg, entry in packed:
-                if not add(msg.tag, entry, msg.delivery):
-                    if rejected is None:
-                        rejected = []
-                    rejected.append(msg)
+            rejected = buf.add_batch_locked(kept, entries)
             if was_idle or buf.pending_bytes >= buf.write_threshold:
                 buf.changed.notify()
         self.taken += len(batch)
-        if packed:
-            self.mean_entry = 0.9 * self.mean_entry + 0.1 * (total / len(packed))
-        for msg, _ in packed:
-            if msg.waiter is not None and (rejected is None or msg not in rejected):
+        if entries:
+            mean = sum(map(len, entries)) / len(entries)
+            self.mean_entry = 0.9 * self.mean_entry + 0.1 * mean
+        for msg in kept:
+            if msg.waiter is not None and (not rejected or msg not in rejected):
                 msg.waiter.set_result(None)
         if rejected:
             err = BufferFullError(f"buffer_limit of {buf.limit} bytes reached")
