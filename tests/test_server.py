@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import gzip
 import socket
+import ssl
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from fluentclient.framing import ack_for
+from fluentclient.errors import AuthenticationError
+from fluentclient.framing import ack_for, new_unpacker
+from fluentclient.handshake import Helo, build_helo, build_ping, check_pong, new_salt, parse_helo
 from fluentclient.message import EventTime
 from fluentclient.server import ForwardServer, ReceivedEvent
+
+from .certs import Pki, client_context, server_context
 
 # -- the vectors of forward-protocol.md §9 -------------------------------------------------
 
@@ -585,3 +590,439 @@ def test_fixture_gives_a_started_server(fluent_server: ForwardServer) -> None:
     assert fluent_server.host == "127.0.0.1"
     assert fluent_server.port > 0 and fluent_server.listening
     assert fluent_server.address == ("127.0.0.1", fluent_server.port)
+
+
+# -- handshake (fluentd <security>) ------------------------------------------------------
+
+KEY = "a key only the tests know"
+CLIENT_HOST = "client.test"
+
+
+class Peer:
+    """A raw client socket (plain or TLS) with a streaming decoder for what comes back."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.unpacker = new_unpacker()
+
+    def __enter__(self) -> Peer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def next(self, timeout: float = WAIT) -> Any:
+        """The next object the server sends; fails on EOF or when ``timeout`` runs out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return next(self.unpacker)
+            except StopIteration:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("no reply from the server in time")
+            self.sock.settimeout(left)
+            data = self.sock.recv(65536)
+            if not data:
+                raise AssertionError("the server closed the connection instead of replying")
+            self.unpacker.feed(data)
+
+    def rest(self) -> tuple[list[Any], str]:
+        """Everything else the server sends until it closes, and how: "eof" or "reset"."""
+        self.sock.settimeout(WAIT)
+        how = "eof"
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:
+                how = "reset"
+                break
+            except ssl.SSLEOFError:
+                how = "eof without close_notify"
+                break
+            if not data:
+                break
+            self.unpacker.feed(data)
+        return list(self.unpacker), how
+
+    def nothing_pending(self) -> bool:
+        self.sock.setblocking(False)
+        try:
+            self.sock.recv(1)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return True
+        finally:
+            self.sock.settimeout(WAIT)
+        return False
+
+    def shake(
+        self, *, key: str = KEY, hostname: str = CLIENT_HOST, user: str = "",
+        password: str = "",
+    ) -> tuple[Helo, str, Any]:
+        """Read HELO, answer it with a PING: (HELO, the salt used, the server's PONG)."""
+        helo = parse_helo(self.next())
+        salt = new_salt()
+        self.sock.sendall(build_ping(helo, self_hostname=hostname, shared_key=key, salt=salt,
+                                     username=user, password=password))
+        return helo, salt, self.next()
+
+
+def peer(server: ForwardServer, context: ssl.SSLContext | None = None) -> Peer:
+    sock = connect(server)
+    if context is not None:
+        try:
+            # Ragged EOFs show up as errors: a server closing without close_notify is seen.
+            sock = context.wrap_socket(sock, server_hostname="127.0.0.1",
+                                       suppress_ragged_eofs=False)
+        except BaseException:
+            sock.close()
+            raise
+    return Peer(sock)
+
+
+def framed(chunk: str, i: int = 0) -> bytes:
+    return pack([TAG, T0 + i, {"i": i}, {"chunk": chunk}])
+
+
+def authenticated(
+    server: ForwardServer, context: ssl.SSLContext | None = None, *,
+    expect: str = "server.test", **kw: str,
+) -> Peer:
+    """A connection past a successful handshake with a server called ``expect``."""
+    p = peer(server, context)
+    helo, salt, pong = p.shake(**kw)
+    assert check_pong(pong, helo=helo, salt=salt, shared_key=kw.get("key", KEY),
+                      self_hostname=kw.get("hostname", CLIENT_HOST)) == expect
+    return p
+
+
+def _decode_one(data: bytes) -> Any:
+    unpacker = new_unpacker()
+    unpacker.feed(data)
+    [obj] = list(unpacker)
+    return obj
+
+
+def test_without_security_the_server_does_not_speak_first(fluent_server: ForwardServer) -> None:
+    with peer(fluent_server) as p:
+        p.sock.sendall(V2B)
+        assert recv_exact(p.sock, len(ACK)) == ACK  # an ack, not a HELO, comes first
+    assert fluent_server.handshakes == 0 and fluent_server.auth_failures == 0
+
+
+@pytest.mark.parametrize("keepalive", [True, False])
+def test_helo_fluentd_style(keepalive: bool) -> None:
+    with ForwardServer(shared_key=KEY, keepalive=keepalive) as server:
+        with peer(server) as a, peer(server) as b:
+            raw_a, raw_b = recv_exact(a.sock, 65), recv_exact(b.sock, 65)
+            assert a.nothing_pending()
+        helo_a = parse_helo(_decode_one(raw_a))
+        # bin8 nonce and auth of 16 bytes each, keepalive as a bool: fluentd's layout.
+        assert raw_a == build_helo(helo_a.nonce, helo_a.auth, keepalive)
+        assert raw_a[13:15] == b"\xc4\x10" and raw_a[36:38] == b"\xc4\x10"
+        assert raw_a[-1:] == (b"\xc3" if keepalive else b"\xc2")
+        helo_b = parse_helo(_decode_one(raw_b))
+        # Each connection gets its own nonce and auth salt.
+        assert helo_a.nonce != helo_b.nonce and helo_a.auth != helo_b.auth
+        assert server.event_count == 0 and server.handshakes == 0
+
+
+@pytest.mark.parametrize("keepalive", [True, False])
+def test_helo_fluent_bit_style(keepalive: bool) -> None:
+    with ForwardServer(shared_key=KEY, helo_as_str=True, keepalive=keepalive) as server:
+        with peer(server) as p:
+            size = 52 if keepalive else 63
+            raw = recv_exact(p.sock, size)
+            assert p.nothing_pending()
+            helo = parse_helo(_decode_one(raw))
+    # str (b0) holding 16 raw bytes, and a keepalive key only when it is false.
+    assert raw.startswith(bytes.fromhex("92a448454c4f") + (b"\x82" if keepalive else b"\x83"))
+    assert raw[7:14] == b"\xa5nonce\xb0" and raw[30:36] == b"\xa4auth\xb0"
+    assert (b"keepalive" in raw) == (not keepalive)
+    assert raw == build_helo(helo.nonce, helo.auth, keepalive, as_str=True)
+    assert helo.keepalive is keepalive and len(helo.nonce) == len(helo.auth) == 16
+
+
+@pytest.mark.parametrize("helo_as_str", [False, True], ids=["fluentd", "fluent-bit"])
+def test_handshake_then_records_and_acks(helo_as_str: bool) -> None:
+    with ForwardServer(shared_key=KEY, helo_as_str=helo_as_str,
+                       self_hostname="collector.internal") as server:
+        with authenticated(server, expect="collector.internal") as p:
+            p.sock.sendall(V2B)
+            assert p.next() == {"ack": CHUNK}
+        assert server.events == [EV_HELLO_INT]
+        assert server.handshakes == 1 and server.auth_failures == 0
+        assert server.errors == []
+
+
+def test_a_ping_split_across_writes_is_accepted() -> None:
+    with ForwardServer(shared_key=KEY) as server, peer(server) as p:
+        helo = parse_helo(p.next())
+        salt = new_salt()
+        ping = build_ping(helo, self_hostname=CLIENT_HOST, shared_key=KEY, salt=salt)
+        send_in_pieces(server, p.sock, ping, [1, 7, 100, 200])
+        check_pong(p.next(), helo=helo, salt=salt, shared_key=KEY, self_hostname=CLIENT_HOST)
+        p.sock.sendall(V2B)
+        assert p.next() == {"ack": CHUNK}
+
+
+USERS = {"alice": "wonderland", "bob": "builder"}
+
+
+@pytest.mark.parametrize("user, password", [("alice", "wonderland"), ("bob", "builder")])
+def test_users_with_the_right_password_get_in(user: str, password: str) -> None:
+    with ForwardServer(shared_key=KEY, users=USERS) as server:
+        with authenticated(server, user=user, password=password) as p:
+            p.sock.sendall(V2B)
+            assert p.next() == {"ack": CHUNK}
+        assert server.handshakes == 1 and server.event_count == 1
+
+
+def ping_with_bin_salt(p: Peer) -> None:
+    helo = parse_helo(p.next())
+    good = msgpack.unpackb(build_ping(helo, self_hostname=CLIENT_HOST, shared_key=KEY,
+                                      salt=new_salt()))
+    good[2] = good[2].encode()  # bin instead of str
+    p.sock.sendall(pack(good))
+
+
+def records_instead_of_ping(p: Peer) -> None:
+    parse_helo(p.next())
+    p.sock.sendall(V2B)
+
+
+REFUSALS = {
+    "wrong key": (None, {"key": "not it"}, "shared_key mismatch"),
+    "wrong password": (None, {"user": "bob", "password": "wonderland"},
+                       "username/password mismatch"),
+    "unknown user": (None, {"user": "carol", "password": "builder"},
+                     "username/password mismatch"),
+    "no user": (None, {}, "username/password mismatch"),
+    "our hostname": (None, {"user": "bob", "password": "builder", "hostname": "server.test"},
+                     "same hostname between input and output: invalid configuration"),
+    "bin field": (ping_with_bin_salt, {}, "invalid ping message"),
+    "records first": (records_instead_of_ping, {}, "invalid ping message"),
+}
+
+
+@pytest.mark.parametrize("opening, creds, reason", list(REFUSALS.values()), ids=list(REFUSALS))
+def test_refused_pings_get_pong_false_then_a_close(
+    opening: Callable[[Peer], None] | None, creds: dict[str, str], reason: str
+) -> None:
+    with ForwardServer(shared_key=KEY, users=USERS) as server:
+        # A connection that got in earlier is not disturbed by the refusal.
+        with authenticated(server, user="alice", password="wonderland") as good:
+            with peer(server) as p:
+                if opening is None:
+                    helo, salt, pong = p.shake(**creds)
+                    with pytest.raises(AuthenticationError, match=reason):
+                        check_pong(pong, helo=helo, salt=salt, shared_key=creds.get("key", KEY),
+                                   self_hostname=creds.get("hostname", CLIENT_HOST))
+                else:
+                    opening(p)
+                    pong = p.next()
+                assert pong == ["PONG", False, reason, "", ""]
+                assert p.rest() == ([], "eof")
+            good.sock.sendall(V2B)
+            assert good.next() == {"ack": CHUNK}
+        assert server.auth_failures == 1 and server.handshakes == 1
+        assert server.events == [EV_HELLO_INT]  # only the good connection's record
+
+
+def test_users_need_a_shared_key() -> None:
+    with pytest.raises(ValueError, match="shared_key"):
+        ForwardServer(users=USERS)
+
+
+def test_clear_resets_the_handshake_counters() -> None:
+    with ForwardServer(shared_key=KEY) as server:
+        authenticated(server).sock.close()
+        with peer(server) as p:
+            p.shake(key="wrong")
+        assert server.wait_for(lambda: server.handshakes == 1 and server.auth_failures == 1)
+        server.clear()
+        assert (server.handshakes, server.auth_failures) == (0, 0)
+
+
+# -- keepalive off (fluentd deny_keepalive) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "handshake"])
+def test_keepalive_off_closes_after_the_first_frame_and_its_ack(secure: bool) -> None:
+    with ForwardServer(keepalive=False, shared_key=KEY if secure else None) as server:
+        with (authenticated(server) if secure else peer(server)) as p:
+            # Two frames in one write: the second one is never taken.
+            p.sock.sendall(framed("one", 1) + framed("two", 2))
+            assert p.rest() == ([{"ack": "one"}], "eof")
+        assert [e.record for e in server.events] == [{"i": 1}]
+        assert server.acks_sent == 1
+
+
+def test_keepalive_off_without_an_ack_closes_at_once() -> None:
+    with ForwardServer(keepalive=False) as server, peer(server) as p:
+        p.sock.sendall(V1)
+        assert p.rest() == ([], "eof")
+        assert server.events == [EV_HELLO_INT]
+
+
+def test_keepalive_off_with_withheld_acks_closes_without_one() -> None:
+    with ForwardServer(keepalive=False) as server, peer(server) as p:
+        server.withhold_acks(True)
+        p.sock.sendall(V2B)
+        assert p.rest() == ([], "eof")
+        assert server.event_count == 1 and server.acks_sent == 0
+
+
+def test_keepalive_off_waits_for_a_delayed_ack() -> None:
+    delay = 0.3
+    with ForwardServer(keepalive=False) as server, peer(server) as p:
+        server.delay_acks(delay)
+        began = time.monotonic()
+        p.sock.sendall(framed("one", 1))
+        assert server.wait_for_events(1)
+        # More bytes while the ack is held: read and ignored, and they close nothing early.
+        before = server.bytes_received
+        p.sock.sendall(framed("two", 2))
+        assert server.wait_for(lambda: server.bytes_received > before)
+        assert p.rest() == ([{"ack": "one"}], "eof")
+        assert time.monotonic() - began >= delay
+        assert [e.record for e in server.events] == [{"i": 1}]
+
+
+# -- TLS -----------------------------------------------------------------------------------
+
+
+def test_tls_carries_every_vector(pki: Pki) -> None:
+    with ForwardServer(ssl_context=server_context(pki)) as server:
+        with peer(server, client_context(pki)) as p:
+            assert isinstance(p.sock, ssl.SSLSocket) and p.sock.version()
+            p.sock.sendall(STREAM)
+            assert recv_exact(p.sock, len(STREAM_ACKS)) == STREAM_ACKS
+        assert server.events == STREAM_EVENTS
+        assert server.errors == []
+
+
+def test_tls_large_frames_split_over_many_records(pki: Pki) -> None:
+    # Frames far larger than one TLS record (16 KiB), and records holding several frames.
+    frames = [pack([TAG, T0, {"pad": "x" * (i * 997 % 40_000)}]) for i in range(120)]
+    frames.append(framed("last"))
+    with ForwardServer(ssl_context=server_context(pki)) as server:
+        with peer(server, client_context(pki)) as p:
+            p.sock.sendall(b"".join(frames))
+            assert p.next() == {"ack": "last"}
+        assert server.event_count == 121
+        assert [len(e.record.get("pad", "")) for e in server.events[:120]] == [
+            i * 997 % 40_000 for i in range(120)
+        ]
+
+
+def test_tls_then_handshake(pki: Pki) -> None:
+    with ForwardServer(ssl_context=server_context(pki), shared_key=KEY, users=USERS) as server:
+        with authenticated(server, client_context(pki), user="bob", password="builder") as p:
+            p.sock.sendall(V2B)
+            assert p.next() == {"ack": CHUNK}
+        with peer(server, client_context(pki)) as p:
+            _, _, pong = p.shake(user="bob", password="nope")
+            assert pong == ["PONG", False, "username/password mismatch", "", ""]
+            # The server says goodbye properly (close_notify) before closing.
+            assert p.rest() == ([], "eof")
+        assert server.handshakes == 1 and server.auth_failures == 1
+
+
+def test_a_client_stuck_in_the_tls_handshake_holds_up_nobody(pki: Pki) -> None:
+    with ForwardServer(ssl_context=server_context(pki)) as server:
+        with connect(server), connect(server) as halfway:  # one says nothing at all
+            halfway.sendall(b"\x16\x03\x01")  # the start of a ClientHello, never finished
+            assert server.wait_for(lambda: server.open_connections == 2)
+            with peer(server, client_context(pki)) as p:
+                p.sock.sendall(V2B)
+                assert p.next() == {"ack": CHUNK}
+            assert server.event_count == 1
+            assert server.wait_for(lambda: server.open_connections == 2)  # both still there
+        # When they give up, the server notices and lets go of them.
+        assert server.wait_for(lambda: server.open_connections == 0)
+        assert server.wait_for(
+            lambda: sum("TLS handshake failed" in e for e in server.errors) == 2
+        )
+
+
+def test_a_plaintext_client_gets_nothing_from_a_tls_server(pki: Pki) -> None:
+    with ForwardServer(ssl_context=server_context(pki)) as server, connect(server) as sock:
+        sock.sendall(V2B)
+        data, _ = read_until_closed(sock)
+        assert ACK not in data  # at most a TLS alert
+        assert server.event_count == 0
+        assert server.wait_for(lambda: any("TLS handshake failed" in e for e in server.errors))
+
+
+def test_mutual_tls_accepts_a_client_certificate(pki: Pki) -> None:
+    with ForwardServer(ssl_context=server_context(pki, require_client_cert=True)) as server:
+        with peer(server, client_context(pki, cert="client")) as p:
+            p.sock.sendall(V2B)
+            assert p.next() == {"ack": CHUNK}
+        assert server.errors == []
+
+
+@pytest.mark.parametrize("cert", [None, "stranger"], ids=["no-cert", "untrusted-cert"])
+def test_mutual_tls_refuses_a_client_without_a_trusted_certificate(
+    pki: Pki, cert: str | None
+) -> None:
+    with ForwardServer(ssl_context=server_context(pki, require_client_cert=True)) as server:
+        outcome: object
+        try:
+            # With TLS 1.3 the client finishes its side before the server checks its
+            # certificate, so the refusal may only show on the first read.
+            with peer(server, client_context(pki, cert=cert)) as p:
+                p.sock.sendall(V2B)
+                outcome = p.rest()
+        except (ssl.SSLError, ConnectionError) as exc:
+            outcome = exc
+        assert outcome != ([{"ack": CHUNK}], "eof")
+        assert server.event_count == 0
+        assert server.wait_for(lambda: any("TLS handshake failed" in e for e in server.errors))
+
+
+# -- ack faults, beyond tests/test_server_ack_faults.py ---------------------------------------
+
+
+def test_delayed_acks_leave_other_connections_served(fluent_server: ForwardServer) -> None:
+    fluent_server.delay_acks(30)
+    with peer(fluent_server) as a, peer(fluent_server) as b:
+        a.sock.sendall(framed("held"))
+        assert fluent_server.wait_for_events(1)
+        b.sock.sendall(V1)  # read and recorded while a's ack waits
+        assert fluent_server.wait_for_events(2)
+        assert a.nothing_pending()
+        assert fluent_server.acks_sent == 0  # counted once written, not when queued
+        fluent_server.delay_acks(None)
+        b.sock.sendall(V2B)
+        assert b.next() == {"ack": CHUNK}  # far sooner than 30 s: no delay any more
+        assert a.nothing_pending()  # an ack queued earlier keeps its time
+        assert fluent_server.acks_sent == 1
+
+
+def test_withheld_acks_resume_with_the_next_frame(fluent_server: ForwardServer) -> None:
+    with peer(fluent_server) as p:
+        fluent_server.withhold_acks(True)
+        p.sock.sendall(framed("lost"))
+        assert fluent_server.wait_for_events(1)
+        fluent_server.withhold_acks(False)
+        p.sock.sendall(framed("kept"))
+        assert p.next() == {"ack": "kept"}
+        assert p.nothing_pending()
+    assert fluent_server.acks_sent == 1
+
+
+def test_duplicated_and_garbled_acks_together(fluent_server: ForwardServer) -> None:
+    fluent_server.duplicate_acks(True)
+    fluent_server.garble_acks(True)
+    with peer(fluent_server) as p:
+        p.sock.sendall(framed("real"))
+        first, second = p.next(), p.next()
+        assert first == second and first["ack"] != "real"
+        fluent_server.duplicate_acks(False)
+        fluent_server.garble_acks(False)
+        p.sock.sendall(framed("fine"))
+        assert p.next() == {"ack": "fine"}
+    assert fluent_server.acks_sent == 3
