@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from . import handshake
-from .errors import FluentConnectionError, FluentTimeoutError
+from .errors import AuthenticationError, FluentConnectionError, FluentTimeoutError
 from .framing import new_unpacker
 
 Address = Union[tuple[str, int], str]
@@ -118,6 +118,9 @@ class Connection:
                 self._start_tls(deadline)
             if self.security.shared_key is not None:
                 self._handshake(deadline)
+        except AuthenticationError as exc:
+            self.close()
+            raise AuthenticationError(f"{where}: {exc}") from exc
         except FluentConnectionError:
             self.close()
             raise
