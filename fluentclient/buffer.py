@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
+from typing import Callable
 
 from .framing import frame_overhead
 from .message import Message
@@ -28,8 +29,8 @@ class Frame:
     """
 
     __slots__ = (
-        "tag", "entries", "data", "chunk", "records", "first_seq", "entry_bytes", "futures",
-        "attempts", "limit",
+        "tag", "entries", "data", "chunk", "records", "first_seq", "last_seq", "entry_bytes",
+        "futures", "attempts", "limit",
     )
 
     def __init__(self, tag: str, first_seq: int, limit: int) -> None:
@@ -38,7 +39,10 @@ class Frame:
         self.data: bytes | None = None
         self.chunk: str | None = None
         self.records = 0
+        # The frame holds exactly the records of its tag numbered first_seq to last_seq,
+        # which is how the spool names them.
         self.first_seq = first_seq
+        self.last_seq = first_seq
         self.entry_bytes = 0
         # Delivery futures of records posted with ack=True; None while there are none.
         self.futures: list[Future[None]] | None = None
@@ -48,8 +52,17 @@ class Frame:
 
 
 class Buffer:
-    def __init__(self, *, limit: int, write_threshold: int, max_frame_size: int) -> None:
+    def __init__(
+        self,
+        *,
+        limit: int,
+        write_threshold: int,
+        max_frame_size: int,
+        on_release: Callable[[Sequence[Frame]], None] | None = None,
+    ) -> None:
         self.lock = threading.Lock()
+        # Told (outside the lock) of frames that leave for good: sent, acked or given up.
+        self.on_release = on_release
         self.changed = threading.Condition(self.lock)
         self.done = threading.Condition(self.lock)
         self.limit = limit
@@ -68,6 +81,8 @@ class Buffer:
         self.next_seq = 0
         self.oldest_pending: float | None = None
         self.flush_until = -1
+        # post() callers waiting for room (overflow="block"): the reader wakes them too.
+        self.room_waiters = 0
 
     # -- reader side (lock held by the caller) -------------------------------------------
 
@@ -107,6 +122,7 @@ class Buffer:
             frame.entries += entry  # type: ignore[operator]
             frame.entry_bytes += size
             frame.records += 1
+            frame.last_seq = seq
             if msg.delivery is not None:
                 if frame.futures is None:
                     frame.futures = []
@@ -166,6 +182,43 @@ class Buffer:
                     self.held_bytes -= frame.entry_bytes
                     self.held_records -= frame.records
             self._after_progress()
+        if self.on_release is not None and frames:
+            self.on_release(frames)
+
+    def evict_locked(self, nbytes: int) -> list[Frame]:
+        """Remove the oldest frames the writer has not taken, to free ``nbytes`` bytes.
+
+        For the ``drop_oldest`` overflow policy; frames in flight are never evicted, so
+        this may free less than asked.
+        """
+        evicted: list[Frame] = []
+        freed = 0
+        while freed < nbytes and (self._ready or self._gathering):
+            if self._ready:
+                frame = self._ready.popleft()
+            else:
+                tag = min(self._gathering, key=lambda t: self._gathering[t].first_seq)
+                frame = self._gathering.pop(tag)
+            evicted.append(frame)
+            freed += frame.entry_bytes
+            self.held_bytes -= frame.entry_bytes
+            self.held_records -= frame.records
+            self.pending_bytes -= frame.entry_bytes
+            self.pending_records -= frame.records
+        if not self.pending_records:
+            self.oldest_pending = None
+        if evicted:
+            self._after_progress()
+        return evicted
+
+    def oldest_held_locked(self) -> int:
+        """The lowest record number still held (``next_seq`` when nothing is)."""
+        oldest = self.next_seq
+        for frames in (self._taken.values(), self._ready, self._gathering.values()):
+            for frame in frames:
+                if frame.first_seq < oldest:
+                    oldest = frame.first_seq
+        return oldest
 
     def requeue(self, frames: Sequence[Frame]) -> None:
         """Put frames back, oldest first, to be sent again whole on the next connection."""

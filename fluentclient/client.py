@@ -39,7 +39,7 @@ from types import TracebackType
 from typing import Any, Callable, Optional, TypeVar
 
 from .backoff import Backoff
-from .buffer import Buffer
+from .buffer import Buffer, Frame
 from .connection import Address, Connection, ConnectionLost, Security, SendError
 from .errors import (
     BufferFullError,
@@ -50,17 +50,28 @@ from .errors import (
     InvalidTagError,
     RecordTooLargeError,
 )
-from .framing import Default, EntryPacker, FrameBuilder, frame_overhead
+from .framing import (
+    Default,
+    EntryPacker,
+    FrameBuilder,
+    FrameError,
+    decode_frame,
+    frame_overhead,
+    new_unpacker,
+)
 from .lifecycle import Lifecycle
 from .message import Message, TimeLike, time_to_ns
 from .pool import Link, Server, ServerSpec, choose
 from .reader import STOP, Reader, yield_gil
+from .spool import Spool
 from .stats import (
     DROP_BUFFER_FULL,
     DROP_CLOSED,
+    DROP_EVICTED,
     Counters,
     ShutdownReport,
     Stats,
+    UnsentRecord,
 )
 from .writer import Writer, resolve_futures
 
@@ -68,6 +79,9 @@ log = logging.getLogger("fluentclient")
 
 _C = TypeVar("_C", bound="_Client")
 ErrorCallback = Callable[[FluentError, Optional[Message]], None]
+UnsentCallback = Callable[[list[UnsentRecord]], None]
+
+OVERFLOW_POLICIES = ("drop_newest", "drop_oldest", "block", "raise")
 
 _TAG = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\Z")
 _MAX_TAG = 1024
@@ -297,6 +311,11 @@ class BufferedClient(_Client):
         int_time: bool = False,
         entries_as_str: bool = False,
         at_exit: bool = True,
+        overflow: str = "drop_newest",
+        overflow_timeout: float = 1.0,
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_limit: int | None = None,
+        on_unsent: UnsentCallback | None = None,
     ) -> None:
         if max_frame_size < 1024 or max_frame_size > 6_000_000:
             # fluent-bit drops connections carrying frames over 6,144,000 bytes.
@@ -309,6 +328,14 @@ class BufferedClient(_Client):
             raise ValueError("write_threshold and flush_interval must be positive")
         if shutdown_timeout < 0:
             raise ValueError("shutdown_timeout must not be negative")
+        if overflow not in OVERFLOW_POLICIES:
+            raise ValueError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}")
+        if overflow_timeout < 0:
+            raise ValueError("overflow_timeout must not be negative")
+        if spool_limit is None:
+            spool_limit = max(4 * buffer_limit, 16 * _MiB)
+        elif spool_limit < 2 * buffer_limit:
+            raise ValueError("spool_limit must be at least twice buffer_limit")
         self._transport = _Transport.make(
             host, port, unix_path=unix_path, servers=servers, connect_timeout=connect_timeout,
             write_timeout=write_timeout, backoff=backoff, require_ack=require_ack,
@@ -326,7 +353,13 @@ class BufferedClient(_Client):
             write_threshold=write_threshold,
             flush_interval=flush_interval,
             max_frame_size=max_frame_size,
+            spool_dir=None if spool_dir is None else os.fspath(spool_dir),
+            spool_limit=spool_limit,
         )
+        self._overflow = overflow
+        self._overflow_timeout = overflow_timeout
+        self._on_unsent = on_unsent
+        self._spool: Spool | None = None
         self._on_error = on_error
         self.shutdown_timeout = shutdown_timeout
         self._shutdown_lock = threading.Lock()
@@ -335,6 +368,9 @@ class BufferedClient(_Client):
         _live_clients.add(self)
         if at_exit:
             _register_at_exit(self)
+        if self._spool is not None and self._spool.has_orphans():
+            # What a previous process left is sent now, not at the first post().
+            self._start()
 
     def _fresh(self) -> None:
         """Build the queue, buffer and threads (not started): at init and after fork."""
@@ -348,12 +384,20 @@ class BufferedClient(_Client):
             # Deflate can grow incompressible input a little (stored blocks, gzip header
             # and trailer): leave room so a compressed frame still fits.
             frame_size -= frame_size // 500 + 64
+        if o["spool_dir"] is not None:
+            self._spool = Spool(o["spool_dir"], limit=o["spool_limit"])
         self._buffer = Buffer(
             limit=o["buffer_limit"],
             write_threshold=o["write_threshold"],
             max_frame_size=frame_size,
+            on_release=self._released if self._spool is not None else None,
         )
-        self._reader = Reader(self._queue, self._buffer, self._life, t.packer(), self._fail)
+        self._reader = Reader(
+            self._queue, self._buffer, self._life, t.packer(), self._fail,
+            spool=self._spool,
+            evicted=self._evicted if self._overflow == "drop_oldest" else None,
+            replayed=self._count_replayed,
+        )
         self._writer = Writer(
             t.links(),
             self._buffer,
@@ -432,12 +476,12 @@ class BufferedClient(_Client):
             # Posts are outrunning serialization: give the reader the GIL for a moment
             # rather than let the queue grow into drops. This waits on no I/O.
             yield_gil()
-        if buf.held_bytes + queued * reader.mean_entry >= buf.limit:
-            err = self._full_error()
-            self._refuse(DROP_BUFFER_FULL, err, Message(full_tag, record, time_ns))
-            if sync_append:
-                raise err
-            return False
+        spool = self._spool
+        if buf.held_bytes + queued * reader.mean_entry >= buf.limit or (
+            spool is not None and spool.size >= spool.limit
+        ):
+            if not self._make_room(Message(full_tag, record, time_ns), sync_append):
+                return False
         if not sync_append:
             self._queue.append(Message(full_tag, record, time_ns))
             if reader.idle:
@@ -461,8 +505,8 @@ class BufferedClient(_Client):
             self._refuse(DROP_CLOSED, ClientClosedError("the client is shut down"), msg)
         elif not self._started and not self._try_start(msg):
             pass
-        elif self._over_limit():
-            self._refuse(DROP_BUFFER_FULL, self._full_error(), msg)
+        elif self._over_limit() and not self._make_room(msg, sync_append):
+            pass
         else:
             if sync_append:
                 msg.waiter = Future()
@@ -487,10 +531,109 @@ class BufferedClient(_Client):
         queued = len(self._queue)
         if queued > _YIELD_AT:
             yield_gil()
-        return self._buffer.held_bytes + queued * self._reader.mean_entry >= self._buffer.limit
+        return self._full()
+
+    def _full(self) -> bool:
+        spool = self._spool
+        return (
+            self._buffer.held_bytes + len(self._queue) * self._reader.mean_entry
+            >= self._buffer.limit
+            or (spool is not None and spool.size >= spool.limit)
+        )
 
     def _full_error(self) -> BufferFullError:
+        if self._spool is not None and self._spool.size >= self._spool.limit:
+            return BufferFullError(f"spool_limit of {self._spool.limit} bytes reached")
         return BufferFullError(f"buffer_limit of {self._buffer.limit} bytes reached")
+
+    def _make_room(self, msg: Message, sync_append: bool) -> bool:
+        """The buffer is full: apply the overflow policy; True if ``msg`` may be queued now.
+
+        Otherwise the record is refused and counted, and the error raised when the caller
+        waits for it (``sync_append``) or asked for errors (``overflow="raise"``).
+        """
+        policy = self._overflow
+        ours = threading.current_thread() in (self._reader.thread, self._writer.thread)
+        if policy == "drop_oldest":
+            self._evict_for(self._reader.mean_entry)
+        elif policy == "block" and not ours:
+            # Never on our own threads (a log handler posting from a callback): they are
+            # what makes the room.
+            self._wait_for_room(_time.monotonic() + self._overflow_timeout)
+        if not self._full():
+            return True
+        err = self._full_error()
+        self._refuse(DROP_BUFFER_FULL, err, msg)
+        if sync_append or policy == "raise":
+            raise err
+        return False
+
+    def _evict_for(self, nbytes: float) -> None:
+        buf = self._buffer
+        with buf.lock:
+            over = buf.held_bytes + len(self._queue) * self._reader.mean_entry + nbytes - buf.limit
+            evicted = buf.evict_locked(int(over) + 1) if over > 0 else []
+            over -= sum(frame.entry_bytes for frame in evicted)
+        if evicted:
+            self._evicted(evicted)
+        # Next oldest: what still waits for the reader. Popping the head of a deque is
+        # atomic, so the reader taking the same end at once only means one fewer here.
+        mean = self._reader.mean_entry
+        err: BufferFullError | None = None
+        while over > 0:
+            try:
+                item = self._queue.popleft()
+            except IndexError:
+                break
+            if not isinstance(item, Message):
+                self._queue.appendleft(item)  # the stop marker stays first
+                break
+            err = err or BufferFullError("evicted to make room for newer records")
+            self._fail(DROP_EVICTED, err, item)
+            with self._counters.lock:
+                self._stranded += 1
+            over -= mean
+
+    def _wait_for_room(self, deadline: float) -> None:
+        buf = self._buffer
+        with buf.lock:
+            buf.room_waiters += 1
+            try:
+                while self._full() and not self._closing:
+                    remaining = deadline - _time.monotonic()
+                    if remaining <= 0:
+                        return
+                    # Woken by every release and by the reader while we wait; the cap
+                    # covers room made by a spool cleanup.
+                    buf.done.wait(min(remaining, 0.05))
+            finally:
+                buf.room_waiters -= 1
+
+    def _evicted(self, frames: list[Frame]) -> None:
+        """Frames removed by the drop_oldest policy: count them and tell their futures."""
+        records = sum(frame.records for frame in frames)
+        err = BufferFullError(f"evicted to make room for newer records ({records} records)")
+        for frame in frames:
+            resolve_futures(frame, err)
+        if self._counters.drop(DROP_EVICTED, refused=False, records=records) == records:
+            log.warning("fluentclient: dropping the oldest records to make room: %s", err)
+        _call_on_error(self._on_error, err, None)
+        if self._spool is not None:
+            self._released(frames)
+
+    def _released(self, frames: Sequence[Frame]) -> None:
+        """Frames gone for good: the spool need not replay them."""
+        spool = self._spool
+        if spool is None:
+            return
+        spool.done([(f.tag, f.first_seq, f.last_seq) for f in frames])
+        with self._buffer.lock:
+            oldest = self._buffer.oldest_held_locked()
+        spool.collect(oldest)
+
+    def _count_replayed(self, records: int) -> None:
+        with self._counters.lock:
+            self._counters.replayed += records
 
     @staticmethod
     def _wait_appended(waiter: Future[None], timeout: float | None) -> None:
@@ -596,11 +739,11 @@ class BufferedClient(_Client):
         return clean
 
     def _final_report(self, timed_out: bool) -> ShutdownReport:
-        stranded = 0
+        stranded: list[Message] = []
         while self._queue:
             item = self._queue.popleft()
             if isinstance(item, Message):
-                stranded += 1
+                stranded.append(item)
                 for future in (item.waiter, item.delivery):
                     if future is not None:
                         future.set_exception(ClientClosedError("the client shut down"))
@@ -610,10 +753,56 @@ class BufferedClient(_Client):
             resolve_futures(frame, closed)
         c = self._counters
         with c.lock:
-            c.unsent += records + stranded
+            c.unsent += records + len(stranded)
             c.unsent_bytes += nbytes
-        self._stranded += stranded
-        return c.report(timed_out=timed_out)
+            self._stranded += len(stranded)
+        self._hand_over(records, frames, stranded)
+        report = c.report(timed_out=timed_out)
+        if report.unsent_records > report.spooled + report.handed_over:
+            log.warning(
+                "fluentclient: stopped with %d records (%d bytes) not sent; %d possibly lost, "
+                "%d dropped",
+                report.unsent_records - report.spooled - report.handed_over,
+                report.unsent_bytes, report.possibly_lost, sum(report.dropped.values()),
+            )
+        return report
+
+    def _hand_over(self, records: int, frames: list[Frame], stranded: list[Message]) -> None:
+        """What was not sent goes to the spool, else to on_unsent, else only to the count."""
+        c = self._counters
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            # Buffered records are in the spool already; those never packed join them.
+            kept = records + self._spool_stranded(spool, stranded)
+            spool.close(keep=kept > 0)
+            with c.lock:
+                c.spooled += kept
+            return
+        if self._on_unsent is None or not (records or stranded):
+            return
+        unsent = [UnsentRecord(m.tag, m.time, m.record) for m in stranded]
+        for frame in frames:
+            unsent.extend(_frame_records(frame))
+        try:
+            self._on_unsent(unsent)
+        except Exception:
+            log.exception("fluentclient: the on_unsent callback raised")
+            return
+        with c.lock:
+            c.handed_over += records + len(stranded)
+
+    def _spool_stranded(self, spool: Spool, stranded: list[Message]) -> int:
+        packer = self._transport.packer()
+        seq = self._buffer.next_seq
+        kept = 0
+        for msg in stranded:
+            try:
+                entry = packer.pack(msg)
+            except FluentError:
+                continue
+            spool.append(seq + kept, [(msg.tag, entry)], 1)
+            kept += 1
+        return kept
 
     # -- observing -----------------------------------------------------------------------
 
@@ -633,7 +822,32 @@ class BufferedClient(_Client):
         # fresh locks (a lock held by a parent thread at fork time would never be freed).
         self._shutdown_lock = threading.Lock()
         self._report = None
-        self._fresh()
+        if self._spool is not None:
+            self._spool.forget()
+            self._spool = None
+        try:
+            self._fresh()
+        except OSError as exc:
+            # Only the spool can fail here; the child goes on without one.
+            log.error("fluentclient: cannot open the spool after fork: %s", exc)
+            self._options["spool_dir"] = None
+            self._fresh()
+
+
+def _frame_records(frame: Frame) -> list[UnsentRecord]:
+    """Decode a frame back into records, whether or not the writer had built it yet."""
+    try:
+        if frame.data is not None:
+            unpacker = new_unpacker()
+            unpacker.feed(frame.data)
+            decoded = decode_frame(unpacker.unpack())
+            return [UnsentRecord(frame.tag, t, r) for t, r in decoded.entries]  # type: ignore[arg-type]
+        unpacker = new_unpacker()
+        unpacker.feed(bytes(frame.entries or b""))
+        return [UnsentRecord(frame.tag, t, r) for t, r in unpacker]
+    except (FrameError, ValueError) as exc:  # pragma: no cover - our own bytes
+        log.warning("fluentclient: cannot decode an unsent frame of %r: %s", frame.tag, exc)
+        return []
 
 
 def _register_at_exit(client: BufferedClient) -> None:
@@ -641,14 +855,9 @@ def _register_at_exit(client: BufferedClient) -> None:
 
     def at_exit() -> None:
         c = ref()
-        if c is not None and c._report is None and c._started:
-            report = c.shutdown(c.shutdown_timeout)
-            if not report.complete:
-                log.warning(
-                    "fluentclient: at exit %d records were not sent, %d possibly lost, "
-                    "%d dropped",
-                    report.unsent_records, report.possibly_lost, sum(report.dropped.values()),
-                )
+        if c is not None and c._report is None and (c._started or c._spool is not None):
+            # shutdown() logs what it could not send.
+            c.shutdown(c.shutdown_timeout)
 
     atexit.register(at_exit)
 

@@ -11,14 +11,16 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import Callable
 
-from .buffer import Buffer
+from .buffer import Buffer, Frame
 from .errors import BufferFullError, FluentError, RecordTooLargeError, SerializationError
 from .framing import EntryPacker
 from .lifecycle import Lifecycle
 from .message import Message
-from .stats import DROP_BUFFER_FULL, DROP_TOO_LARGE, DROP_UNSERIALIZABLE
+from .spool import Orphan, Span, Spool
+from .stats import DROP_BUFFER_FULL, DROP_SPOOL_FULL, DROP_TOO_LARGE, DROP_UNSERIALIZABLE
 
 log = logging.getLogger("fluentclient")
 
@@ -40,6 +42,7 @@ def _sleep0() -> None:
 yield_gil: Callable[[], None] = getattr(os, "sched_yield", _sleep0)
 
 Failure = Callable[[str, FluentError, Message], None]
+Evicted = Callable[[list[Frame]], None]
 
 
 class Reader:
@@ -49,6 +52,9 @@ class Reader:
     reader only when it went idle (see ``idle``) or when a caller waits
     (``sync_append``). While records keep coming the reader looks again every ``POLL``
     seconds by itself.
+
+    With a spool, each batch is also appended to it once it is in the buffer, and records
+    a previous process left in the spool are fed in between batches as room allows.
     """
 
     def __init__(
@@ -58,12 +64,25 @@ class Reader:
         life: Lifecycle,
         packer: EntryPacker,
         fail: Failure,
+        *,
+        spool: Spool | None = None,
+        evicted: Evicted | None = None,
+        replayed: Callable[[int], None] | None = None,
     ) -> None:
         self._queue = q
         self._buffer = buf
         self._life = life
         self._packer = packer
         self._fail = fail
+        self._spool = spool
+        # Set for the drop_oldest policy: make room by evicting the oldest frames.
+        self._evicted = evicted
+        self._replayed = replayed
+        self._orphans: Iterator[Orphan] | None = spool.orphans() if spool else None
+        self._orphan: Orphan | None = None
+        self._replay: Iterator[tuple[str, bytes, int]] | None = None
+        self._replay_next: tuple[str, bytes, int] | None = None
+        self._replay_taken: list[Span] = []
         self.wake = threading.Event()
         # True while the reader waits for post() to wake it rather than polling.
         self.idle = False
@@ -85,32 +104,40 @@ class Reader:
                         batch.append(popleft())
                 except IndexError:
                     pass
+                replaying = self._orphans is not None and not stopping and self._replay_step()
                 if batch:
                     if STOP in batch:
                         stopping = True
                         batch = [m for m in batch if m is not STOP]
                     self._append(batch)  # type: ignore[arg-type]
-                    if len(batch) == BATCH:
+                    if len(batch) == BATCH or replaying:
                         # More is waiting: let a posting thread have the GIL first.
                         yield_gil()
                     continue
                 if stopping or self._life.abandoned:
                     break
+                if replaying:
+                    yield_gil()
+                    continue
                 if not self.wake.wait(POLL):
                     # A quiet poll: go idle until post() wakes us. ``idle`` is published
                     # before the queue is looked at again, so a racing post() is either
-                    # seen here or sees ``idle`` and sets ``wake``.
+                    # seen here or sees ``idle`` and sets ``wake``. A pending replay
+                    # waiting for room keeps polling instead.
                     self.idle = True
-                    if not q:
+                    if not q and self._orphans is None:
                         self.wake.wait(1.0)
                     self.idle = False
                 self.wake.clear()
         except BaseException:  # pragma: no cover - a bug; never die silently
             log.exception("fluentclient reader thread failed")
         finally:
+            self._stop_replay()
             with self._buffer.lock:
                 self._life.reader_done = True
                 self._buffer.changed.notify_all()
+
+    # -- the queue -----------------------------------------------------------------------
 
     def _append(self, batch: list[Message]) -> None:
         if not batch:
@@ -138,11 +165,9 @@ class Reader:
                 continue
             kept.append(msg)
             entries.append(entry)
-        with buf.lock:
-            was_idle = buf.pending_records == 0
-            rejected = buf.add_batch_locked(kept, entries)
-            if was_idle or buf.pending_bytes >= buf.write_threshold:
-                buf.changed.notify()
+        if self._spool is not None and entries:
+            kept, entries = self._within_spool_limit(kept, entries)
+        rejected = self._add(kept, entries)
         self.taken += len(batch)
         if entries:
             mean = sum(map(len, entries)) / len(entries)
@@ -154,3 +179,137 @@ class Reader:
             err = BufferFullError(f"buffer_limit of {buf.limit} bytes reached")
             for msg in rejected:
                 self._fail(DROP_BUFFER_FULL, err, msg)
+
+    def _add(self, kept: list[Message], entries: list[bytes]) -> list[Message]:
+        """Put packed entries in the buffer (and the spool); returns those that did not fit."""
+        buf = self._buffer
+        evicted: list[Frame] = []
+        with buf.lock:
+            was_idle = buf.pending_records == 0
+            if self._evicted is not None:
+                over = buf.held_bytes + sum(map(len, entries)) - buf.limit
+                if over > 0:
+                    evicted = buf.evict_locked(over)
+            first_seq = buf.next_seq
+            rejected = buf.add_batch_locked(kept, entries)
+            if was_idle or buf.pending_bytes >= buf.write_threshold:
+                buf.changed.notify()
+            if buf.room_waiters:
+                buf.done.notify_all()
+        if evicted:
+            self._evicted(evicted)  # type: ignore[misc]
+        if self._spool is not None:
+            self._spool_batch(first_seq, kept, entries, rejected)
+        return rejected
+
+    def _within_spool_limit(
+        self, kept: list[Message], entries: list[bytes]
+    ) -> tuple[list[Message], list[bytes]]:
+        spool = self._spool
+        assert spool is not None
+        need = sum(map(len, entries)) + 64
+        if spool.size + need > spool.limit:
+            with self._buffer.lock:
+                oldest = self._buffer.oldest_held_locked()
+            spool.collect(oldest)
+        room = spool.limit - spool.size - 64
+        if room >= need - 64:
+            return kept, entries
+        fits = 0
+        while fits < len(entries) and room >= len(entries[fits]):
+            room -= len(entries[fits])
+            fits += 1
+        err = BufferFullError(f"spool_limit of {spool.limit} bytes reached")
+        for msg in kept[fits:]:
+            self._fail(DROP_SPOOL_FULL, err, msg)
+        return kept[:fits], entries[:fits]
+
+    def _spool_batch(
+        self, first_seq: int, kept: list[Message], entries: list[bytes], rejected: list[Message]
+    ) -> None:
+        if rejected:
+            dropped = set(map(id, rejected))
+            pairs = [(m.tag, e) for m, e in zip(kept, entries) if id(m) not in dropped]
+        else:
+            pairs = [(m.tag, e) for m, e in zip(kept, entries)]
+        if not pairs:
+            return
+        runs: list[tuple[str, bytes]] = []
+        run_tag, run = pairs[0][0], bytearray()
+        for tag, entry in pairs:
+            if tag != run_tag:
+                runs.append((run_tag, bytes(run)))
+                run_tag, run = tag, bytearray()
+            run += entry
+        runs.append((run_tag, bytes(run)))
+        self._spool.append(first_seq, runs, len(pairs))  # type: ignore[union-attr]
+
+    # -- replaying what a previous process left ------------------------------------------
+
+    def _replay_step(self) -> bool:
+        """Feed one batch of orphaned records if the buffer has room; False if it did not."""
+        if self._replay is None and not self._next_orphan():
+            return False
+        assert self._replay is not None
+        buf = self._buffer
+        room = buf.limit - buf.held_bytes
+        msgs: list[Message] = []
+        entries: list[bytes] = []
+        while len(msgs) < BATCH:
+            item = self._replay_next or next(self._replay, None)
+            self._replay_next = None
+            if item is None:
+                break
+            tag, entry, seq = item
+            if len(entry) > room or len(entry) > buf.payload_limit(tag):
+                if len(entry) > buf.payload_limit(tag):
+                    log.warning("fluentclient: a spooled record no longer fits a frame; skipped")
+                    continue
+                self._replay_next = item
+                break
+            room -= len(entry)
+            msgs.append(Message(tag, None, 0))  # type: ignore[arg-type]
+            entries.append(entry)
+            self._note_taken(tag, seq)
+        if msgs:
+            self._add(msgs, entries)
+            if self._replayed is not None:
+                self._replayed(len(msgs))
+        elif self._replay_next is not None:
+            return False  # waiting for room
+        else:
+            # This owner is done: its records are ours now.
+            assert self._orphan is not None
+            self._orphan.finish()
+            self._orphan = self._replay = None
+            self._replay_taken = []
+            return self._orphans is not None
+        return True
+
+    def _next_orphan(self) -> bool:
+        assert self._orphans is not None
+        try:
+            self._orphan = next(self._orphans)
+        except StopIteration:
+            self._orphans = None
+            return False
+        except OSError as exc:
+            log.warning("fluentclient: cannot read the spool: %s", exc)
+            self._orphans = None
+            return False
+        log.info("fluentclient: replaying records left in the spool by %s", self._orphan.owner)
+        self._replay = self._orphan.records()
+        return True
+
+    def _note_taken(self, tag: str, seq: int) -> None:
+        taken = self._replay_taken
+        if taken and taken[-1][0] == tag and taken[-1][2] == seq - 1:
+            taken[-1] = (tag, taken[-1][1], seq)
+        else:
+            taken.append((tag, seq, seq))
+
+    def _stop_replay(self) -> None:
+        if self._orphan is not None:
+            self._orphan.abandon(self._replay_taken)
+            self._orphan = self._replay = None
+        self._orphans = None

@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from .message import EventTime
 
 # Why a record was dropped before it reached the buffer.
 DROP_BUFFER_FULL = "buffer_full"
@@ -12,6 +15,18 @@ DROP_UNSERIALIZABLE = "unserializable"
 DROP_TOO_LARGE = "too_large"
 DROP_CLOSED = "closed"
 DROP_NOT_ACKED = "not_acked"
+# The spool reached spool_limit.
+DROP_SPOOL_FULL = "spool_full"
+# Buffered records removed to make room for newer ones (overflow="drop_oldest").
+DROP_EVICTED = "evicted"
+
+
+class UnsentRecord(NamedTuple):
+    """A record that shutdown could not send, as given to ``on_unsent``."""
+
+    tag: str
+    time: EventTime | int
+    record: Any
 
 
 @dataclass(frozen=True)
@@ -32,10 +47,11 @@ class ServerStats:
 class Stats:
     """A consistent snapshot of what happened to the records posted to a client.
 
-    Every record that ``post()`` accepted ends in exactly one of: ``sent``, ``dropped``
-    (by reason), ``unsent`` (still held when the client stopped), ``possibly_lost``
-    (written to a connection that then failed before the server was seen to take it),
-    or is still on its way (``buffered``).
+    Every record that ``post()`` accepted, and every record ``replayed`` from a spool a
+    previous process left, ends in exactly one of: ``sent``, ``dropped`` (by reason),
+    ``unsent`` (still held when the client stopped), ``possibly_lost`` (written to a
+    connection that then failed before the server was seen to take it), or is still on
+    its way (``buffered``).
     """
 
     posted: int
@@ -52,6 +68,7 @@ class Stats:
     connect_failures: int
     connection_failures: int
     servers: tuple[ServerStats, ...] = ()
+    replayed: int = 0
 
     @property
     def dropped_total(self) -> int:
@@ -68,6 +85,9 @@ class ShutdownReport:
     possibly_lost: int
     dropped: Mapping[str, int]
     timed_out: bool
+    # Of the unsent records: left in the spool for the next start, or given to on_unsent.
+    spooled: int = 0
+    handed_over: int = 0
 
     @property
     def complete(self) -> bool:
@@ -93,13 +113,16 @@ class Counters:
     connects: int = 0
     connect_failures: int = 0
     connection_failures: int = 0
+    replayed: int = 0
+    spooled: int = 0
+    handed_over: int = 0
 
-    def drop(self, reason: str, *, refused: bool) -> int:
-        """Count one dropped record; returns how many were dropped for that reason."""
+    def drop(self, reason: str, *, refused: bool, records: int = 1) -> int:
+        """Count dropped records; returns how many were dropped for that reason so far."""
         with self.lock:
-            n = self.dropped[reason] = self.dropped.get(reason, 0) + 1
+            n = self.dropped[reason] = self.dropped.get(reason, 0) + records
             if refused:
-                self.refused += 1
+                self.refused += records
             return n
 
     def snapshot(
@@ -111,11 +134,12 @@ class Counters:
             settled = self.sent + sum(dropped.values()) + self.unsent + self.possibly_lost
             return Stats(
                 posted=posted,
+                replayed=self.replayed,
                 sent=self.sent,
                 dropped=dropped,
                 unsent=self.unsent,
                 possibly_lost=self.possibly_lost,
-                buffered=max(0, posted - settled),
+                buffered=max(0, posted + self.replayed - settled),
                 buffered_bytes=buffered_bytes,
                 retried=self.retried,
                 frames_sent=self.frames_sent,
@@ -135,4 +159,6 @@ class Counters:
                 possibly_lost=self.possibly_lost,
                 dropped=dict(self.dropped),
                 timed_out=timed_out,
+                spooled=self.spooled,
+                handed_over=self.handed_over,
             )

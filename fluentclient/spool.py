@@ -1,0 +1,359 @@
+"""The write-ahead spool: buffered records that survive a crash or a missed deadline.
+
+A client with a spool owns an *owner* in ``spool_dir``: a lock file ``<owner>.lock``,
+held with ``flock`` for the client's life, and segment files ``<owner>-<n>.spool``. The
+reader thread appends a *data* block for each batch it buffers; when the writer is done
+with a frame (sent, acknowledged, or given up and counted), a *done* block names the
+records it held. Records are named by the buffer's sequence numbers, and a frame holds
+the records of one tag between two of them, so a done block is a few numbers per frame.
+A segment is deleted once every record in it is done.
+
+Starting clients claim owners whose lock nobody holds (the process died, or shut down
+with records left) and replay the records that have no done block, oldest first. Each
+block is length- and CRC-prefixed: a torn last write costs that block and nothing before
+it. Lock and segment files are created under a temporary name, locked, then renamed, so
+a scanning process never sees a file its owner does not hold yet.
+
+Writes go to the page cache without fsync, except when a segment is sealed and when the
+client stops: a killed process loses nothing, a power cut may lose the newest blocks.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import struct
+import threading
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+log = logging.getLogger("fluentclient")
+
+_MAGIC = b"FLUENTCLIENT-SPOOL-1\n"
+_HEAD = struct.Struct(">II")  # payload length, CRC-32 of the payload
+_DATA, _DONE = 0, 1
+# A block longer than this is a corrupt length, not a record batch.
+_MAX_BLOCK = 256 * 1024 * 1024
+
+# (tag, first sequence, last sequence) of one frame, or of one run of a batch.
+Span = tuple[str, int, int]
+
+
+def _block(payload: bytes) -> bytes:
+    return _HEAD.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def read_blocks(path: str) -> Iterator[list[Any]]:
+    """The whole blocks of a segment, stopping quietly at the first torn or corrupt one."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(_MAGIC)) != _MAGIC:
+                return
+            while True:
+                head = f.read(_HEAD.size)
+                if len(head) < _HEAD.size:
+                    return
+                size, crc = _HEAD.unpack(head)
+                if size > _MAX_BLOCK:
+                    return
+                payload = f.read(size)
+                if len(payload) < size or zlib.crc32(payload) != crc:
+                    return
+                try:
+                    block = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+                except Exception:
+                    return
+                if isinstance(block, list) and block:
+                    yield block
+    except OSError as exc:
+        log.warning("fluentclient: cannot read spool segment %s: %s", path, exc)
+
+
+def _split_entries(data: bytes) -> list[bytes]:
+    """Cut concatenated msgpack entries apart without re-packing them."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(data) + 1)
+    unpacker.feed(data)
+    out: list[bytes] = []
+    start = 0
+    try:
+        for _ in unpacker:
+            end = unpacker.tell()
+            out.append(data[start:end])
+            start = end
+    except Exception as exc:  # the CRC matched, so only a bug could get here
+        log.warning("fluentclient: a spooled run is not msgpack after %d records: %s",
+                    len(out), exc)
+    return out
+
+
+def _create_locked(path: str) -> int:
+    """Create ``path`` already locked by us: made under a temporary name, then renamed."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(tmp, path)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    return fd
+
+
+def _try_lock(path: str) -> int | None:
+    """Open and lock ``path`` if nobody holds it and it still exists; else None."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Its owner may have unlinked it between our open and our lock.
+        if os.fstat(fd).st_nlink == 0:
+            raise OSError("unlinked")
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _spans(block: list[Any], path: str) -> list[Span]:
+    try:
+        return [(str(tag), int(first), int(last)) for tag, first, last in block[1]]
+    except (TypeError, ValueError, IndexError):
+        log.warning("fluentclient: skipped a malformed block in %s", path)
+        return []
+
+
+def _data(block: list[Any], path: str) -> tuple[int, list[tuple[str, bytes]]]:
+    try:
+        return int(block[1]), [(str(tag), bytes(run)) for tag, run in block[2]]
+    except (TypeError, ValueError, IndexError):
+        log.warning("fluentclient: skipped a malformed block in %s", path)
+        return 0, []
+
+
+@dataclass
+class _Segment:
+    path: str
+    fd: int
+    size: int
+    # Highest sequence number of a record in a data block here (-1: none yet).
+    last_seq: int = -1
+
+
+@dataclass
+class Orphan:
+    """The files of an owner that is gone, claimed (locked) by us until ``finish``."""
+
+    owner: str
+    lock_fd: int
+    lock_path: str
+    segments: list[str] = field(default_factory=list)
+
+    def records(self) -> Iterator[tuple[str, bytes, int]]:
+        """(tag, entry, number) of every record without a done block, oldest first."""
+        # Two passes, so that only the done spans are held in memory, not the records.
+        done: dict[str, list[tuple[int, int]]] = {}
+        for path in self.segments:
+            for block in read_blocks(path):
+                if block[0] == _DONE:
+                    for span in _spans(block, path):
+                        done.setdefault(span[0], []).append(span[1:])
+        for path in self.segments:
+            for block in read_blocks(path):
+                if block[0] != _DATA:
+                    continue
+                seq, runs = _data(block, path)
+                for tag, run in runs:
+                    spans = done.get(tag, ())
+                    for entry in _split_entries(run):
+                        if not any(first <= seq <= last for first, last in spans):
+                            yield tag, entry, seq
+                        seq += 1
+
+    def finish(self) -> None:
+        """Everything was taken over: delete the files (segments first, the lock last)."""
+        for path in self.segments:
+            _unlink(path)
+        _unlink(self.lock_path)
+        os.close(self.lock_fd)
+
+    def abandon(self, taken: Sequence[Span] = ()) -> None:
+        """Leave the files for a later process, minus the records ``taken`` over already."""
+        if taken:
+            last = max((int(p.rpartition("-")[2].split(".")[0]) for p in self.segments),
+                       default=-1)
+            path = f"{self.lock_path[: -len('.lock')]}-{last + 1:08d}.spool"
+            payload = msgpack.packb([_DONE, [list(span) for span in taken]], use_bin_type=True)
+            try:
+                fd = _create_locked(path)
+                try:
+                    os.write(fd, _MAGIC + _block(payload))
+                    _sync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                log.warning("fluentclient: cannot mark replayed records in %s: %s", path, exc)
+        os.close(self.lock_fd)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class Spool:
+    """One client's owner in a spool directory; every method is safe from any thread.
+
+    ``size`` is read without the lock by ``post()`` for its quick limit check.
+    """
+
+    def __init__(self, directory: str, *, limit: int, segment_size: int | None = None) -> None:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self.directory = directory
+        self.limit = limit
+        self.segment_size = segment_size or max(64 * 1024, min(4 * 1024 * 1024, limit // 8))
+        self.owner = f"{os.getpid()}-{os.urandom(6).hex()}"
+        self._lock = threading.Lock()
+        self._segments: list[_Segment] = []
+        self._next = 0
+        self.size = 0
+        self._closed = False
+        self._lock_path = os.path.join(directory, f"{self.owner}.lock")
+        self._lock_fd = _create_locked(self._lock_path)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def append(self, first_seq: int, runs: Sequence[tuple[str, bytes]], count: int) -> None:
+        """Record a batch: ``runs`` of (tag, concatenated entries), ``count`` records."""
+        payload = msgpack.packb([_DATA, first_seq, [list(run) for run in runs]], use_bin_type=True)
+        self._write(_block(payload), first_seq + count - 1)
+
+    def done(self, spans: Sequence[Span]) -> None:
+        """These records need no replay: they were sent, acknowledged or counted."""
+        if spans:
+            payload = msgpack.packb([_DONE, [list(span) for span in spans]], use_bin_type=True)
+            self._write(_block(payload), -1)
+
+    def _write(self, block: bytes, last_seq: int) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            seg = self._segments[-1] if self._segments else None
+            if seg is None or seg.size + len(block) > self.segment_size:
+                if seg is not None:
+                    _sync(seg.fd)
+                seg = self._open_segment()
+            try:
+                os.write(seg.fd, block)
+            except OSError as exc:
+                # Disk full or gone: the records are still buffered in memory; the spool
+                # just cannot promise to keep them across a crash.
+                log.warning("fluentclient: cannot write to the spool %s: %s", seg.path, exc)
+                return
+            seg.size += len(block)
+            self.size += len(block)
+            if last_seq > seg.last_seq:
+                seg.last_seq = last_seq
+
+    def _open_segment(self) -> _Segment:
+        path = os.path.join(self.directory, f"{self.owner}-{self._next:08d}.spool")
+        self._next += 1
+        fd = _create_locked(path)
+        os.write(fd, _MAGIC)
+        seg = _Segment(path, fd, len(_MAGIC))
+        self._segments.append(seg)
+        self.size += seg.size
+        return seg
+
+    def collect(self, oldest_held: int) -> None:
+        """Delete sealed segments whose records all have numbers below ``oldest_held``."""
+        with self._lock:
+            while len(self._segments) > 1 and self._segments[0].last_seq < oldest_held:
+                seg = self._segments.pop(0)
+                _unlink(seg.path)
+                os.close(seg.fd)
+                self.size -= seg.size
+
+    def close(self, *, keep: bool) -> None:
+        """Stop: delete everything, or with ``keep`` leave it for the next process."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for seg in self._segments:
+                if keep:
+                    _sync(seg.fd)
+                else:
+                    _unlink(seg.path)
+                os.close(seg.fd)
+            self._segments.clear()
+            self.size = 0
+            if not keep:
+                _unlink(self._lock_path)
+            os.close(self._lock_fd)
+
+    def forget(self) -> None:
+        """In a forked child: close our copies of the parent's files, touching nothing."""
+        with self._lock:
+            self._closed = True
+            for seg in self._segments:
+                os.close(seg.fd)
+            self._segments.clear()
+            os.close(self._lock_fd)
+
+    # -- taking over -------------------------------------------------------------------
+
+    def has_orphans(self) -> bool:
+        """Whether an owner whose process is gone left files here."""
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return False
+        for name in names:
+            if name.endswith(".lock") and name != f"{self.owner}.lock":
+                fd = _try_lock(os.path.join(self.directory, name))
+                if fd is not None:
+                    os.close(fd)
+                    return True
+        return False
+
+    def orphans(self) -> Iterator[Orphan]:
+        """Claim, one at a time, the owners in the directory whose process is gone."""
+        try:
+            names = sorted(os.listdir(self.directory))
+        except OSError as exc:
+            log.warning("fluentclient: cannot list the spool %s: %s", self.directory, exc)
+            return
+        for name in names:
+            if not name.endswith(".lock"):
+                continue
+            owner = name[: -len(".lock")]
+            if owner == self.owner:
+                continue
+            path = os.path.join(self.directory, name)
+            fd = _try_lock(path)
+            if fd is None:
+                continue
+            # Listed under the lock: the owner can no longer add segments.
+            paths = sorted(
+                os.path.join(self.directory, n)
+                for n in os.listdir(self.directory)
+                if n.endswith(".spool") and n.startswith(owner + "-")
+            )
+            yield Orphan(owner, fd, path, paths)
+
+
+def _sync(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass

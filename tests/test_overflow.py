@@ -1,0 +1,178 @@
+"""Overflow policies and the shutdown handover (on_unsent), against real servers."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+
+from fluentclient import BufferedClient, BufferFullError, EventTime
+from fluentclient.server import ForwardServer
+from fluentclient.stats import UnsentRecord
+
+from .conftest import FAST_BACKOFF
+
+PAD = "p" * 80
+
+
+def client_for(server: ForwardServer, **kwargs) -> BufferedClient:
+    kwargs.setdefault("backoff", FAST_BACKOFF)
+    kwargs.setdefault("at_exit", False)
+    return BufferedClient(server.host, server.port, **kwargs)
+
+
+def wait_until(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return predicate()
+
+
+def ids(server: ForwardServer) -> list[int]:
+    return [e.record["i"] for e in server.events]
+
+
+def test_overflow_must_be_a_known_policy(fluent_server):
+    with pytest.raises(ValueError, match="overflow"):
+        client_for(fluent_server, overflow="drop_everything")
+
+
+def test_drop_oldest_keeps_the_newest_records(fluent_server):
+    fluent_server.refuse()
+    n = 5000
+    client = client_for(fluent_server, buffer_limit=64 * 1024, overflow="drop_oldest")
+    taken = sum(bool(client.post("t", {"i": i, "pad": PAD})) for i in range(n))
+    # Everything posted reaches the reader; the oldest are evicted to make room.
+    assert wait_until(lambda: client.stats().buffered + client.stats().dropped_total == n)
+    fluent_server.refuse(False)
+    assert client.flush(timeout=10)
+    report = client.shutdown(timeout=5)
+    got = ids(fluent_server)
+    evicted = report.dropped.get("evicted", 0)
+    assert evicted > n // 2
+    assert len(got) + sum(report.dropped.values()) == n
+    assert taken == n - report.dropped.get("buffer_full", 0)
+    # The newest record survived and what arrived is in order, without repeats.
+    assert got[-1] == n - 1 and got == sorted(set(got))
+    assert min(got) > 0
+
+
+def test_drop_newest_is_the_default_and_keeps_the_oldest(fluent_server):
+    fluent_server.refuse()
+    n = 5000
+    client = client_for(fluent_server, buffer_limit=64 * 1024)
+    results = [client.post("t", {"i": i, "pad": PAD}) for i in range(n)]
+    assert results[0] is True and results.count(False) > 0
+    assert wait_until(lambda: client.stats().buffered + client.stats().dropped_total == n)
+    fluent_server.refuse(False)
+    assert client.flush(timeout=10)
+    report = client.shutdown(timeout=5)
+    got = ids(fluent_server)
+    assert got[:100] == list(range(100))
+    assert len(got) + report.dropped["buffer_full"] == n
+    assert "evicted" not in report.dropped
+
+
+def fill(client: BufferedClient, limit: int = 400_000) -> int:
+    """Post until the client refuses a record; returns how many it took."""
+    for i in range(limit):
+        if not client.post("t", {"i": i, "pad": PAD}):
+            return i
+    raise AssertionError("the buffer never filled")
+
+
+def test_raise_policy_raises_without_sync_append(fluent_server):
+    fluent_server.stall()
+    client = client_for(fluent_server, buffer_limit=64 * 1024, overflow="raise")
+    with pytest.raises(BufferFullError):
+        for i in range(400_000):
+            client.post("t", {"i": i, "pad": PAD})
+    assert client.stats().dropped == {"buffer_full": 1}
+    client.close()
+
+
+def test_block_gives_up_after_its_timeout_and_counts_the_drop(fluent_server):
+    fluent_server.refuse()
+    client = client_for(fluent_server, buffer_limit=64 * 1024, overflow="block",
+                        overflow_timeout=0.3)
+    taken = fill(client)
+    assert taken > 100
+    start = time.monotonic()
+    assert client.post("t", {"i": -1}) is False
+    waited = time.monotonic() - start
+    assert 0.3 <= waited < 5
+    with pytest.raises(BufferFullError):
+        client.post("t", {"i": -2}, sync_append=True)
+    assert client.stats().dropped == {"buffer_full": 3}
+    client.close()
+
+
+def test_block_waits_for_room_and_loses_nothing(fluent_server):
+    fluent_server.refuse()
+    n = 30_000
+    client = client_for(fluent_server, buffer_limit=64 * 1024, overflow="block",
+                        overflow_timeout=60)
+    results: list[bool] = []
+    poster = threading.Thread(
+        target=lambda: results.extend(client.post("t", {"i": i, "pad": PAD}) for i in range(n))
+    )
+    poster.start()
+    # Nothing can leave, so the buffer fills and post() waits for room.
+    assert wait_until(client._full, timeout=30)
+    assert poster.is_alive()
+    fluent_server.refuse(False)
+    poster.join(timeout=60)
+    assert not poster.is_alive()
+    assert client.flush(timeout=30)
+    report = client.shutdown(timeout=10)
+    assert results == [True] * n
+    assert report.dropped == {} and report.unsent_records == 0
+    assert fluent_server.wait_for_events(n, timeout=10)
+    assert ids(fluent_server) == list(range(n))
+
+
+def test_on_unsent_gets_every_record_that_was_not_sent(fluent_server):
+    fluent_server.refuse()
+    handed: list[UnsentRecord] = []
+    client = client_for(fluent_server, on_unsent=handed.extend, compress="gzip")
+    posted = []
+    for i in range(500):
+        tag, when, record = f"app.t{i % 3}", EventTime(1_700_000_000 + i, i), {"i": i, "b": b"\x00"}
+        client.post(tag, record, time=when)
+        posted.append(UnsentRecord(tag, when, record))
+    report = client.shutdown(timeout=0.3)
+    assert report.unsent_records == 500 and report.handed_over == 500
+    key = lambda r: r.record["i"]  # noqa: E731
+    assert sorted(handed, key=key) == posted
+
+
+def test_on_unsent_that_raises_is_logged_and_counted_as_unsent(fluent_server, caplog):
+    fluent_server.refuse()
+
+    def broken(records):
+        raise RuntimeError("no disk")
+
+    client = client_for(fluent_server, on_unsent=broken)
+    for i in range(10):
+        client.post("t", {"i": i})
+    with caplog.at_level(logging.WARNING, logger="fluentclient"):
+        report = client.shutdown(timeout=0.2)
+    assert report.unsent_records == 10 and report.handed_over == 0
+    assert "on_unsent callback raised" in caplog.text
+    assert "stopped with 10 records" in caplog.text
+
+
+def test_without_spool_or_callback_the_loss_is_logged_once_with_numbers(fluent_server, caplog):
+    fluent_server.refuse()
+    client = client_for(fluent_server)
+    for i in range(42):
+        client.post("t", {"i": i})
+    with caplog.at_level(logging.WARNING, logger="fluentclient"):
+        report = client.shutdown(timeout=0.2)
+        client.shutdown(timeout=0.2)
+    assert report.unsent_records == 42
+    assert caplog.text.count("stopped with 42 records") == 1
