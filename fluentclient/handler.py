@@ -1,0 +1,336 @@
+"""Standard library logging sent to Fluentd: :class:`FluentHandler`, :class:`FluentFormatter`.
+
+Both take plain keyword arguments, so ``logging.config.dictConfig`` can build them::
+
+    "handlers": {"fluent": {
+        "class": "fluentclient.handler.FluentHandler",
+        "host": "fluentd.internal", "port": 24224, "tag_prefix": "shop",
+        "formatter": "fluent",
+    }},
+    "formatters": {"fluent": {
+        "()": "fluentclient.handler.FluentFormatter",
+        "fields": {"level": "severity", "thread": None},
+    }},
+
+A LogRecord becomes one structured record: the message, level, logger, where it was
+logged, the exception and stack if any, and every ``extra=`` field. Its time is the
+record's own, to the nanosecond, sent as an EventTime.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import sys
+import threading
+from collections.abc import Mapping
+from typing import Any, Callable, Optional, Union
+
+from .client import BufferedClient, SyncClient
+from .convert import (
+    Converter,
+    check_tag,
+    exception_fields,
+    record_time_ns,
+    safe_value,
+    tag_from_name,
+    text,
+)
+from .errors import BufferFullError, ClientClosedError, FluentError
+from .message import EventTime, Message
+from .stats import ShutdownReport
+
+__all__ = ["FIELDS", "FluentFormatter", "FluentHandler"]
+
+# Record fields taken straight from LogRecord attributes: (field, attribute).
+_ATTRIBUTE_FIELDS = (
+    ("level", "levelname"),
+    ("logger", "name"),
+    ("module", "module"),
+    ("function", "funcName"),
+    ("line", "lineno"),
+    ("process", "process"),
+    ("process_name", "processName"),
+    ("thread", "thread"),
+    ("thread_name", "threadName"),
+)
+_EXCEPTION_FIELDS = ("exc_type", "exc_message", "exc_traceback")
+#: Every field FluentFormatter writes by default, before the ``fields`` map renames them.
+FIELDS = ("message", *(f for f, _ in _ATTRIBUTE_FIELDS), *_EXCEPTION_FIELDS, "stack_info")
+
+# What every LogRecord carries; anything else on a record came from ``extra=``. Taken from
+# a real record so that attributes added by newer Pythons (taskName, created_ns) count.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message", "asctime",
+}
+_STYLES: dict[str, Callable[..., logging.PercentStyle]] = {
+    "%": logging.PercentStyle,
+    "{": logging.StrFormatStyle,
+    "$": logging.StringTemplateStyle,
+}
+_TAG_CACHE = 10_000
+
+Client = Union[BufferedClient, SyncClient]
+FieldMap = Mapping[str, Optional[str]]
+
+
+class FluentFormatter(logging.Formatter):
+    """Turns a LogRecord into a structured record (:meth:`to_record`).
+
+    ``fields`` renames fields (``{"level": "severity"}``) or drops them
+    (``{"thread": None}``); it applies to ``extra=`` keys too. ``fmt`` may be a format
+    string for the message field (as for any Formatter, with ``style``, ``datefmt`` and
+    ``defaults``), or a mapping of extra fields to format strings, as fluent-logger users
+    write it: ``{"where": "%(module)s.%(funcName)s", "host": "%(hostname)s"}``.
+    ``extra=False`` leaves out the ``extra=`` fields. Values msgpack cannot serialize go
+    through ``default`` (``str``, falling back to ``repr``), so the line itself is never lost.
+
+    A message that is a dict (``log.info({"user": 42, "action": "login"})``) with no
+    arguments is merged into the record as fields, as fluent-logger does. Fields given by
+    the caller (a dict message, ``extra=``) win over the built-in ones of the same name.
+
+    :meth:`format` returns the same record as one line of JSON, for a console handler.
+    """
+
+    def __init__(
+        self,
+        fmt: str | Mapping[str, str] | None = None,
+        datefmt: str | None = None,
+        style: str = "%",
+        validate: bool = True,
+        *,
+        defaults: Mapping[str, Any] | None = None,
+        fields: FieldMap | None = None,
+        extra: bool = True,
+        default: Converter | None = str,
+    ) -> None:
+        if style not in _STYLES:
+            raise ValueError(f"style must be one of {', '.join(_STYLES)}, not {style!r}")
+        values = {"hostname": socket.gethostname(), **(defaults or {})}
+        message_fmt = fmt if isinstance(fmt, str) else None
+        if sys.version_info >= (3, 10):
+            super().__init__(message_fmt, datefmt, style, validate, defaults=values)  # type: ignore[arg-type]
+        else:  # pragma: no cover
+            super().__init__(message_fmt, datefmt, style, validate)  # type: ignore[arg-type]
+        self._format_message = message_fmt is not None
+        self._fmt_fields: list[tuple[str, logging.PercentStyle]] = []
+        if isinstance(fmt, Mapping):
+            for key, spec in fmt.items():
+                if not isinstance(spec, str):
+                    raise TypeError(f"fmt[{key!r}] must be a format string, not {spec!r}")
+                field_style = (
+                    _STYLES[style](spec, defaults=values) if sys.version_info >= (3, 10)
+                    else _STYLES[style](spec)
+                )
+                if validate:
+                    field_style.validate()
+                self._fmt_fields.append((str(key), field_style))
+        elif fmt is not None and not isinstance(fmt, str):
+            raise TypeError(f"fmt must be a str, a mapping or None, not {type(fmt).__name__}")
+        self._uses_time = self.usesTime() or any(s.usesTime() for _, s in self._fmt_fields)
+        self.fields: dict[str, str | None] = dict(fields or {})
+        for key, name in self.fields.items():
+            if name is not None and not isinstance(name, str):
+                raise TypeError(f"fields[{key!r}] must be a str or None, not {name!r}")
+        self.extra = extra
+        self.default = default
+        self._message_key = self.fields.get("message", "message")
+        self._attrs = [
+            (name, attr) for field, attr in _ATTRIBUTE_FIELDS
+            if (name := self.fields.get(field, field)) is not None
+        ]
+        self._fmt_fields = [
+            (name, s) for field, s in self._fmt_fields
+            if (name := self.fields.get(field, field)) is not None
+        ]
+        self._exc_keys = [self.fields.get(f, f) for f in _EXCEPTION_FIELDS]
+        self._stack_key = self.fields.get("stack_info", "stack_info")
+
+    def to_record(self, record: logging.LogRecord, message: str | None = None) -> dict[str, Any]:
+        """The fields to send for ``record``; ``message`` replaces the message field."""
+        record.message = record.getMessage()
+        if self._uses_time:
+            record.asctime = self.formatTime(record, self.datefmt)
+        out: dict[str, Any] = {}
+        merged = record.msg if isinstance(record.msg, Mapping) and not record.args else None
+        key = self._message_key
+        if key is not None and (message is not None or merged is None):
+            if message is None:
+                message = self.formatMessage(record) if self._format_message else record.message
+            out[key] = message
+        for name, attr in self._attrs:
+            out[name] = getattr(record, attr, None)
+        for name, field_style in self._fmt_fields:
+            try:
+                out[name] = field_style.format(record)
+            except Exception:
+                out[name] = None  # a field the record lacks must not cost the line
+        exc = record.exc_info
+        if exc and exc[0] is not None and any(k is not None for k in self._exc_keys):
+            if not record.exc_text:
+                # Cached on the record, as logging.Formatter does, for the other handlers.
+                record.exc_text = self.formatException(exc)
+            for exc_key, value in zip(self._exc_keys, exception_fields(exc, record.exc_text)):
+                if exc_key is not None:
+                    out[exc_key] = value
+        if record.stack_info and self._stack_key is not None:
+            out[self._stack_key] = self.formatStack(record.stack_info)
+        if merged is not None:
+            self._merge(out, merged.items())
+        if self.extra:
+            self._merge(out, ((k, v) for k, v in vars(record).items() if k not in _STANDARD))
+        return out
+
+    def _merge(self, out: dict[str, Any], items: Any) -> None:
+        fields, default = self.fields, self.default
+        for key, value in items:
+            if not isinstance(key, str):
+                key = text(key)
+            name = fields.get(key, key) if fields else key
+            if name is not None:
+                out[name] = safe_value(value, default)
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one line of JSON."""
+        return json.dumps(self.to_record(record), default=text, ensure_ascii=False)
+
+
+class FluentHandler(logging.Handler):
+    """A logging handler that posts each record to Fluentd without ever blocking.
+
+    ``tag`` is used for every record; with ``tag=None`` the tag is made from the logger's
+    name (``tag_prefix.`` + the name with anything a tag may not hold replaced by ``_``).
+    The handler makes its own :class:`BufferedClient` from ``host``, ``port``,
+    ``unix_path`` and any other client option given (``buffer_limit``, ``require_ack``,
+    ``tls``, ``on_error``, ...), or shares the ``client`` given.
+
+    ``emit`` only formats and calls ``post()``, so it returns at once whatever the server
+    does; anything that goes wrong goes to :meth:`~logging.Handler.handleError`, never to
+    the application. ``buffer_overflow_handler`` (its name as in fluent-logger) is called
+    with each record dropped because the buffer was full. ``close()`` shuts its own
+    client down within ``close_timeout`` seconds (the :class:`ShutdownReport` is kept in
+    :attr:`report`); a shared client is only flushed, within the same deadline, and stays
+    open. ``flush()`` waits at most ``flush_timeout``.
+    """
+
+    def __init__(
+        self,
+        tag: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 24224,
+        *,
+        unix_path: str | None = None,
+        tag_prefix: str | None = None,
+        client: Client | None = None,
+        level: int | str = logging.NOTSET,
+        close_timeout: float = 5.0,
+        flush_timeout: float = 2.0,
+        buffer_overflow_handler: Callable[[Message], None] | None = None,
+        **client_options: Any,
+    ) -> None:
+        super().__init__(level)
+        if close_timeout < 0 or flush_timeout < 0:
+            raise ValueError("close_timeout and flush_timeout must not be negative")
+        if tag is not None and tag_prefix is not None:
+            raise ValueError("give tag (one tag for every record) or tag_prefix, not both")
+        self.tag = check_tag(tag, "tag") if tag is not None else None
+        self.tag_prefix = check_tag(tag_prefix, "tag_prefix") if tag_prefix else None
+        self.close_timeout = close_timeout
+        self.flush_timeout = flush_timeout
+        self.report: ShutdownReport | None = None
+        self._tags: dict[str, str] = {}
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._plain = FluentFormatter()
+        if client is not None:
+            if client_options or unix_path is not None or buffer_overflow_handler is not None:
+                raise ValueError(
+                    "client options and buffer_overflow_handler configure a client the "
+                    "handler makes; they cannot change the shared client given"
+                )
+            self.client: Client = client
+            self._owns_client = False
+        else:
+            if buffer_overflow_handler is not None:
+                client_options["on_error"] = _overflow_reporter(
+                    buffer_overflow_handler, client_options.get("on_error")
+                )
+            self.client = BufferedClient(host, port, unix_path=unix_path, **client_options)
+            self._owns_client = True
+
+    def tag_for(self, record: logging.LogRecord) -> str:
+        """The tag a record is sent with."""
+        if self.tag is not None:
+            return self.tag
+        name = record.name
+        tag = self._tags.get(name)
+        if tag is None:
+            tag = tag_from_name(str(name), self.tag_prefix)
+            if len(self._tags) < _TAG_CACHE:
+                self._tags[name] = tag
+        return tag
+
+    def record_for(self, record: logging.LogRecord) -> dict[str, Any]:
+        """The fields sent for a record: the formatter's, or the message a plain one made."""
+        formatter = self.formatter
+        if isinstance(formatter, FluentFormatter):
+            return formatter.to_record(record)
+        if formatter is None:
+            return self._plain.to_record(record)
+        return self._plain.to_record(record, message=formatter.format(record))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if self._closed:
+                raise ClientClosedError("the FluentHandler is closed")
+            self.client.post(
+                self.tag_for(record),
+                self.record_for(record),
+                time=EventTime.from_ns(record_time_ns(record)),
+            )
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        """Wait at most ``flush_timeout`` for what was logged to reach the server."""
+        if self._closed:
+            return
+        try:
+            self.client.flush(self.flush_timeout)
+        except FluentError:
+            pass  # flush() of a logging handler has no one to tell; stats() counts it
+
+    def close(self) -> None:
+        """Shut the own client down (or flush a shared one) within ``close_timeout``."""
+        with self._close_lock:
+            first = not self._closed
+            self._closed = True
+        try:
+            if first:
+                if self._owns_client:
+                    self.report = self.client.shutdown(self.close_timeout)
+                else:
+                    self.client.flush(self.close_timeout)
+        except FluentError:
+            pass
+        finally:
+            super().close()
+
+    def __repr__(self) -> str:
+        level = logging.getLevelName(self.level)
+        where = self.tag or (f"{self.tag_prefix}.<logger>" if self.tag_prefix else "<logger>")
+        return f"<{type(self).__name__} {where} ({level})>"
+
+
+def _overflow_reporter(
+    handler: Callable[[Message], None],
+    on_error: Callable[[FluentError, Message | None], None] | None,
+) -> Callable[[FluentError, Message | None], None]:
+    def report(err: FluentError, msg: Message | None) -> None:
+        if on_error is not None:
+            on_error(err, msg)
+        if isinstance(err, BufferFullError) and msg is not None:
+            handler(msg)
+
+    return report
