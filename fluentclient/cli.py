@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Union
+from typing import Any, Callable, Union
 
 from .cat_input import BadInput, Item, json_lines, msgpack_objects, take_time
 from .client import BufferedClient, SyncClient
@@ -153,19 +153,11 @@ def _show_progress(args: argparse.Namespace) -> bool:
 
 # -- cat -------------------------------------------------------------------------------------
 
-# Command-line option -> client keyword argument, for the options cat passes through as is.
-_CLIENT_OPTIONS = {
-    "shared_key": "shared_key",
-    "username": "username",
-    "password": "password",
-    "tls": "tls",
-    "tls_ca_file": "tls_ca_file",
-    "tls_cert_file": "tls_cert_file",
-    "tls_key_file": "tls_key_file",
-    "tls_verify": "tls_verify",
-    "tls_server_name": "tls_server_name",
-    "ack": "require_ack",
-}
+# Options cat passes to the client under the same name.
+_PASSED_THROUGH = (
+    "shared_key", "username", "password", "tls", "tls_ca_file", "tls_cert_file",
+    "tls_key_file", "tls_verify", "tls_server_name",
+)
 
 
 def client_options(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
@@ -183,10 +175,11 @@ def client_options(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, A
             options["host"] = args.host
         if args.port is not None:
             options["port"] = args.port
-    for flag, keyword in _CLIENT_OPTIONS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            options[keyword] = value
+    for name in _PASSED_THROUGH:
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    if args.ack is not None:
+        options["require_ack"] = args.ack
     if args.compress is not None:
         options["compress"] = None if args.compress == "none" else args.compress
     return options
@@ -331,13 +324,13 @@ def _raise_interrupted(signum: int, frame: object) -> None:
     raise Interrupted()
 
 
-def cat(args: argparse.Namespace, stdin: BinaryIO | None = None) -> int:
+def cat(args: argparse.Namespace) -> int:
     """Read records from stdin and post each to ``args.tag``; see the ``cat`` help."""
     tag = check_tag(args.tag, "TAG")
     client = make_client(args, client_options(args, options_from_env()))
     console = Console(sys.stderr, live=sys.stderr.isatty())
-    stream = sys.stdin.buffer if stdin is None else stdin
-    items = msgpack_objects(stream) if args.format == "msgpack" else json_lines(stream)
+    stdin = sys.stdin.buffer
+    items = msgpack_objects(stdin) if args.format == "msgpack" else json_lines(stdin)
     tally = Tally()
     interrupted = False
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)

@@ -111,10 +111,10 @@ def test_demo_checks_every_record(progress):
 
 
 @contextmanager
-def serve(*args: str) -> Iterator[tuple[Output, int]]:
+def serve(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[Output, int]]:
     """``serve --port 0 ARGS`` in a subprocess; yields its stdout and the port it took."""
     proc = subprocess.Popen([*COMMAND, "serve", "--port", "0", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=clean_env())
+                            stderr=subprocess.PIPE, env=env or clean_env())
     try:
         assert proc.stderr is not None and proc.stdout is not None
         line = Output(proc.stderr.fileno()).line()
@@ -161,6 +161,17 @@ def test_serve_with_key_user_and_tls_takes_records_from_cat(pki: Pki):
         result = run_cat("cli.secure", "--timeout", "0.5", data=json_lines([{"n": 3}]), env=wrong)
         assert result.returncode == 1, stderr_of(result)
         assert "unsent 1" in stderr_of(result)
+
+
+def test_serve_takes_its_key_from_the_environment_like_cat():
+    env = clean_env(FLUENT_SHARED_KEY=KEY)
+    with serve(env=env) as (out, port):
+        wrong = run_cat("cli.envkey", "--port", port, "--shared-key", "wrong", "--timeout",
+                        "0.5", data=json_lines([{"n": 0}]), env=env)
+        assert wrong.returncode == 1, stderr_of(wrong)
+        result = run_cat("cli.envkey", "--port", port, data=json_lines([{"n": 1}]), env=env)
+        assert result.returncode == 0, stderr_of(result)
+        assert json.loads(out.line())["record"] == {"n": 1}
 
 
 def test_serve_refuses_a_user_without_a_shared_key():
