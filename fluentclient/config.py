@@ -1,12 +1,12 @@
 """Client options from environment variables, for twelve-factor style deployments.
 
-``options_from_env()`` reads ``FLUENT_HOST``, ``FLUENT_PORT`` and the rest (see
-:data:`VARIABLES`) and returns keyword arguments for :class:`BufferedClient` or
-:class:`SyncClient`. Only variables that are set appear in the result, so the clients'
-own defaults still apply to the rest. A variable set to the empty string counts as unset,
-because container tooling often cannot unset a variable, only blank it. A value the client
-could not use raises :class:`ConfigurationError` naming the variable, here, rather than an
-error about a keyword argument later.
+``options_from_env()`` reads ``FLUENT_HOST``, ``FLUENT_PORT`` and the rest (the names after
+the prefix are the keys of :data:`VARIABLES`) and returns keyword arguments for
+:class:`BufferedClient` or :class:`SyncClient`. Only variables that are set appear in the
+result, so the clients' own defaults still apply to the rest. A variable set to the empty
+string counts as unset, because container tooling often cannot unset a variable, only blank
+it. A value the client could not use raises :class:`ConfigurationError` naming the
+variable, here, rather than an error about a keyword argument later.
 
 This module imports nothing from the clients, so they can call it without an import cycle.
 """
@@ -20,26 +20,6 @@ from typing import Any, Callable
 
 from .errors import ConfigurationError
 from .pool import Server
-
-# Suffix after the prefix -> what it sets, for documentation and for error messages.
-VARIABLES: Mapping[str, str] = {
-    "HOST": "host: the server's host name or address",
-    "PORT": "port: the server's TCP port (1-65535)",
-    "UNIX_PATH": "unix_path: a Unix stream socket instead of TCP",
-    "SERVERS": "servers: comma-separated host:port, [v6addr]:port or unix:///path",
-    "TAG_PREFIX": "tag_prefix: prepended to every tag, with a dot",
-    "SHARED_KEY": "shared_key: the <security> shared key",
-    "USERNAME": "username: for a server with user authentication",
-    "PASSWORD": "password: for a server with user authentication",
-    "TLS": "tls: true to connect with TLS",
-    "TLS_CA_FILE": "tls_ca_file: PEM file of the CAs to trust",
-    "TLS_CERT_FILE": "tls_cert_file: PEM client certificate, for mutual TLS",
-    "TLS_KEY_FILE": "tls_key_file: its private key, if not in the certificate file",
-    "TLS_VERIFY": "tls_verify: false to skip checking the server's certificate",
-    "TLS_SERVER_NAME": "tls_server_name: the name to check the certificate against",
-    "REQUIRE_ACK": "require_ack: true for at-least-once delivery with acks",
-    "COMPRESS": "compress: gzip, or none",
-}
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -140,6 +120,7 @@ def _text(value: str, variable: str) -> str:
     return value
 
 
+# Each variable, by its name after the prefix: the client option it sets and its parser.
 _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "HOST": ("host", _text),
     "PORT": ("port", parse_port),
@@ -158,6 +139,8 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "REQUIRE_ACK": ("require_ack", parse_bool),
     "COMPRESS": ("compress", _compress),
 }
+# Variable name after the prefix -> the option it sets.
+VARIABLES: Mapping[str, str] = {suffix: option for suffix, (option, _) in _PARSERS.items()}
 
 
 def options_from_env(
