@@ -50,3 +50,14 @@ class AuthenticationError(FluentConnectionError, PermissionError):
 
 class DeliveryError(FluentError):
     """A record was given up: the server never acknowledged it within the retry limit."""
+
+
+class ConfigurationError(FluentError, ValueError):
+    """A setting (an environment variable, say) has a value the client cannot use.
+
+    ``variable`` names the setting when there is one, so the message can point at it.
+    """
+
+    def __init__(self, message: str, *, variable: str | None = None) -> None:
+        super().__init__(f"{variable}: {message}" if variable else message)
+        self.variable = variable

@@ -1,14 +1,34 @@
-"""The command line, end to end: demo and serve, as a user runs them."""
+"""The command line, end to end: demo, serve and cat, as a user runs them (real processes)."""
 
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
 import select
+import signal
 import socket
+import struct
 import subprocess
 import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import msgpack
+import pytest
 
 from fluentclient import EventTime, SyncClient
+from fluentclient.server import ForwardServer
+
+from .certs import Pki, server_context
+from .peer_server import assert_peer_equal
+
+COMMAND = [sys.executable, "-m", "fluentclient"]
+KEY = "cat shared key"
+PEER_HOSTNAME = "node-peer.test"  # not ours: a peer refuses a client named like itself
 
 
 def free_port() -> int:
@@ -17,36 +37,531 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_demo_checks_every_record():
-    result = subprocess.run([sys.executable, "-m", "fluentclient", "demo", "--records", "20000"],
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without FLUENT_* (a developer's own must not leak in)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLUENT_")}
+    env.update(extra)
+    return env
+
+
+def run_cat(*args: Any, data: bytes = b"", env: dict[str, str] | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*COMMAND, "cat", *map(str, args)], input=data, capture_output=True,
+                          env=clean_env() if env is None else env, timeout=timeout)
+
+
+def to_server(server: ForwardServer) -> list[str]:
+    return ["--host", server.host, "--port", str(server.port)]
+
+
+def json_lines(records: Sequence[Any]) -> bytes:
+    return b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in records)
+
+
+def stderr_of(result: subprocess.CompletedProcess[bytes]) -> str:
+    return result.stderr.decode(errors="replace")
+
+
+class Output:
+    """What a process writes to a pipe or pty, read without blocking the test."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.data = b""
+        self.taken = 0  # bytes already returned by line()
+
+    def poll(self, timeout: float = 0) -> str:
+        while select.select([self.fd], [], [], timeout)[0]:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:  # a pty whose other end closed
+                break
+            if not chunk:
+                break
+            self.data += chunk
+            timeout = 0
+        return self.data.decode(errors="replace")
+
+    def line(self, timeout: float = 10) -> str:
+        """The next whole line, or fail after ``timeout`` instead of hanging the suite."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.data[self.taken:]:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no line in time; so far {self.data[self.taken:]!r}"
+            self.poll(left)
+        end = self.data.index(b"\n", self.taken) + 1
+        line, self.taken = self.data[self.taken:end], end
+        return line.decode()
+
+
+# -- demo ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("progress", [[], ["--progress"]], ids=["quiet", "progress"])
+def test_demo_checks_every_record(progress):
+    result = subprocess.run([*COMMAND, "demo", "--records", "20000", *progress],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "server received 20,000 records, in order: True" in result.stdout
     assert result.stdout.rstrip().endswith("OK")
 
 
-def readline(stream, timeout: float = 10) -> str:
-    """One line, or fail after ``timeout`` instead of hanging the suite."""
-    ready, _, _ = select.select([stream], [], [], timeout)
-    assert ready, "no output in time"
-    return stream.readline()
+# -- serve -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def serve(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[Output, int]]:
+    """``serve --port 0 ARGS`` in a subprocess; yields its stdout and the port it took."""
+    proc = subprocess.Popen([*COMMAND, "serve", "--port", "0", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env or clean_env())
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        line = Output(proc.stderr.fileno()).line()
+        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        assert match, line
+        yield Output(proc.stdout.fileno()), int(match[1])
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def test_serve_prints_events_as_json_lines():
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fluentclient", "serve", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [*COMMAND, "serve", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(),
     )
     try:
         assert proc.stderr is not None and proc.stdout is not None
-        assert "listening on" in readline(proc.stderr)
+        assert "listening on" in Output(proc.stderr.fileno()).line()
         with SyncClient("127.0.0.1", port) as client:
             client.post("cli.serve", {"msg": "héllo", "raw": b"\x00\xff"},
                         time=EventTime(1700000000, 42))
-        line = json.loads(readline(proc.stdout))
+        line = json.loads(Output(proc.stdout.fileno()).line())
         assert line == {"tag": "cli.serve", "time": 1700000000, "nanoseconds": 42,
                         "record": {"msg": "héllo", "raw": {"$bin": "AP8="}}}
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_serve_with_key_user_and_tls_takes_records_from_cat(pki: Pki):
+    with serve("--shared-key", KEY, "--username", "ops", "--password", "pw 1",
+               "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)) as (out, port):
+        env = clean_env(FLUENT_PORT=str(port), FLUENT_SHARED_KEY=KEY, FLUENT_USERNAME="ops",
+                        FLUENT_PASSWORD="pw 1", FLUENT_TLS_CA_FILE=str(pki.ca_file))
+        result = run_cat("cli.secure", data=json_lines([{"n": 1}, {"n": 2}]), env=env)
+        assert result.returncode == 0, stderr_of(result)
+        got = [json.loads(out.line()) for _ in range(2)]
+        assert [(e["tag"], e["record"]) for e in got] == [("cli.secure", {"n": 1}),
+                                                          ("cli.secure", {"n": 2})]
+        # The wrong password is refused by the server, and cat says nothing was delivered.
+        wrong = dict(env, FLUENT_PASSWORD="nope")
+        result = run_cat("cli.secure", "--timeout", "0.5", data=json_lines([{"n": 3}]), env=wrong)
+        assert result.returncode == 1, stderr_of(result)
+        assert "unsent 1" in stderr_of(result)
+
+
+def test_serve_takes_its_key_from_the_environment_like_cat():
+    env = clean_env(FLUENT_SHARED_KEY=KEY)
+    with serve(env=env) as (out, port):
+        wrong = run_cat("cli.envkey", "--port", port, "--shared-key", "wrong", "--timeout",
+                        "0.5", data=json_lines([{"n": 0}]), env=env)
+        assert wrong.returncode == 1, stderr_of(wrong)
+        result = run_cat("cli.envkey", "--port", port, data=json_lines([{"n": 1}]), env=env)
+        assert result.returncode == 0, stderr_of(result)
+        assert json.loads(out.line())["record"] == {"n": 1}
+
+
+def test_serve_refuses_a_user_without_a_shared_key():
+    result = subprocess.run([*COMMAND, "serve", "--port", "0", "--username", "ops"],
+                            capture_output=True, text=True, timeout=30, env=clean_env())
+    assert result.returncode == 2
+    assert "--username needs --shared-key" in result.stderr
+
+
+# -- cat: input ------------------------------------------------------------------------------
+
+
+RECORDS = [
+    {"i": i, "msg": f"line {i} ünïcødé 😀", "nested": {"list": [1, 2.5, None, True]}}
+    for i in range(2000)
+]
+
+
+def test_cat_posts_json_lines_in_order(fluent_server):
+    result = run_cat("cli.json", *to_server(fluent_server), data=json_lines(RECORDS))
+    assert result.returncode == 0, stderr_of(result)
+    assert fluent_server.wait_for_events(len(RECORDS), timeout=10)
+    assert [e.record for e in fluent_server.events] == RECORDS
+    assert {e.tag for e in fluent_server.events} == {"cli.json"}
+    assert stderr_of(result).strip() == (
+        "cat: read 2,000 records; sent 2,000; dropped 0; unsent 0; possibly lost 0"
+    )
+
+
+def test_cat_reports_bad_lines_with_their_number_and_goes_on(fluent_server):
+    data = b"\n".join([
+        b'{"good": 1}',
+        b"not json",
+        b"[1, 2]",
+        b"",  # blank: skipped silently
+        b'{"good": 2}',
+        b'{"cut": ',
+        b'{"bad utf-8": "\xff\xfe"}',
+        b'"a string"',
+        b"null",
+        b'{"good": 3}',
+    ]) + b"\n"
+    result = run_cat("cli.bad", *to_server(fluent_server), data=data)
+    err = stderr_of(result)
+    assert result.returncode == 3, err  # everything good was delivered, some input was not
+    assert fluent_server.wait_for_events(3, timeout=10)
+    assert [e.record for e in fluent_server.events] == [{"good": 1}, {"good": 2}, {"good": 3}]
+    for expected in ("line 2 skipped: not JSON", "line 3 skipped: expected a JSON object, "
+                     "got an array", "line 6 skipped: not JSON", "line 7 skipped: not UTF-8",
+                     "line 8 skipped: expected a JSON object, got a string",
+                     "line 9 skipped: expected a JSON object, got null",
+                     "read 3 records (6 skipped as bad input); sent 3"):
+        assert expected in err, err
+    assert "line 4" not in err
+
+
+def test_cat_takes_the_event_time_from_a_field(fluent_server):
+    records = [
+        {"n": 0, "t": 1700000000},
+        {"n": 1, "t": 1700000000.25},
+        {"n": 2, "t": "1700000001"},
+        {"n": 3, "t": "2024-01-02T03:04:05.123456789Z"},
+        {"n": 4, "t": "2024-01-02 08:34:05+05:30"},
+        {"n": 5, "t": "2024-01-01T00:00:00"},  # no offset: local time (EST below)
+        {"n": 6},  # no time field: now
+        {"n": 7, "t": "yesterday"},
+        {"n": 8, "t": True},
+        {"n": 9, "t": 2**40},  # past 2106
+    ]
+    started = time.time()
+    env = clean_env(TZ="EST+5")
+    result = run_cat("cli.time", *to_server(fluent_server), "--time-key", "t",
+                     data=json_lines(records), env=env)
+    err = stderr_of(result)
+    assert result.returncode == 3, err
+    assert fluent_server.wait_for_events(7, timeout=10)
+    got = {e.record["n"]: e for e in fluent_server.events}
+    assert sorted(got) == list(range(7))
+    assert all("t" not in e.record for e in got.values())  # taken out of the record
+    assert got[0].time == EventTime(1700000000, 0)
+    assert got[1].time == EventTime(1700000000, 250_000_000)
+    assert got[2].time == EventTime(1700000001, 0)
+    assert got[3].time == EventTime(1704164645, 123456789)
+    assert got[4].time == EventTime(1704164645, 0)
+    assert got[5].time == EventTime(1704085200, 0)
+    assert started - 1 <= got[6].time.seconds <= time.time() + 1
+    assert "line 8 skipped: bad time in 't': 'yesterday' is neither" in err
+    assert "line 9 skipped: bad time in 't': a boolean is not a time" in err
+    assert "line 10 skipped: bad time in 't'" in err and "1970-2106" in err
+
+
+def test_cat_can_keep_the_time_field(fluent_server):
+    result = run_cat("cli.keep", *to_server(fluent_server), "--time-key", "when",
+                     "--keep-time-key", data=json_lines([{"when": 1700000000, "x": 1}]))
+    assert result.returncode == 0, stderr_of(result)
+    assert fluent_server.wait_for_events(1, timeout=10)
+    (event,) = fluent_server.events
+    assert event.record == {"when": 1700000000, "x": 1}
+    assert event.time == EventTime(1700000000, 0)
+
+
+def test_cat_reads_a_msgpack_stream(fluent_server):
+    event_time = msgpack.ExtType(0, struct.pack(">II", 1700000000, 7))
+    objects = [
+        {"raw": b"\x00\xff", "big": 2**64 - 1, "nested": {"a": [1, None]}},
+        [1, 2],  # not a map
+        {"at": event_time, "n": 2},
+        {"at": msgpack.Timestamp(1700000001, 9), "n": 3},
+        {"at": 1700000002.5, "n": 4},
+    ]
+    data = b"".join(msgpack.packb(o, use_bin_type=True, datetime=False) for o in objects)
+    data += msgpack.packb({"cut": "x" * 10})[:-3]  # the input ends inside an object
+    result = run_cat("cli.mp", *to_server(fluent_server), "--format", "msgpack",
+                     "--time-key", "at", data=data)
+    err = stderr_of(result)
+    assert result.returncode == 3, err
+    assert fluent_server.wait_for_events(4, timeout=10)
+    events = fluent_server.events
+    assert events[0].record == objects[0]
+    assert [(e.record, e.time) for e in events[1:]] == [
+        ({"n": 2}, EventTime(1700000000, 7)),
+        ({"n": 3}, EventTime(1700000001, 9)),
+        ({"n": 4}, EventTime(1700000002, 500_000_000)),
+    ]
+    assert "object 2 skipped: expected a map, got an array" in err
+    assert "object 6 skipped: the input ends in the middle of it" in err
+
+
+def test_cat_stops_at_corrupt_msgpack_and_still_delivers_what_came_before(fluent_server):
+    data = msgpack.packb({"n": 1}) + b"\xc1" + msgpack.packb({"n": 2})
+    result = run_cat("cli.mpbad", *to_server(fluent_server), "--format", "msgpack", data=data)
+    err = stderr_of(result)
+    assert result.returncode == 3, err
+    assert "object 2 skipped: not msgpack at byte 4" in err
+    assert fluent_server.wait_for_events(1, timeout=10)
+    assert [e.record for e in fluent_server.events] == [{"n": 1}]
+
+
+# -- cat: delivery ---------------------------------------------------------------------------
+
+
+def test_cat_with_acks(fluent_server):
+    result = run_cat("cli.ack", *to_server(fluent_server), "--ack", data=json_lines(RECORDS))
+    assert result.returncode == 0, stderr_of(result)
+    assert fluent_server.wait_for_events(len(RECORDS), timeout=10)
+    assert fluent_server.acks_sent == len(fluent_server.frames) >= 1
+    assert [e.record for e in fluent_server.events] == RECORDS
+
+
+def test_cat_exits_non_zero_when_acks_never_come(fluent_server):
+    fluent_server.withhold_acks(True)
+    result = run_cat("cli.noack", *to_server(fluent_server), "--ack", "--timeout", "0.5",
+                     data=json_lines(RECORDS[:10]))
+    assert result.returncode == 1, stderr_of(result)
+    assert "sent 0; dropped 0; unsent 10" in stderr_of(result)
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["buffered", "sync"])
+def test_cat_exits_non_zero_when_the_server_is_absent(sync):
+    flags = ["--sync"] if sync else []
+    result = run_cat("cli.absent", "--port", free_port(), "--timeout", "0.5", *flags,
+                     data=json_lines([{"n": 1}, {"n": 2}]))
+    err = stderr_of(result)
+    assert result.returncode == 1, err
+    if sync:
+        assert "line 1: not delivered: cannot connect" in err
+        assert "line 2: not delivered" in err and "failed 2" in err
+    else:
+        assert "sent 0; dropped 0; unsent 2" in err
+
+
+def test_cat_sync_sends_each_record_as_it_comes(fluent_server):
+    result = run_cat("cli.sync", *to_server(fluent_server), "--sync", "--ack",
+                     data=json_lines(RECORDS[:50]))
+    assert result.returncode == 0, stderr_of(result)
+    assert fluent_server.wait_for_events(50, timeout=10)
+    assert len(fluent_server.frames) == 50 == fluent_server.acks_sent
+    assert "sent 50; failed 0" in stderr_of(result)
+
+
+def test_cat_with_a_shared_key_and_users():
+    with ForwardServer(shared_key=KEY, users={"ops": "pw"}) as server:
+        result = run_cat("cli.key", *to_server(server), "--shared-key", KEY, "--username", "ops",
+                         "--password", "pw", data=json_lines([{"n": 1}]))
+        assert result.returncode == 0, stderr_of(result)
+        assert server.wait_for_events(1, timeout=10)
+        result = run_cat("cli.key", *to_server(server), "--shared-key", "wrong", "--timeout",
+                         "0.5", data=json_lines([{"n": 2}]))
+        assert result.returncode == 1, stderr_of(result)
+        assert "shared_key mismatch" in stderr_of(result)
+        assert [e.record for e in server.events] == [{"n": 1}]
+        assert server.auth_failures >= 1
+
+
+def test_cat_over_tls_and_mutual_tls(pki: Pki):
+    data = json_lines([{"n": 1}])
+    ca = ["--tls-ca-file", pki.ca_file]
+    with ForwardServer(ssl_context=server_context(pki)) as server:
+        assert run_cat("cli.tls", *to_server(server), *ca, data=data).returncode == 0
+        no_ca = run_cat("cli.tls", *to_server(server), "--tls", "--timeout", "0.5", data=data)
+        assert no_ca.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in stderr_of(no_ca)
+        unverified = run_cat("cli.tls", *to_server(server), "--tls", "--no-tls-verify",
+                             data=data)
+        assert unverified.returncode == 0, stderr_of(unverified)
+        wrong_name = run_cat("cli.tls", *to_server(server), *ca, "--tls-server-name",
+                             "other.test", "--timeout", "0.5", data=data)
+        assert wrong_name.returncode == 1
+        assert server.wait_for_events(2, timeout=10)
+        assert server.event_count == 2
+    with ForwardServer(ssl_context=server_context(pki, require_client_cert=True)) as server:
+        result = run_cat("cli.mtls", *to_server(server), *ca, "--tls-cert-file",
+                         pki.client_cert, "--tls-key-file", pki.client_key, "--ack",
+                         "--compress", "gzip", data=json_lines(RECORDS))
+        assert result.returncode == 0, stderr_of(result)
+        assert server.wait_for_events(len(RECORDS), timeout=10)
+        assert {f.mode for f in server.frames} == {"CompressedPackedForward"}
+
+
+def test_cat_takes_its_defaults_from_the_environment(fluent_server):
+    env = clean_env(FLUENT_HOST=fluent_server.host, FLUENT_PORT=str(fluent_server.port),
+                    FLUENT_TAG_PREFIX="env", FLUENT_REQUIRE_ACK="true", FLUENT_COMPRESS="gzip")
+    result = run_cat("cli.env", data=json_lines([{"n": 1}]), env=env)
+    assert result.returncode == 0, stderr_of(result)
+    assert fluent_server.wait_for_events(1, timeout=10)
+    (event,) = fluent_server.events
+    assert event.tag == "env.cli.env"
+    assert fluent_server.frames[0].mode == "CompressedPackedForward"
+    assert fluent_server.acks_sent == 1
+    # The command line wins: --port replaces the environment's server list.
+    env = clean_env(FLUENT_SERVERS=f"127.0.0.1:{free_port()}")
+    result = run_cat("cli.flag", "--port", fluent_server.port, data=json_lines([{"n": 2}]),
+                     env=env)
+    assert result.returncode == 0, stderr_of(result)
+    assert fluent_server.wait_for_events(2, timeout=10)
+
+
+def test_cat_to_a_unix_socket(tmp_path):
+    path = str(tmp_path / "fluent.sock")
+    with ForwardServer(unix_path=path) as server:
+        by_flag = run_cat("cli.unix", "--unix-path", path, data=json_lines([{"n": 1}]))
+        assert by_flag.returncode == 0, stderr_of(by_flag)
+        by_env = run_cat("cli.unix", data=json_lines([{"n": 2}]),
+                         env=clean_env(FLUENT_UNIX_PATH=path))
+        assert by_env.returncode == 0, stderr_of(by_env)
+        assert server.wait_for_events(2, timeout=10)
+        assert [e.record for e in server.events] == [{"n": 1}, {"n": 2}]
+
+
+@pytest.mark.parametrize(
+    "env, args, message",
+    [
+        ({"FLUENT_PORT": "http"}, [], "FLUENT_PORT: expected a port number"),
+        ({"FLUENT_TLS": "sometimes"}, [], "FLUENT_TLS: expected true/false"),
+        ({}, ["--tls-ca-file", "/no/such/ca.pem"], "No such file"),
+    ],
+)
+def test_cat_configuration_errors_exit_2_naming_the_setting(env, args, message):
+    result = run_cat("cli.conf", *args, data=b"{}\n", env=clean_env(**env))
+    assert result.returncode == 2
+    assert message in stderr_of(result)
+
+
+def test_cat_refuses_a_bad_tag():
+    result = run_cat("not a tag", data=b"{}\n")
+    assert result.returncode == 2
+    assert "TAG: 'not a tag' is not dot-separated parts" in stderr_of(result)
+
+
+def test_cat_sends_what_it_read_when_terminated(fluent_server):
+    proc = subprocess.Popen([*COMMAND, "cat", "cli.term", *to_server(fluent_server)],
+                            stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+    try:
+        assert proc.stdin is not None and proc.stderr is not None
+        proc.stdin.write(json_lines(RECORDS[:100]))
+        proc.stdin.flush()
+        # Records leave within the flush interval while stdin stays open.
+        assert fluent_server.wait_for_events(100, timeout=10)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 130
+        err = proc.stderr.read().decode()
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert "cat: interrupted; sending what was read" in err
+    assert "read 100 records; sent 100" in err
+
+
+# -- cat: progress ---------------------------------------------------------------------------
+
+
+def feed_until(proc: subprocess.Popen, done, timeout: float = 15) -> None:
+    """Write records to ``proc`` a few at a time until ``done()``, within ``timeout``."""
+    assert proc.stdin is not None
+    deadline = time.monotonic() + timeout
+    n = 0
+    while not done():
+        assert time.monotonic() < deadline, "condition not met in time"
+        proc.stdin.write(json_lines([{"n": n}]))
+        proc.stdin.flush()
+        n += 1
+        time.sleep(0.02)  # a slow producer: the point of this test is a long run
+
+
+def test_progress_is_shown_with_the_flag_and_not_without(fluent_server):
+    procs = {
+        flag: subprocess.Popen([*COMMAND, "cat", f"cli.p{i}", *to_server(fluent_server), *flag],
+                               stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+        for i, flag in enumerate([("--progress",), ()])
+    }
+    try:
+        shown = Output(procs[("--progress",)].stderr.fileno())
+        quiet = Output(procs[()].stderr.fileno())
+
+        def two_status_lines() -> bool:
+            # Both get the same input at the same pace, for the same time.
+            procs[()].stdin.write(b'{"other": 1}\n')
+            procs[()].stdin.flush()
+            return shown.poll().count(" sent (") >= 2
+
+        feed_until(procs[("--progress",)], two_status_lines)
+        for proc in procs.values():
+            proc.stdin.close()
+            assert proc.wait(10) == 0
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait(10)
+    status = [line for line in shown.poll().splitlines() if " sent (" in line]
+    assert re.fullmatch(r"[\d,]+ read, [\d,]+ sent \([\d,]+/s\), [\d,]+ buffered "
+                        r"\([\d,]+ KiB\), 0 dropped", status[0]), status
+    assert "\x1b" not in shown.data.decode()  # not a terminal: plain lines
+    quiet_text = quiet.poll()
+    assert " sent (" not in quiet_text
+    assert quiet_text.startswith("cat: read ")
+
+
+def test_progress_on_a_terminal_redraws_one_line(fluent_server):
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*COMMAND, "cat", "cli.tty", *to_server(fluent_server)],
+                            stdin=subprocess.PIPE, stderr=slave, env=clean_env())
+    os.close(slave)
+    try:
+        tty = Output(master)
+        feed_until(proc, lambda: tty.poll().count("\r\x1b[K") >= 2)
+        proc.stdin.close()
+        assert proc.wait(10) == 0
+        text = tty.poll()
+    finally:
+        proc.kill()
+        proc.wait(10)
+        os.close(master)
+    assert re.search(r"\r\x1b\[K[\d,]+ read, [\d,]+ sent \([\d,]+/s\)", text), text
+    # The summary replaces the status line rather than following it on the same line.
+    assert re.search(r"\r\x1b\[Kcat: read [\d,]+ records; sent", text), text
+
+
+# -- cat against the Node peer (an implementation we did not write) --------------------------
+
+
+@pytest.mark.peer
+def test_cat_against_the_node_peer(node_peer_factory):
+    records = [{"i": i, "text": "ünï", "raw": None, "f": 0.5} for i in range(300)]
+    peer = node_peer_factory()
+    plain = run_cat("cli.peer", "--port", peer.port, "--time-key", "at",
+                    data=json_lines([dict(r, at=1700000000 + r["i"]) for r in records]))
+    assert plain.returncode == 0, stderr_of(plain)
+    assert peer.wait_for_events(len(records), timeout=20), peer.describe()
+    events = peer.events
+    assert [e.time for e in events] == [EventTime(1700000000 + i, 0) for i in range(300)]
+    for record, event in zip(records, events):
+        assert event.tag == "cli.peer"
+        assert_peer_equal(record, event.record)
+
+    secure = node_peer_factory(shared_key=KEY, server_hostname=PEER_HOSTNAME)
+    data = b"".join(msgpack.packb(r) for r in records)
+    result = run_cat("cli.peer.mp", "--port", secure.port, "--format", "msgpack", "--ack",
+                     "--shared-key", KEY, data=data)
+    assert result.returncode == 0, stderr_of(result)
+    assert secure.wait_for_events(len(records), timeout=20), secure.describe()
+    for record, event in zip(records, secure.events):
+        assert_peer_equal(record, event.record)
+
+
+def test_cat_waits_for_a_slow_server_instead_of_dropping(fluent_server):
+    """An input several times the buffer, to a server that acknowledges each frame late:
+    cat holds back rather than drop, and everything arrives in order."""
+    fluent_server.delay_acks(0.5)
+    n = 60_000
+    data = json_lines([{"i": i, "pad": "p" * 200} for i in range(n)])
+    result = run_cat("cli.slow", *to_server(fluent_server), "--ack", data=data)
+    assert result.returncode == 0, stderr_of(result)
+    assert f"sent {n:,}; dropped 0" in stderr_of(result)
+    assert fluent_server.wait_for_events(n, timeout=20)
+    assert [e.record["i"] for e in fluent_server.events] == list(range(n))

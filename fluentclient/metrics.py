@@ -1,0 +1,240 @@
+"""Export a client's ``stats()`` to Prometheus (needs ``pip install 'fluentclient[prometheus]'``).
+
+::
+
+    from fluentclient.metrics import register
+    register(client, labels={"app": "shop"})   # into prometheus_client's default registry
+
+The collector reads ``client.stats()`` once per scrape, so what Prometheus sees is one
+consistent snapshot and nothing is counted twice. Nothing else in fluentclient imports this
+module: prometheus_client is needed only by those who use it.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Protocol
+
+from .errors import ConfigurationError
+from .stats import (
+    DROP_BUFFER_FULL,
+    DROP_CLOSED,
+    DROP_NOT_ACKED,
+    DROP_TOO_LARGE,
+    DROP_UNSERIALIZABLE,
+    Stats,
+)
+
+try:
+    from prometheus_client import REGISTRY, CollectorRegistry
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.metrics_core import Metric
+except ImportError as exc:  # pragma: no cover - depends on what is installed
+    raise ImportError(
+        "fluentclient.metrics needs prometheus_client: pip install 'fluentclient[prometheus]'"
+    ) from exc
+
+# Every reason is exported from the start, at 0, so rate() has a series before the first drop.
+DROP_REASONS = (DROP_BUFFER_FULL, DROP_UNSERIALIZABLE, DROP_TOO_LARGE, DROP_CLOSED,
+                DROP_NOT_ACKED)
+SERVER_STATES = ("connected", "backing_off", "idle")
+
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+_OWN_LABELS = frozenset({"reason", "server", "state"})
+
+# Stats field -> (metric name after the prefix, help). Counters get "_total" on exposition.
+_COUNTERS = (
+    ("posted", "records_posted", "Records passed to post()."),
+    ("sent", "records_sent", "Records the server took (or acknowledged, with acks)."),
+    ("unsent", "records_unsent", "Records still held when the client stopped."),
+    ("possibly_lost", "records_possibly_lost",
+     "Records written to a connection that failed before the server was seen to take them."),
+    ("retried", "records_retried", "Records put back to be sent again on a new connection."),
+    ("frames_sent", "frames_sent", "Frames written to a connection (a resent frame again)."),
+    ("bytes_sent", "bytes_sent", "Bytes of the frames written."),
+    ("connects", "connects", "Connections made."),
+    ("connect_failures", "connect_failures", "Connection attempts that failed."),
+    ("connection_failures", "connection_failures", "Established connections that failed."),
+)
+_SERVER_COUNTERS = (
+    ("connects", "connects", "Connections made to each server."),
+    ("failures", "failures", "Failures (to connect, or of a connection) per server."),
+    ("frames_sent", "frames_sent", "Frames written to each server."),
+    ("acked_frames", "acked_frames", "Frames each server acknowledged."),
+)
+_GAUGES = (
+    ("buffered", "records_buffered", "Records on their way: queued, buffered or in flight."),
+    ("buffered_bytes", "buffered_bytes", "Bytes held against buffer_limit."),
+)
+
+
+class HasStats(Protocol):
+    """Either client: anything with a ``stats()`` returning :class:`Stats`."""
+
+    def stats(self) -> Stats: ...
+
+
+class StatsCollector:
+    """A prometheus_client collector that reads ``stats()`` of its clients on each scrape.
+
+    One collector serves every client registered under the same prefix in a registry, each
+    told apart by its label values: a registry accepts each metric name only once.
+    """
+
+    def __init__(self, *, prefix: str = "fluentclient", label_names: Sequence[str] = ()) -> None:
+        if not _NAME.match(prefix):
+            raise ConfigurationError(f"{prefix!r} is not a valid metric name prefix",
+                                     variable="prefix")
+        for name in label_names:
+            if not _LABEL.match(name) or name.startswith("__") or name in _OWN_LABELS:
+                raise ConfigurationError(
+                    f"{name!r} cannot be a label here (reserved or not a label name)",
+                    variable="labels",
+                )
+        self.prefix = prefix
+        self.label_names = tuple(label_names)
+        self._lock = threading.Lock()
+        self._clients: list[tuple[HasStats, list[str]]] = []
+
+    def add(self, client: HasStats, labels: Mapping[str, str] | None = None) -> None:
+        labels = dict(labels or {})
+        if tuple(labels) != self.label_names and set(labels) == set(self.label_names):
+            labels = {name: labels[name] for name in self.label_names}
+        if tuple(labels) != self.label_names:
+            raise ConfigurationError(
+                f"labels {sorted(labels)} differ from {sorted(self.label_names)}, those of "
+                f"the clients already registered under {self.prefix!r}",
+                variable="labels",
+            )
+        values = [str(v) for v in labels.values()]
+        with self._lock:
+            for other, other_values in self._clients:
+                if other is client or other_values == values:
+                    raise ConfigurationError(
+                        f"a client with labels {labels} is already registered", variable="labels"
+                    )
+            self._clients.append((client, values))
+
+    def remove(self, client: HasStats) -> bool:
+        """Stop exporting ``client``; True when no client is left."""
+        with self._lock:
+            self._clients = [(c, v) for c, v in self._clients if c is not client]
+            return not self._clients
+
+    def describe(self) -> Iterator[Metric]:
+        # The families without samples: the registry checks names without a scrape.
+        return self._families([])
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            clients = list(self._clients)
+        return self._families([(values, client.stats()) for client, values in clients])
+
+    def _families(self, snapshots: list[tuple[list[str], Stats]]) -> Iterator[Metric]:
+        names = list(self.label_names)
+        for field, name, text in _COUNTERS:
+            counter = CounterMetricFamily(self._name(name), text, labels=names)
+            for values, stats in snapshots:
+                counter.add_metric(values, getattr(stats, field))
+            yield counter
+        for field, name, text in _GAUGES:
+            gauge = GaugeMetricFamily(self._name(name), text, labels=names)
+            for values, stats in snapshots:
+                gauge.add_metric(values, getattr(stats, field))
+            yield gauge
+        yield self._dropped(snapshots)
+        yield from self._servers(snapshots)
+
+    def _dropped(self, snapshots: list[tuple[list[str], Stats]]) -> Metric:
+        family = CounterMetricFamily(
+            self._name("records_dropped"), "Records dropped, by reason.",
+            labels=[*self.label_names, "reason"],
+        )
+        for values, stats in snapshots:
+            counts = dict.fromkeys(DROP_REASONS, 0)
+            counts.update(stats.dropped)
+            for reason, count in counts.items():
+                family.add_metric([*values, reason], count)
+        return family
+
+    def _servers(self, snapshots: list[tuple[list[str], Stats]]) -> Iterator[Metric]:
+        names = [*self.label_names, "server"]
+        state = GaugeMetricFamily(
+            self._name("server_state"),
+            "1 for the state each server is in (connected, backing_off, idle), else 0.",
+            labels=[*names, "state"],
+        )
+        standby = GaugeMetricFamily(
+            self._name("server_standby"), "1 for a standby server.", labels=names
+        )
+        counters = [
+            (field, CounterMetricFamily(self._name(f"server_{name}"), text, labels=names))
+            for field, name, text in _SERVER_COUNTERS
+        ]
+        for values, stats in snapshots:
+            for server in stats.servers:
+                where = [*values, server.address]
+                for name in SERVER_STATES:
+                    state.add_metric([*where, name], 1.0 if server.state == name else 0.0)
+                standby.add_metric(where, 1.0 if server.standby else 0.0)
+                for field, family in counters:
+                    family.add_metric(where, getattr(server, field))
+        yield state
+        yield standby
+        for _, family in counters:
+            yield family
+
+    def _name(self, name: str) -> str:
+        return f"{self.prefix}_{name}"
+
+
+# Collectors by registry and prefix, so that several clients share one set of families.
+_collectors: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, StatsCollector]] = (
+    weakref.WeakKeyDictionary()
+)
+_collectors_lock = threading.Lock()
+
+
+def register(
+    client: HasStats,
+    registry: CollectorRegistry | None = None,
+    *,
+    prefix: str = "fluentclient",
+    labels: Mapping[str, str] | None = None,
+) -> StatsCollector:
+    """Export ``client.stats()`` through ``registry`` (default: prometheus_client's).
+
+    ``labels`` are added to every sample of this client. Several clients can be registered
+    under one prefix when they have the same label names and different values, e.g.
+    ``labels={"client": "audit"}`` and ``labels={"client": "access"}``. Raises
+    :class:`ConfigurationError` (a ValueError) for bad names or a clash.
+    """
+    registry = REGISTRY if registry is None else registry
+    with _collectors_lock:
+        by_prefix = _collectors.setdefault(registry, {})
+        collector = by_prefix.get(prefix)
+        if collector is None:
+            collector = StatsCollector(prefix=prefix, label_names=list(labels or {}))
+            collector.add(client, labels)
+            registry.register(collector)
+            by_prefix[prefix] = collector
+        else:
+            collector.add(client, labels)
+        return collector
+
+
+def unregister(
+    client: HasStats, registry: CollectorRegistry | None = None, *, prefix: str = "fluentclient"
+) -> None:
+    """Stop exporting ``client``; the metrics go once no client is left under ``prefix``."""
+    registry = REGISTRY if registry is None else registry
+    with _collectors_lock:
+        by_prefix = _collectors.get(registry, {})
+        collector = by_prefix.get(prefix)
+        if collector is not None and collector.remove(client):
+            registry.unregister(collector)
+            del by_prefix[prefix]
