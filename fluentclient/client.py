@@ -397,6 +397,7 @@ class BufferedClient(_Client):
             spool=self._spool,
             evicted=self._evicted if self._overflow == "drop_oldest" else None,
             replayed=self._count_replayed,
+            keep_rejected=self._overflow == "block",
         )
         self._writer = Writer(
             t.links(),

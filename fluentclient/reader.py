@@ -68,6 +68,7 @@ class Reader:
         spool: Spool | None = None,
         evicted: Evicted | None = None,
         replayed: Callable[[int], None] | None = None,
+        keep_rejected: bool = False,
     ) -> None:
         self._queue = q
         self._buffer = buf
@@ -78,6 +79,10 @@ class Reader:
         # Set for the drop_oldest policy: make room by evicting the oldest frames.
         self._evicted = evicted
         self._replayed = replayed
+        # overflow="block": records that find the buffer full wait here for room rather
+        # than being dropped, holding up the queue behind them.
+        self._keep_rejected = keep_rejected
+        self._carry: list[tuple[Message, bytes]] = []
         self._orphans: Iterator[Orphan] | None = spool.orphans() if spool else None
         self._orphan: Orphan | None = None
         self._replay: Iterator[tuple[str, bytes, int]] | None = None
@@ -98,6 +103,14 @@ class Reader:
         stopping = False
         try:
             while True:
+                if self._carry and not self._retry_carry():
+                    # No room yet (overflow="block"): what waits in the queue stays
+                    # there, so post() sees the buffer full and waits too.
+                    if self._life.abandoned:
+                        break
+                    self.wake.wait(POLL)
+                    self.wake.clear()
+                    continue
                 batch: list[object] = []
                 try:
                     while len(batch) < BATCH:
@@ -133,6 +146,12 @@ class Reader:
             log.exception("fluentclient reader thread failed")
         finally:
             self._stop_replay()
+            # Records still waiting for room go back to the queue, where shutdown counts
+            # them and hands them over with the rest.
+            for msg, _ in reversed(self._carry):
+                q.appendleft(msg)
+            self.taken -= len(self._carry)
+            self._carry = []
             with self._buffer.lock:
                 self._life.reader_done = True
                 self._buffer.changed.notify_all()
@@ -175,10 +194,24 @@ class Reader:
         for msg in kept:
             if msg.waiter is not None and (not rejected or msg not in rejected):
                 msg.waiter.set_result(None)
-        if rejected:
+        if rejected and self._keep_rejected:
+            refused = set(map(id, rejected))
+            self._carry = [(m, e) for m, e in zip(kept, entries) if id(m) in refused]
+        elif rejected:
             err = BufferFullError(f"buffer_limit of {buf.limit} bytes reached")
             for msg in rejected:
                 self._fail(DROP_BUFFER_FULL, err, msg)
+
+    def _retry_carry(self) -> bool:
+        """Try again to buffer the records that found it full; True once all are in."""
+        msgs = [m for m, _ in self._carry]
+        rejected = self._add(msgs, [e for _, e in self._carry])
+        refused = set(map(id, rejected))
+        for msg in msgs:
+            if msg.waiter is not None and id(msg) not in refused:
+                msg.waiter.set_result(None)
+        self._carry = [(m, e) for m, e in self._carry if id(m) in refused]
+        return not self._carry
 
     def _add(self, kept: list[Message], entries: list[bytes]) -> list[Message]:
         """Put packed entries in the buffer (and the spool); returns those that did not fit."""
