@@ -6,6 +6,7 @@ from .errors import (
     AuthenticationError,
     BufferFullError,
     ClientClosedError,
+    ConfigurationError,
     DeliveryError,
     FluentConnectionError,
     FluentError,
@@ -17,7 +18,7 @@ from .errors import (
 )
 from .message import EventTime, Message
 from .pool import Server
-from .stats import ServerStats, ShutdownReport, Stats
+from .stats import ServerStats, ShutdownReport, Stats, UnsentRecord
 
 __all__ = [
     "AuthenticationError",
@@ -28,6 +29,7 @@ __all__ = [
     "BufferFullError",
     "BufferedClient",
     "ClientClosedError",
+    "ConfigurationError",
     "EventTime",
     "FluentConnectionError",
     "FluentError",
@@ -40,6 +42,7 @@ __all__ = [
     "ShutdownReport",
     "Stats",
     "SyncClient",
+    "UnsentRecord",
 ]
 
 __version__ = "0.1.0"

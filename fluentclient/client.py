@@ -243,11 +243,49 @@ class _Transport:
 _live_clients: weakref.WeakSet[BufferedClient] = weakref.WeakSet()
 
 
+_ADDRESS_OPTIONS = ("host", "port", "unix_path", "servers")
+
+
 class _Client:
-    """What both clients share: leaving a ``with`` block shuts the client down."""
+    """What both clients share: configuration from the environment, ``with`` blocks
+    (leaving one shuts the client down), and awaitable flush and shutdown."""
+
+    @classmethod
+    def from_env(
+        cls: type[_C], *, environ: Mapping[str, str] | None = None, prefix: str = "FLUENT_",
+        **overrides: Any,
+    ) -> _C:
+        """A client configured by ``FLUENT_*`` variables, then by ``overrides``.
+
+        An address given in ``overrides`` (host, port, unix_path or servers) replaces the
+        environment's whole destination rather than mixing with it.
+        """
+        from .config import options_from_env
+
+        options = options_from_env(environ, prefix=prefix)
+        if any(key in overrides for key in _ADDRESS_OPTIONS):
+            for key in _ADDRESS_OPTIONS:
+                options.pop(key, None)
+        options.update(overrides)
+        return cls(**options)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        raise NotImplementedError
 
     def shutdown(self, timeout: float | None = None) -> ShutdownReport:
         raise NotImplementedError
+
+    async def aflush(self, timeout: float | None = None) -> bool:
+        """``flush`` for asyncio code: waits in a helper thread, never in the event loop."""
+        from . import aio
+
+        return await aio.flush(self, timeout)
+
+    async def ashutdown(self, timeout: float | None = None) -> ShutdownReport:
+        """``shutdown`` for asyncio code: waits in a helper thread, never in the event loop."""
+        from . import aio
+
+        return await aio.shutdown(self, timeout)
 
     def __enter__(self: _C) -> _C:
         return self

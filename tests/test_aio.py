@@ -174,3 +174,19 @@ def test_helpers_accept_the_sync_client(fluent_server):
 
     asyncio.run(main())
     assert fluent_server.event_count == 1
+
+
+def test_client_methods_await_flush_and_shutdown(fluent_server):
+    async def main() -> tuple[bool, int]:
+        client = client_for(fluent_server)
+        with Ticker() as ticker:
+            for i in range(1000):
+                client.post("aio.methods", {"i": i})
+            flushed = await client.aflush(timeout=5)
+            report = await client.ashutdown(timeout=5)
+        assert ticker.longest_gap < 0.5
+        return flushed, report.sent
+
+    flushed, sent = asyncio.run(main())
+    assert flushed and sent == 1000
+    assert fluent_server.wait_for_events(1000)

@@ -235,3 +235,18 @@ def test_servers_shared_key_users_and_tls_from_the_environment(pki: Pki):
         assert got == list(range(20))
         assert a.auth_failures == b.auth_failures == 0
         assert a.handshakes + b.handshakes >= 1
+
+
+def test_from_env_builds_a_client_and_overrides_win(fluent_server):
+    env = {"FLUENT_HOST": "127.0.0.1", "FLUENT_PORT": str(fluent_server.port),
+           "FLUENT_TAG_PREFIX": "fromenv", "FLUENT_REQUIRE_ACK": "true"}
+    with BufferedClient.from_env(environ=env, at_exit=False) as client:
+        assert client.post("t", {"n": 1}, ack=True).result(timeout=5) is None
+    with SyncClient.from_env(environ={"FLUENT_PORT": "1", "FLUENT_TAG_PREFIX": "sync"},
+                             port=fluent_server.port) as sync:
+        sync.post("t", {"n": 2})
+    assert fluent_server.wait_for_events(2)
+    assert [(e.tag, e.record["n"]) for e in fluent_server.events] == [
+        ("fromenv.t", 1), ("sync.t", 2)]
+    with pytest.raises(ConfigurationError, match="FLUENT_PORT"):
+        BufferedClient.from_env(environ={"FLUENT_PORT": "http"})
