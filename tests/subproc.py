@@ -66,7 +66,7 @@ class Finished:
 
 
 class Child:
-    """A running child; ``finish()`` collects it."""
+    """A running child. Its output is read as it comes; ``finish()`` collects it."""
 
     def __init__(self, name: str, code: str, params: dict[str, Any] | None = None,
                  stdin: bool = False) -> None:
@@ -80,34 +80,44 @@ class Child:
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )
-        self._stdout: list[str] = []
+        self._out: list[str] = []
+        self._err: list[str] = []
+        self._seen = threading.Condition()
+        self._eof = 0
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stdout, self._out), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stderr, self._err), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
 
-    def readline(self, timeout: float = 10.0) -> str:
-        """The next stdout line (kept for the final stdout too); '' at end or timeout."""
-        assert self.proc.stdout is not None
-        result: list[str] = []
-        reader = threading.Thread(target=lambda: result.append(self.proc.stdout.readline()),
-                                  daemon=True)  # type: ignore[union-attr]
-        reader.start()
-        reader.join(timeout)
-        line = result[0] if result else ""
-        self._stdout.append(line)
-        return line
+    def _read(self, stream: Any, into: list[str]) -> None:
+        for line in stream:
+            with self._seen:
+                into.append(line)
+                self._seen.notify_all()
+        with self._seen:
+            self._eof += 1
+            self._seen.notify_all()
 
     def wait_for_line(self, name: str, timeout: float = 10.0) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"{self.name}: no {name} line within {timeout} s")
-            line = self.readline(remaining)
-            if not line:
+        """The words after ``name`` on the first stdout line starting with it, once seen."""
+
+        def found() -> list[str] | None:
+            for line in self._out:
+                if line.split()[:1] == [name]:
+                    return line.split()[1:]
+            return None
+
+        with self._seen:
+            self._seen.wait_for(lambda: found() is not None or self._eof == 2, timeout)
+            words = found()
+            if words is None:
                 raise AssertionError(
-                    f"{self.name}: ended before {name}:\n{''.join(self._stdout)}"
-                    f"{self.proc.stderr.read() if self.proc.stderr else ''}"
+                    f"{self.name}: no {name} line within {timeout} s (or it ended):\n"
+                    f"{''.join(self._out)}--- stderr\n{''.join(self._err)}"
                 )
-            if line.split()[:1] == [name]:
-                return line.split()[1:]
+            return words
 
     def send(self, line: str) -> None:
         assert self.proc.stdin is not None
@@ -121,17 +131,26 @@ class Child:
         return sent
 
     def finish(self, timeout: float = 60.0) -> Finished:
+        """Wait for the end: both pipes closed and the process reaped."""
+        deadline = time.monotonic() + timeout
         try:
-            out, err = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, err = self.proc.communicate()
+            self.proc.wait()
             raise AssertionError(
-                f"{self.name} did not end within {timeout} s:\n{out}\n{err}"
+                f"{self.name} did not end within {timeout} s:\n{''.join(self._out)}"
+                f"--- stderr\n{''.join(self._err)}"
             ) from None
+        for reader in self._readers:
+            # A grandchild still holding the pipes is waited for too, within the deadline.
+            reader.join(max(0.0, deadline - time.monotonic()))
         ended = time.monotonic()
-        return Finished(self.name, self.proc.returncode, "".join(self._stdout) + out, err,
-                        ended)
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        with self._seen:
+            return Finished(self.name, self.proc.returncode, "".join(self._out),
+                            "".join(self._err), ended)
 
 
 def finish_all(children: Sequence[Child], timeout: float = 60.0) -> dict[str, Finished]:
