@@ -17,6 +17,7 @@ from .errors import (
 )
 from .message import EventTime, Message
 from .pool import Server
+from .signals import shutdown_on_signal
 from .stats import ServerStats, ShutdownReport, Stats
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "RecordTooLargeError",
     "SerializationError",
     "ShutdownReport",
+    "shutdown_on_signal",
     "Stats",
     "SyncClient",
 ]
