@@ -18,6 +18,7 @@ from .errors import (
 )
 from .message import EventTime, Message
 from .pool import Server
+from .signals import shutdown_on_signal
 from .stats import ServerStats, ShutdownReport, Stats, UnsentRecord
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "RecordTooLargeError",
     "SerializationError",
     "ShutdownReport",
+    "shutdown_on_signal",
     "Stats",
     "SyncClient",
     "UnsentRecord",

@@ -30,6 +30,8 @@ from .framing import new_unpacker
 
 Address = Union[tuple[str, int], str]
 
+# l_onoff=1, l_linger=0: close() sends a reset and drops what is still queued.
+_LINGER_RESET = struct.pack("ii", 1, 0)
 _SIOCOUTQ = 0x5411  # the same number as TIOCOUTQ on Linux
 _TCP_ESTABLISHED = 1
 _HAS_OUTQ = sys.platform.startswith("linux")
@@ -180,11 +182,18 @@ class Connection:
         )
 
     def abort(self) -> None:
-        """Break a blocked connect or send from another thread."""
+        """Break a blocked connect or send from another thread, discarding unsent bytes.
+
+        What is still in our kernel's send queue is reported unsent, so it must never
+        arrive: with a zero linger the close that follows resets the connection and
+        drops that queue, where a plain close would keep sending it in the background.
+        """
         self._aborted = True
         sock = self.sock
         if sock is not None:
             try:
+                if not self._unix:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass

@@ -4,8 +4,8 @@
 Unix stream socket, decodes every frame it receives in any of the four event modes, records
 the events, and answers ``chunk`` options with acks, as fluentd and fluent-bit do. It also has
 fault switches that act on the real sockets, so that a client can be tested against a server
-that goes away, stops reading, resets connections in the middle of a frame or refuses
-connections.
+that goes away, stops reading, resets connections in the middle of a frame, refuses
+connections or never answers them at all.
 
 All socket work happens in one background thread around a selector. The fault switches do
 not touch sockets themselves: they hand a function to that thread and wait until it has run,
@@ -152,6 +152,10 @@ class ForwardServer:
         self._next_conn_id = 0
         self._stalled = False
         self._refusing = False
+        # blackhole(): a backlog-0 listener whose accept queue one connection of our own
+        # keeps full, so the kernel drops every new SYN unanswered.
+        self._blackholed = False
+        self._hole: list[socket.socket] = []
         self._drop_after: int | None = None
         # Ack faults: acks held back for a while, never sent, sent twice, or with a wrong id.
         self._ack_delay: float | None = None
@@ -271,6 +275,7 @@ class ForwardServer:
 
     @property
     def listening(self) -> bool:
+        """Whether connects succeed now (False while stopped, refusing or black-holed)."""
         return self._listener is not None
 
     # -- what it received ---------------------------------------------------------------
@@ -466,6 +471,36 @@ class ForwardServer:
 
         self._control(op)
 
+    def blackhole(self, on: bool = True) -> None:
+        """While on, connection attempts get no answer at all: ``connect()`` hangs.
+
+        This is a server whose host vanished from the network, or a firewall that drops
+        packets: no refusal, no reset, just silence until the client's own timeout. The
+        port stays bound by a listener with a backlog of 0 whose accept queue is kept full
+        by one connection the server makes to itself; Linux then drops every new SYN
+        without a reply. Connections already made, including those waiting in the
+        backlog, stay open and are served as before (combine with :meth:`stall` for
+        silence there too). Off listens normally again; a client whose SYN is being
+        retransmitted connects on its next try. TCP only: a full Unix socket backlog
+        fails a connect at once with EAGAIN instead of hanging it.
+        """
+        if self._unix_path is not None:
+            raise ValueError("blackhole() needs a TCP server: a Unix socket connect never hangs")
+
+        def op() -> None:
+            if on == self._blackholed:
+                return
+            self._blackholed = on
+            if self._sel is None or (self._listener is None and not self._hole):
+                return  # stopped or refusing: restart() or refuse(False) opens the hole
+            if on:
+                # Connections already waiting in the backlog were made before this call.
+                self._accept_all()
+            self._close_listener()
+            self._open_listener()
+
+        self._control(op)
+
     def _control(self, op: Callable[[], _T], need_started: bool = False) -> _T:
         with self._cmd_lock:
             if self._closed or self._loop_done:
@@ -547,6 +582,7 @@ class ForwardServer:
         log.info("forward server on %s closed", self._describe())
 
     def _release_io(self) -> None:
+        self._close_hole()
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -576,7 +612,7 @@ class ForwardServer:
             pass
 
     def _open_listener(self) -> None:
-        if self._listener is not None or self._sel is None:
+        if self._listener is not None or self._hole or self._sel is None:
             return
         if self._unix_path is not None:
             _remove_socket_file(self._unix_path)
@@ -588,15 +624,10 @@ class ForwardServer:
                 raise
             self._unix_bound = True
         else:
-            sock = socket.socket(self._family, socket.SOCK_STREAM)
-            try:
-                # Lets restart() and a new server bind while old connections sit in TIME_WAIT.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind((self._bind_host, self._port))
-            except BaseException:
-                sock.close()
-                raise
-            self._port = int(sock.getsockname()[1])
+            sock = self._bind_tcp()
+            if self._blackholed:
+                self._open_hole(sock)
+                return
         sock.listen(self._backlog)
         sock.setblocking(False)
         self._sel.register(sock, selectors.EVENT_READ, _LISTENER)
@@ -604,7 +635,43 @@ class ForwardServer:
         with self._cond:
             self._cond.notify_all()
 
+    def _bind_tcp(self) -> socket.socket:
+        sock = socket.socket(self._family, socket.SOCK_STREAM)
+        try:
+            # Lets restart() and a new server bind while old connections sit in TIME_WAIT.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self._bind_host, self._port))
+        except BaseException:
+            sock.close()
+            raise
+        self._port = int(sock.getsockname()[1])
+        return sock
+
+    def _open_hole(self, sock: socket.socket) -> None:
+        """Listen with a backlog of 0 and fill that backlog: later SYNs go unanswered."""
+        filler = socket.socket(self._family, socket.SOCK_STREAM)
+        self._hole = [sock, filler]
+        try:
+            sock.listen(0)
+            host = self._bind_host
+            if host in ("0.0.0.0", ""):
+                host = "127.0.0.1"
+            elif host == "::":
+                host = "::1"
+            # The kernel completes this handshake itself; nobody ever accepts it.
+            filler.settimeout(self._control_timeout)
+            filler.connect((host, self._port))
+        except BaseException:
+            self._close_hole()
+            raise
+
+    def _close_hole(self) -> None:
+        hole, self._hole = self._hole, []
+        for sock in hole:
+            sock.close()
+
     def _close_listener(self) -> None:
+        self._close_hole()
         sock = self._listener
         if sock is None:
             return

@@ -1,0 +1,335 @@
+"""What happens to the records in each failure scenario, measured on real processes.
+
+    python benchmarks/scenarios.py                 # every scenario, 20,000 records each
+    python benchmarks/scenarios.py --records 5000 --only healthy,sigterm
+
+Each scenario starts a fresh embedded server in this process and a posting process (this
+script again, with ``--child``) that posts records carrying unique ids and then ends: it
+returns from main (the at-exit shutdown drains), is sent SIGTERM, or is killed with -9.
+The server counts distinct ids (delivered) and repeated ones (duplicated); the posting
+process reports its own counts as it ends. Prints one Markdown table:
+
+- *counted as dropped*: what the client itself reported as not delivered (dropped for a
+  reason, or still unsent at its deadline);
+- *possibly lost*: written to a connection that failed before the server was seen to
+  take it (some of it may have arrived: then it is also in *delivered*);
+- *lost uncounted*: posted, never delivered, and in none of the client's counts;
+- *time to exit*: from the moment the process starts to end (main returns, or the signal
+  is sent) to the moment it is gone.
+
+To add a row, write a function ``def name(ctx: Context) -> Row`` and add it to SCENARIOS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fluentclient.server import ForwardServer  # noqa: E402
+
+TAG = "scenario.record"
+
+
+# -- the posting process ----------------------------------------------------------------------
+
+def child_main(p: dict[str, Any]) -> None:
+    import atexit
+
+    from fluentclient import BufferedClient, shutdown_on_signal
+
+    def stamp(name: str, *values: Any) -> None:
+        print(name, repr(time.monotonic()), *values, flush=True)
+
+    def report() -> None:
+        s = client.stats()
+        print("STATS", json.dumps({
+            "posted": s.posted, "sent": s.sent, "dropped": s.dropped_total,
+            "unsent": s.unsent, "possibly_lost": s.possibly_lost,
+        }), flush=True)
+
+    # Registered before the client's own hook, so it runs after it (last in, first out).
+    atexit.register(report)
+    client = BufferedClient("127.0.0.1", p["port"], **p["client"])
+    if p["end"] == "sigterm":
+        def die(signum: int, frame: Any) -> None:
+            # The application's own handler: report, then die of the signal.
+            report()
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+        signal.signal(signal.SIGTERM, die)
+        shutdown_on_signal(client)
+
+    def post(first: int, count: int) -> None:
+        pace = p["pace"]
+        start = time.monotonic()
+        for n in range(count):
+            if n == count // 2:
+                stamp("HALF")
+            if pace and n % 100 == 0:
+                delay = start + n / pace - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            client.post(TAG, {"id": first + n, "pad": "x" * p["pad"]})
+
+    records = p["records"]
+    if p["end"] == "fork":
+        post(0, records // 2)
+        pid = os.fork()
+        if pid == 0:
+            post(records // 2, records - records // 2)
+            return  # the child exits normally too
+        os.waitpid(pid, 0)
+        stamp("EXITING")
+        return
+    post(0, records)
+    if p["end"] in ("sigterm", "kill"):
+        stamp("POSTED")
+        threading.Event().wait(60)
+        return
+    stamp("EXITING")
+
+
+# -- running one scenario ---------------------------------------------------------------------
+
+@dataclass
+class Row:
+    scenario: str
+    posted: int
+    delivered: int
+    dropped: int | None
+    possibly_lost: int | None
+    duplicated: int
+    uncounted: int
+    exit_s: float
+    note: str = ""
+
+
+@dataclass
+class Run:
+    """What a posting process printed, and when it ended."""
+
+    lines: list[str] = field(default_factory=list)
+    stderr: str = ""
+    returncode: int = 0
+    ended: float = 0.0
+    ending_at: float = 0.0  # its EXITING stamp, or when it was signalled
+
+    def stats(self) -> list[dict[str, int]]:
+        return [json.loads(line.split(" ", 1)[1]) for line in self.lines
+                if line.startswith("STATS ")]
+
+    @property
+    def exit_s(self) -> float:
+        return self.ended - self.ending_at
+
+
+class Context:
+    def __init__(self, records: int) -> None:
+        self.records = records
+
+    def run(
+        self,
+        server: ForwardServer,
+        *,
+        end: str = "exit",
+        client: dict[str, Any] | None = None,
+        pace: float = 0.0,
+        pad: int = 100,
+        on_half: Callable[[], None] | None = None,
+        after_posted: Callable[[subprocess.Popen[str]], float] | None = None,
+    ) -> Run:
+        """Run a posting process to its end.
+
+        ``on_half`` runs when half the records are posted (the process keeps posting);
+        ``after_posted`` gets the process once every record is posted and returns the
+        monotonic time it ended it (by a signal).
+        """
+        params = {"port": server.port, "records": self.records, "end": end, "pace": pace,
+                  "pad": pad, "client": {"shutdown_timeout": 2.0, **(client or {})}}
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(ROOT), env.get("PYTHONPATH")) if p
+        )
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(params)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        run = Run()
+        err: list[str] = []
+        reader = threading.Thread(target=lambda: err.extend(proc.stderr or ()), daemon=True)
+        reader.start()
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            run.lines.append(line.strip())
+            word = line.split()[0]
+            if word == "HALF" and on_half is not None:
+                on_half()
+                on_half = None  # the fork scenario's child posts its own half
+            elif word == "POSTED" and after_posted is not None:
+                run.ending_at = after_posted(proc)
+            elif word == "EXITING":
+                run.ending_at = float(line.split()[1])
+        run.returncode = proc.wait()
+        run.ended = time.monotonic()
+        reader.join(10)
+        run.stderr = "".join(err)
+        return run
+
+    def row(self, name: str, server: ForwardServer, run: Run, note: str = "") -> Row:
+        # What the server got: wait until it has decoded everything that reached it.
+        seen = [-1]
+        while server.event_count != seen[0]:
+            seen[0] = server.event_count
+            server.wait_for(lambda: server.event_count > seen[0], timeout=0.3)
+        ids = Counter(e.record["id"] for e in server.events if e.tag == TAG)
+        stats = run.stats()
+        posted = sum(s["posted"] for s in stats) if stats else self.records
+        dropped = sum(s["dropped"] + s["unsent"] for s in stats) if stats else None
+        lost = sum(s["possibly_lost"] for s in stats) if stats else None
+        delivered = len(ids)
+        uncounted = max(0, posted - delivered - (dropped or 0) - (lost or 0))
+        return Row(name, posted, delivered, dropped, lost, sum(ids.values()) - delivered,
+                   uncounted, run.exit_s, note)
+
+
+def signal_once_posted(signum: int) -> Callable[[subprocess.Popen[str]], float]:
+    def send(proc: subprocess.Popen[str]) -> float:
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        return sent
+    return send
+
+
+# -- the scenarios ----------------------------------------------------------------------------
+
+def healthy(ctx: Context) -> Row:
+    with ForwardServer() as server:
+        return ctx.row("healthy", server, ctx.run(server))
+
+
+def server_down(ctx: Context) -> Row:
+    with ForwardServer() as server:
+        server.refuse()
+        return ctx.row("server down for the whole run", server, ctx.run(server))
+
+
+def server_stuck(ctx: Context) -> Row:
+    with ForwardServer() as server:
+        server.stall()
+        run = ctx.run(server, pad=200)
+        server.stall(False)  # now read what its kernel took: some "possibly lost" arrived
+        return ctx.row("server stuck (reads nothing)", server, run)
+
+
+def black_holed(ctx: Context) -> Row:
+    with ForwardServer() as server:
+        server.blackhole()
+        return ctx.row("black-holed (SYN never answered)", server, ctx.run(server))
+
+
+def _restart(server: ForwardServer) -> Callable[[], None]:
+    def restart() -> None:
+        server.stop()
+        time.sleep(0.3)
+        server.restart()
+    return restart
+
+
+def restarted(ctx: Context) -> Row:
+    with ForwardServer() as server:
+        run = ctx.run(server, pace=10_000, on_half=_restart(server),
+                      client={"shutdown_timeout": 5.0})
+        return ctx.row("server restarted mid-stream", server, run)
+
+
+def restarted_with_acks(ctx: Context) -> Row:
+    with ForwardServer() as server:
+        run = ctx.run(server, pace=10_000, on_half=_restart(server),
+                      client={"shutdown_timeout": 5.0, "require_ack": True})
+        return ctx.row("server restarted mid-stream, require_ack=True", server, run)
+
+
+def fork_with_buffered_records(ctx: Context) -> Row:
+    with ForwardServer() as server:
+        # Half posted and held (long interval, high threshold) when the process forks; the
+        # child posts the other half; both exit normally.
+        run = ctx.run(server, end="fork",
+                      client={"flush_interval": 60, "write_threshold": 2**22})
+        return ctx.row("fork with buffered records", server, run)
+
+
+def sigterm(ctx: Context) -> Row:
+    with ForwardServer() as server:
+        run = ctx.run(server, end="sigterm", after_posted=signal_once_posted(signal.SIGTERM),
+                      client={"flush_interval": 60, "write_threshold": 2**22})
+        return ctx.row("SIGTERM (shutdown_on_signal)", server, run)
+
+
+def kill_9(ctx: Context) -> Row:
+    with ForwardServer() as server:
+        run = ctx.run(server, end="kill", after_posted=signal_once_posted(signal.SIGKILL))
+        return ctx.row("kill -9 while posting, no spool", server, run)
+
+
+SCENARIOS: list[Callable[[Context], Row]] = [
+    healthy, server_down, server_stuck, black_holed, restarted, restarted_with_acks,
+    fork_with_buffered_records, sigterm, kill_9,
+]
+
+
+def table(rows: list[Row]) -> str:
+    def n(value: int | None) -> str:
+        return "–" if value is None else f"{value:,}"
+
+    lines = [
+        "| scenario | records posted | delivered | counted as dropped | possibly lost | "
+        "duplicated | lost uncounted | time to exit (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r.scenario} | {n(r.posted)} | {n(r.delivered)} | {n(r.dropped)} | "
+                     f"{n(r.possibly_lost)} | {n(r.duplicated)} | {n(r.uncounted)} | "
+                     f"{r.exit_s:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=20_000)
+    parser.add_argument("--only", default="", help="comma-separated scenario names")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child_main(json.loads(args.child))
+        return 0
+    wanted = [name for name in args.only.split(",") if name]
+    chosen = [s for s in SCENARIOS if not wanted or s.__name__ in wanted]
+    unknown = set(wanted) - {s.__name__ for s in SCENARIOS}
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    ctx = Context(args.records)
+    rows = []
+    for scenario in chosen:
+        print(f"running {scenario.__name__} ...", file=sys.stderr, flush=True)
+        rows.append(scenario(ctx))
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

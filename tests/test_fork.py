@@ -1,0 +1,273 @@
+"""Fork safety with real os.fork() in a child process, a multiprocessing pool, and a raw fork.
+
+The forking program runs in its own process (forking the pytest process, with its server
+thread, would prove little); the server stays here, so it sees what both sides sent. Records
+carry unique ids, so "exactly once" is checked record by record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import Counter
+
+import pytest
+
+from fluentclient.server import ForwardServer
+
+from .subproc import Child
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+
+N = 20_000  # the parent's records: about 6 MB, more than the kernel buffers hold
+M = 500  # the child's
+
+FORKER = """
+import os, threading
+from fluentclient import BufferedClient
+
+client = BufferedClient("127.0.0.1", P["port"], shutdown_timeout=10, write_timeout=30)
+
+def wait_until_held():
+    # The server takes nothing (stalled or refusing): wait until our buffer holds bytes
+    # and the writer's byte count stands still.
+    deadline = _time.monotonic() + 20
+    last, still = -1, 0
+    while _time.monotonic() < deadline:
+        s = client.stats()
+        still = still + 1 if s.bytes_sent == last and s.buffered_bytes > 0 else 0
+        last = s.bytes_sent
+        if still >= 4:
+            return s
+        _time.sleep(0.05)
+    raise SystemExit("the buffer never held anything")
+
+thread_posts = 0
+stop = threading.Event()
+
+def poster():
+    global thread_posts
+    while not stop.is_set():
+        client.post("fork.thread", {"n": thread_posts})
+        thread_posts += 1
+        _time.sleep(0.001)
+
+def hold_locks(held, release):
+    # A thread of the parent holds the client's locks while the fork happens.
+    with client._buffer.lock, client._counters.lock:
+        held.set()
+        release.wait(10)
+
+def main():
+    for i in range(P["n"]):
+        client.post("fork.parent", {"i": i, "pad": "p" * 250})
+    poster_thread = threading.Thread(target=poster, daemon=True)
+    poster_thread.start()
+    held_stats = wait_until_held()
+    held, release = threading.Event(), threading.Event()
+    threading.Thread(target=hold_locks, args=(held, release), daemon=True).start()
+    held.wait(10)
+    pid = os.fork()
+    if pid == 0:
+        # The child: post at once, then exit normally (the at-exit hook drains).
+        for i in range(P["m"]):
+            assert client.post("fork.child", {"i": i})
+        s = client.stats()
+        stamp("CHILD", s.posted, s.sent, s.buffered, s.unsent)
+        return
+    release.set()
+    stamp("FORKED", held_stats.buffered_bytes)
+    _sys.stdin.readline()  # the server was resumed
+    stop.set()
+    poster_thread.join(5)
+    assert client.flush(20)
+    s = client.stats()
+    report = client.shutdown(10)
+    _, status = os.waitpid(pid, 0)
+    stamp("PARENT", _json.dumps({
+        "posted": s.posted, "sent": report.sent, "unsent": report.unsent_records,
+        "possibly_lost": report.possibly_lost, "dropped": dict(report.dropped),
+        "connection_failures": s.connection_failures, "retried": s.retried,
+        "thread_posts": thread_posts, "child_exit": os.waitstatus_to_exitcode(status),
+    }, separators=(",", ":")))
+
+main()
+"""
+
+
+def ids(server: ForwardServer, tag: str, key: str) -> Counter[int]:
+    return Counter(e.record[key] for e in server.events if e.tag == tag)
+
+
+@pytest.mark.parametrize("fault", ["stalled", "refusing"])
+def test_fork_with_held_records_and_held_locks_sends_each_record_once(fault):
+    with ForwardServer() as server:
+        if fault == "stalled":
+            server.stall()
+        else:
+            server.refuse()
+        forker = Child(f"forker-{fault}", FORKER, {"port": server.port, "n": N, "m": M},
+                       stdin=True)
+        # Wait for both sides: the child posted with the server still taking nothing.
+        forker.wait_for_line("FORKED", timeout=30)
+        forker.wait_for_line("CHILD", timeout=10)
+        if fault == "stalled":
+            server.stall(False)
+        else:
+            server.refuse(False)
+        forker.send("resumed")
+        result = forker.finish(timeout=60)
+        assert result.returncode == 0, result.describe()
+        assert result.foreign_stderr() == [], result.describe()
+        parent = json.loads(result.lines("PARENT")[0][1])
+        assert parent["child_exit"] == 0, result.describe()
+        assert float(result.lines("FORKED")[0][1]) > 0  # the buffer really held records
+
+        # The child started empty: only its own M records, none of the parent's.
+        child_posted, child_sent, child_buffered, child_unsent = map(
+            int, result.lines("CHILD")[0][1:])
+        assert (child_posted, child_sent, child_unsent) == (M, 0, 0)
+        assert child_buffered == M
+
+        thread_posts = parent["thread_posts"]
+        expected = {"fork.parent": N, "fork.child": M, "fork.thread": thread_posts}
+        assert server.wait_for(
+            lambda: all(sum(e.tag == tag for e in server.events) >= n
+                        for tag, n in expected.items()), timeout=20,
+        ), {tag: sum(e.tag == tag for e in server.events) for tag in expected}
+        # Exactly once each: nothing of the parent's was sent again by the child.
+        assert ids(server, "fork.parent", "i") == Counter(range(N))
+        assert ids(server, "fork.child", "i") == Counter(range(M))
+        assert ids(server, "fork.thread", "n") == Counter(range(thread_posts))
+
+        # The parent's stats count its own records only, all sent, and the fork broke
+        # nothing of its connection.
+        assert parent["posted"] == N + thread_posts
+        assert parent["sent"] == N + thread_posts
+        assert parent["unsent"] == parent["possibly_lost"] == 0 and not parent["dropped"]
+        if fault == "stalled":
+            assert parent["connection_failures"] == 0 and parent["retried"] == 0
+
+
+POOL = """
+import os
+import multiprocessing as mp
+from fluentclient import BufferedClient
+
+# A long flush interval: what a worker posted stays in its buffer until something drains it.
+client = BufferedClient("127.0.0.1", P["port"], shutdown_timeout=5, flush_interval=60)
+
+def task(k):
+    for i in range(P["m"]):
+        client.post("pool.worker", {"k": k, "i": i})
+    if P["flush"]:
+        client.flush(5)
+    s = client.stats()
+    return os.getpid(), s.posted
+
+def main():
+    for i in range(P["n"]):
+        client.post("pool.parent", {"i": i})
+    pool = mp.get_context("fork").Pool(3)
+    results = pool.map(task, range(P["tasks"]), chunksize=1)
+    pool.close()
+    pool.join()
+    per_pid = {}
+    for pid, posted in results:
+        per_pid[pid] = max(per_pid.get(pid, 0), posted)
+    stamp("POOL", sum(per_pid.values()), len(per_pid))
+    stamp("PARENT", client.stats().posted)
+
+main()
+"""
+
+POOL_XFAIL = pytest.mark.xfail(
+    strict=True,
+    reason="a multiprocessing worker ends with os._exit() after multiprocessing's own "
+    "finalizers: atexit hooks never run there, so what a worker posted and the writer had "
+    "not sent yet is lost, without a count or a log line. A Finalize made in the os-level "
+    "fork hook is cleared when the worker starts; multiprocessing.util.register_after_fork("
+    "client, ...) making a Finalize(client, shutdown, exitpriority=0) in the worker works",
+)
+
+
+@pytest.mark.parametrize("flush", [pytest.param(False, marks=POOL_XFAIL), True],
+                         ids=["exit-drains", "task-flushes"])
+def test_multiprocessing_fork_pool_workers_deliver_and_never_resend(fluent_server, flush):
+    tasks, m, n = 6, 200, 300
+    result = Child("pool", POOL, {"port": fluent_server.port, "m": m, "n": n,
+                                  "tasks": tasks, "flush": flush}).finish(timeout=60)
+    assert result.returncode == 0, result.describe()
+    assert result.foreign_stderr() == [], result.describe()
+    worker_posted, workers = map(int, result.lines("POOL")[0][1:])
+    # Each worker's stats count its own posts only, never the parent's buffered ones.
+    assert worker_posted == tasks * m and 1 <= workers <= 3
+    assert result.lines("PARENT")[0][1:] == [str(n)]
+    assert fluent_server.wait_for(
+        lambda: sum(e.tag == "pool.worker" for e in fluent_server.events) >= tasks * m
+        and sum(e.tag == "pool.parent" for e in fluent_server.events) >= n, timeout=3,
+    )
+    assert ids(fluent_server, "pool.parent", "i") == Counter(range(n))
+    got = Counter((e.record["k"], e.record["i"])
+                  for e in fluent_server.events if e.tag == "pool.worker")
+    assert got == Counter((k, i) for k in range(tasks) for i in range(m))
+
+
+RAW_FORK = """
+import ctypes, os
+from fluentclient import BufferedClient
+
+client = BufferedClient("127.0.0.1", P["port"], shutdown_timeout=1, flush_interval=0.05)
+
+def main():
+    for i in range(P["n"]):
+        client.post("raw.parent", {"i": i})
+    assert client.flush(5)  # connected, threads running
+    # libc's fork() through ctypes: none of Python's at-fork hooks run in the child.
+    # PyDLL keeps the GIL across the call, so the child starts holding it.
+    pid = ctypes.PyDLL(None).fork()
+    if pid == 0:
+        for i in range(P["m"]):
+            client.post("raw.child", {"i": i})
+        stamp("EXITING")
+        return
+    for i in range(P["n"], 2 * P["n"]):
+        client.post("raw.parent", {"i": i})
+    assert client.flush(5)
+    _, status = os.waitpid(pid, 0)
+    stamp("REAPED")
+    report = client.shutdown(5)
+    s = client.stats()
+    stamp("PARENT", os.waitstatus_to_exitcode(status), s.posted, report.sent,
+          s.connection_failures, report.possibly_lost, report.unsent_records)
+
+main()
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="calls libc fork through ctypes")
+@pytest.mark.xfail(
+    strict=True,
+    reason="no pid check: a child forked without Python's at-fork hooks (a C extension "
+    "calling fork()) keeps the parent's client, whose threads do not exist there; its "
+    "posts are never sent, its exit waits the whole shutdown_timeout for dead threads, "
+    "and its shutdown aborts the socket it shares with the parent, so the parent counts "
+    "every record of that connection possibly lost",
+)
+def test_a_fork_that_skips_the_at_fork_hooks_is_caught_by_a_pid_check(fluent_server):
+    n, m = 200, 100
+    result = Child("raw-fork", RAW_FORK, {"port": fluent_server.port, "n": n,
+                                          "m": m}).finish(timeout=30)
+    assert result.returncode == 0, result.describe()
+    exit_code, posted, sent, failures, lost, unsent = map(int, result.lines("PARENT")[0][1:])
+    assert exit_code == 0
+    # The parent: its own records only, and the child did not touch its connection.
+    assert (posted, sent, failures, lost, unsent) == (2 * n, 2 * n, 0, 0, 0), result.describe()
+    assert fluent_server.wait_for(
+        lambda: sum(e.tag == "raw.child" for e in fluent_server.events) >= m, timeout=5,
+    ), result.describe()
+    assert ids(fluent_server, "raw.child", "i") == Counter(range(m))
+    assert ids(fluent_server, "raw.parent", "i") == Counter(range(2 * n))
+    # The child's exit is not held up by threads that do not exist in it.
+    assert result.stamp("REAPED") - result.stamp("EXITING") <= 1.0 + 0.5, result.describe()

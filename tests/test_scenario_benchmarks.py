@@ -1,0 +1,34 @@
+"""The soak and the failure scenarios still run and print their tables (figures not judged)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+
+
+def test_a_short_soak_prints_its_table_and_counts_every_record():
+    out = run("benchmarks/soak.py", "--duration", "3", "--rate", "2000")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "| minutes | RSS MiB | posted |" in out.stdout
+    assert "RSS slope over the second half" in out.stdout
+    assert "every record counted once: yes" in out.stdout
+
+
+def test_the_scenarios_print_one_row_each():
+    out = run("benchmarks/scenarios.py", "--records", "1000",
+              "--only", "healthy,fork_with_buffered_records,kill_9")
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| scenario | records posted | delivered |")
+    # healthy: everything delivered, nothing dropped or duplicated.
+    assert rows[1].startswith("| healthy | 1,000 | 1,000 | 0 | 0 | 0 | 0 |")
+    assert rows[2].startswith("| fork with buffered records | 1,000 | 1,000 | 0 | 0 | 0 | 0 |")
+    assert rows[3].startswith("| kill -9 while posting, no spool | 1,000 |")
