@@ -411,7 +411,10 @@ class BufferedClient(_Client):
         or :class:`FluentTimeoutError` after ``timeout`` seconds (the record may still be
         buffered later). An invalid tag or time always raises at once.
         """
-        full_tag = self._tags.known.get(tag) or self._tags(tag)
+        try:
+            full_tag = self._tags.known.get(tag) or self._tags(tag)
+        except TypeError:  # an unhashable tag (a list...) fails the cache lookup
+            raise InvalidTagError(f"tag must be a str, not {type(tag).__name__}") from None
         time_ns = _time_ns() if time is None else time_to_ns(time)
         if ack:
             return self._post_with_ack(full_tag, record, time_ns, sync_append, timeout)
@@ -744,7 +747,10 @@ class SyncClient(_Client):
         ``require_ack=True``) returns an already resolved Future, for code written for both
         clients.
         """
-        full_tag = self._tags.known.get(tag) or self._tags(tag)
+        try:
+            full_tag = self._tags.known.get(tag) or self._tags(tag)
+        except TypeError:  # an unhashable tag (a list...) fails the cache lookup
+            raise InvalidTagError(f"tag must be a str, not {type(tag).__name__}") from None
         time_ns = _time_ns() if time is None else time_to_ns(time)
         if ack and not self._transport.require_ack:
             raise ValueError("post(ack=True) needs a client made with require_ack=True")
