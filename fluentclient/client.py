@@ -52,7 +52,7 @@ from .errors import (
 )
 from .framing import Default, EntryPacker, FrameBuilder, frame_overhead
 from .lifecycle import Lifecycle
-from .message import Message, TimeLike, time_to_ns
+from .message import Message, TimeLike, short_repr, time_to_ns
 from .pool import Link, Server, ServerSpec, choose
 from .reader import STOP, Reader, yield_gil
 from .stats import (
@@ -843,7 +843,7 @@ class SyncClient(_Client):
     def _await_ack(conn: Connection, chunk: str, deadline: float) -> None:
         reply = conn.read_object(deadline)
         if not isinstance(reply, dict) or reply.get("ack") != chunk:
-            raise ConnectionLost(f"expected the ack for {chunk!r}, got {reply!r:.80}")
+            raise ConnectionLost(f"expected the ack for {chunk!r}, got {short_repr(reply, 80)}")
 
     def flush(self, timeout: float | None = None) -> bool:
         """Nothing is ever held: every post() has already been written."""
