@@ -60,7 +60,7 @@ from .framing import (
     new_unpacker,
 )
 from .lifecycle import Lifecycle
-from .message import Message, TimeLike, time_to_ns
+from .message import Message, TimeLike, short_repr, time_to_ns
 from .pool import Link, Server, ServerSpec, choose
 from .reader import STOP, Reader, yield_gil
 from .spool import Spool
@@ -494,7 +494,10 @@ class BufferedClient(_Client):
         or :class:`FluentTimeoutError` after ``timeout`` seconds (the record may still be
         buffered later). An invalid tag or time always raises at once.
         """
-        full_tag = self._tags.known.get(tag) or self._tags(tag)
+        try:
+            full_tag = self._tags.known.get(tag) or self._tags(tag)
+        except TypeError:  # an unhashable tag (a list...) fails the cache lookup
+            raise InvalidTagError(f"tag must be a str, not {type(tag).__name__}") from None
         time_ns = _time_ns() if time is None else time_to_ns(time)
         if ack:
             return self._post_with_ack(full_tag, record, time_ns, sync_append, timeout)
@@ -992,7 +995,10 @@ class SyncClient(_Client):
         ``require_ack=True``) returns an already resolved Future, for code written for both
         clients.
         """
-        full_tag = self._tags.known.get(tag) or self._tags(tag)
+        try:
+            full_tag = self._tags.known.get(tag) or self._tags(tag)
+        except TypeError:  # an unhashable tag (a list...) fails the cache lookup
+            raise InvalidTagError(f"tag must be a str, not {type(tag).__name__}") from None
         time_ns = _time_ns() if time is None else time_to_ns(time)
         if ack and not self._transport.require_ack:
             raise ValueError("post(ack=True) needs a client made with require_ack=True")
@@ -1085,7 +1091,7 @@ class SyncClient(_Client):
     def _await_ack(conn: Connection, chunk: str, deadline: float) -> None:
         reply = conn.read_object(deadline)
         if not isinstance(reply, dict) or reply.get("ack") != chunk:
-            raise ConnectionLost(f"expected the ack for {chunk!r}, got {reply!r:.80}")
+            raise ConnectionLost(f"expected the ack for {chunk!r}, got {short_repr(reply, 80)}")
 
     def flush(self, timeout: float | None = None) -> bool:
         """Nothing is ever held: every post() has already been written."""

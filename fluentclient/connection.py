@@ -214,7 +214,7 @@ class Connection:
         if sock is None:
             raise ConnectionLost("not connected")
         while True:
-            for obj in self._inbound:
+            for obj in self._decoded(1):
                 return obj
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -255,7 +255,21 @@ class Connection:
             self._feed(data)
             if len(data) < _READ_SIZE:
                 break
-        return list(self._inbound)
+        return self._decoded()
+
+    def _decoded(self, limit: int | None = None) -> list[Any]:
+        """The whole objects received so far (at most ``limit``)."""
+        objs: list[Any] = []
+        try:
+            for obj in self._inbound:
+                objs.append(obj)
+                if len(objs) == limit:
+                    break
+        except Exception as exc:  # not msgpack, too deep, a key Python cannot hash...
+            raise ConnectionLost(
+                f"{describe(self.address)} sent something unreadable: {type(exc).__name__}"
+            ) from exc
+        return objs
 
     def _feed(self, data: bytes) -> None:
         try:

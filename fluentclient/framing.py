@@ -14,13 +14,13 @@ import gzip
 import os
 import struct
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 
 import msgpack
 
 from .errors import SerializationError
-from .message import EventTime, Message
+from .message import EventTime, Message, short_repr
 
 _NS = 1_000_000_000
 # fixarray(2), then fixext8 of type 0 holding seconds and nanoseconds as uint32 BE.
@@ -34,32 +34,148 @@ Default = Optional[Callable[[Any], Any]]
 
 
 class EntryPacker:
-    """Packs one message into the bytes of an entry. Not thread-safe: one per thread."""
+    """Packs one message into the bytes of an entry. Not thread-safe: one per thread.
 
-    __slots__ = ("_packer", "_int_time")
+    Every record either becomes exactly one well-formed entry or raises
+    :class:`SerializationError`, whatever it holds, so one bad record can never cost its
+    neighbours in the frame. What happens to each kind of odd input is listed in
+    docs/hostile.md; in short:
+
+    * the record must be a Mapping; one that is not a dict, or a dict subclass, is copied
+      into a plain dict first (a subclass's stored items: its overridden methods are not
+      called). Keys are not checked: checking them would cost more than packing;
+    * anywhere inside, tuples become arrays, subclasses of the built-in types become the
+      plain value (an IntEnum its int, a str-mixin Enum its str), other Mappings maps;
+      everything else goes to ``default`` if given;
+    * a str that UTF-8 cannot encode (a lone surrogate) is sent with that code point
+      written as a ``\\udc80`` escape, so the wire always carries valid UTF-8.
+    """
+
+    __slots__ = ("_packer", "_lenient", "_default", "_int_time", "_ran")
 
     def __init__(self, *, default: Default = None, int_time: bool = False) -> None:
-        self._packer = msgpack.Packer(default=default, use_bin_type=True, autoreset=True)
+        self._default = default
         self._int_time = int_time
+        # Set when Python code ran in the middle of packing (see _convert).
+        self._ran = False
+        # strict_types: only exact built-in types are packed in C (which is also faster);
+        # everything else comes through _convert.
+        self._packer = msgpack.Packer(
+            default=self._convert, use_bin_type=True, autoreset=True, strict_types=True
+        )
+        # Made on the first lone surrogate: encoding with an error handler costs every str.
+        self._lenient: msgpack.Packer | None = None
 
     def pack(self, message: Message) -> bytes:
         """The entry for ``message``; raises :class:`SerializationError` for bad records."""
         record = message.record
         if type(record) is not dict:
-            if not isinstance(record, Mapping):
-                raise SerializationError(
-                    f"a record must be a mapping, not {type(record).__name__}"
-                )
-            record = dict(record)
+            record = _as_dict(record)
         try:
             body: bytes = self._packer.pack(record)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise SerializationError(f"record cannot be serialized: {exc}") from exc
+        except UnicodeEncodeError:
+            body = self._pack_lenient(record)
+        except Exception as exc:
+            self._ran = False
+            raise SerializationError(f"record cannot be serialized: {_describe(exc)}") from exc
+        if self._ran:
+            self._ran = False
+            _check_whole(body)
         sec, nsec = divmod(message.time_ns, _NS)
         if self._int_time:
             head: bytes = self._packer.pack(sec)
             return b"\x92" + head + body
         return _EVENT_TIME_ENTRY_HEAD.pack(0x92, 0xD7, 0x00, sec, nsec) + body
+
+    def _pack_lenient(self, record: dict[Any, Any]) -> bytes:
+        if self._lenient is None:
+            self._lenient = msgpack.Packer(
+                default=self._convert, use_bin_type=True, autoreset=True, strict_types=True,
+                unicode_errors="backslashreplace",
+            )
+        try:
+            body: bytes = self._lenient.pack(record)
+        except Exception as exc:
+            self._ran = False
+            raise SerializationError(f"record cannot be serialized: {_describe(exc)}") from exc
+        return body
+
+    def _convert(self, obj: Any) -> Any:
+        """msgpack's ``default``: called for everything that is not an exact built-in type."""
+        if type(obj) is tuple:
+            return list(obj)
+        # From here on Python code may run (an overridden method, the user's hook) and let
+        # another thread change a list or dict that msgpack is half-way through.
+        self._ran = True
+        plain = _plain(obj)
+        if plain is not obj:
+            return plain
+        if self._default is None:
+            raise TypeError(f"cannot serialize {type(obj).__qualname__} object")
+        return _plain(self._default(obj))
+
+
+def _as_dict(record: Any) -> dict[Any, Any]:
+    if not isinstance(record, Mapping):
+        raise SerializationError(f"a record must be a mapping, not {type(record).__name__}")
+    try:
+        return dict(record)
+    except Exception as exc:
+        raise SerializationError(f"the record could not be read: {_describe(exc)}") from exc
+
+
+def _plain(obj: Any) -> Any:
+    """The plain built-in value of a tuple or of a subclass of a type msgpack packs.
+
+    The copies go through the base types' own methods, so a subclass's overrides (a
+    str-mixin Enum's ``__str__``) do not change the value. Anything else comes back as is.
+    """
+    if isinstance(obj, (list, tuple)):
+        return list(obj)
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if isinstance(obj, str):
+        return str.__str__(obj)
+    if isinstance(obj, int):
+        return int.__int__(obj)
+    if isinstance(obj, float):
+        return float.__float__(obj)
+    if isinstance(obj, (bytes, bytearray)):
+        return bytes(memoryview(obj))
+    return obj
+
+
+def _check_whole(body: bytes) -> None:
+    """Raise unless ``body`` is exactly one msgpack object.
+
+    msgpack writes a list's or dict's length before its items. If Python code ran
+    meanwhile and changed the length, the bytes no longer parse as the one object they
+    claim to be, and would garble every entry after them in the frame.
+    """
+    checker = msgpack.Unpacker(max_buffer_size=max(len(body), 1024))
+    checker.feed(body)
+    try:
+        checker.skip()
+        whole = checker.tell() == len(body)
+    except Exception:
+        whole = False
+    if not whole:
+        raise SerializationError(
+            "the record changed while it was being serialized (a default hook, or another "
+            "thread, altered a list or dict in it)"
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` for an error raised by user code, whose ``__str__`` may raise too."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
+    name = type(exc).__name__
+    if len(text) > 200:
+        text = text[:200] + "..."
+    return f"{name}: {text}" if text else name
 
 
 def _packb(obj: Any) -> bytes:
@@ -187,20 +303,42 @@ def _plain_time(t: Any) -> Time:
         t = t[0]
     if isinstance(t, (EventTime, int, float)) and not isinstance(t, bool):
         return t
-    raise FrameError(f"bad event time {t!r}")
+    raise FrameError(f"bad event time {short_repr(t)}")
 
 
-def _iter_entries(payload: bytes) -> Iterator[Entry]:
-    unpacker = new_unpacker()
+def _entries(payload: bytes, unpacker: msgpack.Unpacker) -> list[Entry]:
     unpacker.feed(payload)
+    entries = []
     for entry in unpacker:
         if not isinstance(entry, list) or len(entry) != 2:
-            raise FrameError(f"bad entry {entry!r}")
-        yield _plain_time(entry[0]), entry[1]
+            raise FrameError(f"bad entry {short_repr(entry)}")
+        entries.append((_plain_time(entry[0]), entry[1]))
     # The stream has no count of its own: a payload cut inside an entry just stops.
     if unpacker.tell() != len(payload):
         short = len(payload) - unpacker.tell()
         raise FrameError(f"entries end {short} bytes short of a whole entry")
+    return entries
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_hashable(item) for item in value)
+    if isinstance(value, dict):
+        return tuple((_hashable(k), _hashable(v)) for k, v in value.items())
+    return value
+
+
+def _dict_with_hashable_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    return {_hashable(key): value for key, value in pairs}
+
+
+def _decode_entries(payload: bytes) -> list[Entry]:
+    try:
+        return _entries(payload, new_unpacker())
+    except TypeError:
+        # A map key that is an array or a map (what a tuple key becomes): fluentd takes
+        # it, but a Python dict needs hashable keys, so such keys are decoded as tuples.
+        return _entries(payload, new_unpacker(object_pairs_hook=_dict_with_hashable_keys))
 
 
 class DecodedFrame:
@@ -225,7 +363,7 @@ def decode_frame(obj: Any) -> DecodedFrame:
         entries = []
         for entry in second:
             if not isinstance(entry, list) or len(entry) != 2:
-                raise FrameError(f"bad entry {entry!r}")
+                raise FrameError(f"bad entry {short_repr(entry)}")
             entries.append((_plain_time(entry[0]), entry[1]))
         mode = "Forward"
     elif isinstance(second, (bytes, str)):
@@ -234,7 +372,7 @@ def decode_frame(obj: Any) -> DecodedFrame:
         compressed = isinstance(options, dict) and options.get("compressed") == "gzip"
         if compressed:
             payload = gzip.decompress(payload)  # joins back-to-back members too
-        entries = list(_iter_entries(payload))
+        entries = _decode_entries(payload)
         mode = "CompressedPackedForward" if compressed else "PackedForward"
     else:
         if len(obj) < 3:
@@ -243,7 +381,7 @@ def decode_frame(obj: Any) -> DecodedFrame:
         entries = [(_plain_time(second), obj[2])]
         mode = "Message"
     if not isinstance(options, dict):
-        raise FrameError(f"options must be a map, got {options!r}")
+        raise FrameError(f"options must be a map, got {short_repr(options)}")
     return DecodedFrame(tag, entries, options, mode)
 
 

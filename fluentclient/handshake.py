@@ -17,6 +17,7 @@ from typing import Any
 import msgpack
 
 from .errors import AuthenticationError
+from .message import short_repr
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def parse_helo(obj: Any) -> Helo:
         not isinstance(obj, list) or len(obj) != 2 or obj[0] != "HELO"
         or not isinstance(obj[1], dict)
     ):
-        raise AuthenticationError(f"expected HELO from the server, got {obj!r:.80}")
+        raise AuthenticationError(f"expected HELO from the server, got {short_repr(obj, 80)}")
     options = obj[1]
     if "nonce" not in options:
         raise AuthenticationError("the server's HELO has no nonce")
@@ -104,10 +105,13 @@ def build_ping(
 def check_pong(obj: Any, *, helo: Helo, salt: str, shared_key: str, self_hostname: str) -> str:
     """The server's hostname, once its PONG proves it knows the shared key."""
     if not isinstance(obj, list) or len(obj) != 5 or obj[0] != "PONG":
-        raise AuthenticationError(f"expected PONG from the server, got {obj!r:.80}")
+        raise AuthenticationError(f"expected PONG from the server, got {short_repr(obj, 80)}")
     _, ok, reason, server_hostname, digest = obj
     if ok is not True:
-        raise AuthenticationError(f"the server refused us: {reason or 'no reason given'}")
+        if not reason:
+            reason = "no reason given"
+        why = reason[:200] if isinstance(reason, str) else short_repr(reason, 80)
+        raise AuthenticationError(f"the server refused us: {why}")
     if not isinstance(server_hostname, str) or not isinstance(digest, str):
         raise AuthenticationError("malformed PONG")
     if server_hostname == self_hostname:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 import time as _time
 from collections.abc import Mapping
 from concurrent.futures import Future
@@ -48,7 +49,11 @@ def time_to_ns(value: TimeLike | None) -> int:
         return _time.time_ns()
     if isinstance(value, EventTime):
         sec, nsec = value
-        if not (isinstance(sec, int) and isinstance(nsec, int)) or not 0 <= nsec < _NS:
+        if (
+            not (isinstance(sec, int) and isinstance(nsec, int))
+            or isinstance(sec, bool) or isinstance(nsec, bool)
+            or not 0 <= nsec < _NS
+        ):
             raise InvalidTimeError(f"EventTime needs integer seconds and 0 <= ns < 1e9: {value!r}")
         ns = sec * _NS + nsec
     elif isinstance(value, bool):
@@ -99,4 +104,22 @@ class Message:
         return EventTime.from_ns(self.time_ns)
 
     def __repr__(self) -> str:
-        return f"Message(tag={self.tag!r}, time={self.time!r}, record={self.record!r})"
+        # Safe for any record (cycles, deep nesting, huge values, a __repr__ that raises),
+        # so an on_error callback or a log line can always describe the message.
+        return f"Message(tag={self.tag!r}, time={self.time!r}, record={short_repr(self.record)})"
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 4
+_REPR.maxstring = 80
+_REPR.maxother = 80
+
+
+def short_repr(obj: object, limit: int = 200) -> str:
+    """A repr for messages and logs: never raises, whatever ``obj`` is (also one a server
+    sent: a Python repr of deeply nested data would raise RecursionError)."""
+    try:
+        text = _REPR.repr(obj)
+    except Exception:
+        text = f"<{type(obj).__name__} object (repr failed)>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

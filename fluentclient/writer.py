@@ -30,6 +30,7 @@ from .connection import ConnectionLost, SendError
 from .errors import AuthenticationError, DeliveryError, FluentError
 from .framing import FrameBuilder
 from .lifecycle import Lifecycle
+from .message import short_repr
 from .pool import Link, choose, level
 from .stats import DROP_NOT_ACKED, Counters
 
@@ -337,7 +338,7 @@ class Writer:
             # (fluentd #4057) and must not be trusted with another frame.
             if head is None or not isinstance(reply, dict) or reply.get("ack") != head.chunk:
                 self._finish_acks(link, acked)
-                self._link_failed(link, f"unexpected reply {reply!r:.80}")
+                self._link_failed(link, f"unexpected reply {short_repr(reply, 80)}")
                 return
             link.unconfirmed.popleft()
             acked.append(head)
