@@ -456,6 +456,7 @@ class BufferedClient(_Client):
         self._started = False
         self._start_lock = threading.Lock()
         self._stranded = 0
+        self._pid = os.getpid()
 
     def _start(self) -> None:
         # Threads start on first use, so a client made at import time in a preforking
@@ -463,7 +464,8 @@ class BufferedClient(_Client):
         with self._start_lock:
             if self._started:
                 return
-            if sys.is_finalizing():
+            if sys.is_finalizing() or _main_thread_finished():
+                # Threads started now would be killed unflushed a moment later.
                 raise ClientClosedError("the interpreter is shutting down")
             self._reader.thread.start()
             self._writer.thread.start()
@@ -517,6 +519,7 @@ class BufferedClient(_Client):
         if queued > _YIELD_AT:
             # Posts are outrunning serialization: give the reader the GIL for a moment
             # rather than let the queue grow into drops. This waits on no I/O.
+            self._check_fork()
             yield_gil()
         spool = self._spool
         if buf.held_bytes + queued * reader.mean_entry >= buf.limit or (
@@ -527,7 +530,9 @@ class BufferedClient(_Client):
         if not sync_append:
             self._queue.append(Message(full_tag, record, time_ns))
             if reader.idle:
-                reader.wake.set()
+                # Waking costs a system call anyway: check for a fork nobody told us of.
+                if not self._check_fork():
+                    reader.wake.set()
             return True
         waiter: Future[None] = Future()
         self._queue.append(Message(full_tag, record, time_ns, waiter))
@@ -713,6 +718,7 @@ class BufferedClient(_Client):
 
         Written means the server's host has taken the bytes (where the OS can tell).
         """
+        self._check_fork()
         if not self._started:
             return True
         deadline = None if timeout is None else _time.monotonic() + timeout
@@ -734,6 +740,7 @@ class BufferedClient(_Client):
         Returns on time even if the server is stuck: at the deadline the writer's socket is
         aborted and whatever was not sent is counted in the report. Idempotent.
         """
+        self._check_fork()
         with self._shutdown_lock:
             if self._report is not None:
                 return self._report
@@ -749,6 +756,7 @@ class BufferedClient(_Client):
 
     def close(self) -> None:
         """Stop at once without sending what is still held; it is counted as unsent."""
+        self._check_fork()
         with self._shutdown_lock:
             if self._report is not None:
                 return
@@ -849,6 +857,7 @@ class BufferedClient(_Client):
     # -- observing -----------------------------------------------------------------------
 
     def stats(self) -> Stats:
+        self._check_fork()
         c = self._counters
         entered = self._reader.taken + self._stranded + len(self._queue)
         return c.snapshot(
@@ -858,6 +867,26 @@ class BufferedClient(_Client):
         )
 
     # -- process events ------------------------------------------------------------------
+
+    def _check_fork(self) -> bool:
+        """True (after starting afresh) if this process was forked without the at-fork
+        hooks running, as when a C extension calls fork(): the fallback to them.
+
+        Whatever waits in the queue is kept: in a fork nobody announced, the posts made
+        in the child cannot be told from the parent's, and losing the child's is worse.
+        """
+        if self._pid == os.getpid():
+            return False
+        queued = [m for m in self._queue if isinstance(m, Message)]
+        self._after_fork_in_child()
+        if queued:
+            self._queue.extend(queued)
+            try:
+                self._start()
+            except (ClientClosedError, RuntimeError):
+                pass
+            self._reader.wake.set()
+        return True
 
     def _after_fork_in_child(self) -> None:
         # The parent still owns and sends what it buffered; the child starts empty, with
@@ -892,16 +921,40 @@ def _frame_records(frame: Frame) -> list[UnsentRecord]:
         return []
 
 
+def _main_thread_finished() -> bool:
+    # While atexit handlers run, sys.is_finalizing() is still False, but the main thread
+    # has already been marked as stopped.
+    main = threading.main_thread()
+    return threading.current_thread() is main and not main.is_alive()
+
+
+def _shutdown_at_exit(ref: weakref.ref[BufferedClient]) -> None:
+    c = ref()
+    if c is None:
+        return
+    c._check_fork()
+    if c._report is None and (c._started or c._spool is not None):
+        # shutdown() logs what it could not send.
+        c.shutdown(c.shutdown_timeout)
+
+
 def _register_at_exit(client: BufferedClient) -> None:
     ref = weakref.ref(client)
+    atexit.register(_shutdown_at_exit, ref)
+    # multiprocessing's workers end with os._exit(), after its own finalizers but
+    # without atexit: in each worker it starts, drain there too.
+    try:
+        from multiprocessing import util
+    except ImportError:  # pragma: no cover - a stripped-down interpreter
+        return
+    util.register_after_fork(client, _drain_in_worker)
 
-    def at_exit() -> None:
-        c = ref()
-        if c is not None and c._report is None and (c._started or c._spool is not None):
-            # shutdown() logs what it could not send.
-            c.shutdown(c.shutdown_timeout)
 
-    atexit.register(at_exit)
+def _drain_in_worker(client: BufferedClient) -> None:
+    from multiprocessing import util
+
+    # A weak reference, so a client dropped in the worker is not kept alive.
+    util.Finalize(None, _shutdown_at_exit, args=(weakref.ref(client),), exitpriority=0)
 
 
 def _reinit_in_child() -> None:

@@ -52,6 +52,11 @@ def _peer_window() -> int:
         return _DEFAULT_PEER_WINDOW
 
 
+# Read once at import: a client may be made while the interpreter is finishing, when
+# builtins such as open() are gone already.
+_PEER_WINDOW = _peer_window()
+
+
 def resolve_futures(frame: Frame, error: BaseException | None = None) -> None:
     """Complete the delivery futures of a frame's records (a cancelled one is skipped)."""
     for future in frame.futures or ():
@@ -100,7 +105,7 @@ class Writer:
         self._ack_retry_limit = ack_retry_limit
         self._keepalive_timeout = keepalive_timeout
         self._report = report
-        self._settle_distance = _peer_window()
+        self._settle_distance = _PEER_WINDOW
         self.thread = threading.Thread(target=self._run, name="fluentclient-writer", daemon=True)
 
     # -- the loop ------------------------------------------------------------------------
@@ -407,6 +412,8 @@ class Writer:
             # without counting a failure or backing off.
             log.debug("fluentclient: %s closed an idle connection: %s", link.name, reason)
             return
+        if link.server.unix_path and self._life.abandoned:
+            self._lose_unconfirmed(link)
         lost = sum(n for _, n in link.unsettled)
         link.unsettled.clear()
         again: list[Frame] = []
@@ -468,10 +475,23 @@ class Writer:
                     self._counters.possibly_lost += count
 
     def _finish(self) -> None:
-        # Frames never confirmed stay in the buffer and are reported as unsent.
+        # Frames never confirmed stay in the buffer and are reported as unsent, except on
+        # a Unix socket: what we wrote stays readable there after we close.
         for link in self.links:
+            if link.server.unix_path and link.conn is not None:
+                self._lose_unconfirmed(link)
             self._close(link)
             link.unconfirmed.clear()
+
+    def _lose_unconfirmed(self, link: Link) -> None:
+        """Written to a Unix socket we are leaving: the server may still read these."""
+        frames = [frame for _, frame in link.unconfirmed]
+        link.unconfirmed.clear()
+        if not frames:
+            return
+        self._buffer.release(frames)
+        with self._counters.lock:
+            self._counters.possibly_lost += sum(f.records for f in frames)
 
     def abort(self) -> None:
         for link in self.links:

@@ -243,15 +243,6 @@ keeper = LogsWhenCollected()
 stamp("EXITING")
 """
 
-LATE_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="BufferedClient._start refuses only once sys.is_finalizing(), which is still "
-    "False while atexit handlers run (Python 3.11): a client first used after its own "
-    "at-exit hook ran, or created inside an atexit handler, starts threads nobody will "
-    "shut down, and its records vanish uncounted",
-)
-
-
 @pytest.fixture(scope="module")
 def late_results() -> Iterator[tuple[ForwardServer, dict[str, Finished]]]:
     with ForwardServer() as server:
@@ -273,8 +264,8 @@ def quiet_and_on_time(result: Finished) -> None:
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param("late_atexit", marks=LATE_XFAIL),
-    pytest.param("created_in_atexit", marks=LATE_XFAIL),
+    "late_atexit",
+    "created_in_atexit",
 ])
 def test_a_client_first_used_in_a_late_atexit_handler_starts_no_threads(late_results, name):
     server, results = late_results
@@ -287,12 +278,6 @@ def test_a_client_first_used_in_a_late_atexit_handler_starts_no_threads(late_res
     assert "dropping records (closed)" in result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BufferedClient() raises NameError (open) during finalization: Writer.__init__ "
-    "calls writer._peer_window(), which reads /proc with the builtin open, already gone "
-    "while modules are torn down; an 'Exception ignored in __del__' traceback is printed",
-)
 def test_a_client_made_and_used_in_del_during_finalization_refuses_quietly(late_results):
     server, results = late_results
     result = results["del_at_exit"]

@@ -35,16 +35,7 @@ def fill_until_stuck(client: BufferedClient, tag: str) -> int:
     raise AssertionError("the client never got stuck")
 
 
-UNIX_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="on a Unix socket, bytes we wrote sit in the server's receive queue until it "
-    "reads them and stay readable after we close: SIOCOUTQ counts them unread, so the "
-    "writer reports those frames unsent at the deadline, yet the server reads them later. "
-    "They should count as possibly lost",
-)
-
-
-@pytest.fixture(params=["tcp", pytest.param("unix", marks=UNIX_XFAIL)])
+@pytest.fixture(params=["tcp", "unix"])
 def any_server(request, tmp_path):
     if request.param == "tcp":
         server = ForwardServer()

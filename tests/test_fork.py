@@ -182,17 +182,7 @@ def main():
 main()
 """
 
-POOL_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="a multiprocessing worker ends with os._exit() after multiprocessing's own "
-    "finalizers: atexit hooks never run there, so what a worker posted and the writer had "
-    "not sent yet is lost, without a count or a log line. A Finalize made in the os-level "
-    "fork hook is cleared when the worker starts; multiprocessing.util.register_after_fork("
-    "client, ...) making a Finalize(client, shutdown, exitpriority=0) in the worker works",
-)
-
-
-@pytest.mark.parametrize("flush", [pytest.param(False, marks=POOL_XFAIL), True],
+@pytest.mark.parametrize("flush", [False, True],
                          ids=["exit-drains", "task-flushes"])
 def test_multiprocessing_fork_pool_workers_deliver_and_never_resend(fluent_server, flush):
     tasks, m, n = 6, 200, 300
@@ -247,14 +237,6 @@ main()
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="calls libc fork through ctypes")
-@pytest.mark.xfail(
-    strict=True,
-    reason="no pid check: a child forked without Python's at-fork hooks (a C extension "
-    "calling fork()) keeps the parent's client, whose threads do not exist there; its "
-    "posts are never sent, its exit waits the whole shutdown_timeout for dead threads, "
-    "and its shutdown aborts the socket it shares with the parent, so the parent counts "
-    "every record of that connection possibly lost",
-)
 def test_a_fork_that_skips_the_at_fork_hooks_is_caught_by_a_pid_check(fluent_server):
     n, m = 200, 100
     result = Child("raw-fork", RAW_FORK, {"port": fluent_server.port, "n": n,
