@@ -34,6 +34,10 @@ Address = Union[tuple[str, int], str]
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _SIOCOUTQ = 0x5411  # the same number as TIOCOUTQ on Linux
 _TCP_ESTABLISHED = 1
+# struct tcp_info: 8 one-byte fields, 24 u32, then u64 pacing_rate, max_pacing_rate and
+# bytes_acked (Linux 4.2 and later).
+_BYTES_ACKED_AT = 8 + 24 * 4 + 2 * 8
+_TCP_INFO_SIZE = 256
 _HAS_OUTQ = sys.platform.startswith("linux")
 _READ_SIZE = 65536
 
@@ -362,6 +366,24 @@ class Connection:
     def can_confirm(self) -> bool:
         """Whether :meth:`confirmed_offset` can ever know anything here."""
         return _HAS_OUTQ and not self._tls
+
+    def acked_offset(self) -> int | None:
+        """How many bytes written so far the peer's TCP acknowledged (Linux ``TCP_INFO``).
+
+        Unlike :meth:`confirmed_offset` this survives a reset, which empties the send
+        queue: it tells which frames reached the peer before the connection died.
+        """
+        sock = self.sock
+        if sock is None or self._unix or self._tls or not _HAS_OUTQ:
+            return None
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+        except OSError:
+            return None
+        if len(info) < _BYTES_ACKED_AT + 8:
+            return None  # a kernel older than 4.2
+        (acked,) = struct.unpack_from("=Q", info, _BYTES_ACKED_AT)
+        return min(int(acked), self.bytes_written)
 
     def confirmed_offset(self) -> int | None:
         """How many of the bytes written so far the peer has taken, or None if unknown now."""

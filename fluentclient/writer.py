@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 
 from .buffer import Buffer, Frame
-from .connection import ConnectionLost, SendError
+from .connection import Connection, ConnectionLost, SendError
 from .errors import AuthenticationError, DeliveryError, FluentError
 from .framing import FrameBuilder
 from .lifecycle import Lifecycle
@@ -391,6 +391,20 @@ class Writer:
         elif now - link.progress_at > self._write_timeout:
             self._link_failed(link, f"the server took nothing for {self._write_timeout:g} s")
 
+    def _take_acked(self, link: Link, conn: Connection) -> None:
+        """Frames the peer's TCP acknowledged before the connection died are not sent
+        again (that would duplicate them); they count as possibly lost instead."""
+        acked = conn.acked_offset()
+        if acked is None:
+            return
+        taken: list[Frame] = []
+        while link.unconfirmed and link.unconfirmed[0][0] <= acked:
+            end, frame = link.unconfirmed.popleft()
+            taken.append(frame)
+            link.unsettled.append((end, frame.records))
+        if taken:
+            self._buffer.release(taken)
+
     def _settle(self, link: Link) -> None:
         settled = 0
         limit = link.confirmed - (0 if link.server.unix_path else self._settle_distance)
@@ -404,6 +418,8 @@ class Writer:
         """Drop the link's connection; its unconfirmed frames, then ``pending``, go back."""
         conn, link.conn = link.conn, None
         if conn is not None:
+            if not self._require_ack:
+                self._take_acked(link, conn)
             conn.close()
         if pending:
             self._buffer.requeue(pending)

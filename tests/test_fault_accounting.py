@@ -69,14 +69,6 @@ def test_records_reported_unsent_at_the_deadline_never_reach_the_server(any_serv
     assert max(received.values(), default=1) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the writer polls SIOCOUTQ every few ms; when the server resets the connection "
-    "(stop() with unread bytes), frames the server had already read but whose ACK the "
-    "writer had not yet seen are still 'unconfirmed', so they are requeued and sent again: "
-    "duplicates without acks. TCP_INFO's tcpi_bytes_acked, read after the reset, would "
-    "tell which frames the peer took (those are possibly lost, not to be resent)",
-)
 def test_a_server_restart_mid_stream_never_duplicates_without_acks(fluent_server):
     client = BufferedClient(fluent_server.host, fluent_server.port, at_exit=False,
                             backoff=FAST_BACKOFF, flush_interval=0.005)
