@@ -149,9 +149,11 @@ def soak(args: argparse.Namespace) -> int:
     logging.getLogger("fluentclient").propagate = False
     server = FlakyServer(args.seed, args.max_cut)
     client = BufferedClient("127.0.0.1", server.port, at_exit=False,
-                            buffer_limit=args.buffer_limit, require_ack=args.ack)
+                            buffer_limit=args.buffer_limit, require_ack=args.ack,
+                            spool_dir=args.spool)
     report_every = args.report_every or max(1.0, args.duration / 10)
     print(f"{args.rate:,} records/s for {args.duration:g} s{' with acks' if args.ack else ''}"
+          f"{' with a spool' if args.spool else ''}"
           f" against a server that resets connections at random offsets (up to "
           f"{args.max_cut:,} bytes) and restarts every 3-6 s\n")
     print("| minutes | RSS MiB | posted | sent | dropped | possibly_lost | retried | "
@@ -223,6 +225,7 @@ def main() -> int:
                         help="seconds between rows (default: a tenth of the duration)")
     parser.add_argument("--buffer-limit", type=int, default=8 * 2**20)
     parser.add_argument("--ack", action="store_true", help="require_ack=True")
+    parser.add_argument("--spool", default=None, help="spool_dir for the client")
     parser.add_argument("--max-cut", type=int, default=16 * 2**20,
                         help="largest byte offset at which the server resets a connection")
     parser.add_argument("--seed", type=int, default=1)
