@@ -241,6 +241,7 @@ class _Transport:
 
 
 _live_clients: weakref.WeakSet[BufferedClient] = weakref.WeakSet()
+_live_sync_clients: weakref.WeakSet[SyncClient] = weakref.WeakSet()
 
 
 _ADDRESS_OPTIONS = ("host", "port", "unix_path", "servers")
@@ -960,6 +961,8 @@ def _drain_in_worker(client: BufferedClient) -> None:
 def _reinit_in_child() -> None:
     for client in list(_live_clients):
         client._after_fork_in_child()
+    for sync in list(_live_sync_clients):
+        sync._after_fork_in_child()
 
 
 if hasattr(os, "register_at_fork"):
@@ -1030,6 +1033,20 @@ class SyncClient(_Client):
         self._counters = Counters()
         self._posted = 0
         self._closed = False
+        self._pid = os.getpid()
+        _live_sync_clients.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's connections are the parent's: writing on them would interleave
+        # frames and steal its acks. Closing our copy of the descriptor sends nothing.
+        self._lock = threading.Lock()
+        self._counters = Counters()
+        self._posted = 0
+        self._pid = os.getpid()
+        for link in self._links:
+            conn, link.conn = link.conn, None
+            if conn is not None:
+                conn.close()
 
     def post(
         self,
@@ -1056,6 +1073,9 @@ class SyncClient(_Client):
         if ack and not self._transport.require_ack:
             raise ValueError("post(ack=True) needs a client made with require_ack=True")
         start = _time.monotonic()
+        if self._pid != os.getpid():
+            # Forked without the at-fork hooks (a C extension calling fork()).
+            self._after_fork_in_child()
         with self._lock:
             if self._closed:
                 raise ClientClosedError("the client is closed")

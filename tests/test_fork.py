@@ -253,3 +253,38 @@ def test_a_fork_that_skips_the_at_fork_hooks_is_caught_by_a_pid_check(fluent_ser
     assert ids(fluent_server, "raw.parent", "i") == Counter(range(2 * n))
     # The child's exit is not held up by threads that do not exist in it.
     assert result.stamp("REAPED") - result.stamp("EXITING") <= 1.0 + 0.5, result.describe()
+
+
+SYNC_FORK = """
+import os
+from fluentclient import SyncClient
+
+client = SyncClient("127.0.0.1", P["port"], require_ack=True, ack_timeout=10)
+client.post("sync.parent", {"i": -1})  # connected before the fork
+pid = os.fork()
+tag, count = ("sync.child", P["m"]) if pid == 0 else ("sync.parent", P["n"])
+for i in range(count):
+    client.post(tag, {"i": i})  # each waits for its own ack
+if pid == 0:
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+stamp("PARENT", os.waitstatus_to_exitcode(status), client.stats().posted)
+"""
+
+
+def test_a_sync_client_forked_with_a_live_connection_keeps_each_side_on_its_own(
+    fluent_server,
+):
+    # Sharing the socket, the two processes would interleave frames and read each
+    # other's acks; after the fork the child must connect on its own.
+    n, m = 1000, 1000
+    result = Child("sync-fork", SYNC_FORK, {"port": fluent_server.port, "n": n,
+                                            "m": m}).finish(timeout=60)
+    assert result.returncode == 0, result.describe()
+    assert result.lines("PARENT")[0][1:] == ["0", str(n + 1)], result.describe()
+    assert fluent_server.wait_for_events(n + m + 1, timeout=10)
+    assert ids(fluent_server, "sync.child", "i") == Counter(range(m))
+    assert ids(fluent_server, "sync.parent", "i") == Counter(range(-1, n))
+    assert fluent_server.errors == []
+    # The parent's connection and one of the child's own: nothing failed and was redone.
+    assert fluent_server.connections_accepted == 2
