@@ -4,7 +4,7 @@ Every contender runs in a fresh process, so that CPU time and peak RSS are its o
 sends to a sink in yet another process (forward_sink.py). Figures are meant to be read as
 ratios within one run: the machines are shared and noisy.
 
-    python benchmarks/compare.py                 # everything (about two minutes)
+    python benchmarks/compare.py                 # everything (a minute or two)
     python benchmarks/compare.py --quick         # a smoke run with few records
     python benchmarks/compare.py --only buffered,raw
     python benchmarks/compare.py --chart docs/benchmark.svg   # also draw the figures
