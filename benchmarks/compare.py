@@ -4,9 +4,10 @@ Every contender runs in a fresh process, so that CPU time and peak RSS are its o
 sends to a sink in yet another process (forward_sink.py). Figures are meant to be read as
 ratios within one run: the machines are shared and noisy.
 
-    python benchmarks/compare.py                 # everything (about two minutes)
+    python benchmarks/compare.py                 # everything (a minute or two)
     python benchmarks/compare.py --quick         # a smoke run with few records
     python benchmarks/compare.py --only buffered,raw
+    python benchmarks/compare.py --chart docs/benchmark.svg   # also draw the figures
 
 Throughput: caller-side (all post() calls) and end to end (until the sink has every
 record). Latency: post() at a steady 1,000 posts/s with the server healthy, stuck (it
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import socket
@@ -28,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import escape
 
 HERE = Path(__file__).resolve().parent
 RECORD = {
@@ -261,6 +264,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--quick", action="store_true", help="few records, short latency runs")
     parser.add_argument("--only", default="", help="comma-separated contenders")
+    parser.add_argument("--chart", metavar="PATH", help="also write an SVG chart of this run")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -312,6 +316,8 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2))
     print(report(results))
+    if args.chart:
+        Path(args.chart).write_text(chart(results), encoding="utf-8")
 
 
 def report(results: dict[str, Any]) -> str:
@@ -352,6 +358,125 @@ def report(results: dict[str, Any]) -> str:
                      f"{r['peak_rss'] - r['idle_rss']:.1f} | {r['buffer_limit_mib']:.0f} | "
                      f"{r['dropped']:,} |")
     return "\n".join(lines)
+
+
+# -- the chart: hand-written SVG, so the benchmark needs nothing new ------------------------
+
+# Ours, the ceilings we measure against, and fluent-logger: one colour each.
+_COLOURS = {"ours": "#2b6cb0", "raw": "#a0aec0", "other": "#dd6b20"}
+_STATE_COLOURS = {"healthy": "#38a169", "stuck": "#d69e2e", "absent": "#c53030"}
+
+
+def _family(name: str) -> str:
+    if name.startswith("raw"):
+        return "raw"
+    return "other" if name.startswith("fluent_logger") else "ours"
+
+
+def _nice_max(value: float) -> float:
+    """A round number at least ``value``, whose fifths are round too (for the grid)."""
+    if not value > 0:
+        return 1.0
+    scale = 10.0 ** math.floor(math.log10(value))
+    for m in (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
+        if m * scale >= value:
+            return m * scale
+    return 10 * scale
+
+
+def _text(x: float, y: float, label: str, anchor: str = "start", size: int = 12,
+          bold: bool = False) -> str:
+    weight = ' font-weight="bold"' if bold else ""
+    return (f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-family="sans-serif" '
+            f'font-size="{size}"{weight}>{escape(label)}</text>')
+
+
+def _axis(x0: float, width: float, top: float, bottom: float, top_value: float,
+          unit: str) -> list[str]:
+    """Vertical grid lines at fifths of ``top_value``, labelled under the plot."""
+    out = []
+    for i in range(6):
+        x = x0 + width * i / 5
+        value = top_value * i / 5
+        out.append(f'<line x1="{x:.1f}" y1="{top:.1f}" x2="{x:.1f}" y2="{bottom:.1f}" '
+                   'stroke="#e2e8f0"/>')
+        out.append(_text(x, bottom + 14, f"{value:,.{0 if top_value >= 5 else 1}f}{unit}",
+                         "middle"))
+    return out
+
+
+def chart(results: dict[str, Any]) -> str:
+    """Two horizontal bar charts of one run: end-to-end records/s per contender, and
+    post() p99 latency per client and server state."""
+    width, label_w, plot_w = 760, 190, 480
+    bar, gap = 18, 6
+    parts: list[str] = []
+    y = 30.0
+    parts.append(_text(20, y, "End-to-end records/s (until the sink counted every record)",
+                       bold=True))
+    throughput = [(name, r["e2e_rate"]) for name, r in results["throughput"].items()
+                  if r.get("e2e_rate") == r.get("e2e_rate")]  # NaN: the sink timed out
+    top = _nice_max(max((rate for _, rate in throughput), default=0.0))
+    y += 14
+    plot_top = y
+    rows = []
+    for name, rate in throughput:
+        w = plot_w * rate / top
+        colour = _COLOURS[_family(name)]
+        rows.append(_text(label_w - 8, y + bar - 5, name, "end"))
+        rows.append(f'<rect x="{label_w}" y="{y:.1f}" width="{w:.1f}" height="{bar}" '
+                    f'fill="{colour}"><title>{escape(name)}: {rate:,.0f} rec/s</title></rect>')
+        rows.append(_text(label_w + w + 4, y + bar - 5, f"{rate:,.0f}"))
+        y += bar + gap
+    parts += _axis(label_w, plot_w, plot_top - 4, y, top, "")
+    parts += rows
+    y += 34
+    legend = [("fluentclient", _COLOURS["ours"]), ("raw loop (no guarantees)", _COLOURS["raw"]),
+              ("fluent-logger 0.11", _COLOURS["other"])]
+    x = float(label_w)
+    for label, colour in legend:
+        parts.append(f'<rect x="{x:.1f}" y="{y - 10:.1f}" width="10" height="10" '
+                     f'fill="{colour}"/>')
+        parts.append(_text(x + 14, y, label))
+        x += 24 + 7 * len(label)
+    y += 34
+
+    parts.append(_text(20, y, "post() p99 latency in µs at 1,000 posts/s, by server state",
+                       bold=True))
+    groups: dict[str, list[tuple[str, float]]] = {}
+    for key, r in results["latency"].items():
+        client, _, state = key.partition("/")
+        groups.setdefault(client, []).append((state, r["p99_us"]))
+    top = _nice_max(max((v for g in groups.values() for _, v in g), default=0.0))
+    y += 14
+    plot_top = y
+    rows = []
+    small = 12
+    for client, states in groups.items():
+        rows.append(_text(label_w - 8, y + len(states) * small / 2 + 4, client, "end"))
+        for state, p99 in states:
+            w = plot_w * p99 / top
+            rows.append(f'<rect x="{label_w}" y="{y:.1f}" width="{w:.1f}" height="{small - 2}" '
+                        f'fill="{_STATE_COLOURS.get(state, "#718096")}"><title>'
+                        f"{escape(client)}, server {escape(state)}: p99 {p99:.1f} µs"
+                        "</title></rect>")
+            rows.append(_text(label_w + w + 4, y + small - 3, f"{p99:.1f}", size=10))
+            y += small
+        y += gap * 2
+    parts += _axis(label_w, plot_w, plot_top - 4, y, top, "")
+    parts += rows
+    y += 34
+    x = float(label_w)
+    for state, colour in _STATE_COLOURS.items():
+        parts.append(f'<rect x="{x:.1f}" y="{y - 10:.1f}" width="10" height="10" '
+                     f'fill="{colour}"/>')
+        parts.append(_text(x + 14, y, f"server {state}"))
+        x += 120
+    height = int(y + 20)
+    head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}">')
+    body = [head, f'<rect width="{width}" height="{height}" fill="white"/>', *parts, "</svg>"]
+    return "\n".join(body) + "\n"
 
 
 if __name__ == "__main__":

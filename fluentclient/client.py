@@ -68,6 +68,7 @@ from .stats import (
     DROP_BUFFER_FULL,
     DROP_CLOSED,
     DROP_EVICTED,
+    DROP_SPOOL_FULL,
     Counters,
     ShutdownReport,
     Stats,
@@ -589,10 +590,13 @@ class BufferedClient(_Client):
             or (spool is not None and spool.size >= spool.limit)
         )
 
-    def _full_error(self) -> BufferFullError:
+    def _full_error(self) -> tuple[str, BufferFullError]:
+        """The drop reason and error for a refused record: which limit was reached."""
         if self._spool is not None and self._spool.size >= self._spool.limit:
-            return BufferFullError(f"spool_limit of {self._spool.limit} bytes reached")
-        return BufferFullError(f"buffer_limit of {self._buffer.limit} bytes reached")
+            return DROP_SPOOL_FULL, BufferFullError(
+                f"spool_limit of {self._spool.limit} bytes reached")
+        return DROP_BUFFER_FULL, BufferFullError(
+            f"buffer_limit of {self._buffer.limit} bytes reached")
 
     def _make_room(self, msg: Message, sync_append: bool) -> bool:
         """The buffer is full: apply the overflow policy; True if ``msg`` may be queued now.
@@ -610,8 +614,8 @@ class BufferedClient(_Client):
             self._wait_for_room(_time.monotonic() + self._overflow_timeout)
         if not self._full():
             return True
-        err = self._full_error()
-        self._refuse(DROP_BUFFER_FULL, err, msg)
+        reason, err = self._full_error()
+        self._refuse(reason, err, msg)
         if sync_append or policy == "raise":
             raise err
         return False

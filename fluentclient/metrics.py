@@ -22,7 +22,9 @@ from .errors import ConfigurationError
 from .stats import (
     DROP_BUFFER_FULL,
     DROP_CLOSED,
+    DROP_EVICTED,
     DROP_NOT_ACKED,
+    DROP_SPOOL_FULL,
     DROP_TOO_LARGE,
     DROP_UNSERIALIZABLE,
     Stats,
@@ -39,7 +41,7 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
 
 # Every reason is exported from the start, at 0, so rate() has a series before the first drop.
 DROP_REASONS = (DROP_BUFFER_FULL, DROP_UNSERIALIZABLE, DROP_TOO_LARGE, DROP_CLOSED,
-                DROP_NOT_ACKED)
+                DROP_NOT_ACKED, DROP_EVICTED, DROP_SPOOL_FULL)
 SERVER_STATES = ("connected", "backing_off", "idle")
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
@@ -54,6 +56,8 @@ _COUNTERS = (
     ("possibly_lost", "records_possibly_lost",
      "Records written to a connection that failed before the server was seen to take them."),
     ("retried", "records_retried", "Records put back to be sent again on a new connection."),
+    ("replayed", "records_replayed",
+     "Records taken over from a spool that an earlier process left."),
     ("frames_sent", "frames_sent", "Frames written to a connection (a resent frame again)."),
     ("bytes_sent", "bytes_sent", "Bytes of the frames written."),
     ("connects", "connects", "Connections made."),

@@ -23,6 +23,7 @@ COUNTERS = {
     "unsent": "records_unsent_total",
     "possibly_lost": "records_possibly_lost_total",
     "retried": "records_retried_total",
+    "replayed": "records_replayed_total",
     "frames_sent": "frames_sent_total",
     "bytes_sent": "bytes_sent_total",
     "connects": "connects_total",
