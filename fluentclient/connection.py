@@ -81,7 +81,7 @@ class Connection:
         address: Address,
         security: Security = NO_SECURITY,
         *,
-        resolved: tuple[Any, ...] | None = None,
+        resolved: list[tuple[Any, Any]] | None = None,
     ) -> None:
         self.address = address
         self.security = security
@@ -106,20 +106,18 @@ class Connection:
         if deadline - time.monotonic() <= 0:
             raise FluentTimeoutError(f"no time left to connect to {where}")
         try:
-            if self._unix:
-                family, target = socket.AF_UNIX, self.address
-            else:
-                family, target = self.resolve()
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            if not self._unix:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            # Published before connecting so that abort() can break the connect.
-            self.sock = sock
-            if self._aborted:
-                raise FluentConnectionError("connection aborted")
-            sock.settimeout(max(0.001, deadline - time.monotonic()))
-            sock.connect(target)
+            targets = [(socket.AF_UNIX, self.address)] if self._unix else self.resolve()
+            for i, (family, target) in enumerate(targets):
+                try:
+                    self._connect_socket(family, target, deadline)
+                    break
+                except (ConnectionRefusedError, OSError) as exc:
+                    # Try the host's next address (its IPv4 one after a refused IPv6
+                    # one, say) while time is left; the last failure is the one raised.
+                    last = i == len(targets) - 1
+                    if last or isinstance(exc, socket.timeout) or self._aborted:
+                        raise
+                    self.close()
             if self._tls:
                 self._start_tls(deadline)
             if self.security.shared_key is not None:
@@ -142,8 +140,21 @@ class Connection:
                 f"cannot connect to {where}: {exc.strerror or exc}"
             ) from exc
 
-    def resolve(self) -> tuple[Any, ...]:
-        """The address family and socket address to connect to (looked up once if given)."""
+    def _connect_socket(self, family: int, target: Any, deadline: float) -> None:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        if not self._unix:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        # Published before connecting so that abort() can break the connect.
+        self.sock = sock
+        if self._aborted:
+            raise FluentConnectionError("connection aborted")
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        sock.connect(target)
+
+    def resolve(self) -> list[tuple[Any, Any]]:
+        """Every (family, socket address) of the host, in the resolver's order (looked up
+        once if given)."""
         if self._resolved is not None:
             return self._resolved
         assert not isinstance(self.address, str)
@@ -151,7 +162,7 @@ class Connection:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         if not infos:
             raise FluentConnectionError(f"{host} has no address")
-        self._resolved = (infos[0][0], infos[0][4])
+        self._resolved = [(info[0], info[4]) for info in infos]
         return self._resolved
 
     def _start_tls(self, deadline: float) -> None:

@@ -80,7 +80,7 @@ class Link:
         self.confirmed = 0
         self.progress_at = 0.0
         self.used_at = 0.0
-        self._resolved: tuple[Any, ...] | None = None
+        self._resolved: list[tuple[Any, Any]] | None = None
         self.connects = 0
         self.failures = 0
         self.frames_sent = 0

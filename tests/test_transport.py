@@ -154,3 +154,22 @@ def test_compressed_frames_of_incompressible_records_stay_within_the_limit(fluen
                            for t, rec in frame.entries)
         data, _ = builder.build(frame.tag, entries, len(frame.entries))
         assert len(data) <= limit
+
+
+def test_every_address_of_a_host_is_tried_in_turn(fluent_server):
+    import socket
+
+    from fluentclient.connection import Connection
+    from fluentclient.errors import FluentConnectionError
+
+    # Nothing listens on 127.0.0.2 (the server is bound to 127.0.0.1 only): refused, so
+    # the next address is tried, as for a host whose IPv6 address comes first.
+    first = (socket.AF_INET, ("127.0.0.2", fluent_server.port))
+    good = (socket.AF_INET, ("127.0.0.1", fluent_server.port))
+    conn = Connection(("example.test", fluent_server.port), resolved=[first, good])
+    conn.connect(time.monotonic() + 5)
+    assert conn.sock is not None and conn.sock.getpeername() == good[1]
+    conn.close()
+    only_bad = Connection(("example.test", fluent_server.port), resolved=[first, first])
+    with pytest.raises(FluentConnectionError, match="refused"):
+        only_bad.connect(time.monotonic() + 5)
