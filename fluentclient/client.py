@@ -687,14 +687,23 @@ class BufferedClient(_Client):
         with self._counters.lock:
             self._counters.replayed += records
 
-    @staticmethod
-    def _wait_appended(waiter: Future[None], timeout: float | None) -> None:
-        try:
-            waiter.result(timeout)
-        except FuturesTimeout:
-            raise FluentTimeoutError(
-                f"the record did not reach the buffer within {timeout} s"
-            ) from None
+    def _wait_appended(self, waiter: Future[None], timeout: float | None) -> None:
+        deadline = None if timeout is None else _time.monotonic() + timeout
+        while True:
+            # In slices, so that a reader that is gone (it never should be) turns into an
+            # error rather than a caller waiting forever.
+            step = 0.5 if deadline is None else min(0.5, max(0.0, deadline - _time.monotonic()))
+            try:
+                waiter.result(step)
+                return
+            except FuturesTimeout:
+                pass
+            if deadline is not None and _time.monotonic() >= deadline:
+                raise FluentTimeoutError(
+                    f"the record did not reach the buffer within {timeout} s"
+                ) from None
+            if self._started and not self._reader.thread.is_alive() and not waiter.done():
+                raise ClientClosedError("the client's reader thread has stopped")
 
     def _refuse(self, reason: str, err: FluentError, msg: Message) -> None:
         """A record post() turned away before it reached the queue."""

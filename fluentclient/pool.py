@@ -83,6 +83,8 @@ class Link:
         self._resolved: list[tuple[Any, Any]] | None = None
         self.connects = 0
         self.failures = 0
+        # Connect attempts failed in a row since the last success.
+        self.connect_streak = 0
         self.frames_sent = 0
         self.acked_frames = 0
         self.last_error: str | None = None
@@ -104,6 +106,7 @@ class Link:
         if not self.dns_refresh and self.server.unix_path is None:
             self._resolved = self.conn.resolve()
         self.connects += 1
+        self.connect_streak = 0
         self.last_error = None
         self.progress_at = self.used_at = time.monotonic()
 

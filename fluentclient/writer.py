@@ -269,20 +269,30 @@ class Writer:
                 link.conn = None
                 auth = isinstance(exc, AuthenticationError)
                 # A refused key is a configuration error: no tight loop, and say it loudly.
+                link.connect_streak += 1
                 link.failed(str(exc), backoff_to_max=auth)
                 with self._counters.lock:
                     self._counters.connect_failures += 1
                 if auth:
                     log.error("fluentclient: %s refused us: %s", link.name, exc)
                     self._report(exc)
+                elif link.connect_streak == 1:
+                    # Once per outage: the backoff retries many times a minute, and
+                    # stats() counts every attempt.
+                    log.warning("fluentclient: %s; retrying with backoff", exc)
                 else:
-                    log.warning("fluentclient: %s", exc)
+                    log.debug("fluentclient: %s (attempt %d)", exc, link.connect_streak)
                 continue
+            streak = link.connect_streak
             link.connected()
             level(link, self.links)
             with self._counters.lock:
                 self._counters.connects += 1
-            log.debug("fluentclient: connected to %s", link.name)
+            if streak:
+                log.info("fluentclient: connected to %s after %d failed attempts",
+                         link.name, streak)
+            else:
+                log.debug("fluentclient: connected to %s", link.name)
             return link
         return None
 

@@ -354,3 +354,15 @@ def test_threads_stop_on_shutdown(fluent_server):
     client.post("app.t", {"x": 1})
     client.shutdown(2)
     assert set(threading.enumerate()) - before == set()
+
+
+def test_sync_append_raises_rather_than_hanging_if_the_reader_thread_is_gone(fluent_server):
+    def leave(obj):
+        raise SystemExit  # ends the thread it runs on: the reader
+
+    client = client_for(fluent_server, default=leave)
+    start = time.monotonic()
+    with pytest.raises(ClientClosedError, match="reader"):
+        client.post("t", {"x": object()}, sync_append=True)
+    assert time.monotonic() - start < 5
+    client.close()

@@ -173,3 +173,25 @@ def test_every_address_of_a_host_is_tried_in_turn(fluent_server):
     only_bad = Connection(("example.test", fluent_server.port), resolved=[first, first])
     with pytest.raises(FluentConnectionError, match="refused"):
         only_bad.connect(time.monotonic() + 5)
+
+
+def test_an_outage_is_logged_once_and_its_end_once(fluent_server, caplog):
+    import logging
+
+    fluent_server.refuse()
+    with caplog.at_level(logging.DEBUG, logger="fluentclient"):
+        client = BufferedClient(fluent_server.host, fluent_server.port, at_exit=False,
+                                backoff=FAST_BACKOFF)
+        client.post("t", {"n": 1})
+        deadline = time.monotonic() + 10
+        while client.stats().connect_failures < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert client.stats().connect_failures >= 5
+        fluent_server.refuse(False)
+        assert client.flush(timeout=10)
+        client.shutdown(timeout=5)
+    warnings = [r for r in caplog.records
+                if r.levelno == logging.WARNING and "cannot connect" in r.getMessage()]
+    assert len(warnings) == 1
+    recovered = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert any("failed attempts" in m for m in recovered)
