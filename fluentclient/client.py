@@ -605,10 +605,11 @@ class BufferedClient(_Client):
         waits for it (``sync_append``) or asked for errors (``overflow="raise"``).
         """
         policy = self._overflow
-        ours = threading.current_thread() in (self._reader.thread, self._writer.thread)
         if policy == "drop_oldest":
             self._evict_for(self._reader.mean_entry)
-        elif policy == "block" and not ours:
+        elif policy == "block" and threading.current_thread() not in (
+            self._reader.thread, self._writer.thread
+        ):
             # Never on our own threads (a log handler posting from a callback): they are
             # what makes the room.
             self._wait_for_room(_time.monotonic() + self._overflow_timeout)

@@ -30,6 +30,8 @@ STOP = object()
 BATCH = 128
 # How often a busy reader looks at the queue without being woken.
 POLL = 0.005
+# Room kept in the spool for a block's head and its tags, beyond the entries themselves.
+_BLOCK_OVERHEAD = 64
 
 
 
@@ -240,13 +242,13 @@ class Reader:
     ) -> tuple[list[Message], list[bytes]]:
         spool = self._spool
         assert spool is not None
-        need = sum(map(len, entries)) + 64
-        if spool.size + need > spool.limit:
+        need = sum(map(len, entries))
+        if spool.size + need + _BLOCK_OVERHEAD > spool.limit:
             with self._buffer.lock:
                 oldest = self._buffer.oldest_held_locked()
             spool.collect(oldest)
-        room = spool.limit - spool.size - 64
-        if room >= need - 64:
+        room = spool.limit - spool.size - _BLOCK_OVERHEAD
+        if room >= need:
             return kept, entries
         fits = 0
         while fits < len(entries) and room >= len(entries[fits]):
@@ -294,10 +296,16 @@ class Reader:
             if item is None:
                 break
             tag, entry, seq = item
-            if len(entry) > room or len(entry) > buf.payload_limit(tag):
-                if len(entry) > buf.payload_limit(tag):
-                    log.warning("fluentclient: a spooled record no longer fits a frame; skipped")
-                    continue
+            if len(entry) > buf.payload_limit(tag):
+                # Spooled under a larger max_frame_size: taken over, and counted as dropped.
+                self._note_taken(tag, seq)
+                if self._replayed is not None:
+                    self._replayed(1)
+                self._fail(DROP_TOO_LARGE, RecordTooLargeError(
+                    f"a spooled {len(entry)}-byte record does not fit in a frame of "
+                    f"{buf.max_frame_size} bytes"), Message(tag, None, 0))  # type: ignore[arg-type]
+                continue
+            if len(entry) > room:
                 self._replay_next = item
                 break
             room -= len(entry)

@@ -391,29 +391,29 @@ class Writer:
         if offset is not None and offset > link.confirmed:
             link.confirmed = offset
             link.progress_at = now
-        taken: list[Frame] = []
-        while link.unconfirmed and link.unconfirmed[0][0] <= link.confirmed:
-            end, frame = link.unconfirmed.popleft()
-            taken.append(frame)
-            link.unsettled.append((end, frame.records))
-        if taken:
-            self._buffer.release(taken)
-        elif now - link.progress_at > self._write_timeout:
+        if not self._taken_up_to(link, link.confirmed) and (
+            now - link.progress_at > self._write_timeout
+        ):
             self._link_failed(link, f"the server took nothing for {self._write_timeout:g} s")
 
     def _take_acked(self, link: Link, conn: Connection) -> None:
         """Frames the peer's TCP acknowledged before the connection died are not sent
         again (that would duplicate them); they count as possibly lost instead."""
         acked = conn.acked_offset()
-        if acked is None:
-            return
+        if acked is not None:
+            self._taken_up_to(link, acked)
+
+    def _taken_up_to(self, link: Link, offset: int) -> bool:
+        """The peer took the stream up to ``offset``: the frames written before it leave
+        the buffer and wait to be settled. Whether there were any."""
         taken: list[Frame] = []
-        while link.unconfirmed and link.unconfirmed[0][0] <= acked:
+        while link.unconfirmed and link.unconfirmed[0][0] <= offset:
             end, frame = link.unconfirmed.popleft()
             taken.append(frame)
             link.unsettled.append((end, frame.records))
         if taken:
             self._buffer.release(taken)
+        return bool(taken)
 
     def _settle(self, link: Link) -> None:
         settled = 0

@@ -177,7 +177,7 @@ def test_live_owners_are_never_claimed(tmp_path, fluent_server):
     first = new_client(fluent_server, tmp_path)
     for i in range(100):
         first.post("spool.test", {"i": i})
-    first.flush(timeout=0.1)
+    assert not first.flush(timeout=0.1)  # nothing can leave while the server refuses
     fluent_server.refuse(False)
     second = new_client(fluent_server, tmp_path)
     second.post("spool.test", {"i": 1000})
@@ -267,4 +267,24 @@ def test_a_second_spool_in_the_same_process_sees_an_abandoned_one(tmp_path):
     assert list(orphan.records()) == [("t", b"\x92\x01\x80", 0)]
     orphan.finish()
     second.close(keep=False)
+    assert spool_files(tmp_path) == []
+
+
+def test_a_spooled_record_too_large_for_the_new_frame_size_is_counted(tmp_path, fluent_server):
+    from fluentclient.framing import EntryPacker
+    from fluentclient.message import Message
+
+    pack = EntryPacker().pack
+    big = pack(Message("spool.test", {"i": 0, "pad": "z" * 4000}, 1_700_000_000 * 10**9))
+    small = pack(Message("spool.test", {"i": 1}, 1_700_000_000 * 10**9))
+    left = Spool(str(tmp_path), limit=1 << 20)
+    left.append(0, [("spool.test", big + small)], 2)
+    left.close(keep=True)
+    with new_client(fluent_server, tmp_path, max_frame_size=2048) as client:
+        assert fluent_server.wait_for_events(1, timeout=10)
+        assert client.flush(timeout=5)
+    stats = client.stats()
+    assert ids(fluent_server) == [1]
+    assert stats.replayed == 2 and stats.dropped == {"too_large": 1}
+    assert stats.sent + stats.dropped_total == stats.replayed
     assert spool_files(tmp_path) == []
