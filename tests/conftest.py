@@ -6,6 +6,7 @@ from hypothesis import HealthCheck, settings
 from fluentclient import Backoff
 from tests.certs import pki  # noqa: F401
 from tests.peer_server import node_peer, node_peer_factory  # noqa: F401
+from tests.real_servers import real_server, real_server_factory, real_server_kind  # noqa: F401
 
 # Tests run real servers and threads: no per-example deadline, and fixtures are reused.
 settings.register_profile(
