@@ -228,10 +228,11 @@ class _Transport:
     def packer(self) -> EntryPacker:
         return EntryPacker(default=self.default, int_time=self.int_time)
 
-    def builder(self) -> FrameBuilder:
+    def builder(self, *, markers: bool = False) -> FrameBuilder:
+        """``markers``: a chunk id on every frame, acks or not (see the writer)."""
         return FrameBuilder(
-            compress=self.compress, level=self.compress_level, chunks=self.require_ack,
-            str_entries=self.entries_as_str,
+            compress=self.compress, level=self.compress_level,
+            chunks=self.require_ack or markers, str_entries=self.entries_as_str,
         )
 
     def links(self) -> list[Link]:
@@ -444,7 +445,7 @@ class BufferedClient(_Client):
             self._buffer,
             self._life,
             self._counters,
-            t.builder(),
+            t.builder(markers=True),
             flush_interval=o["flush_interval"],
             connect_timeout=t.connect_timeout,
             write_timeout=t.write_timeout,
@@ -634,17 +635,21 @@ class BufferedClient(_Client):
         mean = self._reader.mean_entry
         err: BufferFullError | None = None
         while over > 0:
-            try:
-                item = self._queue.popleft()
-            except IndexError:
-                break
-            if not isinstance(item, Message):
-                self._queue.appendleft(item)  # the stop marker stays first
-                break
+            with self._reader.pop_lock:
+                try:
+                    item = self._queue.popleft()
+                except IndexError:
+                    break
+                if not isinstance(item, Message):
+                    self._queue.appendleft(item)  # the stop marker stays first
+                    break
+                self._reader.removed += 1
             err = err or BufferFullError("evicted to make room for newer records")
             self._fail(DROP_EVICTED, err, item)
             with self._counters.lock:
                 self._stranded += 1
+            with self._reader.pop_lock:
+                self._reader.evicted += 1  # settled: counted as dropped
             over -= mean
 
     def _wait_for_room(self, deadline: float) -> None:
@@ -737,11 +742,15 @@ class BufferedClient(_Client):
         if not self._started:
             return True
         deadline = None if timeout is None else _time.monotonic() + timeout
-        # Everything posted before now must first pass through the reader.
-        target = self._reader.taken + len(self._queue)
-        self._reader.wake.set()
+        # Everything posted before now must first pass through the reader: what it (or an
+        # eviction) removed from the queue so far plus what is still queued, counted under
+        # the lock that removing takes, so a batch in the reader's hands is in neither.
+        reader = self._reader
+        with reader.pop_lock:
+            target = reader.removed + len(self._queue)
+        reader.wake.set()
         with self._buffer.lock:
-            while self._reader.taken < target and not self._life.reader_done:
+            while reader.settled + reader.evicted < target and not self._life.reader_done:
                 remaining = 0.005 if deadline is None else min(0.005, deadline - _time.monotonic())
                 if remaining <= 0:
                     return False

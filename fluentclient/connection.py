@@ -16,6 +16,7 @@ the queue holds encrypted records, not our bytes, so nothing can be confirmed th
 from __future__ import annotations
 
 import fcntl
+import select
 import socket
 import ssl
 import struct
@@ -90,8 +91,10 @@ class Connection:
         # False when the server's HELO said it closes after one event frame.
         self.keepalive = True
         self.server_hostname: str | None = None
-        # The server closed its side (seen by read_available).
+        # The server closed its side (seen by read_available); ``lost`` says how, if it
+        # reset the connection rather than closing it.
         self.eof = False
+        self.lost: str | None = None
         self._aborted = False
         self._unix = isinstance(address, str)
         self._tls = security.ssl_context is not None
@@ -250,8 +253,9 @@ class Connection:
     def read_available(self) -> list[Any]:
         """Whatever objects the server has sent so far, without waiting.
 
-        A server's close comes after its last acks; those are returned and ``eof`` is
-        set. Raises :class:`ConnectionLost` when the connection was reset.
+        A server's close comes after its last acks: those are returned, and ``eof`` is set
+        (with ``lost`` saying why when it was a reset rather than a FIN). Raises
+        :class:`ConnectionLost` when the server sent something unreadable.
         """
         sock = self.sock
         if sock is None:
@@ -263,7 +267,9 @@ class Connection:
             except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
                 break
             except OSError as exc:
-                raise ConnectionLost(f"reading from {describe(self.address)}: {exc}") from exc
+                self.eof = True
+                self.lost = f"reading from {describe(self.address)}: {exc}"
+                break
             if not data:
                 self.eof = True
                 break
@@ -271,6 +277,19 @@ class Connection:
             if len(data) < _READ_SIZE:
                 break
         return self._decoded()
+
+    def wait_readable(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for something to read (a reply, or the server's close)."""
+        sock = self.sock
+        if sock is None:
+            return False
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        try:
+            readable, _, _ = select.select([sock], [], [], max(0.0, timeout))
+        except (OSError, ValueError):
+            return True  # closed under us: the read that follows says how
+        return bool(readable)
 
     def _decoded(self, limit: int | None = None) -> list[Any]:
         """The whole objects received so far (at most ``limit``)."""
@@ -292,32 +311,38 @@ class Connection:
         except Exception as exc:  # msgpack's BufferFull: a server flooding us
             raise ConnectionLost(f"{describe(self.address)} sent too much: {exc}") from exc
 
-    def close_gracefully(self, deadline: float) -> bool:
-        """Half-close, then wait for the server to close too.
+    def close_gracefully(self, deadline: float) -> tuple[bool, list[Any]]:
+        """Half-close, then read until the server closes too.
 
-        A server closes its side with a FIN only after it has read everything before
-        ours, so True confirms that the server consumed every byte written. A reset
-        proves nothing: fluentd answers every close with one (SO_LINGER 0), but so does
-        any server that gives up with our bytes unread, and the two look the same here.
+        Returns whether it closed cleanly, and the replies (acks) read meanwhile. A server
+        closes its side with a FIN only after it has read everything before ours, so a
+        clean close confirms that the server consumed every byte written. A reset proves
+        nothing: fluentd answers every close with one (SO_LINGER 0), but so does any server
+        that gives up with our bytes unread, and the two look the same here. Acks prove
+        more than either, which is why they are collected up to the very end.
         """
-        sock = self.sock
-        if sock is None:
-            return False
-        if self.peer_closed():
-            # Closed or reset before our FIN: the server may have dropped unread bytes.
-            self.close()
-            return False
+        replies: list[Any] = []
         try:
+            if self.sock is None:
+                return False, replies
+            replies += self.read_available()
+            if self.eof:
+                # Closed or reset before our FIN: the server may have dropped unread bytes.
+                return False, replies
+            sock = self.sock
             sock.shutdown(socket.SHUT_WR)
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return False
+                    return False, replies
                 sock.settimeout(remaining)
-                if not sock.recv(4096):
-                    return True
-        except OSError:
-            return False
+                data = sock.recv(_READ_SIZE)
+                if not data:
+                    return True, replies
+                self._feed(data)
+                replies += self._decoded()
+        except (OSError, ConnectionLost):
+            return False, replies
         finally:
             self.close()
 

@@ -75,8 +75,12 @@ class Link:
         # Frames written on this connection and not yet confirmed (by the kernel, or by an
         # ack), with the stream offset where each ends.
         self.unconfirmed: deque[tuple[int, Frame]] = deque()
-        # Without acks: record counts the peer's kernel took, by stream offset.
-        self.unsettled: deque[tuple[int, int]] = deque()
+        # Without acks: what the peer's kernel took and the server has not yet said it
+        # read, as (stream offset where the frame ends, its records, its chunk id).
+        self.unsettled: deque[tuple[int, int, str | None]] = deque()
+        # Whether the server acks the chunk ids of frames sent without acks: unknown until
+        # it does, or until it let a wait for one run out.
+        self.answers_markers: bool | None = None
         self.confirmed = 0
         self.progress_at = 0.0
         self.used_at = 0.0

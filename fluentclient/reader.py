@@ -95,6 +95,14 @@ class Reader:
         self.idle = False
         # Messages taken from the queue; only this thread writes it.
         self.taken = 0
+        # For flush(): items ever removed from the queue (by this thread, or evicted by a
+        # caller) and how many of them are settled: in the buffer, or dropped. Removing
+        # and counting happen together under ``pop_lock``, so that "removed + still
+        # queued" is exact at any moment; a waiting carry is removed, not yet settled.
+        self.pop_lock = threading.Lock()
+        self.removed = 0
+        self.settled = 0  # written by this thread only
+        self.evicted = 0  # by callers, under pop_lock
         # A running mean of entry sizes, so post() can charge what still waits in the
         # queue against the buffer limit without serializing anything itself.
         self.mean_entry = 256.0
@@ -114,16 +122,19 @@ class Reader:
                     self.wake.clear()
                     continue
                 batch: list[object] = []
-                try:
-                    while len(batch) < BATCH:
-                        batch.append(popleft())
-                except IndexError:
-                    pass
+                with self.pop_lock:
+                    try:
+                        while len(batch) < BATCH:
+                            batch.append(popleft())
+                    except IndexError:
+                        pass
+                    self.removed += len(batch)
                 replaying = self._orphans is not None and not stopping and self._replay_step()
                 if batch:
                     if STOP in batch:
                         stopping = True
                         batch = [m for m in batch if m is not STOP]
+                        self.settled += 1
                     self._append(batch)  # type: ignore[arg-type]
                     if len(batch) == BATCH or replaying:
                         # More is waiting: let a posting thread have the GIL first.
@@ -150,8 +161,10 @@ class Reader:
             self._stop_replay()
             # Records still waiting for room go back to the queue, where shutdown counts
             # them and hands them over with the rest.
-            for msg, _ in reversed(self._carry):
-                q.appendleft(msg)
+            with self.pop_lock:
+                for msg, _ in reversed(self._carry):
+                    q.appendleft(msg)
+                self.removed -= len(self._carry)
             self.taken -= len(self._carry)
             self._carry = []
             with self._buffer.lock:
@@ -203,6 +216,8 @@ class Reader:
             err = BufferFullError(f"buffer_limit of {buf.limit} bytes reached")
             for msg in rejected:
                 self._fail(DROP_BUFFER_FULL, err, msg)
+        # Last, so that flush() sees a record settled only once it is buffered or counted.
+        self.settled += len(batch) - len(self._carry)
 
     def _retry_carry(self) -> bool:
         """Try again to buffer the records that found it full; True once all are in."""
@@ -212,7 +227,9 @@ class Reader:
         for msg in msgs:
             if msg.waiter is not None and id(msg) not in refused:
                 msg.waiter.set_result(None)
+        before = len(self._carry)
         self._carry = [(m, e) for m, e in self._carry if id(m) in refused]
+        self.settled += before - len(self._carry)
         return not self._carry
 
     def _add(self, kept: list[Message], entries: list[bytes]) -> list[Message]:

@@ -94,6 +94,8 @@ class ForwardServer:
     :attr:`port` after :meth:`start`); ``ForwardServer(unix_path=...)`` listens on a Unix
     stream socket instead. ``on_event`` is called from the server thread with each
     :class:`ReceivedEvent`, after it has been recorded and before the frame's ack is written.
+    ``close_with_reset=True`` ends every connection with an RST, as fluentd's in_forward does
+    (its ``linger_timeout`` is 0), also after it has read everything up to the client's FIN.
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class ForwardServer:
         ssl_context: ssl.SSLContext | None = None,
         keepalive: bool = True,
         helo_as_str: bool = False,
+        close_with_reset: bool = False,
         control_timeout: float = 5.0,
     ) -> None:
         self._host = host
@@ -125,6 +128,7 @@ class ForwardServer:
         self._ssl_context = ssl_context
         self._keepalive = keepalive
         self._helo_as_str = helo_as_str
+        self._close_with_reset = close_with_reset
         self._handshakes = 0
         self._auth_failures = 0
         self._control_timeout = control_timeout
@@ -796,7 +800,7 @@ class ForwardServer:
             except (KeyError, ValueError):
                 pass
         conn.mask = 0
-        if reset:
+        if reset or self._close_with_reset:
             try:
                 conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
             except OSError:

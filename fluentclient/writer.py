@@ -10,8 +10,14 @@ same chunk id, on the next connection. What confirms a frame depends on the mode
 * without acks, the peer's kernel taking the bytes (``Connection.confirmed_offset``). Only
   the record count is kept from then on (*unsettled*): a server that stops reading can
   still sit on such bytes, so if the connection fails now they count as ``possibly_lost``.
-  They become *sent* once more bytes than any receive buffer holds have been taken after
-  them, or once the server answers our closing FIN with its own.
+  They become *sent* once the server has read them. What proves that: every frame carries
+  a chunk id even without acks, as a marker, and an ack for it (both real servers answer
+  one) settles that frame and all before it. Nothing else waits on those acks: a frame
+  is never sent again for want of one. For a server that never acks, two weaker proofs
+  remain: more bytes than any receive buffer holds taken after a frame, or the server
+  answering our closing FIN with its own. So what a failed connection counts as possibly
+  lost is what the server had taken but not yet said it read: against a server that
+  acks, the frames of the last moments before it went away.
 
 The loop fits on a screen: tend the links (read acks, confirm, settle, close idle ones),
 wait for work on the buffer's Condition, write. Socket I/O never happens with the lock
@@ -38,6 +44,9 @@ log = logging.getLogger("fluentclient")
 
 # How long to wait for confirmations or acks before looking again.
 _POLL = 0.005
+# Before closing, how long to wait for the acks of markers from a server not yet known to
+# answer them. One that never does costs this once per server, then never again.
+_FIRST_MARKER_WAIT = 2.0
 # What a TCP receiver may hold unread when its own settings are unknown (Linux's default
 # maximum receive buffer).
 _DEFAULT_PEER_WINDOW = 6 * 1024 * 1024
@@ -255,9 +264,12 @@ class Writer:
         """A link with a live connection, connecting one if need be."""
         for link in choose(self.links, time.monotonic()):
             if link.conn is not None:
-                if self._require_ack or not link.conn.peer_closed():
+                if not self._require_ack:
+                    # A frame written onto a connection the server has closed is lost
+                    # without an error: look first.
+                    self._read_markers(link)
+                if link.conn is not None:
                     return link
-                self._link_failed(link, "the server closed the connection")
                 if not link.available(time.monotonic()):
                     continue
             if self._life.abandoned:
@@ -321,8 +333,10 @@ class Writer:
             return
         if self._require_ack:
             self._read_acks(link)
-        elif link.unconfirmed:
-            self._confirm(link)
+        else:
+            self._read_markers(link)
+            if link.conn is not None and link.unconfirmed:
+                self._confirm(link)
         if link.conn is None:
             return
         if not self._require_ack:
@@ -359,7 +373,7 @@ class Writer:
             acked.append(head)
         self._finish_acks(link, acked)
         if conn.eof:
-            self._link_failed(link, "the server closed the connection")
+            self._link_failed(link, conn.lost or "the server closed the connection")
             return
         now = time.monotonic()
         if acked:
@@ -382,10 +396,11 @@ class Writer:
         conn = link.conn
         assert conn is not None
         offset = conn.confirmed_offset() if conn.can_confirm else conn.bytes_written
-        if offset is None and conn.peer_closed():
-            # Reset or closed with frames in flight: requeue them now rather than after a
-            # write timeout spent waiting for progress that cannot come.
-            self._link_failed(link, "the server closed the connection")
+        if offset is None:
+            # No longer established (reset, or closed with frames in flight): requeue them
+            # now rather than after a write timeout spent waiting for progress that cannot
+            # come.
+            self._link_failed(link, conn.lost or "the connection is no longer open")
             return
         now = time.monotonic()
         if offset is not None and offset > link.confirmed:
@@ -395,6 +410,16 @@ class Writer:
             now - link.progress_at > self._write_timeout
         ):
             self._link_failed(link, f"the server took nothing for {self._write_timeout:g} s")
+
+    def _take_late_markers(self, link: Link, conn: Connection) -> None:
+        """Acks of markers that came before the connection failed still prove delivery."""
+        try:
+            replies = conn.read_available() if conn.sock is not None else []
+        except ConnectionLost:
+            return
+        for reply in replies:
+            if not self._marker_acked(link, reply):
+                return
 
     def _take_acked(self, link: Link, conn: Connection) -> None:
         """Frames the peer's TCP acknowledged before the connection died are not sent
@@ -410,7 +435,7 @@ class Writer:
         while link.unconfirmed and link.unconfirmed[0][0] <= offset:
             end, frame = link.unconfirmed.popleft()
             taken.append(frame)
-            link.unsettled.append((end, frame.records))
+            link.unsettled.append((end, frame.records, frame.chunk))
         if taken:
             self._buffer.release(taken)
         return bool(taken)
@@ -420,15 +445,60 @@ class Writer:
         limit = link.confirmed - (0 if link.server.unix_path else self._settle_distance)
         while link.unsettled and link.unsettled[0][0] <= limit:
             settled += link.unsettled.popleft()[1]
-        if settled:
+        self._count_sent(settled)
+
+    def _count_sent(self, records: int) -> None:
+        if records:
             with self._counters.lock:
-                self._counters.sent += settled
+                self._counters.sent += records
+
+    def _read_markers(self, link: Link) -> None:
+        """Without acks: settle what the server's acks of our markers prove it read."""
+        conn = link.conn
+        assert conn is not None
+        try:
+            replies = conn.read_available()
+        except ConnectionLost as exc:
+            self._link_failed(link, str(exc))
+            return
+        for reply in replies:
+            if not self._marker_acked(link, reply):
+                self._link_failed(link, f"unexpected reply {short_repr(reply, 80)}")
+                return
+        if conn.eof:
+            self._link_failed(link, conn.lost or "the server closed the connection")
+
+    def _marker_acked(self, link: Link, reply: object) -> bool:
+        """The server read every frame up to the one whose chunk id it acks: all are sent.
+
+        Acks come in order, so the frame is at or near the front, either still waiting for
+        the kernel's confirmation or already taken. False for anything but such an ack.
+        """
+        chunk = reply.get("ack") if isinstance(reply, dict) else None
+        if not isinstance(chunk, str):
+            return False
+        link.answers_markers = True
+        for i, (_, _, marker) in enumerate(link.unsettled):
+            if marker == chunk:
+                self._count_sent(sum(link.unsettled.popleft()[1] for _ in range(i + 1)))
+                return True
+        for i, (_, frame) in enumerate(link.unconfirmed):
+            if frame.chunk == chunk:
+                taken = [link.unconfirmed.popleft()[1] for _ in range(i + 1)]
+                self._buffer.release(taken)
+                settled = sum(n for _, n, _ in link.unsettled) + sum(f.records for f in taken)
+                link.unsettled.clear()
+                link.progress_at = time.monotonic()
+                self._count_sent(settled)
+                return True
+        return False
 
     def _link_failed(self, link: Link, reason: str, pending: list[Frame] | None = None) -> None:
         """Drop the link's connection; its unconfirmed frames, then ``pending``, go back."""
         conn, link.conn = link.conn, None
         if conn is not None:
             if not self._require_ack:
+                self._take_late_markers(link, conn)
                 self._take_acked(link, conn)
             conn.close()
         if pending:
@@ -440,7 +510,7 @@ class Writer:
             return
         if link.server.unix_path and self._life.abandoned:
             self._lose_unconfirmed(link)
-        lost = sum(n for _, n in link.unsettled)
+        lost = sum(n for _, n, _ in link.unsettled)
         link.unsettled.clear()
         again: list[Frame] = []
         given_up: list[Frame] = []
@@ -481,17 +551,46 @@ class Writer:
             resolve_futures(frame, error)
         self._report(error)
 
+    def _await_markers(self, link: Link) -> None:
+        """Before our FIN, let the server ack the frames it has read.
+
+        fluentd resets the connection the moment it reads our FIN, and the reset discards
+        any ack it had not yet sent: without this wait the last frames of every plain
+        stream to fluentd would count as possibly lost.
+        """
+        if self._require_ack or link.answers_markers is False:
+            return
+        wait = self._write_timeout if link.answers_markers else _FIRST_MARKER_WAIT
+        deadline = self._deadline(wait)
+        while link.unsettled and link.conn is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if link.answers_markers is None:
+                    link.answers_markers = False
+                    log.debug("fluentclient: %s does not ack chunk ids", link.name)
+                return
+            link.conn.wait_readable(min(remaining, 0.1))
+            self._read_markers(link)
+
     def _close(self, link: Link) -> None:
         """Close a connection with nothing unconfirmed, settling what it can."""
+        if not self._life.abandoned and not link.unconfirmed:
+            self._await_markers(link)
         conn, link.conn = link.conn, None
         if conn is None:
             return
         clean = False
         if self._life.abandoned or link.unconfirmed:
+            if not self._require_ack:
+                self._take_late_markers(link, conn)
             conn.close()
         else:
-            clean = conn.close_gracefully(self._deadline(self._write_timeout))
-        count = sum(n for _, n in link.unsettled)
+            clean, replies = conn.close_gracefully(self._deadline(self._write_timeout))
+            if not self._require_ack:
+                for reply in replies:
+                    if not self._marker_acked(link, reply):
+                        break
+        count = sum(n for _, n, _ in link.unsettled)
         link.unsettled.clear()
         if count:
             with self._counters.lock:
