@@ -90,12 +90,16 @@ class RealServer:
     name = "server"
 
     def __init__(self, workdir: Path, *, port: int | None = None,
-                 security: Security | None = None, tls: Tls | None = None) -> None:
+                 security: Security | None = None, tls: Tls | None = None,
+                 durable: bool = False) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.security = security
         self.tls = tls
+        # Keep what was acknowledged in files, so that it survives a kill -9: an ack from
+        # a server with a memory buffer only means "in its memory".
+        self.durable = durable
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "server.log"
         self.out_dir = workdir / "out"
@@ -255,6 +259,8 @@ class Fluentd(RealServer):
                                   "  </user>")
             source.append("</security>")
         body = "\n".join("  " + line for line in "\n".join(source).splitlines())
+        buffer = (f"@type file\n    path {self.workdir / 'buffer'}" if self.durable
+                  else "@type memory")
         return f"""\
 <source>
   @type forward
@@ -273,7 +279,7 @@ class Fluentd(RealServer):
     @type json
   </format>
   <buffer []>
-    @type memory
+    {buffer}
     flush_mode interval
     flush_interval 0.1
   </buffer>
@@ -314,8 +320,12 @@ class FluentBit(RealServer):
         lines = [
             "[SERVICE]", "    flush 0.1", "    grace 2", "    log_level info",
             f"    log_file {self.log_path}",
-            "[INPUT]", "    name forward", "    listen 127.0.0.1", f"    port {self.port}",
         ]
+        if self.durable:
+            lines.append(f"    storage.path {self.workdir / 'storage'}")
+        lines += ["[INPUT]", "    name forward", "    listen 127.0.0.1", f"    port {self.port}"]
+        if self.durable:
+            lines.append("    storage.type filesystem")
         if self.security is not None:
             lines.append(f"    shared_key {self.security.shared_key}")
             lines.append(f"    self_hostname {self.security.self_hostname}")
