@@ -282,6 +282,9 @@ class Fluentd(RealServer):
     {buffer}
     flush_mode interval
     flush_interval 0.1
+    # Its flush threads look for due chunks once a second by default.
+    flush_thread_interval 0.05
+    flush_thread_burst_interval 0.05
   </buffer>
 </match>
 """
