@@ -94,6 +94,10 @@ class ForwardServer:
     :attr:`port` after :meth:`start`); ``ForwardServer(unix_path=...)`` listens on a Unix
     stream socket instead. ``on_event`` is called from the server thread with each
     :class:`ReceivedEvent`, after it has been recorded and before the frame's ack is written.
+
+    With ``shared_key`` the server runs the handshake as fluentd does; ``helo_as_str`` packs
+    HELO as Fluent Bit does, and ``silent_key_refusal`` answers a wrong shared key or a
+    malformed PING as Fluent Bit does: by closing the connection without a PONG.
     """
 
     def __init__(
@@ -110,6 +114,7 @@ class ForwardServer:
         ssl_context: ssl.SSLContext | None = None,
         keepalive: bool = True,
         helo_as_str: bool = False,
+        silent_key_refusal: bool = False,
         control_timeout: float = 5.0,
     ) -> None:
         self._host = host
@@ -125,6 +130,8 @@ class ForwardServer:
         self._ssl_context = ssl_context
         self._keepalive = keepalive
         self._helo_as_str = helo_as_str
+        # Fluent Bit's way with a wrong shared key or a malformed PING: close, no PONG.
+        self._silent_key_refusal = silent_key_refusal
         self._handshakes = 0
         self._auth_failures = 0
         self._control_timeout = control_timeout
@@ -912,7 +919,10 @@ class ForwardServer:
             users=self._users, server_hostname=self._self_hostname,
         )
         conn.await_ping = False
-        conn.out += pong
+        # Fluent Bit answers a bad user with a PONG, but anything wrong before that with
+        # a bare close.
+        if ok or not self._silent_key_refusal or reason == "username/password mismatch":
+            conn.out += pong
         with self._cond:
             if ok:
                 self._handshakes += 1
