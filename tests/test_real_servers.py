@@ -21,6 +21,7 @@ from fluentclient import (
     AuthenticationError,
     BufferedClient,
     EventTime,
+    FluentConnectionError,
     FluentError,
     SyncClient,
     TlsError,
@@ -500,3 +501,32 @@ def test_plain_restart_reports_what_it_may_have_lost(real_server_kind: str,
     wait_until(lambda: posted - 1 in _arrived(server, tag), WAIT, "the last record")
     lost = posted - len(_arrived(server, tag))
     assert report.possibly_lost >= lost, (report, lost)
+
+
+def test_sync_client_with_acks_across_a_restart(real_server_kind: str,
+                                                real_server_factory: Factory) -> None:
+    """The sync client's connection dies with the server: the next post finds it stale
+    and reconnects; a post that raises was not acknowledged and is posted again."""
+    server = real_server_factory(real_server_kind)
+    tag = "real.restart.sync"
+    client = SyncClient("127.0.0.1", server.port, require_ack=True, ack_timeout=WAIT)
+
+    def post(i: int) -> None:
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                client.post(tag, {"i": i})
+                return
+            except FluentConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)  # the server is starting again: try once more
+
+    for i in range(50):
+        post(i)
+    server.restart()
+    for i in range(50, 100):
+        post(i)
+    client.close()
+    assert client.stats().servers[0].connects >= 2
+    _wait_all(server, tag, set(range(100)))
