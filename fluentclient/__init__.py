@@ -15,6 +15,7 @@ from .errors import (
     InvalidTimeError,
     RecordTooLargeError,
     SerializationError,
+    TlsError,
 )
 from .message import EventTime, Message
 from .pool import Server
@@ -25,6 +26,7 @@ __all__ = [
     "AuthenticationError",
     "DeliveryError",
     "Server",
+    "TlsError",
     "ServerStats",
     "Backoff",
     "BufferFullError",

@@ -37,6 +37,12 @@ class Backoff:
         base = min(self.maximum, self.initial * self.multiplier ** min(self.attempts, 64))
         return base * (1.0 - self.jitter * rand())
 
+    def longest_delay(self, rand: Callable[[], float] = random.random) -> float:
+        """The maximum delay, with the same jitter: for failures that retrying soon
+        cannot fix (a refused key). The backoff itself is left as it is, so its next
+        ``reset()`` still starts again from ``initial``."""
+        return self.maximum * (1.0 - self.jitter * rand())
+
     def next(self) -> Backoff:
         """The backoff after one more failed attempt."""
         return replace(self, attempts=self.attempts + 1)

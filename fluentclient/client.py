@@ -1142,7 +1142,7 @@ class SyncClient(_Client):
                         conn.connect(self._deadline(start, t.connect_timeout, timeout))
                     except FluentError as exc:
                         link.conn = None
-                        link.failed(str(exc))
+                        link.failed(str(exc), error=exc)
                         with self._counters.lock:
                             self._counters.connect_failures += 1
                         error = exc
@@ -1165,7 +1165,7 @@ class SyncClient(_Client):
                     partial = isinstance(exc, SendError) and exc.written > 0
                     if reused and attempt == 0 and not partial:
                         continue
-                    link.failed(str(exc))
+                    link.failed(str(exc), error=exc)
                     break
                 link.used_at = _time.monotonic()
                 link.frames_sent += 1

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from . import handshake
-from .errors import AuthenticationError, FluentConnectionError, FluentTimeoutError
+from .errors import AuthenticationError, FluentConnectionError, FluentTimeoutError, TlsError
 from .framing import new_unpacker
 
 Address = Union[tuple[str, int], str]
@@ -53,6 +53,25 @@ class SendError(FluentConnectionError):
 
 class ConnectionLost(FluentConnectionError):
     """The server closed or reset the connection, or sent something unreadable."""
+
+
+# TLS failures that say the connection broke, not that the two sides disagree: they may
+# pass by themselves (a server restarting mid-handshake).
+_TLS_TRANSIENT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+
+def _tls_failure(where: str, exc: ssl.SSLError) -> FluentConnectionError:
+    """The error a failed TLS handshake raises: TlsError when retrying cannot fix it."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return TlsError(
+            f"TLS with {where} failed: certificate verify failed: "
+            f"{exc.verify_message} ({exc.reason})"
+        )
+    if isinstance(exc, _TLS_TRANSIENT):
+        return FluentConnectionError(f"TLS with {where} failed: {exc.reason or exc}")
+    # An alert from the server (it refused our certificate, or none was given), or no
+    # common protocol version or cipher: configuration, like a refused key.
+    return TlsError(f"TLS with {where} failed: {exc.reason or exc}")
 
 
 def describe(address: Address) -> str:
@@ -136,7 +155,7 @@ class Connection:
             raise FluentTimeoutError(f"connecting to {where} timed out") from exc
         except ssl.SSLError as exc:
             self.close()
-            raise FluentConnectionError(f"TLS with {where} failed: {exc.reason or exc}") from exc
+            raise _tls_failure(where, exc) from exc
         except OSError as exc:
             self.close()
             raise FluentConnectionError(
@@ -194,8 +213,18 @@ class Connection:
         )
         # fluent-bit needs the whole PING in one read: one send of one buffer.
         self.send(ping, deadline)
+        try:
+            pong = self.read_object(deadline)
+        except ConnectionLost as exc:
+            # Fluent Bit's answer to a wrong shared key (or a PING it cannot parse) is to
+            # close without a PONG. A server going away at this very moment looks the
+            # same, but that is rare; a wrong key repeats on every attempt.
+            raise AuthenticationError(
+                "closed the connection after our PING without a PONG: "
+                "the shared key is probably wrong"
+            ) from exc
         self.server_hostname = handshake.check_pong(
-            self.read_object(deadline), helo=helo, salt=salt, shared_key=sec.shared_key,
+            pong, helo=helo, salt=salt, shared_key=sec.shared_key,
             self_hostname=sec.self_hostname,
         )
 

@@ -48,6 +48,12 @@ class AuthenticationError(FluentConnectionError, PermissionError):
     """The server refused our shared key or user, or could not prove it knows the key."""
 
 
+class TlsError(FluentConnectionError):
+    """The TLS handshake failed for a reason that trying again will not fix: the server's
+    certificate did not verify (unknown CA, wrong name, expired), the server refused ours,
+    or the two sides share no protocol version or cipher."""
+
+
 class DeliveryError(FluentError):
     """A record was given up: the server never acknowledged it within the retry limit."""
 

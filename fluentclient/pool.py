@@ -16,6 +16,7 @@ from typing import Any, Union
 from .backoff import Backoff
 from .buffer import Frame
 from .connection import Address, Connection, Security, describe
+from .errors import FluentConnectionError, FluentError
 from .stats import ServerStats
 
 
@@ -92,6 +93,8 @@ class Link:
         self.frames_sent = 0
         self.acked_frames = 0
         self.last_error: str | None = None
+        # The same failure as a typed exception, for stats().
+        self.error: FluentError | None = None
 
     def available(self, now: float) -> bool:
         return self.conn is not None or now >= self.retry_at
@@ -112,18 +115,23 @@ class Link:
         self.connects += 1
         self.connect_streak = 0
         self.last_error = None
+        self.error = None
         self.progress_at = self.used_at = time.monotonic()
 
-    def failed(self, reason: str, *, backoff_to_max: bool = False) -> None:
-        """Schedule the next attempt after this link's backoff delay."""
+    def failed(
+        self, reason: str, *, backoff_to_max: bool = False, error: FluentError | None = None
+    ) -> None:
+        """Schedule the next attempt after this link's backoff delay.
+
+        ``backoff_to_max`` waits the longest delay this time only: a refusal is not
+        fixed by retrying at once, but the backoff keeps its own schedule, so the first
+        good write resets it as usual.
+        """
         self.failures += 1
         self.last_error = reason
-        if backoff_to_max:
-            self.backoff = Backoff(
-                initial=self.backoff.maximum, maximum=self.backoff.maximum,
-                jitter=self.backoff.jitter,
-            )
-        self.retry_at = time.monotonic() + self.backoff.delay()
+        self.error = error if error is not None else FluentConnectionError(reason)
+        delay = self.backoff.longest_delay() if backoff_to_max else self.backoff.delay()
+        self.retry_at = time.monotonic() + delay
         self.backoff = self.backoff.next()
 
     def stats(self) -> ServerStats:
@@ -137,7 +145,7 @@ class Link:
         return ServerStats(
             address=self.name, state=state, standby=self.server.standby,
             connects=self.connects, failures=self.failures, frames_sent=self.frames_sent,
-            acked_frames=self.acked_frames, last_error=self.last_error,
+            acked_frames=self.acked_frames, last_error=self.last_error, error=self.error,
         )
 
 

@@ -96,6 +96,10 @@ class ForwardServer:
     :class:`ReceivedEvent`, after it has been recorded and before the frame's ack is written.
     ``close_with_reset=True`` ends every connection with an RST, as fluentd's in_forward does
     (its ``linger_timeout`` is 0), also after it has read everything up to the client's FIN.
+
+    With ``shared_key`` the server runs the handshake as fluentd does; ``helo_as_str`` packs
+    HELO as Fluent Bit does, and ``silent_key_refusal`` answers a wrong shared key or a
+    malformed PING as Fluent Bit does: by closing the connection without a PONG.
     """
 
     def __init__(
@@ -113,6 +117,7 @@ class ForwardServer:
         keepalive: bool = True,
         helo_as_str: bool = False,
         close_with_reset: bool = False,
+        silent_key_refusal: bool = False,
         control_timeout: float = 5.0,
     ) -> None:
         self._host = host
@@ -129,6 +134,8 @@ class ForwardServer:
         self._keepalive = keepalive
         self._helo_as_str = helo_as_str
         self._close_with_reset = close_with_reset
+        # Fluent Bit's way with a wrong shared key or a malformed PING: close, no PONG.
+        self._silent_key_refusal = silent_key_refusal
         self._handshakes = 0
         self._auth_failures = 0
         self._control_timeout = control_timeout
@@ -916,7 +923,10 @@ class ForwardServer:
             users=self._users, server_hostname=self._self_hostname,
         )
         conn.await_ping = False
-        conn.out += pong
+        # Fluent Bit answers a bad user with a PONG, but anything wrong before that with
+        # a bare close.
+        if ok or not self._silent_key_refusal or reason == "username/password mismatch":
+            conn.out += pong
         with self._cond:
             if ok:
                 self._handshakes += 1

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from .errors import FluentError
 from .message import EventTime
 
 # Why a record was dropped before it reached the buffer.
@@ -41,6 +42,10 @@ class ServerStats:
     frames_sent: int
     acked_frames: int
     last_error: str | None
+    # The last failure as the exception it was (AuthenticationError, TlsError, ...), so
+    # that code can tell a refusal from an outage without parsing ``last_error``; None
+    # once a connection succeeds again.
+    error: FluentError | None = None
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 from .buffer import Buffer, Frame
 from .connection import Connection, ConnectionLost, SendError
-from .errors import AuthenticationError, DeliveryError, FluentError
+from .errors import AuthenticationError, DeliveryError, FluentError, TlsError
 from .framing import FrameBuilder
 from .lifecycle import Lifecycle
 from .message import short_repr
@@ -279,15 +279,21 @@ class Writer:
                 conn.connect(self._deadline(self._connect_timeout))
             except FluentError as exc:
                 link.conn = None
-                auth = isinstance(exc, AuthenticationError)
-                # A refused key is a configuration error: no tight loop, and say it loudly.
+                # A refused key or certificate is a configuration error: no tight loop,
+                # and say it loudly, but once per outage (or when the reason changes),
+                # not on every retry of a client that may run like this for days.
+                refused = isinstance(exc, (AuthenticationError, TlsError))
+                news = link.connect_streak == 0 or link.last_error != str(exc)
                 link.connect_streak += 1
-                link.failed(str(exc), backoff_to_max=auth)
+                link.failed(str(exc), backoff_to_max=refused, error=exc)
                 with self._counters.lock:
                     self._counters.connect_failures += 1
-                if auth:
-                    log.error("fluentclient: %s refused us: %s", link.name, exc)
+                if refused and news:
+                    log.error("fluentclient: %s; retrying with backoff (logged again only "
+                              "if the reason changes)", exc)
                     self._report(exc)
+                elif refused:
+                    log.debug("fluentclient: %s (attempt %d)", exc, link.connect_streak)
                 elif link.connect_streak == 1:
                     # Once per outage: the backoff retries many times a minute, and
                     # stats() counts every attempt.

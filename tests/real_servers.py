@@ -93,13 +93,13 @@ class RealServer:
                  security: Security | None = None, tls: Tls | None = None,
                  durable: bool = False) -> None:
         self.workdir = workdir
-        # Buffer on disk, so what the server acked survives a kill -9 (its memory buffer
-        # would not: that loss is the server's, not the client's).
-        self.durable = durable
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.security = security
         self.tls = tls
+        # Keep what was acknowledged in files, so that it survives a kill -9: an ack from
+        # a server with a memory buffer only means "in its memory".
+        self.durable = durable
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "server.log"
         self.out_dir = workdir / "out"
@@ -259,6 +259,8 @@ class Fluentd(RealServer):
                                   "  </user>")
             source.append("</security>")
         body = "\n".join("  " + line for line in "\n".join(source).splitlines())
+        buffer = (f"@type file\n    path {self.workdir / 'buffer'}" if self.durable
+                  else "@type memory")
         return f"""\
 <source>
   @type forward
@@ -277,10 +279,12 @@ class Fluentd(RealServer):
     @type json
   </format>
   <buffer []>
-    @type {"file" if self.durable else "memory"}
-    {f"path {self.workdir}/buffer" if self.durable else ""}
+    {buffer}
     flush_mode interval
     flush_interval 0.1
+    # Its flush threads look for due chunks once a second by default.
+    flush_thread_interval 0.05
+    flush_thread_burst_interval 0.05
   </buffer>
 </match>
 """

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
+import time
 
 import msgpack
 import pytest
 
-from fluentclient import AuthenticationError, BufferedClient, FluentConnectionError, SyncClient
+from fluentclient import (
+    AuthenticationError,
+    Backoff,
+    BufferedClient,
+    FluentConnectionError,
+    Server,
+    SyncClient,
+)
+from fluentclient.connection import NO_SECURITY
 from fluentclient.framing import new_unpacker
+from fluentclient.pool import Link
 from fluentclient.server import ForwardServer
 
 from .certs import Pki, server_context
@@ -152,3 +163,50 @@ def test_server_context_is_tls_only(pki):
         assert server.event_count == 0
         assert any("TLS" in e for e in server.errors)
     assert ssl.HAS_TLSv1_3
+
+
+def test_a_close_without_pong_is_an_authentication_error(caplog):
+    """Fluent Bit's answer to a wrong key: the connection closes right after our PING."""
+    caplog.set_level(logging.DEBUG, logger="fluentclient")
+    errors = []
+    with ForwardServer(shared_key=KEY, helo_as_str=True, silent_key_refusal=True) as server:
+        sync = SyncClient(server.host, server.port, shared_key="wrong")
+        with pytest.raises(AuthenticationError, match="without a PONG: the shared key"):
+            sync.post("sec.silent", {"x": 1})
+        assert isinstance(sync.stats().servers[0].error, AuthenticationError)
+        client = BufferedClient(server.host, server.port, shared_key="wrong", at_exit=False,
+                                backoff=FAST_BACKOFF,
+                                on_error=lambda err, msg: errors.append(err))
+        post_all(client, 10, tag="sec.silent")
+        assert server.wait_for(lambda: server.auth_failures >= 4, timeout=10)
+        (state,) = client.stats().servers
+        assert isinstance(state.error, AuthenticationError), state
+        assert "without a PONG" in (state.last_error or ""), state
+        report = client.shutdown(0.5)
+        assert report.unsent_records == 10 and report.sent == 0, report
+        assert server.event_count == 0
+    # One error for the outage, to on_error and to the log, however many retries.
+    assert len(errors) == 1 and isinstance(errors[0], AuthenticationError), errors
+    loud = [r for r in caplog.records
+            if r.levelno >= logging.WARNING and "without a PONG" in r.getMessage()]
+    assert len(loud) == 1, [r.getMessage() for r in loud]
+
+
+def test_a_bad_user_still_gets_a_pong_from_a_silent_server():
+    with ForwardServer(shared_key=KEY, users={"bob": "builder"},
+                       silent_key_refusal=True) as server:
+        with pytest.raises(AuthenticationError, match="username/password mismatch"):
+            SyncClient(server.host, server.port, shared_key=KEY, username="bob",
+                       password="nope").post("sec.u", {"ok": 0})
+
+
+def test_a_refusal_waits_the_longest_delay_once_and_a_good_write_resets_it():
+    link = Link(Server(), Backoff(initial=0.01, maximum=10.0, jitter=0.0), NO_SECURITY,
+                dns_refresh=True)
+    link.failed("refused", backoff_to_max=True, error=AuthenticationError("refused"))
+    assert link.retry_at - time.monotonic() > 9.0
+    assert isinstance(link.stats().error, AuthenticationError)
+    link.backoff = link.backoff.reset()  # what the writer does after a good write
+    link.failed("the server closed the connection")
+    assert link.retry_at - time.monotonic() <= 0.011
+    assert type(link.stats().error) is FluentConnectionError
