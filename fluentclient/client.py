@@ -42,6 +42,7 @@ from .backoff import Backoff
 from .buffer import Buffer, Frame
 from .connection import Address, Connection, ConnectionLost, Security, SendError
 from .errors import (
+    AuthenticationError,
     BufferFullError,
     ClientClosedError,
     FluentConnectionError,
@@ -1132,9 +1133,13 @@ class SyncClient(_Client):
         for link in choose(self._links, float("inf")):
             for attempt in (0, 1):
                 conn = link.conn
-                if conn is not None and self._stale(link, conn):
-                    conn.close()
-                    conn = link.conn = None
+                try:
+                    if conn is not None and self._stale(link, conn):
+                        conn.close()
+                        conn = link.conn = None
+                except AuthenticationError as exc:
+                    self._refused(link, exc)
+                    raise
                 reused = conn is not None
                 if conn is None:
                     conn = link.new_connection()
@@ -1154,6 +1159,9 @@ class SyncClient(_Client):
                     conn.send(data, self._deadline(start, t.write_timeout, timeout))
                     if chunk is not None:
                         self._await_ack(conn, chunk, self._deadline(start, t.ack_timeout, timeout))
+                except AuthenticationError as exc:
+                    self._refused(link, exc)
+                    raise
                 except (SendError, ConnectionLost, FluentTimeoutError) as exc:
                     conn.close()
                     link.conn = None
@@ -1178,14 +1186,32 @@ class SyncClient(_Client):
         raise error
 
     def _stale(self, link: Link, conn: Connection) -> bool:
+        """Whether the connection must be replaced; raises if the server turns out to want
+        a handshake we do not do (its HELO is what made it readable)."""
         idle = self._transport.keepalive_timeout
         if idle is not None and _time.monotonic() - link.used_at >= idle:
             return True
-        return conn.peer_closed()
+        if not conn.peer_closed():
+            return False
+        if self._transport.security.shared_key is None and conn.can_read_whole():
+            try:
+                replies = conn.read_available()
+            except ConnectionLost:
+                return True  # garbage: a new connection, like any other end
+            conn.refuse_if_helo(replies)
+        return True
+
+    @staticmethod
+    def _refused(link: Link, exc: AuthenticationError) -> None:
+        conn, link.conn = link.conn, None
+        if conn is not None:
+            conn.close()
+        link.failed(str(exc), error=exc)
 
     @staticmethod
     def _await_ack(conn: Connection, chunk: str, deadline: float) -> None:
         reply = conn.read_object(deadline)
+        conn.refuse_if_helo([reply])
         if not isinstance(reply, dict) or reply.get("ack") != chunk:
             raise ConnectionLost(f"expected the ack for {chunk!r}, got {short_repr(reply, 80)}")
 

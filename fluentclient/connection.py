@@ -144,8 +144,15 @@ class Connection:
                 self._start_tls(deadline)
             if self.security.shared_key is not None:
                 self._handshake(deadline)
+            elif self.wait_readable(0.0):
+                # A server that wants the handshake speaks first; one that does not
+                # says nothing until a frame comes. Whatever is here already is looked
+                # at now, so the first frame is not thrown at a server that discards it.
+                self.refuse_if_helo(self.read_available())
         except AuthenticationError as exc:
             self.close()
+            if str(exc).startswith(where):
+                raise
             raise AuthenticationError(f"{where}: {exc}") from exc
         except FluentConnectionError:
             self.close()
@@ -306,6 +313,22 @@ class Connection:
             if len(data) < _READ_SIZE:
                 break
         return self._decoded()
+
+    def can_read_whole(self) -> bool:
+        """Whether what ``peer_closed`` found is still there to read (it reads a byte of a
+        TLS stream rather than peeking)."""
+        return not self._tls
+
+    def refuse_if_helo(self, replies: list[Any]) -> list[Any]:
+        """Raise if the server sent HELO unasked: it wants a handshake we were not told to
+        do, and discards our frames (fluentd, Fluent Bit with ``shared_key`` set)."""
+        for reply in replies:
+            if isinstance(reply, list) and reply[:1] == ["HELO"]:
+                raise AuthenticationError(
+                    f"{describe(self.address)} requires the forward handshake (it sent "
+                    "HELO): set shared_key (and username and password if it has users)"
+                )
+        return replies
 
     def wait_readable(self, timeout: float) -> bool:
         """Wait up to ``timeout`` for something to read (a reply, or the server's close)."""

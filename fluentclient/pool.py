@@ -82,6 +82,7 @@ class Link:
         # Whether the server acks the chunk ids of frames sent without acks: unknown until
         # it does, or until it let a wait for one run out.
         self.answers_markers: bool | None = None
+        self.unsettled_since = 0.0
         self.confirmed = 0
         self.progress_at = 0.0
         self.used_at = 0.0

@@ -47,6 +47,8 @@ _POLL = 0.005
 # Before closing, how long to wait for the acks of markers from a server not yet known to
 # answer them. One that never does costs this once per server, then never again.
 _FIRST_MARKER_WAIT = 2.0
+# How often an idle writer reads the acks of markers still due.
+_MARKER_POLL = 0.05
 # What a TCP receiver may hold unread when its own settings are unknown (Linux's default
 # maximum receive buffer).
 _DEFAULT_PEER_WINDOW = 6 * 1024 * 1024
@@ -143,6 +145,7 @@ class Writer:
                 now = time.monotonic()
                 due = buf.due_in(now, self._flush_interval)
                 in_flight = any(link.unconfirmed for link in self.links)
+                awaiting = any(self._awaits_markers(link, now) for link in self.links)
                 if life.drain_deadline is not None:
                     if now >= life.drain_deadline:
                         return None
@@ -152,8 +155,11 @@ class Writer:
                         return None
                 if due == 0.0:
                     return buf.take_locked(self._max_write)
-                if in_flight:
-                    buf.changed.wait(_POLL if due is None else min(due, _POLL))
+                if in_flight or awaiting:
+                    # Look at the links again soon: for confirmations, or to read the
+                    # acks of markers (an idle writer would otherwise never read them).
+                    poll = _POLL if in_flight else _MARKER_POLL
+                    buf.changed.wait(poll if due is None else min(due, poll))
                     return []
                 wait = 1.0 if due is None else due
                 idle_close = self._next_idle_close(now)
@@ -162,6 +168,16 @@ class Writer:
                         return []
                     wait = min(wait, idle_close)
                 buf.changed.wait(wait)
+
+    def _awaits_markers(self, link: Link, now: float) -> bool:
+        """Whether acks of this link's markers are still to be read."""
+        if link.conn is None or not link.unsettled or link.answers_markers is False:
+            return False
+        if link.answers_markers is None and now - link.unsettled_since > _FIRST_MARKER_WAIT:
+            link.answers_markers = False
+            log.debug("fluentclient: %s does not ack chunk ids", link.name)
+            return False
+        return True
 
     def _next_idle_close(self, now: float) -> float | None:
         if self._keepalive_timeout is None:
@@ -362,7 +378,10 @@ class Writer:
         conn = link.conn
         assert conn is not None
         try:
-            replies = conn.read_available()
+            replies = conn.refuse_if_helo(conn.read_available())
+        except AuthenticationError as exc:
+            self._refused_after_connect(link, exc)
+            return
         except ConnectionLost as exc:
             self._link_failed(link, str(exc))
             return
@@ -438,6 +457,8 @@ class Writer:
         """The peer took the stream up to ``offset``: the frames written before it leave
         the buffer and wait to be settled. Whether there were any."""
         taken: list[Frame] = []
+        if not link.unsettled:
+            link.unsettled_since = time.monotonic()
         while link.unconfirmed and link.unconfirmed[0][0] <= offset:
             end, frame = link.unconfirmed.popleft()
             taken.append(frame)
@@ -463,7 +484,10 @@ class Writer:
         conn = link.conn
         assert conn is not None
         try:
-            replies = conn.read_available()
+            replies = conn.refuse_if_helo(conn.read_available())
+        except AuthenticationError as exc:
+            self._refused_after_connect(link, exc)
+            return
         except ConnectionLost as exc:
             self._link_failed(link, str(exc))
             return
@@ -499,8 +523,15 @@ class Writer:
                 return True
         return False
 
-    def _link_failed(self, link: Link, reason: str, pending: list[Frame] | None = None) -> None:
-        """Drop the link's connection; its unconfirmed frames, then ``pending``, go back."""
+    def _link_failed(
+        self, link: Link, reason: str, pending: list[Frame] | None = None,
+        *, refusal: FluentError | None = None,
+    ) -> None:
+        """Drop the link's connection; its unconfirmed frames, then ``pending``, go back.
+
+        A ``refusal`` (the server will not take our frames until the configuration
+        changes) always backs off, the longest delay, even with nothing in flight.
+        """
         conn, link.conn = link.conn, None
         if conn is not None:
             if not self._require_ack:
@@ -509,6 +540,8 @@ class Writer:
             conn.close()
         if pending:
             self._buffer.requeue(pending)
+        if refusal is not None:
+            link.failed(reason, backoff_to_max=True, error=refusal)
         if not link.unconfirmed and not link.unsettled:
             # A server closing an idle connection owes us nothing: reconnect when needed,
             # without counting a failure or backing off.
@@ -527,7 +560,8 @@ class Writer:
             else:
                 again.append(frame)
         link.unconfirmed.clear()
-        link.failed(reason)
+        if refusal is None:
+            link.failed(reason)
         self._buffer.requeue(again)
         retried = sum(f.records for f in again)
         with self._counters.lock:
@@ -540,6 +574,16 @@ class Writer:
         )
         if given_up:
             self._give_up(given_up)
+
+    def _refused_after_connect(self, link: Link, exc: FluentError) -> None:
+        """The server refused us on a connection that was up: an unasked HELO. Reported
+        like a refused handshake: once until the reason changes, then the longest backoff."""
+        news = link.last_error != str(exc)
+        self._link_failed(link, str(exc), refusal=exc)
+        if news:
+            log.error("fluentclient: %s; retrying with backoff (logged again only if the "
+                      "reason changes)", exc)
+            self._report(exc)
 
     def _give_up(self, frames: list[Frame]) -> None:
         records = sum(f.records for f in frames)

@@ -530,20 +530,34 @@ def test_sync_client_with_acks_across_a_restart(real_server_kind: str,
     _wait_all(server, tag, set(range(100)))
 
 
-@pytest.mark.xfail(strict=True, reason="not handled yet: a client without shared_key does "
-                   "not recognise the server's HELO and reports an unexpected reply")
 def test_no_shared_key_against_a_secured_server(real_server_kind: str,
                                                 real_server_factory: Factory) -> None:
-    """Both servers speak first (HELO) when they require the handshake, and close once
-    they get a frame instead of a PING (fluentd after a PONG false "invalid ping
-    message"). Measured today: the plain sync client returns as if sent (the record is
-    lost), the plain buffered client counts its records possibly lost, and with acks
-    both fail with "unexpected reply ['HELO', ...]" (the buffered client reconnecting in
-    a tight loop until ack_retry_limit). It should be an AuthenticationError."""
+    """Both servers speak first (HELO) when they require the handshake, and discard a frame
+    sent instead of a PING. A client without ``shared_key`` must say so, not lose records
+    quietly: the sync client raises (with acks at once; without, by its next post at the
+    latest), the buffered client reports to on_error once and keeps the records."""
     server = real_server_factory(real_server_kind, security=Security(KEY))
-    client = SyncClient("127.0.0.1", server.port, require_ack=True, ack_timeout=WAIT)
+    sync = SyncClient("127.0.0.1", server.port, require_ack=True, ack_timeout=WAIT)
     try:
-        with pytest.raises(AuthenticationError):
-            client.post("real.nokey", {"n": 1})
+        with pytest.raises(AuthenticationError, match="set shared_key"):
+            sync.post("real.nokey", {"n": 1})
     finally:
-        client.close()
+        sync.close()
+    plain = SyncClient("127.0.0.1", server.port)
+    try:
+        with pytest.raises(AuthenticationError, match="set shared_key"):
+            for n in range(2):
+                plain.post("real.nokey", {"n": n})
+                wait_until(lambda: plain._links[0].conn is None
+                           or plain._links[0].conn.wait_readable(0.05), WAIT, "the HELO")
+    finally:
+        plain.close()
+    errors: list[BaseException] = []
+    client = make_client("buffered", server, on_error=lambda err, msg: errors.append(err))
+    client.post("real.nokey", {"n": 1})
+    wait_until(lambda: bool(errors), WAIT, "the refusal to reach on_error")
+    report = client.shutdown(timeout=5)
+    assert isinstance(errors[0], AuthenticationError)
+    assert "set shared_key" in str(errors[0])
+    assert isinstance(client.stats().servers[0].error, AuthenticationError)
+    assert report.sent == 0
