@@ -15,6 +15,7 @@ from .errors import (
     InvalidTimeError,
     RecordTooLargeError,
     SerializationError,
+    UnsafeRecordError,
 )
 from .message import EventTime, Message
 from .pool import Server
@@ -40,6 +41,7 @@ __all__ = [
     "Message",
     "RecordTooLargeError",
     "SerializationError",
+    "UnsafeRecordError",
     "ShutdownReport",
     "shutdown_on_signal",
     "Stats",

@@ -59,6 +59,7 @@ from .framing import (
     frame_overhead,
     new_unpacker,
 )
+from .guard import DEFAULT_MAX_DEPTH, RecordGuard
 from .lifecycle import Lifecycle
 from .message import Message, TimeLike, short_repr, time_to_ns
 from .pool import Link, Server, ServerSpec, choose
@@ -181,6 +182,9 @@ class _Transport:
     int_time: bool
     entries_as_str: bool
     default: Default
+    max_depth: int
+    non_str_keys: str
+    non_finite_floats: str
 
     @classmethod
     def make(
@@ -214,6 +218,8 @@ class _Transport:
         if options["ack_timeout"] <= 0 or options["ack_retry_limit"] < 0:
             raise ValueError("ack_timeout must be positive, ack_retry_limit not negative")
         FrameBuilder(compress=options["compress"], level=options["compress_level"])  # checks
+        RecordGuard(max_depth=options["max_depth"], non_str_keys=options["non_str_keys"],
+                    non_finite_floats=options["non_finite_floats"])  # checks
         security = Security(
             ssl_context=_tls_context(ssl_context, tls, tls_ca_file, tls_cert_file,
                                      tls_key_file, tls_verify),
@@ -226,7 +232,11 @@ class _Transport:
         return cls(servers=parsed, security=security, **options)
 
     def packer(self) -> EntryPacker:
-        return EntryPacker(default=self.default, int_time=self.int_time)
+        guard = RecordGuard(
+            max_depth=self.max_depth, non_str_keys=self.non_str_keys,
+            non_finite_floats=self.non_finite_floats,
+        )
+        return EntryPacker(default=self.default, int_time=self.int_time, guard=guard)
 
     def builder(self) -> FrameBuilder:
         return FrameBuilder(
@@ -329,6 +339,9 @@ class BufferedClient(_Client):
         backoff: Backoff = Backoff(),
         on_error: ErrorCallback | None = None,
         default: Default = None,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        non_str_keys: str = "str",
+        non_finite_floats: str = "null",
         shutdown_timeout: float = 5.0,
         require_ack: bool = False,
         ack_timeout: float = 60.0,
@@ -385,7 +398,8 @@ class BufferedClient(_Client):
             tls_cert_file=tls_cert_file, tls_key_file=tls_key_file, tls_verify=tls_verify,
             tls_server_name=tls_server_name, compress=compress, compress_level=compress_level,
             keepalive_timeout=keepalive_timeout, dns_refresh=dns_refresh, int_time=int_time,
-            entries_as_str=entries_as_str, default=default,
+            entries_as_str=entries_as_str, default=default, max_depth=max_depth,
+            non_str_keys=non_str_keys, non_finite_floats=non_finite_floats,
         )
         self._tags = _TagChecker(tag_prefix)
         self._options: dict[str, Any] = dict(
@@ -1006,6 +1020,9 @@ class SyncClient(_Client):
         connect_timeout: float = 5.0,
         write_timeout: float = 5.0,
         default: Default = None,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        non_str_keys: str = "str",
+        non_finite_floats: str = "null",
         require_ack: bool = False,
         ack_timeout: float = 60.0,
         shared_key: str | None = None,
@@ -1036,7 +1053,8 @@ class SyncClient(_Client):
             tls_cert_file=tls_cert_file, tls_key_file=tls_key_file, tls_verify=tls_verify,
             tls_server_name=tls_server_name, compress=compress, compress_level=compress_level,
             keepalive_timeout=keepalive_timeout, dns_refresh=dns_refresh, int_time=int_time,
-            entries_as_str=entries_as_str, default=default,
+            entries_as_str=entries_as_str, default=default, max_depth=max_depth,
+            non_str_keys=non_str_keys, non_finite_floats=non_finite_floats,
         )
         self._tags = _TagChecker(tag_prefix)
         self._packer = t.packer()
