@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Union
 import msgpack
 
 from .errors import SerializationError
-from .guard import NON_FINITE_BYTES, RecordGuard
+from .guard import RecordGuard
 from .message import EventTime, Message, short_repr
 
 _NS = 1_000_000_000
@@ -79,12 +79,9 @@ class EntryPacker:
         if type(record) is not dict:
             record = _as_dict(record)
         guard = self._guard
-        scan = False
         if guard is not None:
             try:
-                if guard.flat(record):
-                    scan = guard.check_floats
-                else:
+                if not guard.flat(record):
                     record = guard.clean(record)
             except SerializationError:
                 raise
@@ -99,12 +96,6 @@ class EntryPacker:
                 _check_whole(body)
             else:
                 body = _second_look(body, guard)
-        elif scan and NON_FINITE_BYTES.search(body) is not None:
-            # A NaN or an infinity, or bytes that look like one: the exact check decides.
-            cleaned = guard.clean(record)  # type: ignore[union-attr]
-            if cleaned is not record:
-                body = self._pack_body(cleaned)
-                self._ran = False
         sec, nsec = divmod(message.time_ns, _NS)
         if self._int_time:
             head: bytes = self._packer.pack(sec)
