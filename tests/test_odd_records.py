@@ -368,3 +368,12 @@ def same(a: Any, b: Any) -> bool:
         bb = {tuple(k) if isinstance(k, list) else k: v for k, v in b.items()}
         return all(k in bb and same(v, bb[k]) for k, v in a.items())
     return type(a) is type(b) and bool(a == b)
+
+
+def test_log_lines_are_cut_to_the_default_depth_not_dropped() -> None:
+    from fluentclient.convert import safe_value
+
+    cyclic: list[Any] = [1]
+    cyclic.append(cyclic)
+    record = {"message": "deep", "v": safe_value(nest(30)), "c": safe_value(cyclic)}
+    assert RecordGuard().clean(record) is record
