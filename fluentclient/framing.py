@@ -86,7 +86,8 @@ class EntryPacker:
             except SerializationError:
                 raise
             except Exception as exc:
-                # A key whose own __eq__ or __hash__ raises: that record only.
+                # The record's own code raised (a bytes subclass's __bytes__ while its
+                # key was made a str, say): that record is dropped, nothing else.
                 raise SerializationError(
                     f"record cannot be checked: {_describe(exc)}") from exc
         body = self._pack_body(record)

@@ -41,6 +41,7 @@ from fluentclient import (
     UnsafeRecordError,
 )
 from fluentclient.framing import EntryPacker, decode_frame, frame_overhead, packed_forward_frame
+from fluentclient.guard import RecordGuard
 from fluentclient.message import Message
 from fluentclient.server import ForwardServer
 
@@ -599,10 +600,13 @@ hooks = st.sampled_from([None, str, repr, raise_hook, lambda o: [o], lambda o: (
 
 
 @settings(max_examples=300)
-@given(record=records, default=hooks)
-def test_any_record_is_one_whole_entry_or_a_serialization_error(record: Any, default: Hook) -> None:
-    """Whatever is thrown at the packer, the frame around it stays readable."""
-    packer = EntryPacker(default=default)
+@given(record=records, default=hooks, guarded=st.booleans())
+def test_any_record_is_one_whole_entry_or_a_serialization_error(
+    record: Any, default: Hook, guarded: bool,
+) -> None:
+    """Whatever is thrown at the packer, with or without the odd-record rules, the frame
+    around it stays readable."""
+    packer = EntryPacker(default=default, guard=RecordGuard() if guarded else None)
     good = packer.pack(Message(TAG, GOOD[0], T0.to_ns()))
     try:
         entry = packer.pack(Message(TAG, record, T0.to_ns()))
