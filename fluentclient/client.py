@@ -185,6 +185,7 @@ class _Transport:
     max_depth: int
     non_str_keys: str
     non_finite_floats: str
+    non_utf8_bytes: str
 
     @classmethod
     def make(
@@ -219,7 +220,8 @@ class _Transport:
             raise ValueError("ack_timeout must be positive, ack_retry_limit not negative")
         FrameBuilder(compress=options["compress"], level=options["compress_level"])  # checks
         RecordGuard(max_depth=options["max_depth"], non_str_keys=options["non_str_keys"],
-                    non_finite_floats=options["non_finite_floats"])  # checks
+                    non_finite_floats=options["non_finite_floats"],
+                    non_utf8_bytes=options["non_utf8_bytes"])  # checks
         security = Security(
             ssl_context=_tls_context(ssl_context, tls, tls_ca_file, tls_cert_file,
                                      tls_key_file, tls_verify),
@@ -234,7 +236,7 @@ class _Transport:
     def packer(self) -> EntryPacker:
         guard = RecordGuard(
             max_depth=self.max_depth, non_str_keys=self.non_str_keys,
-            non_finite_floats=self.non_finite_floats,
+            non_finite_floats=self.non_finite_floats, non_utf8_bytes=self.non_utf8_bytes,
         )
         return EntryPacker(default=self.default, int_time=self.int_time, guard=guard)
 
@@ -342,6 +344,7 @@ class BufferedClient(_Client):
         max_depth: int = DEFAULT_MAX_DEPTH,
         non_str_keys: str = "str",
         non_finite_floats: str = "null",
+        non_utf8_bytes: str = "str",
         shutdown_timeout: float = 5.0,
         require_ack: bool = False,
         ack_timeout: float = 60.0,
@@ -400,6 +403,7 @@ class BufferedClient(_Client):
             keepalive_timeout=keepalive_timeout, dns_refresh=dns_refresh, int_time=int_time,
             entries_as_str=entries_as_str, default=default, max_depth=max_depth,
             non_str_keys=non_str_keys, non_finite_floats=non_finite_floats,
+            non_utf8_bytes=non_utf8_bytes,
         )
         self._tags = _TagChecker(tag_prefix)
         self._options: dict[str, Any] = dict(
@@ -1023,6 +1027,7 @@ class SyncClient(_Client):
         max_depth: int = DEFAULT_MAX_DEPTH,
         non_str_keys: str = "str",
         non_finite_floats: str = "null",
+        non_utf8_bytes: str = "str",
         require_ack: bool = False,
         ack_timeout: float = 60.0,
         shared_key: str | None = None,
@@ -1055,6 +1060,7 @@ class SyncClient(_Client):
             keepalive_timeout=keepalive_timeout, dns_refresh=dns_refresh, int_time=int_time,
             entries_as_str=entries_as_str, default=default, max_depth=max_depth,
             non_str_keys=non_str_keys, non_finite_floats=non_finite_floats,
+            non_utf8_bytes=non_utf8_bytes,
         )
         self._tags = _TagChecker(tag_prefix)
         self._packer = t.packer()

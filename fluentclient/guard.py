@@ -3,8 +3,9 @@
 Measured against fluentd and Fluent Bit (see docs/hostile.md): a deeply nested record
 can crash Fluent Bit or make it keep only the records before it in the frame; NaN or
 infinity makes fluentd's JSON outputs refuse the whole frame, for ever; a map key that
-is not a str makes both servers drop the record while the client counts it sent. The
-guard applies three rules to each record before it is packed:
+is not a str makes Fluent Bit drop the record, and bytes that are not UTF-8 make
+fluentd's JSON outputs drop it, while the client counts it sent. The
+guard applies four rules to each record before it is packed:
 
 * ``max_depth``: a record nested deeper (the record itself is level 1, each map, list or
   tuple inside adds one) is refused;
@@ -14,7 +15,11 @@ guard applies three rules to each record before it is packed:
   ``"refuse"`` refuses any non-str key; ``"keep"`` sends keys as msgpack encodes them;
 * ``non_finite_floats``: ``"null"`` sends NaN and ±infinity as nil, ``"str"`` as the text
   ``"NaN"``, ``"Infinity"``, ``"-Infinity"``; ``"refuse"`` refuses the record; ``"keep"``
-  sends them as float64.
+  sends them as float64;
+* ``non_utf8_bytes``: bytes that are not UTF-8 (fluentd's JSON outputs drop the record,
+  Fluent Bit drops the bad bytes) are sent as text with each bad byte written ``\\xNN``
+  under ``"str"``; ``"refuse"`` refuses the record; ``"keep"`` sends them as ``bin``.
+  Bytes that are UTF-8 stay ``bin``: both servers store them as text.
 
 A refused record raises :class:`UnsafeRecordError`. Records that need no change come back
 as the very same object; the common flat record costs one short loop over its items, and
@@ -31,6 +36,7 @@ from .message import short_repr
 
 KEY_RULES = ("str", "refuse", "keep")
 FLOAT_RULES = ("null", "str", "refuse", "keep")
+BYTES_RULES = ("str", "refuse", "keep")
 # Fluent Bit 4.2.8 crashed (SIGABRT or SIGSEGV, losing what it held and what came next) on
 # a record of 15 nested maps, or of lists 17 levels deep, in every run measured; 14 never
 # did. 8 keeps clear of that with room for the levels its filters add downstream (the
@@ -43,7 +49,7 @@ MAX_DEPTH_LIMIT = 200
 
 _NoneType = type(None)
 # Exact types that are leaves: nothing inside to check.
-_LEAVES = frozenset({str, int, bool, _NoneType, bytes})
+_LEAVES = frozenset({str, int, bool, _NoneType})
 
 _FLOAT_TEXT = {math.inf: "Infinity", -math.inf: "-Infinity"}
 
@@ -56,10 +62,10 @@ def _float_text(value: float) -> str:
 
 
 class RecordGuard:
-    """Applies the three rules. Holds nothing but its settings: any thread may use it."""
+    """Applies the four rules. Holds nothing but its settings: any thread may use it."""
 
-    __slots__ = ("max_depth", "non_str_keys", "non_finite_floats", "_check_keys",
-                 "check_floats")
+    __slots__ = ("max_depth", "non_str_keys", "non_finite_floats", "non_utf8_bytes",
+                 "_check_keys", "check_floats", "_check_bytes")
 
     def __init__(
         self,
@@ -67,6 +73,7 @@ class RecordGuard:
         max_depth: int = DEFAULT_MAX_DEPTH,
         non_str_keys: str = "str",
         non_finite_floats: str = "null",
+        non_utf8_bytes: str = "str",
     ) -> None:
         if type(max_depth) is not int or not 1 <= max_depth <= MAX_DEPTH_LIMIT:
             raise ValueError(f"max_depth must be an int from 1 to {MAX_DEPTH_LIMIT}")
@@ -75,11 +82,16 @@ class RecordGuard:
         if non_finite_floats not in FLOAT_RULES:
             raise ValueError(
                 f"non_finite_floats must be one of {', '.join(map(repr, FLOAT_RULES))}")
+        if non_utf8_bytes not in BYTES_RULES:
+            raise ValueError(
+                f"non_utf8_bytes must be one of {', '.join(map(repr, BYTES_RULES))}")
         self.max_depth = max_depth
         self.non_str_keys = non_str_keys
         self.non_finite_floats = non_finite_floats
         self._check_keys = non_str_keys != "keep"
+        self.non_utf8_bytes = non_utf8_bytes
         self.check_floats = non_finite_floats != "keep"
+        self._check_bytes = non_utf8_bytes != "keep"
 
     # -- the fast path -------------------------------------------------------------------
 
@@ -90,7 +102,7 @@ class RecordGuard:
         a set of the value types plus separate key and float checks (measured with
         benchmarks/odd_records.py), and it never builds anything.
         """
-        if not (self._check_keys and self.check_floats):
+        if not (self._check_keys and self.check_floats and self._check_bytes):
             return self._flat_lenient(record)
         for key, value in record.items():
             if type(key) is not str:
@@ -102,18 +114,26 @@ class RecordGuard:
                 if value - value != 0.0:  # NaN or an infinity
                     return False
                 continue
+            if kind is bytes:
+                if not (value.isascii() or _is_utf8(value)):
+                    return False
+                continue
             if kind not in _LEAVES:
                 return False
         return True
 
     def _flat_lenient(self, record: dict[Any, Any]) -> bool:
         check_keys, check_floats = self._check_keys, self.check_floats
+        check_bytes = self._check_bytes
         for key, value in record.items():
             if check_keys and type(key) is not str:
                 return False
             kind = type(value)
             if kind is float:
                 if check_floats and value - value != 0.0:
+                    return False
+            elif kind is bytes:
+                if check_bytes and not (value.isascii() or _is_utf8(value)):
                     return False
             elif kind not in _LEAVES:
                 return False
@@ -183,6 +203,21 @@ class RecordGuard:
             if value - value == 0.0 or not self.check_floats:
                 return value
             return self._non_finite(value)
+        if kind is bytes:
+            if not self._check_bytes or value.isascii() or _is_utf8(value):
+                return value
+            if self.non_utf8_bytes == "refuse":
+                raise UnsafeRecordError(f"the record holds bytes that are not UTF-8: "
+                                        f"{short_repr(value, 40)}")
+            return value.decode("utf-8", "backslashreplace")
+        if (kind is bytearray or kind is memoryview) and self._check_bytes:
+            # msgpack packs these as bin itself, without asking the packer's default. A
+            # strided memoryview is left for msgpack to refuse.
+            if kind is memoryview and not value.contiguous:
+                return value
+            data = bytes(value) if kind is bytearray else value.tobytes()
+            checked = self._value(data, depth)
+            return value if checked is data else checked
         if kind is dict:
             return self._map(value, depth + 1)
         if kind is list or kind is tuple:
@@ -230,3 +265,11 @@ def _items_before(obj: dict[Any, Any], stop: Any) -> dict[Any, Any]:
             break
         out[key] = value
     return out
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

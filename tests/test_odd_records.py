@@ -101,6 +101,9 @@ ODD: list[Odd] = [
     Odd("int64-min", lambda: {"v": -(2**63)}, Arrives({"v": -(2**63)})),
     Odd("int-beyond-uint64", lambda: {"v": 2**64}, Refused(SerializationError, "unserializable")),
     Odd("bytes-value", lambda: {"v": b"abc"}, Arrives({"v": "abc"})),
+    # fluentd's JSON output drops the record, Fluent Bit the bad bytes.
+    Odd("bytes-not-utf8", lambda: {"v": b"\xff\xfe\x00"}, Arrives({"v": "\\xff\\xfe\x00"})),
+    Odd("bytes-not-utf8-refuse", lambda: {"v": b"\xff"}, UNSAFE, {"non_utf8_bytes": "refuse"}),
 ]
 
 
@@ -201,6 +204,8 @@ def test_max_depth_must_be_sane() -> None:
         SyncClient(non_str_keys="drop")
     with pytest.raises(ValueError):
         SyncClient(non_finite_floats="zero")
+    with pytest.raises(ValueError):
+        BufferedClient(non_utf8_bytes="latin-1", at_exit=False)
 
 
 def test_non_finite_floats_rules() -> None:
@@ -222,10 +227,13 @@ def test_non_finite_floats_made_by_a_default_hook_or_a_subclass_are_caught() -> 
     assert pack({"v": [Ratio("nan")]}) == {"v": [None]}
 
 
-def test_bytes_that_look_like_a_non_finite_float_are_left_alone() -> None:
-    # The packed bytes are scanned first; a false alarm is settled by the exact check.
-    record = {"b": b"\xcb\x7f\xf8\x00", "n": 2**63 + 0xCB7FF0}
-    assert pack(record) == record
+def test_non_utf8_bytes_rules() -> None:
+    record = {"ok": b"caf\xc3\xa9", "bad": b"a\xffb", "deep": [bytearray(b"\x80")]}
+    assert pack(record) == {"ok": b"caf\xc3\xa9", "bad": "a\\xffb", "deep": ["\\x80"]}
+    with pytest.raises(UnsafeRecordError, match="not UTF-8"):
+        pack(record, non_utf8_bytes="refuse")
+    assert pack(record, non_utf8_bytes="keep") == {
+        "ok": b"caf\xc3\xa9", "bad": b"a\xffb", "deep": [b"\x80"]}
 
 
 def test_non_str_keys_rules() -> None:
@@ -265,7 +273,7 @@ def test_a_key_that_raises_while_made_a_str_is_that_records_problem_only() -> No
 # -- the guard against a reference walk --------------------------------------------------------
 
 
-def reference(record: Any, max_depth: int, keys: str, floats: str) -> str:
+def reference(record: Any, max_depth: int, keys: str, floats: str, blobs: str) -> str:
     """"refused", "changed" or "same": the rules, as plainly as they can be written."""
     verdict = "same"
 
@@ -291,6 +299,13 @@ def reference(record: Any, max_depth: int, keys: str, floats: str) -> str:
             if floats == "refuse":
                 raise UnsafeRecordError("float")
             verdict = "changed"
+        if isinstance(obj, bytes) and blobs != "keep":
+            try:
+                obj.decode("utf-8")
+            except UnicodeDecodeError:
+                if blobs == "refuse":
+                    raise UnsafeRecordError("bytes") from None
+                verdict = "changed"
         if isinstance(obj, dict):
             made: set[str] = set()
             for key, value in obj.items():
@@ -314,7 +329,7 @@ def reference(record: Any, max_depth: int, keys: str, floats: str) -> str:
 
 leaves = (
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats()
-    | st.text(max_size=5) | st.binary(max_size=4)
+    | st.text(max_size=5) | st.binary(max_size=4) | st.sampled_from([b"\xc3\xa9", b"\xff"])
 )
 odd_keys = (
     st.text(max_size=4) | st.integers(-3, 3) | st.none() | st.booleans()
@@ -335,12 +350,14 @@ trees = st.recursive(
     max_depth=st.integers(1, 10),
     keys=st.sampled_from(["str", "refuse", "keep"]),
     floats=st.sampled_from(["null", "str", "refuse", "keep"]),
+    blobs=st.sampled_from(["str", "refuse", "keep"]),
 )
 def test_the_guard_agrees_with_the_reference(
-    record: dict[Any, Any], max_depth: int, keys: str, floats: str,
+    record: dict[Any, Any], max_depth: int, keys: str, floats: str, blobs: str,
 ) -> None:
-    expected = reference(record, max_depth, keys, floats)
-    guard = RecordGuard(max_depth=max_depth, non_str_keys=keys, non_finite_floats=floats)
+    expected = reference(record, max_depth, keys, floats, blobs)
+    guard = RecordGuard(max_depth=max_depth, non_str_keys=keys, non_finite_floats=floats,
+                        non_utf8_bytes=blobs)
     packer = EntryPacker(guard=guard)
     try:
         entry = packer.pack(Message("t", record, 0))
@@ -353,7 +370,7 @@ def test_the_guard_agrees_with_the_reference(
         # Accepted as it is: it decodes back equal (arrays as tuples, NaN by position).
         assert same(decoded, record)
     else:
-        assert reference(decoded, max_depth, keys, floats) == "same"
+        assert reference(decoded, max_depth, keys, floats, blobs) == "same"
 
 
 def same(a: Any, b: Any) -> bool:
