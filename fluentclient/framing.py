@@ -54,7 +54,7 @@ class EntryPacker:
       and infinity) is refused with :class:`UnsafeRecordError` or made safe, by its rules.
     """
 
-    __slots__ = ("_packer", "_lenient", "_default", "_int_time", "_ran", "_guard")
+    __slots__ = ("_packer", "_lenient", "_default", "_int_time", "_ran", "_guard", "_unsure")
 
     def __init__(
         self, *, default: Default = None, int_time: bool = False,
@@ -65,6 +65,8 @@ class EntryPacker:
         self._guard = guard
         # Set when Python code ran in the middle of packing (see _convert).
         self._ran = False
+        # Set when that code made something other than a str, which the guard must see.
+        self._unsure = False
         # strict_types: only exact built-in types are packed in C (which is also faster);
         # everything else comes through _convert.
         self._packer = msgpack.Packer(
@@ -93,9 +95,12 @@ class EntryPacker:
         body = self._pack_body(record)
         if self._ran:
             self._ran = False
-            if guard is None:
+            if guard is None or not self._unsure:
+                # Only str came of it (default=str on a datetime, a str Enum): a str is
+                # safe anywhere, so proving the bytes whole is enough.
                 _check_whole(body)
             else:
+                self._unsure = False
                 body = _second_look(body, guard)
         sec, nsec = divmod(message.time_ns, _NS)
         if self._int_time:
@@ -109,7 +114,7 @@ class EntryPacker:
         except UnicodeEncodeError:
             body = self._pack_lenient(record)
         except Exception as exc:
-            self._ran = False
+            self._ran = self._unsure = False
             raise SerializationError(f"record cannot be serialized: {_describe(exc)}") from exc
         return body
 
@@ -122,7 +127,7 @@ class EntryPacker:
         try:
             body: bytes = self._lenient.pack(record)
         except Exception as exc:
-            self._ran = False
+            self._ran = self._unsure = False
             raise SerializationError(f"record cannot be serialized: {_describe(exc)}") from exc
         return body
 
@@ -134,11 +139,13 @@ class EntryPacker:
         # another thread change a list or dict that msgpack is half-way through.
         self._ran = True
         plain = _plain(obj)
-        if plain is not obj:
-            return plain
-        if self._default is None:
-            raise TypeError(f"cannot serialize {type(obj).__qualname__} object")
-        return _plain(self._default(obj))
+        if plain is obj:
+            if self._default is None:
+                raise TypeError(f"cannot serialize {type(obj).__qualname__} object")
+            plain = _plain(self._default(obj))
+        if type(plain) is not str:
+            self._unsure = True
+        return plain
 
 
 def _as_dict(record: Any) -> dict[Any, Any]:
