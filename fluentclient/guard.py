@@ -50,6 +50,10 @@ MAX_DEPTH_LIMIT = 200
 _NoneType = type(None)
 # Exact types that are leaves: nothing inside to check.
 _LEAVES = frozenset({str, int, bool, _NoneType})
+# What msgpack packs by itself that holds something the rules look at. Any other type
+# (subclasses, other Mappings, objects for default=) goes through the packer's default,
+# and what it makes of them gets a second look after packing unless it is a str.
+_WALK = frozenset({dict, list, tuple, bytearray, memoryview})
 
 _FLOAT_TEXT = {math.inf: "Infinity", -math.inf: "-Infinity"}
 
@@ -96,7 +100,8 @@ class RecordGuard:
     # -- the fast path -------------------------------------------------------------------
 
     def flat(self, record: dict[Any, Any]) -> bool:
-        """True if ``record`` is flat and already safe: str keys, leaf values, finite floats.
+        """True if ``record`` is flat and already safe: str keys, no maps, lists or tuples,
+        finite floats, UTF-8 bytes. Values of other types are the packer's to convert.
 
         Anything else goes through :meth:`clean`. One loop in Python is cheaper here than
         a set of the value types plus separate key and float checks (measured with
@@ -118,7 +123,7 @@ class RecordGuard:
                 if not (value.isascii() or _is_utf8(value)):
                     return False
                 continue
-            if kind not in _LEAVES:
+            if kind in _WALK:
                 return False
         return True
 
@@ -135,7 +140,7 @@ class RecordGuard:
             elif kind is bytes:
                 if check_bytes and not (value.isascii() or _is_utf8(value)):
                     return False
-            elif kind not in _LEAVES:
+            elif kind in _WALK:
                 return False
         return True
 
