@@ -16,6 +16,7 @@ from .errors import (
     RecordTooLargeError,
     SerializationError,
     TlsError,
+    UnsafeRecordError,
 )
 from .message import EventTime, Message
 from .pool import Server
@@ -42,6 +43,7 @@ __all__ = [
     "Message",
     "RecordTooLargeError",
     "SerializationError",
+    "UnsafeRecordError",
     "ShutdownReport",
     "shutdown_on_signal",
     "Stats",

@@ -60,6 +60,7 @@ from .framing import (
     frame_overhead,
     new_unpacker,
 )
+from .guard import DEFAULT_MAX_DEPTH, RecordGuard
 from .lifecycle import Lifecycle
 from .message import Message, TimeLike, short_repr, time_to_ns
 from .pool import Link, Server, ServerSpec, choose
@@ -182,6 +183,10 @@ class _Transport:
     int_time: bool
     entries_as_str: bool
     default: Default
+    max_depth: int
+    non_str_keys: str
+    non_finite_floats: str
+    non_utf8_bytes: str
 
     @classmethod
     def make(
@@ -215,6 +220,9 @@ class _Transport:
         if options["ack_timeout"] <= 0 or options["ack_retry_limit"] < 0:
             raise ValueError("ack_timeout must be positive, ack_retry_limit not negative")
         FrameBuilder(compress=options["compress"], level=options["compress_level"])  # checks
+        RecordGuard(max_depth=options["max_depth"], non_str_keys=options["non_str_keys"],
+                    non_finite_floats=options["non_finite_floats"],
+                    non_utf8_bytes=options["non_utf8_bytes"])  # checks
         security = Security(
             ssl_context=_tls_context(ssl_context, tls, tls_ca_file, tls_cert_file,
                                      tls_key_file, tls_verify),
@@ -227,7 +235,11 @@ class _Transport:
         return cls(servers=parsed, security=security, **options)
 
     def packer(self) -> EntryPacker:
-        return EntryPacker(default=self.default, int_time=self.int_time)
+        guard = RecordGuard(
+            max_depth=self.max_depth, non_str_keys=self.non_str_keys,
+            non_finite_floats=self.non_finite_floats, non_utf8_bytes=self.non_utf8_bytes,
+        )
+        return EntryPacker(default=self.default, int_time=self.int_time, guard=guard)
 
     def builder(self, *, markers: bool = False) -> FrameBuilder:
         """``markers``: a chunk id on every frame, acks or not (see the writer)."""
@@ -331,6 +343,10 @@ class BufferedClient(_Client):
         backoff: Backoff = Backoff(),
         on_error: ErrorCallback | None = None,
         default: Default = None,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        non_str_keys: str = "str",
+        non_finite_floats: str = "null",
+        non_utf8_bytes: str = "str",
         shutdown_timeout: float = 5.0,
         require_ack: bool = False,
         ack_timeout: float = 60.0,
@@ -387,7 +403,9 @@ class BufferedClient(_Client):
             tls_cert_file=tls_cert_file, tls_key_file=tls_key_file, tls_verify=tls_verify,
             tls_server_name=tls_server_name, compress=compress, compress_level=compress_level,
             keepalive_timeout=keepalive_timeout, dns_refresh=dns_refresh, int_time=int_time,
-            entries_as_str=entries_as_str, default=default,
+            entries_as_str=entries_as_str, default=default, max_depth=max_depth,
+            non_str_keys=non_str_keys, non_finite_floats=non_finite_floats,
+            non_utf8_bytes=non_utf8_bytes,
         )
         self._tags = _TagChecker(tag_prefix)
         self._options: dict[str, Any] = dict(
@@ -1016,6 +1034,10 @@ class SyncClient(_Client):
         connect_timeout: float = 5.0,
         write_timeout: float = 5.0,
         default: Default = None,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        non_str_keys: str = "str",
+        non_finite_floats: str = "null",
+        non_utf8_bytes: str = "str",
         require_ack: bool = False,
         ack_timeout: float = 60.0,
         shared_key: str | None = None,
@@ -1046,7 +1068,9 @@ class SyncClient(_Client):
             tls_cert_file=tls_cert_file, tls_key_file=tls_key_file, tls_verify=tls_verify,
             tls_server_name=tls_server_name, compress=compress, compress_level=compress_level,
             keepalive_timeout=keepalive_timeout, dns_refresh=dns_refresh, int_time=int_time,
-            entries_as_str=entries_as_str, default=default,
+            entries_as_str=entries_as_str, default=default, max_depth=max_depth,
+            non_str_keys=non_str_keys, non_finite_floats=non_finite_floats,
+            non_utf8_bytes=non_utf8_bytes,
         )
         self._tags = _TagChecker(tag_prefix)
         self._packer = t.packer()

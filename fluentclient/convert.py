@@ -19,12 +19,15 @@ from types import TracebackType
 from typing import Any, Callable, Optional, Union
 
 from .errors import InvalidTagError
+from .guard import DEFAULT_MAX_DEPTH
 
 # The tag part grammar the clients accept, and what replaces anything else.
 _NOT_TAG = re.compile(r"[^A-Za-z0-9_-]+")
 _MAX_TAG = 1024
 # Nesting past this depth is written as text: it also ends self-referencing containers.
-_MAX_DEPTH = 16
+# A field's value sits at level 2 of its record, so this keeps a log line within the
+# client's default max_depth: the line is cut short rather than dropped as unsafe.
+_MAX_DEPTH = DEFAULT_MAX_DEPTH - 1
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
 _NS = 1_000_000_000

@@ -24,6 +24,14 @@ class SerializationError(FluentError, TypeError):
     """The record is not a mapping, or msgpack cannot serialize something inside it."""
 
 
+class UnsafeRecordError(SerializationError, ValueError):
+    """msgpack can pack the record, but real servers would lose it or more with it.
+
+    Nested deeper than ``max_depth``, a non-str key under ``non_str_keys="refuse"`` (or
+    one with no str form), a NaN or infinity under ``non_finite_floats="refuse"``.
+    """
+
+
 class RecordTooLargeError(FluentError, ValueError):
     """One serialized record does not fit in a frame of ``max_frame_size`` bytes."""
 

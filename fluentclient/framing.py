@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional, Union
 import msgpack
 
 from .errors import SerializationError
+from .guard import RecordGuard
 from .message import EventTime, Message, short_repr
 
 _NS = 1_000_000_000
@@ -48,16 +49,24 @@ class EntryPacker:
       plain value (an IntEnum its int, a str-mixin Enum its str), other Mappings maps;
       everything else goes to ``default`` if given;
     * a str that UTF-8 cannot encode (a lone surrogate) is sent with that code point
-      written as a ``\\udc80`` escape, so the wire always carries valid UTF-8.
+      written as a ``\\udc80`` escape, so the wire always carries valid UTF-8;
+    * with a ``guard``, what real servers would lose (deep nesting, non-str keys, NaN
+      and infinity) is refused with :class:`UnsafeRecordError` or made safe, by its rules.
     """
 
-    __slots__ = ("_packer", "_lenient", "_default", "_int_time", "_ran")
+    __slots__ = ("_packer", "_lenient", "_default", "_int_time", "_ran", "_guard", "_unsure")
 
-    def __init__(self, *, default: Default = None, int_time: bool = False) -> None:
+    def __init__(
+        self, *, default: Default = None, int_time: bool = False,
+        guard: RecordGuard | None = None,
+    ) -> None:
         self._default = default
         self._int_time = int_time
+        self._guard = guard
         # Set when Python code ran in the middle of packing (see _convert).
         self._ran = False
+        # Set when that code made something other than a str, which the guard must see.
+        self._unsure = False
         # strict_types: only exact built-in types are packed in C (which is also faster);
         # everything else comes through _convert.
         self._packer = msgpack.Packer(
@@ -71,21 +80,43 @@ class EntryPacker:
         record = message.record
         if type(record) is not dict:
             record = _as_dict(record)
-        try:
-            body: bytes = self._packer.pack(record)
-        except UnicodeEncodeError:
-            body = self._pack_lenient(record)
-        except Exception as exc:
-            self._ran = False
-            raise SerializationError(f"record cannot be serialized: {_describe(exc)}") from exc
+        guard = self._guard
+        if guard is not None:
+            try:
+                if not guard.flat(record):
+                    record = guard.clean(record)
+            except SerializationError:
+                raise
+            except Exception as exc:
+                # The record's own code raised (a bytes subclass's __bytes__ while its
+                # key was made a str, say): that record is dropped, nothing else.
+                raise SerializationError(
+                    f"record cannot be checked: {_describe(exc)}") from exc
+        body = self._pack_body(record)
         if self._ran:
             self._ran = False
-            _check_whole(body)
+            if guard is None or not self._unsure:
+                # Only str came of it (default=str on a datetime, a str Enum): a str is
+                # safe anywhere, so proving the bytes whole is enough.
+                _check_whole(body)
+            else:
+                self._unsure = False
+                body = _second_look(body, guard)
         sec, nsec = divmod(message.time_ns, _NS)
         if self._int_time:
             head: bytes = self._packer.pack(sec)
             return b"\x92" + head + body
         return _EVENT_TIME_ENTRY_HEAD.pack(0x92, 0xD7, 0x00, sec, nsec) + body
+
+    def _pack_body(self, record: dict[Any, Any]) -> bytes:
+        try:
+            body: bytes = self._packer.pack(record)
+        except UnicodeEncodeError:
+            body = self._pack_lenient(record)
+        except Exception as exc:
+            self._ran = self._unsure = False
+            raise SerializationError(f"record cannot be serialized: {_describe(exc)}") from exc
+        return body
 
     def _pack_lenient(self, record: dict[Any, Any]) -> bytes:
         if self._lenient is None:
@@ -96,7 +127,7 @@ class EntryPacker:
         try:
             body: bytes = self._lenient.pack(record)
         except Exception as exc:
-            self._ran = False
+            self._ran = self._unsure = False
             raise SerializationError(f"record cannot be serialized: {_describe(exc)}") from exc
         return body
 
@@ -108,11 +139,13 @@ class EntryPacker:
         # another thread change a list or dict that msgpack is half-way through.
         self._ran = True
         plain = _plain(obj)
-        if plain is not obj:
-            return plain
-        if self._default is None:
-            raise TypeError(f"cannot serialize {type(obj).__qualname__} object")
-        return _plain(self._default(obj))
+        if plain is obj:
+            if self._default is None:
+                raise TypeError(f"cannot serialize {type(obj).__qualname__} object")
+            plain = _plain(self._default(obj))
+        if type(plain) is not str:
+            self._unsure = True
+        return plain
 
 
 def _as_dict(record: Any) -> dict[Any, Any]:
@@ -164,6 +197,33 @@ def _check_whole(body: bytes) -> None:
             "the record changed while it was being serialized (a default hook, or another "
             "thread, altered a list or dict in it)"
         )
+
+
+def _second_look(body: bytes, guard: RecordGuard) -> bytes:
+    """The guard's rules applied to what the packer made of a record's odd values.
+
+    Python code ran during packing (a subclass turned into its plain value, another
+    Mapping copied, a ``default=`` hook): the result, not the record, is what the guard
+    must see, since a hook may return NaN or something deeply nested. Decoding also
+    proves the bytes are one whole object (see :func:`_check_whole`). Arrays come back
+    as tuples, so an array used as a key stays hashable.
+    """
+    try:
+        record = msgpack.unpackb(
+            body, raw=False, strict_map_key=False, use_list=False, timestamp=0,
+        )
+    except Exception as exc:
+        raise SerializationError(
+            "the record changed while it was being serialized (a default hook, or another "
+            "thread, altered a list or dict in it)"
+        ) from exc
+    cleaned = guard.clean(record)
+    if cleaned is record:
+        return body
+    try:
+        return _packb(cleaned)
+    except Exception as exc:  # pragma: no cover - what was decoded packs again
+        raise SerializationError(f"record cannot be serialized: {_describe(exc)}") from exc
 
 
 def _describe(exc: BaseException) -> str:

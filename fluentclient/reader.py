@@ -15,12 +15,24 @@ from collections.abc import Iterator
 from typing import Callable
 
 from .buffer import Buffer, Frame
-from .errors import BufferFullError, FluentError, RecordTooLargeError, SerializationError
+from .errors import (
+    BufferFullError,
+    FluentError,
+    RecordTooLargeError,
+    SerializationError,
+    UnsafeRecordError,
+)
 from .framing import EntryPacker
 from .lifecycle import Lifecycle
 from .message import Message
 from .spool import Orphan, Span, Spool
-from .stats import DROP_BUFFER_FULL, DROP_SPOOL_FULL, DROP_TOO_LARGE, DROP_UNSERIALIZABLE
+from .stats import (
+    DROP_BUFFER_FULL,
+    DROP_SPOOL_FULL,
+    DROP_TOO_LARGE,
+    DROP_UNSAFE,
+    DROP_UNSERIALIZABLE,
+)
 
 log = logging.getLogger("fluentclient")
 
@@ -184,6 +196,9 @@ class Reader:
         for msg in batch:
             try:
                 entry = pack(msg)
+            except UnsafeRecordError as exc:
+                self._fail(DROP_UNSAFE, exc, msg)
+                continue
             except SerializationError as exc:
                 self._fail(DROP_UNSERIALIZABLE, exc, msg)
                 continue

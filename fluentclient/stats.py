@@ -13,6 +13,8 @@ from .message import EventTime
 # Why a record was dropped before it reached the buffer.
 DROP_BUFFER_FULL = "buffer_full"
 DROP_UNSERIALIZABLE = "unserializable"
+# The record packs, but real servers would lose it, or its neighbours (UnsafeRecordError).
+DROP_UNSAFE = "unsafe"
 DROP_TOO_LARGE = "too_large"
 DROP_CLOSED = "closed"
 DROP_NOT_ACKED = "not_acked"

@@ -38,8 +38,10 @@ from fluentclient import (
     RecordTooLargeError,
     SerializationError,
     SyncClient,
+    UnsafeRecordError,
 )
 from fluentclient.framing import EntryPacker, decode_frame, frame_overhead, packed_forward_frame
+from fluentclient.guard import RecordGuard
 from fluentclient.message import Message
 from fluentclient.server import ForwardServer
 
@@ -81,6 +83,7 @@ class Refused:
 
 Outcome = Union[Sent, Dropped, Refused]
 UNSERIALIZABLE = Dropped(SerializationError, "unserializable")
+UNSAFE = Dropped(UnsafeRecordError, "unsafe")
 TOO_LARGE = Dropped(RecordTooLargeError, "too_large")
 BAD_TAG = Refused(InvalidTagError)
 BAD_TIME = Refused(InvalidTimeError)
@@ -97,13 +100,17 @@ class Case:
     time: Any = T0
     # Run on another thread right after post() returned (the record is passed in).
     after: Callable[[Any], None] | None = None
+    # More options for both clients (the odd-record rules).
+    options: tuple[tuple[str, Any], ...] = ()
 
 
 def row(
     id: str, record: Callable[[], Any], outcome: Outcome, *, default: Hook = None,
     tag: Any = TAG, time: Any = T0, after: Callable[[Any], None] | None = None,
+    **options: Any,
 ) -> Case:
-    return Case(id, lambda: (record(), default), outcome, tag, time, after)
+    return Case(id, lambda: (record(), default), outcome, tag, time, after,
+                tuple(options.items()))
 
 
 # -- odd things to put in records -----------------------------------------------------------
@@ -293,11 +300,20 @@ def mutate_after_post(record: dict[str, Any]) -> None:
 
 CASES: list[Case] = [
     # structure
-    row("cyclic-dict", cyclic_dict, UNSERIALIZABLE),
-    row("cyclic-list", cyclic_list, UNSERIALIZABLE),
-    row("deep-1000", lambda: nest(1000), Sent(lambda r: dict_depth(r) == 1000)),
-    row("deep-100000-dicts", lambda: nest(100_000), UNSERIALIZABLE),
-    row("deep-100000-lists", lambda: {"v": nest(100_000, as_list=True)}, UNSERIALIZABLE),
+    row("cyclic-dict", cyclic_dict, UNSAFE),
+    row("cyclic-list", cyclic_list, UNSAFE),
+    row("cyclic-dict-max-depth-200", cyclic_dict, UNSAFE, max_depth=200),
+    row("deep-8", lambda: nest(8), Sent(lambda r: dict_depth(r) == 8)),
+    row("deep-9", lambda: nest(9), UNSAFE),
+    row("deep-lists-9", lambda: {"v": nest(8, as_list=True)}, UNSAFE),
+    row("deep-tuples-9", lambda: {"v": ((((((((1,),),),),),),),)}, UNSAFE),
+    row("deep-9-in-mapping", lambda: {"v": types.MappingProxyType(nest(8))}, UNSAFE),
+    row("deep-from-default", lambda: {"v": Opaque()}, UNSAFE, default=lambda o: nest(8)),
+    row("deep-200-max-depth-200", lambda: nest(200), Sent(lambda r: dict_depth(r) == 200),
+        max_depth=200),
+    row("deep-201-max-depth-200", lambda: nest(201), UNSAFE, max_depth=200),
+    row("deep-100000-dicts", lambda: nest(100_000), UNSAFE),
+    row("deep-100000-lists", lambda: {"v": nest(100_000, as_list=True)}, UNSAFE),
     # numbers
     row("int-2**64", lambda: {"v": 2**64}, UNSERIALIZABLE),
     row("int-below-int64", lambda: {"v": -(2**63) - 1}, UNSERIALIZABLE),
@@ -306,9 +322,18 @@ CASES: list[Case] = [
         default=str),
     row("int-limits", lambda: {"hi": 2**64 - 1, "lo": -(2**63)},
         Sent({"hi": 2**64 - 1, "lo": -(2**63)})),
-    row("float-nan", lambda: {"v": math.nan}, Sent(lambda r: math.isnan(r["v"]))),
-    row("float-inf", lambda: {"p": math.inf, "n": -math.inf},
-        Sent({"p": math.inf, "n": -math.inf})),
+    row("float-nan", lambda: {"v": math.nan, "ok": 0.5}, Sent({"v": None, "ok": 0.5})),
+    row("float-inf", lambda: {"p": math.inf, "n": -math.inf}, Sent({"p": None, "n": None})),
+    row("float-nan-nested", lambda: {"v": [1.5, {"x": math.nan}]},
+        Sent({"v": [1.5, {"x": None}]})),
+    row("float-nan-str", lambda: {"v": math.nan, "p": math.inf, "n": -math.inf},
+        Sent({"v": "NaN", "p": "Infinity", "n": "-Infinity"}), non_finite_floats="str"),
+    row("float-nan-refuse", lambda: {"v": math.nan}, UNSAFE, non_finite_floats="refuse"),
+    row("float-nan-keep", lambda: {"v": math.nan}, Sent(lambda r: math.isnan(r["v"])),
+        non_finite_floats="keep"),
+    row("float-nan-from-default", lambda: {"v": Opaque()}, Sent({"v": None}),
+        default=lambda o: math.nan),
+    row("float-subclass-inf", lambda: {"v": Ratio(math.inf)}, Sent({"v": None})),
     row("decimal", lambda: {"v": decimal.Decimal("1.10")}, UNSERIALIZABLE),
     row("decimal-default-str", lambda: {"v": decimal.Decimal("1.10")}, Sent({"v": "1.10"}),
         default=str),
@@ -346,7 +371,15 @@ CASES: list[Case] = [
     row("numpy-array-default-tolist", numpy_record(lambda np: {"v": np.arange(3)}),
         Sent({"v": [0, 1, 2]}), default=lambda a: a.tolist()),
     # text and bytes
-    row("bytes-not-utf8", lambda: {"v": b"\xff\xfe\x00"}, Sent({"v": b"\xff\xfe\x00"})),
+    row("bytes-not-utf8", lambda: {"v": b"\xff\xfe\x00"}, Sent({"v": "\\xff\\xfe\x00"})),
+    row("bytes-not-utf8-nested", lambda: {"v": [{"b": b"a\xffb"}]},
+        Sent({"v": [{"b": "a\\xffb"}]})),
+    row("memoryview-not-utf8", lambda: {"v": memoryview(b"\xfe")}, Sent({"v": "\\xfe"})),
+    row("bytearray-not-utf8", lambda: {"v": bytearray(b"\x80")}, Sent({"v": "\\x80"})),
+    row("bytes-not-utf8-refuse", lambda: {"v": b"\xff"}, UNSAFE, non_utf8_bytes="refuse"),
+    row("bytes-not-utf8-keep", lambda: {"v": b"\xff\xfe\x00"}, Sent({"v": b"\xff\xfe\x00"}),
+        non_utf8_bytes="keep"),
+    row("bytes-utf8", lambda: {"v": "é".encode()}, Sent({"v": "é".encode()})),
     row("bytearray", lambda: {"v": bytearray(b"\x00\x01")}, Sent({"v": b"\x00\x01"})),
     row("memoryview", lambda: {"v": memoryview(b"abc")}, Sent({"v": b"abc"})),
     row("memoryview-strided", lambda: {"v": memoryview(b"abcd")[::2]}, UNSERIALIZABLE),
@@ -356,13 +389,25 @@ CASES: list[Case] = [
     row("half-surrogate-pair", lambda: {"v": ["ok", "smile \ud83d"]},
         Sent({"v": ["ok", "smile \\ud83d"]})),
     # keys
-    row("bytes-key", lambda: {b"k": 1}, Sent({b"k": 1})),
-    row("int-key", lambda: {1: "one"}, Sent({1: "one"})),
-    row("none-key", lambda: {None: 1}, Sent({None: 1})),
-    row("tuple-key", lambda: {(1, 2): "x"}, Sent({(1, 2): "x"})),
-    row("nested-non-str-keys", lambda: {"m": {1: "a", b"b": 2, (3, 4): None}},
-        Sent({"m": {1: "a", b"b": 2, (3, 4): None}})),
+    row("bytes-key", lambda: {b"k": 1, b"\xff": 2}, Sent({"k": 1, "\\xff": 2})),
+    row("int-key", lambda: {1: "one"}, Sent({"1": "one"})),
+    row("none-key", lambda: {None: 1}, Sent({"null": 1})),
+    row("bool-key", lambda: {True: 1, False: 0}, Sent({"true": 1, "false": 0})),
+    row("float-key", lambda: {1.5: 1, math.nan: 2}, Sent({"1.5": 1, "NaN": 2})),
+    row("int-enum-key", lambda: {Level.WARN: 1}, Sent({"30": 1})),
+    row("tuple-key", lambda: {(1, 2): "x"}, UNSAFE),
+    row("nested-non-str-keys", lambda: {"m": {1: "a", b"b": 2, None: 3}},
+        Sent({"m": {"1": "a", "b": 2, "null": 3}})),
+    row("key-collision", lambda: {1: "a", "1": "b"}, UNSAFE),
+    row("int-key-refuse", lambda: {1: "one"}, UNSAFE, non_str_keys="refuse"),
+    row("int-key-keep", lambda: {1: "one"}, Sent({1: "one"}), non_str_keys="keep"),
+    row("tuple-key-keep", lambda: {(1, 2): "x"}, Sent({(1, 2): "x"}), non_str_keys="keep"),
+    row("key-from-default", lambda: {Opaque(): 1}, Sent({"k": 1}), default=lambda o: "k"),
     row("frozenset-key", lambda: {frozenset({1}): 1}, UNSERIALIZABLE),
+    row("frozenset-key-keep", lambda: {frozenset({1}): 1}, UNSERIALIZABLE,
+        non_str_keys="keep"),
+    row("empty-key", lambda: {"": 1}, Sent({"": 1})),
+    row("nul-in-str", lambda: {"v": "a\x00b", "k\x00": 1}, Sent({"v": "a\x00b", "k\x00": 1})),
     row("str-enum-key", lambda: {Color.RED: 1}, Sent({"red": 1})),
     # the record itself
     row("record-none", lambda: None, UNSERIALIZABLE),
@@ -472,10 +517,11 @@ def test_hostile_input(case: Case, mode: str, server: ForwardServer) -> None:
     errors: list[tuple[FluentError, Message | None]] = []
     client: BufferedClient | SyncClient
     if mode == "sync_client":
-        client = SyncClient(server.host, server.port, default=default, max_frame_size=FRAME)
+        client = SyncClient(server.host, server.port, default=default, max_frame_size=FRAME,
+                            **dict(case.options))
     else:
         client = BufferedClient(
-            server.host, server.port, default=default, max_frame_size=FRAME,
+            server.host, server.port, default=default, max_frame_size=FRAME, **dict(case.options),
             buffer_limit=BUFFER, backoff=FAST_BACKOFF, at_exit=False,
             on_error=lambda err, msg: errors.append((err, msg)),
         )
@@ -560,10 +606,13 @@ hooks = st.sampled_from([None, str, repr, raise_hook, lambda o: [o], lambda o: (
 
 
 @settings(max_examples=300)
-@given(record=records, default=hooks)
-def test_any_record_is_one_whole_entry_or_a_serialization_error(record: Any, default: Hook) -> None:
-    """Whatever is thrown at the packer, the frame around it stays readable."""
-    packer = EntryPacker(default=default)
+@given(record=records, default=hooks, guarded=st.booleans())
+def test_any_record_is_one_whole_entry_or_a_serialization_error(
+    record: Any, default: Hook, guarded: bool,
+) -> None:
+    """Whatever is thrown at the packer, with or without the odd-record rules, the frame
+    around it stays readable."""
+    packer = EntryPacker(default=default, guard=RecordGuard() if guarded else None)
     good = packer.pack(Message(TAG, GOOD[0], T0.to_ns()))
     try:
         entry = packer.pack(Message(TAG, record, T0.to_ns()))
