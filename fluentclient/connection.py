@@ -114,6 +114,7 @@ class Connection:
         # reset the connection rather than closing it.
         self.eof = False
         self.lost: str | None = None
+        self.lost_error: OSError | None = None
         self._aborted = False
         self._unix = isinstance(address, str)
         self._tls = security.ssl_context is not None
@@ -149,6 +150,8 @@ class Connection:
                 # says nothing until a frame comes. Whatever is here already is looked
                 # at now, so the first frame is not thrown at a server that discards it.
                 self.refuse_if_helo(self.read_available())
+                if self.lost_error is not None:
+                    raise self.lost_error  # a TLS alert, say: classified below
         except AuthenticationError as exc:
             self.close()
             if str(exc).startswith(where):
@@ -305,6 +308,7 @@ class Connection:
             except OSError as exc:
                 self.eof = True
                 self.lost = f"reading from {describe(self.address)}: {exc}"
+                self.lost_error = exc
                 break
             if not data:
                 self.eof = True
