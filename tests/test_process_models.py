@@ -441,7 +441,7 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("method", ["fork", "forkserver"])
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
 def test_multiprocessing_workers_deliver(fluent_bit, tmp_path, method):
     tag = f"mp.{method}"
     (tmp_path / "mpmain.py").write_text(MP_SCRIPT)
@@ -452,3 +452,70 @@ def test_multiprocessing_workers_deliver(fluent_bit, tmp_path, method):
     assert result.stderr == "", result.stderr
     # The long flush interval leaves every record to the drain at each process's end.
     exactly_once(fluent_bit, tag, "n", list(range(-1, 204)))
+
+
+# -- the parts, without the servers -----------------------------------------------------
+
+FAKE_UWSGI = """\
+import logging
+import os
+import sys
+import types
+
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+fake = types.ModuleType("uwsgi")
+fake.opt = {}
+fake.has_threads = P.get("has_threads", 1)
+MASTER = P["master"] or os.getpid()  # 0: this process is the master
+fake.masterpid = lambda: MASTER
+sys.modules["uwsgi"] = fake
+"""
+
+UWSGI_MASTER = FAKE_UWSGI + """\
+import threading
+from fluentclient import BufferedClient
+
+client = BufferedClient("127.0.0.1", P["port"], flush_interval=3600)
+for i in range(P["n"]):
+    client.post(P["tag"], {"who": "master", "i": i})
+assert threading.active_count() == 1, "no threads in the master"
+pids = []
+for k in range(3):
+    pid = os.fork()  # with the at-fork hooks, unlike uWSGI: both paths claim the same way
+    if pid == 0:
+        client.post(P["tag"], {"who": "worker", "i": k})
+        report = client.shutdown(10)
+        os._exit(0 if report.unsent_records == 0 else 3)
+    pids.append(pid)
+codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+stamp("CODES", *codes)
+"""
+
+
+def test_records_of_a_threadless_uwsgi_master_are_sent_by_exactly_one_worker(fluent_bit):
+    from .subproc import Child
+
+    tag, n = "fake.master", 300
+    result = Child("master", UWSGI_MASTER, {"port": fluent_bit.port, "tag": tag, "n": n,
+                                            "master": 0}).finish(timeout=START)
+    assert result.returncode == 0, result.describe()
+    assert result.lines("CODES")[0][1:] == ["0", "0", "0"], result.describe()
+    records = fluent_bit.wait_for(n + 3, tag, ARRIVE)
+    got = Counter((r["who"], r["i"]) for _, _, r in records)
+    expected = [("master", i) for i in range(n)] + [("worker", k) for k in range(3)]
+    assert got == Counter(expected)
+
+
+def test_uwsgi_without_python_threads_is_named_in_an_error(fluent_bit):
+    from .subproc import Child
+
+    code = FAKE_UWSGI + """\
+from fluentclient import BufferedClient
+BufferedClient("127.0.0.1", P["port"], at_exit=True)
+BufferedClient("127.0.0.1", P["port"], at_exit=True)
+"""
+    result = Child("no-threads", code, {"port": fluent_bit.port, "has_threads": 0,
+                                        "master": 1}).finish(timeout=START)
+    assert result.returncode == 0, result.describe()
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1 and "enable-threads" in errors[0], result.describe()
