@@ -224,6 +224,8 @@ UWSGI_SETUPS = {
     "lazy-apps": ["--lazy-apps"],
     "enable-threads": ["--enable-threads"],
     "threads": ["--threads", "2"],
+    # The at-fork hooks run in the workers then: the claim happens there instead.
+    "py-call-osafterfork": ["--py-call-osafterfork"],
 }
 
 
