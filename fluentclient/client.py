@@ -247,6 +247,8 @@ _live_clients: weakref.WeakSet[BufferedClient] = weakref.WeakSet()
 # _check_fork); setdefault on a dict is atomic, so every thread of a process gets the same.
 _fork_locks: dict[int, threading.Lock] = {}
 _live_sync_clients: weakref.WeakSet[SyncClient] = weakref.WeakSet()
+# Clients made with at_exit=True: what a host's own end-of-process hook drains.
+_drained_at_exit: weakref.WeakSet[BufferedClient] = weakref.WeakSet()
 
 
 _ADDRESS_OPTIONS = ("host", "port", "unix_path", "servers")
@@ -983,6 +985,7 @@ def _shutdown_at_exit(ref: weakref.ref[BufferedClient]) -> None:
 def _register_at_exit(client: BufferedClient) -> None:
     ref = weakref.ref(client)
     atexit.register(_shutdown_at_exit, ref)
+    _drained_at_exit.add(client)
     _drain_in_celery_pool()
     _drain_in_uwsgi()
     # multiprocessing's workers end with os._exit(), after its own finalizers but
@@ -1029,7 +1032,7 @@ _celery_hooked = False
 
 
 def _drain_all(*args: object, **kwargs: object) -> None:
-    for client in list(_live_clients):
+    for client in list(_drained_at_exit):
         try:
             _shutdown_at_exit(weakref.ref(client))
         except Exception:  # the host's exit path must go on whatever happens here
@@ -1131,7 +1134,7 @@ def _reinit_in_child() -> None:
         client._after_fork_in_child()
     for sync in list(_live_sync_clients):
         sync._after_fork_in_child()
-    if _live_clients:
+    if _drained_at_exit:
         _drain_in_celery_pool()
 
 
