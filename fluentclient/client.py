@@ -93,6 +93,7 @@ _MiB = 1024 * 1024
 # Queued messages past which post() lets the reader run before queueing more.
 _YIELD_AT = 256
 _time_ns = _time.time_ns
+_getpid = os.getpid
 
 
 class _TagChecker:
@@ -256,7 +257,12 @@ class _Transport:
 
 
 _live_clients: weakref.WeakSet[BufferedClient] = weakref.WeakSet()
+# One lock per process for noticing a fork that skipped the at-fork hooks (see
+# _check_fork); setdefault on a dict is atomic, so every thread of a process gets the same.
+_fork_locks: dict[int, threading.Lock] = {}
 _live_sync_clients: weakref.WeakSet[SyncClient] = weakref.WeakSet()
+# Clients made with at_exit=True: what a host's own end-of-process hook drains.
+_drained_at_exit: weakref.WeakSet[BufferedClient] = weakref.WeakSet()
 
 
 _ADDRESS_OPTIONS = ("host", "port", "unix_path", "servers")
@@ -477,18 +483,29 @@ class BufferedClient(_Client):
         )
         self._started = False
         self._start_lock = threading.Lock()
+        self._handoff: _Handoff | None = None
         self._stranded = 0
         self._pid = os.getpid()
 
     def _start(self) -> None:
         # Threads start on first use, so a client made at import time in a preforking
         # server (gunicorn --preload) has no threads when the fork happens.
+        if self._pid != _getpid():
+            # Threads started on the parent's state would be orphaned by the pid check.
+            self._check_fork()
         with self._start_lock:
-            if self._started:
+            if self._started or self._handoff is not None:
                 return
             if sys.is_finalizing() or _main_thread_finished():
                 # Threads started now would be killed unflushed a moment later.
                 raise ClientClosedError("the interpreter is shutting down")
+            if _in_uwsgi_master():
+                # uWSGI's master forks its workers without holding the GIL: a worker
+                # forked while one of our threads held it would wait for it forever.
+                # So no threads here; what the master posts waits in the queue, and
+                # the first worker to claim the handoff sends it.
+                self._handoff = _Handoff()
+                return
             self._reader.thread.start()
             self._writer.thread.start()
             self._started = True
@@ -523,6 +540,11 @@ class BufferedClient(_Client):
         except TypeError:  # an unhashable tag (a list...) fails the cache lookup
             raise InvalidTagError(f"tag must be a str, not {type(tag).__name__}") from None
         time_ns = _time_ns() if time is None else time_to_ns(time)
+        if self._pid != _getpid():
+            # Forked without Python's at-fork hooks (uWSGI's workers, a C extension): the
+            # state here is the parent's, and its threads do not exist in this process.
+            # Checked on every post, because nothing else runs in such a child to notice.
+            self._check_fork()
         if ack:
             return self._post_with_ack(full_tag, record, time_ns, sync_append, timeout)
         if self._closing:
@@ -541,7 +563,6 @@ class BufferedClient(_Client):
         if queued > _YIELD_AT:
             # Posts are outrunning serialization: give the reader the GIL for a moment
             # rather than let the queue grow into drops. This waits on no I/O.
-            self._check_fork()
             yield_gil()
         spool = self._spool
         if buf.held_bytes + queued * reader.mean_entry >= buf.limit or (
@@ -552,9 +573,7 @@ class BufferedClient(_Client):
         if not sync_append:
             self._queue.append(Message(full_tag, record, time_ns))
             if reader.idle:
-                # Waking costs a system call anyway: check for a fork nobody told us of.
-                if not self._check_fork():
-                    reader.wake.set()
+                reader.wake.set()
             return True
         waiter: Future[None] = Future()
         self._queue.append(Message(full_tag, record, time_ns, waiter))
@@ -913,27 +932,29 @@ class BufferedClient(_Client):
 
     def _check_fork(self) -> bool:
         """True (after starting afresh) if this process was forked without the at-fork
-        hooks running, as when a C extension calls fork(): the fallback to them.
+        hooks running, as in uWSGI's workers or when a C extension calls fork(): the
+        fallback to them.
 
-        Whatever waits in the queue is kept: in a fork nobody announced, the posts made
-        in the child cannot be told from the parent's, and losing the child's is worse.
+        Every post() checks first, so whatever waits in the queue here was posted by the
+        parent, whose own reader sends it: the child starts empty, as after a hooked fork.
         """
-        if self._pid == os.getpid():
+        pid = _getpid()
+        if self._pid == pid:
             return False
-        queued = [m for m in self._queue if isinstance(m, Message)]
-        self._after_fork_in_child()
-        if queued:
-            self._queue.extend(queued)
-            try:
-                self._start()
-            except (ClientClosedError, RuntimeError):
-                pass
-            self._reader.wake.set()
+        # Two threads of the child may notice at once; one starts afresh. The lock is
+        # made in this process, so no thread of the parent can have held it at the fork.
+        with _fork_locks.setdefault(pid, threading.Lock()):
+            if self._pid != pid:
+                self._after_fork_in_child()
         return True
 
     def _after_fork_in_child(self) -> None:
         # The parent still owns and sends what it buffered; the child starts empty, with
         # fresh locks (a lock held by a parent thread at fork time would never be freed).
+        # Except for what a parent without threads (uWSGI's master) left to its children:
+        # the one child that claims it sends it.
+        handoff, self._handoff = self._handoff, None
+        held = [m for m in self._queue if isinstance(m, Message)] if handoff else []
         self._shutdown_lock = threading.Lock()
         self._report = None
         if self._spool is not None:
@@ -946,6 +967,14 @@ class BufferedClient(_Client):
             log.error("fluentclient: cannot open the spool after fork: %s", exc)
             self._options["spool_dir"] = None
             self._fresh()
+        if handoff is not None and handoff.claim() and held:
+            self._queue.extend(held)
+            try:
+                self._start()
+            except (ClientClosedError, RuntimeError) as exc:
+                log.warning("fluentclient: cannot send what the parent process left: %s", exc)
+                return
+            self._reader.wake.set()
 
 
 def _frame_records(frame: Frame) -> list[UnsentRecord]:
@@ -984,12 +1013,19 @@ def _shutdown_at_exit(ref: weakref.ref[BufferedClient]) -> None:
 def _register_at_exit(client: BufferedClient) -> None:
     ref = weakref.ref(client)
     atexit.register(_shutdown_at_exit, ref)
+    _drained_at_exit.add(client)
+    _drain_in_celery_pool()
+    _drain_in_uwsgi()
     # multiprocessing's workers end with os._exit(), after its own finalizers but
     # without atexit: in each worker it starts, drain there too.
     try:
-        from multiprocessing import util
+        from multiprocessing import process, util
     except ImportError:  # pragma: no cover - a stripped-down interpreter
         return
+    if process.parent_process() is not None:
+        # Made inside a worker already (forkserver and spawn import the main module
+        # there): no fork is left to hook.
+        _drain_in_worker(client)
     util.register_after_fork(client, _drain_in_worker)
 
 
@@ -1000,11 +1036,134 @@ def _drain_in_worker(client: BufferedClient) -> None:
     util.Finalize(None, _shutdown_at_exit, args=(weakref.ref(client),), exitpriority=0)
 
 
+def _drain_in_celery_pool() -> None:
+    """In a Celery worker, drain when a pool process ends.
+
+    Celery's prefork pool (billiard) ends its processes with os._exit() from inside the
+    task loop, so neither atexit nor multiprocessing's finalizers run there; Celery's
+    worker_process_shutdown signal is the one thing that does. Celery is never imported
+    here: if the application has not, this is not a Celery worker.
+    """
+    global _celery_hooked
+    signals = sys.modules.get("celery.signals")
+    if signals is None or _celery_hooked:
+        # Connected once, the receiver is inherited by every forked child.
+        return
+    shutdown = getattr(signals, "worker_process_shutdown", None)
+    if shutdown is None:  # pragma: no cover - a Celery without the signal
+        return
+    shutdown.connect(_drain_all, weak=False, dispatch_uid="fluentclient-drain")
+    _celery_hooked = True
+
+
+_celery_hooked = False
+
+
+def _drain_all(*args: object, **kwargs: object) -> None:
+    for client in list(_drained_at_exit):
+        try:
+            _shutdown_at_exit(weakref.ref(client))
+        except Exception:  # the host's exit path must go on whatever happens here
+            log.exception("fluentclient: draining at the end of a worker process failed")
+
+
+# -- uWSGI ------------------------------------------------------------------------------
+#
+# uWSGI forks its workers in C, without Python's at-fork hooks (unless
+# --py-call-osafterfork): the pid check in post() covers that. A worker runs Python's
+# atexit when it ends, except with --skip-atexit (nothing at all runs) or
+# --skip-atexit-teardown (only the uwsgi.atexit callable runs). The master runs neither.
+
+_uwsgi_hooked = False
+
+
+class _Handoff:
+    """Records a parent left for exactly one of its forked children to send.
+
+    A pipe holding one byte: every child inherits the read end, and the one whose read
+    gets the byte has claimed the records. A child respawned later finds it empty, and
+    a reloading uWSGI master, which execs itself, closes it (pipes are close-on-exec).
+    """
+
+    def __init__(self) -> None:
+        read, write = os.pipe()
+        try:
+            os.write(write, b"1")
+        finally:
+            os.close(write)
+        os.set_blocking(read, False)
+        self._fd = read
+
+    def claim(self) -> bool:
+        """True in the one child that gets the byte; the pipe is closed here either way."""
+        try:
+            return os.read(self._fd, 1) == b"1"
+        except OSError:  # empty: another child claimed it
+            return False
+        finally:
+            os.close(self._fd)
+
+
+def _uwsgi_module() -> Any:
+    """The ``uwsgi`` module, which uWSGI puts in sys.modules before loading any
+    application and which exists nowhere else; else None."""
+    return sys.modules.get("uwsgi")
+
+
+def _in_uwsgi_master() -> bool:
+    uwsgi = _uwsgi_module()
+    if uwsgi is None:
+        return False
+    try:
+        return bool(uwsgi.masterpid() == os.getpid())
+    except Exception:  # an embedding without the call: not a master we know of
+        return False
+
+
+def _uwsgi_option(uwsgi: Any, name: str) -> bool:
+    value = getattr(uwsgi, "opt", {}).get(name)
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    return bool(value) and str(value).lower() not in ("0", "false", "no", "off")
+
+
+def _drain_in_uwsgi() -> None:
+    """Inside uWSGI: chain the drain into uwsgi.atexit, and say what cannot work."""
+    global _uwsgi_hooked
+    uwsgi = _uwsgi_module()
+    if uwsgi is None or _uwsgi_hooked:
+        return
+    _uwsgi_hooked = True
+    # With --skip-atexit-teardown a worker skips Python's atexit but still calls this.
+    previous = getattr(uwsgi, "atexit", None)
+
+    def at_uwsgi_exit() -> None:
+        _drain_all()
+        if previous is not None:
+            previous()
+
+    uwsgi.atexit = at_uwsgi_exit
+    if _uwsgi_option(uwsgi, "skip-atexit"):
+        log.error(
+            "fluentclient: uWSGI runs with skip-atexit, so a worker ends without running "
+            "any exit hook: records still buffered when it stops or reloads are lost. "
+            "Remove skip-atexit (skip-atexit-teardown is fine) or call shutdown() yourself."
+        )
+    if not getattr(uwsgi, "has_threads", True):
+        log.error(
+            "fluentclient: uWSGI runs without Python threads, so the client's threads only "
+            "run while a request does and records wait for the next one. Start uWSGI with "
+            "enable-threads."
+        )
+
+
 def _reinit_in_child() -> None:
     for client in list(_live_clients):
         client._after_fork_in_child()
     for sync in list(_live_sync_clients):
         sync._after_fork_in_child()
+    if _drained_at_exit:
+        _drain_in_celery_pool()
 
 
 if hasattr(os, "register_at_fork"):
