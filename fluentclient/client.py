@@ -460,14 +460,15 @@ class BufferedClient(_Client):
         self._stranded = 0
         self._pid = os.getpid()
 
-    def _start(self) -> None:
+    def _start(self, at_exit: bool = False) -> None:
         # Threads start on first use, so a client made at import time in a preforking
         # server (gunicorn --preload) has no threads when the fork happens.
         with self._start_lock:
             if self._started:
                 return
-            if sys.is_finalizing() or _main_thread_finished():
-                # Threads started now would be killed unflushed a moment later.
+            if sys.is_finalizing() or (_main_thread_finished() and not at_exit):
+                # Threads started now would be killed unflushed a moment later. The
+                # at-exit hook is the exception: the shutdown it runs next joins them.
                 raise ClientClosedError("the interpreter is shutting down")
             self._reader.thread.start()
             self._writer.thread.start()
@@ -666,10 +667,11 @@ class BufferedClient(_Client):
         """Frames removed by the drop_oldest policy: count them and tell their futures."""
         records = sum(frame.records for frame in frames)
         err = BufferFullError(f"evicted to make room for newer records ({records} records)")
-        for frame in frames:
-            resolve_futures(frame, err)
+        # Counted before the futures and on_error hear of it (see _fail).
         if self._counters.drop(DROP_EVICTED, refused=False, records=records) == records:
             log.warning("fluentclient: dropping the oldest records to make room: %s", err)
+        for frame in frames:
+            resolve_futures(frame, err)
         _call_on_error(self._on_error, err, None)
         if self._spool is not None:
             self._released(frames)
@@ -708,16 +710,20 @@ class BufferedClient(_Client):
 
     def _refuse(self, reason: str, err: FluentError, msg: Message) -> None:
         """A record post() turned away before it reached the queue."""
+        # Counted (and reported) before anyone waiting on the record is woken, so that
+        # whoever learns of the drop finds it in stats() already.
+        self._drop(reason, err, msg, refused=True)
         if msg.delivery is not None:
             msg.delivery.set_exception(err)
-        self._drop(reason, err, msg, refused=True)
 
     def _fail(self, reason: str, err: FluentError, msg: Message) -> None:
         """A record the reader could not put in the buffer."""
+        # Counted first, as in _refuse: a sync_append caller woken by the error must see
+        # the drop in stats(), and on_error must not run ahead of the count.
+        self._drop(reason, err, msg, refused=False)
         for future in (msg.waiter, msg.delivery):
             if future is not None:
                 future.set_exception(err)
-        self._drop(reason, err, msg, refused=False)
 
     def _drop(self, reason: str, err: FluentError, msg: Message, *, refused: bool) -> None:
         if self._counters.drop(reason, refused=refused) == 1:
@@ -792,7 +798,14 @@ class BufferedClient(_Client):
             buf.changed.notify_all()
         for thread in (self._reader.thread, self._writer.thread):
             thread.join(max(0.0, deadline - _time.monotonic()))
-        clean = not self._writer.thread.is_alive() and not self._reader.thread.is_alive()
+        # Clean means drained, not merely stopped: at the deadline the writer stops on its
+        # own, and may be gone just before the join gives up waiting for it.
+        clean = (
+            not self._writer.thread.is_alive()
+            and not self._reader.thread.is_alive()
+            and buf.held_records == 0
+            and not any(isinstance(item, Message) for item in self._queue)
+        )
         if not clean or not drain:
             with buf.lock:
                 life.abandoned = True
@@ -809,18 +822,20 @@ class BufferedClient(_Client):
             item = self._queue.popleft()
             if isinstance(item, Message):
                 stranded.append(item)
-                for future in (item.waiter, item.delivery):
-                    if future is not None:
-                        future.set_exception(ClientClosedError("the client shut down"))
         records, nbytes, frames = self._buffer.drain_all()
-        closed = ClientClosedError("the client shut down before the server acknowledged it")
-        for frame in frames:
-            resolve_futures(frame, closed)
         c = self._counters
         with c.lock:
             c.unsent += records + len(stranded)
             c.unsent_bytes += nbytes
             self._stranded += len(stranded)
+        # Told only once counted, so that a waiter woken here finds them in stats().
+        for item in stranded:
+            for future in (item.waiter, item.delivery):
+                if future is not None:
+                    future.set_exception(ClientClosedError("the client shut down"))
+        closed = ClientClosedError("the client shut down before the server acknowledged it")
+        for frame in frames:
+            resolve_futures(frame, closed)
         self._hand_over(records, frames, stranded)
         report = c.report(timed_out=timed_out)
         if report.unsent_records > report.spooled + report.handed_over:
@@ -883,23 +898,30 @@ class BufferedClient(_Client):
 
     # -- process events ------------------------------------------------------------------
 
-    def _check_fork(self) -> bool:
+    def _check_fork(self, at_exit: bool = False) -> bool:
         """True (after starting afresh) if this process was forked without the at-fork
         hooks running, as when a C extension calls fork(): the fallback to them.
 
         Whatever waits in the queue is kept: in a fork nobody announced, the posts made
         in the child cannot be told from the parent's, and losing the child's is worse.
+        The at-exit hook may be the first to notice (post() checks only when it wakes an
+        idle reader, and the reader's state was copied from the parent), so it may still
+        start the threads; where it cannot, the records are counted as dropped, not lost
+        without a word.
         """
         if self._pid == os.getpid():
             return False
         queued = [m for m in self._queue if isinstance(m, Message)]
         self._after_fork_in_child()
         if queued:
-            self._queue.extend(queued)
             try:
-                self._start()
-            except (ClientClosedError, RuntimeError):
-                pass
+                self._start(at_exit)
+            except (ClientClosedError, RuntimeError) as exc:
+                err = ClientClosedError(f"cannot start the client: {exc}")
+                for msg in queued:
+                    self._refuse(DROP_CLOSED, err, msg)
+                return True
+            self._queue.extend(queued)
             self._reader.wake.set()
         return True
 
@@ -947,7 +969,7 @@ def _shutdown_at_exit(ref: weakref.ref[BufferedClient]) -> None:
     c = ref()
     if c is None:
         return
-    c._check_fork()
+    c._check_fork(at_exit=True)
     if c._report is None and (c._started or c._spool is not None):
         # shutdown() logs what it could not send.
         c.shutdown(c.shutdown_timeout)

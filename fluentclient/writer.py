@@ -487,7 +487,12 @@ class Writer:
         if conn is None:
             return
         clean = False
-        if self._life.abandoned or link.unconfirmed:
+        if link.unconfirmed:
+            # Those frames stay in the buffer and are reported unsent: reset, so that our
+            # kernel drops them instead of delivering them after the report.
+            conn.abort()
+            conn.close()
+        elif self._life.abandoned:
             conn.close()
         else:
             clean = conn.close_gracefully(self._deadline(self._write_timeout))
