@@ -65,16 +65,21 @@ class Finished:
                 f"--- stderr\n{self.stderr}")
 
 
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (else ours) with this checkout first on the import path: a child must test
+    the package these tests came with, not whichever one is installed."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
 class Child:
     """A running child. Its output is read as it comes; ``finish()`` collects it."""
 
     def __init__(self, name: str, code: str, params: dict[str, Any] | None = None,
                  stdin: bool = False) -> None:
         self.name = name
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(ROOT), env.get("PYTHONPATH")) if p
-        )
+        env = child_env()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", PRELUDE + textwrap.dedent(code), json.dumps(params or {})],
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,

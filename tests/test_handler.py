@@ -22,6 +22,7 @@ from fluentclient.handler import FluentFormatter, FluentHandler
 from fluentclient.server import ForwardServer
 
 from .conftest import FAST_BACKOFF
+from .subproc import child_env
 
 _names = itertools.count()
 
@@ -94,7 +95,7 @@ def test_dict_config_in_a_process_sends_every_line_by_exit(fluent_server):
         print(time.time_ns(), flush=True)
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=30)
+                            timeout=30, env=child_env())
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     before, after = map(int, result.stdout.split())

@@ -15,6 +15,8 @@ from fluentclient.errors import ConfigurationError
 from fluentclient.metrics import DROP_REASONS, SERVER_STATES, register, unregister
 from fluentclient.server import ForwardServer
 
+from .subproc import child_env
+
 COUNTERS = {
     "posted": "records_posted_total",
     "sent": "records_sent_total",
@@ -209,7 +211,7 @@ def test_bad_prefix_or_labels(options):
 
 def run_python(code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, env=child_env())
 
 
 def test_prometheus_client_is_imported_only_when_metrics_are_used():
