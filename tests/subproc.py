@@ -23,13 +23,17 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Put at the top of every child: its parameters, and a way to stamp moments.
+# Put at the top of every child: its parameters, and a way to stamp moments. The at-exit
+# hook registered here is the first, so it runs last: AT_EXIT_DONE is the child's own
+# stamp of the moment every other at-exit hook (the client's shutdown) has returned.
 PRELUDE = """\
-import json as _json, sys as _sys, time as _time
+import atexit as _atexit, json as _json, sys as _sys, time as _time
 P = _json.loads(_sys.argv[1])
 
 def stamp(name, *values):
     print(name, repr(_time.monotonic()), *values, flush=True)
+
+_atexit.register(lambda: stamp("AT_EXIT_DONE"))
 """
 
 
@@ -54,6 +58,10 @@ class Finished:
     def seconds_since(self, name: str) -> float:
         """From the child's ``name`` stamp to the moment the parent saw it end."""
         return self.ended - self.stamp(name)
+
+    def seconds_between(self, first: str, then: str) -> float:
+        """From one of the child's stamps to another: its own clock, its own moments."""
+        return self.stamp(then) - self.stamp(first)
 
     def foreign_stderr(self) -> list[str]:
         """stderr lines that are not one of our own log lines (tracebacks and the like)."""
