@@ -1,9 +1,13 @@
-"""Run Python children that use the client, many at once, and time how they end.
+"""Run Python children that use the client, and time how they end.
 
 A child prints ``<NAME> <monotonic time>`` lines (``stamp()``); the parent notes the
 monotonic time at which it saw the process end (both pipes closed and the process
 reaped). CLOCK_MONOTONIC is system-wide on Linux, so the two can be subtracted: the time
 from "main is about to return" to "the process is gone" is the child's exit time.
+
+Tight bounds are best taken between two of the child's own stamps, and a child held to
+one should run alone: children started together compete for the cores, and each one's
+time then says more about the others than about itself.
 """
 
 from __future__ import annotations
