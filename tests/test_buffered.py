@@ -214,7 +214,10 @@ def test_buffer_limit_drops_newest_and_counts(fluent_server):
         accepted = sum(client.post("app.full", record) for _ in range(5000))
         with pytest.raises(BufferFullError):
             for _ in range(1000):
+                counted = client.stats().dropped.get("buffer_full", 0)
                 client.post("app.full", record, sync_append=True)
+        # The drop that raised was counted before post() returned.
+        assert client.stats().dropped["buffer_full"] > counted
         # post() may refuse before the queue while the reader still works through the
         # records queued before: wait until it has taken them all, so nothing more drops.
         assert wait_until(lambda: client._reader.idle and not client._queue)
