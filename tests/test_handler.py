@@ -420,6 +420,11 @@ def test_time_of_a_real_record_and_created_ns():
     assert record_time_ns(record) == before + 123
     record.created = 1_700_000_000.5  # created edited after the fact: it wins
     assert record_time_ns(record) == 1_700_000_000_500_000_000
+    # Even when the edited time falls right by the stale msecs, which must not pull it
+    # into its own millisecond (this once depended on the time of day the test ran).
+    near = 1_700_000_000_000_000_000 + int(record.msecs) * 1_000_000 + 1_500_000
+    record.created = near / 1e9
+    assert abs(record_time_ns(record) - near) <= 1_000
 
 
 # -- values the packer accepts ----------------------------------------------------------------
