@@ -214,6 +214,16 @@ def main():
     for i in range(P["n"]):
         client.post("raw.parent", {"i": i})
     assert client.flush(5)  # connected, threads running
+    # This fork skips CPython's own after-fork repair too: the child inherits the GIL's
+    # condition variable with every thread that waited on it, threads it does not have,
+    # and a signal there can wait for them forever. So fork while ours sleep in their
+    # long waits (the reader idle, the writer with nothing in flight), not about to
+    # queue for the GIL.
+    deadline = _time.monotonic() + 10
+    while not (client._reader.idle
+               and not any(link.unconfirmed for link in client._writer.links)):
+        assert _time.monotonic() < deadline, "the client's threads never went quiet"
+        _time.sleep(0.01)
     # libc's fork() through ctypes: none of Python's at-fork hooks run in the child.
     # PyDLL keeps the GIL across the call, so the child starts holding it.
     pid = ctypes.PyDLL(None).fork()
