@@ -267,6 +267,10 @@ class Writer:
                 conn.connect(self._deadline(self._connect_timeout))
             except FluentError as exc:
                 link.conn = None
+                if self._cut_short():
+                    # Our own shutdown ended the attempt: not the server's failure, and
+                    # its last error stays the reason it gave (a refused key, say).
+                    return None
                 auth = isinstance(exc, AuthenticationError)
                 # A refused key is a configuration error: no tight loop, and say it loudly.
                 link.connect_streak += 1
@@ -295,6 +299,11 @@ class Writer:
                 log.debug("fluentclient: connected to %s", link.name)
             return link
         return None
+
+    def _cut_short(self) -> bool:
+        """True once shutdown's deadline has passed or it abandoned the drain."""
+        drain = self._life.drain_deadline
+        return self._life.abandoned or (drain is not None and time.monotonic() >= drain)
 
     def _deadline(self, timeout: float) -> float:
         deadline = time.monotonic() + timeout
