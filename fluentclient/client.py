@@ -709,10 +709,11 @@ class BufferedClient(_Client):
         """Frames removed by the drop_oldest policy: count them and tell their futures."""
         records = sum(frame.records for frame in frames)
         err = BufferFullError(f"evicted to make room for newer records ({records} records)")
-        for frame in frames:
-            resolve_futures(frame, err)
+        # Counted before the futures and on_error hear of it (see _fail).
         if self._counters.drop(DROP_EVICTED, refused=False, records=records) == records:
             log.warning("fluentclient: dropping the oldest records to make room: %s", err)
+        for frame in frames:
+            resolve_futures(frame, err)
         _call_on_error(self._on_error, err, None)
         if self._spool is not None:
             self._released(frames)
@@ -751,16 +752,20 @@ class BufferedClient(_Client):
 
     def _refuse(self, reason: str, err: FluentError, msg: Message) -> None:
         """A record post() turned away before it reached the queue."""
+        # Counted (and reported) before anyone waiting on the record is woken, so that
+        # whoever learns of the drop finds it in stats() already.
+        self._drop(reason, err, msg, refused=True)
         if msg.delivery is not None:
             msg.delivery.set_exception(err)
-        self._drop(reason, err, msg, refused=True)
 
     def _fail(self, reason: str, err: FluentError, msg: Message) -> None:
         """A record the reader could not put in the buffer."""
+        # Counted first, as in _refuse: a sync_append caller woken by the error must see
+        # the drop in stats(), and on_error must not run ahead of the count.
+        self._drop(reason, err, msg, refused=False)
         for future in (msg.waiter, msg.delivery):
             if future is not None:
                 future.set_exception(err)
-        self._drop(reason, err, msg, refused=False)
 
     def _drop(self, reason: str, err: FluentError, msg: Message, *, refused: bool) -> None:
         if self._counters.drop(reason, refused=refused) == 1:
@@ -839,7 +844,14 @@ class BufferedClient(_Client):
             buf.changed.notify_all()
         for thread in (self._reader.thread, self._writer.thread):
             thread.join(max(0.0, deadline - _time.monotonic()))
-        clean = not self._writer.thread.is_alive() and not self._reader.thread.is_alive()
+        # Clean means drained, not merely stopped: at the deadline the writer stops on its
+        # own, and may be gone just before the join gives up waiting for it.
+        clean = (
+            not self._writer.thread.is_alive()
+            and not self._reader.thread.is_alive()
+            and buf.held_records == 0
+            and not any(isinstance(item, Message) for item in self._queue)
+        )
         if not clean or not drain:
             with buf.lock:
                 life.abandoned = True
@@ -856,18 +868,20 @@ class BufferedClient(_Client):
             item = self._queue.popleft()
             if isinstance(item, Message):
                 stranded.append(item)
-                for future in (item.waiter, item.delivery):
-                    if future is not None:
-                        future.set_exception(ClientClosedError("the client shut down"))
         records, nbytes, frames = self._buffer.drain_all()
-        closed = ClientClosedError("the client shut down before the server acknowledged it")
-        for frame in frames:
-            resolve_futures(frame, closed)
         c = self._counters
         with c.lock:
             c.unsent += records + len(stranded)
             c.unsent_bytes += nbytes
             self._stranded += len(stranded)
+        # Told only once counted, so that a waiter woken here finds them in stats().
+        for item in stranded:
+            for future in (item.waiter, item.delivery):
+                if future is not None:
+                    future.set_exception(ClientClosedError("the client shut down"))
+        closed = ClientClosedError("the client shut down before the server acknowledged it")
+        for frame in frames:
+            resolve_futures(frame, closed)
         self._hand_over(records, frames, stranded)
         report = c.report(timed_out=timed_out)
         if report.unsent_records > report.spooled + report.handed_over:

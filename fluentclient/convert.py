@@ -154,10 +154,17 @@ def record_time_ns(record: logging.LogRecord) -> int:
     # Someone may have changed created after the record was made: created then wins.
     if type(ns) is int and abs(ns - created * _NS) < _MS:
         return ns
+    # A created_ns that disagrees says created was edited, and msecs (taken with
+    # created_ns) is then stale too: it must not pull the edited time into its
+    # millisecond, even when the two happen to be close.
+    edited = type(ns) is int
     whole = int(created)
     nanos = round((created - whole) * _NS)
     msecs = getattr(record, "msecs", None)
-    if isinstance(msecs, (int, float)) and not isinstance(msecs, bool) and 0 <= msecs < 1000:
+    if (
+        not edited and isinstance(msecs, (int, float)) and not isinstance(msecs, bool)
+        and 0 <= msecs < 1000
+    ):
         low = int(msecs) * _MS
         if abs(nanos - low) <= 2 * _MS:  # the same clock reading, not an edited created
             nanos = min(max(nanos, low), low + _MS - 1)

@@ -345,9 +345,11 @@ class Reader:
             entries.append(entry)
             self._note_taken(tag, seq)
         if msgs:
-            self._add(msgs, entries)
+            # Counted before the writer can see them: whoever finds them at the server
+            # finds them in stats() too.
             if self._replayed is not None:
                 self._replayed(len(msgs))
+            self._add(msgs, entries)
         elif self._replay_next is not None:
             return False  # waiting for room
         else:

@@ -295,6 +295,10 @@ class Writer:
                 conn.connect(self._deadline(self._connect_timeout))
             except FluentError as exc:
                 link.conn = None
+                if self._cut_short():
+                    # Our own shutdown ended the attempt: not the server's failure, and
+                    # its last error stays the reason it gave (a refused key, say).
+                    return None
                 # A refused key or certificate is a configuration error: no tight loop,
                 # and say it loudly, but once per outage (or when the reason changes),
                 # not on every retry of a client that may run like this for days.
@@ -329,6 +333,11 @@ class Writer:
                 log.debug("fluentclient: connected to %s", link.name)
             return link
         return None
+
+    def _cut_short(self) -> bool:
+        """True once shutdown's deadline has passed or it abandoned the drain."""
+        drain = self._life.drain_deadline
+        return self._life.abandoned or (drain is not None and time.monotonic() >= drain)
 
     def _deadline(self, timeout: float) -> float:
         deadline = time.monotonic() + timeout
@@ -630,9 +639,13 @@ class Writer:
         if conn is None:
             return
         clean = False
-        if self._life.abandoned or link.unconfirmed:
+        if link.unconfirmed or self._life.abandoned:
             if not self._require_ack:
                 self._take_late_markers(link, conn)
+            if link.unconfirmed:
+                # Those frames stay in the buffer and are reported unsent: reset, so that
+                # our kernel drops them instead of delivering them after the report.
+                conn.abort()
             conn.close()
         else:
             clean, replies = conn.close_gracefully(self._deadline(self._write_timeout))

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import os
+import threading
+import time
+
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -23,3 +27,45 @@ FAST_BACKOFF = Backoff(initial=0.01, maximum=0.1)
 @pytest.fixture
 def fast_backoff() -> Backoff:
     return FAST_BACKOFF
+
+
+# -- nothing left behind -------------------------------------------------------------------
+
+_THREADS_AT_START: set[threading.Thread] = set()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _THREADS_AT_START.update(threading.enumerate())
+
+
+def _our_children() -> list[str]:
+    """Our processes not yet reaped (Linux only; elsewhere nothing is checked)."""
+    kids: list[str] = []
+    try:
+        tasks = os.listdir(f"/proc/{os.getpid()}/task")
+    except OSError:
+        return kids
+    for tid in tasks:
+        try:
+            with open(f"/proc/{os.getpid()}/task/{tid}/children") as f:
+                kids += f.read().split()
+        except OSError:
+            pass
+    return kids
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # A thread or process a test leaves behind goes on using the machine (and the ports)
+    # while later tests run; each must end with its test, or at most with its fixtures.
+    # The wait is for threads that were told to stop and are on their way out.
+    deadline = time.monotonic() + 10
+    while True:
+        threads = [t for t in threading.enumerate()
+                   if t not in _THREADS_AT_START and t.is_alive()]
+        children = _our_children()
+        if not (threads or children) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    if threads or children:
+        print(f"\nleft behind: threads {[t.name for t in threads]}, processes {children}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,9 +1,13 @@
-"""Run Python children that use the client, many at once, and time how they end.
+"""Run Python children that use the client, and time how they end.
 
 A child prints ``<NAME> <monotonic time>`` lines (``stamp()``); the parent notes the
 monotonic time at which it saw the process end (both pipes closed and the process
 reaped). CLOCK_MONOTONIC is system-wide on Linux, so the two can be subtracted: the time
 from "main is about to return" to "the process is gone" is the child's exit time.
+
+Tight bounds are best taken between two of the child's own stamps, and a child held to
+one should run alone: children started together compete for the cores, and each one's
+time then says more about the others than about itself.
 """
 
 from __future__ import annotations
@@ -23,13 +27,17 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Put at the top of every child: its parameters, and a way to stamp moments.
+# Put at the top of every child: its parameters, and a way to stamp moments. The at-exit
+# hook registered here is the first, so it runs last: AT_EXIT_DONE is the child's own
+# stamp of the moment every other at-exit hook (the client's shutdown) has returned.
 PRELUDE = """\
-import json as _json, sys as _sys, time as _time
+import atexit as _atexit, json as _json, sys as _sys, time as _time
 P = _json.loads(_sys.argv[1])
 
 def stamp(name, *values):
     print(name, repr(_time.monotonic()), *values, flush=True)
+
+_atexit.register(lambda: stamp("AT_EXIT_DONE"))
 """
 
 
@@ -55,6 +63,10 @@ class Finished:
         """From the child's ``name`` stamp to the moment the parent saw it end."""
         return self.ended - self.stamp(name)
 
+    def seconds_between(self, first: str, then: str) -> float:
+        """From one of the child's stamps to another: its own clock, its own moments."""
+        return self.stamp(then) - self.stamp(first)
+
     def foreign_stderr(self) -> list[str]:
         """stderr lines that are not one of our own log lines (tracebacks and the like)."""
         return [line for line in self.stderr.splitlines()
@@ -65,16 +77,21 @@ class Finished:
                 f"--- stderr\n{self.stderr}")
 
 
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (else ours) with this checkout first on the import path: a child must test
+    the package these tests came with, not whichever one is installed."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
 class Child:
     """A running child. Its output is read as it comes; ``finish()`` collects it."""
 
     def __init__(self, name: str, code: str, params: dict[str, Any] | None = None,
                  stdin: bool = False) -> None:
         self.name = name
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(ROOT), env.get("PYTHONPATH")) if p
-        )
+        env = child_env()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", PRELUDE + textwrap.dedent(code), json.dumps(params or {})],
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,

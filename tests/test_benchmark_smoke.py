@@ -8,6 +8,8 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from .subproc import child_env
+
 ROOT = Path(__file__).resolve().parent.parent
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -17,7 +19,7 @@ def test_quick_benchmark_run_reports_every_table_and_draws_the_chart(tmp_path):
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--quick",
          "--only", "raw,buffered,buffered_ack,sync", "--chart", str(chart)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, env=child_env(),
     )
     assert out.returncode == 0, out.stderr
     for row in ("| raw |", "| buffered |", "| buffered_ack |", "| sync |",

@@ -31,6 +31,15 @@ def client_for(server: ForwardServer, **kwargs) -> BufferedClient:
     return BufferedClient(server.host, server.port, **kwargs)
 
 
+def wait_until(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 def accounted(stats) -> int:
     return stats.sent + stats.dropped_total + stats.unsent + stats.possibly_lost + stats.buffered
 
@@ -185,24 +194,41 @@ def test_default_hook_serializes_user_types(fluent_server):
 def test_buffer_limit_drops_newest_and_counts(fluent_server):
     fluent_server.stall(True)
     errors = []
+    counted_when_told = []
+    told = threading.Lock()  # post() and the reader may both drop at once
+
+    def on_error(err, msg):
+        with told:
+            errors.append((err, msg))
+            if isinstance(err, BufferFullError):
+                counted_when_told.append(client.stats().dropped.get("buffer_full", 0))
+
     client = client_for(
         fluent_server,
         buffer_limit=64 * 1024,
         max_frame_size=16 * 1024,
-        on_error=lambda err, msg: errors.append((err, msg)),
+        on_error=on_error,
     )
     try:
         record = {"pad": "p" * 200}
         accepted = sum(client.post("app.full", record) for _ in range(5000))
         with pytest.raises(BufferFullError):
             for _ in range(1000):
+                counted = client.stats().dropped.get("buffer_full", 0)
                 client.post("app.full", record, sync_append=True)
+        # The drop that raised was counted before post() returned.
+        assert client.stats().dropped["buffer_full"] > counted
+        # post() may refuse before the queue while the reader still works through the
+        # records queued before: wait until it has taken them all, so nothing more drops.
+        assert wait_until(lambda: client._reader.idle and not client._queue)
         stats = client.stats()
         assert stats.dropped.get("buffer_full", 0) > 0
         assert accepted < 5000
         assert stats.buffered_bytes <= 64 * 1024
         full = [(e, m) for e, m in errors if isinstance(e, BufferFullError)]
         assert len(full) == stats.dropped["buffer_full"]
+        # Each drop was counted before on_error heard of it.
+        assert all(seen >= n for n, seen in enumerate(counted_when_told, 1))
         assert all(m is not None and m.tag == "app.full" and m.record == record for _, m in full)
         assert accounted(stats) == stats.posted
     finally:

@@ -25,6 +25,7 @@ from fluentclient.server import ForwardServer
 
 from .certs import Pki, server_context
 from .peer_server import assert_peer_equal
+from .subproc import child_env
 
 COMMAND = [sys.executable, "-m", "fluentclient"]
 KEY = "cat shared key"
@@ -39,7 +40,7 @@ def free_port() -> int:
 
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without FLUENT_* (a developer's own must not leak in)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLUENT_")}
+    env = child_env({k: v for k, v in os.environ.items() if not k.startswith("FLUENT_")})
     env.update(extra)
     return env
 
@@ -100,7 +101,7 @@ class Output:
 @pytest.mark.parametrize("progress", [[], ["--progress"]], ids=["quiet", "progress"])
 def test_demo_checks_every_record(progress):
     result = subprocess.run([*COMMAND, "demo", "--records", "20000", *progress],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, env=clean_env())
     assert result.returncode == 0, result.stdout + result.stderr
     assert "server received 20,000 records, in order: True" in result.stdout
     assert result.stdout.rstrip().endswith("OK")

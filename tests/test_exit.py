@@ -5,7 +5,8 @@ returns (the at-exit shutdown drains), or ``sys.exit`` from a program with many 
 still posting. The child stamps the monotonic time right before it returns; the parent
 notes when the process is gone; the difference must stay within ``shutdown_timeout`` plus
 half a second, with the server healthy, refusing, stuck with full buffers, or black-holed
-(connects never answered). All children of the matrix run at once to keep the suite fast.
+(connects never answered). The children run one at a time: each is held to a bound of
+half a second, which children competing for the same cores could not promise.
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ import pytest
 
 from fluentclient.server import ForwardServer
 
-from .subproc import Child, Finished, finish_all
+from .subproc import Child, Finished
 
 SLACK = 0.5
+# After the last at-exit hook the interpreter still tears itself down (modules, objects,
+# stdio), at whatever speed the machine has to spare: the process-end bound allows for
+# that, while the client's own part is held to SLACK on the child's own stamps.
+TEARDOWN = 2.0
 RECORDS = 2000
 
 EXIT_CHILD = """
@@ -115,7 +120,7 @@ def exit_matrix() -> Iterator[tuple[dict[str, ForwardServer], dict[str, Finished
         servers["down"].refuse()
         servers["stuck"].stall()
         servers["blackholed"].blackhole()
-        children = []
+        results = {}
         for case in CASES:
             params = {
                 "port": servers[case.server].port,
@@ -127,8 +132,8 @@ def exit_matrix() -> Iterator[tuple[dict[str, ForwardServer], dict[str, Finished
                 "records": RECORDS,
                 "tag": case.tag,
             }
-            children.append(Child(case.name, EXIT_CHILD, params))
-        yield servers, finish_all(children)
+            results[case.name] = Child(case.name, EXIT_CHILD, params).finish()
+        yield servers, results
     finally:
         for server in servers.values():
             server.close()
@@ -141,14 +146,16 @@ def test_the_process_exits_within_the_shutdown_timeout(exit_matrix, case):
     result = results[case.name]
     assert result.returncode == 0, result.describe()
     assert result.foreign_stderr() == [], result.describe()
+    at_exit_time = result.seconds_between("EXITING", "AT_EXIT_DONE")
     exit_time = result.seconds_since("EXITING")
-    print(f"{case.name}: exit took {exit_time:.3f} s")
-    assert exit_time <= case.timeout + SLACK, result.describe()
+    print(f"{case.name}: at-exit work took {at_exit_time:.3f} s, exit {exit_time:.3f} s")
+    assert at_exit_time <= case.timeout + SLACK, result.describe()
+    assert exit_time <= case.timeout + SLACK + TEARDOWN, result.describe()
     if case.server == "stuck":
         assert result.lines("STUCK"), result.describe()  # it really was stuck
     if case.server == "healthy":
         # Everything was delivered, and the exit did not wait for the deadline to do it.
-        assert exit_time <= min(case.timeout, 1.0) + SLACK
+        assert at_exit_time <= min(case.timeout, 1.0) + SLACK
         expected = 100 if case.how == "sys.exit" else 0
         server = servers["healthy"]
         assert server.wait_for(
@@ -247,20 +254,21 @@ stamp("EXITING")
 def late_results() -> Iterator[tuple[ForwardServer, dict[str, Finished]]]:
     with ForwardServer() as server:
         params = {"port": server.port}
-        children = [Child(name, code, params) for name, code in (
+        # One at a time, as above: each is held to a bound of half a second.
+        yield server, {name: Child(name, code, params).finish() for name, code in (
             ("late_atexit", LATE_ATEXIT_CHILD),
             ("created_in_atexit", CREATED_IN_ATEXIT_CHILD),
             ("del_at_exit", DEL_AT_EXIT_CHILD),
             ("used_then_del", USED_THEN_DEL_CHILD),
             ("worker_after_main", WORKER_AFTER_MAIN_CHILD),
-        )]
-        yield server, finish_all(children)
+        )}
 
 
 def quiet_and_on_time(result: Finished) -> None:
     assert result.returncode == 0, result.describe()
     assert result.foreign_stderr() == [], result.describe()
-    assert result.seconds_since("EXITING") <= 0.5 + SLACK, result.describe()
+    assert result.seconds_between("EXITING", "AT_EXIT_DONE") <= 0.5 + SLACK, result.describe()
+    assert result.seconds_since("EXITING") <= 0.5 + SLACK + TEARDOWN, result.describe()
 
 
 @pytest.mark.parametrize("name", [

@@ -214,10 +214,24 @@ def main():
     for i in range(P["n"]):
         client.post("raw.parent", {"i": i})
     assert client.flush(5)  # connected, threads running
+    # This fork skips CPython's own after-fork repair too: the child inherits the GIL's
+    # condition variable with every thread that waited on it, threads it does not have,
+    # and a signal there can wait for them forever. So fork while ours sleep in their
+    # long waits (the reader idle, the writer with nothing in flight), not about to
+    # queue for the GIL.
+    deadline = _time.monotonic() + 10
+    while not (client._reader.idle
+               and not any(link.unconfirmed for link in client._writer.links)):
+        assert _time.monotonic() < deadline, "the client's threads never went quiet"
+        _time.sleep(0.01)
     # libc's fork() through ctypes: none of Python's at-fork hooks run in the child.
     # PyDLL keeps the GIL across the call, so the child starts holding it.
     pid = ctypes.PyDLL(None).fork()
     if pid == 0:
+        if P["reader_was_busy"]:
+            # The child copies the reader's state: had it been busy at the fork, post()
+            # wakes nothing and so checks no pid, and the at-exit hook must notice.
+            client._reader.idle = False
         for i in range(P["m"]):
             client.post("raw.child", {"i": i})
         stamp("EXITING")
@@ -237,10 +251,13 @@ main()
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="calls libc fork through ctypes")
-def test_a_fork_that_skips_the_at_fork_hooks_is_caught_by_a_pid_check(fluent_server):
+@pytest.mark.parametrize("reader_was_busy", [False, True], ids=["reader-idle", "reader-busy"])
+def test_a_fork_that_skips_the_at_fork_hooks_is_caught_by_a_pid_check(fluent_server,
+                                                                       reader_was_busy):
     n, m = 200, 100
-    result = Child("raw-fork", RAW_FORK, {"port": fluent_server.port, "n": n,
-                                          "m": m}).finish(timeout=30)
+    result = Child("raw-fork", RAW_FORK, {"port": fluent_server.port, "n": n, "m": m,
+                                          "reader_was_busy": reader_was_busy}
+                   ).finish(timeout=30)
     assert result.returncode == 0, result.describe()
     exit_code, posted, sent, failures, lost, unsent = map(int, result.lines("PARENT")[0][1:])
     assert exit_code == 0

@@ -10,12 +10,12 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from fluentclient import BufferedClient, Stats, SyncClient
+from fluentclient import Backoff, BufferedClient, Stats, SyncClient
 from fluentclient.errors import ConfigurationError
 from fluentclient.metrics import DROP_REASONS, SERVER_STATES, register, unregister
 from fluentclient.server import ForwardServer
 
-from .conftest import FAST_BACKOFF
+from .subproc import child_env
 
 COUNTERS = {
     "posted": "records_posted_total",
@@ -126,8 +126,12 @@ def test_per_server_state_and_counters():
         down_address = f"{down.host}:{down.port}"
         down.close()  # nothing listens there any more
         registry = CollectorRegistry()
+        # A server's state follows the clock (backing off until its retry time, then
+        # idle), and stats() and the scrape read it at different moments: a backoff far
+        # longer than the test keeps the refused server backing off for both reads.
         client = BufferedClient(servers=[down_address, f"{up.host}:{up.port}"],
-                                backoff=FAST_BACKOFF, at_exit=False, write_threshold=64)
+                                backoff=Backoff(initial=600, maximum=600, jitter=0),
+                                at_exit=False, write_threshold=64)
         register(client, registry, prefix="app_fluent")
         for i in range(200):
             client.post("metrics.pool", {"i": i})
@@ -136,6 +140,7 @@ def test_per_server_state_and_counters():
         stats = client.stats()
         assert {s.address for s in stats.servers} == {f"{up.host}:{up.port}", down_address}
         assert [s.failures > 0 for s in stats.servers] == [True, False]
+        assert [s.state for s in stats.servers] == ["backing_off", "idle"]
         assert_exported(registry, stats, {}, prefix="app_fluent")
 
 
@@ -206,7 +211,7 @@ def test_bad_prefix_or_labels(options):
 
 def run_python(code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, env=child_env())
 
 
 def test_prometheus_client_is_imported_only_when_metrics_are_used():

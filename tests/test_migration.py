@@ -27,6 +27,8 @@ import pytest
 from fluentclient import EventTime
 from fluentclient.server import ForwardServer, ReceivedEvent
 
+from .subproc import child_env
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCK = re.compile(r"^<!-- migration-example -->\n```python\n(.*?)^```$", re.M | re.S)
 CLAIM = re.compile(r"^# server receives(, among other fields)?: (.+)$", re.M)
@@ -92,7 +94,7 @@ EXAMPLES = examples(README.read_text(encoding="utf-8"))
 def run_example(example: Example, server: ForwardServer) -> subprocess.CompletedProcess[str]:
     code = PORT.sub(str(server.port), example.code)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, env=child_env())
 
 
 def test_the_readme_has_the_migration_examples():

@@ -13,11 +13,12 @@ import pytest
 from fluentclient import BufferedClient
 
 from .conftest import FAST_BACKOFF
+from .subproc import child_env
 
 
 def run_python(code: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=child_env())
 
 
 def test_records_are_sent_at_process_exit(fluent_server):

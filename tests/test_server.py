@@ -875,7 +875,9 @@ def test_keepalive_off_with_withheld_acks_closes_without_one() -> None:
 
 
 def test_keepalive_off_waits_for_a_delayed_ack() -> None:
-    delay = 0.3
+    # The second send must land while the ack is still held: long enough for a loaded
+    # machine, whose steps here may each take a scheduling delay.
+    delay = 1.5
     with ForwardServer(keepalive=False) as server, peer(server) as p:
         server.delay_acks(delay)
         began = time.monotonic()

@@ -13,6 +13,7 @@ from fluentclient.server import ForwardServer
 from fluentclient.spool import Spool, _split_entries, read_blocks
 
 from .conftest import FAST_BACKOFF
+from .subproc import child_env
 
 CHILD = textwrap.dedent(
     """
@@ -44,6 +45,7 @@ class Child:
             [sys.executable, "-c", CHILD, str(port), str(spool), "ack" if ack else "plain",
              *phases],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=child_env(),
         )
 
     def wait_for(self, phase: str) -> None:
@@ -229,7 +231,7 @@ def test_forked_child_gets_its_own_spool(tmp_path, fluent_server):
         """
     )
     done = subprocess.run([sys.executable, "-c", code, str(fluent_server.port), str(tmp_path)],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, env=child_env())
     assert done.returncode == 0, done.stderr
     parent = [e.record["i"] for e in fluent_server.events if e.record["who"] == "parent"]
     child = [e.record["i"] for e in fluent_server.events if e.record["who"] == "child"]

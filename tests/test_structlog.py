@@ -17,6 +17,7 @@ from fluentclient.server import ForwardServer
 from fluentclient.structlog import FluentLoggerFactory, FluentProcessor
 
 from .conftest import FAST_BACKOFF
+from .subproc import child_env
 
 
 @pytest.fixture
@@ -134,5 +135,5 @@ def test_fluentclient_never_imports_structlog():
         "assert 'structlog' not in sys.modules, 'structlog was imported'\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=30)
+                            timeout=30, env=child_env())
     assert result.returncode == 0, result.stderr
