@@ -383,16 +383,21 @@ class Writer:
             # connections cannot eat the next frame.
             self._close(link)
 
+    def _replies(self, link: Link, conn: Connection) -> list[object] | None:
+        """What the server said since we last looked; None if that failed the link."""
+        try:
+            return conn.refuse_if_helo(conn.read_available())
+        except AuthenticationError as exc:
+            self._refused_after_connect(link, exc)
+        except ConnectionLost as exc:
+            self._link_failed(link, str(exc))
+        return None
+
     def _read_acks(self, link: Link) -> None:
         conn = link.conn
         assert conn is not None
-        try:
-            replies = conn.refuse_if_helo(conn.read_available())
-        except AuthenticationError as exc:
-            self._refused_after_connect(link, exc)
-            return
-        except ConnectionLost as exc:
-            self._link_failed(link, str(exc))
+        replies = self._replies(link, conn)
+        if replies is None:
             return
         acked: list[Frame] = []
         for reply in replies:
@@ -492,13 +497,8 @@ class Writer:
         """Without acks: settle what the server's acks of our markers prove it read."""
         conn = link.conn
         assert conn is not None
-        try:
-            replies = conn.refuse_if_helo(conn.read_available())
-        except AuthenticationError as exc:
-            self._refused_after_connect(link, exc)
-            return
-        except ConnectionLost as exc:
-            self._link_failed(link, str(exc))
+        replies = self._replies(link, conn)
+        if replies is None:
             return
         for reply in replies:
             if not self._marker_acked(link, reply):
