@@ -71,7 +71,13 @@ def _tls_failure(where: str, exc: ssl.SSLError) -> FluentConnectionError:
         return FluentConnectionError(f"TLS with {where} failed: {exc.reason or exc}")
     # An alert from the server (it refused our certificate, or none was given), or no
     # common protocol version or cipher: configuration, like a refused key.
-    return TlsError(f"TLS with {where} failed: {exc.reason or exc}")
+    reason = str(exc.reason or exc)
+    _, alert, name = reason.partition("ALERT_")
+    if alert:
+        # OpenSSL names alerts like TLSV13_ALERT_CERTIFICATE_REQUIRED: say it in words.
+        return TlsError(f"TLS with {where} failed: the server sent the alert "
+                        f"'{name.replace('_', ' ').lower()}' ({reason})")
+    return TlsError(f"TLS with {where} failed: {reason}")
 
 
 def describe(address: Address) -> str:

@@ -111,7 +111,7 @@ def test_fork_with_held_records_and_held_locks_sends_each_record_once(fault):
                        stdin=True)
         # Wait for both sides: the child posted with the server still taking nothing.
         forker.wait_for_line("FORKED", timeout=30)
-        forker.wait_for_line("CHILD", timeout=10)
+        forker.wait_for_line("CHILD", timeout=30)
         if fault == "stalled":
             server.stall(False)
         else:
