@@ -438,10 +438,14 @@ class BufferedClient(_Client):
             # What a previous process left is sent now, not at the first post().
             self._start()
 
-    def _fresh(self) -> None:
-        """Build the queue, buffer and threads (not started): at init and after fork."""
+    def _fresh(self, *, closed: bool = False) -> None:
+        """Build the queue, buffer and threads (not started): at init and after fork.
+
+        ``closed``: a child of a process that had stopped this client; it stays stopped,
+        and opens no spool.
+        """
         o, t = self._options, self._transport
-        self._closing = False
+        self._closing = closed
         self._life = Lifecycle()
         self._counters = Counters()
         self._queue: deque[object] = deque()
@@ -450,7 +454,7 @@ class BufferedClient(_Client):
             # Deflate can grow incompressible input a little (stored blocks, gzip header
             # and trailer): leave room so a compressed frame still fits.
             frame_size -= frame_size // 500 + 64
-        if o["spool_dir"] is not None:
+        if o["spool_dir"] is not None and not closed:
             self._spool = Spool(o["spool_dir"], limit=o["spool_limit"])
         self._buffer = Buffer(
             limit=o["buffer_limit"],
@@ -970,10 +974,22 @@ class BufferedClient(_Client):
         handoff, self._handoff = self._handoff, None
         held = [m for m in self._queue if isinstance(m, Message)] if handoff else []
         self._shutdown_lock = threading.Lock()
+        # A client shut down or closed in the parent stays so here (its shutdown may still
+        # be under way in a parent thread): it refuses every post, and a shutdown here
+        # reports this process's counts, which start from zero.
+        closed = self._closing
+        stopped = self._report is not None
         self._report = None
         if self._spool is not None:
             self._spool.forget()
             self._spool = None
+        if closed:
+            if handoff is not None:
+                handoff.claim()  # only closes our end: the parent sent what it could
+            self._fresh(closed=True)
+            if stopped:
+                self._report = self._counters.report(timed_out=False)
+            return
         try:
             self._fresh()
         except OSError as exc:
