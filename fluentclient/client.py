@@ -70,6 +70,7 @@ from .stats import (
     DROP_BUFFER_FULL,
     DROP_CLOSED,
     DROP_EVICTED,
+    DROP_SEND_FAILED,
     DROP_SPOOL_FULL,
     Counters,
     ShutdownReport,
@@ -1268,9 +1269,10 @@ class SyncClient(_Client):
         self._max_frame_size = max_frame_size
         self._lock = threading.Lock()
         self._counters = Counters()
-        self._posted = 0
         self._closed = False
         self._pid = os.getpid()
+        # Whether the record being sent may have reached a server (see _send).
+        self._maybe_delivered = False
         _live_sync_clients.add(self)
 
     def _after_fork_in_child(self) -> None:
@@ -1278,7 +1280,6 @@ class SyncClient(_Client):
         # frames and steal its acks. Closing our copy of the descriptor sends nothing.
         self._lock = threading.Lock()
         self._counters = Counters()
-        self._posted = 0
         self._pid = os.getpid()
         for link in self._links:
             conn, link.conn = link.conn, None
@@ -1323,8 +1324,17 @@ class SyncClient(_Client):
                     f"{self._max_frame_size} bytes"
                 )
             data, chunk = self._builder.build(full_tag, entry, 1)
-            self._posted += 1
-            self._send(data, chunk, start, timeout)
+            self._maybe_delivered = False
+            try:
+                self._send(data, chunk, start, timeout)
+            except BaseException:
+                # Posted and settled at once: nothing is ever buffered here.
+                if self._maybe_delivered:
+                    with self._counters.lock:
+                        self._counters.possibly_lost += 1
+                else:
+                    self._counters.drop(DROP_SEND_FAILED, refused=False)
+                raise
         with self._counters.lock:
             self._counters.sent += 1
             self._counters.frames_sent += 1
@@ -1368,14 +1378,19 @@ class SyncClient(_Client):
                     link.connected()
                     with self._counters.lock:
                         self._counters.connects += 1
+                written = False
                 try:
                     conn.send(data, self._deadline(start, t.write_timeout, timeout))
+                    written = True
                     if chunk is not None:
                         self._await_ack(conn, chunk, self._deadline(start, t.ack_timeout, timeout))
                 except AuthenticationError as exc:
                     self._refused(link, exc)
                     raise
                 except (SendError, ConnectionLost, FluentTimeoutError) as exc:
+                    if written or (isinstance(exc, SendError) and exc.written > 0):
+                        # The server may have the frame, or part of it.
+                        self._maybe_delivered = True
                     conn.close()
                     link.conn = None
                     with self._counters.lock:
@@ -1451,7 +1466,10 @@ class SyncClient(_Client):
                     conn.close()
 
     def stats(self) -> Stats:
+        """Every record counts once its post() has returned or raised: sent, or, if the
+        call raised, ``dropped["send_failed"]`` (nothing of it was written) or
+        ``possibly_lost`` (written, not seen taken). ``buffered`` is always 0."""
         return self._counters.snapshot(
-            posted=self._posted, buffered_bytes=0,
+            posted=None, buffered_bytes=0,
             servers=tuple(link.stats() for link in self._links),
         )

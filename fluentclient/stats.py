@@ -22,6 +22,8 @@ DROP_NOT_ACKED = "not_acked"
 DROP_SPOOL_FULL = "spool_full"
 # Buffered records removed to make room for newer ones (overflow="drop_oldest").
 DROP_EVICTED = "evicted"
+# A SyncClient could not send the record (the call raised); nothing of it reached a server.
+DROP_SEND_FAILED = "send_failed"
 
 
 class UnsentRecord(NamedTuple):
@@ -133,12 +135,18 @@ class Counters:
             return n
 
     def snapshot(
-        self, *, posted: int, buffered_bytes: int, servers: tuple[ServerStats, ...] = ()
+        self, *, posted: int | None, buffered_bytes: int, servers: tuple[ServerStats, ...] = ()
     ) -> Stats:
-        """A Stats; whatever is not accounted for yet is still on its way."""
+        """A Stats; whatever is not accounted for yet is still on its way.
+
+        ``posted=None``: every record posted is settled, as in a client that buffers
+        nothing; posted is then their sum, taken under the same lock.
+        """
         with self.lock:
             dropped = dict(self.dropped)
             settled = self.sent + sum(dropped.values()) + self.unsent + self.possibly_lost
+            if posted is None:
+                posted = settled - self.replayed
             return Stats(
                 posted=posted,
                 replayed=self.replayed,
