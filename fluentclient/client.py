@@ -3,7 +3,8 @@
 Threads of a BufferedClient and what each owns::
 
     caller threads   post(): check the tag, build a Message, put it on the queue
-          |          (a deque: no lock; the reader is woken only when it went idle)
+          |          (a deque: the usual path takes no lock of ours; see the README for
+          |          the paths that do; the reader is woken only when it went idle)
           v
     reader thread    owns the packer; packs a batch, then appends it to the buffer
           |          under buffer.lock and notifies buffer.changed when a write is due

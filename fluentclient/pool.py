@@ -1,9 +1,12 @@
 """The servers a client sends to, and the writer's per-server state.
 
-A :class:`Server` is what the user configures. A :class:`Link` is the writer's view of
+A :class:`Server` is what the user configures. A :class:`Link` is a client's view of
 one server: its connection, the frames written to it and not yet confirmed, its own
-backoff, and counters for ``stats()``. Only the writer thread changes a Link; ``stats()``
-reads its counters without a lock, which at worst shows a value a moment old.
+backoff, and counters for ``stats()``. In a BufferedClient only the writer thread changes
+a Link; in a SyncClient the posting thread does, holding the client's lock (as do its
+close(), shutdown() and after-fork reset). ``stats()`` reads a Link from its own thread
+without any lock: a value may be a moment old, and the state and the counters of one
+server may be a moment apart.
 """
 
 from __future__ import annotations

@@ -54,7 +54,17 @@ class ServerStats:
 
 @dataclass(frozen=True)
 class Stats:
-    """A consistent snapshot of what happened to the records posted to a client.
+    """A snapshot of what happened to the records posted to a client.
+
+    Not taken all at once: the fates (``sent``, ``dropped``, ``unsent``,
+    ``possibly_lost``, ``retried`` and the other counters) are read together under the
+    counters' lock and agree with each other, but ``posted``, ``buffered_bytes`` and
+    ``servers`` are read beside them without it. While records are moving ``posted`` may
+    be a moment off, usually behind (a batch in the reader's hands is counted once it is
+    packed, while a record it drops is counted at once), and ``buffered`` (``posted`` plus
+    ``replayed`` minus the fates, never below 0) is then off by the records in motion.
+    When no record moves (after ``shutdown()`` has returned, for one) the fields agree.
+    A :class:`SyncClient` reads ``posted`` under the same lock, and its ``buffered`` is 0.
 
     Every record that ``post()`` accepted, and every record ``replayed`` from a spool a
     previous process left, ends in exactly one of: ``sent``, ``dropped`` (by reason),
