@@ -252,10 +252,6 @@ class Buffer:
                 return True
         return False
 
-    def holds_before(self, seq: int) -> bool:
-        with self.lock:
-            return self._taken_before(seq)
-
     # -- flush and shutdown --------------------------------------------------------------
 
     def request_flush(self) -> int:

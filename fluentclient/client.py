@@ -3,7 +3,8 @@
 Threads of a BufferedClient and what each owns::
 
     caller threads   post(): check the tag, build a Message, put it on the queue
-          |          (a deque: no lock; the reader is woken only when it went idle)
+          |          (a deque: the usual path takes no lock of ours; see the README for
+          |          the paths that do; the reader is woken only when it went idle)
           v
     reader thread    owns the packer; packs a batch, then appends it to the buffer
           |          under buffer.lock and notifies buffer.changed when a write is due
@@ -70,6 +71,7 @@ from .stats import (
     DROP_BUFFER_FULL,
     DROP_CLOSED,
     DROP_EVICTED,
+    DROP_SEND_FAILED,
     DROP_SPOOL_FULL,
     Counters,
     ShutdownReport,
@@ -438,10 +440,14 @@ class BufferedClient(_Client):
             # What a previous process left is sent now, not at the first post().
             self._start()
 
-    def _fresh(self) -> None:
-        """Build the queue, buffer and threads (not started): at init and after fork."""
+    def _fresh(self, *, closed: bool = False) -> None:
+        """Build the queue, buffer and threads (not started): at init and after fork.
+
+        ``closed``: a child of a process that had stopped this client; it stays stopped,
+        and opens no spool.
+        """
         o, t = self._options, self._transport
-        self._closing = False
+        self._closing = closed
         self._life = Lifecycle()
         self._counters = Counters()
         self._queue: deque[object] = deque()
@@ -450,7 +456,7 @@ class BufferedClient(_Client):
             # Deflate can grow incompressible input a little (stored blocks, gzip header
             # and trailer): leave room so a compressed frame still fits.
             frame_size -= frame_size // 500 + 64
-        if o["spool_dir"] is not None:
+        if o["spool_dir"] is not None and not closed:
             self._spool = Spool(o["spool_dir"], limit=o["spool_limit"])
         self._buffer = Buffer(
             limit=o["buffer_limit"],
@@ -970,10 +976,22 @@ class BufferedClient(_Client):
         handoff, self._handoff = self._handoff, None
         held = [m for m in self._queue if isinstance(m, Message)] if handoff else []
         self._shutdown_lock = threading.Lock()
+        # A client shut down or closed in the parent stays so here (its shutdown may still
+        # be under way in a parent thread): it refuses every post, and a shutdown here
+        # reports this process's counts, which start from zero.
+        closed = self._closing
+        stopped = self._report is not None
         self._report = None
         if self._spool is not None:
             self._spool.forget()
             self._spool = None
+        if closed:
+            if handoff is not None:
+                handoff.claim()  # only closes our end: the parent sent what it could
+            self._fresh(closed=True)
+            if stopped:
+                self._report = self._counters.report(timed_out=False)
+            return
         try:
             self._fresh()
         except OSError as exc:
@@ -1252,9 +1270,10 @@ class SyncClient(_Client):
         self._max_frame_size = max_frame_size
         self._lock = threading.Lock()
         self._counters = Counters()
-        self._posted = 0
         self._closed = False
         self._pid = os.getpid()
+        # Whether the record being sent may have reached a server (see _send).
+        self._maybe_delivered = False
         _live_sync_clients.add(self)
 
     def _after_fork_in_child(self) -> None:
@@ -1262,7 +1281,6 @@ class SyncClient(_Client):
         # frames and steal its acks. Closing our copy of the descriptor sends nothing.
         self._lock = threading.Lock()
         self._counters = Counters()
-        self._posted = 0
         self._pid = os.getpid()
         for link in self._links:
             conn, link.conn = link.conn, None
@@ -1307,8 +1325,17 @@ class SyncClient(_Client):
                     f"{self._max_frame_size} bytes"
                 )
             data, chunk = self._builder.build(full_tag, entry, 1)
-            self._posted += 1
-            self._send(data, chunk, start, timeout)
+            self._maybe_delivered = False
+            try:
+                self._send(data, chunk, start, timeout)
+            except BaseException:
+                # Posted and settled at once: nothing is ever buffered here.
+                if self._maybe_delivered:
+                    with self._counters.lock:
+                        self._counters.possibly_lost += 1
+                else:
+                    self._counters.drop(DROP_SEND_FAILED, refused=False)
+                raise
         with self._counters.lock:
             self._counters.sent += 1
             self._counters.frames_sent += 1
@@ -1352,14 +1379,19 @@ class SyncClient(_Client):
                     link.connected()
                     with self._counters.lock:
                         self._counters.connects += 1
+                written = False
                 try:
                     conn.send(data, self._deadline(start, t.write_timeout, timeout))
+                    written = True
                     if chunk is not None:
                         self._await_ack(conn, chunk, self._deadline(start, t.ack_timeout, timeout))
                 except AuthenticationError as exc:
                     self._refused(link, exc)
                     raise
                 except (SendError, ConnectionLost, FluentTimeoutError) as exc:
+                    if written or (isinstance(exc, SendError) and exc.written > 0):
+                        # The server may have the frame, or part of it.
+                        self._maybe_delivered = True
                     conn.close()
                     link.conn = None
                     with self._counters.lock:
@@ -1435,7 +1467,10 @@ class SyncClient(_Client):
                     conn.close()
 
     def stats(self) -> Stats:
+        """Every record counts once its post() has returned or raised: sent, or, if the
+        call raised, ``dropped["send_failed"]`` (nothing of it was written) or
+        ``possibly_lost`` (written, not seen taken). ``buffered`` is always 0."""
         return self._counters.snapshot(
-            posted=self._posted, buffered_bytes=0,
+            posted=None, buffered_bytes=0,
             servers=tuple(link.stats() for link in self._links),
         )

@@ -8,7 +8,11 @@ class Lifecycle:
 
     ``closing``: ``post()`` takes no new records. ``drain_deadline``: the writer writes
     everything it holds, whatever the thresholds, until that monotonic time.
-    ``abandoned``: the deadline passed; threads stop at once and touch no counters.
+    ``abandoned``: the deadline passed, or ``close()`` wants no drain; threads stop
+    without starting new work. They still settle what they hold as they stop, and count it:
+    the reader its batch in hand (drops), the writer its connections (sent, possibly lost,
+    a failed connection, frames sent again or given up). So shutdown gives them a short
+    grace before it reports, and a count may still move if one outlives that grace.
     ``reader_done``: nothing more will enter the buffer.
     """
 

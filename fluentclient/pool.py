@@ -1,9 +1,12 @@
 """The servers a client sends to, and the writer's per-server state.
 
-A :class:`Server` is what the user configures. A :class:`Link` is the writer's view of
+A :class:`Server` is what the user configures. A :class:`Link` is a client's view of
 one server: its connection, the frames written to it and not yet confirmed, its own
-backoff, and counters for ``stats()``. Only the writer thread changes a Link; ``stats()``
-reads its counters without a lock, which at worst shows a value a moment old.
+backoff, and counters for ``stats()``. In a BufferedClient only the writer thread changes
+a Link; in a SyncClient the posting thread does, holding the client's lock (as do its
+close(), shutdown() and after-fork reset). ``stats()`` reads a Link from its own thread
+without any lock: a value may be a moment old, and the state and the counters of one
+server may be a moment apart.
 """
 
 from __future__ import annotations
@@ -44,17 +47,32 @@ class Server:
 
     @classmethod
     def parse(cls, spec: ServerSpec) -> Server:
-        """Accept a Server, ``"host:port"``, ``"unix:///path"`` or ``(host, port)``."""
+        """Accept a Server, ``"host"``, ``"host:port"``, ``"[v6addr]:port"``, a bare IPv6
+        address (``"::1"``, on the default port: a port after one needs the brackets),
+        ``"unix:///path"`` or ``(host, port)``; a ValueError for a bad port or bracket."""
         if isinstance(spec, Server):
             return spec
         if isinstance(spec, tuple):
-            return cls(spec[0], int(spec[1]))
+            return cls(spec[0], _port(spec[1], spec))
         if spec.startswith("unix://"):
             return cls(unix_path=spec[len("unix://"):])
-        host, sep, port = spec.rpartition(":")
-        if not sep:
-            return cls(spec)
-        return cls(host.strip("[]"), int(port))
+        if spec.startswith("["):
+            host, bracket, rest = spec[1:].partition("]")
+            if not bracket or (rest and not rest.startswith(":")):
+                raise ValueError(f"server {spec!r} is not [v6addr] or [v6addr]:port")
+            return cls(host, _port(rest[1:], spec)) if rest else cls(host)
+        if spec.count(":") > 1:
+            return cls(spec)  # a bare IPv6 address
+        host, sep, port = spec.partition(":")
+        return cls(host, _port(port, spec)) if sep else cls(spec)
+
+
+def _port(port: object, spec: object) -> int:
+    if isinstance(port, str) and port.isascii() and port.isdigit():
+        port = int(port)
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise ValueError(f"server {spec!r}: port {port!r} is not a number from 1 to 65535")
+    return port
 
 
 ServerSpec = Union[Server, str, tuple[str, int]]

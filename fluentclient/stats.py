@@ -22,6 +22,8 @@ DROP_NOT_ACKED = "not_acked"
 DROP_SPOOL_FULL = "spool_full"
 # Buffered records removed to make room for newer ones (overflow="drop_oldest").
 DROP_EVICTED = "evicted"
+# A SyncClient could not send the record (the call raised); nothing of it reached a server.
+DROP_SEND_FAILED = "send_failed"
 
 
 class UnsentRecord(NamedTuple):
@@ -52,7 +54,17 @@ class ServerStats:
 
 @dataclass(frozen=True)
 class Stats:
-    """A consistent snapshot of what happened to the records posted to a client.
+    """A snapshot of what happened to the records posted to a client.
+
+    Not taken all at once: the fates (``sent``, ``dropped``, ``unsent``,
+    ``possibly_lost``, ``retried`` and the other counters) are read together under the
+    counters' lock and agree with each other, but ``posted``, ``buffered_bytes`` and
+    ``servers`` are read beside them without it. While records are moving ``posted`` may
+    be a moment off, usually behind (a batch in the reader's hands is counted once it is
+    packed, while a record it drops is counted at once), and ``buffered`` (``posted`` plus
+    ``replayed`` minus the fates, never below 0) is then off by the records in motion.
+    When no record moves (after ``shutdown()`` has returned, for one) the fields agree.
+    A :class:`SyncClient` reads ``posted`` under the same lock, and its ``buffered`` is 0.
 
     Every record that ``post()`` accepted, and every record ``replayed`` from a spool a
     previous process left, ends in exactly one of: ``sent``, ``dropped`` (by reason),
@@ -133,12 +145,18 @@ class Counters:
             return n
 
     def snapshot(
-        self, *, posted: int, buffered_bytes: int, servers: tuple[ServerStats, ...] = ()
+        self, *, posted: int | None, buffered_bytes: int, servers: tuple[ServerStats, ...] = ()
     ) -> Stats:
-        """A Stats; whatever is not accounted for yet is still on its way."""
+        """A Stats; whatever is not accounted for yet is still on its way.
+
+        ``posted=None``: every record posted is settled, as in a client that buffers
+        nothing; posted is then their sum, taken under the same lock.
+        """
         with self.lock:
             dropped = dict(self.dropped)
             settled = self.sent + sum(dropped.values()) + self.unsent + self.possibly_lost
+            if posted is None:
+                posted = settled - self.replayed
             return Stats(
                 posted=posted,
                 replayed=self.replayed,

@@ -392,3 +392,22 @@ def test_sync_append_raises_rather_than_hanging_if_the_reader_thread_is_gone(flu
         client.post("t", {"x": object()}, sync_append=True)
     assert time.monotonic() - start < 5
     client.close()
+
+
+def test_every_method_of_the_buffer_is_used_by_the_client():
+    # Dead code in the buffer (holds_before was) is code nobody keeps true.
+    import inspect
+    from pathlib import Path
+
+    import fluentclient
+    from fluentclient.buffer import Buffer
+
+    package = Path(fluentclient.__file__).parent
+    # Called as ``obj.name(`` somewhere in the package, the buffer itself included.
+    source = "\n".join(p.read_text() for p in package.glob("*.py"))
+    unused = [
+        name for name, member in vars(Buffer).items()
+        if inspect.isfunction(member) and not name.startswith("__")
+        and f".{name}(" not in source
+    ]
+    assert unused == []

@@ -305,3 +305,132 @@ def test_a_sync_client_forked_with_a_live_connection_keeps_each_side_on_its_own(
     assert fluent_server.errors == []
     # The parent's connection and one of the child's own: nothing failed and was redone.
     assert fluent_server.connections_accepted == 2
+
+
+# -- a client stopped before the fork stays stopped after it -----------------------------
+
+def _child_posts_to(client, sync_client) -> dict:
+    """In a forked child: what posting to clients stopped in the parent does."""
+    from fluentclient import ClientClosedError
+
+    posts = [client.post("closed.child", {"i": i}) for i in range(3)]
+    try:
+        client.post("closed.child", {"i": 3}, sync_append=True)
+        raised = None
+    except ClientClosedError:
+        raised = "ClientClosedError"
+    except Exception as exc:  # pragma: no cover - reported to the parent
+        raised = type(exc).__name__
+    try:
+        sync_client.post("closed.child", {"i": 4})
+        sync_raised = None
+    except ClientClosedError:
+        sync_raised = "ClientClosedError"
+    except Exception as exc:  # pragma: no cover - reported to the parent
+        sync_raised = type(exc).__name__
+    s = client.stats()
+    return {"posts": posts, "sync_append": raised, "sync_client": sync_raised,
+            "posted": s.posted, "dropped": dict(s.dropped), "buffered": s.buffered,
+            "started": client._started, "shutdown_again": client.shutdown(1).sent}
+
+
+def _read_all(fd: int, timeout: float) -> bytes:
+    import select
+    import time
+
+    deadline = time.monotonic() + timeout
+    data = b""
+    while True:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"the child said only {data!r}"
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return data
+            data += chunk
+
+
+@pytest.mark.parametrize("stop", ["shutdown", "close"])
+@pytest.mark.parametrize("used", [False, True], ids=["never-started", "started"])
+def test_a_client_stopped_before_a_fork_stays_stopped_in_the_child(fluent_server, stop,
+                                                                    used):
+    from fluentclient import BufferedClient, SyncClient
+
+    client = BufferedClient(fluent_server.host, fluent_server.port, at_exit=False)
+    sync_client = SyncClient(fluent_server.host, fluent_server.port)
+    if used:
+        client.post("closed.parent", {"i": 0})
+        assert client.flush(5)
+        sync_client.post("closed.parent", {"i": 1})
+    getattr(client, stop)()
+    getattr(sync_client, stop)()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        code = 1
+        try:
+            os.close(read)
+            os.write(write, json.dumps(_child_posts_to(client, sync_client)).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    try:
+        said = _read_all(read, timeout=20)
+    finally:
+        os.close(read)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, said
+    child = json.loads(said)
+    assert child["posts"] == [False, False, False], child
+    assert child["sync_append"] == "ClientClosedError", child
+    assert child["sync_client"] == "ClientClosedError", child
+    # Counted in the child's own stats, from zero, as refused because closed.
+    assert (child["posted"], child["dropped"], child["buffered"]) == (4, {"closed": 4}, 0)
+    # No threads started: nothing of the child's can reach the server.
+    assert child["started"] is False and child["shutdown_again"] == 0
+
+
+RAW_FORK_CLOSED = """
+import ctypes, os
+from fluentclient import BufferedClient, ClientClosedError
+
+client = BufferedClient("127.0.0.1", P["port"], shutdown_timeout=1, flush_interval=0.05)
+client.post("rawclosed.parent", {"i": 0})
+assert client.flush(5)
+getattr(client, P["stop"])()  # its threads are gone: nothing of ours runs at the fork
+
+def main():
+    # libc's fork() through ctypes: none of Python's at-fork hooks run in the child.
+    pid = ctypes.PyDLL(None).fork()
+    if pid == 0:
+        posts = [client.post("rawclosed.child", {"i": i}) for i in range(3)]
+        try:
+            client.post("rawclosed.child", {"i": 3}, sync_append=True)
+            raised = "nothing"
+        except ClientClosedError:
+            raised = "ClientClosedError"
+        s = client.stats()
+        stamp("CHILD", _json.dumps({"posts": posts, "raised": raised, "posted": s.posted,
+                                     "dropped": dict(s.dropped), "started": client._started},
+                                    separators=(",", ":")))
+        _sys.stdout.flush()
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    stamp("PARENT", os.waitstatus_to_exitcode(status))
+
+main()
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="calls libc fork through ctypes")
+@pytest.mark.parametrize("stop", ["shutdown", "close"])
+def test_a_client_stopped_before_an_unhooked_fork_stays_stopped(fluent_server, stop):
+    result = Child("raw-fork-closed", RAW_FORK_CLOSED,
+                   {"port": fluent_server.port, "stop": stop}).finish(timeout=30)
+    assert result.returncode == 0, result.describe()
+    assert result.lines("PARENT")[0][1:] == ["0"], result.describe()
+    child = json.loads(result.lines("CHILD")[0][1])
+    assert child == {"posts": [False, False, False], "raised": "ClientClosedError",
+                     "posted": 4, "dropped": {"closed": 4}, "started": False}, child

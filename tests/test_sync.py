@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 
 import pytest
 
@@ -80,3 +81,62 @@ def test_uses_the_same_frames_as_the_buffered_client(fluent_server):
     assert fluent_server.wait_for_events(1, timeout=5)
     frame = fluent_server.frames[0]
     assert frame.mode == "PackedForward" and frame.options == {"size": 1}
+
+
+def _fates(stats) -> int:
+    return stats.sent + stats.dropped_total + stats.unsent + stats.possibly_lost
+
+
+def test_a_failed_send_is_counted_as_dropped_never_as_buffered():
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens on this port now
+    client = SyncClient("127.0.0.1", port, connect_timeout=1)
+    for _ in range(2):
+        with pytest.raises(FluentConnectionError):
+            client.post("sync.down", {"x": 1})
+    s = client.stats()
+    assert (s.posted, s.sent, s.buffered, s.possibly_lost) == (2, 0, 0, 0)
+    assert s.dropped == {"send_failed": 2}
+    assert s.posted == _fates(s)
+    assert client.shutdown().dropped == {"send_failed": 2}
+
+
+def test_a_record_written_but_never_acked_is_possibly_lost_not_buffered(fluent_server):
+    fluent_server.withhold_acks()
+    client = SyncClient(fluent_server.host, fluent_server.port, require_ack=True,
+                        ack_timeout=0.5)
+    with pytest.raises(FluentError):
+        client.post("sync.noack", {"x": 1})
+    s = client.stats()
+    assert (s.posted, s.sent, s.buffered, s.possibly_lost, s.dropped) == (1, 0, 0, 1, {})
+    client.close()
+
+
+def test_stats_during_a_send_show_nothing_buffered():
+    with ForwardServer() as server:
+        server.withhold_acks()
+        client = SyncClient(server.host, server.port, require_ack=True, ack_timeout=30)
+        failed: list[BaseException] = []
+
+        def post() -> None:
+            try:
+                client.post("sync.inflight", {"x": 1})
+            except FluentError as exc:
+                failed.append(exc)
+
+        poster = threading.Thread(target=post)
+        poster.start()
+        try:
+            # The record is on the server: the call now waits for an ack that never comes.
+            assert server.wait_for_events(1, timeout=10)
+            s = client.stats()
+            assert s.buffered == 0 and s.posted == _fates(s) == 0, s
+        finally:
+            server.stop()  # the connection ends: the wait for the ack fails
+            poster.join(10)
+        assert not poster.is_alive() and len(failed) == 1
+        s = client.stats()
+        assert (s.posted, s.buffered, s.possibly_lost) == (1, 0, 1), s
+        client.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -116,6 +117,22 @@ def test_server_specs_parse():
     assert Server.parse("unix:///tmp/f.sock") == Server(unix_path="/tmp/f.sock")
     with pytest.raises(ValueError):
         BufferedClient(servers=[Server(standby=True)], at_exit=False)
+
+
+def test_server_specs_parse_ipv6_and_check_ports():
+    assert Server.parse("::1") == Server("::1")  # bare: the default port
+    assert Server.parse("fe80::1:2") == Server("fe80::1:2")
+    assert Server.parse("[::1]:24225") == Server("::1", 24225)
+    assert Server.parse("[::1]") == Server("::1")
+    assert Server.parse("example.org") == Server("example.org")
+    assert Server.parse("10.0.0.1:24226") == Server("10.0.0.1", 24226)
+    assert Server.parse(("::1", "24225")) == Server("::1", 24225)
+    for bad in ("h:", "h:x", "h:0", "h:65536", "h: 1", "[::1]:", "[::1]:port", ("h", 70000)):
+        with pytest.raises(ValueError, match="port"):
+            Server.parse(bad)  # type: ignore[arg-type]
+    for bad in ("[::1", "[::1]x"):
+        with pytest.raises(ValueError, match=re.escape(repr(bad))):
+            Server.parse(bad)
 
 
 def test_idle_connection_is_closed_and_reopened(fluent_server):
