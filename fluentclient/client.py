@@ -61,8 +61,8 @@ from .framing import (
     new_unpacker,
 )
 from .guard import DEFAULT_MAX_DEPTH, RecordGuard
-from .lifecycle import Lifecycle
-from .message import Message, TimeLike, short_repr, time_to_ns
+from .lifecycle import Lifecycle, swallow
+from .message import Message, TimeLike, settle_future, short_repr, time_to_ns
 from .pool import Link, Server, ServerSpec, choose
 from .reader import STOP, Reader, yield_gil
 from .spool import Spool
@@ -139,7 +139,9 @@ def _call_on_error(
         return
     try:
         callback(err, msg)
-    except Exception:
+    except BaseException as exc:
+        if not swallow(exc):
+            raise
         log.exception("fluentclient: the on_error callback raised")
 
 
@@ -755,8 +757,7 @@ class BufferedClient(_Client):
         # Counted (and reported) before anyone waiting on the record is woken, so that
         # whoever learns of the drop finds it in stats() already.
         self._drop(reason, err, msg, refused=True)
-        if msg.delivery is not None:
-            msg.delivery.set_exception(err)
+        settle_future(msg.delivery, err)
 
     def _fail(self, reason: str, err: FluentError, msg: Message) -> None:
         """A record the reader could not put in the buffer."""
@@ -764,8 +765,7 @@ class BufferedClient(_Client):
         # the drop in stats(), and on_error must not run ahead of the count.
         self._drop(reason, err, msg, refused=False)
         for future in (msg.waiter, msg.delivery):
-            if future is not None:
-                future.set_exception(err)
+            settle_future(future, err)
 
     def _drop(self, reason: str, err: FluentError, msg: Message, *, refused: bool) -> None:
         if self._counters.drop(reason, refused=refused) == 1:
@@ -877,8 +877,7 @@ class BufferedClient(_Client):
         # Told only once counted, so that a waiter woken here finds them in stats().
         for item in stranded:
             for future in (item.waiter, item.delivery):
-                if future is not None:
-                    future.set_exception(ClientClosedError("the client shut down"))
+                settle_future(future, ClientClosedError("the client shut down"))
         closed = ClientClosedError("the client shut down before the server acknowledged it")
         for frame in frames:
             resolve_futures(frame, closed)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 
 class Lifecycle:
     """Changed only with the buffer's lock held, followed by a notify of every waiter.
@@ -19,3 +21,20 @@ class Lifecycle:
         self.drain_deadline: float | None = None
         self.abandoned = False
         self.reader_done = False
+
+
+def own_thread() -> bool:
+    """Whether the caller is one of a client's threads (reader, writer)."""
+    return threading.current_thread().name.startswith("fluentclient-")
+
+
+def swallow(exc: BaseException) -> bool:
+    """Whether an exception a user's callback raised may be logged and dropped here.
+
+    Any ``Exception``; on our own threads anything but ``KeyboardInterrupt`` too (a
+    ``SystemExit`` there would end the thread quietly), so that no callback can stop them.
+    Elsewhere the caller's ``SystemExit`` and the like are the caller's.
+    """
+    if isinstance(exc, Exception):
+        return True
+    return own_thread() and not isinstance(exc, KeyboardInterrupt)

@@ -24,7 +24,7 @@ from .errors import (
 )
 from .framing import EntryPacker
 from .lifecycle import Lifecycle
-from .message import Message
+from .message import Message, settle_future
 from .spool import Orphan, Span, Spool
 from .stats import (
     DROP_BUFFER_FULL,
@@ -223,7 +223,7 @@ class Reader:
             self.mean_entry = 0.9 * self.mean_entry + 0.1 * mean
         for msg in kept:
             if msg.waiter is not None and (not rejected or msg not in rejected):
-                msg.waiter.set_result(None)
+                settle_future(msg.waiter)
         if rejected and self._keep_rejected:
             refused = set(map(id, rejected))
             self._carry = [(m, e) for m, e in zip(kept, entries) if id(m) in refused]
@@ -241,7 +241,7 @@ class Reader:
         refused = set(map(id, rejected))
         for msg in msgs:
             if msg.waiter is not None and id(msg) not in refused:
-                msg.waiter.set_result(None)
+                settle_future(msg.waiter)
         before = len(self._carry)
         self._carry = [(m, e) for m, e in self._carry if id(m) in refused]
         self.settled += before - len(self._carry)

@@ -36,7 +36,7 @@ from .connection import Connection, ConnectionLost, SendError
 from .errors import AuthenticationError, DeliveryError, FluentError, TlsError
 from .framing import FrameBuilder
 from .lifecycle import Lifecycle
-from .message import short_repr
+from .message import settle_future, short_repr
 from .pool import Link, choose, level
 from .stats import DROP_NOT_ACKED, Counters
 
@@ -71,15 +71,7 @@ _PEER_WINDOW = _peer_window()
 def resolve_futures(frame: Frame, error: BaseException | None = None) -> None:
     """Complete the delivery futures of a frame's records (a cancelled one is skipped)."""
     for future in frame.futures or ():
-        if future.done():
-            continue
-        try:
-            if error is None:
-                future.set_result(None)
-            else:
-                future.set_exception(error)
-        except Exception:  # InvalidStateError: cancelled at this very moment
-            pass
+        settle_future(future, error)
     frame.futures = None
 
 
