@@ -549,8 +549,8 @@ class BufferedClient(_Client):
             self._check_fork()
         if ack:
             return self._post_with_ack(full_tag, record, time_ns, sync_append, timeout)
-        if self._closing:
-            err: FluentError = ClientClosedError("the client is shut down")
+        if self._closing or self._life.failed:
+            err: FluentError = self._closed_error()
             self._refuse(DROP_CLOSED, err, Message(full_tag, record, time_ns))
             if sync_append:
                 raise err
@@ -591,8 +591,8 @@ class BufferedClient(_Client):
             raise ValueError("post(ack=True) needs a client made with require_ack=True")
         delivery: Future[None] = Future()
         msg = Message(tag, record, time_ns, None, delivery)
-        if self._closing:
-            self._refuse(DROP_CLOSED, ClientClosedError("the client is shut down"), msg)
+        if self._closing or self._life.failed:
+            self._refuse(DROP_CLOSED, self._closed_error(), msg)
         elif not self._started and not self._try_start(msg):
             pass
         elif self._over_limit() and not self._make_room(msg, sync_append):
@@ -607,6 +607,12 @@ class BufferedClient(_Client):
         if sync_append and delivery.done() and delivery.exception() is not None:
             raise delivery.exception()  # type: ignore[misc]
         return delivery
+
+    def _closed_error(self) -> ClientClosedError:
+        failed = self._life.failed
+        if failed is not None and not self._closing:
+            return ClientClosedError(f"the client stopped working: {failed}")
+        return ClientClosedError("the client is shut down")
 
     def _try_start(self, msg: Message) -> bool:
         try:
@@ -792,14 +798,18 @@ class BufferedClient(_Client):
         with reader.pop_lock:
             target = reader.removed + len(self._queue)
         reader.wake.set()
+        life = self._life
         with self._buffer.lock:
-            while reader.settled + reader.evicted < target and not self._life.reader_done:
+            while reader.settled + reader.evicted < target and not life.reader_done:
                 remaining = 0.005 if deadline is None else min(0.005, deadline - _time.monotonic())
                 if remaining <= 0:
                     return False
                 self._buffer.done.wait(remaining)
+        if life.failed:
+            # A thread died: what it held may never be written.
+            return False
         seq = self._buffer.request_flush()
-        return self._buffer.wait_flushed(seq, deadline)
+        return self._buffer.wait_flushed(seq, deadline, lambda: life.failed) and not life.failed
 
     def shutdown(self, timeout: float | None = None) -> ShutdownReport:
         """Stop taking records, send what is held until the deadline, and report.
@@ -882,7 +892,9 @@ class BufferedClient(_Client):
         for frame in frames:
             resolve_futures(frame, closed)
         self._hand_over(records, frames, stranded)
-        report = c.report(timed_out=timed_out)
+        report = c.report(timed_out=timed_out, failure=self._life.failed)
+        if report.failure is not None:
+            log.error("fluentclient: shut down after %s", report.failure)
         if report.unsent_records > report.spooled + report.handed_over:
             log.warning(
                 "fluentclient: stopped with %d records (%d bytes) not sent; %d possibly lost, "

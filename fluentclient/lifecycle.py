@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .buffer import Buffer
 
 
 class Lifecycle:
@@ -11,16 +15,18 @@ class Lifecycle:
     ``closing``: ``post()`` takes no new records. ``drain_deadline``: the writer writes
     everything it holds, whatever the thresholds, until that monotonic time.
     ``abandoned``: the deadline passed; threads stop at once and touch no counters.
-    ``reader_done``: nothing more will enter the buffer.
+    ``reader_done``: nothing more will enter the buffer. ``failed``: why a thread died
+    (a bug); the client then refuses records and fails flushes rather than claim success.
     """
 
-    __slots__ = ("closing", "drain_deadline", "abandoned", "reader_done")
+    __slots__ = ("closing", "drain_deadline", "abandoned", "reader_done", "failed")
 
     def __init__(self) -> None:
         self.closing = False
         self.drain_deadline: float | None = None
         self.abandoned = False
         self.reader_done = False
+        self.failed: str | None = None
 
 
 def own_thread() -> bool:
@@ -38,3 +44,12 @@ def swallow(exc: BaseException) -> bool:
     if isinstance(exc, Exception):
         return True
     return own_thread() and not isinstance(exc, KeyboardInterrupt)
+
+
+def thread_failed(buf: Buffer, life: Lifecycle, which: str, exc: BaseException) -> None:
+    """Record that a client's thread died, and wake whoever waits on the buffer."""
+    with buf.lock:
+        if life.failed is None:
+            life.failed = f"the {which} thread failed: {exc!r}"
+        buf.changed.notify_all()
+        buf.done.notify_all()

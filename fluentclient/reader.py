@@ -23,7 +23,7 @@ from .errors import (
     UnsafeRecordError,
 )
 from .framing import EntryPacker
-from .lifecycle import Lifecycle
+from .lifecycle import Lifecycle, thread_failed
 from .message import Message, settle_future
 from .spool import Orphan, Span, Spool
 from .stats import (
@@ -167,10 +167,15 @@ class Reader:
                         self.wake.wait(1.0)
                     self.idle = False
                 self.wake.clear()
-        except BaseException:  # pragma: no cover - a bug; never die silently
+        except BaseException as exc:  # a bug; never die silently
             log.exception("fluentclient reader thread failed")
+            thread_failed(self._buffer, self._life, "reader", exc)
         finally:
-            self._stop_replay()
+            try:
+                self._stop_replay()
+            except Exception as exc:
+                log.exception("fluentclient reader thread failed")
+                thread_failed(self._buffer, self._life, "reader", exc)
             # Records still waiting for room go back to the queue, where shutdown counts
             # them and hands them over with the rest.
             with self.pop_lock:

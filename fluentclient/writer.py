@@ -35,7 +35,7 @@ from .buffer import Buffer, Frame
 from .connection import Connection, ConnectionLost, SendError
 from .errors import AuthenticationError, DeliveryError, FluentError, TlsError
 from .framing import FrameBuilder
-from .lifecycle import Lifecycle
+from .lifecycle import Lifecycle, thread_failed
 from .message import settle_future, short_repr
 from .pool import Link, choose, level
 from .stats import DROP_NOT_ACKED, Counters
@@ -124,8 +124,9 @@ class Writer:
                 if frames:
                     self._write(frames)
             self._finish()
-        except BaseException:  # pragma: no cover - a bug; never die silently
+        except BaseException as exc:  # a bug; never die silently
             log.exception("fluentclient writer thread failed")
+            thread_failed(self._buffer, self._life, "writer", exc)
 
     def _wait_for_work(self) -> list[Frame] | None:
         """Wait until frames are due; None means stop, [] means tend the links again."""
