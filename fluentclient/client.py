@@ -908,6 +908,12 @@ class BufferedClient(_Client):
         """What was not sent goes to the spool, else to on_unsent, else only to the count."""
         c = self._counters
         spool, self._spool = self._spool, None
+        if spool is not None and spool.broken:
+            # It stopped writing when it failed: what it holds is not all there is, so
+            # nothing counts as spooled. Its files stay for a later process only when
+            # on_unsent does not get the records, lest they arrive twice.
+            spool.close(keep=self._on_unsent is None)
+            spool = None
         if spool is not None:
             # Buffered records are in the spool already; those never packed join them.
             kept = records + self._spool_stranded(spool, stranded)

@@ -169,12 +169,14 @@ def test_a_spool_directory_gone_at_rollover_degrades_to_memory(
     tmp_path, fluent_server, caplog
 ):
     spool_dir = tmp_path / "spool"
-    with client_for(fluent_server, spool_dir=spool_dir) as client:
+    # Segments of 256 KiB (a spool_limit of 2 MiB): 2000 records of 200 bytes roll over.
+    with client_for(fluent_server, spool_dir=spool_dir, spool_limit=2 << 20,
+                    buffer_limit=1 << 20) as client:
         for i in range(10):
             assert client.post("t", {"i": i})
         assert client.flush(timeout=10)
         shutil.rmtree(spool_dir)
-        # Well past one 64 KiB segment: the spool must open a new one, and cannot.
+        # Well past one segment: the spool must open a new one, and cannot.
         for i in range(10, 2010):
             assert client.post("t", {"i": i, "pad": "p" * 200})
         assert client.flush(timeout=20)
