@@ -261,9 +261,15 @@ class Buffer:
             self.changed.notify_all()
             return self.next_seq
 
-    def wait_flushed(self, seq: int, deadline: float | None) -> bool:
+    def wait_flushed(
+        self, seq: int, deadline: float | None, failed: Callable[[], object] | None = None
+    ) -> bool:
+        """Wait until the records before ``seq`` are done with; False at the deadline, or
+        once ``failed()`` is true (checked whenever ``done`` is notified)."""
         with self.lock:
             while self._taken_before(seq):
+                if failed is not None and failed():
+                    return False
                 if deadline is None:
                     self.done.wait(1.0)
                     continue

@@ -62,8 +62,8 @@ from .framing import (
     new_unpacker,
 )
 from .guard import DEFAULT_MAX_DEPTH, RecordGuard
-from .lifecycle import Lifecycle
-from .message import Message, TimeLike, short_repr, time_to_ns
+from .lifecycle import Lifecycle, swallow
+from .message import Message, TimeLike, settle_future, short_repr, time_to_ns
 from .pool import Link, Server, ServerSpec, choose
 from .reader import STOP, Reader, yield_gil
 from .spool import Spool
@@ -141,7 +141,9 @@ def _call_on_error(
         return
     try:
         callback(err, msg)
-    except Exception:
+    except BaseException as exc:
+        if not swallow(exc):
+            raise
         log.exception("fluentclient: the on_error callback raised")
 
 
@@ -553,8 +555,8 @@ class BufferedClient(_Client):
             self._check_fork()
         if ack:
             return self._post_with_ack(full_tag, record, time_ns, sync_append, timeout)
-        if self._closing:
-            err: FluentError = ClientClosedError("the client is shut down")
+        if self._closing or self._life.failed:
+            err: FluentError = self._closed_error()
             self._refuse(DROP_CLOSED, err, Message(full_tag, record, time_ns))
             if sync_append:
                 raise err
@@ -595,8 +597,8 @@ class BufferedClient(_Client):
             raise ValueError("post(ack=True) needs a client made with require_ack=True")
         delivery: Future[None] = Future()
         msg = Message(tag, record, time_ns, None, delivery)
-        if self._closing:
-            self._refuse(DROP_CLOSED, ClientClosedError("the client is shut down"), msg)
+        if self._closing or self._life.failed:
+            self._refuse(DROP_CLOSED, self._closed_error(), msg)
         elif not self._started and not self._try_start(msg):
             pass
         elif self._over_limit() and not self._make_room(msg, sync_append):
@@ -611,6 +613,12 @@ class BufferedClient(_Client):
         if sync_append and delivery.done() and delivery.exception() is not None:
             raise delivery.exception()  # type: ignore[misc]
         return delivery
+
+    def _closed_error(self) -> ClientClosedError:
+        failed = self._life.failed
+        if failed is not None and not self._closing:
+            return ClientClosedError(f"the client stopped working: {failed}")
+        return ClientClosedError("the client is shut down")
 
     def _try_start(self, msg: Message) -> bool:
         try:
@@ -761,8 +769,7 @@ class BufferedClient(_Client):
         # Counted (and reported) before anyone waiting on the record is woken, so that
         # whoever learns of the drop finds it in stats() already.
         self._drop(reason, err, msg, refused=True)
-        if msg.delivery is not None:
-            msg.delivery.set_exception(err)
+        settle_future(msg.delivery, err)
 
     def _fail(self, reason: str, err: FluentError, msg: Message) -> None:
         """A record the reader could not put in the buffer."""
@@ -770,8 +777,7 @@ class BufferedClient(_Client):
         # the drop in stats(), and on_error must not run ahead of the count.
         self._drop(reason, err, msg, refused=False)
         for future in (msg.waiter, msg.delivery):
-            if future is not None:
-                future.set_exception(err)
+            settle_future(future, err)
 
     def _drop(self, reason: str, err: FluentError, msg: Message, *, refused: bool) -> None:
         if self._counters.drop(reason, refused=refused) == 1:
@@ -798,14 +804,18 @@ class BufferedClient(_Client):
         with reader.pop_lock:
             target = reader.removed + len(self._queue)
         reader.wake.set()
+        life = self._life
         with self._buffer.lock:
-            while reader.settled + reader.evicted < target and not self._life.reader_done:
+            while reader.settled + reader.evicted < target and not life.reader_done:
                 remaining = 0.005 if deadline is None else min(0.005, deadline - _time.monotonic())
                 if remaining <= 0:
                     return False
                 self._buffer.done.wait(remaining)
+        if life.failed:
+            # A thread died: what it held may never be written.
+            return False
         seq = self._buffer.request_flush()
-        return self._buffer.wait_flushed(seq, deadline)
+        return self._buffer.wait_flushed(seq, deadline, lambda: life.failed) and not life.failed
 
     def shutdown(self, timeout: float | None = None) -> ShutdownReport:
         """Stop taking records, send what is held until the deadline, and report.
@@ -883,13 +893,14 @@ class BufferedClient(_Client):
         # Told only once counted, so that a waiter woken here finds them in stats().
         for item in stranded:
             for future in (item.waiter, item.delivery):
-                if future is not None:
-                    future.set_exception(ClientClosedError("the client shut down"))
+                settle_future(future, ClientClosedError("the client shut down"))
         closed = ClientClosedError("the client shut down before the server acknowledged it")
         for frame in frames:
             resolve_futures(frame, closed)
         self._hand_over(records, frames, stranded)
-        report = c.report(timed_out=timed_out)
+        report = c.report(timed_out=timed_out, failure=self._life.failed)
+        if report.failure is not None:
+            log.error("fluentclient: shut down after %s", report.failure)
         if report.unsent_records > report.spooled + report.handed_over:
             log.warning(
                 "fluentclient: stopped with %d records (%d bytes) not sent; %d possibly lost, "
@@ -903,6 +914,12 @@ class BufferedClient(_Client):
         """What was not sent goes to the spool, else to on_unsent, else only to the count."""
         c = self._counters
         spool, self._spool = self._spool, None
+        if spool is not None and spool.broken:
+            # It stopped writing when it failed: what it holds is not all there is, so
+            # nothing counts as spooled. Its files stay for a later process only when
+            # on_unsent does not get the records, lest they arrive twice.
+            spool.close(keep=self._on_unsent is None)
+            spool = None
         if spool is not None:
             # Buffered records are in the spool already; those never packed join them.
             kept = records + self._spool_stranded(spool, stranded)

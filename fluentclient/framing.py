@@ -21,6 +21,7 @@ import msgpack
 
 from .errors import SerializationError
 from .guard import RecordGuard
+from .lifecycle import swallow
 from .message import EventTime, Message, short_repr
 
 _NS = 1_000_000_000
@@ -142,7 +143,13 @@ class EntryPacker:
         if plain is obj:
             if self._default is None:
                 raise TypeError(f"cannot serialize {type(obj).__qualname__} object")
-            plain = _plain(self._default(obj))
+            try:
+                plain = _plain(self._default(obj))
+            except BaseException as exc:
+                if isinstance(exc, Exception) or not swallow(exc):
+                    raise
+                # On our reader (SystemExit...): that record is dropped, the reader lives.
+                raise TypeError(f"default= raised {exc!r}") from exc
         if type(plain) is not str:
             self._unsure = True
         return plain

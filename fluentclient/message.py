@@ -5,7 +5,7 @@ from __future__ import annotations
 import reprlib
 import time as _time
 from collections.abc import Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any, NamedTuple, Union
 
 from .errors import InvalidTimeError
@@ -37,6 +37,24 @@ class EventTime(NamedTuple):
 
 
 TimeLike = Union[EventTime, int, float]
+
+
+def settle_future(future: Future[None] | None, error: BaseException | None = None) -> None:
+    """Complete a caller's future, unless it is cancelled or done already.
+
+    The caller may cancel it at any moment (``asyncio.wait_for`` over ``wrap_future`` does
+    on timeout), even between a ``done()`` check and the ``set_*`` call: our threads must
+    not die of that.
+    """
+    if future is None or future.done():
+        return
+    try:
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+    except InvalidStateError:
+        pass
 
 
 def time_to_ns(value: TimeLike | None) -> int:

@@ -23,8 +23,8 @@ from .errors import (
     UnsafeRecordError,
 )
 from .framing import EntryPacker
-from .lifecycle import Lifecycle
-from .message import Message
+from .lifecycle import Lifecycle, thread_failed
+from .message import Message, settle_future
 from .spool import Orphan, Span, Spool
 from .stats import (
     DROP_BUFFER_FULL,
@@ -167,10 +167,15 @@ class Reader:
                         self.wake.wait(1.0)
                     self.idle = False
                 self.wake.clear()
-        except BaseException:  # pragma: no cover - a bug; never die silently
+        except BaseException as exc:  # a bug; never die silently
             log.exception("fluentclient reader thread failed")
+            thread_failed(self._buffer, self._life, "reader", exc)
         finally:
-            self._stop_replay()
+            try:
+                self._stop_replay()
+            except Exception as exc:
+                log.exception("fluentclient reader thread failed")
+                thread_failed(self._buffer, self._life, "reader", exc)
             # Records still waiting for room go back to the queue, where shutdown counts
             # them and hands them over with the rest.
             with self.pop_lock:
@@ -223,7 +228,7 @@ class Reader:
             self.mean_entry = 0.9 * self.mean_entry + 0.1 * mean
         for msg in kept:
             if msg.waiter is not None and (not rejected or msg not in rejected):
-                msg.waiter.set_result(None)
+                settle_future(msg.waiter)
         if rejected and self._keep_rejected:
             refused = set(map(id, rejected))
             self._carry = [(m, e) for m, e in zip(kept, entries) if id(m) in refused]
@@ -241,7 +246,7 @@ class Reader:
         refused = set(map(id, rejected))
         for msg in msgs:
             if msg.waiter is not None and id(msg) not in refused:
-                msg.waiter.set_result(None)
+                settle_future(msg.waiter)
         before = len(self._carry)
         self._carry = [(m, e) for m, e in self._carry if id(m) in refused]
         self.settled += before - len(self._carry)

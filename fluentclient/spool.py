@@ -23,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import struct
 import threading
 import zlib
@@ -187,8 +188,8 @@ class Orphan:
     def abandon(self, taken: Sequence[Span] = ()) -> None:
         """Leave the files for a later process, minus the records ``taken`` over already."""
         if taken:
-            last = max((int(p.rpartition("-")[2].split(".")[0]) for p in self.segments),
-                       default=-1)
+            numbers = (_segment_number(os.path.basename(p), self.owner) for p in self.segments)
+            last = max((n for n in numbers if n is not None), default=-1)
             path = f"{self.lock_path[: -len('.lock')]}-{last + 1:08d}.spool"
             payload = msgpack.packb([_DONE, [list(span) for span in taken]], use_bin_type=True)
             try:
@@ -208,12 +209,30 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+    except OSError as exc:
+        log.warning("fluentclient: cannot delete spool file %s: %s", path, exc)
+
+
+def _segment_number(name: str, owner: str) -> int | None:
+    """The number of ``owner``'s segment file ``name``; None if it is not one."""
+    if not name.startswith(owner + "-"):
+        return None
+    match = _SEGMENT_TAIL.fullmatch(name, len(owner) + 1)
+    return int(match.group(1)) if match else None
+
+
+# What follows "<owner>-" in a segment's name (see Spool._open_segment).
+_SEGMENT_TAIL = re.compile(r"([0-9]{8,})\.spool")
 
 
 class Spool:
     """One client's owner in a spool directory; every method is safe from any thread.
 
     ``size`` is read without the lock by ``post()`` for its quick limit check.
+
+    An I/O error while writing (disk full, the directory removed) *breaks* the spool: it
+    says so once, at ERROR, and from then on writes nothing. The records are still in the
+    buffer and are sent from there; only their survival across a crash is lost.
     """
 
     def __init__(self, directory: str, *, limit: int, segment_size: int | None = None) -> None:
@@ -227,6 +246,7 @@ class Spool:
         self._next = 0
         self.size = 0
         self._closed = False
+        self.broken = False
         self._lock_path = os.path.join(directory, f"{self.owner}.lock")
         self._lock_fd = _create_locked(self._lock_path)
 
@@ -245,30 +265,47 @@ class Spool:
 
     def _write(self, block: bytes, last_seq: int) -> None:
         with self._lock:
-            if self._closed:
+            if self._closed or self.broken:
                 return
-            seg = self._segments[-1] if self._segments else None
-            if seg is None or seg.size + len(block) > self.segment_size:
-                if seg is not None:
-                    _sync(seg.fd)
-                seg = self._open_segment()
             try:
-                os.write(seg.fd, block)
+                seg = self._segments[-1] if self._segments else None
+                if seg is None or seg.size + len(block) > self.segment_size:
+                    if seg is not None:
+                        _sync(seg.fd)
+                    seg = self._open_segment()
+                written = os.write(seg.fd, block)
+                if written != len(block):
+                    raise OSError(f"short write ({written} of {len(block)} bytes)")
             except OSError as exc:
-                # Disk full or gone: the records are still buffered in memory; the spool
-                # just cannot promise to keep them across a crash.
-                log.warning("fluentclient: cannot write to the spool %s: %s", seg.path, exc)
+                self._break(exc)
                 return
             seg.size += len(block)
             self.size += len(block)
             if last_seq > seg.last_seq:
                 seg.last_seq = last_seq
 
+    def _break(self, exc: OSError) -> None:
+        """Called with the lock held: stop spooling, loudly, and keep running."""
+        self.broken = True
+        log.error(
+            "fluentclient: the spool in %s failed (%s); going on without it: records are "
+            "sent from memory, and are lost if the process dies first", self.directory, exc,
+        )
+        # Its files are left as they are: a later process replays what they hold.
+        for seg in self._segments:
+            _close(seg.fd)
+        self._segments.clear()
+        self.size = 0
+
     def _open_segment(self) -> _Segment:
         path = os.path.join(self.directory, f"{self.owner}-{self._next:08d}.spool")
         self._next += 1
         fd = _create_locked(path)
-        os.write(fd, _MAGIC)
+        try:
+            os.write(fd, _MAGIC)
+        except OSError:
+            _close(fd)
+            raise
         seg = _Segment(path, fd, len(_MAGIC))
         self._segments.append(seg)
         self.size += seg.size
@@ -280,7 +317,7 @@ class Spool:
             while len(self._segments) > 1 and self._segments[0].last_seq < oldest_held:
                 seg = self._segments.pop(0)
                 _unlink(seg.path)
-                os.close(seg.fd)
+                _close(seg.fd)
                 self.size -= seg.size
 
     def close(self, *, keep: bool) -> None:
@@ -294,12 +331,12 @@ class Spool:
                     _sync(seg.fd)
                 else:
                     _unlink(seg.path)
-                os.close(seg.fd)
+                _close(seg.fd)
             self._segments.clear()
             self.size = 0
             if not keep:
                 _unlink(self._lock_path)
-            os.close(self._lock_fd)
+            _close(self._lock_fd)
 
     def forget(self) -> None:
         """In a forked child: close our copies of the parent's files, touching nothing."""
@@ -344,12 +381,29 @@ class Spool:
             if fd is None:
                 continue
             # Listed under the lock: the owner can no longer add segments.
-            paths = sorted(
-                os.path.join(self.directory, n)
-                for n in os.listdir(self.directory)
-                if n.endswith(".spool") and n.startswith(owner + "-")
-            )
-            yield Orphan(owner, fd, path, paths)
+            try:
+                listed = os.listdir(self.directory)
+            except OSError:
+                _close(fd)
+                raise
+            numbered: list[tuple[int, str]] = []
+            for n in listed:
+                if not (n.endswith(".spool") and n.startswith(owner + "-")):
+                    continue
+                number = _segment_number(n, owner)
+                if number is None:
+                    # Named like a segment, but not one we wrote: left alone.
+                    log.warning("fluentclient: skipped %s in the spool: not a segment", n)
+                    continue
+                numbered.append((number, os.path.join(self.directory, n)))
+            yield Orphan(owner, fd, path, [p for _, p in sorted(numbered)])
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def _sync(fd: int) -> None:

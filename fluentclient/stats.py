@@ -107,11 +107,16 @@ class ShutdownReport:
     # Of the unsent records: left in the spool for the next start, or given to on_unsent.
     spooled: int = 0
     handed_over: int = 0
+    # Why a thread of the client died before shutdown (a bug), if one did.
+    failure: str | None = None
 
     @property
     def complete(self) -> bool:
         """True when everything posted reached the server and nothing was dropped."""
-        return not (self.unsent_records or self.possibly_lost or sum(self.dropped.values()))
+        return not (
+            self.unsent_records or self.possibly_lost or sum(self.dropped.values())
+            or self.failure
+        )
 
 
 @dataclass
@@ -175,7 +180,7 @@ class Counters:
                 servers=servers,
             )
 
-    def report(self, *, timed_out: bool) -> ShutdownReport:
+    def report(self, *, timed_out: bool, failure: str | None = None) -> ShutdownReport:
         with self.lock:
             return ShutdownReport(
                 sent=self.sent,
@@ -186,4 +191,5 @@ class Counters:
                 timed_out=timed_out,
                 spooled=self.spooled,
                 handed_over=self.handed_over,
+                failure=failure,
             )

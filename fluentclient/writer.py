@@ -35,8 +35,8 @@ from .buffer import Buffer, Frame
 from .connection import Connection, ConnectionLost, SendError
 from .errors import AuthenticationError, DeliveryError, FluentError, TlsError
 from .framing import FrameBuilder
-from .lifecycle import Lifecycle
-from .message import short_repr
+from .lifecycle import Lifecycle, thread_failed
+from .message import settle_future, short_repr
 from .pool import Link, choose, level
 from .stats import DROP_NOT_ACKED, Counters
 
@@ -71,15 +71,7 @@ _PEER_WINDOW = _peer_window()
 def resolve_futures(frame: Frame, error: BaseException | None = None) -> None:
     """Complete the delivery futures of a frame's records (a cancelled one is skipped)."""
     for future in frame.futures or ():
-        if future.done():
-            continue
-        try:
-            if error is None:
-                future.set_result(None)
-            else:
-                future.set_exception(error)
-        except Exception:  # InvalidStateError: cancelled at this very moment
-            pass
+        settle_future(future, error)
     frame.futures = None
 
 
@@ -132,8 +124,9 @@ class Writer:
                 if frames:
                     self._write(frames)
             self._finish()
-        except BaseException:  # pragma: no cover - a bug; never die silently
+        except BaseException as exc:  # a bug; never die silently
             log.exception("fluentclient writer thread failed")
+            thread_failed(self._buffer, self._life, "writer", exc)
 
     def _wait_for_work(self) -> list[Frame] | None:
         """Wait until frames are due; None means stop, [] means tend the links again."""
