@@ -24,7 +24,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import re
 import socket
 import ssl
 import sys
@@ -63,7 +62,15 @@ from .framing import (
 )
 from .guard import DEFAULT_MAX_DEPTH, RecordGuard
 from .lifecycle import Lifecycle, swallow
-from .message import Message, TimeLike, settle_future, short_repr, time_to_ns
+from .message import (
+    MAX_TAG_LENGTH,
+    TAG_PATTERN,
+    Message,
+    TimeLike,
+    settle_future,
+    short_repr,
+    time_to_ns,
+)
 from .pool import Link, Server, ServerSpec, choose
 from .reader import STOP, Reader, yield_gil
 from .spool import Spool
@@ -88,8 +95,6 @@ UnsentCallback = Callable[[list[UnsentRecord]], None]
 
 OVERFLOW_POLICIES = ("drop_newest", "drop_oldest", "block", "raise")
 
-_TAG = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\Z")
-_MAX_TAG = 1024
 _TAG_CACHE = 10_000
 _MiB = 1024 * 1024
 # Queued messages past which post() lets the reader run before queueing more.
@@ -113,7 +118,7 @@ class _TagChecker:
     def _check(tag: object, what: str = "tag") -> str:
         if not isinstance(tag, str):
             raise InvalidTagError(f"{what} must be a str, not {type(tag).__name__}")
-        if not tag or len(tag) > _MAX_TAG or not _TAG.match(tag):
+        if not tag or len(tag) > MAX_TAG_LENGTH or not TAG_PATTERN.match(tag):
             raise InvalidTagError(
                 f"{what} {tag!r} is not dot-separated parts of letters, digits, '_' and '-'"
             )

@@ -19,12 +19,12 @@ from collections.abc import Mapping
 from typing import Any, Callable
 
 from .errors import ConfigurationError
+from .message import MAX_TAG_LENGTH, TAG_PATTERN
 from .pool import Server
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 # The client's tag rule, checked here too so that the error names the variable.
-_TAG = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\Z")
 _PORT = re.compile(r"[0-9]{1,10}")
 # Secrets are taken exactly as given; other values lose surrounding whitespace.
 _SECRETS = frozenset({"SHARED_KEY", "USERNAME", "PASSWORD"})
@@ -92,7 +92,7 @@ def _split_port(spec: str) -> tuple[str, str | None]:
 
 def check_tag(value: str, variable: str) -> str:
     """``value`` if it is a valid tag (or tag prefix), else a ConfigurationError."""
-    if len(value) > 1024 or not _TAG.match(value):
+    if len(value) > MAX_TAG_LENGTH or not TAG_PATTERN.match(value):
         raise ConfigurationError(
             f"{value!r} is not dot-separated parts of letters, digits, '_' and '-'",
             variable=variable,

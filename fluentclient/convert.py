@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import sys
 import time
 import traceback
@@ -20,10 +19,9 @@ from typing import Any, Callable, Optional, Union
 
 from .errors import InvalidTagError
 from .guard import DEFAULT_MAX_DEPTH
+from .message import MAX_TAG_LENGTH, TAG_UNSAFE_CHARS
 
 # The tag part grammar the clients accept, and what replaces anything else.
-_NOT_TAG = re.compile(r"[^A-Za-z0-9_-]+")
-_MAX_TAG = 1024
 # Nesting past this depth is written as text: it also ends self-referencing containers.
 # A field's value sits at level 2 of its record, so this keeps a log line within the
 # client's default max_depth: the line is cut short rather than dropped as unsafe.
@@ -89,11 +87,11 @@ def tag_from_name(name: str, prefix: str | None = None) -> str:
 
     ``"my app..db"`` becomes ``"my_app.db"``; a name with nothing usable becomes ``"root"``.
     """
-    parts = [_NOT_TAG.sub("_", part) for part in name.split(".")]
+    parts = [TAG_UNSAFE_CHARS.sub("_", part) for part in name.split(".")]
     tag = ".".join(part for part in parts if part) or "root"
     if prefix:
         tag = f"{prefix}.{tag}"
-    return tag[:_MAX_TAG].rstrip(".")
+    return tag[:MAX_TAG_LENGTH].rstrip(".")
 
 
 def check_tag(tag: str, what: str = "tag") -> str:

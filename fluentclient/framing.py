@@ -457,7 +457,7 @@ def ack_for(chunk: Any) -> bytes:
     return _packb({"ack": chunk})
 
 
-def time_to_ns(t: Time) -> int:
+def decoded_time_ns(t: Time) -> int:
     """Nanoseconds of a decoded time, whatever form it arrived in."""
     if isinstance(t, EventTime):
         return t.to_ns()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import reprlib
 import time as _time
 from collections.abc import Mapping
@@ -11,6 +12,13 @@ from typing import Any, NamedTuple, Union
 from .errors import InvalidTimeError
 
 _NS = 1_000_000_000
+
+# What a tag may hold: dot-separated parts of safe characters, the form both servers route
+# on and fluentd outputs put in paths. Checked by post() and the configuration; the logging
+# integrations replace anything else with "_".
+TAG_PATTERN = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\Z")
+TAG_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
+MAX_TAG_LENGTH = 1024
 # fluent-bit reserves 0xFFFFFFFE and 0xFFFFFFFF seconds as group markers.
 _MAX_SECONDS = 0xFFFFFFFD
 

@@ -16,7 +16,7 @@ from fluentclient import (
     RecordTooLargeError,
     SerializationError,
 )
-from fluentclient.framing import EntryPacker, packed_forward_frame, time_to_ns
+from fluentclient.framing import EntryPacker, decoded_time_ns, packed_forward_frame
 from fluentclient.message import Message
 from fluentclient.server import ForwardServer
 
@@ -115,7 +115,7 @@ def test_frames_are_packed_forward_grouped_by_tag_and_bounded(fluent_server):
     packer = EntryPacker()
     for frame in frames:
         entries = b"".join(
-            packer.pack(Message(frame.tag, rec, time_to_ns(t))) for t, rec in frame.entries
+            packer.pack(Message(frame.tag, rec, decoded_time_ns(t))) for t, rec in frame.entries
         )
         assert len(packed_forward_frame(frame.tag, entries, len(frame.entries))) <= 4096
 

@@ -162,12 +162,12 @@ def test_compressed_frames_of_incompressible_records_stay_within_the_limit(fluen
     frames = fluent_server.frames
     assert len(frames) > 10
     # Every frame's wire size, rebuilt from what arrived, stays within max_frame_size.
-    from fluentclient.framing import EntryPacker, FrameBuilder, time_to_ns
+    from fluentclient.framing import EntryPacker, FrameBuilder, decoded_time_ns
     from fluentclient.message import Message
 
     packer, builder = EntryPacker(), FrameBuilder(compress="gzip", level=6)
     for frame in frames:
-        entries = b"".join(packer.pack(Message(frame.tag, rec, time_to_ns(t)))
+        entries = b"".join(packer.pack(Message(frame.tag, rec, decoded_time_ns(t)))
                            for t, rec in frame.entries)
         data, _ = builder.build(frame.tag, entries, len(frame.entries))
         assert len(data) <= limit
