@@ -156,9 +156,7 @@ class RecordGuard:
         return cleaned
 
     def _map(self, obj: dict[Any, Any], depth: int) -> dict[Any, Any]:
-        if depth > self.max_depth:
-            raise UnsafeRecordError(
-                f"the record is nested more than max_depth={self.max_depth} levels deep")
+        self._check_depth(depth)
         # Built only from the first item that changes: most nested records need nothing.
         out: dict[Any, Any] | None = None
         check_keys = self._check_keys
@@ -182,10 +180,13 @@ class RecordGuard:
             out[new_key] = new_value
         return obj if out is None else out
 
-    def _list(self, obj: list[Any] | tuple[Any, ...], depth: int) -> Any:
+    def _check_depth(self, depth: int) -> None:
         if depth > self.max_depth:
             raise UnsafeRecordError(
                 f"the record is nested more than max_depth={self.max_depth} levels deep")
+
+    def _list(self, obj: list[Any] | tuple[Any, ...], depth: int) -> Any:
+        self._check_depth(depth)
         out: list[Any] | None = None
         for index, item in enumerate(obj):
             kind = type(item)
