@@ -9,16 +9,21 @@ ratios within one run: the machines are shared and noisy.
     python benchmarks/compare.py --only buffered,raw
     python benchmarks/compare.py --chart docs/benchmark.svg   # also draw the figures
 
-Throughput: caller-side (all post() calls) and end to end (until the sink has every
-record). Latency: post() at a steady 1,000 posts/s with the server healthy, stuck (it
-accepts and never reads; its buffers are filled first, so it really takes nothing) and
-absent. Memory: peak RSS during a burst, healthy and stuck, against the idle RSS and
-buffer_limit.
+Throughput, for two workloads: ``fresh`` builds a new dict per record, as applications
+do, and ``reused`` posts one dict again and again. Caller-side (all post() calls), end to
+end (until the sink, which decodes every record, has them all), and the client process's
+CPU per record. Latency: every post() timed, at a steady 1,000 posts/s and during a burst,
+with the server healthy, stuck (it accepts and never reads; its buffers are filled first,
+so it really takes nothing), absent and flaky (it resets every connection after 100 ms);
+with the garbage collector's generation-2 runs and the process's context switches (the
+nearest the OS comes to counting GIL hand-offs) during the measured part. Memory: peak RSS
+during a burst, healthy and stuck, against the idle RSS and buffer_limit.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -42,6 +47,46 @@ RECORD = {
 }
 TAG = "bench.access"
 BUFFER_LIMIT = 8 * 1024 * 1024
+WORKLOADS = ("fresh", "reused")
+STATES = ("healthy", "stuck", "absent", "flaky")
+FLAKY_LIFETIME = 0.1
+
+
+def fresh_record(i: int) -> dict[str, Any]:
+    """A new dict per record, shaped like an application's access log line."""
+    return {"level": "info", "msg": "request served", "path": f"/api/v1/items/{i}",
+            "status": 200, "latency_ms": 12.5, "user_id": 1000 + i % 5000, "host": "web-1"}
+
+
+def records_of(workload: str, n: int, start: int = 0) -> Any:
+    """The records a run posts; fresh ones are built as they are posted, on the clock."""
+    if workload == "reused":
+        return (RECORD for _ in range(n))
+    return (fresh_record(i) for i in range(start, start + n))
+
+
+class Observer:
+    """Generation-2 collections and context switches while a measured part runs."""
+
+    def __init__(self) -> None:
+        self.gen2 = 0
+        gc.callbacks.append(self._on_gc)
+        self._switches = self._context_switches()
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start" and info.get("generation") == 2:
+            self.gen2 += 1
+
+    @staticmethod
+    def _context_switches() -> tuple[int, int]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_nvcsw, usage.ru_nivcsw
+
+    def result(self) -> dict[str, int]:
+        gc.callbacks.remove(self._on_gc)
+        vol, invol = self._context_switches()
+        return {"gen2": self.gen2, "voluntary_switches": vol - self._switches[0],
+                "involuntary_switches": invol - self._switches[1]}
 THROUGHPUT = ["raw", "raw_naive", "buffered", "buffered_ack", "buffered_gzip", "sync",
               "fluent_logger_async", "fluent_logger_sync"]
 
@@ -58,9 +103,9 @@ def current_rss_mib() -> float:
 # -- the sink and the server states -------------------------------------------------------
 
 class Sink:
-    def __init__(self) -> None:
+    def __init__(self, *extra: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "forward_sink.py")],
+            [sys.executable, str(HERE / "forward_sink.py"), *extra],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         assert self.proc.stdout is not None and self.proc.stdin is not None
@@ -174,30 +219,46 @@ def raw_ceiling(port: int, naive: bool = False) -> tuple[Any, Any, Any]:
     return post, finish, sock.close
 
 
-def child_throughput(name: str, port: int, records: int) -> dict[str, Any]:
+def child_throughput(name: str, port: int, records: int, workload: str) -> dict[str, Any]:
     post, finish, _ = make_poster(name, port)
     post(RECORD)  # connect and warm up before the clock starts
     idle = rss_mib()
+    observer = Observer()
     cpu0 = time.process_time()
     start = time.monotonic()
-    for _ in range(records - 1):
-        post(RECORD)
+    for record in records_of(workload, records - 1):
+        post(record)
     posted = time.monotonic()
     finish()
     done = time.monotonic()
+    cpu = time.process_time() - cpu0
     return {"start": start, "post_s": posted - start, "finish_s": done - start,
-            "cpu_s": time.process_time() - cpu0, "idle_rss": idle, "peak_rss": rss_mib()}
+            "cpu_s": cpu, "cpu_us_per_record": cpu / records * 1e6, "idle_rss": idle,
+            "peak_rss": rss_mib(), **observer.result()}
 
 
-def child_latency(name: str, port: int, seconds: float, fill: int) -> dict[str, Any]:
+def _percentiles(latencies: list[int]) -> dict[str, float]:
+    latencies.sort()
+
+    def pick(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] / 1000
+
+    return {"calls": len(latencies), "p50_us": pick(0.5), "p99_us": pick(0.99),
+            "p999_us": pick(0.999), "max_us": latencies[-1] / 1000}
+
+
+def child_latency(name: str, port: int, seconds: float, fill: int, burst: int) -> dict[str, Any]:
+    """post() timed one call at a time: paced at 1,000/s, then (``burst``) flat out."""
     post, finish, close_now = make_poster(name, port)
     # A stuck server's kernel takes megabytes before anything blocks: fill it first, so
-    # the paced phase measures a client facing a server that really takes nothing.
+    # the measured phases face a server that really takes nothing.
     fill_start = time.monotonic()
-    for _ in range(fill):
-        post(RECORD)
+    for record in records_of("fresh", fill):
+        post(record)
     fill_s = time.monotonic() - fill_start
+    clock = time.perf_counter_ns
     latencies: list[int] = []
+    observer = Observer()
     start = time.monotonic()
     deadline = start + seconds
     i = 0
@@ -208,17 +269,25 @@ def child_latency(name: str, port: int, seconds: float, fill: int) -> dict[str, 
         pause = due - time.monotonic()
         if pause > 0:
             time.sleep(pause)
-        t0 = time.perf_counter_ns()
-        post(RECORD)
-        latencies.append(time.perf_counter_ns() - t0)
+        record = fresh_record(fill + i)
+        t0 = clock()
+        post(record)
+        latencies.append(clock() - t0)
         i += 1
         if time.monotonic() > deadline + 5:  # a blocking client: stop measuring
             break
+    result = {"steady": {**_percentiles(latencies), **observer.result()}}
+    if burst:
+        latencies = []
+        observer = Observer()
+        for record in records_of("fresh", burst, fill + i):
+            t0 = clock()
+            post(record)
+            latencies.append(clock() - t0)
+        result["burst"] = {**_percentiles(latencies), **observer.result()}
     close_now()
-    latencies.sort()
-    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] / 1000  # noqa: E731
-    return {"calls": len(latencies), "p50_us": pick(0.5), "p99_us": pick(0.99),
-            "max_us": latencies[-1] / 1000, "fill": fill, "fill_s": fill_s}
+    result.update(fill=fill, fill_s=fill_s)
+    return result
 
 
 def child_memory(port: int, records: int) -> dict[str, Any]:
@@ -231,7 +300,7 @@ def child_memory(port: int, records: int) -> dict[str, Any]:
     idle = current_rss_mib()
     peak_before = rss_mib()
     for i in range(records):
-        client.post(TAG, {**RECORD, "seq": i})  # a fresh dict each time, as real callers do
+        client.post(TAG, fresh_record(i))  # a fresh dict each time, as real callers do
     peak = max(rss_mib(), peak_before)
     stats = client.stats()
     client.close()
@@ -270,9 +339,10 @@ def main() -> None:
     if args.child:
         kind, *rest = args.child
         if kind == "throughput":
-            result = child_throughput(rest[0], int(rest[1]), int(rest[2]))
+            result = child_throughput(rest[0], int(rest[1]), int(rest[2]), rest[3])
         elif kind == "latency":
-            result = child_latency(rest[0], int(rest[1]), float(rest[2]), int(rest[3]))
+            result = child_latency(rest[0], int(rest[1]), float(rest[2]), int(rest[3]),
+                                   int(rest[4]))
         else:
             result = child_memory(int(rest[0]), int(rest[1]))
         print(json.dumps(result))
@@ -280,38 +350,47 @@ def main() -> None:
 
     records = 5_000 if args.quick else args.records
     latency_seconds = 0.5 if args.quick else 3.0
+    burst = 5_000 if args.quick else 200_000
     wanted = [n for n in (args.only.split(",") if args.only else THROUGHPUT) if available(n)]
     sink = Sink()
-    results: dict[str, Any] = {"records": records, "throughput": {}, "latency": {},
+    flaky = Sink("--flaky", str(FLAKY_LIFETIME))
+    results: dict[str, Any] = {"records": records, "burst": burst,
+                               "throughput": {w: {} for w in WORKLOADS}, "latency": {},
                                "memory": {}}
     try:
-        for name in wanted:
-            n = records if not name.endswith("sync") and "fluent_logger" not in name else (
-                min(records, 50_000))
-            sink.ask("reset")
-            child = run_child(["throughput", name, str(sink.port), str(n)])
-            answer = sink.ask(f"wait {n} 120")
-            e2e = float(answer.split()[1]) - child["start"] if answer.startswith("reached") \
-                else float("nan")
-            child.update(records=n, e2e_s=e2e, e2e_rate=n / e2e, post_rate=n / child["post_s"])
-            results["throughput"][name] = child
-            print(f"  {name:22s} e2e {n / e2e:>10,.0f} rec/s", file=sys.stderr)
+        for workload in WORKLOADS:
+            for name in wanted:
+                n = records if not name.endswith("sync") and "fluent_logger" not in name else (
+                    min(records, 50_000))
+                sink.ask("reset")
+                child = run_child(["throughput", name, str(sink.port), str(n), workload])
+                answer = sink.ask(f"wait {n} 120")
+                e2e = float(answer.split()[1]) - child["start"] \
+                    if answer.startswith("reached") else float("nan")
+                child.update(records=n, e2e_s=e2e, e2e_rate=n / e2e, post_rate=n / child["post_s"])
+                results["throughput"][workload][name] = child
+                print(f"  {workload:6s} {name:22s} e2e {n / e2e:>10,.0f} rec/s, "
+                      f"{child['cpu_us_per_record']:.2f} µs CPU/record", file=sys.stderr)
         stuck = stuck_listener()
-        states = {"healthy": sink.port, "stuck": stuck.getsockname()[1], "absent": absent_port()}
+        states = {"healthy": sink.port, "stuck": stuck.getsockname()[1], "absent": absent_port(),
+                  "flaky": flaky.port}
         for client in [n for n in ("buffered", "fluent_logger_async", "fluent_logger_sync")
                        if n in wanted or not args.only]:
             if not available(client):
                 continue
             for state, port in states.items():
                 fill = 0 if state != "stuck" else (2_000 if args.quick else 40_000)
+                # A client that blocks would take minutes over a burst: only ours runs one.
+                n = burst if client == "buffered" else 0
                 results["latency"][f"{client}/{state}"] = run_child(
-                    ["latency", client, str(port), str(latency_seconds), str(fill)],
-                    timeout=180)
+                    ["latency", client, str(port), str(latency_seconds), str(fill), str(n)],
+                    timeout=300)
         for state in ("healthy", "stuck"):
             results["memory"][state] = run_child(["memory", str(states[state]), str(records)])
         stuck.close()
     finally:
         sink.close()
+        flaky.close()
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2))
@@ -320,17 +399,20 @@ def main() -> None:
         Path(args.chart).write_text(chart(results), encoding="utf-8")
 
 
-def report(results: dict[str, Any]) -> str:
-    t = results["throughput"]
-    lines = ["| contender | records | post() rec/s | end-to-end rec/s | CPU s | peak RSS MiB |",
-             "|---|---:|---:|---:|---:|---:|"]
+def _throughput_table(workload: str, t: dict[str, Any]) -> list[str]:
+    lines = [f"| {workload} dicts | records | post() rec/s | end-to-end rec/s | "
+             "CPU µs/record | gen-2 GCs | context switches | peak RSS MiB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in t.items():
+        switches = r["voluntary_switches"] + r["involuntary_switches"]
         lines.append(f"| {name} | {r['records']:,} | {r['post_rate']:,.0f} | "
-                     f"{r['e2e_rate']:,.0f} | {r['cpu_s']:.2f} | {r['peak_rss']:.0f} |")
+                     f"{r['e2e_rate']:,.0f} | {r['cpu_us_per_record']:.2f} | {r['gen2']} | "
+                     f"{switches:,} | {r['peak_rss']:.0f} |")
     ratios = []
     if "raw" in t and "buffered" in t:
-        ratios.append(f"BufferedClient / raw ceiling, end to end: "
-                      f"{t['buffered']['e2e_rate'] / t['raw']['e2e_rate']:.2f}")
+        ratios.append(f"BufferedClient / raw loop, end to end: "
+                      f"{t['buffered']['e2e_rate'] / t['raw']['e2e_rate']:.2f}; CPU per record: "
+                      f"{t['buffered']['cpu_us_per_record'] / t['raw']['cpu_us_per_record']:.2f}")
     if "raw_naive" in t and "buffered" in t:
         ratios.append(f"BufferedClient / naive raw loop, end to end: "
                       f"{t['buffered']['e2e_rate'] / t['raw_naive']['e2e_rate']:.2f}")
@@ -339,17 +421,32 @@ def report(results: dict[str, Any]) -> str:
                       f"{t['buffered_ack']['e2e_rate'] / t['buffered']['e2e_rate']:.2f}")
     if "buffered_gzip" in t and "buffered" in t:
         ratios.append(f"gzip / plain: "
-                      f"{t['buffered_gzip']['e2e_rate'] / t['buffered']['e2e_rate']:.2f}")
+                      f"{t['buffered_gzip']['e2e_rate'] / t['buffered']['e2e_rate']:.2f}, CPU "
+                      f"{t['buffered_gzip']['cpu_us_per_record']:.2f} against "
+                      f"{t['buffered']['cpu_us_per_record']:.2f} µs/record")
     for other in ("fluent_logger_async", "fluent_logger_sync"):
         if other in t and "buffered" in t:
             ratios.append(f"BufferedClient / {other}: "
                           f"{t['buffered']['e2e_rate'] / t[other]['e2e_rate']:.1f}")
-    lines += ["", *[f"- {r}" for r in ratios], ""]
-    lines += ["| post() at 1,000/s | calls | p50 µs | p99 µs | max µs | posted first |",
-              "|---|---:|---:|---:|---:|---:|"]
+    return [*lines, "", *[f"- {r}" for r in ratios], ""]
+
+
+def report(results: dict[str, Any]) -> str:
+    lines: list[str] = []
+    for workload in WORKLOADS:
+        lines += _throughput_table(workload, results["throughput"][workload])
+    lines += ["| post() latency | phase | calls | p50 µs | p99 µs | p99.9 µs | max µs | "
+              "gen-2 GCs | posted first |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for key, r in results["latency"].items():
-        lines.append(f"| {key} | {r['calls']:,} | {r['p50_us']:.1f} | {r['p99_us']:.1f} | "
-                     f"{r['max_us']:,.0f} | {r['fill']:,} in {r['fill_s']:.2f} s |")
+        for phase in ("steady", "burst"):
+            if phase not in r:
+                continue
+            m = r[phase]
+            what = "1,000/s" if phase == "steady" else f"burst of {m['calls']:,}"
+            lines.append(f"| {key} | {what} | {m['calls']:,} | {m['p50_us']:.1f} | "
+                         f"{m['p99_us']:.1f} | {m['p999_us']:.1f} | {m['max_us']:,.0f} | "
+                         f"{m['gen2']} | {r['fill']:,} in {r['fill_s']:.2f} s |")
     lines += ["", "| burst of " + f"{results['records']:,}" + " records | idle RSS MiB | "
               "peak RSS MiB | growth MiB | buffer_limit MiB | dropped |",
               "|---|---:|---:|---:|---:|---:|"]
@@ -364,7 +461,8 @@ def report(results: dict[str, Any]) -> str:
 
 # Ours, the ceilings we measure against, and fluent-logger: one colour each.
 _COLOURS = {"ours": "#2b6cb0", "raw": "#a0aec0", "other": "#dd6b20"}
-_STATE_COLOURS = {"healthy": "#38a169", "stuck": "#d69e2e", "absent": "#c53030"}
+_STATE_COLOURS = {"healthy": "#38a169", "stuck": "#d69e2e", "absent": "#c53030",
+                  "flaky": "#805ad5"}
 
 
 def _family(name: str) -> str:
@@ -412,9 +510,9 @@ def chart(results: dict[str, Any]) -> str:
     bar, gap = 18, 6
     parts: list[str] = []
     y = 30.0
-    parts.append(_text(20, y, "End-to-end records/s (until the sink counted every record)",
-                       bold=True))
-    throughput = [(name, r["e2e_rate"]) for name, r in results["throughput"].items()
+    parts.append(_text(20, y, "End-to-end records/s, a fresh dict per record (until the sink "
+                       "decoded every record)", bold=True))
+    throughput = [(name, r["e2e_rate"]) for name, r in results["throughput"]["fresh"].items()
                   if r.get("e2e_rate") == r.get("e2e_rate")]  # NaN: the sink timed out
     top = _nice_max(max((rate for _, rate in throughput), default=0.0))
     y += 14
@@ -446,7 +544,7 @@ def chart(results: dict[str, Any]) -> str:
     groups: dict[str, list[tuple[str, float]]] = {}
     for key, r in results["latency"].items():
         client, _, state = key.partition("/")
-        groups.setdefault(client, []).append((state, r["p99_us"]))
+        groups.setdefault(client, []).append((state, r["steady"]["p99_us"]))
     top = _nice_max(max((v for g in groups.values() for _, v in g), default=0.0))
     y += 14
     plot_top = y
@@ -471,7 +569,7 @@ def chart(results: dict[str, Any]) -> str:
         parts.append(f'<rect x="{x:.1f}" y="{y - 10:.1f}" width="10" height="10" '
                      f'fill="{colour}"/>')
         parts.append(_text(x + 14, y, f"server {state}"))
-        x += 120
+        x += 110
     height = int(y + 20)
     head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
             f'viewBox="0 0 {width} {height}">')

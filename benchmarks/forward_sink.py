@@ -1,9 +1,13 @@
 """A fast forward-protocol receiver for the benchmarks, run as its own process.
 
-It counts records exactly (it walks every PackedForward payload with ``skip()``, inflates
-gzip payloads, counts Message and Forward frames), answers acks, and tells the parent on
-stdout when it has seen N records, with the system-wide monotonic time of that moment, so
-that end-to-end times can be computed across processes.
+It counts records exactly and decodes every one of them, as a real server must (it
+unpacks every entry of a PackedForward payload, inflates gzip payloads, counts Message and
+Forward frames), answers acks, and tells the parent on stdout when it has seen N records,
+with the system-wide monotonic time of that moment, so that end-to-end times can be
+computed across processes.
+
+``--flaky SECONDS``: every connection is reset that long after it was accepted (a server
+that keeps failing); what arrived before the reset still counts.
 
 Commands on stdin, one per line:
     wait N TIMEOUT   answer "reached <monotonic time>" once N records arrived, or "timeout"
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import socket
+import struct
 import sys
 import threading
 import time
@@ -29,15 +34,10 @@ changed = threading.Condition()
 
 
 def _entries(payload: bytes) -> int:
-    unpacker = msgpack.Unpacker(raw=True)
+    # Decoded, not skipped: the sink pays for each record what a server pays.
+    unpacker = msgpack.Unpacker(raw=False)
     unpacker.feed(payload)
-    n = 0
-    try:
-        while True:
-            unpacker.skip()
-            n += 1
-    except msgpack.OutOfData:
-        return n
+    return sum(1 for _ in unpacker)
 
 
 def _records(frame: list) -> tuple[int, bytes | None]:
@@ -59,13 +59,25 @@ def _records(frame: list) -> tuple[int, bytes | None]:
     return n, ack
 
 
-def _serve(conn: socket.socket) -> None:
+def _serve(conn: socket.socket, lifetime: float | None) -> None:
     global count, last_update
     unpacker = msgpack.Unpacker(raw=True, max_buffer_size=256 * 1024 * 1024)
+    ends = None if lifetime is None else time.monotonic() + lifetime
+    if ends is not None:
+        conn.settimeout(lifetime)
     with conn:
         while True:
+            if ends is not None:
+                left = ends - time.monotonic()
+                if left <= 0:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                    struct.pack("ii", 1, 0))
+                    return
+                conn.settimeout(left)
             try:
                 data = conn.recv(1 << 20)
+            except socket.timeout:
+                continue
             except OSError:
                 return
             if not data:
@@ -90,20 +102,21 @@ def _serve(conn: socket.socket) -> None:
                     changed.notify_all()
 
 
-def _accept(listener: socket.socket) -> None:
+def _accept(listener: socket.socket, lifetime: float | None) -> None:
     while True:
         conn, _ = listener.accept()
-        threading.Thread(target=_serve, args=(conn,), daemon=True).start()
+        threading.Thread(target=_serve, args=(conn, lifetime), daemon=True).start()
 
 
 def main() -> None:
     global count
+    lifetime = float(sys.argv[sys.argv.index("--flaky") + 1]) if "--flaky" in sys.argv else None
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
     listener.listen(128)
     print(f"port {listener.getsockname()[1]}", flush=True)
-    threading.Thread(target=_accept, args=(listener,), daemon=True).start()
+    threading.Thread(target=_accept, args=(listener, lifetime), daemon=True).start()
     for line in sys.stdin:
         words = line.split()
         if not words:

@@ -22,21 +22,30 @@ def test_quick_benchmark_run_reports_every_table_and_draws_the_chart(tmp_path):
         capture_output=True, text=True, timeout=120, env=child_env(),
     )
     assert out.returncode == 0, out.stderr
-    for row in ("| raw |", "| buffered |", "| buffered_ack |", "| sync |",
-                "| buffered/stuck |", "| buffered/absent |", "| server stuck |"):
+    for row in ("| fresh dicts |", "| reused dicts |", "| raw |", "| buffered |",
+                "| buffered_ack |", "| sync |", "| buffered/stuck | 1,000/s |",
+                "| buffered/absent | burst of 5,000 |", "| buffered/flaky |", "| server stuck |"):
         assert row in out.stdout
+    assert out.stdout.index("| fresh dicts |") < out.stdout.index("| reused dicts |")
     results = json.loads((ROOT / "benchmarks" / "results" / "latest.json").read_text())
-    assert results["throughput"]["buffered"]["records"] == 5000
+    for workload in ("fresh", "reused"):
+        buffered = results["throughput"][workload]["buffered"]
+        assert buffered["records"] == 5000
+        assert buffered["cpu_us_per_record"] > 0
+    for state in ("healthy", "stuck", "absent", "flaky"):
+        burst = results["latency"][f"buffered/{state}"]["burst"]
+        assert burst["calls"] == 5000
+        assert burst["p50_us"] <= burst["p99_us"] <= burst["p999_us"] <= burst["max_us"]
 
     root = ET.parse(chart).getroot()  # raises unless the SVG is well-formed XML
     assert root.tag == f"{SVG}svg"
     # One bar per contender and per latency row, each titled with the figure it draws.
     titles = [t.text or "" for t in root.iter(f"{SVG}title")]
     for name in ("raw", "buffered", "buffered_ack", "sync"):
-        rate = results["throughput"][name]["e2e_rate"]
+        rate = results["throughput"]["fresh"][name]["e2e_rate"]
         assert f"{name}: {rate:,.0f} rec/s" in titles
-    for state in ("healthy", "stuck", "absent"):
-        p99 = results["latency"][f"buffered/{state}"]["p99_us"]
+    for state in ("healthy", "stuck", "absent", "flaky"):
+        p99 = results["latency"][f"buffered/{state}"]["steady"]["p99_us"]
         assert f"buffered, server {state}: p99 {p99:.1f} µs" in titles
     widths = [float(r.get("width", "0")) for r in root.iter(f"{SVG}rect")]
     assert all(w >= 0 for w in widths) and max(widths) <= float(root.get("width", "0"))
