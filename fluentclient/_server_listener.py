@@ -66,7 +66,7 @@ class Listener:
         if self._unix_path is not None:
             return
         info = socket.getaddrinfo(
-            self._bind_host, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            self._host, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
         self._family = info[0][0]
         self._bind_host = str(info[0][4][0])
