@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import pickle
 import socket
 import ssl
 import threading
@@ -532,6 +533,17 @@ def test_on_event_sees_each_event_in_order_and_may_fail() -> None:
         assert seen == server.events == STREAM_EVENTS
 
 
+def test_received_events_pickle_under_their_public_name(fluent_server: ForwardServer) -> None:
+    # Events cross process boundaries in user tests (multiprocessing queues), and a pickle
+    # names the class by module: that has to stay the documented one.
+    with connect(fluent_server) as sock:
+        sock.sendall(V3)
+        assert fluent_server.wait_for_events(2, WAIT)
+    events = fluent_server.events
+    assert ReceivedEvent.__module__ == "fluentclient.server"
+    assert pickle.loads(pickle.dumps(events)) == events
+
+
 def test_clear_and_wait_for(fluent_server: ForwardServer) -> None:
     assert not fluent_server.wait_for_events(1, timeout=0.05)
     with connect(fluent_server) as sock:
@@ -563,6 +575,19 @@ def test_close_joins_the_thread_and_closes_every_socket() -> None:
             switch()
     with pytest.raises(RuntimeError):
         server.start()
+
+
+def test_a_start_that_failed_to_bind_can_be_tried_again() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        server = ForwardServer("127.0.0.1", port)
+        with pytest.raises(OSError):
+            server.start()
+        assert not server.listening
+    with server, connect(server) as sock:
+        assert server.port == port and server.listening
+        sock.sendall(V1)
+        assert server.wait_for_events(1, WAIT)
 
 
 def test_close_ends_waits_early() -> None:
