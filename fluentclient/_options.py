@@ -100,7 +100,9 @@ class TransportOptions:
     dns_refresh: bool = True
 
     def __post_init__(self) -> None:
-        if not self.servers or all(server.standby for server in self.servers):
+        if not self.servers:
+            raise ValueError("a client needs at least one server")
+        if all(server.standby for server in self.servers):
             raise ValueError("at least one server must not be a standby")
         if self.connect_timeout <= 0 or self.write_timeout <= 0:
             raise ValueError("connect_timeout and write_timeout must be positive")

@@ -126,9 +126,7 @@ class SyncClient(Client):
         self._sender = Sender(self._links, self._counters, self._transport)
         self._pid = os.getpid()
         for link in self._links:
-            conn, link.conn = link.conn, None
-            if conn is not None:
-                conn.close()
+            self._sender.drop(link)
 
     def post(
         self,
@@ -262,9 +260,7 @@ class SyncClient(Client):
         with self._lock:
             self._closed = True
             for link in self._links:
-                conn, link.conn = link.conn, None
-                if conn is not None:
-                    conn.close()
+                self._sender.drop(link)
 
     def stats(self) -> Stats:
         """Every record counts once its post() has returned or raised: sent, or, if the
