@@ -57,7 +57,7 @@ class Sender:
         """Back off after a failed connect. A refused key or certificate is a configuration
         error that retrying soon cannot fix: it waits the longest delay, this time only."""
         link.connect_streak += 1
-        link.failed(str(exc), backoff_to_max=refused(exc), error=exc)
+        link.failed(str(exc), backoff_to_max=is_refusal(exc), error=exc)
         with self._counters.lock:
             self._counters.connect_failures += 1
 
@@ -116,6 +116,6 @@ class Sender:
             raise ConnectionLost(f"expected the ack for {chunk!r}, got {short_repr(reply, 80)}")
 
 
-def refused(exc: FluentError) -> bool:
+def is_refusal(exc: FluentError) -> bool:
     """A failure of configuration (key, credentials, certificate), not of the network."""
     return isinstance(exc, (AuthenticationError, TlsError))

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 
 from ._options import TransportOptions
-from ._sender import Sender, refused
+from ._sender import Sender, is_refusal
 from .buffer import Buffer, Frame
 from .connection import Connection, ConnectionLost, SendError
 from .errors import AuthenticationError, DeliveryError, FluentError
@@ -289,11 +289,11 @@ class Writer:
                 # like this for days.
                 news = streak == 0 or link.last_error != str(exc)
                 self._sender.connect_failed(link, exc)
-                if refused(exc) and news:
+                if is_refusal(exc) and news:
                     log.error("fluentclient: %s; retrying with backoff (logged again only "
                               "if the reason changes)", exc)
                     self._report(exc)
-                elif refused(exc):
+                elif is_refusal(exc):
                     log.debug("fluentclient: %s (attempt %d)", exc, link.connect_streak)
                 elif link.connect_streak == 1:
                     # Once per outage: the backoff retries many times a minute, and
