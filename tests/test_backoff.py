@@ -114,14 +114,16 @@ def test_a_refused_key_does_not_keep_the_writer_at_the_longest_delay():
     port = _free_port()
     # jitter=0: the longest delay is exactly 3 s, and the first one 0.02 s.
     backoff = Backoff(initial=0.02, maximum=3.0, jitter=0.0)
-    wrong = ForwardServer(port=port, shared_key="not the key").start()
     client = BufferedClient("127.0.0.1", port, shared_key=KEY, backoff=backoff,
                             flush_interval=0.01)
     try:
-        client.post("backoff.refused", {"n": 0})
-        assert _until(lambda: isinstance(client.stats().servers[0].error,
-                                         AuthenticationError), timeout=10)
-        wrong.close()
+        wrong = ForwardServer(port=port, shared_key="not the key").start()
+        try:
+            client.post("backoff.refused", {"n": 0})
+            assert _until(lambda: isinstance(client.stats().servers[0].error,
+                                             AuthenticationError), timeout=10)
+        finally:
+            wrong.close()
         right = ForwardServer(port=port, shared_key=KEY).start()
         try:
             # The refusal costs the longest delay once; then the record gets through.
