@@ -1,4 +1,4 @@
-"""The two clients: :class:`BufferedClient` (never blocks) and :class:`SyncClient`.
+"""The :class:`BufferedClient`, which never blocks (:class:`SyncClient` lives in sync.py).
 
 Threads of a BufferedClient and what each owns::
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import socket
 import ssl
 import sys
 import threading
@@ -34,109 +33,58 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
-from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Callable, Optional, TypeVar
+from dataclasses import replace
+from typing import Any, Callable, Optional
 
+from ._base import Client as _Client
+from ._base import TagChecker as _TagChecker
+from ._options import (
+    BufferOptions,
+    RecordOptions,
+    TransportOptions,
+    security_from,
+    servers_from,
+)
+from ._options import MiB as _MiB
+from ._sender import Sender
 from .backoff import Backoff
 from .buffer import Buffer, Frame
-from .connection import Address, Connection, ConnectionLost, Security, SendError
 from .errors import (
-    AuthenticationError,
     BufferFullError,
     ClientClosedError,
-    FluentConnectionError,
     FluentError,
     FluentTimeoutError,
-    InvalidTagError,
-    RecordTooLargeError,
 )
-from .framing import (
-    Default,
-    EntryPacker,
-    FrameBuilder,
-    FrameError,
-    decode_frame,
-    frame_overhead,
-    new_unpacker,
-)
-from .guard import DEFAULT_MAX_DEPTH, RecordGuard
+from .framing import Default, FrameError, decode_frame, new_unpacker
+from .guard import DEFAULT_MAX_DEPTH
 from .lifecycle import Lifecycle, swallow
-from .message import (
-    MAX_TAG_LENGTH,
-    TAG_PATTERN,
-    Message,
-    TimeLike,
-    settle_future,
-    short_repr,
-    time_to_ns,
-)
-from .pool import Link, Server, ServerSpec, choose
+from .message import Message, TimeLike, settle_future
+from .pool import ServerSpec
 from .reader import STOP, Reader, yield_gil
 from .spool import Spool
 from .stats import (
     DROP_BUFFER_FULL,
     DROP_CLOSED,
     DROP_EVICTED,
-    DROP_SEND_FAILED,
     DROP_SPOOL_FULL,
     Counters,
     ShutdownReport,
     Stats,
     UnsentRecord,
 )
+from .sync import SyncClient
 from .writer import Writer, resolve_futures
+
+__all__ = ["BufferedClient", "SyncClient"]
 
 log = logging.getLogger("fluentclient")
 
-_C = TypeVar("_C", bound="_Client")
 ErrorCallback = Callable[[FluentError, Optional[Message]], None]
 UnsentCallback = Callable[[list[UnsentRecord]], None]
 
-OVERFLOW_POLICIES = ("drop_newest", "drop_oldest", "block", "raise")
-
-_TAG_CACHE = 10_000
-_MiB = 1024 * 1024
 # Queued messages past which post() lets the reader run before queueing more.
 _YIELD_AT = 256
-_time_ns = _time.time_ns
 _getpid = os.getpid
-
-
-class _TagChecker:
-    """Validates tags once and remembers the good ones, so post() pays a dict lookup."""
-
-    __slots__ = ("_prefix", "known")
-
-    def __init__(self, prefix: str | None) -> None:
-        if prefix is not None:
-            prefix = self._check(prefix, "tag_prefix")
-        self._prefix = prefix
-        self.known: dict[str, str] = {}
-
-    @staticmethod
-    def _check(tag: object, what: str = "tag") -> str:
-        if not isinstance(tag, str):
-            raise InvalidTagError(f"{what} must be a str, not {type(tag).__name__}")
-        if not tag or len(tag) > MAX_TAG_LENGTH or not TAG_PATTERN.match(tag):
-            raise InvalidTagError(
-                f"{what} {tag!r} is not dot-separated parts of letters, digits, '_' and '-'"
-            )
-        return tag
-
-    def __call__(self, tag: str) -> str:
-        full = self.known.get(tag)
-        if full is None:
-            full = self._check(tag)
-            if self._prefix:
-                full = f"{self._prefix}.{full}"
-            if len(self.known) < _TAG_CACHE:
-                self.known[tag] = full
-        return full
-
-
-def _address(host: str, port: int, unix_path: str | None) -> Address:
-    return unix_path if unix_path is not None else (host, port)
 
 
 def _call_on_error(
@@ -152,182 +100,12 @@ def _call_on_error(
         log.exception("fluentclient: the on_error callback raised")
 
 
-def _tls_context(
-    ssl_context: ssl.SSLContext | None,
-    tls: bool,
-    ca_file: str | None,
-    cert_file: str | None,
-    key_file: str | None,
-    verify: bool,
-) -> ssl.SSLContext | None:
-    """The caller's context, or one made from the simple options (verifying by default)."""
-    if ssl_context is not None:
-        return ssl_context
-    if not (tls or ca_file or cert_file):
-        return None
-    context = ssl.create_default_context(cafile=ca_file)
-    if not verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if cert_file:
-        context.load_cert_chain(cert_file, key_file)
-    return context
-
-
-@dataclass(frozen=True)
-class _Transport:
-    """How a client reaches its servers: everything both clients configure the same way."""
-
-    servers: tuple[Server, ...]
-    security: Security
-    connect_timeout: float
-    write_timeout: float
-    backoff: Backoff
-    require_ack: bool
-    ack_timeout: float
-    ack_retry_limit: int
-    compress: str | None
-    compress_level: int
-    keepalive_timeout: float | None
-    dns_refresh: bool
-    int_time: bool
-    entries_as_str: bool
-    default: Default
-    max_depth: int
-    non_str_keys: str
-    non_finite_floats: str
-    non_utf8_bytes: str
-
-    @classmethod
-    def make(
-        cls,
-        host: str,
-        port: int,
-        *,
-        unix_path: str | None,
-        servers: Sequence[ServerSpec] | None,
-        shared_key: str | None,
-        self_hostname: str | None,
-        username: str,
-        password: str,
-        ssl_context: ssl.SSLContext | None,
-        tls: bool,
-        tls_ca_file: str | None,
-        tls_cert_file: str | None,
-        tls_key_file: str | None,
-        tls_verify: bool,
-        tls_server_name: str | None,
-        **options: Any,
-    ) -> _Transport:
-        if servers:
-            parsed = tuple(Server.parse(spec) for spec in servers)
-            if all(server.standby for server in parsed):
-                raise ValueError("at least one server must not be a standby")
-        else:
-            parsed = (Server(host, port, unix_path=unix_path),)
-        if options["connect_timeout"] <= 0 or options["write_timeout"] <= 0:
-            raise ValueError("connect_timeout and write_timeout must be positive")
-        if options["ack_timeout"] <= 0 or options["ack_retry_limit"] < 0:
-            raise ValueError("ack_timeout must be positive, ack_retry_limit not negative")
-        FrameBuilder(compress=options["compress"], level=options["compress_level"])  # checks
-        RecordGuard(max_depth=options["max_depth"], non_str_keys=options["non_str_keys"],
-                    non_finite_floats=options["non_finite_floats"],
-                    non_utf8_bytes=options["non_utf8_bytes"])  # checks
-        security = Security(
-            ssl_context=_tls_context(ssl_context, tls, tls_ca_file, tls_cert_file,
-                                     tls_key_file, tls_verify),
-            server_hostname=tls_server_name,
-            shared_key=shared_key,
-            self_hostname=self_hostname if self_hostname is not None else socket.gethostname(),
-            username=username,
-            password=password,
-        )
-        return cls(servers=parsed, security=security, **options)
-
-    def packer(self) -> EntryPacker:
-        guard = RecordGuard(
-            max_depth=self.max_depth, non_str_keys=self.non_str_keys,
-            non_finite_floats=self.non_finite_floats, non_utf8_bytes=self.non_utf8_bytes,
-        )
-        return EntryPacker(default=self.default, int_time=self.int_time, guard=guard)
-
-    def builder(self, *, markers: bool = False) -> FrameBuilder:
-        """``markers``: a chunk id on every frame, acks or not (see the writer)."""
-        return FrameBuilder(
-            compress=self.compress, level=self.compress_level,
-            chunks=self.require_ack or markers, str_entries=self.entries_as_str,
-        )
-
-    def links(self) -> list[Link]:
-        return [
-            Link(server, self.backoff, self.security, dns_refresh=self.dns_refresh)
-            for server in self.servers
-        ]
-
-
 _live_clients: weakref.WeakSet[BufferedClient] = weakref.WeakSet()
 # One lock per process for noticing a fork that skipped the at-fork hooks (see
 # _check_fork); setdefault on a dict is atomic, so every thread of a process gets the same.
 _fork_locks: dict[int, threading.Lock] = {}
-_live_sync_clients: weakref.WeakSet[SyncClient] = weakref.WeakSet()
 # Clients made with at_exit=True: what a host's own end-of-process hook drains.
 _drained_at_exit: weakref.WeakSet[BufferedClient] = weakref.WeakSet()
-
-
-_ADDRESS_OPTIONS = ("host", "port", "unix_path", "servers")
-
-
-class _Client:
-    """What both clients share: configuration from the environment, ``with`` blocks
-    (leaving one shuts the client down), and awaitable flush and shutdown."""
-
-    @classmethod
-    def from_env(
-        cls: type[_C], *, environ: Mapping[str, str] | None = None, prefix: str = "FLUENT_",
-        **overrides: Any,
-    ) -> _C:
-        """A client configured by ``FLUENT_*`` variables, then by ``overrides``.
-
-        An address given in ``overrides`` (host, port, unix_path or servers) replaces the
-        environment's whole destination rather than mixing with it.
-        """
-        from .config import options_from_env
-
-        options = options_from_env(environ, prefix=prefix)
-        if any(key in overrides for key in _ADDRESS_OPTIONS):
-            for key in _ADDRESS_OPTIONS:
-                options.pop(key, None)
-        options.update(overrides)
-        return cls(**options)
-
-    def flush(self, timeout: float | None = None) -> bool:
-        raise NotImplementedError
-
-    def shutdown(self, timeout: float | None = None) -> ShutdownReport:
-        raise NotImplementedError
-
-    async def aflush(self, timeout: float | None = None) -> bool:
-        """``flush`` for asyncio code: waits in a helper thread, never in the event loop."""
-        from . import aio
-
-        return await aio.flush(self, timeout)
-
-    async def ashutdown(self, timeout: float | None = None) -> ShutdownReport:
-        """``shutdown`` for asyncio code: waits in a helper thread, never in the event loop."""
-        from . import aio
-
-        return await aio.shutdown(self, timeout)
-
-    def __enter__(self: _C) -> _C:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.shutdown()
 
 
 class BufferedClient(_Client):
@@ -390,47 +168,32 @@ class BufferedClient(_Client):
         spool_limit: int | None = None,
         on_unsent: UnsentCallback | None = None,
     ) -> None:
-        if max_frame_size < 1024 or max_frame_size > 6_000_000:
-            # fluent-bit drops connections carrying frames over 6,144,000 bytes.
-            raise ValueError("max_frame_size must be between 1 KiB and 6,000,000 bytes")
-        if buffer_limit < 1024:
-            raise ValueError("buffer_limit must be at least 1 KiB")
-        # A frame never needs to be larger than everything the buffer may hold.
-        max_frame_size = min(max_frame_size, buffer_limit)
-        if write_threshold <= 0 or flush_interval <= 0:
-            raise ValueError("write_threshold and flush_interval must be positive")
-        if shutdown_timeout < 0:
-            raise ValueError("shutdown_timeout must not be negative")
-        if overflow not in OVERFLOW_POLICIES:
-            raise ValueError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}")
-        if overflow_timeout < 0:
-            raise ValueError("overflow_timeout must not be negative")
-        if spool_limit is None:
-            spool_limit = max(4 * buffer_limit, 16 * _MiB)
-        elif spool_limit < 2 * buffer_limit:
-            raise ValueError("spool_limit must be at least twice buffer_limit")
-        self._transport = _Transport.make(
-            host, port, unix_path=unix_path, servers=servers, connect_timeout=connect_timeout,
-            write_timeout=write_timeout, backoff=backoff, require_ack=require_ack,
-            ack_timeout=ack_timeout, ack_retry_limit=ack_retry_limit, shared_key=shared_key,
-            self_hostname=self_hostname, username=username, password=password,
-            ssl_context=ssl_context, tls=tls, tls_ca_file=tls_ca_file,
-            tls_cert_file=tls_cert_file, tls_key_file=tls_key_file, tls_verify=tls_verify,
-            tls_server_name=tls_server_name, compress=compress, compress_level=compress_level,
-            keepalive_timeout=keepalive_timeout, dns_refresh=dns_refresh, int_time=int_time,
-            entries_as_str=entries_as_str, default=default, max_depth=max_depth,
-            non_str_keys=non_str_keys, non_finite_floats=non_finite_floats,
-            non_utf8_bytes=non_utf8_bytes,
+        self._buffer_options = BufferOptions(
+            buffer_limit=buffer_limit, write_threshold=write_threshold,
+            flush_interval=flush_interval, max_frame_size=max_frame_size, overflow=overflow,
+            overflow_timeout=overflow_timeout,
+            spool_dir=None if spool_dir is None else os.fspath(spool_dir),
+            spool_limit=spool_limit, shutdown_timeout=shutdown_timeout,
+        )
+        self._transport = TransportOptions(
+            servers=servers_from(host, port, unix_path, servers),
+            security=security_from(
+                shared_key=shared_key, self_hostname=self_hostname, username=username,
+                password=password, ssl_context=ssl_context, tls=tls, tls_ca_file=tls_ca_file,
+                tls_cert_file=tls_cert_file, tls_key_file=tls_key_file, tls_verify=tls_verify,
+                tls_server_name=tls_server_name,
+            ),
+            connect_timeout=connect_timeout, write_timeout=write_timeout, backoff=backoff,
+            require_ack=require_ack, ack_timeout=ack_timeout, ack_retry_limit=ack_retry_limit,
+            compress=compress, compress_level=compress_level,
+            keepalive_timeout=keepalive_timeout, dns_refresh=dns_refresh,
+        )
+        self._records = RecordOptions(
+            default=default, max_depth=max_depth, non_str_keys=non_str_keys,
+            non_finite_floats=non_finite_floats, non_utf8_bytes=non_utf8_bytes,
+            int_time=int_time, entries_as_str=entries_as_str,
         )
         self._tags = _TagChecker(tag_prefix)
-        self._options: dict[str, Any] = dict(
-            buffer_limit=buffer_limit,
-            write_threshold=write_threshold,
-            flush_interval=flush_interval,
-            max_frame_size=max_frame_size,
-            spool_dir=None if spool_dir is None else os.fspath(spool_dir),
-            spool_limit=spool_limit,
-        )
         self._overflow = overflow
         self._overflow_timeout = overflow_timeout
         self._on_unsent = on_unsent
@@ -453,45 +216,40 @@ class BufferedClient(_Client):
         ``closed``: a child of a process that had stopped this client; it stays stopped,
         and opens no spool.
         """
-        o, t = self._options, self._transport
+        o, t = self._buffer_options, self._transport
         self._closing = closed
         self._life = Lifecycle()
         self._counters = Counters()
         self._queue: deque[object] = deque()
-        frame_size = o["max_frame_size"]
+        frame_size = o.max_frame_size
         if t.compress:
             # Deflate can grow incompressible input a little (stored blocks, gzip header
             # and trailer): leave room so a compressed frame still fits.
             frame_size -= frame_size // 500 + 64
-        if o["spool_dir"] is not None and not closed:
-            self._spool = Spool(o["spool_dir"], limit=o["spool_limit"])
+        if o.spool_dir is not None and not closed:
+            self._spool = Spool(o.spool_dir, limit=o.spool_bytes)
         self._buffer = Buffer(
-            limit=o["buffer_limit"],
-            write_threshold=o["write_threshold"],
+            limit=o.buffer_limit,
+            write_threshold=o.write_threshold,
             max_frame_size=frame_size,
             on_release=self._released if self._spool is not None else None,
         )
         self._reader = Reader(
-            self._queue, self._buffer, self._life, t.packer(), self._fail,
+            self._queue, self._buffer, self._life, self._records.packer(), self._fail,
             spool=self._spool,
             evicted=self._evicted if self._overflow == "drop_oldest" else None,
             replayed=self._count_replayed,
             keep_rejected=self._overflow == "block",
         )
         self._writer = Writer(
-            t.links(),
+            Sender(t.links(), self._counters, t),
             self._buffer,
             self._life,
             self._counters,
-            t.builder(markers=True),
-            flush_interval=o["flush_interval"],
-            connect_timeout=t.connect_timeout,
-            write_timeout=t.write_timeout,
-            max_write=max(o["max_frame_size"], _MiB),
-            require_ack=t.require_ack,
-            ack_timeout=t.ack_timeout,
-            ack_retry_limit=t.ack_retry_limit,
-            keepalive_timeout=t.keepalive_timeout,
+            self._records.builder(t, markers=True),
+            flush_interval=o.flush_interval,
+            max_write=max(o.max_frame_size, _MiB),
+            transport=t,
             report=lambda err: _call_on_error(self._on_error, err, None),
         )
         self._started = False
@@ -548,11 +306,7 @@ class BufferedClient(_Client):
         or :class:`FluentTimeoutError` after ``timeout`` seconds (the record may still be
         buffered later). An invalid tag or time always raises at once.
         """
-        try:
-            full_tag = self._tags.known.get(tag) or self._tags(tag)
-        except TypeError:  # an unhashable tag (a list...) fails the cache lookup
-            raise InvalidTagError(f"tag must be a str, not {type(tag).__name__}") from None
-        time_ns = _time_ns() if time is None else time_to_ns(time)
+        full_tag, time_ns = self._tags.stamp(tag, time)
         if self._pid != _getpid():
             # Forked without Python's at-fork hooks (uWSGI's workers, a C extension): the
             # state here is the parent's, and its threads do not exist in this process.
@@ -946,7 +700,7 @@ class BufferedClient(_Client):
             c.handed_over += records + len(stranded)
 
     def _spool_stranded(self, spool: Spool, stranded: list[Message]) -> int:
-        packer = self._transport.packer()
+        packer = self._records.packer()
         seq = self._buffer.next_seq
         kept = 0
         for msg in stranded:
@@ -1019,7 +773,7 @@ class BufferedClient(_Client):
         except OSError as exc:
             # Only the spool can fail here; the child goes on without one.
             log.error("fluentclient: cannot open the spool after fork: %s", exc)
-            self._options["spool_dir"] = None
+            self._buffer_options = replace(self._buffer_options, spool_dir=None)
             self._fresh()
         if handoff is not None and handoff.claim() and held:
             self._queue.extend(held)
@@ -1214,285 +968,9 @@ def _drain_in_uwsgi() -> None:
 def _reinit_in_child() -> None:
     for client in list(_live_clients):
         client._after_fork_in_child()
-    for sync in list(_live_sync_clients):
-        sync._after_fork_in_child()
     if _drained_at_exit:
         _drain_in_celery_pool()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reinit_in_child)
-
-
-class SyncClient(_Client):
-    """Sends each record on the caller's thread and raises when it cannot.
-
-    Uses the same :class:`Message`, packer, frames and connections as
-    :class:`BufferedClient`; each ``post()`` writes one frame and, with
-    ``require_ack=True``, waits for its ack. A failed connection is replaced on the next
-    call; a write that fails on a reused connection is tried once more on a new one, since
-    a server that went away is only noticed when writing. With several ``servers`` each
-    call tries them in turn until one takes the frame. Calls from several threads are
-    serialized, so their frames never interleave on the wire.
-    """
-
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 24224,
-        *,
-        unix_path: str | None = None,
-        servers: Sequence[ServerSpec] | None = None,
-        tag_prefix: str | None = None,
-        connect_timeout: float = 5.0,
-        write_timeout: float = 5.0,
-        default: Default = None,
-        max_depth: int = DEFAULT_MAX_DEPTH,
-        non_str_keys: str = "str",
-        non_finite_floats: str = "null",
-        non_utf8_bytes: str = "str",
-        require_ack: bool = False,
-        ack_timeout: float = 60.0,
-        shared_key: str | None = None,
-        self_hostname: str | None = None,
-        username: str = "",
-        password: str = "",
-        ssl_context: ssl.SSLContext | None = None,
-        tls: bool = False,
-        tls_ca_file: str | None = None,
-        tls_cert_file: str | None = None,
-        tls_key_file: str | None = None,
-        tls_verify: bool = True,
-        tls_server_name: str | None = None,
-        compress: str | None = None,
-        compress_level: int = 6,
-        keepalive_timeout: float | None = None,
-        dns_refresh: bool = True,
-        int_time: bool = False,
-        entries_as_str: bool = False,
-        max_frame_size: int = _MiB,
-    ) -> None:
-        self._transport = t = _Transport.make(
-            host, port, unix_path=unix_path, servers=servers, connect_timeout=connect_timeout,
-            write_timeout=write_timeout, backoff=Backoff(), require_ack=require_ack,
-            ack_timeout=ack_timeout, ack_retry_limit=0, shared_key=shared_key,
-            self_hostname=self_hostname, username=username, password=password,
-            ssl_context=ssl_context, tls=tls, tls_ca_file=tls_ca_file,
-            tls_cert_file=tls_cert_file, tls_key_file=tls_key_file, tls_verify=tls_verify,
-            tls_server_name=tls_server_name, compress=compress, compress_level=compress_level,
-            keepalive_timeout=keepalive_timeout, dns_refresh=dns_refresh, int_time=int_time,
-            entries_as_str=entries_as_str, default=default, max_depth=max_depth,
-            non_str_keys=non_str_keys, non_finite_floats=non_finite_floats,
-            non_utf8_bytes=non_utf8_bytes,
-        )
-        self._tags = _TagChecker(tag_prefix)
-        self._packer = t.packer()
-        self._builder = t.builder()
-        self._links = t.links()
-        self._max_frame_size = max_frame_size
-        self._lock = threading.Lock()
-        self._counters = Counters()
-        self._closed = False
-        self._pid = os.getpid()
-        # Whether the record being sent may have reached a server (see _send).
-        self._maybe_delivered = False
-        _live_sync_clients.add(self)
-
-    def _after_fork_in_child(self) -> None:
-        # The parent's connections are the parent's: writing on them would interleave
-        # frames and steal its acks. Closing our copy of the descriptor sends nothing.
-        self._lock = threading.Lock()
-        self._counters = Counters()
-        self._pid = os.getpid()
-        for link in self._links:
-            conn, link.conn = link.conn, None
-            if conn is not None:
-                conn.close()
-
-    def post(
-        self,
-        tag: str,
-        record: Mapping[str, Any],
-        *,
-        time: TimeLike | None = None,
-        sync_append: bool = False,
-        timeout: float | None = None,
-        ack: bool = False,
-    ) -> Any:
-        """Send one record now; raises a :class:`FluentError` if it cannot be sent.
-
-        ``timeout`` caps the whole call. ``sync_append`` is accepted for symmetry with the
-        buffered client (this call is synchronous anyway). ``ack=True`` (with
-        ``require_ack=True``) returns an already resolved Future, for code written for both
-        clients.
-        """
-        try:
-            full_tag = self._tags.known.get(tag) or self._tags(tag)
-        except TypeError:  # an unhashable tag (a list...) fails the cache lookup
-            raise InvalidTagError(f"tag must be a str, not {type(tag).__name__}") from None
-        time_ns = _time_ns() if time is None else time_to_ns(time)
-        if ack and not self._transport.require_ack:
-            raise ValueError("post(ack=True) needs a client made with require_ack=True")
-        start = _time.monotonic()
-        if self._pid != os.getpid():
-            # Forked without the at-fork hooks (a C extension calling fork()).
-            self._after_fork_in_child()
-        with self._lock:
-            if self._closed:
-                raise ClientClosedError("the client is closed")
-            entry = self._packer.pack(Message(full_tag, record, time_ns))
-            if len(entry) + frame_overhead(full_tag) > self._max_frame_size:
-                raise RecordTooLargeError(
-                    f"a {len(entry)}-byte record does not fit in a frame of "
-                    f"{self._max_frame_size} bytes"
-                )
-            data, chunk = self._builder.build(full_tag, entry, 1)
-            self._maybe_delivered = False
-            try:
-                self._send(data, chunk, start, timeout)
-            except BaseException:
-                # Posted and settled at once: nothing is ever buffered here.
-                if self._maybe_delivered:
-                    with self._counters.lock:
-                        self._counters.possibly_lost += 1
-                else:
-                    self._counters.drop(DROP_SEND_FAILED, refused=False)
-                raise
-        with self._counters.lock:
-            self._counters.sent += 1
-            self._counters.frames_sent += 1
-            self._counters.bytes_sent += len(data)
-        if ack:
-            done: Future[None] = Future()
-            done.set_result(None)
-            return done
-        return True
-
-    def _deadline(self, start: float, step: float, timeout: float | None) -> float:
-        deadline = _time.monotonic() + step
-        return deadline if timeout is None else min(deadline, start + timeout)
-
-    def _send(self, data: bytes, chunk: str | None, start: float, timeout: float | None) -> None:
-        t = self._transport
-        error: FluentError = FluentConnectionError("no server to send to")
-        # A caller wants an answer now: every server is tried, whatever its backoff.
-        for link in choose(self._links, float("inf")):
-            for attempt in (0, 1):
-                conn = link.conn
-                try:
-                    if conn is not None and self._stale(link, conn):
-                        conn.close()
-                        conn = link.conn = None
-                except AuthenticationError as exc:
-                    self._refused(link, exc)
-                    raise
-                reused = conn is not None
-                if conn is None:
-                    conn = link.new_connection()
-                    try:
-                        conn.connect(self._deadline(start, t.connect_timeout, timeout))
-                    except FluentError as exc:
-                        link.conn = None
-                        link.failed(str(exc), error=exc)
-                        with self._counters.lock:
-                            self._counters.connect_failures += 1
-                        error = exc
-                        break
-                    link.connected()
-                    with self._counters.lock:
-                        self._counters.connects += 1
-                written = False
-                try:
-                    conn.send(data, self._deadline(start, t.write_timeout, timeout))
-                    written = True
-                    if chunk is not None:
-                        self._await_ack(conn, chunk, self._deadline(start, t.ack_timeout, timeout))
-                except AuthenticationError as exc:
-                    self._refused(link, exc)
-                    raise
-                except (SendError, ConnectionLost, FluentTimeoutError) as exc:
-                    if written or (isinstance(exc, SendError) and exc.written > 0):
-                        # The server may have the frame, or part of it.
-                        self._maybe_delivered = True
-                    conn.close()
-                    link.conn = None
-                    with self._counters.lock:
-                        self._counters.connection_failures += 1
-                    error = exc
-                    # A reused connection may have died while idle: one more try on a
-                    # new one, unless part of the frame already went out on it.
-                    partial = isinstance(exc, SendError) and exc.written > 0
-                    if reused and attempt == 0 and not partial:
-                        continue
-                    link.failed(str(exc), error=exc)
-                    break
-                link.used_at = _time.monotonic()
-                link.frames_sent += 1
-                if chunk is not None:
-                    link.acked_frames += 1
-                if not conn.keepalive:
-                    conn.close()
-                    link.conn = None
-                return
-        raise error
-
-    def _stale(self, link: Link, conn: Connection) -> bool:
-        """Whether the connection must be replaced; raises if the server turns out to want
-        a handshake we do not do (its HELO is what made it readable)."""
-        idle = self._transport.keepalive_timeout
-        if idle is not None and _time.monotonic() - link.used_at >= idle:
-            return True
-        if not conn.peer_closed():
-            return False
-        if self._transport.security.shared_key is None and conn.can_read_whole():
-            try:
-                replies = conn.read_available()
-            except ConnectionLost:
-                return True  # garbage: a new connection, like any other end
-            conn.refuse_if_helo(replies)
-        return True
-
-    @staticmethod
-    def _refused(link: Link, exc: AuthenticationError) -> None:
-        conn, link.conn = link.conn, None
-        if conn is not None:
-            conn.close()
-        link.failed(str(exc), error=exc)
-
-    @staticmethod
-    def _await_ack(conn: Connection, chunk: str, deadline: float) -> None:
-        reply = conn.read_object(deadline)
-        conn.refuse_if_helo([reply])
-        if not isinstance(reply, dict) or reply.get("ack") != chunk:
-            raise ConnectionLost(f"expected the ack for {chunk!r}, got {short_repr(reply, 80)}")
-
-    def flush(self, timeout: float | None = None) -> bool:
-        """Nothing is ever held: every post() has already been written."""
-        return True
-
-    def shutdown(self, timeout: float | None = None) -> ShutdownReport:
-        deadline = _time.monotonic() + (5.0 if timeout is None else timeout)
-        with self._lock:
-            self._closed = True
-            for link in self._links:
-                conn, link.conn = link.conn, None
-                if conn is not None:
-                    conn.close_gracefully(deadline)
-        return self._counters.report(timed_out=False)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            for link in self._links:
-                conn, link.conn = link.conn, None
-                if conn is not None:
-                    conn.close()
-
-    def stats(self) -> Stats:
-        """Every record counts once its post() has returned or raised: sent, or, if the
-        call raised, ``dropped["send_failed"]`` (nothing of it was written) or
-        ``possibly_lost`` (written, not seen taken). ``buffered`` is always 0."""
-        return self._counters.snapshot(
-            posted=None, buffered_bytes=0,
-            servers=tuple(link.stats() for link in self._links),
-        )

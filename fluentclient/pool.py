@@ -133,6 +133,10 @@ class Link:
             self._resolved = self.conn.resolve()
         self.connects += 1
         self.connect_streak = 0
+        # A connect and handshake that worked is a success like a confirmed write: the
+        # next outage starts from the first delay, however many failures came before.
+        self.backoff = self.backoff.reset()
+        self.retry_at = 0.0
         self.last_error = None
         self.error = None
         self.progress_at = self.used_at = time.monotonic()
@@ -143,8 +147,8 @@ class Link:
         """Schedule the next attempt after this link's backoff delay.
 
         ``backoff_to_max`` waits the longest delay this time only: a refusal is not
-        fixed by retrying at once, but the backoff keeps its own schedule, so the first
-        good write resets it as usual.
+        fixed by retrying at once, but the backoff keeps its own schedule, so the next
+        success (a connection that completes its handshake, a write) resets it as usual.
         """
         self.failures += 1
         self.last_error = reason

@@ -31,13 +31,15 @@ import threading
 import time
 from collections.abc import Callable
 
+from ._options import TransportOptions
+from ._sender import Sender, is_refusal
 from .buffer import Buffer, Frame
 from .connection import Connection, ConnectionLost, SendError
-from .errors import AuthenticationError, DeliveryError, FluentError, TlsError
+from .errors import AuthenticationError, DeliveryError, FluentError
 from .framing import FrameBuilder
 from .lifecycle import Lifecycle, thread_failed
 from .message import settle_future, short_repr
-from .pool import Link, choose, level
+from .pool import Link
 from .stats import DROP_NOT_ACKED, Counters
 
 log = logging.getLogger("fluentclient")
@@ -78,35 +80,31 @@ def resolve_futures(frame: Frame, error: BaseException | None = None) -> None:
 class Writer:
     def __init__(
         self,
-        links: list[Link],
+        sender: Sender,
         buf: Buffer,
         life: Lifecycle,
         counters: Counters,
         builder: FrameBuilder,
         *,
         flush_interval: float,
-        connect_timeout: float,
-        write_timeout: float,
         max_write: int,
-        require_ack: bool,
-        ack_timeout: float,
-        ack_retry_limit: int,
-        keepalive_timeout: float | None,
+        transport: TransportOptions,
         report: Callable[[FluentError], None],
     ) -> None:
-        self.links = links
+        self._sender = sender
+        self.links = sender.links
         self._buffer = buf
         self._life = life
         self._counters = counters
         self._builder = builder
         self._flush_interval = flush_interval
-        self._connect_timeout = connect_timeout
-        self._write_timeout = write_timeout
+        self._connect_timeout = transport.connect_timeout
+        self._write_timeout = transport.write_timeout
         self._max_write = max_write
-        self._require_ack = require_ack
-        self._ack_timeout = ack_timeout
-        self._ack_retry_limit = ack_retry_limit
-        self._keepalive_timeout = keepalive_timeout
+        self._require_ack = transport.require_ack
+        self._ack_timeout = transport.ack_timeout
+        self._ack_retry_limit = transport.ack_retry_limit
+        self._keepalive_timeout = transport.keepalive_timeout
         self._report = report
         self._settle_distance = _PEER_WINDOW
         self.thread = threading.Thread(target=self._run, name="fluentclient-writer", daemon=True)
@@ -251,11 +249,7 @@ class Writer:
             self._link_failed(link, str(exc), pending=frames[len(written):] + rest)
             return False
         self._track(link, frames, start)
-        link.backoff = link.backoff.reset()
-        link.frames_sent += len(frames)
-        with self._counters.lock:
-            self._counters.frames_sent += len(frames)
-            self._counters.bytes_sent += len(data)
+        self._sender.wrote(link, len(frames), len(data))
         if not conn.keepalive and not self._require_ack:
             self._close(link)
         return True
@@ -271,7 +265,7 @@ class Writer:
 
     def _connected_link(self) -> Link | None:
         """A link with a live connection, connecting one if need be."""
-        for link in choose(self.links, time.monotonic()):
+        for link in self._sender.candidates(time.monotonic()):
             if link.conn is not None:
                 if not self._require_ack:
                     # A frame written onto a connection the server has closed is lost
@@ -283,29 +277,23 @@ class Writer:
                     continue
             if self._life.abandoned:
                 return None
-            conn = link.new_connection()
-            try:
-                conn.connect(self._deadline(self._connect_timeout))
-            except FluentError as exc:
-                link.conn = None
+            streak = link.connect_streak
+            exc = self._sender.connect(link, self._deadline(self._connect_timeout))
+            if exc is not None:
                 if self._cut_short():
                     # Our own shutdown ended the attempt: not the server's failure, and
                     # its last error stays the reason it gave (a refused key, say).
                     return None
-                # A refused key or certificate is a configuration error: no tight loop,
-                # and say it loudly, but once per outage (or when the reason changes),
-                # not on every retry of a client that may run like this for days.
-                refused = isinstance(exc, (AuthenticationError, TlsError))
-                news = link.connect_streak == 0 or link.last_error != str(exc)
-                link.connect_streak += 1
-                link.failed(str(exc), backoff_to_max=refused, error=exc)
-                with self._counters.lock:
-                    self._counters.connect_failures += 1
-                if refused and news:
+                # A refused key or certificate: say it loudly, but once per outage (or
+                # when the reason changes), not on every retry of a client that may run
+                # like this for days.
+                news = streak == 0 or link.last_error != str(exc)
+                self._sender.connect_failed(link, exc)
+                if is_refusal(exc) and news:
                     log.error("fluentclient: %s; retrying with backoff (logged again only "
                               "if the reason changes)", exc)
                     self._report(exc)
-                elif refused:
+                elif is_refusal(exc):
                     log.debug("fluentclient: %s (attempt %d)", exc, link.connect_streak)
                 elif link.connect_streak == 1:
                     # Once per outage: the backoff retries many times a minute, and
@@ -314,11 +302,6 @@ class Writer:
                 else:
                     log.debug("fluentclient: %s (attempt %d)", exc, link.connect_streak)
                 continue
-            streak = link.connect_streak
-            link.connected()
-            level(link, self.links)
-            with self._counters.lock:
-                self._counters.connects += 1
             if streak:
                 log.info("fluentclient: connected to %s after %d failed attempts",
                          link.name, streak)
@@ -367,9 +350,7 @@ class Writer:
             self._settle(link)
         now = time.monotonic()
         idle = not link.unconfirmed and (
-            not conn.keepalive
-            or (self._keepalive_timeout is not None
-                and now - link.used_at >= self._keepalive_timeout)
+            not conn.keepalive or self._sender.idle_too_long(link, now)
         )
         if idle:
             # Closed now and reopened when needed, so a middlebox that silently drops idle
@@ -379,7 +360,7 @@ class Writer:
     def _replies(self, link: Link, conn: Connection) -> list[object] | None:
         """What the server said since we last looked; None if that failed the link."""
         try:
-            return conn.refuse_if_helo(conn.read_available())
+            return self._sender.replies(conn)
         except AuthenticationError as exc:
             self._refused_after_connect(link, exc)
         except ConnectionLost as exc:

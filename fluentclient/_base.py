@@ -1,0 +1,114 @@
+"""What both clients share: the tag check, the (tag, time) prelude of post(), and the
+base class with configuration from the environment and ``with`` blocks."""
+
+from __future__ import annotations
+
+import time as _time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+from .errors import InvalidTagError
+from .message import MAX_TAG_LENGTH, TAG_PATTERN, TimeLike, time_to_ns
+from .stats import ShutdownReport
+
+_C = TypeVar("_C", bound="Client")
+
+# Tags remembered at most: a client fed endless distinct tags must not grow without end.
+_TAG_CACHE = 10_000
+_time_ns = _time.time_ns
+
+ADDRESS_OPTIONS = ("host", "port", "unix_path", "servers")
+
+
+class TagChecker:
+    """Validates tags once and remembers the good ones, so post() pays a dict lookup."""
+
+    __slots__ = ("_prefix", "known")
+
+    def __init__(self, prefix: str | None) -> None:
+        if prefix is not None:
+            prefix = self._check(prefix, "tag_prefix")
+        self._prefix = prefix
+        self.known: dict[str, str] = {}
+
+    @staticmethod
+    def _check(tag: object, what: str = "tag") -> str:
+        if not isinstance(tag, str):
+            raise InvalidTagError(f"{what} must be a str, not {type(tag).__name__}")
+        if not tag or len(tag) > MAX_TAG_LENGTH or not TAG_PATTERN.match(tag):
+            raise InvalidTagError(
+                f"{what} {tag!r} is not dot-separated parts of letters, digits, '_' and '-'"
+            )
+        return tag
+
+    def __call__(self, tag: str) -> str:
+        full = self.known.get(tag)
+        if full is None:
+            full = self._check(tag)
+            if self._prefix:
+                full = f"{self._prefix}.{full}"
+            if len(self.known) < _TAG_CACHE:
+                self.known[tag] = full
+        return full
+
+    def stamp(self, tag: str, time: TimeLike | None) -> tuple[str, int]:
+        """The full tag and the time in nanoseconds of a post(); raises for a bad one."""
+        try:
+            full_tag = self.known.get(tag) or self(tag)
+        except TypeError:  # an unhashable tag (a list...) fails the cache lookup
+            raise InvalidTagError(f"tag must be a str, not {type(tag).__name__}") from None
+        return full_tag, _time_ns() if time is None else time_to_ns(time)
+
+
+class Client:
+    """What both clients share: configuration from the environment, ``with`` blocks
+    (leaving one shuts the client down), and awaitable flush and shutdown."""
+
+    @classmethod
+    def from_env(
+        cls: type[_C], *, environ: Mapping[str, str] | None = None, prefix: str = "FLUENT_",
+        **overrides: Any,
+    ) -> _C:
+        """A client configured by ``FLUENT_*`` variables, then by ``overrides``.
+
+        An address given in ``overrides`` (host, port, unix_path or servers) replaces the
+        environment's whole destination rather than mixing with it.
+        """
+        from .config import options_from_env
+
+        options = options_from_env(environ, prefix=prefix)
+        if any(key in overrides for key in ADDRESS_OPTIONS):
+            for key in ADDRESS_OPTIONS:
+                options.pop(key, None)
+        options.update(overrides)
+        return cls(**options)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        raise NotImplementedError
+
+    def shutdown(self, timeout: float | None = None) -> ShutdownReport:
+        raise NotImplementedError
+
+    async def aflush(self, timeout: float | None = None) -> bool:
+        """``flush`` for asyncio code: waits in a helper thread, never in the event loop."""
+        from . import aio
+
+        return await aio.flush(self, timeout)
+
+    async def ashutdown(self, timeout: float | None = None) -> ShutdownReport:
+        """``shutdown`` for asyncio code: waits in a helper thread, never in the event loop."""
+        from . import aio
+
+        return await aio.shutdown(self, timeout)
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown()

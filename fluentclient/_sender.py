@@ -1,0 +1,121 @@
+"""The one sender both clients use: choosing a server, connecting to it, and keeping each
+Link's record of what happened there (its backoff, its counters, its last error).
+
+The writer thread of a BufferedClient and the posting thread of a SyncClient differ in
+what they do with frames (the writer tracks, retries and settles them; a SyncClient sends
+one and waits for its ack), not in how a connection is made, reused or judged. That part
+lives here, so both clients back off, fail over and count the same way.
+
+A Sender touches only the Links it was given and the client's Counters. It does socket
+I/O and so holds no lock of its own; its caller keeps one thread at a time on a Link (the
+writer thread, or a SyncClient's lock).
+"""
+
+from __future__ import annotations
+
+import time
+
+from ._options import TransportOptions
+from .connection import Connection, ConnectionLost
+from .errors import AuthenticationError, FluentError, TlsError
+from .message import short_repr
+from .pool import Link, choose, level
+from .stats import Counters
+
+
+class Sender:
+    def __init__(
+        self, links: list[Link], counters: Counters, transport: TransportOptions
+    ) -> None:
+        self.links = links
+        self._counters = counters
+        self._transport = transport
+
+    def candidates(self, now: float) -> list[Link]:
+        """The links to try, best first; ``now=inf`` ignores every backoff."""
+        return choose(self.links, now)
+
+    def connect(self, link: Link, deadline: float) -> FluentError | None:
+        """Open and handshake a new connection on the link; the error if that failed.
+
+        A failure is not recorded here: the caller decides whether it was the server's
+        (see :meth:`connect_failed`) or its own shutdown cutting the attempt short.
+        """
+        conn = link.new_connection()
+        try:
+            conn.connect(deadline)
+        except FluentError as exc:
+            link.conn = None
+            return exc
+        link.connected()
+        level(link, self.links)
+        with self._counters.lock:
+            self._counters.connects += 1
+        return None
+
+    def connect_failed(self, link: Link, exc: FluentError) -> None:
+        """Back off after a failed connect. A refused key or certificate is a configuration
+        error that retrying soon cannot fix: it waits the longest delay, this time only."""
+        link.connect_streak += 1
+        link.failed(str(exc), backoff_to_max=is_refusal(exc), error=exc)
+        with self._counters.lock:
+            self._counters.connect_failures += 1
+
+    def wrote(self, link: Link, frames: int, nbytes: int) -> None:
+        """Frames went out on the link's connection: the server is working again."""
+        link.backoff = link.backoff.reset()
+        link.frames_sent += frames
+        with self._counters.lock:
+            self._counters.frames_sent += frames
+            self._counters.bytes_sent += nbytes
+
+    def drop(self, link: Link) -> Connection | None:
+        """Take the connection off the link, closed; the caller decides what it cost."""
+        conn, link.conn = link.conn, None
+        if conn is not None:
+            conn.close()
+        return conn
+
+    def refused(self, link: Link, exc: FluentError) -> None:
+        """The server refused us on a connection that was up (an unasked HELO)."""
+        self.drop(link)
+        link.failed(str(exc), backoff_to_max=True, error=exc)
+
+    def idle_too_long(self, link: Link, now: float) -> bool:
+        """Whether ``keepalive_timeout`` says the link's connection must not be reused."""
+        idle = self._transport.keepalive_timeout
+        return idle is not None and now - link.used_at >= idle
+
+    def stale(self, link: Link, conn: Connection) -> bool:
+        """Whether the connection must be replaced before the next write; raises if the
+        server turns out to want a handshake we do not do (its HELO made it readable)."""
+        if self.idle_too_long(link, time.monotonic()):
+            return True
+        if not conn.peer_closed():
+            return False
+        if self._transport.security.shared_key is None and conn.can_read_whole():
+            try:
+                replies = conn.read_available()
+            except ConnectionLost:
+                return True  # garbage: a new connection, like any other end
+            conn.refuse_if_helo(replies)
+        return True
+
+    @staticmethod
+    def replies(conn: Connection) -> list[object]:
+        """What the server said since we last looked, without waiting; raises
+        AuthenticationError for an unasked HELO, ConnectionLost for garbage."""
+        return conn.refuse_if_helo(conn.read_available())
+
+    @staticmethod
+    def await_ack(conn: Connection, chunk: str, deadline: float) -> None:
+        """Wait for the ack of ``chunk``, the next reply due on this connection."""
+        reply = conn.read_object(deadline)
+        conn.refuse_if_helo([reply])
+        if not isinstance(reply, dict) or reply.get("ack") != chunk:
+            raise ConnectionLost(f"expected the ack for {chunk!r}, got {short_repr(reply, 80)}")
+
+
+def is_refusal(exc: FluentError) -> bool:
+    """A failure of configuration (key, credentials, certificate), not of the network."""
+    return isinstance(exc, (AuthenticationError, TlsError))

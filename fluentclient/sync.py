@@ -1,0 +1,281 @@
+"""The :class:`SyncClient`: each post() writes its record on the caller's thread.
+
+It shares the BufferedClient's packer, frames, connections and sender; what it adds is
+the retry of a write on a reused connection and the wait for one ack, both bounded by the
+caller's ``timeout``.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import threading
+import time as _time
+import weakref
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from ._base import Client, TagChecker
+from ._options import MiB, RecordOptions, TransportOptions, security_from, servers_from
+from ._sender import Sender
+from .backoff import Backoff
+from .connection import ConnectionLost, SendError
+from .errors import (
+    AuthenticationError,
+    ClientClosedError,
+    FluentConnectionError,
+    FluentError,
+    FluentTimeoutError,
+    RecordTooLargeError,
+)
+from .framing import Default, frame_overhead
+from .guard import DEFAULT_MAX_DEPTH
+from .message import Message, TimeLike
+from .pool import ServerSpec
+from .stats import DROP_SEND_FAILED, Counters, ShutdownReport, Stats
+
+_live_sync_clients: weakref.WeakSet[SyncClient] = weakref.WeakSet()
+
+
+class SyncClient(Client):
+    """Sends each record on the caller's thread and raises when it cannot.
+
+    Uses the same :class:`Message`, packer, frames and connections as
+    :class:`BufferedClient`; each ``post()`` writes one frame and, with
+    ``require_ack=True``, waits for its ack. A failed connection is replaced on the next
+    call; a write that fails on a reused connection is tried once more on a new one, since
+    a server that went away is only noticed when writing. With several ``servers`` each
+    call tries them in turn until one takes the frame. Calls from several threads are
+    serialized, so their frames never interleave on the wire.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 24224,
+        *,
+        unix_path: str | None = None,
+        servers: Sequence[ServerSpec] | None = None,
+        tag_prefix: str | None = None,
+        connect_timeout: float = 5.0,
+        write_timeout: float = 5.0,
+        default: Default = None,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        non_str_keys: str = "str",
+        non_finite_floats: str = "null",
+        non_utf8_bytes: str = "str",
+        require_ack: bool = False,
+        ack_timeout: float = 60.0,
+        shared_key: str | None = None,
+        self_hostname: str | None = None,
+        username: str = "",
+        password: str = "",
+        ssl_context: ssl.SSLContext | None = None,
+        tls: bool = False,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        tls_verify: bool = True,
+        tls_server_name: str | None = None,
+        compress: str | None = None,
+        compress_level: int = 6,
+        keepalive_timeout: float | None = None,
+        dns_refresh: bool = True,
+        int_time: bool = False,
+        entries_as_str: bool = False,
+        max_frame_size: int = MiB,
+    ) -> None:
+        self._transport = t = TransportOptions(
+            servers=servers_from(host, port, unix_path, servers),
+            security=security_from(
+                shared_key=shared_key, self_hostname=self_hostname, username=username,
+                password=password, ssl_context=ssl_context, tls=tls, tls_ca_file=tls_ca_file,
+                tls_cert_file=tls_cert_file, tls_key_file=tls_key_file, tls_verify=tls_verify,
+                tls_server_name=tls_server_name,
+            ),
+            connect_timeout=connect_timeout, write_timeout=write_timeout, backoff=Backoff(),
+            require_ack=require_ack, ack_timeout=ack_timeout, ack_retry_limit=0,
+            compress=compress, compress_level=compress_level,
+            keepalive_timeout=keepalive_timeout, dns_refresh=dns_refresh,
+        )
+        records = RecordOptions(
+            default=default, max_depth=max_depth, non_str_keys=non_str_keys,
+            non_finite_floats=non_finite_floats, non_utf8_bytes=non_utf8_bytes,
+            int_time=int_time, entries_as_str=entries_as_str,
+        )
+        self._tags = TagChecker(tag_prefix)
+        self._packer = records.packer()
+        self._builder = records.builder(t)
+        self._links = t.links()
+        self._max_frame_size = max_frame_size
+        self._lock = threading.Lock()
+        self._counters = Counters()
+        self._sender = Sender(self._links, self._counters, t)
+        self._closed = False
+        self._pid = os.getpid()
+        # Whether the record being sent may have reached a server (see _send).
+        self._maybe_delivered = False
+        _live_sync_clients.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's connections are the parent's: writing on them would interleave
+        # frames and steal its acks. Closing our copy of the descriptor sends nothing.
+        self._lock = threading.Lock()
+        self._counters = Counters()
+        self._sender = Sender(self._links, self._counters, self._transport)
+        self._pid = os.getpid()
+        for link in self._links:
+            self._sender.drop(link)
+
+    def post(
+        self,
+        tag: str,
+        record: Mapping[str, Any],
+        *,
+        time: TimeLike | None = None,
+        sync_append: bool = False,
+        timeout: float | None = None,
+        ack: bool = False,
+    ) -> Any:
+        """Send one record now; raises a :class:`FluentError` if it cannot be sent.
+
+        ``timeout`` caps the whole call. ``sync_append`` is accepted for symmetry with the
+        buffered client (this call is synchronous anyway). ``ack=True`` (with
+        ``require_ack=True``) returns an already resolved Future, for code written for both
+        clients.
+        """
+        full_tag, time_ns = self._tags.stamp(tag, time)
+        if ack and not self._transport.require_ack:
+            raise ValueError("post(ack=True) needs a client made with require_ack=True")
+        start = _time.monotonic()
+        if self._pid != os.getpid():
+            # Forked without the at-fork hooks (a C extension calling fork()).
+            self._after_fork_in_child()
+        with self._lock:
+            if self._closed:
+                raise ClientClosedError("the client is closed")
+            entry = self._packer.pack(Message(full_tag, record, time_ns))
+            if len(entry) + frame_overhead(full_tag) > self._max_frame_size:
+                raise RecordTooLargeError(
+                    f"a {len(entry)}-byte record does not fit in a frame of "
+                    f"{self._max_frame_size} bytes"
+                )
+            data, chunk = self._builder.build(full_tag, entry, 1)
+            self._maybe_delivered = False
+            try:
+                self._send(data, chunk, start, timeout)
+            except BaseException:
+                # Posted and settled at once: nothing is ever buffered here.
+                if self._maybe_delivered:
+                    with self._counters.lock:
+                        self._counters.possibly_lost += 1
+                else:
+                    self._counters.drop(DROP_SEND_FAILED, refused=False)
+                raise
+        with self._counters.lock:
+            self._counters.sent += 1
+        if ack:
+            done: Future[None] = Future()
+            done.set_result(None)
+            return done
+        return True
+
+    def _deadline(self, start: float, step: float, timeout: float | None) -> float:
+        deadline = _time.monotonic() + step
+        return deadline if timeout is None else min(deadline, start + timeout)
+
+    def _send(self, data: bytes, chunk: str | None, start: float, timeout: float | None) -> None:
+        t, sender = self._transport, self._sender
+        error: FluentError = FluentConnectionError("no server to send to")
+        # A caller wants an answer now: every server is tried, whatever its backoff.
+        for link in sender.candidates(float("inf")):
+            for attempt in (0, 1):
+                conn = link.conn
+                try:
+                    if conn is not None and sender.stale(link, conn):
+                        sender.drop(link)
+                        conn = None
+                except AuthenticationError as exc:
+                    sender.refused(link, exc)
+                    raise
+                reused = conn is not None
+                if conn is None:
+                    deadline = self._deadline(start, t.connect_timeout, timeout)
+                    failure = sender.connect(link, deadline)
+                    if failure is not None:
+                        sender.connect_failed(link, failure)
+                        error = failure
+                        break
+                    conn = link.conn
+                    assert conn is not None
+                written = False
+                try:
+                    conn.send(data, self._deadline(start, t.write_timeout, timeout))
+                    written = True
+                    if chunk is not None:
+                        sender.await_ack(conn, chunk, self._deadline(start, t.ack_timeout, timeout))
+                except AuthenticationError as exc:
+                    sender.refused(link, exc)
+                    raise
+                except (SendError, ConnectionLost, FluentTimeoutError) as exc:
+                    partial = isinstance(exc, SendError) and exc.written > 0
+                    if written or partial:
+                        # The server may have the frame, or part of it.
+                        self._maybe_delivered = True
+                    sender.drop(link)
+                    with self._counters.lock:
+                        self._counters.connection_failures += 1
+                    error = exc
+                    # A reused connection may have died while idle: one more try on a
+                    # new one, unless part of the frame already went out on it.
+                    if reused and attempt == 0 and not partial:
+                        continue
+                    link.failed(str(exc), error=exc)
+                    break
+                sender.wrote(link, 1, len(data))
+                link.used_at = _time.monotonic()
+                if chunk is not None:
+                    link.acked_frames += 1
+                if not conn.keepalive:
+                    sender.drop(link)
+                return
+        raise error
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Nothing is ever held: every post() has already been written."""
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> ShutdownReport:
+        deadline = _time.monotonic() + (5.0 if timeout is None else timeout)
+        with self._lock:
+            self._closed = True
+            for link in self._links:
+                conn, link.conn = link.conn, None
+                if conn is not None:
+                    conn.close_gracefully(deadline)
+        return self._counters.report(timed_out=False)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for link in self._links:
+                self._sender.drop(link)
+
+    def stats(self) -> Stats:
+        """Every record counts once its post() has returned or raised: sent, or, if the
+        call raised, ``dropped["send_failed"]`` (nothing of it was written) or
+        ``possibly_lost`` (written, not seen taken). ``buffered`` is always 0."""
+        return self._counters.snapshot(
+            posted=None, buffered_bytes=0,
+            servers=tuple(link.stats() for link in self._links),
+        )
+
+
+def _reinit_in_child() -> None:
+    for client in list(_live_sync_clients):
+        client._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_in_child)
