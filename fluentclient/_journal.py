@@ -259,6 +259,9 @@ class FileJournal:
 
     def forget(self) -> None:
         self._done.clear()
+        if self._closed:
+            # Its descriptors are closed; their numbers may belong to others by now.
+            return
         self._closed = True
         self._guard("close", self._spool.forget)
 
