@@ -251,3 +251,87 @@ def test_a_foreign_lock_file_is_neither_claimed_nor_deleted(tmp_path, fluent_ser
     assert foreign.read_text() == "someone else's"
     assert health is not None and health.skipped_files == 1
     assert warnings_about(caplog, "backup.lock")
+
+
+# -- permissions ---------------------------------------------------------------------------
+
+_PERMISSION_CHILD = textwrap.dedent(
+    """
+    import json, logging, os, shutil, sys, tempfile, time
+    import encodings.idna  # getaddrinfo's codec, imported while python's files are ours
+    from fluentclient import Backoff, BufferedClient
+    from fluentclient.framing import EntryPacker
+    from fluentclient.message import Message
+    from fluentclient.spool import Spool
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    port = int(sys.argv[1])
+    if os.getuid() == 0:
+        # Root ignores file modes: become nobody, with everything imported already.
+        os.setgid(65534)
+        os.setuid(65534)
+
+    def client(spool):
+        return BufferedClient("127.0.0.1", port, spool_dir=spool, spool_limit=2 << 20,
+                              buffer_limit=1 << 20, at_exit=False,
+                              backoff=Backoff(initial=0.01, maximum=0.05))
+
+    out = {}
+    # A directory that turns read-only: the next segment cannot be made.
+    spool = tempfile.mkdtemp(prefix="ro-")
+    c = client(spool)
+    assert c.post("t", {"i": 0}) and c.flush(timeout=30)
+    os.chmod(spool, 0o500)
+    for i in range(1, 2001):
+        assert c.post("t", {"i": i, "pad": "p" * 200})
+    assert c.flush(timeout=30)
+    report = c.shutdown(timeout=30)
+    out["ro"] = dict(sent=report.sent, complete=report.complete, **vars(c.stats().journal))
+    os.chmod(spool, 0o700)
+    shutil.rmtree(spool)
+
+    # A segment left by a dead process that cannot be read: the others are replayed.
+    spool = tempfile.mkdtemp(prefix="unreadable-")
+    left = Spool(spool, limit=64 << 20, segment_size=64 << 10)
+    pack = EntryPacker().pack
+    for start in range(0, 2000, 100):
+        entries = b"".join(pack(Message("t", {"i": 10_000 + i, "pad": "q" * 200}, 10**18))
+                           for i in range(start, start + 100))
+        left.append(start, [("t", entries)], 100)
+    left.close(keep=True)
+    names = sorted(n for n in os.listdir(spool) if n.endswith(".spool"))
+    os.chmod(os.path.join(spool, names[0]), 0)
+    c = client(spool)
+    # Replay is done when the dead owner's files are gone.
+    deadline = time.monotonic() + 30
+    while any(n.startswith(left.owner) for n in os.listdir(spool)):
+        assert time.monotonic() < deadline, os.listdir(spool)
+        time.sleep(0.01)
+    assert c.flush(timeout=30)
+    report = c.shutdown(timeout=30)
+    out["unreadable"] = dict(sent=report.sent, segments=len(names), unreadable=names[0],
+                             **vars(c.stats().journal))
+    shutil.rmtree(spool)
+    print(json.dumps(out))
+    """
+)
+
+
+def test_permission_errors_degrade_and_are_counted(fluent_server):
+    proc = subprocess.run(
+        [sys.executable, "-c", _PERMISSION_CHILD, str(fluent_server.port)],
+        capture_output=True, text=True, timeout=120, env=child_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    ro = out["ro"]
+    assert ro["sent"] == 2001 and ro["complete"], ro
+    assert ro["broken"] and ro["errors"] == 1 and "Permission denied" in ro["last_error"], ro
+    unreadable = out["unreadable"]
+    # The first segment's records are lost to us; every other one arrives.
+    assert unreadable["skipped_files"] == 1 and not unreadable["broken"], unreadable
+    assert unreadable["unreadable"] in unreadable["last_error"], unreadable
+    got = sorted(i - 10_000 for i in ids(fluent_server) if i >= 10_000)
+    assert len(got) == unreadable["sent"] and 0 < len(got) < 2000
+    assert got == list(range(2000 - len(got), 2000))
+    assert sorted(i for i in ids(fluent_server) if i < 10_000) == list(range(2001))
+    assert sum(line.startswith("ERROR") for line in proc.stderr.splitlines()) == 1, proc.stderr
