@@ -250,9 +250,12 @@ _OWNER = re.compile(r"[0-9]+-[0-9a-f]{12}")
 
 
 class Spool:
-    """One client's owner in a spool directory; every method is safe from any thread.
+    """One client's owner in a spool directory.
 
-    ``size`` is read without the lock by ``post()`` for its quick limit check.
+    The client reaches it only through a journal (``_journal.FileJournal``), which calls
+    the methods that do I/O from the reader thread and at shutdown; the lock keeps those
+    two apart should a shutdown give up waiting for the reader. ``size`` is read without
+    it, by ``post()`` for its quick limit check.
 
     An I/O error while writing (disk full, the directory removed) *breaks* the spool: it
     says so once, at ERROR, and from then on writes nothing. The records are still in the
