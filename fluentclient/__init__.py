@@ -21,7 +21,7 @@ from .errors import (
 from .message import EventTime, Message
 from .pool import Server
 from .signals import shutdown_on_signal
-from .stats import ServerStats, ShutdownReport, Stats, UnsentRecord
+from .stats import JournalStats, ServerStats, ShutdownReport, Stats, UnsentRecord
 
 __all__ = [
     "AuthenticationError",
@@ -40,6 +40,7 @@ __all__ = [
     "FluentTimeoutError",
     "InvalidTagError",
     "InvalidTimeError",
+    "JournalStats",
     "Message",
     "RecordTooLargeError",
     "SerializationError",

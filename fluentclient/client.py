@@ -38,6 +38,7 @@ from typing import Any, Callable, Optional
 
 from ._base import Client as _Client
 from ._base import TagChecker as _TagChecker
+from ._journal import Journal, NullJournal, open_journal
 from ._options import (
     BufferOptions,
     RecordOptions,
@@ -61,7 +62,6 @@ from .lifecycle import Lifecycle, swallow
 from .message import Message, TimeLike, settle_future
 from .pool import ServerSpec
 from .reader import STOP, Reader, yield_gil
-from .spool import Spool
 from .stats import (
     DROP_BUFFER_FULL,
     DROP_CLOSED,
@@ -197,7 +197,7 @@ class BufferedClient(_Client):
         self._overflow = overflow
         self._overflow_timeout = overflow_timeout
         self._on_unsent = on_unsent
-        self._spool: Spool | None = None
+        self._journal: Journal = NullJournal()
         self._on_error = on_error
         self.shutdown_timeout = shutdown_timeout
         self._shutdown_lock = threading.Lock()
@@ -206,7 +206,7 @@ class BufferedClient(_Client):
         _live_clients.add(self)
         if at_exit:
             _register_at_exit(self)
-        if self._spool is not None and self._spool.has_orphans():
+        if self._journal.has_orphans():
             # What a previous process left is sent now, not at the first post().
             self._start()
 
@@ -226,17 +226,17 @@ class BufferedClient(_Client):
             # Deflate can grow incompressible input a little (stored blocks, gzip header
             # and trailer): leave room so a compressed frame still fits.
             frame_size -= frame_size // 500 + 64
-        if o.spool_dir is not None and not closed:
-            self._spool = Spool(o.spool_dir, limit=o.spool_bytes)
+        if not closed:
+            self._journal = open_journal(o.spool_dir, limit=o.spool_bytes)
         self._buffer = Buffer(
             limit=o.buffer_limit,
             write_threshold=o.write_threshold,
             max_frame_size=frame_size,
-            on_release=self._released if self._spool is not None else None,
+            on_release=self._released if self._journal.recording else None,
         )
         self._reader = Reader(
             self._queue, self._buffer, self._life, self._records.packer(), self._fail,
-            spool=self._spool,
+            journal=self._journal,
             evicted=self._evicted if self._overflow == "drop_oldest" else None,
             replayed=self._count_replayed,
             keep_rejected=self._overflow == "block",
@@ -331,10 +331,7 @@ class BufferedClient(_Client):
             # Posts are outrunning serialization: give the reader the GIL for a moment
             # rather than let the queue grow into drops. This waits on no I/O.
             yield_gil()
-        spool = self._spool
-        if buf.held_bytes + queued * reader.mean_entry >= buf.limit or (
-            spool is not None and spool.size >= spool.limit
-        ):
+        if buf.held_bytes + queued * reader.mean_entry >= buf.limit or self._journal.full():
             if not self._make_room(Message(full_tag, record, time_ns), sync_append):
                 return False
         if not sync_append:
@@ -395,18 +392,17 @@ class BufferedClient(_Client):
         return self._full()
 
     def _full(self) -> bool:
-        spool = self._spool
         return (
             self._buffer.held_bytes + len(self._queue) * self._reader.mean_entry
             >= self._buffer.limit
-            or (spool is not None and spool.size >= spool.limit)
+            or self._journal.full()
         )
 
     def _full_error(self) -> tuple[str, BufferFullError]:
         """The drop reason and error for a refused record: which limit was reached."""
-        if self._spool is not None and self._spool.size >= self._spool.limit:
+        if self._journal.full():
             return DROP_SPOOL_FULL, BufferFullError(
-                f"spool_limit of {self._spool.limit} bytes reached")
+                f"spool_limit of {self._journal.limit} bytes reached")
         return DROP_BUFFER_FULL, BufferFullError(
             f"buffer_limit of {self._buffer.limit} bytes reached")
 
@@ -417,6 +413,9 @@ class BufferedClient(_Client):
         waits for it (``sync_append``) or asked for errors (``overflow="raise"``).
         """
         policy = self._overflow
+        if self._journal.pending():
+            # The reader deletes finished segments; a full spool may have room then.
+            self._reader.wake.set()
         if policy == "drop_oldest":
             self._evict_for(self._reader.mean_entry)
         elif policy == "block" and threading.current_thread() not in (
@@ -488,18 +487,20 @@ class BufferedClient(_Client):
         for frame in frames:
             resolve_futures(frame, err)
         _call_on_error(self._on_error, err, None)
-        if self._spool is not None:
-            self._released(frames)
+        self._released(frames)
 
     def _released(self, frames: Sequence[Frame]) -> None:
-        """Frames gone for good: the spool need not replay them."""
-        spool = self._spool
-        if spool is None:
+        """Frames gone for good: the spool need not replay them.
+
+        Called on the writer's thread and, through eviction, on callers': the journal
+        only queues the spans, and the reader writes them on its next turn.
+        """
+        journal = self._journal
+        if not journal.recording:
             return
-        spool.done([(f.tag, f.first_seq, f.last_seq) for f in frames])
-        with self._buffer.lock:
-            oldest = self._buffer.oldest_held_locked()
-        spool.collect(oldest)
+        journal.done([(f.tag, f.first_seq, f.last_seq) for f in frames])
+        if self._reader.idle:
+            self._reader.wake.set()
 
     def _count_replayed(self, records: int) -> None:
         with self._counters.lock:
@@ -672,17 +673,17 @@ class BufferedClient(_Client):
     def _hand_over(self, records: int, frames: list[Frame], stranded: list[Message]) -> None:
         """What was not sent goes to the spool, else to on_unsent, else only to the count."""
         c = self._counters
-        spool, self._spool = self._spool, None
-        if spool is not None and spool.broken:
+        # Kept after closing, for the health it reports in stats().
+        journal = self._journal
+        if journal.broken:
             # It stopped writing when it failed: what it holds is not all there is, so
             # nothing counts as spooled. Its files stay for a later process only when
             # on_unsent does not get the records, lest they arrive twice.
-            spool.close(keep=self._on_unsent is None)
-            spool = None
-        if spool is not None:
+            journal.close(keep=self._on_unsent is None)
+        elif journal.recording:
             # Buffered records are in the spool already; those never packed join them.
-            kept = records + self._spool_stranded(spool, stranded)
-            spool.close(keep=kept > 0)
+            kept = records + self._spool_stranded(journal, stranded)
+            journal.close(keep=kept > 0)
             with c.lock:
                 c.spooled += kept
             return
@@ -699,7 +700,7 @@ class BufferedClient(_Client):
         with c.lock:
             c.handed_over += records + len(stranded)
 
-    def _spool_stranded(self, spool: Spool, stranded: list[Message]) -> int:
+    def _spool_stranded(self, spool: Journal, stranded: list[Message]) -> int:
         packer = self._records.packer()
         seq = self._buffer.next_seq
         kept = 0
@@ -718,11 +719,13 @@ class BufferedClient(_Client):
         self._check_fork()
         c = self._counters
         entered = self._reader.taken + self._stranded + len(self._queue)
-        return c.snapshot(
+        snapshot = c.snapshot(
             posted=entered + c.refused,
             buffered_bytes=self._buffer.held_bytes,
             servers=tuple(link.stats() for link in self._writer.links),
         )
+        health = self._journal.health()
+        return snapshot if health is None else replace(snapshot, journal=health)
 
     # -- process events ------------------------------------------------------------------
 
@@ -758,9 +761,8 @@ class BufferedClient(_Client):
         closed = self._closing
         stopped = self._report is not None
         self._report = None
-        if self._spool is not None:
-            self._spool.forget()
-            self._spool = None
+        self._journal.forget()
+        self._journal = NullJournal()
         if closed:
             if handoff is not None:
                 handoff.claim()  # only closes our end: the parent sent what it could
@@ -813,7 +815,7 @@ def _shutdown_at_exit(ref: weakref.ref[BufferedClient]) -> None:
     if c is None:
         return
     c._check_fork()
-    if c._report is None and (c._started or c._spool is not None):
+    if c._report is None and (c._started or c._journal.owns_files):
         # shutdown() logs what it could not send.
         c.shutdown(c.shutdown_timeout)
 

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Callable
 
+from ._journal import Claim, Journal, NullJournal, Replayed
 from .buffer import Buffer, Frame
 from .errors import (
     BufferFullError,
@@ -25,7 +26,7 @@ from .errors import (
 from .framing import EntryPacker
 from .lifecycle import Lifecycle, thread_failed
 from .message import Message, settle_future
-from .spool import Orphan, Span, Spool
+from .spool import Span
 from .stats import (
     DROP_BUFFER_FULL,
     DROP_SPOOL_FULL,
@@ -67,8 +68,10 @@ class Reader:
     (``sync_append``). While records keep coming the reader looks again every ``POLL``
     seconds by itself.
 
-    With a spool, each batch is also appended to it once it is in the buffer, and records
-    a previous process left in the spool are fed in between batches as room allows.
+    Each batch is also appended to the journal once it is in the buffer, and records a
+    previous process left in the spool are fed in between batches as room allows. The
+    journal's file work is done here, never on a caller's thread: the spans that others
+    mark done are written on this thread's next turn.
     """
 
     def __init__(
@@ -79,7 +82,7 @@ class Reader:
         packer: EntryPacker,
         fail: Failure,
         *,
-        spool: Spool | None = None,
+        journal: Journal | None = None,
         evicted: Evicted | None = None,
         replayed: Callable[[int], None] | None = None,
         keep_rejected: bool = False,
@@ -89,7 +92,7 @@ class Reader:
         self._life = life
         self._packer = packer
         self._fail = fail
-        self._spool = spool
+        self._journal: Journal = journal or NullJournal()
         # Set for the drop_oldest policy: make room by evicting the oldest frames.
         self._evicted = evicted
         self._replayed = replayed
@@ -97,10 +100,10 @@ class Reader:
         # than being dropped, holding up the queue behind them.
         self._keep_rejected = keep_rejected
         self._carry: list[tuple[Message, bytes]] = []
-        self._orphans: Iterator[Orphan] | None = spool.orphans() if spool else None
-        self._orphan: Orphan | None = None
-        self._replay: Iterator[tuple[str, bytes, int]] | None = None
-        self._replay_next: tuple[str, bytes, int] | None = None
+        self._orphans: Iterator[Claim] | None = self._journal.orphans()
+        self._orphan: Claim | None = None
+        self._replay: Iterator[Replayed] | None = None
+        self._replay_next: Replayed | None = None
         self._replay_taken: list[Span] = []
         self.wake = threading.Event()
         # True while the reader waits for post() to wake it rather than polling.
@@ -125,6 +128,8 @@ class Reader:
         stopping = False
         try:
             while True:
+                if self._journal.pending():
+                    self._maintain()
                 if self._carry and not self._retry_carry():
                     # No room yet (overflow="block"): what waits in the queue stays
                     # there, so post() sees the buffer full and waits too.
@@ -163,7 +168,7 @@ class Reader:
                     # seen here or sees ``idle`` and sets ``wake``. A pending replay
                     # waiting for room keeps polling instead.
                     self.idle = True
-                    if not q and self._orphans is None:
+                    if not q and self._orphans is None and not self._journal.pending():
                         self.wake.wait(1.0)
                     self.idle = False
                 self.wake.clear()
@@ -219,7 +224,7 @@ class Reader:
                 continue
             kept.append(msg)
             entries.append(entry)
-        if self._spool is not None and entries:
+        if entries:
             kept, entries = self._within_spool_limit(kept, entries)
         rejected = self._add(kept, entries)
         self.taken += len(batch)
@@ -270,20 +275,18 @@ class Reader:
                 buf.done.notify_all()
         if evicted:
             self._evicted(evicted)  # type: ignore[misc]
-        if self._spool is not None:
+        if self._journal.recording:
             self._spool_batch(first_seq, kept, entries, rejected)
         return rejected
 
     def _within_spool_limit(
         self, kept: list[Message], entries: list[bytes]
     ) -> tuple[list[Message], list[bytes]]:
-        spool = self._spool
-        assert spool is not None
+        spool = self._journal
         need = sum(map(len, entries))
-        if spool.size + need + _BLOCK_OVERHEAD > spool.limit:
-            with self._buffer.lock:
-                oldest = self._buffer.oldest_held_locked()
-            spool.collect(oldest)
+        if spool.size + need + _BLOCK_OVERHEAD <= spool.limit:
+            return kept, entries
+        self._maintain()
         room = spool.limit - spool.size - _BLOCK_OVERHEAD
         if room >= need:
             return kept, entries
@@ -314,7 +317,12 @@ class Reader:
                 run_tag, run = tag, bytearray()
             run += entry
         runs.append((run_tag, bytes(run)))
-        self._spool.append(first_seq, runs, len(pairs))  # type: ignore[union-attr]
+        self._journal.append(first_seq, runs, len(pairs))
+
+    def _maintain(self) -> None:
+        with self._buffer.lock:
+            oldest = self._buffer.oldest_held_locked()
+        self._journal.maintain(oldest)
 
     # -- replaying what a previous process left ------------------------------------------
 
@@ -368,13 +376,8 @@ class Reader:
 
     def _next_orphan(self) -> bool:
         assert self._orphans is not None
-        try:
-            self._orphan = next(self._orphans)
-        except StopIteration:
-            self._orphans = None
-            return False
-        except OSError as exc:
-            log.warning("fluentclient: cannot read the spool: %s", exc)
+        self._orphan = next(self._orphans, None)
+        if self._orphan is None:
             self._orphans = None
             return False
         log.info("fluentclient: replaying records left in the spool by %s", self._orphan.owner)

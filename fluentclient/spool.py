@@ -29,7 +29,7 @@ import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 
@@ -43,36 +43,56 @@ _MAX_BLOCK = 256 * 1024 * 1024
 
 # (tag, first sequence, last sequence) of one frame, or of one run of a batch.
 Span = tuple[str, int, int]
+# Told of what could not be read: ("file" or "block", what and why). The journal counts.
+Skipped = Callable[[str, str], None]
 
 
 def _block(payload: bytes) -> bytes:
     return _HEAD.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def read_blocks(path: str) -> Iterator[list[Any]]:
-    """The whole blocks of a segment, stopping quietly at the first torn or corrupt one."""
+def read_blocks(path: str, skipped: Skipped | None = None) -> Iterator[list[Any]]:
+    """The whole blocks of a segment, stopping at the first torn or corrupt one.
+
+    What is cut off is logged and told to ``skipped``; what came before it is good.
+    """
+
+    def skip(kind: str, why: str) -> None:
+        log.warning("fluentclient: skipped the rest of spool segment %s: %s", path, why)
+        if skipped is not None:
+            skipped(kind, f"{path}: {why}")
+
     try:
         with open(path, "rb") as f:
-            if f.read(len(_MAGIC)) != _MAGIC:
+            magic = f.read(len(_MAGIC))
+            if magic != _MAGIC:
+                # Empty: its owner died between creating it and writing the magic.
+                if magic:
+                    skip("file", "not a spool segment")
                 return
             while True:
                 head = f.read(_HEAD.size)
                 if len(head) < _HEAD.size:
+                    if head:
+                        skip("block", "a torn block head")
                     return
                 size, crc = _HEAD.unpack(head)
                 if size > _MAX_BLOCK:
+                    skip("block", f"a block length of {size} bytes")
                     return
                 payload = f.read(size)
                 if len(payload) < size or zlib.crc32(payload) != crc:
+                    skip("block", "a torn or corrupt block")
                     return
                 try:
                     block = msgpack.unpackb(payload, raw=False, strict_map_key=False)
                 except Exception:
+                    skip("block", "a block that is not msgpack")
                     return
                 if isinstance(block, list) and block:
                     yield block
     except OSError as exc:
-        log.warning("fluentclient: cannot read spool segment %s: %s", path, exc)
+        skip("file", f"cannot read it: {exc}")
 
 
 def _split_entries(data: bytes) -> list[bytes]:
@@ -156,6 +176,7 @@ class Orphan:
     lock_fd: int
     lock_path: str
     segments: list[str] = field(default_factory=list)
+    skipped: Skipped | None = None
 
     def records(self) -> Iterator[tuple[str, bytes, int]]:
         """(tag, entry, number) of every record without a done block, oldest first."""
@@ -167,7 +188,8 @@ class Orphan:
                     for span in _spans(block, path):
                         done.setdefault(span[0], []).append(span[1:])
         for path in self.segments:
-            for block in read_blocks(path):
+            # Only this pass tells of what it skips: the first one met the same blocks.
+            for block in read_blocks(path, self.skipped):
                 if block[0] != _DATA:
                     continue
                 seq, runs = _data(block, path)
@@ -223,12 +245,17 @@ def _segment_number(name: str, owner: str) -> int | None:
 
 # What follows "<owner>-" in a segment's name (see Spool._open_segment).
 _SEGMENT_TAIL = re.compile(r"([0-9]{8,})\.spool")
+# An owner's name (see Spool.__init__): a lock file named otherwise is not ours to take.
+_OWNER = re.compile(r"[0-9]+-[0-9a-f]{12}")
 
 
 class Spool:
-    """One client's owner in a spool directory; every method is safe from any thread.
+    """One client's owner in a spool directory.
 
-    ``size`` is read without the lock by ``post()`` for its quick limit check.
+    The client reaches it only through a journal (``_journal.FileJournal``), which calls
+    the methods that do I/O from the reader thread and at shutdown; the lock keeps those
+    two apart should a shutdown give up waiting for the reader. ``size`` is read without
+    it, by ``post()`` for its quick limit check.
 
     An I/O error while writing (disk full, the directory removed) *breaks* the spool: it
     says so once, at ERROR, and from then on writes nothing. The records are still in the
@@ -247,6 +274,9 @@ class Spool:
         self.size = 0
         self._closed = False
         self.broken = False
+        self.last_error: str | None = None
+        # Set by the journal, which counts what replay skips.
+        self.skipped: Skipped | None = None
         self._lock_path = os.path.join(directory, f"{self.owner}.lock")
         self._lock_fd = _create_locked(self._lock_path)
 
@@ -287,6 +317,7 @@ class Spool:
     def _break(self, exc: OSError) -> None:
         """Called with the lock held: stop spooling, loudly, and keep running."""
         self.broken = True
+        self.last_error = str(exc) or type(exc).__name__
         log.error(
             "fluentclient: the spool in %s failed (%s); going on without it: records are "
             "sent from memory, and are lost if the process dies first", self.directory, exc,
@@ -356,7 +387,8 @@ class Spool:
         except OSError:
             return False
         for name in names:
-            if name.endswith(".lock") and name != f"{self.owner}.lock":
+            if (name.endswith(".lock") and name != f"{self.owner}.lock"
+                    and _OWNER.fullmatch(name[: -len(".lock")])):
                 fd = _try_lock(os.path.join(self.directory, name))
                 if fd is not None:
                     os.close(fd)
@@ -376,6 +408,12 @@ class Spool:
             owner = name[: -len(".lock")]
             if owner == self.owner:
                 continue
+            if not _OWNER.fullmatch(owner):
+                # Finishing an owner deletes its lock file: never someone else's file.
+                log.warning("fluentclient: skipped %s in the spool: not a lock of ours", name)
+                if self.skipped is not None:
+                    self.skipped("file", f"{name}: not a lock of ours")
+                continue
             path = os.path.join(self.directory, name)
             fd = _try_lock(path)
             if fd is None:
@@ -394,9 +432,11 @@ class Spool:
                 if number is None:
                     # Named like a segment, but not one we wrote: left alone.
                     log.warning("fluentclient: skipped %s in the spool: not a segment", n)
+                    if self.skipped is not None:
+                        self.skipped("file", f"{n}: not a segment")
                     continue
                 numbered.append((number, os.path.join(self.directory, n)))
-            yield Orphan(owner, fd, path, [p for _, p in sorted(numbered)])
+            yield Orphan(owner, fd, path, [p for _, p in sorted(numbered)], self.skipped)
 
 
 def _close(fd: int) -> None:

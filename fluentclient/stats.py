@@ -88,10 +88,27 @@ class Stats:
     connection_failures: int
     servers: tuple[ServerStats, ...] = ()
     replayed: int = 0
+    # The spool's health; None for a client without spool_dir.
+    journal: JournalStats | None = None
 
     @property
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
+
+
+@dataclass(frozen=True)
+class JournalStats:
+    """The spool's health: what it failed to write, read or delete.
+
+    ``broken``: an I/O error stopped it writing; records are then sent from memory only.
+    ``skipped_files`` and ``skipped_blocks`` count what replay could not read.
+    """
+
+    errors: int = 0
+    skipped_files: int = 0
+    skipped_blocks: int = 0
+    broken: bool = False
+    last_error: str | None = None
 
 
 @dataclass(frozen=True)
