@@ -6,12 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .subproc import child_env
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
+                          timeout=120, cwd=ROOT, env=child_env())
 
 
 def test_a_short_soak_prints_its_table_and_counts_every_record():
