@@ -36,8 +36,10 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Literal, Optional, TypeVar, overload
 
+from ._admission import OVERFLOW_POLICIES, Act, Admission
+from ._ledger import Ledger, State
 from .backoff import Backoff
 from .buffer import Buffer, Frame
 from .connection import Address, Connection, ConnectionLost, Security, SendError
@@ -75,12 +77,9 @@ from .pool import Link, Server, ServerSpec, choose
 from .reader import STOP, Reader, yield_gil
 from .spool import Spool
 from .stats import (
-    DROP_BUFFER_FULL,
     DROP_CLOSED,
     DROP_EVICTED,
     DROP_SEND_FAILED,
-    DROP_SPOOL_FULL,
-    Counters,
     ShutdownReport,
     Stats,
     UnsentRecord,
@@ -92,8 +91,6 @@ log = logging.getLogger("fluentclient")
 _C = TypeVar("_C", bound="_Client")
 ErrorCallback = Callable[[FluentError, Optional[Message]], None]
 UnsentCallback = Callable[[list[UnsentRecord]], None]
-
-OVERFLOW_POLICIES = ("drop_newest", "drop_oldest", "block", "raise")
 
 _TAG_CACHE = 10_000
 _MiB = 1024 * 1024
@@ -456,7 +453,7 @@ class BufferedClient(_Client):
         o, t = self._options, self._transport
         self._closing = closed
         self._life = Lifecycle()
-        self._counters = Counters()
+        self._ledger = Ledger()
         self._queue: deque[object] = deque()
         frame_size = o["max_frame_size"]
         if t.compress:
@@ -471,18 +468,22 @@ class BufferedClient(_Client):
             max_frame_size=frame_size,
             on_release=self._released if self._spool is not None else None,
         )
+        # Filled once the threads exist: admission needs to know them, they need it.
+        own_threads: list[threading.Thread] = []
+        self._admission = Admission(
+            self._overflow, self._overflow_timeout, self._buffer, self._queue, self._spool,
+            own_threads,
+        )
         self._reader = Reader(
             self._queue, self._buffer, self._life, t.packer(), self._fail,
-            spool=self._spool,
-            evicted=self._evicted if self._overflow == "drop_oldest" else None,
-            replayed=self._count_replayed,
-            keep_rejected=self._overflow == "block",
+            admission=self._admission, ledger=self._ledger, evicted=self._evicted,
+            fail_spooled=self._fail_spooled, spool=self._spool,
         )
         self._writer = Writer(
             t.links(),
             self._buffer,
             self._life,
-            self._counters,
+            self._ledger,
             t.builder(markers=True),
             flush_interval=o["flush_interval"],
             connect_timeout=t.connect_timeout,
@@ -494,10 +495,10 @@ class BufferedClient(_Client):
             keepalive_timeout=t.keepalive_timeout,
             report=lambda err: _call_on_error(self._on_error, err, None),
         )
+        own_threads += (self._reader.thread, self._writer.thread)
         self._started = False
         self._start_lock = threading.Lock()
         self._handoff: _Handoff | None = None
-        self._stranded = 0
         self._pid = os.getpid()
 
     def _start(self) -> None:
@@ -525,6 +526,30 @@ class BufferedClient(_Client):
 
     # -- posting -------------------------------------------------------------------------
 
+    @overload
+    def post(
+        self,
+        tag: str,
+        record: Mapping[str, Any],
+        *,
+        time: TimeLike | None = None,
+        sync_append: bool = False,
+        timeout: float | None = None,
+        ack: Literal[False] = False,
+    ) -> bool: ...
+
+    @overload
+    def post(
+        self,
+        tag: str,
+        record: Mapping[str, Any],
+        *,
+        time: TimeLike | None = None,
+        sync_append: bool = False,
+        timeout: float | None = None,
+        ack: Literal[True],
+    ) -> Future[None]: ...
+
     def post(
         self,
         tag: str,
@@ -534,7 +559,7 @@ class BufferedClient(_Client):
         sync_append: bool = False,
         timeout: float | None = None,
         ack: bool = False,
-    ) -> Any:
+    ) -> bool | Future[None]:
         """Queue one record; True if it was taken, False if it was dropped (and counted).
 
         With ``ack=True`` (which needs ``require_ack=True``) it returns instead a
@@ -558,66 +583,60 @@ class BufferedClient(_Client):
             # state here is the parent's, and its threads do not exist in this process.
             # Checked on every post, because nothing else runs in such a child to notice.
             self._check_fork()
-        if ack:
-            return self._post_with_ack(full_tag, record, time_ns, sync_append, timeout)
-        if self._closing or self._life.failed:
-            err: FluentError = self._closed_error()
-            self._refuse(DROP_CLOSED, err, Message(full_tag, record, time_ns))
-            if sync_append:
-                raise err
-            return False
-        if not self._started and not self._try_start(Message(full_tag, record, time_ns)):
-            if sync_append:
-                raise ClientClosedError("the client cannot start threads any more")
-            return False
-        buf = self._buffer
-        reader = self._reader
-        queued = len(self._queue)
-        if queued > _YIELD_AT:
-            # Posts are outrunning serialization: give the reader the GIL for a moment
-            # rather than let the queue grow into drops. This waits on no I/O.
-            yield_gil()
-        spool = self._spool
-        if buf.held_bytes + queued * reader.mean_entry >= buf.limit or (
-            spool is not None and spool.size >= spool.limit
-        ):
-            if not self._make_room(Message(full_tag, record, time_ns), sync_append):
-                return False
-        if not sync_append:
-            self._queue.append(Message(full_tag, record, time_ns))
-            if reader.idle:
-                reader.wake.set()
-            return True
-        waiter: Future[None] = Future()
-        self._queue.append(Message(full_tag, record, time_ns, waiter))
-        reader.wake.set()
-        self._wait_appended(waiter, timeout)
-        return True
-
-    def _post_with_ack(
-        self, tag: str, record: Mapping[str, Any], time_ns: int, sync_append: bool,
-        timeout: float | None,
-    ) -> Future[None]:
+        if not ack:
+            return self._enqueue(Message(full_tag, record, time_ns), sync_append, timeout)
         if not self._transport.require_ack:
             raise ValueError("post(ack=True) needs a client made with require_ack=True")
         delivery: Future[None] = Future()
-        msg = Message(tag, record, time_ns, None, delivery)
-        if self._closing or self._life.failed:
-            self._refuse(DROP_CLOSED, self._closed_error(), msg)
-        elif not self._started and not self._try_start(msg):
-            pass
-        elif self._over_limit() and not self._make_room(msg, sync_append):
-            pass
-        else:
-            if sync_append:
-                msg.waiter = Future()
-            self._queue.append(msg)
-            self._reader.wake.set()
-            if msg.waiter is not None:
-                self._wait_appended(msg.waiter, timeout)
-        if sync_append and delivery.done() and delivery.exception() is not None:
-            raise delivery.exception()  # type: ignore[misc]
+        self._enqueue(Message(full_tag, record, time_ns, None, delivery), sync_append, timeout)
         return delivery
+
+    def _enqueue(self, msg: Message, sync_append: bool, timeout: float | None) -> bool:
+        """Queue a record for the reader, or refuse it (counted, and raised when the
+        caller waits for it or the policy says so); True if it was queued."""
+        if self._closing or self._life.failed:
+            return self._refuse(DROP_CLOSED, self._closed_error(), msg, sync_append)
+        if not self._started:
+            try:
+                self._start()
+            except (ClientClosedError, RuntimeError) as exc:
+                # No new threads once the interpreter is finalizing.
+                err = ClientClosedError(f"cannot start the client: {exc}")
+                return self._refuse(DROP_CLOSED, err, msg, sync_append)
+        if len(self._queue) > _YIELD_AT:
+            # Posts are outrunning serialization: give the reader the GIL for a moment
+            # rather than let the queue grow into drops. This waits on no I/O.
+            yield_gil()
+        if self._admission.full() and not self._admit(msg, sync_append):
+            return False
+        reader = self._reader
+        if sync_append:
+            msg.waiter = Future()
+        # Counted before the reader can see it, so its steps never run ahead of ours.
+        self._ledger.enqueue()
+        self._queue.append(msg)
+        if msg.waiter is None:
+            if reader.idle:
+                reader.wake.set()
+            return True
+        reader.wake.set()
+        self._wait_appended(msg.waiter, timeout)
+        return True
+
+    def _admit(self, msg: Message, sync_append: bool) -> bool:
+        """A limit is reached: act on admission's verdicts until it admits or refuses."""
+        verdict = self._admission.judge()
+        while verdict.act is not Act.ADMIT:
+            if verdict.act is Act.EVICT:
+                self._evict_for(verdict.nbytes)
+            elif verdict.act is Act.WAIT:
+                self._wait_for_room(verdict.deadline)
+            else:
+                assert verdict.error is not None
+                return self._refuse(
+                    verdict.reason, verdict.error, msg, sync_append or verdict.raises)
+            verdict = self._admission.judge(after=verdict.act)
+        return True
 
     def _closed_error(self) -> ClientClosedError:
         failed = self._life.failed
@@ -625,71 +644,16 @@ class BufferedClient(_Client):
             return ClientClosedError(f"the client stopped working: {failed}")
         return ClientClosedError("the client is shut down")
 
-    def _try_start(self, msg: Message) -> bool:
-        try:
-            self._start()
-        except (ClientClosedError, RuntimeError) as exc:
-            # No new threads once the interpreter is finalizing.
-            self._refuse(DROP_CLOSED, ClientClosedError(f"cannot start the client: {exc}"), msg)
-            return False
-        return True
-
-    def _over_limit(self) -> bool:
-        queued = len(self._queue)
-        if queued > _YIELD_AT:
-            yield_gil()
-        return self._full()
-
-    def _full(self) -> bool:
-        spool = self._spool
-        return (
-            self._buffer.held_bytes + len(self._queue) * self._reader.mean_entry
-            >= self._buffer.limit
-            or (spool is not None and spool.size >= spool.limit)
-        )
-
-    def _full_error(self) -> tuple[str, BufferFullError]:
-        """The drop reason and error for a refused record: which limit was reached."""
-        if self._spool is not None and self._spool.size >= self._spool.limit:
-            return DROP_SPOOL_FULL, BufferFullError(
-                f"spool_limit of {self._spool.limit} bytes reached")
-        return DROP_BUFFER_FULL, BufferFullError(
-            f"buffer_limit of {self._buffer.limit} bytes reached")
-
-    def _make_room(self, msg: Message, sync_append: bool) -> bool:
-        """The buffer is full: apply the overflow policy; True if ``msg`` may be queued now.
-
-        Otherwise the record is refused and counted, and the error raised when the caller
-        waits for it (``sync_append``) or asked for errors (``overflow="raise"``).
-        """
-        policy = self._overflow
-        if policy == "drop_oldest":
-            self._evict_for(self._reader.mean_entry)
-        elif policy == "block" and threading.current_thread() not in (
-            self._reader.thread, self._writer.thread
-        ):
-            # Never on our own threads (a log handler posting from a callback): they are
-            # what makes the room.
-            self._wait_for_room(_time.monotonic() + self._overflow_timeout)
-        if not self._full():
-            return True
-        reason, err = self._full_error()
-        self._refuse(reason, err, msg)
-        if sync_append or policy == "raise":
-            raise err
-        return False
-
     def _evict_for(self, nbytes: float) -> None:
-        buf = self._buffer
+        buf, mean = self._buffer, self._admission.mean_entry
         with buf.lock:
-            over = buf.held_bytes + len(self._queue) * self._reader.mean_entry + nbytes - buf.limit
+            over = buf.held_bytes + len(self._queue) * mean + nbytes - buf.limit
             evicted = buf.evict_locked(int(over) + 1) if over > 0 else []
             over -= sum(frame.entry_bytes for frame in evicted)
         if evicted:
             self._evicted(evicted)
         # Next oldest: what still waits for the reader. Popping the head of a deque is
         # atomic, so the reader taking the same end at once only means one fewer here.
-        mean = self._reader.mean_entry
         err: BufferFullError | None = None
         while over > 0:
             with self._reader.pop_lock:
@@ -703,8 +667,6 @@ class BufferedClient(_Client):
                 self._reader.removed += 1
             err = err or BufferFullError("evicted to make room for newer records")
             self._fail(DROP_EVICTED, err, item)
-            with self._counters.lock:
-                self._stranded += 1
             with self._reader.pop_lock:
                 self._reader.evicted += 1  # settled: counted as dropped
             over -= mean
@@ -714,7 +676,7 @@ class BufferedClient(_Client):
         with buf.lock:
             buf.room_waiters += 1
             try:
-                while self._full() and not self._closing:
+                while self._admission.full() and not self._closing:
                     remaining = deadline - _time.monotonic()
                     if remaining <= 0:
                         return
@@ -729,7 +691,7 @@ class BufferedClient(_Client):
         records = sum(frame.records for frame in frames)
         err = BufferFullError(f"evicted to make room for newer records ({records} records)")
         # Counted before the futures and on_error hear of it (see _fail).
-        if self._counters.drop(DROP_EVICTED, refused=False, records=records) == records:
+        if self._ledger.drop(DROP_EVICTED, records, State.BUFFERED) == records:
             log.warning("fluentclient: dropping the oldest records to make room: %s", err)
         for frame in frames:
             resolve_futures(frame, err)
@@ -746,10 +708,6 @@ class BufferedClient(_Client):
         with self._buffer.lock:
             oldest = self._buffer.oldest_held_locked()
         spool.collect(oldest)
-
-    def _count_replayed(self, records: int) -> None:
-        with self._counters.lock:
-            self._counters.replayed += records
 
     def _wait_appended(self, waiter: Future[None], timeout: float | None) -> None:
         deadline = None if timeout is None else _time.monotonic() + timeout
@@ -769,23 +727,33 @@ class BufferedClient(_Client):
             if self._started and not self._reader.thread.is_alive() and not waiter.done():
                 raise ClientClosedError("the client's reader thread has stopped")
 
-    def _refuse(self, reason: str, err: FluentError, msg: Message) -> None:
-        """A record post() turned away before it reached the queue."""
+    def _refuse(self, reason: str, err: FluentError, msg: Message, raises: bool) -> bool:
+        """A record post() turned away before it reached the queue: False, or ``err``
+        raised if ``raises``."""
         # Counted (and reported) before anyone waiting on the record is woken, so that
         # whoever learns of the drop finds it in stats() already.
-        self._drop(reason, err, msg, refused=True)
+        self._told(reason, err, msg, self._ledger.refuse(reason))
         settle_future(msg.delivery, err)
+        if raises:
+            raise err
+        return False
 
     def _fail(self, reason: str, err: FluentError, msg: Message) -> None:
-        """A record the reader could not put in the buffer."""
+        """A queued record that never reached the buffer."""
         # Counted first, as in _refuse: a sync_append caller woken by the error must see
         # the drop in stats(), and on_error must not run ahead of the count.
-        self._drop(reason, err, msg, refused=False)
+        self._told(reason, err, msg, self._ledger.drop(reason, 1, State.QUEUED))
         for future in (msg.waiter, msg.delivery):
             settle_future(future, err)
 
-    def _drop(self, reason: str, err: FluentError, msg: Message, *, refused: bool) -> None:
-        if self._counters.drop(reason, refused=refused) == 1:
+    def _fail_spooled(self, reason: str, err: FluentError, records: int) -> None:
+        """Records a previous process left in the spool that cannot be sent: taken over,
+        and dropped at once. No Message exists for them, so on_error gets None."""
+        self._ledger.replay(records)
+        self._told(reason, err, None, self._ledger.drop(reason, records, State.BUFFERED))
+
+    def _told(self, reason: str, err: FluentError, msg: Message | None, total: int) -> None:
+        if total == 1:
             # Once per reason, so a flood of drops cannot flood the log; stats() and
             # on_error see every one.
             log.warning("fluentclient: dropping records (%s): %s", reason, err)
@@ -890,11 +858,7 @@ class BufferedClient(_Client):
             if isinstance(item, Message):
                 stranded.append(item)
         records, nbytes, frames = self._buffer.drain_all()
-        c = self._counters
-        with c.lock:
-            c.unsent += records + len(stranded)
-            c.unsent_bytes += nbytes
-            self._stranded += len(stranded)
+        self._ledger.close(stranded=len(stranded), held=records, held_bytes=nbytes)
         # Told only once counted, so that a waiter woken here finds them in stats().
         for item in stranded:
             for future in (item.waiter, item.delivery):
@@ -903,7 +867,7 @@ class BufferedClient(_Client):
         for frame in frames:
             resolve_futures(frame, closed)
         self._hand_over(records, frames, stranded)
-        report = c.report(timed_out=timed_out, failure=self._life.failed)
+        report = self._ledger.report(timed_out=timed_out, failure=self._life.failed)
         if report.failure is not None:
             log.error("fluentclient: shut down after %s", report.failure)
         if report.unsent_records > report.spooled + report.handed_over:
@@ -917,7 +881,6 @@ class BufferedClient(_Client):
 
     def _hand_over(self, records: int, frames: list[Frame], stranded: list[Message]) -> None:
         """What was not sent goes to the spool, else to on_unsent, else only to the count."""
-        c = self._counters
         spool, self._spool = self._spool, None
         if spool is not None and spool.broken:
             # It stopped writing when it failed: what it holds is not all there is, so
@@ -929,8 +892,7 @@ class BufferedClient(_Client):
             # Buffered records are in the spool already; those never packed join them.
             kept = records + self._spool_stranded(spool, stranded)
             spool.close(keep=kept > 0)
-            with c.lock:
-                c.spooled += kept
+            self._ledger.spooled(kept)
             return
         if self._on_unsent is None or not (records or stranded):
             return
@@ -942,8 +904,7 @@ class BufferedClient(_Client):
         except Exception:
             log.exception("fluentclient: the on_unsent callback raised")
             return
-        with c.lock:
-            c.handed_over += records + len(stranded)
+        self._ledger.handed_over(records + len(stranded))
 
     def _spool_stranded(self, spool: Spool, stranded: list[Message]) -> int:
         packer = self._transport.packer()
@@ -962,10 +923,7 @@ class BufferedClient(_Client):
 
     def stats(self) -> Stats:
         self._check_fork()
-        c = self._counters
-        entered = self._reader.taken + self._stranded + len(self._queue)
-        return c.snapshot(
-            posted=entered + c.refused,
+        return self._ledger.snapshot(
             buffered_bytes=self._buffer.held_bytes,
             servers=tuple(link.stats() for link in self._writer.links),
         )
@@ -1012,7 +970,7 @@ class BufferedClient(_Client):
                 handoff.claim()  # only closes our end: the parent sent what it could
             self._fresh(closed=True)
             if stopped:
-                self._report = self._counters.report(timed_out=False)
+                self._report = self._ledger.report(timed_out=False)
             return
         try:
             self._fresh()
@@ -1034,13 +992,13 @@ class BufferedClient(_Client):
 def _frame_records(frame: Frame) -> list[UnsentRecord]:
     """Decode a frame back into records, whether or not the writer had built it yet."""
     try:
-        if frame.data is not None:
+        if frame.built:
             unpacker = new_unpacker()
             unpacker.feed(frame.data)
             decoded = decode_frame(unpacker.unpack())
             return [UnsentRecord(frame.tag, t, r) for t, r in decoded.entries]  # type: ignore[arg-type]
         unpacker = new_unpacker()
-        unpacker.feed(bytes(frame.entries or b""))
+        unpacker.feed(bytes(frame.entries))
         return [UnsentRecord(frame.tag, t, r) for t, r in unpacker]
     except (FrameError, ValueError) as exc:  # pragma: no cover - our own bytes
         log.warning("fluentclient: cannot decode an unsent frame of %r: %s", frame.tag, exc)
@@ -1291,7 +1249,7 @@ class SyncClient(_Client):
         self._links = t.links()
         self._max_frame_size = max_frame_size
         self._lock = threading.Lock()
-        self._counters = Counters()
+        self._ledger = Ledger()
         self._closed = False
         self._pid = os.getpid()
         # Whether the record being sent may have reached a server (see _send).
@@ -1302,7 +1260,7 @@ class SyncClient(_Client):
         # The parent's connections are the parent's: writing on them would interleave
         # frames and steal its acks. Closing our copy of the descriptor sends nothing.
         self._lock = threading.Lock()
-        self._counters = Counters()
+        self._ledger = Ledger()
         self._pid = os.getpid()
         for link in self._links:
             conn, link.conn = link.conn, None
@@ -1353,15 +1311,11 @@ class SyncClient(_Client):
             except BaseException:
                 # Posted and settled at once: nothing is ever buffered here.
                 if self._maybe_delivered:
-                    with self._counters.lock:
-                        self._counters.possibly_lost += 1
+                    self._ledger.lost_at_once()
                 else:
-                    self._counters.drop(DROP_SEND_FAILED, refused=False)
+                    self._ledger.refuse(DROP_SEND_FAILED)
                 raise
-        with self._counters.lock:
-            self._counters.sent += 1
-            self._counters.frames_sent += 1
-            self._counters.bytes_sent += len(data)
+        self._ledger.sent_at_once(len(data))
         if ack:
             done: Future[None] = Future()
             done.set_result(None)
@@ -1394,13 +1348,11 @@ class SyncClient(_Client):
                     except FluentError as exc:
                         link.conn = None
                         link.failed(str(exc), error=exc)
-                        with self._counters.lock:
-                            self._counters.connect_failures += 1
+                        self._ledger.connect_failed()
                         error = exc
                         break
                     link.connected()
-                    with self._counters.lock:
-                        self._counters.connects += 1
+                    self._ledger.connected()
                 written = False
                 try:
                     conn.send(data, self._deadline(start, t.write_timeout, timeout))
@@ -1416,8 +1368,7 @@ class SyncClient(_Client):
                         self._maybe_delivered = True
                     conn.close()
                     link.conn = None
-                    with self._counters.lock:
-                        self._counters.connection_failures += 1
+                    self._ledger.connection_failed()
                     error = exc
                     # A reused connection may have died while idle: one more try on a
                     # new one, unless part of the frame already went out on it.
@@ -1478,7 +1429,7 @@ class SyncClient(_Client):
                 conn, link.conn = link.conn, None
                 if conn is not None:
                     conn.close_gracefully(deadline)
-        return self._counters.report(timed_out=False)
+        return self._ledger.report(timed_out=False)
 
     def close(self) -> None:
         with self._lock:
@@ -1492,7 +1443,7 @@ class SyncClient(_Client):
         """Every record counts once its post() has returned or raised: sent, or, if the
         call raised, ``dropped["send_failed"]`` (nothing of it was written) or
         ``possibly_lost`` (written, not seen taken). ``buffered`` is always 0."""
-        return self._counters.snapshot(
-            posted=None, buffered_bytes=0,
+        return self._ledger.snapshot(
+            buffered_bytes=0,
             servers=tuple(link.stats() for link in self._links),
         )
