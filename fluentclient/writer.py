@@ -658,7 +658,8 @@ class Writer:
                 self._lose_unconfirmed(link)
             self._close(link)
             # Left in the buffer, aborted on the wire: shutdown reports them unsent.
-            self._ledger.requeue(sum(f.records for _, f in link.unconfirmed), retried=False)
+            if link.unconfirmed:
+                self._ledger.requeue(sum(f.records for _, f in link.unconfirmed), retried=False)
             link.unconfirmed.clear()
 
     def _lose_unconfirmed(self, link: Link) -> None:
