@@ -31,47 +31,59 @@ log = logging.getLogger("fluentclient")
 
 
 class State(IntEnum):
-    """The live states a record can leave for an end; each indexes ``Ledger._live``."""
+    """The live states a record can leave for an end; each is its slot in the counts."""
 
-    QUEUED = 0
+    QUEUED = 0  # not a slot of its own: enqueued minus dequeued, see Ledger
     BUFFERED = 1
     WRITTEN = 2
+
+
+# Slots of Ledger._c beside the live states: plain list items, so that updating one under
+# the lock is a subscript, never a call.
+_BUFFERED, _WRITTEN = State.BUFFERED.value, State.WRITTEN.value
+_ENQUEUED = 3
+_DEQUEUED = 4
+_ENDED_AT_ONCE = 5
+_REPLAYED = 6
+_SENT = 7
+_LOST = 8
+_UNSENT = 9
+_UNSENT_BYTES = 10
+_RETRIED = 11
+_FRAMES = 12
+_BYTES = 13
+_CONNECTS = 14
+_CONNECT_FAILURES = 15
+_CONNECTION_FAILURES = 16
+_SPOOLED = 17
+_HANDED_OVER = 18
+_SLOTS = 19
+# Not a slot: the target of a drop, counted by reason in Ledger._dropped.
+_DROPPED = -1
 
 
 class Ledger:
     """Counts every record's state and the client's traffic, under ``lock``.
 
     ``lock`` guards nothing else and is never held while taking another lock, so any
-    thread may step the ledger while holding the buffer's lock.
+    thread may step the ledger while holding the buffer's lock. Queued records are
+    counted as enqueued minus dequeued, so that post() pays for one increment.
+    ``posted`` is the enqueued ones plus those that went straight to an end (refused, or
+    settled within their post() call).
     """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self._frozen = False
-        self._posted = 0
-        self._replayed = 0
-        self._live = [0, 0, 0]
-        self._sent = 0
+        self._c = [0] * _SLOTS
         self._dropped: dict[str, int] = {}
-        self._unsent = 0
-        self._unsent_bytes = 0
-        self._possibly_lost = 0
-        self._retried = 0
-        self._frames_sent = 0
-        self._bytes_sent = 0
-        self._connects = 0
-        self._connect_failures = 0
-        self._connection_failures = 0
-        self._spooled = 0
-        self._handed_over = 0
 
     # -- entering ------------------------------------------------------------------------
 
     def enqueue(self) -> None:
-        """post() took one record. The hot path: one increment each, nothing more."""
+        """post() took one record. The hot path: one increment, and nothing called."""
         with self.lock:
-            self._posted += 1
-            self._live[0] += 1  # State.QUEUED, without the enum's lookup
+            self._c[_ENQUEUED] += 1
 
     def refuse(self, reason: str, n: int = 1) -> int:
         """post() turned records away; returns how many have been dropped for ``reason``.
@@ -79,196 +91,195 @@ class Ledger:
         Applied even once frozen: a post after shutdown is news, not a late step.
         """
         with self.lock:
-            self._posted += n
-            total = self._dropped[reason] = self._dropped.get(reason, 0) + n
-            return total
+            self._c[_ENDED_AT_ONCE] += n
+            total = self._dropped[reason] = (
+                self._dropped[reason] + n if reason in self._dropped else n)
+        return total
 
     def replay(self, n: int) -> None:
         """Records a previous process left in the spool joined the buffer."""
-        with self.lock:
-            if self._ignored("replay", n):
-                return
-            self._replayed += n
-            self._live[State.BUFFERED] += n
+        self._count(n, _REPLAYED, _BUFFERED, what="replay")
 
-    # -- moving --------------------------------------------------------------------------
+    # -- moving and ending ---------------------------------------------------------------
 
     def buffer(self, n: int) -> None:
         """The reader packed queued records into the buffer."""
-        self._move(State.QUEUED, State.BUFFERED, n, "buffer")
+        self._shift(State.QUEUED, _BUFFERED, n, "buffer")
 
     def write(self, n: int, *, frames: int, nbytes: int) -> None:
         """The writer put frames holding ``n`` buffered records on a connection."""
-        with self.lock:
-            if self._ignored("write", n):
-                return
-            self._live[State.WRITTEN] += self._step(State.BUFFERED, n)
-            self._frames_sent += frames
-            self._bytes_sent += nbytes
+        self._shift(State.BUFFERED, _WRITTEN, n, "write", frames=frames, nbytes=nbytes)
 
     def requeue(self, n: int, *, retried: bool = True) -> None:
         """Written records go back to the buffer: to be sent again, or to be reported
         unsent with it (``retried=False``)."""
-        with self.lock:
-            if self._ignored("requeue", n):
-                return
-            n = self._step(State.WRITTEN, n)
-            self._live[State.BUFFERED] += n
-            if retried:
-                self._retried += n
-
-    # -- ending --------------------------------------------------------------------------
+        self._shift(State.WRITTEN, _BUFFERED, n, "requeue", retried=retried)
 
     def send(self, n: int) -> None:
         """The server has the written records."""
-        with self.lock:
-            if self._ignored("send", n):
-                return
-            self._sent += self._step(State.WRITTEN, n)
+        self._shift(State.WRITTEN, _SENT, n, "send")
 
     def lose(self, n: int) -> None:
         """Written records whose connection failed before the server was seen to take them."""
-        with self.lock:
-            if self._ignored("lose", n):
-                return
-            self._possibly_lost += self._step(State.WRITTEN, n)
+        self._shift(State.WRITTEN, _LOST, n, "lose")
 
     def drop(self, reason: str, n: int, state: State) -> int:
         """Live records given up; returns how many have been dropped for ``reason``."""
+        return self._shift(state, _DROPPED, n, "drop", reason=reason)
+
+    def _shift(
+        self, source: State, target: int, n: int, what: str, *, reason: str = "",
+        retried: bool = False, frames: int = 0, nbytes: int = 0,
+    ) -> int:
+        """Move ``n`` records from a live state to ``target``; returns, for a drop, how
+        many have been dropped for ``reason`` so far.
+
+        The locked part calls nothing, not even a builtin: the interpreter may hand the
+        GIL to another thread at a call, and a post() finding the lock held then waits
+        for a whole switch interval.
+        """
+        queued = source == State.QUEUED
+        slot = int(source)
+        c = self._c
+        total = 0
         with self.lock:
-            if self._ignored(f"drop {reason}", n):
-                return 0
-            n = self._step(state, n)
-            total = self._dropped[reason] = self._dropped.get(reason, 0) + n
-            return total
+            frozen = self._frozen
+            if not frozen:
+                held = c[_ENQUEUED] - c[_DEQUEUED] if queued else c[slot]
+                moved = n if n <= held else held
+                if queued:
+                    c[_DEQUEUED] += moved
+                else:
+                    c[slot] -= moved
+                if target == _DROPPED:
+                    total = self._dropped[reason] = (
+                        self._dropped[reason] + moved if reason in self._dropped else moved)
+                else:
+                    c[target] += moved
+                if retried:
+                    c[_RETRIED] += moved
+                c[_FRAMES] += frames
+                c[_BYTES] += nbytes
+        if frozen:
+            log.debug("fluentclient: %s of %d records after the shutdown report: ignored",
+                      what, n)
+        elif moved < n:
+            # A thread stepped wrongly; the balance holds anyway, the error shows the bug.
+            log.error("fluentclient: ledger asked to %s %d %s records, held %d",
+                      what, n, source.name.lower(), held)
+        return total
 
     def close(self, *, stranded: int, held: int, held_bytes: int) -> None:
         """Shutdown's count of what is left: ``stranded`` records still queued and
         ``held`` in the buffer are unsent. Anything live beyond those is in the hands of a
         thread shutdown stopped waiting for: unsent if it never left this process,
         possibly lost if it was written."""
+        found = stranded + held
         with self.lock:
-            if self._ignored("close", stranded + held):
+            if self._frozen:
                 return
-            live = self._live
-            from_queue = min(stranded, live[State.QUEUED])
-            live[State.QUEUED] -= from_queue
-            rest = stranded - from_queue + held
-            for state in (State.BUFFERED, State.WRITTEN, State.QUEUED):
-                step = min(rest, live[state])
-                live[state] -= step
-                rest -= step
-            self._unsent += stranded + held - rest
-            self._unsent_bytes += held_bytes
-            never_left = live[State.QUEUED] + live[State.BUFFERED]
-            if never_left or live[State.WRITTEN]:
-                log.debug(
-                    "fluentclient: %d records unsent and %d possibly lost in the hands of "
-                    "a stopped thread", never_left, live[State.WRITTEN])
-            self._unsent += never_left
-            self._possibly_lost += live[State.WRITTEN]
-            live[:] = [0, 0, 0]
+            c = self._c
+            queued = c[_ENQUEUED] - c[_DEQUEUED]
+            # Queued and buffered records never left this process: unsent, found or not.
+            # Written ones are unsent as far as the buffer still held them (their
+            # connection was reset); the rest went out, and nobody saw them arrive.
+            never_left = queued + c[_BUFFERED]
+            written = c[_WRITTEN]
+            held_written = min(written, max(0, found - never_left))
+            c[_DEQUEUED] += queued
+            c[_BUFFERED] = c[_WRITTEN] = 0
+            c[_UNSENT] += never_left + held_written
+            c[_UNSENT_BYTES] += held_bytes
+            c[_LOST] += written - held_written
+        if never_left + held_written != found or written != held_written:
+            log.debug("fluentclient: at shutdown %d records unsent (%d found) and %d "
+                      "possibly lost, left with threads that did not stop in time",
+                      never_left + held_written, found, written - held_written)
 
     # -- traffic -------------------------------------------------------------------------
 
     def connected(self) -> None:
-        with self.lock:
-            if not self._ignored("connect", 0):
-                self._connects += 1
+        self._count(1, _CONNECTS, what="connect")
 
     def connect_failed(self) -> None:
-        with self.lock:
-            if not self._ignored("connect failure", 0):
-                self._connect_failures += 1
+        self._count(1, _CONNECT_FAILURES, what="connect failure")
 
     def connection_failed(self) -> None:
-        with self.lock:
-            if not self._ignored("connection failure", 0):
-                self._connection_failures += 1
+        self._count(1, _CONNECTION_FAILURES, what="connection failure")
 
     def spooled(self, n: int) -> None:
         with self.lock:
-            self._spooled += n
+            self._c[_SPOOLED] += n
 
     def handed_over(self, n: int) -> None:
         with self.lock:
-            self._handed_over += n
+            self._c[_HANDED_OVER] += n
+
+    def _count(self, n: int, slot: int, other: int = _SLOTS, *, what: str) -> None:
+        c = self._c
+        with self.lock:
+            frozen = self._frozen
+            if not frozen:
+                c[slot] += n
+                if other != _SLOTS:
+                    c[other] += n
+        if frozen:
+            log.debug("fluentclient: %s after the shutdown report: ignored", what)
 
     # -- a client that settles each record in the call that posts it --------------------
 
     def sent_at_once(self, nbytes: int) -> None:
         """One record posted and written as one frame within the same call."""
         with self.lock:
-            self._posted += 1
-            self._sent += 1
-            self._frames_sent += 1
-            self._bytes_sent += nbytes
+            c = self._c
+            c[_ENDED_AT_ONCE] += 1
+            c[_SENT] += 1
+            c[_FRAMES] += 1
+            c[_BYTES] += nbytes
 
     def lost_at_once(self) -> None:
         with self.lock:
-            self._posted += 1
-            self._possibly_lost += 1
+            self._c[_ENDED_AT_ONCE] += 1
+            self._c[_LOST] += 1
 
     # -- reading -------------------------------------------------------------------------
 
     def snapshot(self, *, buffered_bytes: int, servers: tuple[ServerStats, ...] = ()) -> Stats:
         with self.lock:
-            return Stats(
-                posted=self._posted,
-                replayed=self._replayed,
-                sent=self._sent,
-                dropped=dict(self._dropped),
-                unsent=self._unsent,
-                possibly_lost=self._possibly_lost,
-                buffered=sum(self._live),
-                buffered_bytes=buffered_bytes,
-                retried=self._retried,
-                frames_sent=self._frames_sent,
-                bytes_sent=self._bytes_sent,
-                connects=self._connects,
-                connect_failures=self._connect_failures,
-                connection_failures=self._connection_failures,
-                servers=servers,
-            )
+            c = list(self._c)
+            dropped = dict(self._dropped)
+        return Stats(
+            posted=c[_ENQUEUED] + c[_ENDED_AT_ONCE],
+            replayed=c[_REPLAYED],
+            sent=c[_SENT],
+            dropped=dropped,
+            unsent=c[_UNSENT],
+            possibly_lost=c[_LOST],
+            buffered=c[_ENQUEUED] - c[_DEQUEUED] + c[_BUFFERED] + c[_WRITTEN],
+            buffered_bytes=buffered_bytes,
+            retried=c[_RETRIED],
+            frames_sent=c[_FRAMES],
+            bytes_sent=c[_BYTES],
+            connects=c[_CONNECTS],
+            connect_failures=c[_CONNECT_FAILURES],
+            connection_failures=c[_CONNECTION_FAILURES],
+            servers=servers,
+        )
 
     def report(self, *, timed_out: bool, failure: str | None = None) -> ShutdownReport:
         """The shutdown report; from now on late steps of stopped threads are ignored."""
         with self.lock:
             self._frozen = True
-            return ShutdownReport(
-                sent=self._sent,
-                unsent_records=self._unsent,
-                unsent_bytes=self._unsent_bytes,
-                possibly_lost=self._possibly_lost,
-                dropped=dict(self._dropped),
-                timed_out=timed_out,
-                spooled=self._spooled,
-                handed_over=self._handed_over,
-                failure=failure,
-            )
-
-    # -- inside the lock -----------------------------------------------------------------
-
-    def _move(self, source: State, target: State, n: int, what: str) -> None:
-        with self.lock:
-            if self._ignored(what, n):
-                return
-            self._live[target] += self._step(source, n)
-
-    def _step(self, state: State, n: int) -> int:
-        """Take ``n`` records out of ``state``; returns how many it held of them."""
-        # Never below zero, and never more out than in, so that the balance holds even
-        # if a thread steps wrongly; the error makes such a bug visible.
-        have = self._live[state]
-        if n > have:
-            log.error("fluentclient: ledger asked to move %d %s records, holds %d",
-                      n, state.name.lower(), have)
-            n = have
-        self._live[state] = have - n
-        return n
-
-    def _ignored(self, what: str, n: int) -> bool:
-        if self._frozen:
-            log.debug("fluentclient: %s of %d records after the shutdown report: ignored",
-                      what, n)
-        return self._frozen
+            c = list(self._c)
+            dropped = dict(self._dropped)
+        return ShutdownReport(
+            sent=c[_SENT],
+            unsent_records=c[_UNSENT],
+            unsent_bytes=c[_UNSENT_BYTES],
+            possibly_lost=c[_LOST],
+            dropped=dropped,
+            timed_out=timed_out,
+            spooled=c[_SPOOLED],
+            handed_over=c[_HANDED_OVER],
+            failure=failure,
+        )

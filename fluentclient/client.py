@@ -530,7 +530,7 @@ class BufferedClient(_Client):
     def post(
         self,
         tag: str,
-        record: Mapping[str, Any],
+        record: Mapping[str, object],
         *,
         time: TimeLike | None = None,
         sync_append: bool = False,
@@ -542,7 +542,7 @@ class BufferedClient(_Client):
     def post(
         self,
         tag: str,
-        record: Mapping[str, Any],
+        record: Mapping[str, object],
         *,
         time: TimeLike | None = None,
         sync_append: bool = False,
@@ -553,7 +553,7 @@ class BufferedClient(_Client):
     def post(
         self,
         tag: str,
-        record: Mapping[str, Any],
+        record: Mapping[str, object],
         *,
         time: TimeLike | None = None,
         sync_append: bool = False,
@@ -583,45 +583,45 @@ class BufferedClient(_Client):
             # state here is the parent's, and its threads do not exist in this process.
             # Checked on every post, because nothing else runs in such a child to notice.
             self._check_fork()
-        if not ack:
-            return self._enqueue(Message(full_tag, record, time_ns), sync_append, timeout)
-        if not self._transport.require_ack:
-            raise ValueError("post(ack=True) needs a client made with require_ack=True")
-        delivery: Future[None] = Future()
-        self._enqueue(Message(full_tag, record, time_ns, None, delivery), sync_append, timeout)
-        return delivery
-
-    def _enqueue(self, msg: Message, sync_append: bool, timeout: float | None) -> bool:
-        """Queue a record for the reader, or refuse it (counted, and raised when the
-        caller waits for it or the policy says so); True if it was queued."""
+        delivery: Future[None] | None = None
+        if ack:
+            if not self._transport.require_ack:
+                raise ValueError("post(ack=True) needs a client made with require_ack=True")
+            delivery = Future()
+        # One path for both kinds of post; the ack kind answers with its future whatever
+        # became of the record, the plain kind with whether it was queued.
+        msg = Message(full_tag, record, time_ns, None, delivery)
         if self._closing or self._life.failed:
-            return self._refuse(DROP_CLOSED, self._closed_error(), msg, sync_append)
+            queued = self._refuse(DROP_CLOSED, self._closed_error(), msg, sync_append)
+            return queued if delivery is None else delivery
         if not self._started:
             try:
                 self._start()
             except (ClientClosedError, RuntimeError) as exc:
                 # No new threads once the interpreter is finalizing.
                 err = ClientClosedError(f"cannot start the client: {exc}")
-                return self._refuse(DROP_CLOSED, err, msg, sync_append)
+                queued = self._refuse(DROP_CLOSED, err, msg, sync_append)
+                return queued if delivery is None else delivery
         if len(self._queue) > _YIELD_AT:
             # Posts are outrunning serialization: give the reader the GIL for a moment
             # rather than let the queue grow into drops. This waits on no I/O.
             yield_gil()
         if self._admission.full() and not self._admit(msg, sync_append):
-            return False
+            return False if delivery is None else delivery
         reader = self._reader
-        if sync_append:
-            msg.waiter = Future()
         # Counted before the reader can see it, so its steps never run ahead of ours.
         self._ledger.enqueue()
-        self._queue.append(msg)
-        if msg.waiter is None:
+        if not sync_append:
+            self._queue.append(msg)
             if reader.idle:
                 reader.wake.set()
-            return True
+            return True if delivery is None else delivery
+        waiter: Future[None] = Future()
+        msg.waiter = waiter
+        self._queue.append(msg)
         reader.wake.set()
-        self._wait_appended(msg.waiter, timeout)
-        return True
+        self._wait_appended(waiter, timeout)
+        return True if delivery is None else delivery
 
     def _admit(self, msg: Message, sync_append: bool) -> bool:
         """A limit is reached: act on admission's verdicts until it admits or refuses."""
@@ -1267,16 +1267,40 @@ class SyncClient(_Client):
             if conn is not None:
                 conn.close()
 
+    @overload
     def post(
         self,
         tag: str,
-        record: Mapping[str, Any],
+        record: Mapping[str, object],
+        *,
+        time: TimeLike | None = None,
+        sync_append: bool = False,
+        timeout: float | None = None,
+        ack: Literal[False] = False,
+    ) -> bool: ...
+
+    @overload
+    def post(
+        self,
+        tag: str,
+        record: Mapping[str, object],
+        *,
+        time: TimeLike | None = None,
+        sync_append: bool = False,
+        timeout: float | None = None,
+        ack: Literal[True],
+    ) -> Future[None]: ...
+
+    def post(
+        self,
+        tag: str,
+        record: Mapping[str, object],
         *,
         time: TimeLike | None = None,
         sync_append: bool = False,
         timeout: float | None = None,
         ack: bool = False,
-    ) -> Any:
+    ) -> bool | Future[None]:
         """Send one record now; raises a :class:`FluentError` if it cannot be sent.
 
         ``timeout`` caps the whole call. ``sync_append`` is accepted for symmetry with the
