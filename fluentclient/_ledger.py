@@ -80,10 +80,11 @@ class Ledger:
 
     # -- entering ------------------------------------------------------------------------
 
-    def enqueue(self) -> None:
-        """post() took one record. The hot path: one increment, and nothing called."""
+    def enqueue(self, n: int = 1) -> None:
+        """post() took a record (or a parent process left ``n`` to this one). The hot
+        path: one increment, and nothing called."""
         with self.lock:
-            self._c[_ENQUEUED] += 1
+            self._c[_ENQUEUED] += n
 
     def refuse(self, reason: str, n: int = 1) -> int:
         """post() turned records away; returns how many have been dropped for ``reason``.

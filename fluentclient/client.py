@@ -3,8 +3,9 @@
 Threads of a BufferedClient and what each owns::
 
     caller threads   post(): check the tag, build a Message, put it on the queue
-          |          (a deque: the usual path takes no lock of ours; see the README for
-          |          the paths that do; the reader is woken only when it went idle)
+          |          (a deque; the usual path takes one lock of ours, the ledger's, for
+          |          one increment; see the README for the paths that take more; the
+          |          reader is woken only when it went idle)
           v
     reader thread    owns the packer; packs a batch, then appends it to the buffer
           |          under buffer.lock and notifies buffer.changed when a write is due
@@ -980,6 +981,8 @@ class BufferedClient(_Client):
             self._options["spool_dir"] = None
             self._fresh()
         if handoff is not None and handoff.claim() and held:
+            # Posted in the parent, whose ledger stayed there: this one takes them over.
+            self._ledger.enqueue(len(held))
             self._queue.extend(held)
             try:
                 self._start()
