@@ -31,7 +31,9 @@ def record_of(kind: str, t: int, i: int) -> dict[str, object]:
     st.lists(st.sampled_from([GOOD, GOOD, GOOD, UNSERIALIZABLE, TOO_LARGE]), max_size=60),
     min_size=1, max_size=4,
 ))
-def test_the_ledger_matches_the_posts_made_and_the_events_received(fluent_server, plans):
+def test_the_ledger_matches_the_posts_made_and_the_events_received(
+    fluent_server, caplog, plans,
+):
     fluent_server.clear()
     client = BufferedClient(fluent_server.host, fluent_server.port, backoff=FAST_BACKOFF,
                             at_exit=False, max_frame_size=FRAME, write_threshold=512)
@@ -63,6 +65,8 @@ def test_the_ledger_matches_the_posts_made_and_the_events_received(fluent_server
     assert dict(stats.dropped) == dict(report.dropped) == expected_drops
     assert stats.buffered == stats.unsent == stats.possibly_lost == 0
     assert report.complete == (good == len(kinds))
+    # The ledger logs an error when a thread steps records it does not hold.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 class _HoldWriter(logging.Handler):
