@@ -6,7 +6,7 @@ what they do with frames (the writer tracks, retries and settles them; a SyncCli
 one and waits for its ack), not in how a connection is made, reused or judged. That part
 lives here, so both clients back off, fail over and count the same way.
 
-A Sender touches only the Links it was given and the client's Counters. It does socket
+A Sender touches only the Links it was given and the client's Ledger. It does socket
 I/O and so holds no lock of its own; its caller keeps one thread at a time on a Link (the
 writer thread, or a SyncClient's lock).
 """
@@ -15,20 +15,20 @@ from __future__ import annotations
 
 import time
 
+from ._ledger import Ledger
 from ._options import TransportOptions
 from .connection import Connection, ConnectionLost
 from .errors import AuthenticationError, FluentError, TlsError
 from .message import short_repr
 from .pool import Link, choose, level
-from .stats import Counters
 
 
 class Sender:
     def __init__(
-        self, links: list[Link], counters: Counters, transport: TransportOptions
+        self, links: list[Link], ledger: Ledger, transport: TransportOptions
     ) -> None:
         self.links = links
-        self._counters = counters
+        self._ledger = ledger
         self._transport = transport
 
     def candidates(self, now: float) -> list[Link]:
@@ -49,8 +49,7 @@ class Sender:
             return exc
         link.connected()
         level(link, self.links)
-        with self._counters.lock:
-            self._counters.connects += 1
+        self._ledger.connected()
         return None
 
     def connect_failed(self, link: Link, exc: FluentError) -> None:
@@ -58,16 +57,13 @@ class Sender:
         error that retrying soon cannot fix: it waits the longest delay, this time only."""
         link.connect_streak += 1
         link.failed(str(exc), backoff_to_max=is_refusal(exc), error=exc)
-        with self._counters.lock:
-            self._counters.connect_failures += 1
+        self._ledger.connect_failed()
 
-    def wrote(self, link: Link, frames: int, nbytes: int) -> None:
-        """Frames went out on the link's connection: the server is working again."""
+    def wrote(self, link: Link, frames: int) -> None:
+        """Frames went out on the link's connection: the server is working again. (The
+        records, frames and bytes are the caller's to count: it knows their fate.)"""
         link.backoff = link.backoff.reset()
         link.frames_sent += frames
-        with self._counters.lock:
-            self._counters.frames_sent += frames
-            self._counters.bytes_sent += nbytes
 
     def drop(self, link: Link) -> Connection | None:
         """Take the connection off the link, closed; the caller decides what it cost."""

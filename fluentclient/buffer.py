@@ -14,10 +14,22 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
-from typing import Callable
+from typing import Callable, Protocol, TypeVar
 
 from .framing import frame_overhead
-from .message import Message
+
+
+class Tagged(Protocol):
+    """What the buffer needs of a record beside its packed entry."""
+
+    @property
+    def tag(self) -> str: ...
+
+    @property
+    def delivery(self) -> Future[None] | None: ...
+
+
+_T = TypeVar("_T", bound=Tagged)
 
 
 class Frame:
@@ -25,7 +37,8 @@ class Frame:
 
     The writer builds ``data`` (the wire bytes, maybe compressed, with a chunk id) outside
     the buffer's lock and keeps it for resends, so a chunk id never changes. The entries
-    are dropped once built; ``entry_bytes`` is what the frame counts against the limit.
+    are emptied once built (``built`` tells which of the two holds the records);
+    ``entry_bytes`` is what the frame counts against the limit.
     """
 
     __slots__ = (
@@ -35,8 +48,9 @@ class Frame:
 
     def __init__(self, tag: str, first_seq: int, limit: int) -> None:
         self.tag = tag
-        self.entries: bytearray | None = bytearray()
-        self.data: bytes | None = None
+        self.entries = bytearray()
+        # Empty until built: a built frame holds at least one record, so never empty then.
+        self.data = b""
         self.chunk: str | None = None
         self.records = 0
         # The frame holds exactly the records of its tag numbered first_seq to last_seq,
@@ -49,6 +63,10 @@ class Frame:
         # Connections this frame was written to that failed before it was acknowledged.
         self.attempts = 0
         self.limit = limit
+
+    @property
+    def built(self) -> bool:
+        return bool(self.data)
 
 
 class Buffer:
@@ -94,13 +112,13 @@ class Buffer:
                 self._payload_limits[tag] = limit
         return limit
 
-    def add_batch_locked(self, msgs: list[Message], entries: list[bytes]) -> list[Message]:
+    def add_batch_locked(self, msgs: list[_T], entries: list[bytes]) -> list[_T]:
         """Append the entries of a batch in order; returns the messages over the limit.
 
         The bookkeeping is kept in locals: this loop runs once per record on the reader
         thread, which holds the GIL meanwhile.
         """
-        rejected: list[Message] = []
+        rejected: list[_T] = []
         held, limit, seq = self.held_bytes, self.limit, self.next_seq
         gathering = self._gathering
         added_bytes = added = 0
@@ -119,7 +137,7 @@ class Buffer:
             if frame.entry_bytes + size > frame.limit:
                 self._ready.append(frame)
                 frame = gathering[tag] = Frame(tag, seq, frame.limit)
-            frame.entries += entry  # type: ignore[operator]
+            frame.entries += entry
             frame.entry_bytes += size
             frame.records += 1
             frame.last_seq = seq

@@ -3,8 +3,9 @@
 Threads of a BufferedClient and what each owns::
 
     caller threads   post(): check the tag, build a Message, put it on the queue
-          |          (a deque: the usual path takes no lock of ours; see the README for
-          |          the paths that do; the reader is woken only when it went idle)
+          |          (a deque; the usual path takes one lock of ours, the ledger's, for
+          |          one increment; see the README for the paths that take more; the
+          |          reader is woken only when it went idle)
           v
     reader thread    owns the packer; packs a batch, then appends it to the buffer
           |          under buffer.lock and notifies buffer.changed when a write is due
@@ -34,11 +35,13 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import replace
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional, overload
 
+from ._admission import Act, Admission
 from ._base import Client as _Client
 from ._base import TagChecker as _TagChecker
 from ._journal import Journal, NullJournal, open_journal
+from ._ledger import Ledger, State
 from ._options import (
     BufferOptions,
     RecordOptions,
@@ -63,11 +66,8 @@ from .message import Message, TimeLike, settle_future
 from .pool import ServerSpec
 from .reader import STOP, Reader, yield_gil
 from .stats import (
-    DROP_BUFFER_FULL,
     DROP_CLOSED,
     DROP_EVICTED,
-    DROP_SPOOL_FULL,
-    Counters,
     ShutdownReport,
     Stats,
     UnsentRecord,
@@ -219,7 +219,7 @@ class BufferedClient(_Client):
         o, t = self._buffer_options, self._transport
         self._closing = closed
         self._life = Lifecycle()
-        self._counters = Counters()
+        self._ledger = Ledger()
         self._queue: deque[object] = deque()
         frame_size = o.max_frame_size
         if t.compress:
@@ -234,28 +234,33 @@ class BufferedClient(_Client):
             max_frame_size=frame_size,
             on_release=self._released if self._journal.recording else None,
         )
+        # Filled once the threads exist: admission needs to know them, they need it.
+        own_threads: list[threading.Thread] = []
+        self._admission = Admission(
+            self._overflow, self._overflow_timeout, self._buffer, self._queue,
+            self._journal if self._journal.recording else None,
+            own_threads,
+        )
         self._reader = Reader(
             self._queue, self._buffer, self._life, self._records.packer(), self._fail,
-            journal=self._journal,
-            evicted=self._evicted if self._overflow == "drop_oldest" else None,
-            replayed=self._count_replayed,
-            keep_rejected=self._overflow == "block",
+            admission=self._admission, ledger=self._ledger, evicted=self._evicted,
+            fail_spooled=self._fail_spooled, journal=self._journal,
         )
         self._writer = Writer(
-            Sender(t.links(), self._counters, t),
+            Sender(t.links(), self._ledger, t),
             self._buffer,
             self._life,
-            self._counters,
+            self._ledger,
             self._records.builder(t, markers=True),
             flush_interval=o.flush_interval,
             max_write=max(o.max_frame_size, _MiB),
             transport=t,
             report=lambda err: _call_on_error(self._on_error, err, None),
         )
+        own_threads += (self._reader.thread, self._writer.thread)
         self._started = False
         self._start_lock = threading.Lock()
         self._handoff: _Handoff | None = None
-        self._stranded = 0
         self._pid = os.getpid()
 
     def _start(self) -> None:
@@ -283,16 +288,40 @@ class BufferedClient(_Client):
 
     # -- posting -------------------------------------------------------------------------
 
+    @overload
     def post(
         self,
         tag: str,
-        record: Mapping[str, Any],
+        record: Mapping[str, object],
+        *,
+        time: TimeLike | None = None,
+        sync_append: bool = False,
+        timeout: float | None = None,
+        ack: Literal[False] = False,
+    ) -> bool: ...
+
+    @overload
+    def post(
+        self,
+        tag: str,
+        record: Mapping[str, object],
+        *,
+        time: TimeLike | None = None,
+        sync_append: bool = False,
+        timeout: float | None = None,
+        ack: Literal[True],
+    ) -> Future[None]: ...
+
+    def post(
+        self,
+        tag: str,
+        record: Mapping[str, object],
         *,
         time: TimeLike | None = None,
         sync_append: bool = False,
         timeout: float | None = None,
         ack: bool = False,
-    ) -> Any:
+    ) -> bool | Future[None]:
         """Queue one record; True if it was taken, False if it was dropped (and counted).
 
         With ``ack=True`` (which needs ``require_ack=True``) it returns instead a
@@ -312,63 +341,63 @@ class BufferedClient(_Client):
             # state here is the parent's, and its threads do not exist in this process.
             # Checked on every post, because nothing else runs in such a child to notice.
             self._check_fork()
+        delivery: Future[None] | None = None
         if ack:
-            return self._post_with_ack(full_tag, record, time_ns, sync_append, timeout)
+            if not self._transport.require_ack:
+                raise ValueError("post(ack=True) needs a client made with require_ack=True")
+            delivery = Future()
+        # One path for both kinds of post; the ack kind answers with its future whatever
+        # became of the record, the plain kind with whether it was queued.
+        msg = Message(full_tag, record, time_ns, None, delivery)
         if self._closing or self._life.failed:
-            err: FluentError = self._closed_error()
-            self._refuse(DROP_CLOSED, err, Message(full_tag, record, time_ns))
-            if sync_append:
-                raise err
-            return False
-        if not self._started and not self._try_start(Message(full_tag, record, time_ns)):
-            if sync_append:
-                raise ClientClosedError("the client cannot start threads any more")
-            return False
-        buf = self._buffer
-        reader = self._reader
-        queued = len(self._queue)
-        if queued > _YIELD_AT:
+            queued = self._refuse(DROP_CLOSED, self._closed_error(), msg, sync_append)
+            return queued if delivery is None else delivery
+        if not self._started:
+            try:
+                self._start()
+            except (ClientClosedError, RuntimeError) as exc:
+                # No new threads once the interpreter is finalizing.
+                err = ClientClosedError(f"cannot start the client: {exc}")
+                queued = self._refuse(DROP_CLOSED, err, msg, sync_append)
+                return queued if delivery is None else delivery
+        if len(self._queue) > _YIELD_AT:
             # Posts are outrunning serialization: give the reader the GIL for a moment
             # rather than let the queue grow into drops. This waits on no I/O.
             yield_gil()
-        if buf.held_bytes + queued * reader.mean_entry >= buf.limit or self._journal.full():
-            if not self._make_room(Message(full_tag, record, time_ns), sync_append):
-                return False
+        if self._admission.full() and not self._admit(msg, sync_append):
+            return False if delivery is None else delivery
+        reader = self._reader
+        # Counted before the reader can see it, so its steps never run ahead of ours.
+        self._ledger.enqueue()
         if not sync_append:
-            self._queue.append(Message(full_tag, record, time_ns))
+            self._queue.append(msg)
             if reader.idle:
                 reader.wake.set()
-            return True
+            return True if delivery is None else delivery
         waiter: Future[None] = Future()
-        self._queue.append(Message(full_tag, record, time_ns, waiter))
+        msg.waiter = waiter
+        self._queue.append(msg)
         reader.wake.set()
         self._wait_appended(waiter, timeout)
-        return True
+        return True if delivery is None else delivery
 
-    def _post_with_ack(
-        self, tag: str, record: Mapping[str, Any], time_ns: int, sync_append: bool,
-        timeout: float | None,
-    ) -> Future[None]:
-        if not self._transport.require_ack:
-            raise ValueError("post(ack=True) needs a client made with require_ack=True")
-        delivery: Future[None] = Future()
-        msg = Message(tag, record, time_ns, None, delivery)
-        if self._closing or self._life.failed:
-            self._refuse(DROP_CLOSED, self._closed_error(), msg)
-        elif not self._started and not self._try_start(msg):
-            pass
-        elif self._over_limit() and not self._make_room(msg, sync_append):
-            pass
-        else:
-            if sync_append:
-                msg.waiter = Future()
-            self._queue.append(msg)
+    def _admit(self, msg: Message, sync_append: bool) -> bool:
+        """A limit is reached: act on admission's verdicts until it admits or refuses."""
+        if self._journal.pending():
+            # The reader deletes finished segments: a full spool may have room then.
             self._reader.wake.set()
-            if msg.waiter is not None:
-                self._wait_appended(msg.waiter, timeout)
-        if sync_append and delivery.done() and delivery.exception() is not None:
-            raise delivery.exception()  # type: ignore[misc]
-        return delivery
+        verdict = self._admission.judge()
+        while verdict.act is not Act.ADMIT:
+            if verdict.act is Act.EVICT:
+                self._evict_for(verdict.nbytes)
+            elif verdict.act is Act.WAIT:
+                self._wait_for_room(verdict.deadline)
+            else:
+                assert verdict.error is not None
+                return self._refuse(
+                    verdict.reason, verdict.error, msg, sync_append or verdict.raises)
+            verdict = self._admission.judge(after=verdict.act)
+        return True
 
     def _closed_error(self) -> ClientClosedError:
         failed = self._life.failed
@@ -376,73 +405,16 @@ class BufferedClient(_Client):
             return ClientClosedError(f"the client stopped working: {failed}")
         return ClientClosedError("the client is shut down")
 
-    def _try_start(self, msg: Message) -> bool:
-        try:
-            self._start()
-        except (ClientClosedError, RuntimeError) as exc:
-            # No new threads once the interpreter is finalizing.
-            self._refuse(DROP_CLOSED, ClientClosedError(f"cannot start the client: {exc}"), msg)
-            return False
-        return True
-
-    def _over_limit(self) -> bool:
-        queued = len(self._queue)
-        if queued > _YIELD_AT:
-            yield_gil()
-        return self._full()
-
-    def _full(self) -> bool:
-        return (
-            self._buffer.held_bytes + len(self._queue) * self._reader.mean_entry
-            >= self._buffer.limit
-            or self._journal.full()
-        )
-
-    def _full_error(self) -> tuple[str, BufferFullError]:
-        """The drop reason and error for a refused record: which limit was reached."""
-        if self._journal.full():
-            return DROP_SPOOL_FULL, BufferFullError(
-                f"spool_limit of {self._journal.limit} bytes reached")
-        return DROP_BUFFER_FULL, BufferFullError(
-            f"buffer_limit of {self._buffer.limit} bytes reached")
-
-    def _make_room(self, msg: Message, sync_append: bool) -> bool:
-        """The buffer is full: apply the overflow policy; True if ``msg`` may be queued now.
-
-        Otherwise the record is refused and counted, and the error raised when the caller
-        waits for it (``sync_append``) or asked for errors (``overflow="raise"``).
-        """
-        policy = self._overflow
-        if self._journal.pending():
-            # The reader deletes finished segments; a full spool may have room then.
-            self._reader.wake.set()
-        if policy == "drop_oldest":
-            self._evict_for(self._reader.mean_entry)
-        elif policy == "block" and threading.current_thread() not in (
-            self._reader.thread, self._writer.thread
-        ):
-            # Never on our own threads (a log handler posting from a callback): they are
-            # what makes the room.
-            self._wait_for_room(_time.monotonic() + self._overflow_timeout)
-        if not self._full():
-            return True
-        reason, err = self._full_error()
-        self._refuse(reason, err, msg)
-        if sync_append or policy == "raise":
-            raise err
-        return False
-
     def _evict_for(self, nbytes: float) -> None:
-        buf = self._buffer
+        buf, mean = self._buffer, self._admission.mean_entry
         with buf.lock:
-            over = buf.held_bytes + len(self._queue) * self._reader.mean_entry + nbytes - buf.limit
+            over = buf.held_bytes + len(self._queue) * mean + nbytes - buf.limit
             evicted = buf.evict_locked(int(over) + 1) if over > 0 else []
             over -= sum(frame.entry_bytes for frame in evicted)
         if evicted:
             self._evicted(evicted)
         # Next oldest: what still waits for the reader. Popping the head of a deque is
         # atomic, so the reader taking the same end at once only means one fewer here.
-        mean = self._reader.mean_entry
         err: BufferFullError | None = None
         while over > 0:
             with self._reader.pop_lock:
@@ -456,8 +428,6 @@ class BufferedClient(_Client):
                 self._reader.removed += 1
             err = err or BufferFullError("evicted to make room for newer records")
             self._fail(DROP_EVICTED, err, item)
-            with self._counters.lock:
-                self._stranded += 1
             with self._reader.pop_lock:
                 self._reader.evicted += 1  # settled: counted as dropped
             over -= mean
@@ -467,7 +437,7 @@ class BufferedClient(_Client):
         with buf.lock:
             buf.room_waiters += 1
             try:
-                while self._full() and not self._closing:
+                while self._admission.full() and not self._closing:
                     remaining = deadline - _time.monotonic()
                     if remaining <= 0:
                         return
@@ -482,7 +452,7 @@ class BufferedClient(_Client):
         records = sum(frame.records for frame in frames)
         err = BufferFullError(f"evicted to make room for newer records ({records} records)")
         # Counted before the futures and on_error hear of it (see _fail).
-        if self._counters.drop(DROP_EVICTED, refused=False, records=records) == records:
+        if self._ledger.drop(DROP_EVICTED, records, State.BUFFERED) == records:
             log.warning("fluentclient: dropping the oldest records to make room: %s", err)
         for frame in frames:
             resolve_futures(frame, err)
@@ -502,10 +472,6 @@ class BufferedClient(_Client):
         if self._reader.idle:
             self._reader.wake.set()
 
-    def _count_replayed(self, records: int) -> None:
-        with self._counters.lock:
-            self._counters.replayed += records
-
     def _wait_appended(self, waiter: Future[None], timeout: float | None) -> None:
         deadline = None if timeout is None else _time.monotonic() + timeout
         while True:
@@ -524,23 +490,33 @@ class BufferedClient(_Client):
             if self._started and not self._reader.thread.is_alive() and not waiter.done():
                 raise ClientClosedError("the client's reader thread has stopped")
 
-    def _refuse(self, reason: str, err: FluentError, msg: Message) -> None:
-        """A record post() turned away before it reached the queue."""
+    def _refuse(self, reason: str, err: FluentError, msg: Message, raises: bool) -> bool:
+        """A record post() turned away before it reached the queue: False, or ``err``
+        raised if ``raises``."""
         # Counted (and reported) before anyone waiting on the record is woken, so that
         # whoever learns of the drop finds it in stats() already.
-        self._drop(reason, err, msg, refused=True)
+        self._told(reason, err, msg, self._ledger.refuse(reason))
         settle_future(msg.delivery, err)
+        if raises:
+            raise err
+        return False
 
     def _fail(self, reason: str, err: FluentError, msg: Message) -> None:
-        """A record the reader could not put in the buffer."""
+        """A queued record that never reached the buffer."""
         # Counted first, as in _refuse: a sync_append caller woken by the error must see
         # the drop in stats(), and on_error must not run ahead of the count.
-        self._drop(reason, err, msg, refused=False)
+        self._told(reason, err, msg, self._ledger.drop(reason, 1, State.QUEUED))
         for future in (msg.waiter, msg.delivery):
             settle_future(future, err)
 
-    def _drop(self, reason: str, err: FluentError, msg: Message, *, refused: bool) -> None:
-        if self._counters.drop(reason, refused=refused) == 1:
+    def _fail_spooled(self, reason: str, err: FluentError, records: int) -> None:
+        """Records a previous process left in the spool that cannot be sent: taken over,
+        and dropped at once. No Message exists for them, so on_error gets None."""
+        self._ledger.replay(records)
+        self._told(reason, err, None, self._ledger.drop(reason, records, State.BUFFERED))
+
+    def _told(self, reason: str, err: FluentError, msg: Message | None, total: int) -> None:
+        if total == 1:
             # Once per reason, so a flood of drops cannot flood the log; stats() and
             # on_error see every one.
             log.warning("fluentclient: dropping records (%s): %s", reason, err)
@@ -645,11 +621,7 @@ class BufferedClient(_Client):
             if isinstance(item, Message):
                 stranded.append(item)
         records, nbytes, frames = self._buffer.drain_all()
-        c = self._counters
-        with c.lock:
-            c.unsent += records + len(stranded)
-            c.unsent_bytes += nbytes
-            self._stranded += len(stranded)
+        self._ledger.close(stranded=len(stranded), held=records, held_bytes=nbytes)
         # Told only once counted, so that a waiter woken here finds them in stats().
         for item in stranded:
             for future in (item.waiter, item.delivery):
@@ -658,7 +630,7 @@ class BufferedClient(_Client):
         for frame in frames:
             resolve_futures(frame, closed)
         self._hand_over(records, frames, stranded)
-        report = c.report(timed_out=timed_out, failure=self._life.failed)
+        report = self._ledger.report(timed_out=timed_out, failure=self._life.failed)
         if report.failure is not None:
             log.error("fluentclient: shut down after %s", report.failure)
         if report.unsent_records > report.spooled + report.handed_over:
@@ -672,7 +644,6 @@ class BufferedClient(_Client):
 
     def _hand_over(self, records: int, frames: list[Frame], stranded: list[Message]) -> None:
         """What was not sent goes to the spool, else to on_unsent, else only to the count."""
-        c = self._counters
         # Kept after closing, for the health it reports in stats().
         journal = self._journal
         if journal.broken:
@@ -684,8 +655,7 @@ class BufferedClient(_Client):
             # Buffered records are in the spool already; those never packed join them.
             kept = records + self._spool_stranded(journal, stranded)
             journal.close(keep=kept > 0)
-            with c.lock:
-                c.spooled += kept
+            self._ledger.spooled(kept)
             return
         if self._on_unsent is None or not (records or stranded):
             return
@@ -697,8 +667,7 @@ class BufferedClient(_Client):
         except Exception:
             log.exception("fluentclient: the on_unsent callback raised")
             return
-        with c.lock:
-            c.handed_over += records + len(stranded)
+        self._ledger.handed_over(records + len(stranded))
 
     def _spool_stranded(self, spool: Journal, stranded: list[Message]) -> int:
         packer = self._records.packer()
@@ -717,10 +686,7 @@ class BufferedClient(_Client):
 
     def stats(self) -> Stats:
         self._check_fork()
-        c = self._counters
-        entered = self._reader.taken + self._stranded + len(self._queue)
-        snapshot = c.snapshot(
-            posted=entered + c.refused,
+        snapshot = self._ledger.snapshot(
             buffered_bytes=self._buffer.held_bytes,
             servers=tuple(link.stats() for link in self._writer.links),
         )
@@ -768,7 +734,7 @@ class BufferedClient(_Client):
                 handoff.claim()  # only closes our end: the parent sent what it could
             self._fresh(closed=True)
             if stopped:
-                self._report = self._counters.report(timed_out=False)
+                self._report = self._ledger.report(timed_out=False)
             return
         try:
             self._fresh()
@@ -778,6 +744,8 @@ class BufferedClient(_Client):
             self._buffer_options = replace(self._buffer_options, spool_dir=None)
             self._fresh()
         if handoff is not None and handoff.claim() and held:
+            # Posted in the parent, whose ledger stayed there: this one takes them over.
+            self._ledger.enqueue(len(held))
             self._queue.extend(held)
             try:
                 self._start()
@@ -790,13 +758,13 @@ class BufferedClient(_Client):
 def _frame_records(frame: Frame) -> list[UnsentRecord]:
     """Decode a frame back into records, whether or not the writer had built it yet."""
     try:
-        if frame.data is not None:
+        if frame.built:
             unpacker = new_unpacker()
             unpacker.feed(frame.data)
             decoded = decode_frame(unpacker.unpack())
             return [UnsentRecord(frame.tag, t, r) for t, r in decoded.entries]  # type: ignore[arg-type]
         unpacker = new_unpacker()
-        unpacker.feed(bytes(frame.entries or b""))
+        unpacker.feed(bytes(frame.entries))
         return [UnsentRecord(frame.tag, t, r) for t, r in unpacker]
     except (FrameError, ValueError) as exc:  # pragma: no cover - our own bytes
         log.warning("fluentclient: cannot decode an unsent frame of %r: %s", frame.tag, exc)

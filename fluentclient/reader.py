@@ -12,12 +12,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from typing import Callable
+from concurrent.futures import Future
+from typing import Callable, NamedTuple, TypeVar
 
+from ._admission import Admission
 from ._journal import Claim, Journal, NullJournal, Replayed
-from .buffer import Buffer, Frame
+from ._ledger import Ledger
+from .buffer import Buffer, Frame, Tagged
 from .errors import (
-    BufferFullError,
     FluentError,
     RecordTooLargeError,
     SerializationError,
@@ -57,7 +59,16 @@ def _sleep0() -> None:
 yield_gil: Callable[[], None] = getattr(os, "sched_yield", _sleep0)
 
 Failure = Callable[[str, FluentError, Message], None]
+SpooledFailure = Callable[[str, FluentError, int], None]
 Evicted = Callable[[list[Frame]], None]
+_T = TypeVar("_T", bound=Tagged)
+
+
+class _Spooled(NamedTuple):
+    """A record replayed from the spool: packed already, and no caller waits on it."""
+
+    tag: str
+    delivery: Future[None] | None = None
 
 
 class Reader:
@@ -82,23 +93,24 @@ class Reader:
         packer: EntryPacker,
         fail: Failure,
         *,
+        admission: Admission,
+        ledger: Ledger,
+        evicted: Evicted,
+        fail_spooled: SpooledFailure,
         journal: Journal | None = None,
-        evicted: Evicted | None = None,
-        replayed: Callable[[int], None] | None = None,
-        keep_rejected: bool = False,
     ) -> None:
         self._queue = q
         self._buffer = buf
         self._life = life
         self._packer = packer
         self._fail = fail
+        self._fail_spooled = fail_spooled
+        self._admission = admission
+        self._ledger = ledger
         self._journal: Journal = journal or NullJournal()
-        # Set for the drop_oldest policy: make room by evicting the oldest frames.
         self._evicted = evicted
-        self._replayed = replayed
         # overflow="block": records that find the buffer full wait here for room rather
         # than being dropped, holding up the queue behind them.
-        self._keep_rejected = keep_rejected
         self._carry: list[tuple[Message, bytes]] = []
         self._orphans: Iterator[Claim] | None = self._journal.orphans()
         self._orphan: Claim | None = None
@@ -108,8 +120,6 @@ class Reader:
         self.wake = threading.Event()
         # True while the reader waits for post() to wake it rather than polling.
         self.idle = False
-        # Messages taken from the queue; only this thread writes it.
-        self.taken = 0
         # For flush(): items ever removed from the queue (by this thread, or evicted by a
         # caller) and how many of them are settled: in the buffer, or dropped. Removing
         # and counting happen together under ``pop_lock``, so that "removed + still
@@ -118,9 +128,6 @@ class Reader:
         self.removed = 0
         self.settled = 0  # written by this thread only
         self.evicted = 0  # by callers, under pop_lock
-        # A running mean of entry sizes, so post() can charge what still waits in the
-        # queue against the buffer limit without serializing anything itself.
-        self.mean_entry = 256.0
         self.thread = threading.Thread(target=self._run, name="fluentclient-reader", daemon=True)
 
     def _run(self) -> None:
@@ -187,7 +194,6 @@ class Reader:
                 for msg, _ in reversed(self._carry):
                     q.appendleft(msg)
                 self.removed -= len(self._carry)
-            self.taken -= len(self._carry)
             self._carry = []
             with self._buffer.lock:
                 self._life.reader_done = True
@@ -227,18 +233,17 @@ class Reader:
         if entries:
             kept, entries = self._within_spool_limit(kept, entries)
         rejected = self._add(kept, entries)
-        self.taken += len(batch)
         if entries:
             mean = sum(map(len, entries)) / len(entries)
-            self.mean_entry = 0.9 * self.mean_entry + 0.1 * mean
+            self._admission.learn(mean)
         for msg in kept:
             if msg.waiter is not None and (not rejected or msg not in rejected):
                 settle_future(msg.waiter)
-        if rejected and self._keep_rejected:
+        if rejected and self._admission.keeps_rejected:
             refused = set(map(id, rejected))
             self._carry = [(m, e) for m, e in zip(kept, entries) if id(m) in refused]
         elif rejected:
-            err = BufferFullError(f"buffer_limit of {buf.limit} bytes reached")
+            err = self._admission.buffer_full()
             for msg in rejected:
                 self._fail(DROP_BUFFER_FULL, err, msg)
         # Last, so that flush() sees a record settled only once it is buffered or counted.
@@ -257,24 +262,34 @@ class Reader:
         self.settled += before - len(self._carry)
         return not self._carry
 
-    def _add(self, kept: list[Message], entries: list[bytes]) -> list[Message]:
-        """Put packed entries in the buffer (and the spool); returns those that did not fit."""
+    def _add(
+        self, kept: list[_T], entries: list[bytes], *, spooled: bool = False
+    ) -> list[_T]:
+        """Put packed entries in the buffer (and the spool); returns those that did not fit.
+
+        ``spooled``: replayed records, which enter the ledger here rather than in post().
+        """
         buf = self._buffer
         evicted: list[Frame] = []
         with buf.lock:
             was_idle = buf.pending_records == 0
-            if self._evicted is not None:
-                over = buf.held_bytes + sum(map(len, entries)) - buf.limit
-                if over > 0:
-                    evicted = buf.evict_locked(over)
+            over = self._admission.excess_locked(sum(map(len, entries)))
+            if over > 0:
+                evicted = buf.evict_locked(over)
             first_seq = buf.next_seq
             rejected = buf.add_batch_locked(kept, entries)
+            # Under the buffer's lock, so the writer cannot take a record the ledger
+            # does not show as buffered yet.
+            if spooled:
+                self._ledger.replay(len(kept) - len(rejected))
+            else:
+                self._ledger.buffer(len(kept) - len(rejected))
             if was_idle or buf.pending_bytes >= buf.write_threshold:
                 buf.changed.notify()
             if buf.room_waiters:
                 buf.done.notify_all()
         if evicted:
-            self._evicted(evicted)  # type: ignore[misc]
+            self._evicted(evicted)
         if self._journal.recording:
             self._spool_batch(first_seq, kept, entries, rejected)
         return rejected
@@ -283,24 +298,19 @@ class Reader:
         self, kept: list[Message], entries: list[bytes]
     ) -> tuple[list[Message], list[bytes]]:
         spool = self._journal
-        need = sum(map(len, entries))
-        if spool.size + need + _BLOCK_OVERHEAD <= spool.limit:
+        sizes = [len(e) for e in entries]
+        if spool.size + sum(sizes) + _BLOCK_OVERHEAD > spool.limit:
+            self._maintain()
+        fits = self._admission.spool_fits(sizes, _BLOCK_OVERHEAD)
+        if fits == len(entries):
             return kept, entries
-        self._maintain()
-        room = spool.limit - spool.size - _BLOCK_OVERHEAD
-        if room >= need:
-            return kept, entries
-        fits = 0
-        while fits < len(entries) and room >= len(entries[fits]):
-            room -= len(entries[fits])
-            fits += 1
-        err = BufferFullError(f"spool_limit of {spool.limit} bytes reached")
+        err = self._admission.spool_full()
         for msg in kept[fits:]:
             self._fail(DROP_SPOOL_FULL, err, msg)
         return kept[:fits], entries[:fits]
 
     def _spool_batch(
-        self, first_seq: int, kept: list[Message], entries: list[bytes], rejected: list[Message]
+        self, first_seq: int, kept: list[_T], entries: list[bytes], rejected: list[_T]
     ) -> None:
         if rejected:
             dropped = set(map(id, rejected))
@@ -333,7 +343,7 @@ class Reader:
         assert self._replay is not None
         buf = self._buffer
         room = buf.limit - buf.held_bytes
-        msgs: list[Message] = []
+        msgs: list[_Spooled] = []
         entries: list[bytes] = []
         while len(msgs) < BATCH:
             item = self._replay_next or next(self._replay, None)
@@ -344,25 +354,23 @@ class Reader:
             if len(entry) > buf.payload_limit(tag):
                 # Spooled under a larger max_frame_size: taken over, and counted as dropped.
                 self._note_taken(tag, seq)
-                if self._replayed is not None:
-                    self._replayed(1)
-                self._fail(DROP_TOO_LARGE, RecordTooLargeError(
+                self._fail_spooled(DROP_TOO_LARGE, RecordTooLargeError(
                     f"a spooled {len(entry)}-byte record does not fit in a frame of "
-                    f"{buf.max_frame_size} bytes"), Message(tag, None, 0))  # type: ignore[arg-type]
+                    f"{buf.max_frame_size} bytes"), 1)
                 continue
             if len(entry) > room:
                 self._replay_next = item
                 break
             room -= len(entry)
-            msgs.append(Message(tag, None, 0))  # type: ignore[arg-type]
+            msgs.append(_Spooled(tag))
             entries.append(entry)
             self._note_taken(tag, seq)
         if msgs:
-            # Counted before the writer can see them: whoever finds them at the server
-            # finds them in stats() too.
-            if self._replayed is not None:
-                self._replayed(len(msgs))
-            self._add(msgs, entries)
+            rejected = self._add(msgs, entries, spooled=True)
+            if rejected:
+                # Room was there when measured; eviction can still take it.
+                self._fail_spooled(DROP_BUFFER_FULL, self._admission.buffer_full(),
+                                   len(rejected))
         elif self._replay_next is not None:
             return False  # waiting for room
         else:

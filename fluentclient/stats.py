@@ -1,10 +1,9 @@
-"""Counters, and the snapshots and reports made from them."""
+"""What a client tells of its records: snapshots, the shutdown report, drop reasons."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .errors import FluentError
@@ -56,15 +55,14 @@ class ServerStats:
 class Stats:
     """A snapshot of what happened to the records posted to a client.
 
-    Not taken all at once: the fates (``sent``, ``dropped``, ``unsent``,
-    ``possibly_lost``, ``retried`` and the other counters) are read together under the
-    counters' lock and agree with each other, but ``posted``, ``buffered_bytes`` and
-    ``servers`` are read beside them without it. While records are moving ``posted`` may
-    be a moment off, usually behind (a batch in the reader's hands is counted once it is
-    packed, while a record it drops is counted at once), and ``buffered`` (``posted`` plus
-    ``replayed`` minus the fates, never below 0) is then off by the records in motion.
-    When no record moves (after ``shutdown()`` has returned, for one) the fields agree.
-    A :class:`SyncClient` reads ``posted`` under the same lock, and its ``buffered`` is 0.
+    The record counts are read together, under one lock, from the one ledger every
+    thread of the client steps, so they always balance, even while records move:
+    ``posted + replayed == sent + dropped_total + unsent + possibly_lost + buffered``.
+    ``buffered`` counts the records still on their way (queued for the reader, in the
+    buffer, or written and not yet confirmed). Only ``buffered_bytes`` and ``servers``
+    are read beside that lock. After ``shutdown()`` has returned the counts stay as its
+    report gave them, except for records posted (and refused) later. A
+    :class:`SyncClient`'s ``buffered`` is always 0.
 
     Every record that ``post()`` accepted, and every record ``replayed`` from a spool a
     previous process left, ends in exactly one of: ``sent``, ``dropped`` (by reason),
@@ -134,79 +132,3 @@ class ShutdownReport:
             self.unsent_records or self.possibly_lost or sum(self.dropped.values())
             or self.failure
         )
-
-
-@dataclass
-class Counters:
-    """Mutable counters shared by a client's threads; every update holds ``lock``."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    sent: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
-    # Records post() refused before they reached the queue (also counted in dropped).
-    refused: int = 0
-    unsent: int = 0
-    unsent_bytes: int = 0
-    possibly_lost: int = 0
-    retried: int = 0
-    frames_sent: int = 0
-    bytes_sent: int = 0
-    connects: int = 0
-    connect_failures: int = 0
-    connection_failures: int = 0
-    replayed: int = 0
-    spooled: int = 0
-    handed_over: int = 0
-
-    def drop(self, reason: str, *, refused: bool, records: int = 1) -> int:
-        """Count dropped records; returns how many were dropped for that reason so far."""
-        with self.lock:
-            n = self.dropped[reason] = self.dropped.get(reason, 0) + records
-            if refused:
-                self.refused += records
-            return n
-
-    def snapshot(
-        self, *, posted: int | None, buffered_bytes: int, servers: tuple[ServerStats, ...] = ()
-    ) -> Stats:
-        """A Stats; whatever is not accounted for yet is still on its way.
-
-        ``posted=None``: every record posted is settled, as in a client that buffers
-        nothing; posted is then their sum, taken under the same lock.
-        """
-        with self.lock:
-            dropped = dict(self.dropped)
-            settled = self.sent + sum(dropped.values()) + self.unsent + self.possibly_lost
-            if posted is None:
-                posted = settled - self.replayed
-            return Stats(
-                posted=posted,
-                replayed=self.replayed,
-                sent=self.sent,
-                dropped=dropped,
-                unsent=self.unsent,
-                possibly_lost=self.possibly_lost,
-                buffered=max(0, posted + self.replayed - settled),
-                buffered_bytes=buffered_bytes,
-                retried=self.retried,
-                frames_sent=self.frames_sent,
-                bytes_sent=self.bytes_sent,
-                connects=self.connects,
-                connect_failures=self.connect_failures,
-                connection_failures=self.connection_failures,
-                servers=servers,
-            )
-
-    def report(self, *, timed_out: bool, failure: str | None = None) -> ShutdownReport:
-        with self.lock:
-            return ShutdownReport(
-                sent=self.sent,
-                unsent_records=self.unsent,
-                unsent_bytes=self.unsent_bytes,
-                possibly_lost=self.possibly_lost,
-                dropped=dict(self.dropped),
-                timed_out=timed_out,
-                spooled=self.spooled,
-                handed_over=self.handed_over,
-                failure=failure,
-            )

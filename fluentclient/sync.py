@@ -14,9 +14,10 @@ import time as _time
 import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Literal, overload
 
 from ._base import Client, TagChecker
+from ._ledger import Ledger
 from ._options import MiB, RecordOptions, TransportOptions, security_from, servers_from
 from ._sender import Sender
 from .backoff import Backoff
@@ -33,7 +34,7 @@ from .framing import Default, frame_overhead
 from .guard import DEFAULT_MAX_DEPTH
 from .message import Message, TimeLike
 from .pool import ServerSpec
-from .stats import DROP_SEND_FAILED, Counters, ShutdownReport, Stats
+from .stats import DROP_SEND_FAILED, ShutdownReport, Stats
 
 _live_sync_clients: weakref.WeakSet[SyncClient] = weakref.WeakSet()
 
@@ -110,8 +111,8 @@ class SyncClient(Client):
         self._links = t.links()
         self._max_frame_size = max_frame_size
         self._lock = threading.Lock()
-        self._counters = Counters()
-        self._sender = Sender(self._links, self._counters, t)
+        self._ledger = Ledger()
+        self._sender = Sender(self._links, self._ledger, t)
         self._closed = False
         self._pid = os.getpid()
         # Whether the record being sent may have reached a server (see _send).
@@ -122,22 +123,46 @@ class SyncClient(Client):
         # The parent's connections are the parent's: writing on them would interleave
         # frames and steal its acks. Closing our copy of the descriptor sends nothing.
         self._lock = threading.Lock()
-        self._counters = Counters()
-        self._sender = Sender(self._links, self._counters, self._transport)
+        self._ledger = Ledger()
+        self._sender = Sender(self._links, self._ledger, self._transport)
         self._pid = os.getpid()
         for link in self._links:
             self._sender.drop(link)
 
+    @overload
     def post(
         self,
         tag: str,
-        record: Mapping[str, Any],
+        record: Mapping[str, object],
+        *,
+        time: TimeLike | None = None,
+        sync_append: bool = False,
+        timeout: float | None = None,
+        ack: Literal[False] = False,
+    ) -> bool: ...
+
+    @overload
+    def post(
+        self,
+        tag: str,
+        record: Mapping[str, object],
+        *,
+        time: TimeLike | None = None,
+        sync_append: bool = False,
+        timeout: float | None = None,
+        ack: Literal[True],
+    ) -> Future[None]: ...
+
+    def post(
+        self,
+        tag: str,
+        record: Mapping[str, object],
         *,
         time: TimeLike | None = None,
         sync_append: bool = False,
         timeout: float | None = None,
         ack: bool = False,
-    ) -> Any:
+    ) -> bool | Future[None]:
         """Send one record now; raises a :class:`FluentError` if it cannot be sent.
 
         ``timeout`` caps the whole call. ``sync_append`` is accepted for symmetry with the
@@ -168,13 +193,11 @@ class SyncClient(Client):
             except BaseException:
                 # Posted and settled at once: nothing is ever buffered here.
                 if self._maybe_delivered:
-                    with self._counters.lock:
-                        self._counters.possibly_lost += 1
+                    self._ledger.lost_at_once()
                 else:
-                    self._counters.drop(DROP_SEND_FAILED, refused=False)
+                    self._ledger.refuse(DROP_SEND_FAILED)
                 raise
-        with self._counters.lock:
-            self._counters.sent += 1
+        self._ledger.sent_at_once(len(data))
         if ack:
             done: Future[None] = Future()
             done.set_result(None)
@@ -224,8 +247,7 @@ class SyncClient(Client):
                         # The server may have the frame, or part of it.
                         self._maybe_delivered = True
                     sender.drop(link)
-                    with self._counters.lock:
-                        self._counters.connection_failures += 1
+                    self._ledger.connection_failed()
                     error = exc
                     # A reused connection may have died while idle: one more try on a
                     # new one, unless part of the frame already went out on it.
@@ -233,7 +255,7 @@ class SyncClient(Client):
                         continue
                     link.failed(str(exc), error=exc)
                     break
-                sender.wrote(link, 1, len(data))
+                sender.wrote(link, 1)
                 link.used_at = _time.monotonic()
                 if chunk is not None:
                     link.acked_frames += 1
@@ -254,7 +276,7 @@ class SyncClient(Client):
                 conn, link.conn = link.conn, None
                 if conn is not None:
                     conn.close_gracefully(deadline)
-        return self._counters.report(timed_out=False)
+        return self._ledger.report(timed_out=False)
 
     def close(self) -> None:
         with self._lock:
@@ -266,8 +288,8 @@ class SyncClient(Client):
         """Every record counts once its post() has returned or raised: sent, or, if the
         call raised, ``dropped["send_failed"]`` (nothing of it was written) or
         ``possibly_lost`` (written, not seen taken). ``buffered`` is always 0."""
-        return self._counters.snapshot(
-            posted=None, buffered_bytes=0,
+        return self._ledger.snapshot(
+            buffered_bytes=0,
             servers=tuple(link.stats() for link in self._links),
         )
 

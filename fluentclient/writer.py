@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from ._ledger import Ledger, State
 from ._options import TransportOptions
 from ._sender import Sender, is_refusal
 from .buffer import Buffer, Frame
@@ -40,7 +41,7 @@ from .framing import FrameBuilder
 from .lifecycle import Lifecycle, thread_failed
 from .message import settle_future, short_repr
 from .pool import Link
-from .stats import DROP_NOT_ACKED, Counters
+from .stats import DROP_NOT_ACKED
 
 log = logging.getLogger("fluentclient")
 
@@ -83,7 +84,7 @@ class Writer:
         sender: Sender,
         buf: Buffer,
         life: Lifecycle,
-        counters: Counters,
+        ledger: Ledger,
         builder: FrameBuilder,
         *,
         flush_interval: float,
@@ -95,7 +96,7 @@ class Writer:
         self.links = sender.links
         self._buffer = buf
         self._life = life
-        self._counters = counters
+        self._ledger = ledger
         self._builder = builder
         self._flush_interval = flush_interval
         self._connect_timeout = transport.connect_timeout
@@ -181,12 +182,11 @@ class Writer:
 
     def _write(self, frames: list[Frame]) -> None:
         for frame in frames:
-            if frame.data is None:
-                assert frame.entries is not None
+            if not frame.built:
                 frame.data, frame.chunk = self._builder.build(
                     frame.tag, frame.entries, frame.records
                 )
-                frame.entries = None
+                frame.entries = bytearray()
         while frames:
             link = self._connected_link()
             if link is None:
@@ -218,7 +218,7 @@ class Writer:
         room = (min(others) - link.load) * link.server.weight
         size = 0
         for n, frame in enumerate(frames):
-            size += len(frame.data)  # type: ignore[arg-type]
+            size += len(frame.data)
             if size > room and n:
                 return frames[:n]
         return frames
@@ -231,7 +231,7 @@ class Writer:
         """
         conn = link.conn
         assert conn is not None
-        data = b"".join(f.data for f in frames)  # type: ignore[misc]
+        data = b"".join(f.data for f in frames)
         start = conn.bytes_written
         link.load += len(data) / link.server.weight
         try:
@@ -241,15 +241,18 @@ class Writer:
             written: list[Frame] = []
             end = start
             for frame in frames:
-                end += len(frame.data)  # type: ignore[arg-type]
+                end += len(frame.data)
                 if end > start + exc.written:
                     break
                 written.append(frame)
             self._track(link, written, start)
+            # On the wire, but not counted as frames sent: the write as a whole failed.
+            self._ledger.write(sum(f.records for f in written), frames=0, nbytes=0)
             self._link_failed(link, str(exc), pending=frames[len(written):] + rest)
             return False
         self._track(link, frames, start)
-        self._sender.wrote(link, len(frames), len(data))
+        self._sender.wrote(link, len(frames))
+        self._ledger.write(sum(f.records for f in frames), frames=len(frames), nbytes=len(data))
         if not conn.keepalive and not self._require_ack:
             self._close(link)
         return True
@@ -260,7 +263,7 @@ class Writer:
             link.progress_at = now
         link.used_at = now
         for frame in frames:
-            offset += len(frame.data)  # type: ignore[arg-type]
+            offset += len(frame.data)
             link.unconfirmed.append((offset, frame))
 
     def _connected_link(self) -> Link | None:
@@ -398,9 +401,8 @@ class Writer:
         if not acked:
             return
         link.acked_frames += len(acked)
+        self._ledger.send(sum(f.records for f in acked))
         self._buffer.release(acked)
-        with self._counters.lock:
-            self._counters.sent += sum(f.records for f in acked)
         for frame in acked:
             resolve_futures(frame)
 
@@ -464,8 +466,7 @@ class Writer:
 
     def _count_sent(self, records: int) -> None:
         if records:
-            with self._counters.lock:
-                self._counters.sent += records
+            self._ledger.send(records)
 
     def _read_markers(self, link: Link) -> None:
         """Without acks: settle what the server's acks of our markers prove it read."""
@@ -498,11 +499,12 @@ class Writer:
         for i, (_, frame) in enumerate(link.unconfirmed):
             if frame.chunk == chunk:
                 taken = [link.unconfirmed.popleft()[1] for _ in range(i + 1)]
-                self._buffer.release(taken)
                 settled = sum(n for _, n, _ in link.unsettled) + sum(f.records for f in taken)
                 link.unsettled.clear()
                 link.progress_at = time.monotonic()
+                # Counted before the release wakes flush(): whoever it wakes finds them.
                 self._count_sent(settled)
+                self._buffer.release(taken)
                 return True
         return False
 
@@ -545,12 +547,15 @@ class Writer:
         link.unconfirmed.clear()
         if refusal is None:
             link.failed(reason)
-        self._buffer.requeue(again)
         retried = sum(f.records for f in again)
-        with self._counters.lock:
-            self._counters.connection_failures += 1
-            self._counters.possibly_lost += lost
-            self._counters.retried += retried
+        # Stepped before the frames are back in the buffer, where the next write may take
+        # them at once.
+        self._ledger.connection_failed()
+        if lost:
+            self._ledger.lose(lost)
+        if retried:
+            self._ledger.requeue(retried)
+        self._buffer.requeue(again)
         log.warning(
             "fluentclient: connection to %s failed: %s; %d records will be sent again, "
             "%d may be lost", link.name, reason, retried, lost,
@@ -574,11 +579,8 @@ class Writer:
             f"{records} records were not acknowledged after "
             f"{self._ack_retry_limit} attempts; given up"
         )
+        self._ledger.drop(DROP_NOT_ACKED, records, State.WRITTEN)
         self._buffer.release(frames)
-        with self._counters.lock:
-            self._counters.dropped[DROP_NOT_ACKED] = (
-                self._counters.dropped.get(DROP_NOT_ACKED, 0) + records
-            )
         log.error("fluentclient: %s", error)
         for frame in frames:
             resolve_futures(frame, error)
@@ -629,12 +631,10 @@ class Writer:
                         break
         count = sum(n for _, n, _ in link.unsettled)
         link.unsettled.clear()
-        if count:
-            with self._counters.lock:
-                if clean:
-                    self._counters.sent += count
-                else:
-                    self._counters.possibly_lost += count
+        if count and clean:
+            self._ledger.send(count)
+        elif count:
+            self._ledger.lose(count)
 
     def _finish(self) -> None:
         # Frames never confirmed stay in the buffer and are reported as unsent, except on
@@ -643,6 +643,9 @@ class Writer:
             if link.server.unix_path and link.conn is not None:
                 self._lose_unconfirmed(link)
             self._close(link)
+            # Left in the buffer, aborted on the wire: shutdown reports them unsent.
+            if link.unconfirmed:
+                self._ledger.requeue(sum(f.records for _, f in link.unconfirmed), retried=False)
             link.unconfirmed.clear()
 
     def _lose_unconfirmed(self, link: Link) -> None:
@@ -651,9 +654,8 @@ class Writer:
         link.unconfirmed.clear()
         if not frames:
             return
+        self._ledger.lose(sum(f.records for f in frames))
         self._buffer.release(frames)
-        with self._counters.lock:
-            self._counters.possibly_lost += sum(f.records for f in frames)
 
     def abort(self) -> None:
         for link in self.links:

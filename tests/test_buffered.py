@@ -40,10 +40,6 @@ def wait_until(condition, timeout: float = 10.0) -> bool:
     return True
 
 
-def accounted(stats) -> int:
-    return stats.sent + stats.dropped_total + stats.unsent + stats.possibly_lost + stats.buffered
-
-
 def test_records_arrive_with_their_times(fluent_server):
     with client_for(fluent_server) as client:
         client.post("app.a", {"n": 1}, time=EventTime(1700000000, 123456789))
@@ -212,9 +208,11 @@ def test_buffer_limit_drops_newest_and_counts(fluent_server):
     try:
         record = {"pad": "p" * 200}
         accepted = sum(client.post("app.full", record) for _ in range(5000))
+        calls = 5000
         with pytest.raises(BufferFullError):
             for _ in range(1000):
                 counted = client.stats().dropped.get("buffer_full", 0)
+                calls += 1
                 client.post("app.full", record, sync_append=True)
         # The drop that raised was counted before post() returned.
         assert client.stats().dropped["buffer_full"] > counted
@@ -230,9 +228,15 @@ def test_buffer_limit_drops_newest_and_counts(fluent_server):
         # Each drop was counted before on_error heard of it.
         assert all(seen >= n for n, seen in enumerate(counted_when_told, 1))
         assert all(m is not None and m.tag == "app.full" and m.record == record for _, m in full)
-        assert accounted(stats) == stats.posted
+        assert stats.posted == calls
     finally:
         client.close()
+    final = client.stats()
+    # What was not dropped was sent, or is still held and now counted unsent.
+    assert final.dropped_total == len(full) == final.dropped["buffer_full"]
+    assert final.sent + final.unsent + final.possibly_lost == calls - len(full)
+    assert final.buffered == 0
+    assert fluent_server.event_count >= final.sent
 
 
 @pytest.mark.parametrize("state", ["refusing", "stalled", "absent", "drops"])
@@ -285,8 +289,10 @@ def test_shutdown_returns_on_time_when_the_server_is_stuck(fluent_server):
     assert report.timed_out
     stats = client.stats()
     assert report.unsent_records + report.possibly_lost + sum(report.dropped.values()) > 0
-    assert accounted(stats) == stats.posted
-    assert stats.buffered == 0
+    assert stats.posted == 20_000 and stats.buffered == 0
+    # The stalled server read nothing, so nothing can count as sent.
+    assert stats.sent == fluent_server.event_count == 0
+    assert stats.unsent + stats.possibly_lost + stats.dropped_total == 20_000
 
 
 def test_close_does_not_drain(fluent_server):
@@ -370,8 +376,9 @@ def test_stats_account_for_every_record(fluent_server):
     stats = client.stats()
     assert stats.posted == 1001
     assert stats.sent == 1000 and stats.dropped == {"unserializable": 1}
-    assert accounted(stats) == stats.posted
-    assert stats.buffered == 0
+    assert fluent_server.wait_for_events(1000, timeout=10)
+    assert fluent_server.event_count == 1000
+    assert stats.buffered == stats.unsent == stats.possibly_lost == 0
 
 
 def test_threads_stop_on_shutdown(fluent_server):

@@ -55,7 +55,7 @@ def poster():
 
 def hold_locks(held, release):
     # A thread of the parent holds the client's locks while the fork happens.
-    with client._buffer.lock, client._counters.lock:
+    with client._buffer.lock, client._ledger.lock:
         held.set()
         release.wait(10)
 

@@ -122,7 +122,7 @@ def test_block_waits_for_room_and_loses_nothing(fluent_server):
     )
     poster.start()
     # Nothing can leave, so the buffer fills and post() waits for room.
-    assert wait_until(client._full, timeout=30)
+    assert wait_until(client._admission.full, timeout=30)
     assert poster.is_alive()
     fluent_server.refuse(False)
     poster.join(timeout=60)
