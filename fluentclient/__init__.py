@@ -1,5 +1,7 @@
 """fluentclient: ship structured events to Fluentd and Fluent Bit over the forward protocol."""
 
+from ._pool import Server
+from ._signals import shutdown_on_signal
 from .backoff import Backoff
 from .client import BufferedClient, SyncClient
 from .errors import (
@@ -19,8 +21,6 @@ from .errors import (
     UnsafeRecordError,
 )
 from .message import EventTime, Message
-from .pool import Server
-from .signals import shutdown_on_signal
 from .stats import JournalStats, ServerStats, ShutdownReport, Stats, UnsentRecord
 
 __all__ = [

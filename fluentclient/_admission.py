@@ -14,7 +14,7 @@ import time
 from collections.abc import Collection, Sized
 from typing import NamedTuple, Protocol
 
-from .buffer import Buffer
+from ._buffer import Buffer
 from .errors import BufferFullError
 from .stats import DROP_BUFFER_FULL, DROP_SPOOL_FULL
 

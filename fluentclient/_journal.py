@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Callable, Protocol
 
-from .spool import Orphan, Span, Spool
+from ._spool import Orphan, Span, Spool
 from .stats import JournalStats
 
 log = logging.getLogger("fluentclient")

@@ -12,11 +12,11 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ._connection import Security
+from ._pool import Link, Server, ServerSpec
 from .backoff import Backoff
-from .connection import Security
 from .framing import Default, EntryPacker, FrameBuilder
 from .guard import DEFAULT_MAX_DEPTH, RecordGuard
-from .pool import Link, Server, ServerSpec
 
 MiB = 1024 * 1024
 OVERFLOW_POLICIES = ("drop_newest", "drop_oldest", "block", "raise")

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import time
 
+from ._connection import Connection, ConnectionLost
 from ._ledger import Ledger
 from ._options import TransportOptions
-from .connection import Connection, ConnectionLost
+from ._pool import Link, choose, level
 from .errors import AuthenticationError, FluentError, TlsError
 from .message import short_repr
-from .pool import Link, choose, level
 
 
 class Sender:

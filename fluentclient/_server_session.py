@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import handshake
+from . import _handshake as handshake
 from ._server_acks import AckSchedule, acks_for
 from ._server_faults import Faults
 from ._server_record import ReceivedEvent, Recorder

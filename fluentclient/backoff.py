@@ -6,6 +6,8 @@ import random
 from dataclasses import dataclass, replace
 from typing import Callable
 
+__all__ = ["Backoff"]
+
 
 @dataclass(frozen=True)
 class Backoff:

@@ -19,14 +19,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
-from .cat_input import BadInput, Item, json_lines, msgpack_objects, take_time
+from ._cat_input import BadInput, Item, json_lines, msgpack_objects, take_time
+from ._progress import Console, Progress
 from .client import BufferedClient, SyncClient
 from .config import check_tag, options_from_env
 from .errors import ConfigurationError, FluentError, InvalidTimeError
 from .message import EventTime, TimeLike
-from .progress import Console, Progress
 from .server import ForwardServer, ReceivedEvent
 from .stats import ShutdownReport
+
+__all__ = ["main"]
 
 DEMO_RECORD = {
     "message": "GET /api/v1/items/1234 HTTP/1.1 200 512 bytes in 12.5 ms",

@@ -15,6 +15,17 @@ Threads of a BufferedClient and what each owns::
                      under the lock, writes them with the lock released, then releases
                      or requeues them (buffer.done wakes flush() callers)
 
+Shared by all three, each behind its own lock and changed by no one else:
+
+    ledger      (_ledger.py) every record's fate; each thread reports the moves it makes
+                (post: queued or refused; reader: buffered or dropped; writer: written,
+                sent, requeued or possibly lost; shutdown: unsent), and stats() is one
+                snapshot of it. After the shutdown report it is frozen.
+    admission   (_admission.py) the one decision on limits and overflow, asked by post()
+                and by the reader; the caller acts on its verdict.
+    journal     (_journal.py) the spool, or a null one. Callers only queue "done" spans
+                in memory; the reader does every file operation.
+
 Shutdown is a state change in :class:`Lifecycle` made under buffer.lock plus a
 notify_all, and a STOP marker on the queue for the reader. Past the deadline the
 shutting-down thread aborts the writer's socket itself, so it never waits on I/O.
@@ -40,8 +51,10 @@ from typing import Any, Callable, Literal, Optional, overload
 from ._admission import Act, Admission
 from ._base import Client as _Client
 from ._base import TagChecker as _TagChecker
+from ._buffer import Buffer, Frame
 from ._journal import Journal, NullJournal, open_journal
 from ._ledger import Ledger, State
+from ._lifecycle import Lifecycle, swallow
 from ._options import (
     BufferOptions,
     RecordOptions,
@@ -50,9 +63,11 @@ from ._options import (
     servers_from,
 )
 from ._options import MiB as _MiB
+from ._pool import ServerSpec
+from ._reader import STOP, Reader, yield_gil
 from ._sender import Sender
+from ._writer import Writer, resolve_futures
 from .backoff import Backoff
-from .buffer import Buffer, Frame
 from .errors import (
     BufferFullError,
     ClientClosedError,
@@ -61,10 +76,7 @@ from .errors import (
 )
 from .framing import Default, FrameError, decode_frame, new_unpacker
 from .guard import DEFAULT_MAX_DEPTH
-from .lifecycle import Lifecycle, swallow
 from .message import Message, TimeLike, settle_future
-from .pool import ServerSpec
-from .reader import STOP, Reader, yield_gil
 from .stats import (
     DROP_CLOSED,
     DROP_EVICTED,
@@ -73,7 +85,6 @@ from .stats import (
     UnsentRecord,
 )
 from .sync import SyncClient
-from .writer import Writer, resolve_futures
 
 __all__ = ["BufferedClient", "SyncClient"]
 

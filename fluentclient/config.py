@@ -18,9 +18,11 @@ import re
 from collections.abc import Mapping
 from typing import Any, Callable
 
+from ._pool import Server
 from .errors import ConfigurationError
 from .message import MAX_TAG_LENGTH, TAG_PATTERN
-from .pool import Server
+
+__all__ = ["options_from_env", "VARIABLES"]
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})

@@ -7,6 +7,23 @@ callers who do not know about this library.
 
 from __future__ import annotations
 
+__all__ = [
+    "FluentError",
+    "InvalidTagError",
+    "InvalidTimeError",
+    "SerializationError",
+    "UnsafeRecordError",
+    "RecordTooLargeError",
+    "BufferFullError",
+    "ClientClosedError",
+    "FluentTimeoutError",
+    "FluentConnectionError",
+    "AuthenticationError",
+    "TlsError",
+    "DeliveryError",
+    "ConfigurationError",
+]
+
 
 class FluentError(Exception):
     """Base class of every error raised by fluentclient."""

@@ -19,10 +19,24 @@ from typing import Any, Callable, Optional, Union
 
 import msgpack
 
+from ._lifecycle import swallow
 from .errors import SerializationError
 from .guard import RecordGuard
-from .lifecycle import swallow
 from .message import EventTime, Message, short_repr
+
+__all__ = [
+    "EntryPacker",
+    "FrameBuilder",
+    "FrameError",
+    "DecodedFrame",
+    "decode_frame",
+    "decoded_time_ns",
+    "new_unpacker",
+    "new_chunk_id",
+    "ack_for",
+    "frame_overhead",
+    "packed_forward_frame",
+]
 
 _NS = 1_000_000_000
 # fixarray(2), then fixext8 of type 0 holding seconds and nanoseconds as uint32 BE.

@@ -34,6 +34,15 @@ from typing import Any
 from .errors import UnsafeRecordError
 from .message import short_repr
 
+__all__ = [
+    "RecordGuard",
+    "DEFAULT_MAX_DEPTH",
+    "MAX_DEPTH_LIMIT",
+    "KEY_RULES",
+    "FLOAT_RULES",
+    "BYTES_RULES",
+]
+
 KEY_RULES = ("str", "refuse", "keep")
 FLOAT_RULES = ("null", "str", "refuse", "keep")
 BYTES_RULES = ("str", "refuse", "keep")

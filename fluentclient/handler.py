@@ -27,8 +27,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 
-from .client import BufferedClient, SyncClient
-from .convert import (
+from ._convert import (
     Converter,
     check_tag,
     exception_fields,
@@ -37,6 +36,7 @@ from .convert import (
     tag_from_name,
     text,
 )
+from .client import BufferedClient, SyncClient
 from .errors import BufferFullError, ClientClosedError, FluentError
 from .message import EventTime, Message
 from .stats import ShutdownReport

@@ -11,6 +11,8 @@ from typing import Any, NamedTuple, Union
 
 from .errors import InvalidTimeError
 
+__all__ = ["EventTime", "Message", "TimeLike", "TAG_PATTERN", "MAX_TAG_LENGTH"]
+
 _NS = 1_000_000_000
 
 # What a tag may hold: dot-separated parts of safe characters, the form both servers route

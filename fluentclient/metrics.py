@@ -32,6 +32,15 @@ from .stats import (
     Stats,
 )
 
+__all__ = [
+    "StatsCollector",
+    "register",
+    "unregister",
+    "HasStats",
+    "DROP_REASONS",
+    "SERVER_STATES",
+]
+
 try:
     from prometheus_client import REGISTRY, CollectorRegistry
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+__all__ = ["fluent_server"]
+
 if TYPE_CHECKING:
     from .server import ForwardServer
 

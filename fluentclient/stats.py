@@ -9,6 +9,23 @@ from typing import Any, NamedTuple
 from .errors import FluentError
 from .message import EventTime
 
+__all__ = [
+    "Stats",
+    "ServerStats",
+    "JournalStats",
+    "ShutdownReport",
+    "UnsentRecord",
+    "DROP_BUFFER_FULL",
+    "DROP_UNSERIALIZABLE",
+    "DROP_UNSAFE",
+    "DROP_TOO_LARGE",
+    "DROP_CLOSED",
+    "DROP_NOT_ACKED",
+    "DROP_SPOOL_FULL",
+    "DROP_EVICTED",
+    "DROP_SEND_FAILED",
+]
+
 # Why a record was dropped before it reached the buffer.
 DROP_BUFFER_FULL = "buffer_full"
 DROP_UNSERIALIZABLE = "unserializable"

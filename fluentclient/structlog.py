@@ -31,8 +31,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "fluentclient.structlog needs structlog: pip install structlog"
     ) from exc
 
-from .client import BufferedClient, SyncClient
-from .convert import (
+from ._convert import (
     Converter,
     check_tag,
     exc_info_of,
@@ -41,6 +40,7 @@ from .convert import (
     tag_from_name,
     text,
 )
+from .client import BufferedClient, SyncClient
 
 __all__ = ["FluentLogger", "FluentLoggerFactory", "FluentProcessor"]
 

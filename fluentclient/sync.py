@@ -17,11 +17,12 @@ from concurrent.futures import Future
 from typing import Literal, overload
 
 from ._base import Client, TagChecker
+from ._connection import ConnectionLost, SendError
 from ._ledger import Ledger
 from ._options import MiB, RecordOptions, TransportOptions, security_from, servers_from
+from ._pool import ServerSpec
 from ._sender import Sender
 from .backoff import Backoff
-from .connection import ConnectionLost, SendError
 from .errors import (
     AuthenticationError,
     ClientClosedError,
@@ -33,8 +34,9 @@ from .errors import (
 from .framing import Default, frame_overhead
 from .guard import DEFAULT_MAX_DEPTH
 from .message import Message, TimeLike
-from .pool import ServerSpec
 from .stats import DROP_SEND_FAILED, ShutdownReport, Stats
+
+__all__ = ["SyncClient"]
 
 _live_sync_clients: weakref.WeakSet[SyncClient] = weakref.WeakSet()
 

@@ -409,7 +409,7 @@ def test_every_method_of_the_buffer_is_used_by_the_client():
     from pathlib import Path
 
     import fluentclient
-    from fluentclient.buffer import Buffer
+    from fluentclient._buffer import Buffer
 
     package = Path(fluentclient.__file__).parent
     # Called as ``obj.name(`` somewhere in the package, the buffer itself included.

@@ -29,8 +29,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fluentclient import AuthenticationError, BufferedClient, FluentError, SyncClient
+from fluentclient._handshake import build_helo
 from fluentclient.framing import ack_for, decode_frame, new_unpacker
-from fluentclient.handshake import build_helo
 from fluentclient.server import ForwardServer
 
 from .conftest import FAST_BACKOFF

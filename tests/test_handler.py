@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fluentclient import BufferedClient, BufferFullError, EventTime, InvalidTagError
-from fluentclient.convert import record_time_ns, safe_value, tag_from_name
+from fluentclient._convert import record_time_ns, safe_value, tag_from_name
 from fluentclient.handler import FluentFormatter, FluentHandler
 from fluentclient.server import ForwardServer
 

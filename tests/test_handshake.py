@@ -1,4 +1,4 @@
-"""fluentclient.handshake against forward-protocol.md §5, byte for byte, plus fuzzing.
+"""fluentclient._handshake against forward-protocol.md §5, byte for byte, plus fuzzing.
 
 tests/test_handshake_vectors.py checks the same vectors through decoded objects and lengths;
 this module pins the exact wire bytes, the str/bin corner cases of fluent-bit, both HELO
@@ -17,9 +17,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from fluentclient.errors import AuthenticationError, FluentConnectionError
-from fluentclient.framing import new_unpacker
-from fluentclient.handshake import (
+from fluentclient._handshake import (
     Helo,
     build_helo,
     build_ping,
@@ -28,6 +26,8 @@ from fluentclient.handshake import (
     new_salt,
     parse_helo,
 )
+from fluentclient.errors import AuthenticationError, FluentConnectionError
+from fluentclient.framing import new_unpacker
 
 # -- the worked example of §5 --------------------------------------------------------------
 

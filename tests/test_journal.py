@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from fluentclient import BufferedClient
+from fluentclient._spool import Spool
 from fluentclient.framing import EntryPacker
 from fluentclient.message import Message
 from fluentclient.server import ForwardServer
-from fluentclient.spool import Spool
 
 from .conftest import FAST_BACKOFF
 from .subproc import child_env
@@ -262,7 +262,7 @@ _PERMISSION_CHILD = textwrap.dedent(
     from fluentclient import Backoff, BufferedClient
     from fluentclient.framing import EntryPacker
     from fluentclient.message import Message
-    from fluentclient.spool import Spool
+    from fluentclient._spool import Spool
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     port = int(sys.argv[1])
     if os.getuid() == 0:

@@ -127,9 +127,9 @@ def test_stats_after_shutdown_equal_the_report_once_the_abandoned_writer_ends(
 def test_a_spooled_record_that_cannot_be_sent_reaches_on_error_without_a_fake_message(
     tmp_path, fluent_server: ForwardServer,
 ) -> None:
+    from fluentclient._spool import Spool
     from fluentclient.framing import EntryPacker
     from fluentclient.message import Message
-    from fluentclient.spool import Spool
 
     fluent_server.clear()
     pack = EntryPacker().pack

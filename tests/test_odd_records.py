@@ -388,7 +388,7 @@ def same(a: Any, b: Any) -> bool:
 
 
 def test_log_lines_are_cut_to_the_default_depth_not_dropped() -> None:
-    from fluentclient.convert import safe_value
+    from fluentclient._convert import safe_value
 
     cyclic: list[Any] = [1]
     cyclic.append(cyclic)

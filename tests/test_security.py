@@ -18,9 +18,9 @@ from fluentclient import (
     Server,
     SyncClient,
 )
-from fluentclient.connection import NO_SECURITY
+from fluentclient._connection import NO_SECURITY
+from fluentclient._pool import Link
 from fluentclient.framing import new_unpacker
-from fluentclient.pool import Link
 from fluentclient.server import ForwardServer
 
 from .certs import Pki, server_context

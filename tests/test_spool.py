@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from fluentclient import BufferedClient
+from fluentclient._spool import Spool, _split_entries, read_blocks
 from fluentclient.server import ForwardServer
-from fluentclient.spool import Spool, _split_entries, read_blocks
 
 from .conftest import FAST_BACKOFF
 from .subproc import child_env

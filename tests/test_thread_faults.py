@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 from fluentclient import BufferedClient
+from fluentclient._spool import Spool
 from fluentclient.framing import EntryPacker
 from fluentclient.message import Message
 from fluentclient.server import ForwardServer
-from fluentclient.spool import Spool
 
 from .conftest import FAST_BACKOFF
 

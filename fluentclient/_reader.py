@@ -16,9 +16,11 @@ from concurrent.futures import Future
 from typing import Callable, NamedTuple, TypeVar
 
 from ._admission import Admission
+from ._buffer import Buffer, Frame, Tagged
 from ._journal import Claim, Journal, NullJournal, Replayed
 from ._ledger import Ledger
-from .buffer import Buffer, Frame, Tagged
+from ._lifecycle import Lifecycle, thread_failed
+from ._spool import Span
 from .errors import (
     FluentError,
     RecordTooLargeError,
@@ -26,9 +28,7 @@ from .errors import (
     UnsafeRecordError,
 )
 from .framing import EntryPacker
-from .lifecycle import Lifecycle, thread_failed
 from .message import Message, settle_future
-from .spool import Span
 from .stats import (
     DROP_BUFFER_FULL,
     DROP_SPOOL_FULL,

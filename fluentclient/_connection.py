@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Union
 
-from . import handshake
+from . import _handshake as handshake
 from .errors import AuthenticationError, FluentConnectionError, FluentTimeoutError, TlsError
 from .framing import new_unpacker
 

@@ -31,16 +31,16 @@ import threading
 import time
 from collections.abc import Callable
 
+from ._buffer import Buffer, Frame
+from ._connection import Connection, ConnectionLost, SendError
 from ._ledger import Ledger, State
+from ._lifecycle import Lifecycle, thread_failed
 from ._options import TransportOptions
+from ._pool import Link
 from ._sender import Sender, is_refusal
-from .buffer import Buffer, Frame
-from .connection import Connection, ConnectionLost, SendError
 from .errors import AuthenticationError, DeliveryError, FluentError
 from .framing import FrameBuilder
-from .lifecycle import Lifecycle, thread_failed
 from .message import settle_future, short_repr
-from .pool import Link
 from .stats import DROP_NOT_ACKED
 
 log = logging.getLogger("fluentclient")

@@ -6,7 +6,7 @@ import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .buffer import Buffer
+    from ._buffer import Buffer
 
 
 class Lifecycle:

@@ -16,9 +16,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Union
 
+from ._buffer import Frame
+from ._connection import Address, Connection, Security, describe
 from .backoff import Backoff
-from .buffer import Frame
-from .connection import Address, Connection, Security, describe
 from .errors import FluentConnectionError, FluentError
 from .stats import ServerStats
 
