@@ -29,25 +29,26 @@ Shared by all three, each behind its own lock and changed by no one else:
 Shutdown is a state change in :class:`Lifecycle` made under buffer.lock plus a
 notify_all, and a STOP marker on the queue for the reader. Past the deadline the
 shutting-down thread aborts the writer's socket itself, so it never waits on I/O.
+That end of life, and where the unsent records go, is _shutdown.py; noticing forks and
+the end of the process, whatever the host, is _process.py.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import ssl
 import sys
 import threading
 import time as _time
-import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import replace
-from typing import Any, Callable, Literal, Optional, overload
+from typing import Callable, Literal, Optional, overload
 
+from . import _process
 from ._admission import Act, Admission
 from ._base import Client as _Client
 from ._base import TagChecker as _TagChecker
@@ -64,8 +65,9 @@ from ._options import (
 )
 from ._options import MiB as _MiB
 from ._pool import ServerSpec
-from ._reader import STOP, Reader, yield_gil
+from ._reader import Reader, yield_gil
 from ._sender import Sender
+from ._shutdown import Ending, UnsentCallback
 from ._writer import Writer, resolve_futures
 from .backoff import Backoff
 from .errors import (
@@ -75,7 +77,7 @@ from .errors import (
     FluentTimeoutError,
     InvalidTagError,
 )
-from .framing import Default, FrameError, decode_frame, new_unpacker
+from .framing import Default
 from .guard import DEFAULT_MAX_DEPTH
 from .message import Message, TimeLike, settle_future, time_to_ns
 from .stats import (
@@ -83,7 +85,6 @@ from .stats import (
     DROP_EVICTED,
     ShutdownReport,
     Stats,
-    UnsentRecord,
 )
 from .sync import SyncClient
 
@@ -92,7 +93,6 @@ __all__ = ["BufferedClient", "SyncClient"]
 log = logging.getLogger("fluentclient")
 
 ErrorCallback = Callable[[FluentError, Optional[Message]], None]
-UnsentCallback = Callable[[list[UnsentRecord]], None]
 
 # Queued messages past which post() lets the reader run before queueing more.
 _YIELD_AT = 256
@@ -111,14 +111,6 @@ def _call_on_error(
         if not swallow(exc):
             raise
         log.exception("fluentclient: the on_error callback raised")
-
-
-_live_clients: weakref.WeakSet[BufferedClient] = weakref.WeakSet()
-# One lock per process for noticing a fork that skipped the at-fork hooks (see
-# _check_fork); setdefault on a dict is atomic, so every thread of a process gets the same.
-_fork_locks: dict[int, threading.Lock] = {}
-# Clients made with at_exit=True: what a host's own end-of-process hook drains.
-_drained_at_exit: weakref.WeakSet[BufferedClient] = weakref.WeakSet()
 
 
 class BufferedClient(_Client):
@@ -216,9 +208,9 @@ class BufferedClient(_Client):
         self._shutdown_lock = threading.Lock()
         self._report: ShutdownReport | None = None
         self._fresh()
-        _live_clients.add(self)
+        _process.live_clients.add(self)
         if at_exit:
-            _register_at_exit(self)
+            _process.register_at_exit(self)
         if self._journal.has_orphans():
             # What a previous process left is sent now, not at the first post().
             self._start()
@@ -274,7 +266,7 @@ class BufferedClient(_Client):
         own_threads += (self._reader.thread, self._writer.thread)
         self._started = False
         self._start_lock = threading.Lock()
-        self._handoff: _Handoff | None = None
+        self._handoff: _process.Handoff | None = None
         self._pid = os.getpid()
 
     def _start(self) -> None:
@@ -286,15 +278,15 @@ class BufferedClient(_Client):
         with self._start_lock:
             if self._started or self._handoff is not None:
                 return
-            if sys.is_finalizing() or _main_thread_finished():
+            if sys.is_finalizing() or _process.main_thread_finished():
                 # Threads started now would be killed unflushed a moment later.
                 raise ClientClosedError("the interpreter is shutting down")
-            if _in_uwsgi_master():
+            if _process.in_uwsgi_master():
                 # uWSGI's master forks its workers without holding the GIL: a worker
                 # forked while one of our threads held it would wait for it forever.
                 # So no threads here; what the master posts waits in the queue, and
                 # the first worker to claim the handoff sends it.
-                self._handoff = _Handoff()
+                self._handoff = _process.Handoff()
                 return
             self._reader.thread.start()
             self._writer.thread.start()
@@ -597,13 +589,7 @@ class BufferedClient(_Client):
             if self._report is not None:
                 return self._report
             timeout = self.shutdown_timeout if timeout is None else timeout
-            deadline = _time.monotonic() + max(0.0, timeout)
-            self._closing = True
-            timed_out = False
-            if self._started:
-                timed_out = not self._stop_threads(deadline, drain=True)
-            self._report = self._final_report(timed_out)
-            _live_clients.discard(self)
+            self._report = self._end(_time.monotonic() + max(0.0, timeout), drain=True)
             return self._report
 
     def close(self) -> None:
@@ -612,108 +598,19 @@ class BufferedClient(_Client):
         with self._shutdown_lock:
             if self._report is not None:
                 return
-            self._closing = True
-            if self._started:
-                self._stop_threads(_time.monotonic(), drain=False)
-            self._report = self._final_report(timed_out=False)
-            _live_clients.discard(self)
+            self._report = self._end(_time.monotonic(), drain=False)
 
-    def _stop_threads(self, deadline: float, *, drain: bool) -> bool:
-        buf, life = self._buffer, self._life
-        self._queue.append(STOP)
-        self._reader.wake.set()
-        with buf.lock:
-            life.drain_deadline = deadline
-            if not drain:
-                life.abandoned = True
-            buf.changed.notify_all()
-        for thread in (self._reader.thread, self._writer.thread):
-            thread.join(max(0.0, deadline - _time.monotonic()))
-        # Clean means drained, not merely stopped: at the deadline the writer stops on its
-        # own, and may be gone just before the join gives up waiting for it.
-        clean = (
-            not self._writer.thread.is_alive()
-            and not self._reader.thread.is_alive()
-            and buf.held_records == 0
-            and not any(isinstance(item, Message) for item in self._queue)
+    def _end(self, deadline: float, *, drain: bool) -> ShutdownReport:
+        """Called once, under the shutdown lock: post() refuses from here on."""
+        self._closing = True
+        ending = Ending(
+            queue=self._queue, buffer=self._buffer, ledger=self._ledger, life=self._life,
+            reader=self._reader, writer=self._writer, journal=self._journal,
+            on_unsent=self._on_unsent, packer=self._records.packer,
         )
-        if not clean or not drain:
-            with buf.lock:
-                life.abandoned = True
-                buf.changed.notify_all()
-            self._writer.abort()
-            # A short grace so the threads settle their own counts before we report.
-            for thread in (self._reader.thread, self._writer.thread):
-                thread.join(0.25)
-        return clean
-
-    def _final_report(self, timed_out: bool) -> ShutdownReport:
-        stranded: list[Message] = []
-        while self._queue:
-            item = self._queue.popleft()
-            if isinstance(item, Message):
-                stranded.append(item)
-        records, nbytes, frames = self._buffer.drain_all()
-        self._ledger.close(stranded=len(stranded), held=records, held_bytes=nbytes)
-        # Told only once counted, so that a waiter woken here finds them in stats().
-        for item in stranded:
-            for future in (item.waiter, item.delivery):
-                settle_future(future, ClientClosedError("the client shut down"))
-        closed = ClientClosedError("the client shut down before the server acknowledged it")
-        for frame in frames:
-            resolve_futures(frame, closed)
-        self._hand_over(records, frames, stranded)
-        report = self._ledger.report(timed_out=timed_out, failure=self._life.failed)
-        if report.failure is not None:
-            log.error("fluentclient: shut down after %s", report.failure)
-        if report.unsent_records > report.spooled + report.handed_over:
-            log.warning(
-                "fluentclient: stopped with %d records (%d bytes) not sent; %d possibly lost, "
-                "%d dropped",
-                report.unsent_records - report.spooled - report.handed_over,
-                report.unsent_bytes, report.possibly_lost, sum(report.dropped.values()),
-            )
+        report = ending.run(deadline, drain=drain, started=self._started)
+        _process.live_clients.discard(self)
         return report
-
-    def _hand_over(self, records: int, frames: list[Frame], stranded: list[Message]) -> None:
-        """What was not sent goes to the spool, else to on_unsent, else only to the count."""
-        # Kept after closing, for the health it reports in stats().
-        journal = self._journal
-        if journal.broken:
-            # It stopped writing when it failed: what it holds is not all there is, so
-            # nothing counts as spooled. Its files stay for a later process only when
-            # on_unsent does not get the records, lest they arrive twice.
-            journal.close(keep=self._on_unsent is None)
-        elif journal.recording:
-            # Buffered records are in the spool already; those never packed join them.
-            kept = records + self._spool_stranded(journal, stranded)
-            journal.close(keep=kept > 0)
-            self._ledger.spooled(kept)
-            return
-        if self._on_unsent is None or not (records or stranded):
-            return
-        unsent = [UnsentRecord(m.tag, m.time, m.record) for m in stranded]
-        for frame in frames:
-            unsent.extend(_frame_records(frame))
-        try:
-            self._on_unsent(unsent)
-        except Exception:
-            log.exception("fluentclient: the on_unsent callback raised")
-            return
-        self._ledger.handed_over(records + len(stranded))
-
-    def _spool_stranded(self, spool: Journal, stranded: list[Message]) -> int:
-        packer = self._records.packer()
-        seq = self._buffer.next_seq
-        kept = 0
-        for msg in stranded:
-            try:
-                entry = packer.pack(msg)
-            except FluentError:
-                continue
-            spool.append(seq + kept, [(msg.tag, entry)], 1)
-            kept += 1
-        return kept
 
     # -- observing -----------------------------------------------------------------------
 
@@ -741,7 +638,7 @@ class BufferedClient(_Client):
             return False
         # Two threads of the child may notice at once; one starts afresh. The lock is
         # made in this process, so no thread of the parent can have held it at the fork.
-        with _fork_locks.setdefault(pid, threading.Lock()):
+        with _process.fork_lock(pid):
             if self._pid != pid:
                 self._after_fork_in_child()
         return True
@@ -787,193 +684,9 @@ class BufferedClient(_Client):
                 return
             self._reader.wake.set()
 
-
-def _frame_records(frame: Frame) -> list[UnsentRecord]:
-    """Decode a frame back into records, whether or not the writer had built it yet."""
-    try:
-        if frame.built:
-            unpacker = new_unpacker()
-            unpacker.feed(frame.data)
-            decoded = decode_frame(unpacker.unpack())
-            return [UnsentRecord(frame.tag, t, r) for t, r in decoded.entries]  # type: ignore[arg-type]
-        unpacker = new_unpacker()
-        unpacker.feed(bytes(frame.entries))
-        return [UnsentRecord(frame.tag, t, r) for t, r in unpacker]
-    except (FrameError, ValueError) as exc:  # pragma: no cover - our own bytes
-        log.warning("fluentclient: cannot decode an unsent frame of %r: %s", frame.tag, exc)
-        return []
-
-
-def _main_thread_finished() -> bool:
-    # While atexit handlers run, sys.is_finalizing() is still False, but the main thread
-    # has already been marked as stopped.
-    main = threading.main_thread()
-    return threading.current_thread() is main and not main.is_alive()
-
-
-def _shutdown_at_exit(ref: weakref.ref[BufferedClient]) -> None:
-    c = ref()
-    if c is None:
-        return
-    c._check_fork()
-    if c._report is None and (c._started or c._journal.owns_files):
-        # shutdown() logs what it could not send.
-        c.shutdown(c.shutdown_timeout)
-
-
-def _register_at_exit(client: BufferedClient) -> None:
-    ref = weakref.ref(client)
-    atexit.register(_shutdown_at_exit, ref)
-    _drained_at_exit.add(client)
-    _drain_in_celery_pool()
-    _drain_in_uwsgi()
-    # multiprocessing's workers end with os._exit(), after its own finalizers but
-    # without atexit: in each worker it starts, drain there too.
-    try:
-        from multiprocessing import process, util
-    except ImportError:  # pragma: no cover - a stripped-down interpreter
-        return
-    if process.parent_process() is not None:
-        # Made inside a worker already (forkserver and spawn import the main module
-        # there): no fork is left to hook.
-        _drain_in_worker(client)
-    util.register_after_fork(client, _drain_in_worker)
-
-
-def _drain_in_worker(client: BufferedClient) -> None:
-    from multiprocessing import util
-
-    # A weak reference, so a client dropped in the worker is not kept alive.
-    util.Finalize(None, _shutdown_at_exit, args=(weakref.ref(client),), exitpriority=0)
-
-
-def _drain_in_celery_pool() -> None:
-    """In a Celery worker, drain when a pool process ends.
-
-    Celery's prefork pool (billiard) ends its processes with os._exit() from inside the
-    task loop, so neither atexit nor multiprocessing's finalizers run there; Celery's
-    worker_process_shutdown signal is the one thing that does. Celery is never imported
-    here: if the application has not, this is not a Celery worker.
-    """
-    global _celery_hooked
-    signals = sys.modules.get("celery.signals")
-    if signals is None or _celery_hooked:
-        # Connected once, the receiver is inherited by every forked child.
-        return
-    shutdown = getattr(signals, "worker_process_shutdown", None)
-    if shutdown is None:  # pragma: no cover - a Celery without the signal
-        return
-    shutdown.connect(_drain_all, weak=False, dispatch_uid="fluentclient-drain")
-    _celery_hooked = True
-
-
-_celery_hooked = False
-
-
-def _drain_all(*args: object, **kwargs: object) -> None:
-    for client in list(_drained_at_exit):
-        try:
-            _shutdown_at_exit(weakref.ref(client))
-        except Exception:  # the host's exit path must go on whatever happens here
-            log.exception("fluentclient: draining at the end of a worker process failed")
-
-
-# -- uWSGI ------------------------------------------------------------------------------
-#
-# uWSGI forks its workers in C, without Python's at-fork hooks (unless
-# --py-call-osafterfork): the pid check in post() covers that. A worker runs Python's
-# atexit when it ends, except with --skip-atexit (nothing at all runs) or
-# --skip-atexit-teardown (only the uwsgi.atexit callable runs). The master runs neither.
-
-_uwsgi_hooked = False
-
-
-class _Handoff:
-    """Records a parent left for exactly one of its forked children to send.
-
-    A pipe holding one byte: every child inherits the read end, and the one whose read
-    gets the byte has claimed the records. A child respawned later finds it empty, and
-    a reloading uWSGI master, which execs itself, closes it (pipes are close-on-exec).
-    """
-
-    def __init__(self) -> None:
-        read, write = os.pipe()
-        try:
-            os.write(write, b"1")
-        finally:
-            os.close(write)
-        os.set_blocking(read, False)
-        self._fd = read
-
-    def claim(self) -> bool:
-        """True in the one child that gets the byte; the pipe is closed here either way."""
-        try:
-            return os.read(self._fd, 1) == b"1"
-        except OSError:  # empty: another child claimed it
-            return False
-        finally:
-            os.close(self._fd)
-
-
-def _uwsgi_module() -> Any:
-    """The ``uwsgi`` module, which uWSGI puts in sys.modules before loading any
-    application and which exists nowhere else; else None."""
-    return sys.modules.get("uwsgi")
-
-
-def _in_uwsgi_master() -> bool:
-    uwsgi = _uwsgi_module()
-    if uwsgi is None:
-        return False
-    try:
-        return bool(uwsgi.masterpid() == os.getpid())
-    except Exception:  # an embedding without the call: not a master we know of
-        return False
-
-
-def _uwsgi_option(uwsgi: Any, name: str) -> bool:
-    value = getattr(uwsgi, "opt", {}).get(name)
-    if isinstance(value, bytes):
-        value = value.decode(errors="replace")
-    return bool(value) and str(value).lower() not in ("0", "false", "no", "off")
-
-
-def _drain_in_uwsgi() -> None:
-    """Inside uWSGI: chain the drain into uwsgi.atexit, and say what cannot work."""
-    global _uwsgi_hooked
-    uwsgi = _uwsgi_module()
-    if uwsgi is None or _uwsgi_hooked:
-        return
-    _uwsgi_hooked = True
-    # With --skip-atexit-teardown a worker skips Python's atexit but still calls this.
-    previous = getattr(uwsgi, "atexit", None)
-
-    def at_uwsgi_exit() -> None:
-        _drain_all()
-        if previous is not None:
-            previous()
-
-    uwsgi.atexit = at_uwsgi_exit
-    if _uwsgi_option(uwsgi, "skip-atexit"):
-        log.error(
-            "fluentclient: uWSGI runs with skip-atexit, so a worker ends without running "
-            "any exit hook: records still buffered when it stops or reloads are lost. "
-            "Remove skip-atexit (skip-atexit-teardown is fine) or call shutdown() yourself."
-        )
-    if not getattr(uwsgi, "has_threads", True):
-        log.error(
-            "fluentclient: uWSGI runs without Python threads, so the client's threads only "
-            "run while a request does and records wait for the next one. Start uWSGI with "
-            "enable-threads."
-        )
-
-
-def _reinit_in_child() -> None:
-    for client in list(_live_clients):
-        client._after_fork_in_child()
-    if _drained_at_exit:
-        _drain_in_celery_pool()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reinit_in_child)
+    def _drain_at_exit(self) -> None:
+        """The end of the process: send what is held, unless nothing ever could be."""
+        self._check_fork()
+        if self._report is None and (self._started or self._journal.owns_files):
+            # shutdown() logs what it could not send.
+            self.shutdown(self.shutdown_timeout)
