@@ -3,9 +3,9 @@
 Threads of a BufferedClient and what each owns::
 
     caller threads   post(): check the tag, build a Message, put it on the queue
-          |          (a deque; the usual path takes one lock of ours, the ledger's, for
-          |          one increment; see the README for the paths that take more; the
-          |          reader is woken only when it went idle)
+          |          (a deque; the usual path takes no lock of ours: the ledger counts
+          |          it with one atomic increment; see the README for the paths that
+          |          take locks; the reader is woken only when it went idle)
           v
     reader thread    owns the packer; packs a batch, then appends it to the buffer
           |          under buffer.lock and notifies buffer.changed when a write is due
