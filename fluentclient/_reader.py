@@ -206,9 +206,7 @@ class Reader:
             return
         buf = self._buffer
         pack = self._packer.pack
-        # Per tag, looked up once per batch: this loop runs once per record.
-        limits: dict[str, int] = {}
-        waiting = False
+        limit_of = buf.payload_limit
         kept: list[Message] = []
         entries: list[bytes] = []
         for msg in batch:
@@ -220,13 +218,7 @@ class Reader:
             except SerializationError as exc:
                 self._fail(DROP_UNSERIALIZABLE, exc, msg)
                 continue
-            tag = msg.tag
-            limit = limits.get(tag)
-            if limit is None:
-                limit = limits[tag] = buf.payload_limit(tag)
-            if msg.waiter is not None:
-                waiting = True
-            if len(entry) > limit:
+            if len(entry) > limit_of(msg.tag):
                 self._fail(
                     DROP_TOO_LARGE,
                     RecordTooLargeError(
@@ -244,10 +236,9 @@ class Reader:
         if entries:
             mean = sum(map(len, entries)) / len(entries)
             self._admission.learn(mean)
-        if waiting:
-            for msg in kept:
-                if msg.waiter is not None and (not rejected or msg not in rejected):
-                    settle_future(msg.waiter)
+        for msg in kept:
+            if msg.waiter is not None and (not rejected or msg not in rejected):
+                settle_future(msg.waiter)
         if rejected and self._admission.keeps_rejected:
             refused = set(map(id, rejected))
             self._carry = [(m, e) for m, e in zip(kept, entries) if id(m) in refused]

@@ -234,7 +234,6 @@ class BufferedClient(_Client):
             frame_size -= frame_size // 500 + 64
         if not closed:
             self._journal = open_journal(o.spool_dir, limit=o.spool_bytes)
-        self._spooling = self._journal.recording
         self._buffer = Buffer(
             limit=o.buffer_limit,
             write_threshold=o.write_threshold,
@@ -360,11 +359,7 @@ class BufferedClient(_Client):
                 # Posts are outrunning serialization: give the reader the GIL for a
                 # moment rather than let the queue grow into drops. No I/O is waited on.
                 yield_gil()
-            buf = self._buffer
-            # Admission's own test, written out here for the usual case: a call per record
-            # costs about as much as the count.
-            if (buf.held_bytes + len(queue) * self._admission.mean_entry < buf.limit
-                    and not (self._spooling and self._admission.full())):
+            if not self._admission.full():
                 # Counted before the reader can see it, so its steps never run ahead.
                 self._count_post()
                 queue.append(Message(full_tag, record, time_ns))
