@@ -21,12 +21,10 @@ they are new posts, not late news about old ones.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import threading
 from enum import IntEnum
-from typing import Callable
 
 from .stats import ServerStats, ShutdownReport, Stats
 
@@ -87,8 +85,6 @@ class Ledger:
         # the lock reads it with next() too; those reads are counted and taken off.
         self._posts = itertools.count()
         self._post_reads = 0
-        # enqueue() for one record, as one C call: post()'s hot path.
-        self.enqueue_one: Callable[[], int] = functools.partial(next, self._posts)
 
     # -- entering ------------------------------------------------------------------------
 

@@ -75,11 +75,10 @@ from .errors import (
     ClientClosedError,
     FluentError,
     FluentTimeoutError,
-    InvalidTagError,
 )
 from .framing import Default
 from .guard import DEFAULT_MAX_DEPTH
-from .message import Message, TimeLike, settle_future, time_to_ns
+from .message import Message, TimeLike, settle_future
 from .stats import (
     DROP_CLOSED,
     DROP_EVICTED,
@@ -97,7 +96,6 @@ ErrorCallback = Callable[[FluentError, Optional[Message]], None]
 # Queued messages past which post() lets the reader run before queueing more.
 _YIELD_AT = 256
 _getpid = os.getpid
-_time_ns = _time.time_ns
 
 
 def _call_on_error(
@@ -225,7 +223,6 @@ class BufferedClient(_Client):
         self._closing = closed
         self._life = Lifecycle()
         self._ledger = Ledger()
-        self._count_post = self._ledger.enqueue_one
         self._queue: deque[object] = deque()
         frame_size = o.max_frame_size
         if t.compress:
@@ -341,31 +338,12 @@ class BufferedClient(_Client):
         or :class:`FluentTimeoutError` after ``timeout`` seconds (the record may still be
         buffered later). An invalid tag or time always raises at once.
         """
-        tags = self._tags
-        try:
-            full_tag = tags.known.get(tag) or tags(tag)
-        except TypeError:  # an unhashable tag (a list...) fails the cache lookup
-            raise InvalidTagError(f"tag must be a str, not {type(tag).__name__}") from None
-        time_ns = _time_ns() if time is None else time_to_ns(time)
+        full_tag, time_ns = self._tags.stamp(tag, time)
         if self._pid != _getpid():
             # Forked without Python's at-fork hooks (uWSGI's workers, a C extension): the
             # state here is the parent's, and its threads do not exist in this process.
             # Checked on every post, because nothing else runs in such a child to notice.
             self._check_fork()
-        queue = self._queue
-        if not (ack or sync_append or self._closing or self._life.failed) and self._started:
-            # The usual case, kept short: every call here is paid once per record.
-            if len(queue) > _YIELD_AT:
-                # Posts are outrunning serialization: give the reader the GIL for a
-                # moment rather than let the queue grow into drops. No I/O is waited on.
-                yield_gil()
-            if not self._admission.full():
-                # Counted before the reader can see it, so its steps never run ahead.
-                self._count_post()
-                queue.append(Message(full_tag, record, time_ns))
-                if self._reader.idle:
-                    self._reader.wake.set()
-                return True
         delivery: Future[None] | None = None
         if ack:
             if not self._transport.require_ack:
