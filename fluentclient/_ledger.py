@@ -21,10 +21,12 @@ they are new posts, not late news about old ones.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import threading
 from enum import IntEnum
+from typing import Callable
 
 from .stats import ServerStats, ShutdownReport, Stats
 
@@ -85,6 +87,8 @@ class Ledger:
         # the lock reads it with next() too; those reads are counted and taken off.
         self._posts = itertools.count()
         self._post_reads = 0
+        # enqueue() of one record as a single C call, for post().
+        self.enqueue_one: Callable[[], int] = functools.partial(next, self._posts)
 
     # -- entering ------------------------------------------------------------------------
 
@@ -92,7 +96,7 @@ class Ledger:
         """post() took a record (or a parent process left ``n`` to this one). The hot
         path: one atomic increment, no lock."""
         if n == 1:
-            next(self._posts)
+            self.enqueue_one()
             return
         with self.lock:
             self._c[_ENQUEUED] += n

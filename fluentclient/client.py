@@ -223,6 +223,7 @@ class BufferedClient(_Client):
         self._closing = closed
         self._life = Lifecycle()
         self._ledger = Ledger()
+        self._count_post = self._ledger.enqueue_one
         self._queue: deque[object] = deque()
         frame_size = o.max_frame_size
         if t.compress:
@@ -371,7 +372,7 @@ class BufferedClient(_Client):
             return False if delivery is None else delivery
         reader = self._reader
         # Counted before the reader can see it, so its steps never run ahead of ours.
-        self._ledger.enqueue()
+        self._count_post()
         if not sync_append:
             self._queue.append(msg)
             if reader.idle:
