@@ -19,6 +19,8 @@ from fluentclient import (
 )
 from fluentclient.server import ForwardServer
 
+from .waiting import wait_until
+
 
 def test_grows_exponentially_and_is_capped():
     b = Backoff(initial=0.1, maximum=1.0, multiplier=2.0, jitter=0.0)
@@ -69,13 +71,6 @@ def _free_port() -> int:
     return port
 
 
-def _until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def _state(client) -> str:
@@ -106,7 +101,7 @@ def test_a_sync_clients_server_backs_off_from_the_start_after_a_success():
     # longest: the server is ready to be tried again long before 5 s have passed.
     with pytest.raises(FluentConnectionError):
         client.post("backoff.blip", {"x": 4})
-    assert _until(lambda: _state(client) == "idle", timeout=4.0), client.stats().servers[0]
+    assert wait_until(lambda: _state(client) == "idle", timeout=4.0), client.stats().servers[0]
     client.close()
 
 
@@ -120,7 +115,7 @@ def test_a_refused_key_does_not_keep_the_writer_at_the_longest_delay():
         wrong = ForwardServer(port=port, shared_key="not the key").start()
         try:
             client.post("backoff.refused", {"n": 0})
-            assert _until(lambda: isinstance(client.stats().servers[0].error,
+            assert wait_until(lambda: isinstance(client.stats().servers[0].error,
                                              AuthenticationError), timeout=10)
         finally:
             wrong.close()
@@ -134,9 +129,9 @@ def test_a_refused_key_does_not_keep_the_writer_at_the_longest_delay():
         client.post("backoff.blip", {"n": 1})
         # The server is gone again: the writer's retries start from the first delay, so
         # a second failed attempt follows the first far sooner than the longest delay.
-        assert _until(lambda: client.stats().connect_failures >= failures + 1, timeout=10)
+        assert wait_until(lambda: client.stats().connect_failures >= failures + 1, timeout=10)
         first = time.monotonic()
-        assert _until(lambda: client.stats().connect_failures >= failures + 2, timeout=10)
+        assert wait_until(lambda: client.stats().connect_failures >= failures + 2, timeout=10)
         assert time.monotonic() - first < 2.0
     finally:
         client.close()

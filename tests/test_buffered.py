@@ -21,6 +21,7 @@ from fluentclient.message import Message
 from fluentclient.server import ForwardServer
 
 from .conftest import FAST_BACKOFF
+from .waiting import wait_until
 
 
 def client_for(server: ForwardServer, **kwargs) -> BufferedClient:
@@ -31,13 +32,6 @@ def client_for(server: ForwardServer, **kwargs) -> BufferedClient:
     return BufferedClient(server.host, server.port, **kwargs)
 
 
-def wait_until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def test_records_arrive_with_their_times(fluent_server):

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from fluentclient.server import ForwardServer
 
 from .conftest import FAST_BACKOFF
 from .subproc import child_env
+from .waiting import wait_until
 
 
 def client_for(server: ForwardServer, **kwargs: Any) -> BufferedClient:
@@ -34,13 +34,6 @@ def ids(server: ForwardServer) -> list[int]:
     return [e.record["i"] for e in server.events if "i" in e.record]
 
 
-def until(predicate: Any, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def leave_orphan(spool_dir: Path, n: int, *, per_block: int = 100) -> Spool:
@@ -120,7 +113,7 @@ def test_drop_oldest_with_a_spool_does_no_file_io_on_the_posting_thread(
         assert client.stats().dropped.get("evicted", 0) > 0
         assert seen == [], seen[:5]
         # The reader does the file work instead: it deletes the finished segments.
-        assert until(lambda: len(list(spool_dir.glob("*.spool"))) <= 2)
+        assert wait_until(lambda: len(list(spool_dir.glob("*.spool"))) <= 2)
     finally:
         fluent_server.refuse(False)
         client.close()
@@ -204,7 +197,7 @@ def _replayed_by_a_new_client(
     server: ForwardServer, spool_dir: Path, expect: int
 ) -> BufferedClient:
     client = client_for(server, spool_dir=spool_dir)
-    assert until(lambda: client.stats().replayed >= expect)
+    assert wait_until(lambda: client.stats().replayed >= expect)
     assert server.wait_for(lambda: len(set(ids(server))) >= expect, timeout=20)
     assert client.flush(timeout=10)
     return client

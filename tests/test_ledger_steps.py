@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import threading
-import time
 
 from fluentclient._ledger import Ledger, State
+
+from .waiting import wait_until
 
 
 def test_every_snapshot_balances_while_threads_step_the_ledger() -> None:
     ledger = Ledger()
     stop = threading.Event()
     unbalanced: list[object] = []
+    looks = [0]
 
     def step() -> None:
         while not stop.is_set():
@@ -31,12 +33,14 @@ def test_every_snapshot_balances_while_threads_step_the_ledger() -> None:
             settled = s.sent + s.dropped_total + s.unsent + s.possibly_lost + s.buffered
             if settled != s.posted + s.replayed or s.buffered < 0:
                 unbalanced.append(s)
+            looks[0] += 1
 
     threads = [threading.Thread(target=step) for _ in range(2)]
     threads.append(threading.Thread(target=watch))
     for th in threads:
         th.start()
-    time.sleep(0.3)  # a span of stepping to watch, not a wait for a state
+    # Enough snapshots taken while the steppers run, however slow the machine.
+    assert wait_until(lambda: looks[0] >= 500, timeout=60)
     stop.set()
     for th in threads:
         th.join(10)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -16,6 +15,7 @@ from fluentclient.metrics import DROP_REASONS, SERVER_STATES, register, unregist
 from fluentclient.server import ForwardServer
 
 from .subproc import child_env
+from .waiting import wait_until
 
 COUNTERS = {
     "posted": "records_posted_total",
@@ -58,13 +58,6 @@ def assert_exported(registry: CollectorRegistry, stats: Stats, labels: dict[str,
         assert value("server_standby", server=server.address) == float(server.standby)
 
 
-def wait_until(condition, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_values_equal_stats_after_a_run_with_drops(fluent_server):

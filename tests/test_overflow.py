@@ -13,6 +13,7 @@ from fluentclient.server import ForwardServer
 from fluentclient.stats import UnsentRecord
 
 from .conftest import FAST_BACKOFF
+from .waiting import wait_until
 
 PAD = "p" * 80
 
@@ -23,13 +24,6 @@ def client_for(server: ForwardServer, **kwargs) -> BufferedClient:
     return BufferedClient(server.host, server.port, **kwargs)
 
 
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
 
 
 def ids(server: ForwardServer) -> list[int]:

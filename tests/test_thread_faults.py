@@ -16,6 +16,7 @@ from fluentclient.message import Message
 from fluentclient.server import ForwardServer
 
 from .conftest import FAST_BACKOFF
+from .waiting import wait_until
 
 
 def client_for(server: ForwardServer, **kwargs) -> BufferedClient:
@@ -27,13 +28,6 @@ def ids(server: ForwardServer) -> list[int]:
     return [e.record["i"] for e in server.events if "i" in e.record]
 
 
-def until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def thread_failures(caplog) -> list[str]:
@@ -97,7 +91,7 @@ def test_a_dead_reader_makes_post_and_flush_fail(fluent_server, caplog):
 
     client._reader._append = broken  # type: ignore[method-assign]
     client.post("t", {"i": 1})
-    assert until(lambda: not client._reader.thread.is_alive())
+    assert wait_until(lambda: not client._reader.thread.is_alive())
     started = time.monotonic()
     assert client.flush(timeout=30) is False
     assert time.monotonic() - started < 10
@@ -118,7 +112,7 @@ def test_a_dead_writer_makes_post_and_flush_fail(fluent_server, caplog):
 
     client._writer._write = broken  # type: ignore[method-assign]
     client.post("t", {"i": 1})
-    assert until(lambda: not client._writer.thread.is_alive())
+    assert wait_until(lambda: not client._writer.thread.is_alive())
     started = time.monotonic()
     assert client.flush(timeout=30) is False
     assert time.monotonic() - started < 10
@@ -148,7 +142,7 @@ def test_a_foreign_file_named_like_a_segment_is_skipped(tmp_path, fluent_server,
     # Replay cut short by shutdown: the server is down and the buffer is small.
     fluent_server.refuse()
     client = client_for(fluent_server, spool_dir=tmp_path, buffer_limit=16 * 1024)
-    assert until(lambda: client.stats().replayed > 0)
+    assert wait_until(lambda: client.stats().replayed > 0)
     client.shutdown(timeout=0.5)
     assert not client._reader.thread.is_alive()
     assert thread_failures(caplog) == []
