@@ -19,6 +19,10 @@ from .errors import BufferFullError
 from .stats import DROP_BUFFER_FULL, DROP_SPOOL_FULL
 
 OVERFLOW_POLICIES = ("drop_newest", "drop_oldest", "block", "raise")
+# Records past which post() waits for the reader to pack what is queued, whatever the
+# bytes: few Python objects waiting means short garbage collections, little memory, and
+# a record that is bytes (and in the spool) a moment after post().
+QUEUE_COUNT_LIMIT = 1024
 
 
 class SpoolLimit(Protocol):
@@ -79,6 +83,29 @@ class Admission:
         # The client's own threads make the room: a post from one of them (a log handler
         # in a callback) must never wait for it.
         self._own_threads = own_threads
+        # How long the queue may grow before post() must ask (see refresh()).
+        self.room = 0
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Work out how many records may be queued before one would pass a limit.
+
+        post() compares the queue's length with ``room`` and asks :meth:`judge` only when
+        it is reached, so the usual post() pays for one comparison. Only the reader adds
+        to the buffer and the spool, and it refreshes this after each batch: in between
+        the figure can only be too small (the writer freed room), never too large.
+        """
+        buf, spool = self._buffer, self._spool
+        if spool is not None and spool.size >= spool.limit:
+            self.room = 0
+            return
+        free = (buf.limit - buf.held_bytes) / self.mean_entry
+        self.room = max(0, min(QUEUE_COUNT_LIMIT, int(free)))
+
+    def own_thread(self) -> bool:
+        """Whether the caller is one of the client's own threads, which must never wait
+        for room: they are the ones that make it."""
+        return threading.current_thread() in self._own_threads
 
     def learn(self, mean: float) -> None:
         """The mean size of the entries in a batch the reader just packed."""
@@ -104,7 +131,7 @@ class Admission:
         if after is None:
             if self.policy == "drop_oldest":
                 return Verdict(Act.EVICT, nbytes=self.mean_entry)
-            if self.policy == "block" and threading.current_thread() not in self._own_threads:
+            if self.policy == "block" and not self.own_thread():
                 return Verdict(Act.WAIT, deadline=time.monotonic() + self._timeout)
         reason, error = self.refusal()
         return Verdict(Act.REFUSE, reason=reason, error=error, raises=self.policy == "raise")

@@ -18,6 +18,11 @@ from typing import Callable, Protocol, TypeVar
 
 from .framing import frame_overhead
 
+# A busy stream is written at most about this often (see Buffer.due_in)...
+GATHER_SECONDS = 0.002
+# ...unless this much is waiting.
+GATHER_BYTES = 256 * 1024
+
 
 class Tagged(Protocol):
     """What the buffer needs of a record beside its packed entry."""
@@ -85,6 +90,9 @@ class Buffer:
         self.done = threading.Condition(self.lock)
         self.limit = limit
         self.write_threshold = write_threshold
+        self.gather_bytes = max(write_threshold, GATHER_BYTES)
+        # When the writer last took frames (time.monotonic), for gathering (see due_in).
+        self.last_take = float("-inf")
         self.max_frame_size = max_frame_size
         self._gathering: dict[str, Frame] = {}
         self._ready: deque[Frame] = deque()
@@ -111,6 +119,29 @@ class Buffer:
             if len(self._payload_limits) < 4096:
                 self._payload_limits[tag] = limit
         return limit
+
+    def add_run_locked(self, tag: str, data: bytes, records: int) -> bool:
+        """Append a run of one tag's entries in one piece; False, with nothing done, when
+        it does not fit whole (the limit, or the frame being gathered), and the caller goes
+        record by record instead. The usual case, and one copy for the whole run."""
+        size = len(data)
+        if self.held_bytes + size > self.limit:
+            return False
+        frame = self._gathering.get(tag)
+        if frame is None:
+            limit = self.payload_limit(tag)
+            if size > limit:
+                return False
+            frame = self._gathering[tag] = Frame(tag, self.next_seq, limit)
+        elif frame.entry_bytes + size > frame.limit:
+            return False
+        seq = self.next_seq
+        frame.entries += data
+        frame.entry_bytes += size
+        frame.records += records
+        frame.last_seq = seq + records - 1
+        self._grew(seq + records, records, size)
+        return True
 
     def add_batch_locked(self, msgs: list[_T], entries: list[bytes]) -> list[_T]:
         """Append the entries of a batch in order; returns the messages over the limit.
@@ -150,25 +181,49 @@ class Buffer:
             added_bytes += size
             added += 1
         if added:
-            if self.oldest_pending is None:
-                self.oldest_pending = time.monotonic()
-            self.next_seq = seq
-            self.held_bytes = held
-            self.held_records += added
-            self.pending_bytes += added_bytes
-            self.pending_records += added
+            self._grew(seq, added, added_bytes)
         return rejected
+
+    def _grew(self, next_seq: int, records: int, nbytes: int) -> None:
+        if self.oldest_pending is None:
+            self.oldest_pending = time.monotonic()
+        self.next_seq = next_seq
+        self.held_bytes += nbytes
+        self.held_records += records
+        self.pending_bytes += nbytes
+        self.pending_records += records
 
     # -- writer side ---------------------------------------------------------------------
 
     def due_in(self, now: float, flush_interval: float) -> float | None:
-        """Seconds until a write is due (0: now), or None when nothing is pending."""
+        """Seconds until a write is due (0: now), or None when nothing is pending.
+
+        Past ``write_threshold`` a write is due at once, unless the writer wrote less than
+        ``GATHER_SECONDS`` ago: then a busy stream gathers into fewer, larger writes (each
+        costs the writer system calls and a turn of the GIL) until then or until
+        ``gather_bytes`` wait. A record after a quiet spell, flush() and shutdown never wait
+        for that.
+        """
         if not self.pending_records:
             return None
-        if self.pending_bytes >= self.write_threshold or self.flush_until >= 0:
+        if self.flush_until >= 0:
             return 0.0
+        if self.pending_bytes >= self.write_threshold:
+            if self.pending_bytes >= self.gather_bytes:
+                return 0.0
+            return max(0.0, self.last_take + GATHER_SECONDS - now)
         assert self.oldest_pending is not None
         return max(0.0, self.oldest_pending + flush_interval - now)
+
+    def became_due_locked(self, before: int) -> bool:
+        """Whether growing from ``before`` pending bytes to now made a write due sooner:
+        the writer needs waking only then, not on every batch."""
+        after = self.pending_bytes
+        return (
+            before == 0
+            or before < self.write_threshold <= after
+            or before < self.gather_bytes <= after
+        )
 
     def take_locked(self, max_bytes: int) -> list[Frame]:
         """Take sealed frames, then whole-tag gatherings, up to about ``max_bytes``."""
@@ -184,6 +239,8 @@ class Buffer:
             frame = self._gathering.pop(tag)
             frames.append(frame)
             size += frame.entry_bytes
+        if frames:
+            self.last_take = time.monotonic()
         for frame in frames:
             self._taken[id(frame)] = frame
             self.pending_bytes -= frame.entry_bytes

@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
+from operator import attrgetter
 from typing import Callable, NamedTuple, TypeVar
 
 from ._admission import Admission
@@ -27,7 +28,7 @@ from .errors import (
     SerializationError,
     UnsafeRecordError,
 )
-from .framing import EntryPacker
+from .framing import EntryPacker, PackedRun
 from .message import Message, settle_future
 from .stats import (
     DROP_BUFFER_FULL,
@@ -62,6 +63,8 @@ Failure = Callable[[str, FluentError, Message], None]
 SpooledFailure = Callable[[str, FluentError, int], None]
 Evicted = Callable[[list[Frame]], None]
 _T = TypeVar("_T", bound=Tagged)
+_DELIVERY = attrgetter("delivery")
+_WAITER = attrgetter("waiter")
 
 
 class _Spooled(NamedTuple):
@@ -128,6 +131,9 @@ class Reader:
         self.removed = 0
         self.settled = 0  # written by this thread only
         self.evicted = 0  # by callers, under pop_lock
+        # post() callers waiting for the queue to drain (see wait_drained).
+        self._drained = threading.Condition(self.pop_lock)
+        self._drain_waiters = 0
         self.thread = threading.Thread(target=self._run, name="fluentclient-reader", daemon=True)
 
     def _run(self) -> None:
@@ -153,6 +159,8 @@ class Reader:
                     except IndexError:
                         pass
                     self.removed += len(batch)
+                    if self._drain_waiters and len(q) <= BATCH:
+                        self._drained.notify_all()
                 replaying = self._orphans is not None and not stopping and self._replay_step()
                 if batch:
                     if STOP in batch:
@@ -194,6 +202,7 @@ class Reader:
                 for msg, _ in reversed(self._carry):
                     q.appendleft(msg)
                 self.removed -= len(self._carry)
+                self._drained.notify_all()
             self._carry = []
             with self._buffer.lock:
                 self._life.reader_done = True
@@ -201,53 +210,83 @@ class Reader:
 
     # -- the queue -----------------------------------------------------------------------
 
+    def wait_drained(self, timeout: float) -> None:
+        """Let the reader take the queue down to one batch, for at most ``timeout`` s.
+
+        post() calls this when posts outrun packing: the caller gives up the GIL to the
+        reader rather than letting Python objects pile up in the queue. The reader is
+        busy on the CPU, never on the server, so this waits for no I/O.
+        """
+        deadline = time.monotonic() + timeout
+        with self._drained:
+            self._drain_waiters += 1
+            try:
+                while len(self._queue) > BATCH and self.thread.is_alive():
+                    self.wake.set()
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return
+                    self._drained.wait(remaining)
+            finally:
+                self._drain_waiters -= 1
+
     def _append(self, batch: list[Message]) -> None:
         if not batch:
             return
-        buf = self._buffer
-        pack = self._packer.pack
-        limit_of = buf.payload_limit
-        kept: list[Message] = []
-        entries: list[bytes] = []
-        for msg in batch:
-            try:
-                entry = pack(msg)
-            except UnsafeRecordError as exc:
-                self._fail(DROP_UNSAFE, exc, msg)
+        for run in self._packer.pack_runs(batch, self._unpackable):
+            self._drop_too_large(run)
+            if self._journal.recording:
+                self._within_spool_limit(run)
+            if not run.messages:
                 continue
-            except SerializationError as exc:
-                self._fail(DROP_UNSERIALIZABLE, exc, msg)
+            if self._carry:
+                # overflow="block" and an earlier run found no room: this one waits behind
+                # it, in order.
+                self._carry += zip(run.messages, run.entries())
                 continue
-            if len(entry) > limit_of(msg.tag):
-                self._fail(
-                    DROP_TOO_LARGE,
-                    RecordTooLargeError(
-                        f"a {len(entry)}-byte record does not fit in a frame of "
-                        f"{buf.max_frame_size} bytes"
-                    ),
-                    msg,
-                )
-                continue
-            kept.append(msg)
-            entries.append(entry)
-        if entries:
-            kept, entries = self._within_spool_limit(kept, entries)
-        rejected = self._add(kept, entries)
-        if entries:
-            mean = sum(map(len, entries)) / len(entries)
-            self._admission.learn(mean)
-        for msg in kept:
-            if msg.waiter is not None and (not rejected or msg not in rejected):
-                settle_future(msg.waiter)
-        if rejected and self._admission.keeps_rejected:
-            refused = set(map(id, rejected))
-            self._carry = [(m, e) for m, e in zip(kept, entries) if id(m) in refused]
-        elif rejected:
-            err = self._admission.buffer_full()
-            for msg in rejected:
-                self._fail(DROP_BUFFER_FULL, err, msg)
+            rejected = self._add(run.messages, run)
+            self._settle_waiters(run.messages, rejected)
+            if rejected and self._admission.keeps_rejected:
+                refused = set(map(id, rejected))
+                self._carry = [(m, e) for m, e in zip(run.messages, run.entries())
+                               if id(m) in refused]
+            elif rejected:
+                err = self._admission.buffer_full()
+                for msg in rejected:
+                    self._fail(DROP_BUFFER_FULL, err, msg)
         # Last, so that flush() sees a record settled only once it is buffered or counted.
         self.settled += len(batch) - len(self._carry)
+
+    def _unpackable(self, msg: Message, exc: SerializationError) -> None:
+        if isinstance(exc, UnsafeRecordError):
+            self._fail(DROP_UNSAFE, exc, msg)
+        else:
+            self._fail(DROP_UNSERIALIZABLE, exc, msg)
+
+    def _drop_too_large(self, run: PackedRun) -> None:
+        limit = self._buffer.payload_limit(run.tag)
+        if max(run.sizes) <= limit:
+            return
+        entries = run.entries()
+        msgs, run.messages = run.messages, []
+        for msg, entry in zip(msgs, entries):
+            if len(entry) > limit:
+                self._fail(DROP_TOO_LARGE, RecordTooLargeError(
+                    f"a {len(entry)}-byte record does not fit in a frame of "
+                    f"{self._buffer.max_frame_size} bytes"), msg)
+                continue
+            run.messages.append(msg)
+            run.pieces.append(entry)
+        run.seal()
+
+    @staticmethod
+    def _settle_waiters(msgs: list[Message], rejected: list[Message]) -> None:
+        if not any(map(_WAITER, msgs)):
+            return
+        refused = set(map(id, rejected))
+        for msg in msgs:
+            if msg.waiter is not None and id(msg) not in refused:
+                settle_future(msg.waiter)
 
     def _retry_carry(self) -> bool:
         """Try again to buffer the records that found it full; True once all are in."""
@@ -263,55 +302,80 @@ class Reader:
         return not self._carry
 
     def _add(
-        self, kept: list[_T], entries: list[bytes], *, spooled: bool = False
+        self, kept: list[_T], packed: PackedRun | list[bytes], *, spooled: bool = False
     ) -> list[_T]:
         """Put packed entries in the buffer (and the spool); returns those that did not fit.
 
+        ``packed``: the entries of ``kept``, as one run (one tag) or one by one.
         ``spooled``: replayed records, which enter the ledger here rather than in post().
         """
         buf = self._buffer
+        if isinstance(packed, PackedRun):
+            run: PackedRun | None = packed
+            size = len(packed.data)
+        else:
+            run, size = None, sum(map(len, packed))
         evicted: list[Frame] = []
         with buf.lock:
-            was_idle = buf.pending_records == 0
-            over = self._admission.excess_locked(sum(map(len, entries)))
+            before = buf.pending_bytes
+            over = self._admission.excess_locked(size)
             if over > 0:
                 evicted = buf.evict_locked(over)
             first_seq = buf.next_seq
-            rejected = buf.add_batch_locked(kept, entries)
+            if (
+                run is not None
+                and not any(map(_DELIVERY, kept))
+                and buf.add_run_locked(run.tag, run.data, len(kept))
+            ):
+                rejected: list[_T] = []
+            else:
+                entries = run.entries() if run is not None else packed
+                rejected = buf.add_batch_locked(kept, entries)  # type: ignore[arg-type]
             # Under the buffer's lock, so the writer cannot take a record the ledger
             # does not show as buffered yet.
             if spooled:
                 self._ledger.replay(len(kept) - len(rejected))
             else:
                 self._ledger.buffer(len(kept) - len(rejected))
-            if was_idle or buf.pending_bytes >= buf.write_threshold:
+            if buf.became_due_locked(before):
                 buf.changed.notify()
             if buf.room_waiters:
                 buf.done.notify_all()
+        if kept:
+            self._admission.learn(size / len(kept))
+        self._admission.refresh()
         if evicted:
             self._evicted(evicted)
         if self._journal.recording:
-            self._spool_batch(first_seq, kept, entries, rejected)
+            self._spool_batch(first_seq, kept, packed, rejected)
         return rejected
 
-    def _within_spool_limit(
-        self, kept: list[Message], entries: list[bytes]
-    ) -> tuple[list[Message], list[bytes]]:
+    def _within_spool_limit(self, run: PackedRun) -> None:
+        """Cut ``run`` to what the spool has room for; the rest is dropped as spool full."""
         spool = self._journal
-        sizes = [len(e) for e in entries]
-        if spool.size + sum(sizes) + _BLOCK_OVERHEAD > spool.limit:
+        if spool.size + len(run.data) + _BLOCK_OVERHEAD > spool.limit:
             self._maintain()
-        fits = self._admission.spool_fits(sizes, _BLOCK_OVERHEAD)
-        if fits == len(entries):
-            return kept, entries
+        fits = self._admission.spool_fits(run.sizes, _BLOCK_OVERHEAD)
+        if fits == len(run.sizes):
+            return
         err = self._admission.spool_full()
-        for msg in kept[fits:]:
+        for msg in run.messages[fits:]:
             self._fail(DROP_SPOOL_FULL, err, msg)
-        return kept[:fits], entries[:fits]
+        run.data = run.data[:sum(run.sizes[:fits])]
+        del run.messages[fits:]
+        del run.sizes[fits:]
 
     def _spool_batch(
-        self, first_seq: int, kept: list[_T], entries: list[bytes], rejected: list[_T]
+        self, first_seq: int, kept: list[_T], packed: PackedRun | list[bytes],
+        rejected: list[_T],
     ) -> None:
+        if isinstance(packed, PackedRun):
+            if not rejected:
+                self._journal.append(first_seq, [(packed.tag, bytes(packed.data))], len(kept))
+                return
+            entries = packed.entries()
+        else:
+            entries = packed
         if rejected:
             dropped = set(map(id, rejected))
             pairs = [(m.tag, e) for m, e in zip(kept, entries) if id(m) not in dropped]

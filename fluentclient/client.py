@@ -2,18 +2,22 @@
 
 Threads of a BufferedClient and what each owns::
 
-    caller threads   post(): check the tag, build a Message, put it on the queue
+    caller threads   post(): look the tag up, build a Message, put it on the queue
           |          (a deque; the usual path takes no lock of ours: the ledger counts
           |          it with one atomic increment; see the README for the paths that
-          |          take locks; the reader is woken only when it went idle)
+          |          take locks; the reader is woken only when it went idle). Past
+          |          QUEUE_COUNT_LIMIT queued records a caller waits on the reader's
+          |          pop_lock condition until it has packed them (bounded).
           v
-    reader thread    owns the packer; packs a batch, then appends it to the buffer
-          |          under buffer.lock and notifies buffer.changed when a write is due
+    reader thread    owns the packer; packs a batch into runs of one tag, appends each
+          |          run to the buffer under buffer.lock in one piece, and notifies
+          |          buffer.changed only when that made a write due
           v
     writer thread    owns the connection; waits on buffer.changed (threshold reached,
-                     flush interval passed, flush() or shutdown), takes whole frames
-                     under the lock, writes them with the lock released, then releases
-                     or requeues them (buffer.done wakes flush() callers)
+                     and a busy stream gathered for a moment; flush interval passed,
+                     flush() or shutdown), takes whole frames under the lock, writes
+                     them with the lock released, then releases or requeues them
+                     (buffer.done wakes flush() callers)
 
 Shared by all three, each behind its own lock and changed by no one else:
 
@@ -49,7 +53,7 @@ from dataclasses import replace
 from typing import Callable, Literal, Optional, overload
 
 from . import _process
-from ._admission import Act, Admission
+from ._admission import QUEUE_COUNT_LIMIT, Act, Admission
 from ._base import Client as _Client
 from ._base import TagChecker as _TagChecker
 from ._buffer import Buffer, Frame
@@ -65,7 +69,7 @@ from ._options import (
 )
 from ._options import MiB as _MiB
 from ._pool import ServerSpec
-from ._reader import Reader, yield_gil
+from ._reader import Reader
 from ._sender import Sender
 from ._shutdown import Ending, UnsentCallback
 from ._writer import Writer, resolve_futures
@@ -93,9 +97,11 @@ log = logging.getLogger("fluentclient")
 
 ErrorCallback = Callable[[FluentError, Optional[Message]], None]
 
-# Queued messages past which post() lets the reader run before queueing more.
-_YIELD_AT = 256
+# The longest a post() waits for the reader to drain the queue (see QUEUE_COUNT_LIMIT):
+# the reader only packs, so it takes this long only if starved of the CPU.
+_DRAIN_WAIT = 0.05
 _getpid = os.getpid
+_time_ns = _time.time_ns
 
 
 def _call_on_error(
@@ -197,6 +203,8 @@ class BufferedClient(_Client):
             int_time=int_time, entries_as_str=entries_as_str,
         )
         self._tags = _TagChecker(tag_prefix)
+        # post()'s first look: a tag seen before, already checked and prefixed.
+        self._known_tag = self._tags.known.get
         self._overflow = overflow
         self._overflow_timeout = overflow_timeout
         self._on_unsent = on_unsent
@@ -339,6 +347,34 @@ class BufferedClient(_Client):
         or :class:`FluentTimeoutError` after ``timeout`` seconds (the record may still be
         buffered later). An invalid tag or time always raises at once.
         """
+        try:
+            full_tag = self._known_tag(tag)
+        except TypeError:  # unhashable, so no tag: the careful path says so
+            full_tag = None
+        queue = self._queue
+        if (
+            full_tag is None or time is not None or ack or sync_append
+            or len(queue) >= self._admission.room
+            or self._closing or self._life.failed or not self._started
+            or self._pid != _getpid()
+        ):
+            return self._post_carefully(tag, record, time, sync_append, timeout, ack)
+        # The usual case: a known tag, the time now, room to spare, and nobody waiting to
+        # hear of this record. Counted before the reader can see it, so its steps never
+        # run ahead of ours.
+        self._count_post()
+        queue.append(Message(full_tag, record, _time_ns()))
+        if self._reader.idle:
+            self._reader.wake.set()
+        return True
+
+    def _post_carefully(
+        self, tag: str, record: Mapping[str, object], time: TimeLike | None,
+        sync_append: bool, timeout: float | None, ack: bool,
+    ) -> bool | Future[None]:
+        """post() when anything is out of the ordinary: a tag or time to check, a fork
+        to notice, threads to start, a limit reached, or a caller who wants to hear of
+        the record."""
         full_tag, time_ns = self._tags.stamp(tag, time)
         if self._pid != _getpid():
             # Forked without Python's at-fork hooks (uWSGI's workers, a C extension): the
@@ -350,8 +386,8 @@ class BufferedClient(_Client):
             if not self._transport.require_ack:
                 raise ValueError("post(ack=True) needs a client made with require_ack=True")
             delivery = Future()
-        # One path for both kinds of post; the ack kind answers with its future whatever
-        # became of the record, the plain kind with whether it was queued.
+        # The ack kind answers with its future whatever became of the record, the plain
+        # kind with whether it was queued.
         msg = Message(full_tag, record, time_ns, None, delivery)
         if self._closing or self._life.failed:
             queued = self._refuse(DROP_CLOSED, self._closed_error(), msg, sync_append)
@@ -364,14 +400,14 @@ class BufferedClient(_Client):
                 err = ClientClosedError(f"cannot start the client: {exc}")
                 queued = self._refuse(DROP_CLOSED, err, msg, sync_append)
                 return queued if delivery is None else delivery
-        if len(self._queue) > _YIELD_AT:
-            # Posts are outrunning serialization: give the reader the GIL for a moment
-            # rather than let the queue grow into drops. This waits on no I/O.
-            yield_gil()
+        reader = self._reader
+        if len(self._queue) >= QUEUE_COUNT_LIMIT and not self._admission.own_thread():
+            # Posts are outrunning packing: let the reader catch up rather than let
+            # objects pile up in the queue. It is busy on the CPU, never on I/O.
+            reader.wait_drained(_DRAIN_WAIT)
+        self._admission.refresh()
         if self._admission.full() and not self._admit(msg, sync_append):
             return False if delivery is None else delivery
-        reader = self._reader
-        # Counted before the reader can see it, so its steps never run ahead of ours.
         self._count_post()
         if not sync_append:
             self._queue.append(msg)

@@ -14,7 +14,7 @@ import gzip
 import os
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Optional, Union
 
 import msgpack
@@ -47,6 +47,37 @@ _BIN32 = struct.Struct(">BI")
 _STR32 = struct.Struct(">BI")
 
 Default = Optional[Callable[[Any], Any]]
+
+
+class PackedRun:
+    """Consecutive entries of one tag, packed.
+
+    ``sizes[i]`` is the length of the entry of ``messages[i]``; ``data`` holds the entries
+    one after the other in that order.
+    """
+
+    __slots__ = ("tag", "data", "sizes", "messages", "pieces")
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.data = b""
+        self.sizes: list[int] = []
+        self.messages: list[Message] = []
+        # The entries while the run is packed, joined by seal().
+        self.pieces: list[bytes] = []
+
+    def seal(self) -> None:
+        self.data = b"".join(self.pieces)
+        self.sizes = list(map(len, self.pieces))
+        self.pieces = []
+
+    def entries(self) -> list[bytes]:
+        """Each entry on its own: for the paths that go record by record."""
+        data, out, at = self.data, [], 0
+        for size in self.sizes:
+            out.append(bytes(data[at:at + size]))
+            at += size
+        return out
 
 
 class EntryPacker:
@@ -92,7 +123,58 @@ class EntryPacker:
 
     def pack(self, message: Message) -> bytes:
         """The entry for ``message``; raises :class:`SerializationError` for bad records."""
-        record = message.record
+        body = self._body(message.record)
+        sec, nsec = divmod(message.time_ns, _NS)
+        if self._int_time:
+            head: bytes = self._packer.pack(sec)
+            return b"\x92" + head + body
+        return _EVENT_TIME_ENTRY_HEAD.pack(0x92, 0xD7, 0x00, sec, nsec) + body
+
+    def pack_runs(
+        self, messages: Iterable[Message], failed: Callable[[Message, SerializationError], None]
+    ) -> list[PackedRun]:
+        """Pack messages in order into runs of one tag each.
+
+        A record that cannot be packed goes to ``failed`` and leaves no trace in its run.
+        This is the reader thread's inner loop: a plain dict that the guard passes is
+        packed here directly, everything else through the whole of :meth:`pack`'s path.
+        """
+        runs: list[PackedRun] = []
+        guard = self._guard
+        flat = guard.flat if guard is not None else None
+        packb, head, int_time = self._packer.pack, _EVENT_TIME_ENTRY_HEAD.pack, self._int_time
+        run: PackedRun | None = None
+        entries: list[bytes] = []
+        kept: list[Message] = []
+        for msg in messages:
+            record = msg.record
+            try:
+                if type(record) is dict and (flat is None or flat(record)) and not int_time:
+                    try:
+                        body = packb(record)
+                    except Exception as exc:
+                        body = self._after_failure(record, exc)
+                    if self._ran:
+                        body = self._checked(body)
+                    sec, nsec = divmod(msg.time_ns, _NS)
+                    entry = head(0x92, 0xD7, 0x00, sec, nsec) + body
+                else:
+                    entry = self.pack(msg)
+            except SerializationError as exc:
+                failed(msg, exc)
+                continue
+            if run is None or msg.tag != run.tag:
+                run = PackedRun(msg.tag)
+                runs.append(run)
+                entries, kept = run.pieces, run.messages
+            entries.append(entry)
+            kept.append(msg)
+        for run in runs:
+            run.seal()
+        return runs
+
+    def _body(self, record: Mapping[Any, Any]) -> bytes:
+        """The packed record, checked and made safe as the class says."""
         if type(record) is not dict:
             record = _as_dict(record)
         guard = self._guard
@@ -108,30 +190,32 @@ class EntryPacker:
                 raise SerializationError(
                     f"record cannot be checked: {_describe(exc)}") from exc
         body = self._pack_body(record)
-        if self._ran:
-            self._ran = False
-            if guard is None or not self._unsure:
-                # Only str came of it (default=str on a datetime, a str Enum): a str is
-                # safe anywhere, so proving the bytes whole is enough.
-                _check_whole(body)
-            else:
-                self._unsure = False
-                body = _second_look(body, guard)
-        sec, nsec = divmod(message.time_ns, _NS)
-        if self._int_time:
-            head: bytes = self._packer.pack(sec)
-            return b"\x92" + head + body
-        return _EVENT_TIME_ENTRY_HEAD.pack(0x92, 0xD7, 0x00, sec, nsec) + body
+        return self._checked(body) if self._ran else body
+
+    def _checked(self, body: bytes) -> bytes:
+        """``body`` once Python code ran while it was packed: proven whole, and safe."""
+        self._ran = False
+        if self._guard is None or not self._unsure:
+            # Only str came of it (default=str on a datetime, a str Enum): a str is safe
+            # anywhere, so proving the bytes whole is enough.
+            _check_whole(body)
+            return body
+        self._unsure = False
+        return _second_look(body, self._guard)
 
     def _pack_body(self, record: dict[Any, Any]) -> bytes:
         try:
             body: bytes = self._packer.pack(record)
-        except UnicodeEncodeError:
-            body = self._pack_lenient(record)
         except Exception as exc:
-            self._ran = self._unsure = False
-            raise SerializationError(f"record cannot be serialized: {_describe(exc)}") from exc
+            body = self._after_failure(record, exc)
         return body
+
+    def _after_failure(self, record: dict[Any, Any], exc: Exception) -> bytes:
+        """The packer raised ``exc``: pack ``record`` leniently, or say why it cannot be."""
+        if isinstance(exc, UnicodeEncodeError):
+            return self._pack_lenient(record)
+        self._ran = self._unsure = False
+        raise SerializationError(f"record cannot be serialized: {_describe(exc)}") from exc
 
     def _pack_lenient(self, record: dict[Any, Any]) -> bytes:
         if self._lenient is None:
