@@ -22,7 +22,7 @@ OVERFLOW_POLICIES = ("drop_newest", "drop_oldest", "block", "raise")
 # Records past which post() waits for the reader to pack what is queued, whatever the
 # bytes: few Python objects waiting means short garbage collections, little memory, and
 # a record that is bytes (and in the spool) a moment after post().
-QUEUE_COUNT_LIMIT = 1024
+QUEUE_COUNT_LIMIT = 256
 
 
 class SpoolLimit(Protocol):
