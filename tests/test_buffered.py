@@ -414,3 +414,33 @@ def test_every_method_of_the_buffer_is_used_by_the_client():
         and f".{name}(" not in source
     ]
     assert unused == []
+
+
+class _Slow:
+    """Packs (through default=) only after a pause: a reader slower than its callers."""
+
+
+def _slowly(obj: object) -> str:
+    time.sleep(0.0005)
+    return "slow"
+
+
+def test_posts_outrunning_the_reader_wait_for_it_instead_of_piling_up(fluent_server, monkeypatch):
+    from fluentclient import client as client_module
+    from fluentclient._admission import QUEUE_COUNT_LIMIT
+
+    # Only the bound is under test here, not its safety valve.
+    monkeypatch.setattr(client_module, "_DRAIN_WAIT", 60.0)
+    client = client_for(fluent_server, default=_slowly)
+    try:
+        longest = 0
+        for i in range(1500):
+            assert client.post("app.slow", {"i": i, "v": _Slow()})
+            longest = max(longest, len(client._queue))
+        assert longest <= QUEUE_COUNT_LIMIT
+        assert client.flush(timeout=30)
+        assert fluent_server.wait_for_events(1500, timeout=10)
+        assert [e.record["i"] for e in fluent_server.events] == list(range(1500))
+        assert client.stats().dropped_total == 0
+    finally:
+        client.shutdown(5)

@@ -9,6 +9,7 @@ import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fluentclient.errors import SerializationError
 from fluentclient.framing import (
     EntryPacker,
     FrameError,
@@ -177,3 +178,46 @@ def test_a_payload_cut_inside_an_entry_is_refused():
     except FrameError:
         return
     raise AssertionError("a cut payload decoded")
+
+
+# -- the reader's batch packer ---------------------------------------------------------------
+
+class _Unpackable:
+    """Packs only through default=, which refuses it."""
+
+
+odd_records = records | st.sampled_from([{"bad": _Unpackable()}, {"s": "\udcff lone"},
+                                         {"t": (1, 2)}, {"n": float("nan")}])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["a.x", "a.y"]), times, odd_records), max_size=30),
+    st.booleans(),
+)
+def test_pack_runs_makes_what_pack_makes_record_by_record(items, guarded):
+    """The reader packs batches into runs; each must equal the one-at-a-time packing,
+    with the same records refused for the same reasons and the tags' order kept."""
+    from fluentclient._options import RecordOptions
+
+    def packer() -> EntryPacker:
+        return RecordOptions().packer() if guarded else EntryPacker()
+
+    msgs = [Message(tag, rec, t.to_ns()) for tag, t, rec in items]
+    one, expected_fail, expected = packer(), [], []
+    for msg in msgs:
+        try:
+            expected.append((msg.tag, one.pack(msg)))
+        except SerializationError as exc:
+            expected_fail.append((msg, type(exc)))
+    failed: list[tuple[Message, type]] = []
+    runs = packer().pack_runs(msgs, lambda m, exc: failed.append((m, type(exc))))
+    assert failed == expected_fail
+    got = [(run.tag, entry) for run in runs for entry in run.entries()]
+    assert got == expected
+    for run in runs:
+        assert run.sizes == [len(e) for e in run.entries()]
+        assert b"".join(run.entries()) == run.data
+        assert all(m.tag == run.tag for m in run.messages)
+        assert len(run.messages) == len(run.sizes)
+    assert all(a.tag != b.tag for a, b in zip(runs, runs[1:]))
