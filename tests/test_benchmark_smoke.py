@@ -49,3 +49,17 @@ def test_quick_benchmark_run_reports_every_table_and_draws_the_chart(tmp_path):
         assert f"buffered, server {state}: p99 {p99:.1f} µs" in titles
     widths = [float(r.get("width", "0")) for r in root.iter(f"{SVG}rect")]
     assert all(w >= 0 for w in widths) and max(widths) <= float(root.get("width", "0"))
+
+
+def test_spool_window_benchmark_runs_and_loses_only_a_tail():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "spool_window.py"), "--rounds", "1",
+         "--after", "0.3"],
+        capture_output=True, text=True, timeout=120, env=child_env(),
+    )
+    assert out.returncode == 0, out.stderr
+    (round_,) = json.loads(out.stdout.strip().splitlines()[-1])["rounds"]
+    assert round_["posted"] > 0
+    assert round_["arrived"] + round_["lost"] == round_["posted"]
+    # What the killed process had posted comes back from the spool, save its last moment.
+    assert round_["tail_only"]
