@@ -46,6 +46,8 @@ STOP = object()
 BATCH = 128
 # How often a busy reader looks at the queue without being woken.
 POLL = 0.005
+# How long the reader leaves the GIL to the writer when a large write is due.
+WRITER_TURN = 0.0002
 # Room kept in the spool for a block's head and its tags, beyond the entries themselves.
 _BLOCK_OVERHEAD = 64
 
@@ -168,7 +170,13 @@ class Reader:
                         batch = [m for m in batch if m is not STOP]
                         self.settled += 1
                     self._append(batch)  # type: ignore[arg-type]
-                    if len(batch) == BATCH or replaying:
+                    if self._buffer.pending_bytes >= self._buffer.gather_bytes:
+                        # Posts and packing can keep the GIL between them for as long
+                        # as posts come, and the writer would only get it back every
+                        # switch interval, a partial send at a time, while the buffer
+                        # fills towards drops. A moment off the GIL lets it write.
+                        time.sleep(WRITER_TURN)
+                    elif len(batch) == BATCH or replaying:
                         # More is waiting: let a posting thread have the GIL first.
                         yield_gil()
                     continue
