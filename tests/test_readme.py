@@ -100,7 +100,7 @@ def test_the_benchmark_chart_shown_is_there_and_well_formed():
     assert root.tag == "{http://www.w3.org/2000/svg}svg"
     # The chart and the tables come from one run: each end-to-end figure is in both.
     titles = " ".join(t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}title"))
-    rows = table(section("Benchmarks"), "| contender |")
+    rows = table(section("Benchmarks"), "| fresh dicts |")
     for name, _, _, e2e, *_ in rows:
         assert f"{name}: {e2e} rec/s" in titles
 
