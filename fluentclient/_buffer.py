@@ -93,6 +93,9 @@ class Buffer:
         self.gather_bytes = max(write_threshold, GATHER_BYTES)
         # When the writer last took frames (time.monotonic), for gathering (see due_in).
         self.last_take = float("-inf")
+        # Set by the writer while no server can be written to (all down or backing off):
+        # then the reader need not make way for it.
+        self.no_server = False
         self.max_frame_size = max_frame_size
         self._gathering: dict[str, Frame] = {}
         self._ready: deque[Frame] = deque()

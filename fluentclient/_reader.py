@@ -170,7 +170,8 @@ class Reader:
                         batch = [m for m in batch if m is not STOP]
                         self.settled += 1
                     self._append(batch)  # type: ignore[arg-type]
-                    if self._buffer.pending_bytes >= self._buffer.gather_bytes:
+                    buf = self._buffer
+                    if buf.pending_bytes >= buf.gather_bytes and not buf.no_server:
                         # Posts and packing can keep the GIL between them for as long
                         # as posts come, and the writer would only get it back every
                         # switch interval, a partial send at a time, while the buffer

@@ -189,6 +189,7 @@ class Writer:
                 frame.entries = bytearray()
         while frames:
             link = self._connected_link()
+            self._buffer.no_server = link is None
             if link is None:
                 self._buffer.requeue(frames)
                 self._pause()
