@@ -6,6 +6,9 @@ import calendar
 import datetime
 import decimal
 import inspect
+import json
+import logging
+import re
 import subprocess
 import sys
 import textwrap
@@ -23,7 +26,7 @@ from fluentclient.loguru import FIELDS, FluentSink
 from fluentclient.server import ForwardServer
 
 from .conftest import FAST_BACKOFF
-from .subproc import child_env
+from .subproc import ROOT, child_env
 
 
 @pytest.fixture
@@ -361,6 +364,61 @@ def test_sink_is_named_for_its_tag():
         assert not hasattr(sink, "flush")  # loguru would call it after every message
     finally:
         sink.stop()
+
+
+class ToLoguru(logging.Handler):
+    """Standard logging routed into loguru, as loguru's documentation shows it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # loguru names the record after the module of the frame it is told to look at:
+        # the first one outside logging, whose frames differ between Pythons.
+        frame, depth = inspect.currentframe(), 0
+        while frame is not None and (depth == 0 or frame.f_code.co_filename == logging.__file__):
+            frame, depth = frame.f_back, depth + 1
+        logger.opt(depth=depth).log(record.levelname, record.getMessage())
+
+
+def test_the_guides_filter_keeps_the_clients_own_lines_out_of_the_sink(
+        fluent_server, log, capsys):
+    routed = logging.getLogger("fluentclient")
+    to_loguru = ToLoguru()
+    routed.addHandler(to_loguru)
+    try:
+        seen: list = []
+        log.add(lambda message: seen.append(message.record["message"]), format="{message}")
+        sink = sink_for(fluent_server, tag="app.routed")
+        log.add(sink, filter={"fluentclient": False})
+        log.info("sent")
+        sink.client.shutdown(2)
+        # The client says it drops this line, through logging, into loguru, while the
+        # sink is posting it: without the filter loguru refuses to re-enter the sink,
+        # and prints its own error.
+        log.info("dropped")
+    finally:
+        routed.removeHandler(to_loguru)
+    assert fluent_server.wait_for_events(1, timeout=5)
+    assert [e.record["message"] for e in fluent_server.events] == ["sent"]
+    assert any("dropping records (closed)" in m for m in seen)
+    assert "Logging error in Loguru" not in capsys.readouterr().err
+
+
+def test_the_guides_record_is_what_the_sink_sends(fluent_server, log):
+    guide = (ROOT / "docs" / "guides" / "loguru.md").read_text(encoding="utf-8")
+    shown = json.loads(re.search(r"```json\n(.*?)```", guide, re.S).group(1))
+    log.add(sink_for(fluent_server, tag_prefix="shop"))
+
+    def place_order(order_id, user_id):
+        request_log = log.bind(user=user_id)
+        with log.contextualize(request_id="7f3c9a"):
+            request_log.info("order {} placed", order_id)
+
+    place_order(1042, 42)
+    assert fluent_server.wait_for_events(1, timeout=5)
+    sent = fluent_server.events[0].record
+    assert list(sent) == list(shown)
+    assert {k: type(v) for k, v in sent.items()} == {k: type(v) for k, v in shown.items()}
+    same = ("message", "level", "function", "process_name", "thread_name", "request_id", "user")
+    assert {k: sent[k] for k in same} == {k: shown[k] for k in same}
 
 
 # -- the process around it ------------------------------------------------------------------
