@@ -118,9 +118,9 @@ class FluentSink:
     ``file`` (the source file's path), ``process``, ``process_name``, ``thread``,
     ``thread_name``, and for a message with an exception ``exc_type``, ``exc_message`` and
     ``exc_traceback`` (formatted as :mod:`traceback` does: loguru's ``diagnose`` output,
-    with the values of local variables, is never sent). Then every ``extra`` value
-    (``bind()``, ``contextualize()``, ``patch()``) as a field of its own; unless
-    ``extra=False``; these win over the built-in fields of the same name. ``fields``
+    with the values of local variables, is never sent). Then, unless ``extra=False``,
+    every ``extra`` value (``bind()``, ``contextualize()``, ``patch()``) as a field of
+    its own, winning over a built-in field of the same name. ``fields``
     renames fields (``{"level": "severity"}``) or drops them (``{"thread": None}``),
     extra ones too. Values msgpack cannot serialize go through ``default`` (``str``,
     falling back to ``repr``), so the message itself is never lost.
@@ -142,6 +142,10 @@ class FluentSink:
     :class:`ShutdownReport` is kept in :attr:`report`) and only flushes a shared client,
     within the same deadline. The own client also drains at process exit by itself, as
     every client made with the default ``at_exit=True`` does.
+
+    With standard logging routed into loguru, add the sink with
+    ``filter={"fluentclient": False}``: the client logs some of its warnings while the
+    sink is posting, and loguru refuses to enter a sink from inside itself.
 
     The sink has no ``flush()`` method on purpose: loguru would call it after every
     message, and it would wait for the network. ``sink.client.flush(timeout)`` waits for
