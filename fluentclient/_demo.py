@@ -141,6 +141,11 @@ class _Reply:
                 sys.stdout.flush()
             except (OSError, ValueError):
                 self._broken = True
+                # The demo is gone: what is left in stdout's buffer goes nowhere, quietly,
+                # rather than as an error when the interpreter flushes it at exit.
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
 
 
 def forget(server: ForwardServer, check: Check) -> None:
@@ -153,8 +158,9 @@ def forget(server: ForwardServer, check: Check) -> None:
 
 def serve_for_demo(argv: list[str]) -> int:
     """The server process: ``argv`` is the time base of the posted records, in ns."""
-    # Ctrl-C reaches the whole process group; the demo decides when this process ends
-    # (by closing its stdin), so that it can still collect the verdict.
+    # Started in a session of its own, this process does not get the terminal's Ctrl-C;
+    # a SIGINT sent to it anyway must not end it either: the demo ends it, by closing
+    # its stdin, once it has what it needs.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A connection cut when the demo is interrupted is not news; what went wrong while
     # it ran is in the verdict, from the server's errors.
@@ -206,10 +212,6 @@ class ServerProcess:
         self._reader = threading.Thread(target=self._read, name="demo-server-reader",
                                         daemon=True)
         self._reader.start()
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
 
     @property
     def arrived(self) -> int:
@@ -304,9 +306,10 @@ class StatusLine:
         stats, arrived, now = self._stats(), self._arrived(), time.monotonic()
         rate = (arrived - self._last) / max(now - self._last_at, 1e-9)
         self._last, self._last_at = arrived, now
-        return (f"{stats.posted:,} posted, {arrived:,} at the server ({rate:,.0f}/s), "
-                f"{stats.buffered:,} in the client ({stats.buffered_bytes / 1024:,.0f} KiB), "
-                f"{stats.dropped_total:,} dropped")
+        # Short enough for an 80-column terminal, where a wrapped line cannot be redrawn.
+        line = (f"{stats.posted:,} posted, {arrived:,} at the server ({rate:,.0f}/s), "
+                f"{stats.buffered:,} held ({stats.buffered_bytes / 1024:,.0f} KiB)")
+        return line + (f", {stats.dropped_total:,} dropped" if stats.dropped_total else "")
 
 
 class Run:
@@ -358,7 +361,7 @@ def summary(records: int, run: Run, verdict: dict[str, Any]) -> tuple[list[str],
     arrived = verdict["arrived"]
     lines = [
         f"posted     {records:,} in {run.post_seconds:.2f} s "
-        f"({_rate(records, run.post_seconds)} as returned by post())",
+        f"({_rate(records, run.post_seconds)}, the loop calling post())",
         f"arrived    {arrived:,}{'' if arrived == records else f' of {records:,}'} "
         f"in {run.total_seconds:.2f} s "
         f"({_rate(arrived, run.total_seconds)} end to end)",

@@ -211,6 +211,8 @@ class WaitNotice:
 
 
 class _Watch:
+    """WaitNotice.check every 0.1 s in a thread of its own, for as long as it is entered."""
+
     def __init__(self, notice: WaitNotice, client: BufferedClient, purpose: str,
                  timeout: float) -> None:
         self._notice = notice
@@ -493,7 +495,9 @@ order, with its fields and its time exact to the nanosecond.
 
 It prints how long posting and delivery took and the client's CPU time per
 record. The server runs apart so that these figures are the client's own;
-they depend on the machine and on what else runs on it."""
+they depend on the machine and on what else runs on it. The client uses
+overflow="block": if the server falls behind, post() waits rather than
+drops."""
 
 DEMO_EPILOG = """\
 examples:

@@ -151,8 +151,8 @@ def test_demo_progress_counts_what_the_server_took():
     assert result.returncode == 0, result.stdout + result.stderr
     status = [line for line in result.stderr.splitlines() if " at the server (" in line]
     assert status, result.stderr
-    counts = [re.fullmatch(r"([\d,]+) posted, ([\d,]+) at the server \([\d,]+/s\), [\d,]+ in "
-                           r"the client \([\d,]+ KiB\), 0 dropped", line) for line in status]
+    counts = [re.fullmatch(r"([\d,]+) posted, ([\d,]+) at the server \([\d,]+/s\), "
+                           r"[\d,]+ held \([\d,]+ KiB\)", line) for line in status]
     assert all(counts), status
     arrived = [int(m[2].replace(",", "")) for m in counts if m]
     # Counted while it happens: some line shows records arrived before the end.
@@ -187,6 +187,16 @@ def test_demo_checks_can_fail():
     assert all("NO: 1 records" in line for line in lines[2:5]), lines
     assert problems[0] == "5 of 6 records arrived", problems
     assert any("arrived with seq 2 after 2" in p for p in problems), problems
+
+
+def test_demo_fails_clearly_when_its_server_cannot_start(monkeypatch, capsys):
+    from fluentclient import _demo
+
+    monkeypatch.setattr(_demo, "_BOOT", "import sys; sys.exit(3)")
+    assert _demo.demo(1000, progress=False) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == ("demo: FAILED: the server process ended (exit status 3) before it "
+                           "could listen"), err
 
 
 @LINUX_PROC
