@@ -76,7 +76,8 @@ class SendRate:
     """``describe()`` of the client's stats with the send rate since the last call: the
     status line of ``cat``."""
 
-    def __init__(self, stats: Callable[[], Stats], *, read: Callable[[], int] | None = None):
+    def __init__(self, stats: Callable[[], Stats], *,
+                 read: Callable[[], int] | None = None) -> None:
         self._stats = stats
         self._read = read
         self._last_sent = 0
