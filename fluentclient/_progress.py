@@ -23,6 +23,11 @@ class Console:
         self._lock = threading.Lock()
         self._status_shown = False
 
+    @property
+    def live(self) -> bool:
+        """Whether the status line is redrawn in place (a terminal)."""
+        return self._live
+
     def say(self, text: str) -> None:
         with self._lock:
             self._clear()
@@ -67,8 +72,28 @@ def describe(stats: Stats, rate: float | None, *, read: int | None = None) -> st
     return ", ".join(parts)
 
 
+class SendRate:
+    """``describe()`` of the client's stats with the send rate since the last call: the
+    status line of ``cat``."""
+
+    def __init__(self, stats: Callable[[], Stats], *,
+                 read: Callable[[], int] | None = None) -> None:
+        self._stats = stats
+        self._read = read
+        self._last_sent = 0
+        self._last_at = time.monotonic()
+
+    def __call__(self) -> str:
+        stats = self._stats()
+        now = time.monotonic()
+        rate = (stats.sent - self._last_sent) / max(now - self._last_at, 1e-9)
+        self._last_sent, self._last_at = stats.sent, now
+        read = None if self._read is None else self._read()
+        return describe(stats, rate, read=read)
+
+
 class Progress:
-    """A thread that shows ``describe(stats())`` every ``interval`` seconds until stopped.
+    """A thread that shows ``line()`` every ``interval`` seconds until stopped.
 
     Used as a context manager; when ``enabled`` is false it does nothing at all.
     """
@@ -76,15 +101,13 @@ class Progress:
     def __init__(
         self,
         console: Console,
-        stats: Callable[[], Stats],
+        line: Callable[[], str],
         *,
-        read: Callable[[], int] | None = None,
         enabled: bool = True,
         interval: float = 1.0,
     ) -> None:
         self._console = console
-        self._stats = stats
-        self._read = read
+        self._line = line
         self._enabled = enabled
         self._interval = interval
         self._stop = threading.Event()
@@ -108,11 +131,5 @@ class Progress:
             self._console.end_status()
 
     def _run(self) -> None:
-        last_sent, last_at = 0, time.monotonic()
         while not self._stop.wait(self._interval):
-            stats = self._stats()
-            now = time.monotonic()
-            rate = (stats.sent - last_sent) / max(now - last_at, 1e-9)
-            last_sent, last_at = stats.sent, now
-            read = None if self._read is None else self._read()
-            self._console.status(describe(stats, rate, read=read))
+            self._console.status(self._line())

@@ -20,23 +20,16 @@ from dataclasses import dataclass
 from typing import Any, Callable, Union
 
 from ._cat_input import BadInput, Item, json_lines, msgpack_objects, take_time
-from ._progress import Console, Progress
+from ._demo import demo as run_demo
+from ._progress import Console, Progress, SendRate
 from .client import BufferedClient, SyncClient
-from .config import check_tag, options_from_env
+from .config import VARIABLES, check_tag, options_from_env
 from .errors import ConfigurationError, FluentError, InvalidTimeError
 from .message import EventTime, TimeLike
 from .server import ForwardServer, ReceivedEvent
-from .stats import ShutdownReport
+from .stats import ShutdownReport, Stats
 
 __all__ = ["main"]
-
-DEMO_RECORD = {
-    "message": "GET /api/v1/items/1234 HTTP/1.1 200 512 bytes in 12.5 ms",
-    "level": "info",
-    "host": "web-1",
-    "latency_ms": 12.5,
-    "request_id": "6f1c0a0e-1b9e-4c55-a7f3",
-}
 
 # Exit statuses of ``cat`` besides 0 (everything read was delivered) and 2 (usage).
 EXIT_UNDELIVERED = 1  # a record was dropped, left unsent, possibly lost or refused
@@ -123,30 +116,10 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    """Post ``--records`` records through BufferedClient and check every one arrived."""
-    records = args.records
-    console = Console(sys.stderr, live=sys.stderr.isatty())
-    with ForwardServer() as server:
-        client = BufferedClient(server.host, server.port, at_exit=False)
-        with Progress(console, client.stats, enabled=_show_progress(args)):
-            start = time.perf_counter()
-            for i in range(records):
-                client.post("demo.access", {**DEMO_RECORD, "seq": i})
-            posted = time.perf_counter()
-            report = client.shutdown(30)
-            done = time.perf_counter()
-        arrived = server.wait_for_events(records, timeout=30)
-        seqs = [e.record.get("seq") for e in server.events]
-    ok = arrived and seqs == list(range(records)) and report.complete
-    print(f"posted {records:,} records in {posted - start:.3f} s "
-          f"({records / (posted - start):,.0f} records/s caller-side)")
-    print(f"all sent and received in {done - start:.3f} s "
-          f"({records / (done - start):,.0f} records/s end to end)")
-    print(f"server received {len(seqs):,} records, in order: {seqs == list(range(records))}; "
-          f"report: sent={report.sent:,} unsent={report.unsent_records} "
-          f"possibly_lost={report.possibly_lost} dropped={dict(report.dropped)}")
-    print("OK" if ok else "FAILED: not every record arrived exactly once")
-    return 0 if ok else 1
+    """Post ``--records`` records to a server in another process, which checks each one."""
+    if args.records < 1:
+        raise ConfigurationError("--records needs at least 1 record")
+    return run_demo(args.records, progress=_show_progress(args))
 
 
 def _show_progress(args: argparse.Namespace) -> bool:
@@ -203,6 +176,92 @@ class Tally:
     failed: int = 0  # --sync: records the server did not take
 
 
+class WaitNotice:
+    """Says once on stderr what cat is waiting for, for how long at most, and how to change
+    that, so that a missing server is not a silent 30 s. Only a wait that lasts
+    ``QUIET_FOR`` seconds (a quarter of a shorter deadline), or one whose cause is already
+    known (a failed connect), is worth a line: a healthy run says nothing."""
+
+    QUIET_FOR = 2.0
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._said: set[str] = set()
+
+    def check(self, stats: Stats, purpose: str, started: float, deadline: float) -> None:
+        """During a wait that started at ``started``: say ``purpose`` and why, if due."""
+        if purpose in self._said or not stats.buffered:
+            return
+        now = time.monotonic()
+        failing = any(s.last_error and s.state != "connected" for s in stats.servers)
+        # A short deadline still gets its line before it runs out.
+        quiet = min(self.QUIET_FOR, (deadline - started) / 4)
+        if not failing and now - started < quiet:
+            return
+        self._said.add(purpose)
+        self._console.say(
+            f"cat: waiting up to {_seconds(deadline - now)} s "
+            f"{purpose.format(records=_count(stats.buffered, 'record'))}: "
+            f"{waiting_for(stats)}; --timeout SECONDS changes this limit"
+        )
+
+    def watch(self, client: BufferedClient, purpose: str, timeout: float) -> _Watch:
+        """A thread checking during a wait the caller cannot break into (shutdown)."""
+        return _Watch(self, client, purpose, timeout)
+
+
+class _Watch:
+    """WaitNotice.check every 0.1 s in a thread of its own, for as long as it is entered."""
+
+    def __init__(self, notice: WaitNotice, client: BufferedClient, purpose: str,
+                 timeout: float) -> None:
+        self._notice = notice
+        self._client = client
+        self._purpose = purpose
+        self._timeout = timeout
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fluentclient-cat-wait",
+                                        daemon=True)
+
+    def __enter__(self) -> _Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._thread.join(1.0)
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        deadline = started + self._timeout
+        while not self._done.wait(0.1):
+            self._notice.check(self._client.stats(), self._purpose, started, deadline)
+
+
+def waiting_for(stats: Stats) -> str:
+    """What holds the records back, server by server, in words."""
+    servers = [s for s in stats.servers if not s.standby] or list(stats.servers)
+    parts = []
+    for server in servers[:3]:
+        if server.state == "connected":
+            parts.append(f"connected to {server.address}, waiting for it to read and "
+                         "confirm them")
+        elif server.last_error:
+            # The connect error repeats the address already named.
+            reason = server.last_error.removeprefix(f"cannot connect to {server.address}: ")
+            parts.append(f"connecting to {server.address} (last failure: {reason})")
+        else:
+            parts.append(f"connecting to {server.address}")
+    if len(servers) > 3:
+        parts.append(f"and {len(servers) - 3} more servers")
+    return "; ".join(parts) or "the client"
+
+
+def _seconds(value: float) -> str:
+    value = max(value, 0.0)
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
+
+
 class Backpressure:
     """Holds cat back while the client's buffer is over half full, so that a fast input is
     not dropped for want of room. Past ``timeout`` without room it stops waiting (records
@@ -210,8 +269,10 @@ class Backpressure:
 
     CHECK_EVERY = 64
 
-    def __init__(self, client: BufferedClient, limit: int, timeout: float) -> None:
+    def __init__(self, client: BufferedClient, limit: int, timeout: float,
+                 notice: WaitNotice) -> None:
         self._client = client
+        self._notice = notice
         self._high = limit // 2
         self._timeout = timeout
         self._countdown = self.CHECK_EVERY
@@ -232,13 +293,17 @@ class Backpressure:
             self._gave_up = not self._wait_for_room()
 
     def _wait_for_room(self) -> bool:
-        deadline = time.monotonic() + self._timeout
-        while self._client.stats().buffered_bytes > self._high:
+        started = time.monotonic()
+        deadline = started + self._timeout
+        while True:
+            stats = self._client.stats()
+            if stats.buffered_bytes <= self._high:
+                return True
+            self._notice.check(stats, "for room in the buffer ({records} held)", started, deadline)
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
             self._client.flush(timeout=min(left, 0.5))
-        return True
 
 
 def post_records(
@@ -248,6 +313,7 @@ def post_records(
     args: argparse.Namespace,
     console: Console,
     tally: Tally,
+    notice: WaitNotice,
 ) -> None:
     """Post every record; report bad input (and, with --sync, failures) and go on."""
 
@@ -255,7 +321,7 @@ def post_records(
         tally.bad += 1
         console.say(f"cat: {where} skipped: {reason}")
 
-    room = (Backpressure(client, CAT_BUFFER_LIMIT, args.timeout)
+    room = (Backpressure(client, CAT_BUFFER_LIMIT, args.timeout, notice)
             if isinstance(client, BufferedClient) else None)
     for item in items:
         if isinstance(item, BadInput):
@@ -312,9 +378,13 @@ def exit_status(tally: Tally, report: ShutdownReport, interrupted: bool) -> int:
     return EXIT_BAD_INPUT if tally.bad else 0
 
 
-def finish(client: Client, timeout: float, console: Console) -> ShutdownReport:
+def finish(client: Client, timeout: float, console: Console,
+           notice: WaitNotice) -> ShutdownReport:
     """Shut the client down within ``timeout``; a second interrupt stops it at once."""
     try:
+        if isinstance(client, BufferedClient):
+            with notice.watch(client, "to deliver {records}", timeout):
+                return client.shutdown(timeout)
         return client.shutdown(timeout)
     except (KeyboardInterrupt, Interrupted):
         console.say("cat: interrupted again; what is still held is not sent")
@@ -334,17 +404,18 @@ def cat(args: argparse.Namespace) -> int:
     stdin = sys.stdin.buffer
     items = msgpack_objects(stdin) if args.format == "msgpack" else json_lines(stdin)
     tally = Tally()
+    notice = WaitNotice(console)
     interrupted = False
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        with Progress(console, client.stats, read=lambda: tally.read,
+        with Progress(console, SendRate(client.stats, read=lambda: tally.read),
                       enabled=_show_progress(args)):
             try:
-                post_records(client, tag, items, args, console, tally)
+                post_records(client, tag, items, args, console, tally, notice)
             except (KeyboardInterrupt, Interrupted):
                 interrupted = True
                 console.say("cat: interrupted; sending what was read")
-            report = finish(client, args.timeout, console)
+            report = finish(client, args.timeout, console, notice)
     finally:
         signal.signal(signal.SIGTERM, previous)
     console.say(summary(tally, report, sync=args.sync))
@@ -353,6 +424,108 @@ def cat(args: argparse.Namespace) -> int:
 
 # -- the parser ------------------------------------------------------------------------------
 
+# Help texts written for a terminal: argparse prints them as they are (line breaks kept),
+# so they are kept under 76 columns here. The docstrings are for the API docs.
+
+MAIN_DESCRIPTION = """\
+Send structured records to Fluentd or Fluent Bit over the forward protocol,
+or try the client without either."""
+
+MAIN_EPILOG = """\
+examples:
+  fluentclient demo                       check it works, and how fast
+  echo '{"user": 42}' | fluentclient cat app.audit --host fluentd.internal
+  fluentclient serve --port 24224         print what clients send
+
+Connection settings default to the FLUENT_* environment variables
+(FLUENT_HOST, FLUENT_PORT, ...): "fluentclient cat --help" lists them.
+"fluentclient COMMAND --help" describes each command."""
+
+CAT_DESCRIPTION = """\
+Read records from stdin and post each one to TAG, like fluentd's fluent-cat.
+Input is one JSON object per line, or with --format msgpack a stream of
+msgpack maps. A line that is not a record is reported on stderr with its
+number and skipped; the rest is still sent.
+
+Input faster than the server is held back rather than dropped. At the end
+cat waits up to --timeout seconds for the server to take everything, says
+so on stderr if it has to wait, and prints one summary line."""
+
+CAT_EXIT = """\
+exit status:
+  0    everything read was delivered
+  1    something was not delivered (dropped, unsent, possibly lost, refused)
+  2    usage or configuration error
+  3    everything was delivered, but some input was skipped as bad
+  130  interrupted (Ctrl-C or SIGTERM); what was read is still sent"""
+
+CAT_EXAMPLES = """\
+examples:
+  echo '{"user": 42, "action": "login"}' | fluentclient cat app.audit
+  tail -F app.jsonl | fluentclient cat app.log --ack --time-key ts
+  fluentclient cat app.x --port 24225 --timeout 5 < records.jsonl"""
+
+# What each variable sets, where the option is not simply named after it.
+_VARIABLE_NOTES = {
+    "SERVERS": "host:port[,host:port...], instead of host and port",
+    "TAG_PREFIX": "prefix put before TAG (no option)",
+    "REQUIRE_ACK": "--ack",
+}
+
+SERVE_DESCRIPTION = """\
+Receive events over the forward protocol and print each one on stdout as a
+line of JSON: {"tag", "time", "nanoseconds", "record"}, bytes given as
+{"$bin": base64}. The address is announced on stderr. Runs until Ctrl-C or
+SIGTERM."""
+
+SERVE_EPILOG = """\
+examples:
+  fluentclient serve                      listen on 127.0.0.1:24224
+  fluentclient serve --port 0             any free port (see stderr)
+  fluentclient serve --shared-key K --tls-cert server.pem
+
+environment: the address, key and user default to FLUENT_HOST, FLUENT_PORT,
+FLUENT_UNIX_PATH, FLUENT_SHARED_KEY, FLUENT_USERNAME and FLUENT_PASSWORD,
+so serve listens where cat sends."""
+
+DEMO_DESCRIPTION = """\
+Start a forward server in a separate process, post records to it through
+BufferedClient, and check on arrival that every record came once, in
+order, with its fields and its time exact to the nanosecond.
+
+It prints how long posting and delivery took and the client's CPU time per
+record. The server runs apart so that these figures are the client's own;
+they depend on the machine and on what else runs on it. The client uses
+overflow="block": if the server falls behind, post() waits rather than
+drops."""
+
+DEMO_EPILOG = """\
+examples:
+  fluentclient demo
+  fluentclient demo --records 1000000 --progress
+
+exit status: 0 if every check passed, 1 if one failed, 130 if interrupted."""
+
+
+def cat_epilog() -> str:
+    """The exit statuses, examples and the environment variables, from the list read."""
+    rows = []
+    for suffix, option in VARIABLES.items():
+        note = _VARIABLE_NOTES.get(suffix, "--" + option.replace("_", "-"))
+        rows.append(f"  FLUENT_{suffix:<16} {note}")
+    return "\n\n".join([
+        CAT_EXIT,
+        CAT_EXAMPLES,
+        "environment (an option given on the command line wins):\n" + "\n".join(rows)
+        + "\nPrefer FLUENT_PASSWORD and FLUENT_SHARED_KEY to the options: other users\n"
+        "can see a process's arguments.",
+    ])
+
+
+def _subparser(sub: Any, name: str, help: str, description: str, epilog: str) -> Any:
+    return sub.add_parser(name, help=help, description=description, epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
 
 def _add_progress(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress", action="store_true", default=None,
@@ -360,14 +533,9 @@ def _add_progress(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_cat(sub: Any) -> None:
-    p = sub.add_parser(
-        "cat", help="post records read from stdin (JSON lines or msgpack) to TAG",
-        description="Read records from stdin and post each one to TAG, like fluent-cat. "
-        "Options default to the FLUENT_* environment variables. Bad lines are reported on "
-        "stderr and skipped. Exit status: 0 all delivered, 1 something not delivered, "
-        "3 some input skipped as bad, 2 usage or configuration error, 130 interrupted.",
-    )
-    p.add_argument("tag", metavar="TAG")
+    p = _subparser(sub, "cat", "post records read from stdin (JSON lines or msgpack) to TAG",
+                   CAT_DESCRIPTION, cat_epilog())
+    p.add_argument("tag", metavar="TAG", help="tag of every record, such as app.audit")
     p.add_argument("--format", choices=("json", "msgpack"), default="json",
                    help="JSON object per line (default) or a stream of msgpack maps")
     p.add_argument("--time-key", metavar="KEY",
@@ -375,20 +543,20 @@ def _add_cat(sub: Any) -> None:
     p.add_argument("--keep-time-key", action="store_true",
                    help="leave the --time-key field in the record")
     p.add_argument("--sync", action="store_true",
-                   help="send each record before reading the next (SyncClient)")
+                   help="send each record before reading the next")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long to wait for the server at the end, and for buffer room "
                    "(default 30)")
     _add_progress(p)
     where = p.add_argument_group("server (default: FLUENT_HOST, FLUENT_PORT, FLUENT_SERVERS)")
-    where.add_argument("--host")
-    where.add_argument("--port", type=int)
-    where.add_argument("--unix-path", metavar="PATH")
+    where.add_argument("--host", help="default 127.0.0.1")
+    where.add_argument("--port", type=int, help="default 24224")
+    where.add_argument("--unix-path", metavar="PATH", help="a Unix socket instead")
     sec = p.add_argument_group("delivery and security")
     sec.add_argument("--ack", action=argparse.BooleanOptionalAction, default=None,
                      help="require an ack for every frame (at least once)")
     sec.add_argument("--compress", choices=("gzip", "none"))
-    sec.add_argument("--shared-key", metavar="KEY")
+    sec.add_argument("--shared-key", metavar="KEY", help="better given as FLUENT_SHARED_KEY")
     sec.add_argument("--username")
     sec.add_argument("--password", help="better given as FLUENT_PASSWORD")
     sec.add_argument("--tls", action=argparse.BooleanOptionalAction, default=None)
@@ -402,12 +570,15 @@ def _add_cat(sub: Any) -> None:
 
 
 def _add_serve(sub: Any) -> None:
-    p = sub.add_parser("serve", help="receive events and print them as JSON lines")
+    p = _subparser(sub, "serve", "receive events and print them as JSON lines",
+                   SERVE_DESCRIPTION, SERVE_EPILOG)
     p.add_argument("--host", default=None, help="default: FLUENT_HOST or 127.0.0.1")
     p.add_argument("--port", type=int, default=None,
                    help="default: FLUENT_PORT or 24224; 0 picks a free port")
-    p.add_argument("--unix-path", default=None)
-    p.add_argument("--shared-key", help="require the forward handshake with this key")
+    p.add_argument("--unix-path", default=None, metavar="PATH",
+                   help="listen on a Unix socket instead")
+    p.add_argument("--shared-key", metavar="KEY",
+                   help="require the forward handshake with this key")
     p.add_argument("--username", help="require this user (needs --shared-key)")
     p.add_argument("--password")
     p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate")
@@ -416,16 +587,23 @@ def _add_serve(sub: Any) -> None:
 
 
 def _add_demo(sub: Any) -> None:
-    p = sub.add_parser("demo", help="post records to an embedded server and check them")
-    p.add_argument("--records", type=int, default=100_000)
+    p = _subparser(sub, "demo", "post records to a server in another process and check them",
+                   DEMO_DESCRIPTION, DEMO_EPILOG)
+    p.add_argument("--records", type=int, default=100_000, metavar="N",
+                   help="how many records to post (default 100,000)")
     _add_progress(p)
     p.set_defaults(run=demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fluentclient", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what the client does")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="fluentclient", description=MAIN_DESCRIPTION, epilog=MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log what the client does, with times")
+    sub = parser.add_subparsers(dest="command", required=True, title="commands",
+                                metavar="COMMAND")
     _add_cat(sub)
     _add_serve(sub)
     _add_demo(sub)
@@ -442,11 +620,25 @@ def serve_defaults(args: argparse.Namespace, env: dict[str, Any]) -> None:
             setattr(args, name, env.get(name, default))
 
 
+class _Named(logging.Formatter):
+    """A warning as the terminal shows it: the message after the logger's name. Most of
+    the client's messages already begin with "fluentclient:"; a second is noise."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if text.startswith("fluentclient") else f"{record.name}: {text}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.verbose:
+        logging.basicConfig(level=logging.DEBUG,
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    else:
+        handler = logging.StreamHandler()
+        handler.setFormatter(_Named())
+        logging.basicConfig(level=logging.WARNING, handlers=[handler])
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         if run is serve:

@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -26,6 +27,7 @@ from fluentclient.server import ForwardServer
 from .certs import Pki, server_context
 from .peer_server import assert_peer_equal
 from .subproc import child_env
+from .waiting import wait_until
 
 COMMAND = [sys.executable, "-m", "fluentclient"]
 KEY = "cat shared key"
@@ -98,13 +100,150 @@ class Output:
 # -- demo ------------------------------------------------------------------------------------
 
 
+DEMO_MARK = "FLUENTCLIENT_DEMO_TEST"
+LINUX_PROC = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+
+
+def run_demo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*COMMAND, "demo", *args], capture_output=True, encoding="utf-8",
+                          errors="replace", timeout=180, env=env or clean_env())
+
+
+def marked_processes(mark: str) -> list[int]:
+    """Processes, the demo and any child it started, whose environment carries ``mark``:
+    a child outlives its parent under another parent, but keeps its environment."""
+    needle = f"{DEMO_MARK}={mark}\0".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:  # gone meanwhile, or not ours
+            continue
+        # A zombie's environment reads empty: it runs no more, which is what counts.
+        if needle in environ:
+            found.append(int(entry))
+    return found
+
+
 @pytest.mark.parametrize("progress", [[], ["--progress"]], ids=["quiet", "progress"])
 def test_demo_checks_every_record(progress):
-    result = subprocess.run([*COMMAND, "demo", "--records", "20000", *progress],
-                            capture_output=True, text=True, timeout=120, env=clean_env())
+    result = run_demo("--records", "20000", *progress)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert re.search(r"^posted +20,000 in [\d.]+ s \([\d,]+ records/s", out, re.M), out
+    # Arrived as many as posted: the line names no "of N" shortfall.
+    assert re.search(r"^arrived +20,000 in [\d.]+ s \([\d,]+ records/s end to end\)$",
+                     out, re.M), out
+    assert re.search(r"^in order +yes: none repeated or overtaken$", out, re.M), out
+    assert re.search(r"^intact +yes: every field as posted$", out, re.M), out
+    assert re.search(r"^times +yes: every EventTime exact to the nanosecond$", out, re.M), out
+    assert re.search(r"^client CPU [\d.]+ µs per record", out, re.M), out
+    assert out.splitlines()[-1].startswith("OK: every record arrived once")
+    assert "FAILED" not in out + result.stderr
+
+
+def test_demo_progress_counts_what_the_server_took():
+    """The status line gives the server's own count while records arrive."""
+    result = run_demo("--records", "1500000", "--progress")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "server received 20,000 records, in order: True" in result.stdout
-    assert result.stdout.rstrip().endswith("OK")
+    status = [line for line in result.stderr.splitlines() if " at the server (" in line]
+    assert status, result.stderr
+    counts = [re.fullmatch(r"([\d,]+) posted, ([\d,]+) at the server \([\d,]+/s\), "
+                           r"[\d,]+ held \([\d,]+ KiB\)", line) for line in status]
+    assert all(counts), status
+    arrived = [int(m[2].replace(",", "")) for m in counts if m]
+    # Counted while it happens: some line shows records arrived before the end.
+    assert any(0 < n < 1_500_000 for n in arrived), status
+
+
+def test_demo_checks_can_fail():
+    """The server side's checks are not a formality: each kind of damage is caught."""
+    from fluentclient._demo import RECORD, Check, Run, expected_time, summary
+    from fluentclient.server import ReceivedEvent
+    from fluentclient.stats import ShutdownReport
+
+    base = 1_700_000_000_123_456_789
+    check = Check(base)
+    for record, when in [
+        ({**RECORD, "seq": 0}, expected_time(base, 0)),
+        ({**RECORD, "seq": 2}, expected_time(base, 2)),  # 1 missing
+        ({**RECORD, "seq": 2}, expected_time(base, 2)),  # repeated
+        ({**RECORD, "seq": 3, "level": "debug"}, expected_time(base, 3)),
+        ({**RECORD, "seq": 4}, EventTime.from_ns(base + 4 * 1_001 + 1)),  # 1 ns off
+    ]:
+        check.take(ReceivedEvent("demo.access", when, record))
+    verdict = check.verdict()
+    assert (verdict["arrived"], verdict["out_of_order"], verdict["altered"],
+            verdict["wrong_time"]) == (5, 1, 1, 1)
+    run = Run()
+    run.post_seconds, run.total_seconds, run.cpu_seconds = 1.0, 1.0, 0.1
+    run.report = ShutdownReport(sent=6, unsent_records=0, unsent_bytes=0, possibly_lost=0,
+                                dropped={}, timed_out=False)
+    lines, problems = summary(6, run, verdict)
+    assert "arrived    5 of 6 in" in lines[1]
+    assert all("NO: 1 records" in line for line in lines[2:5]), lines
+    assert problems[0] == "5 of 6 records arrived", problems
+    assert any("arrived with seq 2 after 2" in p for p in problems), problems
+
+
+def test_demo_fails_clearly_when_its_server_cannot_start(monkeypatch, capsys):
+    from fluentclient import _demo
+
+    monkeypatch.setattr(_demo, "_BOOT", "import sys; sys.exit(3)")
+    assert _demo.demo(1000, progress=False) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == ("demo: FAILED: the server process ended (exit status 3) before it "
+                           "could listen"), err
+
+
+@LINUX_PROC
+def test_demo_leaves_no_process_behind():
+    mark = uuid.uuid4().hex
+    result = run_demo("--records", "20000", env=clean_env(**{DEMO_MARK: mark}))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert wait_until(lambda: not marked_processes(mark), timeout=30), marked_processes(mark)
+
+
+@LINUX_PROC
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm", "sigkill"])
+def test_demo_stopped_in_the_middle_leaves_no_process_behind(how):
+    """Ctrl-C (SIGINT to the whole foreground group, as a terminal sends it), SIGTERM,
+    or SIGKILL, in the middle of posting: the server process goes too."""
+    mark = uuid.uuid4().hex
+    proc = subprocess.Popen([*COMMAND, "demo", "--records", "100000000", "--progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=clean_env(**{DEMO_MARK: mark}), start_new_session=True)
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        err = Output(proc.stderr.fileno())
+        # Posting is under way once the server has counted records.
+        line = err.line(timeout=60)
+        while " at the server (" not in line or line.startswith("0 posted"):
+            line = err.line(timeout=60)
+        assert wait_until(lambda: len(marked_processes(mark)) == 2, timeout=30), \
+            marked_processes(mark)  # the demo and its server: the check sees both
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)
+        elif how == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            proc.kill()
+        code = proc.wait(60)
+        text = err.poll()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    if how == "sigkill":
+        assert code == -signal.SIGKILL
+    else:
+        assert code == 130, text
+        assert text.rstrip().splitlines()[-1] == "demo: interrupted; the server process is stopped"
+        assert "Traceback" not in text
+    assert wait_until(lambda: not marked_processes(mark), timeout=30), marked_processes(mark)
 
 
 # -- serve -----------------------------------------------------------------------------------
@@ -345,6 +484,48 @@ def test_cat_exits_non_zero_when_the_server_is_absent(sync):
         assert "sent 0; dropped 0; unsent 2" in err
 
 
+WAITING = re.compile(r"cat: waiting up to ([\d.]+) s (.*?): (.*); --timeout SECONDS changes "
+                     r"this limit$", re.M)
+
+
+def test_cat_says_what_it_waits_for_when_the_server_is_absent():
+    port = free_port()
+    result = run_cat("cli.absent", "--port", port, "--timeout", "2",
+                     data=json_lines([{"n": 1}, {"n": 2}]))
+    err = stderr_of(result)
+    assert result.returncode == 1, err
+    (wait,) = WAITING.findall(err)  # said once
+    seconds, purpose, reason = wait
+    assert 0 < float(seconds) <= 2
+    assert purpose == "to deliver 2 records"
+    assert reason.startswith(f"connecting to 127.0.0.1:{port} (last failure: "), reason
+    assert "refused" in reason.lower(), reason
+    # Said while waiting, before the summary that ends the wait.
+    assert err.index("cat: waiting") < err.index("cat: read 2 records")
+
+
+def test_cat_says_when_a_connected_server_does_not_read(fluent_server):
+    fluent_server.stall()
+    result = run_cat("cli.stalled", *to_server(fluent_server), "--timeout", "2",
+                     data=json_lines([{"n": 1}]))
+    err = stderr_of(result)
+    assert result.returncode == 1, err
+    (wait,) = WAITING.findall(err)
+    assert wait[1:] == ("to deliver 1 record",
+                        f"connected to 127.0.0.1:{fluent_server.port}, waiting for it to read "
+                        "and confirm them"), err
+
+
+@pytest.mark.parametrize("flags", [[], ["--ack"], ["--sync"]], ids=["plain", "ack", "sync"])
+def test_a_healthy_cat_does_not_talk_of_waiting(fluent_server, flags):
+    result = run_cat("cli.healthy", *to_server(fluent_server), *flags,
+                     data=json_lines(RECORDS[:200]))
+    err = stderr_of(result)
+    assert result.returncode == 0, err
+    assert "waiting" not in err
+    assert err.count("\n") == 1 and err.startswith("cat: read 200 records"), err
+
+
 def test_cat_sync_sends_each_record_as_it_comes(fluent_server):
     result = run_cat("cli.sync", *to_server(fluent_server), "--sync", "--ack",
                      data=json_lines(RECORDS[:50]))
@@ -568,3 +749,30 @@ def test_cat_waits_for_a_slow_server_instead_of_dropping(fluent_server):
     assert f"sent {n:,}; dropped 0" in stderr_of(result)
     assert fluent_server.wait_for_events(n, timeout=20)
     assert [e.record["i"] for e in fluent_server.events] == list(range(n))
+
+
+# -- help ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [[], ["cat"], ["serve"], ["demo"]],
+                         ids=["main", "cat", "serve", "demo"])
+def test_help_is_plain_terminal_text(command):
+    result = subprocess.run([*COMMAND, *command, "--help"], capture_output=True, text=True,
+                            timeout=60, env=clean_env(COLUMNS="80"))
+    text = result.stdout
+    assert result.returncode == 0, result.stderr
+    assert text.startswith("usage: fluentclient")
+    assert "``" not in text
+    assert not re.search(r":[a-z]+:`", text), text  # :mod:`...`, :class:`...` and the like
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    assert "examples:" in text
+
+
+def test_cat_help_lists_every_environment_variable():
+    from fluentclient.config import VARIABLES
+
+    result = subprocess.run([*COMMAND, "cat", "--help"], capture_output=True, text=True,
+                            timeout=60, env=clean_env(COLUMNS="80"))
+    for suffix in VARIABLES:
+        assert re.search(rf"^  FLUENT_{suffix} ", result.stdout, re.M), suffix
+    assert "exit status:" in result.stdout
