@@ -79,6 +79,22 @@ def test_the_readme_is_a_front_door():
         assert section(heading).strip(), heading
 
 
+def test_the_home_page_repeats_the_readme_sections():
+    # The site's home page and the README share their pitch and what was tested.
+    home = page("index.md")
+    for heading in ("Why fluentclient", "Tested against"):
+        assert section(heading, home) == section(heading).replace("](docs/", "]("), heading
+
+
+def test_every_public_module_has_a_reference_page():
+    for module in ("handler", "structlog", "aio", "metrics", "config", "stats", "backoff",
+                   "guard", "message", "framing", "server", "pytest_plugin"):
+        assert f"::: fluentclient.{module}\n" in page(f"reference/{module}.md"), module
+    top = page("reference/fluentclient.md")
+    for name in ("BufferedClient", "SyncClient", "Server", "shutdown_on_signal", "errors"):
+        assert f"::: fluentclient.{name}\n" in top, name
+
+
 def test_no_page_tells_users_to_install_from_an_index():
     # fluentclient is not on PyPI: installs are from a checkout.
     for path in PAGES:
