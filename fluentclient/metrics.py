@@ -1,4 +1,7 @@
-"""Export a client's ``stats()`` to Prometheus (needs ``pip install 'fluentclient[prometheus]'``).
+"""Export a client's ``stats()`` to Prometheus (needs prometheus_client).
+
+Install it with ``pip install prometheus_client``, or ``pip install '.[prometheus]'`` from a
+checkout of fluentclient.
 
 ::
 
@@ -47,7 +50,8 @@ try:
     from prometheus_client.metrics_core import Metric
 except ImportError as exc:  # pragma: no cover - depends on what is installed
     raise ImportError(
-        "fluentclient.metrics needs prometheus_client: pip install 'fluentclient[prometheus]'"
+        "fluentclient.metrics needs prometheus_client: pip install prometheus_client "
+        "(or, from a checkout of fluentclient, pip install '.[prometheus]')"
     ) from exc
 
 # Every reason is exported from the start, at 0, so rate() has a series before the first drop.

@@ -220,4 +220,6 @@ def test_prometheus_client_is_imported_only_when_metrics_are_used():
             print(exc)
     """)
     assert result.returncode == 0, result.stderr
-    assert "pip install 'fluentclient[prometheus]'" in result.stdout
+    assert "pip install prometheus_client" in result.stdout
+    assert "pip install '.[prometheus]'" in result.stdout
+    assert "fluentclient[" not in result.stdout  # not on PyPI: no extra to install from an index

@@ -1,4 +1,4 @@
-"""The README's migration examples run, each in its own process, against a real server,
+"""The migration page's examples run, each in its own process, against a real server,
 and the server receives what each example's ``# server receives`` comments claim.
 
 An example is a ```python block right after a ``<!-- migration-example -->`` line. Its
@@ -29,8 +29,8 @@ from fluentclient.server import ForwardServer, ReceivedEvent
 
 from .subproc import child_env
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-BLOCK = re.compile(r"^<!-- migration-example -->\n```python\n(.*?)^```$", re.M | re.S)
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "migration.md"
+MARKER = "<!-- migration-example -->"
 CLAIM = re.compile(r"^# server receives(, among other fields)?: (.+)$", re.M)
 PORT = re.compile(r"\b24224\b")
 USES_FLUENT_LOGGER = re.compile(r"^\s*(from|import) fluent\b(?!client)", re.M)
@@ -79,16 +79,18 @@ def parse_claim(subset: str | None, text: str) -> Claim:
     return Claim(tag, record, float(time[0]) if time else None, subset is not None)
 
 
-def examples(text: str) -> list[Example]:
+def examples(text: str, marker: str = MARKER) -> list[Example]:
+    """The examples of ``text``: each ```python block right after a ``marker`` line."""
+    block = re.compile(rf"^{re.escape(marker)}\n```python\n(.*?)^```$", re.M | re.S)
     found = []
-    for match in BLOCK.finditer(text):
+    for match in block.finditer(text):
         code = match.group(1)
         claims = tuple(parse_claim(m.group(1), m.group(2)) for m in CLAIM.finditer(code))
         found.append(Example(text.count("\n", 0, match.start()) + 1, code, claims))
     return found
 
 
-EXAMPLES = examples(README.read_text(encoding="utf-8"))
+EXAMPLES = examples(PAGE.read_text(encoding="utf-8"))
 
 
 def run_example(example: Example, server: ForwardServer) -> subprocess.CompletedProcess[str]:
@@ -97,19 +99,18 @@ def run_example(example: Example, server: ForwardServer) -> subprocess.Completed
                           timeout=60, env=child_env())
 
 
-def test_the_readme_has_the_migration_examples():
+def test_the_page_has_the_migration_examples():
     # A marker or fence typo would silently drop an example from the test below.
-    assert len(EXAMPLES) == README.read_text(encoding="utf-8").count(
-        "<!-- migration-example -->")
+    assert len(EXAMPLES) == PAGE.read_text(encoding="utf-8").count(MARKER)
     assert len(EXAMPLES) >= 10
     for example in EXAMPLES:
-        assert example.claims, f"README line {example.line}: an example claims nothing"
-        assert PORT.search(example.code), f"README line {example.line}: no port to replace"
+        assert example.claims, f"migration.md line {example.line}: an example claims nothing"
+        assert PORT.search(example.code), f"migration.md line {example.line}: no port to replace"
     # Each fluent-logger example is followed by the fluentclient one that replaces it.
     kinds = [e.needs_fluent_logger for e in EXAMPLES]
     assert kinds == [True, False] * (len(EXAMPLES) // 2)
     for before, after in zip(EXAMPLES[::2], EXAMPLES[1::2]):
-        assert before.claims == after.claims, f"README line {after.line}"
+        assert before.claims == after.claims, f"migration.md line {after.line}"
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: f"line{e.line}")
@@ -125,7 +126,7 @@ def test_migration_example_delivers_what_it_claims(example, fluent_server):
     assert len(unmatched) == len(example.claims), unmatched
     for claim in example.claims:
         hit = next((event for event in unmatched if claim.matches(event)), None)
-        assert hit is not None, f"README line {example.line}: no event matches {claim}"
+        assert hit is not None, f"migration.md line {example.line}: no event matches {claim}"
         unmatched.remove(hit)
 
 
