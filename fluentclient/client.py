@@ -4,7 +4,7 @@ Threads of a BufferedClient and what each owns::
 
     caller threads   post(): look the tag up, build a Message, put it on the queue
           |          (a deque; the usual path takes no lock of ours: the ledger counts
-          |          it with one atomic increment; see the README for the paths that
+          |          it with one atomic increment; see docs/architecture.md for the paths that
           |          take locks; the reader is woken only when it went idle). Past
           |          QUEUE_COUNT_LIMIT queued records a caller waits on the reader's
           |          pop_lock condition until it has packed them (bounded).
