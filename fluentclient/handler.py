@@ -304,6 +304,8 @@ class FluentHandler(logging.Handler):
         return self._plain.to_record(record, message=formatter.format(record))
 
     def emit(self, record: logging.LogRecord) -> None:
+        if not _own_checked:
+            _check_own_logger()
         if record.name == _OWN:
             # fluentclient's own reports (a server down, records dropped) would be posted
             # to the client they are about, where they are lost when they matter most.
@@ -433,6 +435,31 @@ def _queues_to_fluent(handler: logging.Handler) -> bool:
 
 
 _watch_lock = threading.Lock()
+_own_checked = False
+
+
+def _check_own_logger() -> None:
+    """Once, at the first record: say if the "fluentclient" logger was switched off.
+
+    logging.config disables every logger that exists when it runs unless told
+    ``"disable_existing_loggers": False``, and building a FluentHandler from the config
+    is what made ours: every warning about delivery would then vanish without a trace.
+    """
+    global _own_checked
+    with _watch_lock:
+        if _own_checked:
+            return
+        _own_checked = True
+    own = logging.getLogger(_OWN)
+    last = logging.lastResort
+    if own.disabled and last is not None:
+        last.handle(logging.LogRecord(
+            _OWN, logging.WARNING, __file__, 0,
+            'fluentclient: the "fluentclient" logger is disabled, so its warnings (a '
+            "server down, records dropped) reach no one; logging.config disables the "
+            'loggers that exist when it runs unless given "disable_existing_loggers": False',
+            None, None,
+        ))
 
 
 def _watch_own_logger() -> None:

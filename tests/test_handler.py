@@ -74,6 +74,7 @@ def test_dict_config_in_a_process_sends_every_line_by_exit(fluent_server):
         import logging, logging.config, time
         logging.config.dictConfig({{
             "version": 1,
+            "disable_existing_loggers": False,
             "formatters": {{"fluent": {{
                 "()": "fluentclient.handler.FluentFormatter",
                 "fields": {{"level": "severity", "thread": None, "process_name": None}},

@@ -116,6 +116,27 @@ def test_a_handler_configured_for_fluentclient_gets_the_warnings_and_stderr_stay
     assert any("dropping records (closed)" in line for line in mine), result.describe()
 
 
+def test_a_fluentclient_logger_disabled_by_dict_config_is_said_once():
+    # logging.config's default, disable_existing_loggers=True, switches off the logger
+    # that building the handler just made: said once, not left to vanish.
+    child = Child("disabled", """
+        import logging, logging.config
+        logging.config.dictConfig({
+            "version": 1,
+            "handlers": {"fluent": {"class": "fluentclient.handler.FluentHandler",
+                                    "host": P["host"], "close_timeout": 0.2}},
+            "root": {"handlers": ["fluent"], "level": "INFO"},
+        })
+        logging.info("one")
+        logging.info("two")
+    """, {"host": NOWHERE})
+    result = child.finish(timeout=60)
+    assert result.returncode == 0, result.describe()
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and '"disable_existing_loggers": False' in lines[0], (
+        result.describe())
+
+
 # -- in this process: where the client's own records go --------------------------------
 
 
