@@ -343,17 +343,21 @@ class BufferedClient(_Client):
         reader thread, and sent by its writer. It can still be dropped: as
         ``unserializable`` (a value msgpack cannot pack and ``default=`` does not turn
         into one: a ``datetime``, an ``object()``), ``unsafe``, ``too_large``,
-        ``buffer_full`` or ``spool_full``; and after that it can end ``possibly_lost``
-        (its connection failed) or ``unsent`` (still held at shutdown). Each such record
-        is counted in :meth:`stats` (``dropped`` by reason, ``possibly_lost``,
-        ``unsent``) and goes to ``on_error``; the first drop for each reason is also
-        logged as a warning on the ``fluentclient`` logger, naming the record's tag and,
-        for one that cannot be packed, where in it the bad value is and its type. To
-        learn a record's fate at the call, use ``sync_append=True`` (raises if it
-        cannot be buffered) or ``ack=True`` (a future settled by the server's ack).
-        False means it was refused at once: the client is shut down (``closed``), or
-        the buffer is full (``buffer_full``, ``spool_full``, by the overflow policy);
-        counted and reported the same way.
+        ``buffer_full``, ``spool_full`` or ``evicted`` (``overflow="drop_oldest"``);
+        once written, as ``not_acked``; or it can end ``possibly_lost`` (its connection
+        failed after the server's host took it) or ``unsent`` (still held at shutdown).
+        Every such record is counted in :meth:`stats` (``dropped`` by reason,
+        ``possibly_lost``, ``unsent``). A drop also goes to ``on_error`` (with the
+        record, where one is at hand), and the first drop for each reason is logged as a
+        warning on the ``fluentclient`` logger naming the record's tag and, for one that
+        cannot be packed, where in it the bad value is and its type. What is unsent at
+        shutdown is in its report and goes to the spool or ``on_unsent``. To learn a
+        record's fate at the call, use ``sync_append=True`` (raises if it cannot be
+        buffered) or ``ack=True`` (a future settled by the server's ack).
+
+        False means it was refused at once and nothing more happens to it: the client
+        is shut down (``closed``), or the buffer or spool is full (``buffer_full``,
+        ``spool_full``, as ``overflow`` says); counted and reported the same way.
 
         With ``ack=True`` (which needs ``require_ack=True``) it returns instead a
         :class:`concurrent.futures.Future` that resolves once the server acknowledged the

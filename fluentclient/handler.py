@@ -319,11 +319,12 @@ class FluentHandler(logging.Handler):
                 time=EventTime.from_ns(record_time_ns(record)),
             )
         except ClientClosedError:
+            # Only a SyncClient raises it (a BufferedClient counts the record as dropped,
+            # "closed", and says so once). After this handler's own close() that is
+            # expected, not an error to print: logging.shutdown() closes handlers at
+            # exit, before the last records of other exit hooks.
             if not self._closed:
                 self.handleError(record)
-            # After close() (logging.shutdown() at exit) a record has nowhere to go. The
-            # own client counts it as dropped ("closed") and says so once; a shared
-            # SyncClient closed by its owner raises instead, and that is not news.
         except Exception:
             self.handleError(record)
 
