@@ -302,7 +302,14 @@ class Writer:
                 elif link.connect_streak == 1:
                     # Once per outage: the backoff retries many times a minute, and
                     # stats() counts every attempt.
-                    log.warning("fluentclient: %s; retrying with backoff", exc)
+                    drain = self._life.drain_deadline
+                    if drain is None:
+                        log.warning("fluentclient: %s; retrying with backoff", exc)
+                    else:
+                        # Found while the process ends: say what the exit waits for.
+                        log.warning("fluentclient: %s; retrying until the shutdown "
+                                    "deadline, %.1f s from now", exc,
+                                    max(0.0, drain - time.monotonic()))
                 else:
                     log.debug("fluentclient: %s (attempt %d)", exc, link.connect_streak)
                 continue

@@ -211,6 +211,9 @@ class BufferedClient(_Client):
         self._journal: Journal = NullJournal()
         self._on_error = on_error
         self.shutdown_timeout = shutdown_timeout
+        # The setting that bounds the drain at exit, as the user knows it (a FluentHandler
+        # hands its close_timeout down as shutdown_timeout).
+        self._exit_setting = "shutdown_timeout"
         self._shutdown_lock = threading.Lock()
         self._report: ShutdownReport | None = None
         self._fresh()
@@ -335,6 +338,26 @@ class BufferedClient(_Client):
         ack: bool = False,
     ) -> bool | Future[None]:
         """Queue one record; True if it was taken, False if it was dropped (and counted).
+
+        True means queued, not delivered: the record is packed later, on the client's
+        reader thread, and sent by its writer. It can still be dropped: as
+        ``unserializable`` (a value msgpack cannot pack and ``default=`` does not turn
+        into one: a ``datetime``, an ``object()``), ``unsafe``, ``too_large``,
+        ``buffer_full``, ``spool_full`` or ``evicted`` (``overflow="drop_oldest"``);
+        once written, as ``not_acked``; or it can end ``possibly_lost`` (its connection
+        failed after the server's host took it) or ``unsent`` (still held at shutdown).
+        Every such record is counted in :meth:`stats` (``dropped`` by reason,
+        ``possibly_lost``, ``unsent``). A drop also goes to ``on_error`` (with the
+        record, where one is at hand), and the first drop for each reason is logged as a
+        warning on the ``fluentclient`` logger naming the record's tag and, for one that
+        cannot be packed, where in it the bad value is and its type. What is unsent at
+        shutdown is in its report and goes to the spool or ``on_unsent``. To learn a
+        record's fate at the call, use ``sync_append=True`` (raises if it cannot be
+        buffered) or ``ack=True`` (a future settled by the server's ack).
+
+        False means it was refused at once and nothing more happens to it: the client
+        is shut down (``closed``), or the buffer or spool is full (``buffer_full``,
+        ``spool_full``, as ``overflow`` says); counted and reported the same way.
 
         With ``ack=True`` (which needs ``require_ack=True``) it returns instead a
         :class:`concurrent.futures.Future` that resolves once the server acknowledged the
@@ -558,8 +581,12 @@ class BufferedClient(_Client):
     def _told(self, reason: str, err: FluentError, msg: Message | None, total: int) -> None:
         if total == 1:
             # Once per reason, so a flood of drops cannot flood the log; stats() and
-            # on_error see every one.
-            log.warning("fluentclient: dropping records (%s): %s", reason, err)
+            # on_error see every one. The tag says which part of the program to look at.
+            if msg is None:
+                log.warning("fluentclient: dropping records (%s): %s", reason, err)
+            else:
+                log.warning("fluentclient: dropping records (%s): %s (the first: tag %r; "
+                            "stats().dropped counts them all)", reason, err, msg.tag)
         _call_on_error(self._on_error, err, msg)
 
     # -- flushing and stopping -----------------------------------------------------------
@@ -703,5 +730,34 @@ class BufferedClient(_Client):
         """The end of the process: send what is held, unless nothing ever could be."""
         self._check_fork()
         if self._report is None and (self._started or self._journal.owns_files):
+            self._explain_wait(self.shutdown_timeout, self._exit_setting)
             # shutdown() logs what it could not send.
             self.shutdown(self.shutdown_timeout)
+
+    def _unreachable(self) -> str | None:
+        """Why no server can take records now (the last error), or None if one may.
+
+        Read beside the writer, which owns the links: a moment stale at worst.
+        """
+        links = self._writer.links
+        if not self._started or any(link.conn is not None for link in links):
+            return None
+        errors = [link.last_error for link in links]
+        if not errors or any(e is None for e in errors):
+            return None  # a server not tried yet, or whose last attempt worked
+        return errors[0]
+
+    def _explain_wait(self, timeout: float, setting: str) -> None:
+        """Before an end of process that waits for servers known to be down: one line
+        saying what it waits for, and which setting bounds it."""
+        if self._report is not None or timeout <= 0:
+            return
+        why = self._unreachable()
+        if why is None:
+            # Not tried yet: the writer's first failure, if it comes, says how long the
+            # drain goes on (see Writer._connected_link).
+            return
+        held = self._ledger.snapshot(buffered_bytes=0).buffered
+        if held:
+            log.warning("fluentclient: waiting up to %g s (%s) to send %d records held; "
+                        "no server reachable: %s", timeout, setting, held, why)

@@ -214,8 +214,44 @@ class EntryPacker:
         """The packer raised ``exc``: pack ``record`` leniently, or say why it cannot be."""
         if isinstance(exc, UnicodeEncodeError):
             return self._pack_lenient(record)
+        raise SerializationError(self._why(record, exc)) from exc
+
+    def _why(self, record: dict[Any, Any], exc: Exception) -> str:
+        """What to tell about a record the packer refused: where in it, what, the cure.
+
+        Only a record already lost pays for this, on the thread that packs.
+        """
+        where = self._culprit(record, 0)
         self._ran = self._unsure = False
-        raise SerializationError(f"record cannot be serialized: {_describe(exc)}") from exc
+        text = "record cannot be serialized: "
+        if where is not None:
+            text += f"the value at {where}: "
+        text += _describe(exc)
+        if self._default is None and _NO_DEFAULT in str(exc):
+            text += "; give the client default=str to send such values as text"
+        return text
+
+    def _culprit(self, value: Any, depth: int) -> str | None:
+        """Where in ``value`` the first value that cannot be packed is, as ``['a'][2]``."""
+        if depth >= _CULPRIT_DEPTH:
+            return None
+        try:
+            if isinstance(value, Mapping):
+                items: list[tuple[Any, Any]] = list(value.items())
+            elif isinstance(value, (list, tuple)):
+                items = list(enumerate(value))
+            else:
+                return None
+            for key, item in items:
+                try:
+                    self._packer.pack(item)
+                except UnicodeEncodeError:
+                    continue  # sent with the code point escaped: not what failed
+                except Exception:
+                    return f"[{short_repr(key, 40)}]" + (self._culprit(item, depth + 1) or "")
+        except Exception:
+            return None  # the record's own code raised: no place to name
+        return None
 
     def _pack_lenient(self, record: dict[Any, Any]) -> bytes:
         if self._lenient is None:
@@ -240,7 +276,7 @@ class EntryPacker:
         plain = _plain(obj)
         if plain is obj:
             if self._default is None:
-                raise TypeError(f"cannot serialize {type(obj).__qualname__} object")
+                raise TypeError(f"{_NO_DEFAULT} {type(obj).__qualname__} object")
             try:
                 plain = _plain(self._default(obj))
             except BaseException as exc:
@@ -251,6 +287,12 @@ class EntryPacker:
         if type(plain) is not str:
             self._unsure = True
         return plain
+
+
+# How the packer says a value has no msgpack form and no default= to give it one.
+_NO_DEFAULT = "cannot serialize"
+# How deep the search for the value that failed goes (records are rarely deeper).
+_CULPRIT_DEPTH = 8
 
 
 def _as_dict(record: Any) -> dict[Any, Any]:

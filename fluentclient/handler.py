@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import socket
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 
@@ -70,6 +72,10 @@ _STYLES: dict[str, Callable[..., logging.PercentStyle]] = {
     "$": logging.StringTemplateStyle,
 }
 _TAG_CACHE = 10_000
+# The logger fluentclient reports its own troubles on.
+_OWN = "fluentclient"
+# How often flush() looks whether the servers are known to be down.
+_FLUSH_SLICE = 0.05
 
 Client = Union[BufferedClient, SyncClient]
 FieldMap = Mapping[str, Optional[str]]
@@ -210,8 +216,18 @@ class FluentHandler(logging.Handler):
     the application. ``buffer_overflow_handler`` (its name as in fluent-logger) is called
     with each record dropped because the buffer was full. ``close()`` shuts its own
     client down within ``close_timeout`` seconds (the :class:`ShutdownReport` is kept in
-    :attr:`report`); a shared client is only flushed, within the same deadline, and stays
-    open. ``flush()`` waits at most ``flush_timeout``.
+    :attr:`report`), and so does the client's own drain at the end of the process
+    unless ``shutdown_timeout`` is given; a shared client is only flushed, within the
+    same deadline, and stays open. A record emitted after ``close()`` (by code running
+    after ``logging.shutdown()``) goes to the client, which counts it as dropped
+    (``closed``) and says so once. ``flush()`` waits at most ``flush_timeout``, and not
+    at all while no server can be reached.
+
+    fluentclient's own log records (logger ``"fluentclient"``: a server down, records
+    dropped) are never sent through a FluentHandler: they are about the very path that
+    failed. They go to the other handlers; when FluentHandlers are the only ones they
+    would reach, they go to stderr through ``logging.lastResort``, as if no handler were
+    configured.
     """
 
     def __init__(
@@ -256,8 +272,15 @@ class FluentHandler(logging.Handler):
                 client_options["on_error"] = _overflow_reporter(
                     buffer_overflow_handler, client_options.get("on_error")
                 )
+            # At the end of the process the client's own drain runs before logging closes
+            # this handler: both must keep to the one deadline the user gave.
+            own_deadline = "shutdown_timeout" not in client_options
+            client_options.setdefault("shutdown_timeout", close_timeout)
             self.client = BufferedClient(host, port, unix_path=unix_path, **client_options)
+            if own_deadline:
+                self.client._exit_setting = "close_timeout"
             self._owns_client = True
+        _watch_own_logger()
 
     def tag_for(self, record: logging.LogRecord) -> str:
         """The tag a record is sent with."""
@@ -281,23 +304,49 @@ class FluentHandler(logging.Handler):
         return self._plain.to_record(record, message=formatter.format(record))
 
     def emit(self, record: logging.LogRecord) -> None:
+        if not _own_checked:
+            _check_own_logger()
+        if record.name == _OWN:
+            # fluentclient's own reports (a server down, records dropped) would be posted
+            # to the client they are about, where they are lost when they matter most.
+            # They go to the other handlers, or to stderr if there are none (see
+            # _LastResort).
+            return
         try:
-            if self._closed:
-                raise ClientClosedError("the FluentHandler is closed")
             self.client.post(
                 self.tag_for(record),
                 self.record_for(record),
                 time=EventTime.from_ns(record_time_ns(record)),
             )
+        except ClientClosedError:
+            # Only a SyncClient raises it (a BufferedClient counts the record as dropped,
+            # "closed", and says so once). After this handler's own close() that is
+            # expected, not an error to print: logging.shutdown() closes handlers at
+            # exit, before the last records of other exit hooks.
+            if not self._closed:
+                self.handleError(record)
         except Exception:
             self.handleError(record)
 
     def flush(self) -> None:
-        """Wait at most ``flush_timeout`` for what was logged to reach the server."""
+        """Wait at most ``flush_timeout`` for what was logged to reach the server.
+
+        While no server can be reached it returns at once: what waits would only wait
+        for the next reconnect attempt, and logging.shutdown() flushes before it closes.
+        """
         if self._closed:
             return
+        client = self.client
         try:
-            self.client.flush(self.flush_timeout)
+            if not isinstance(client, BufferedClient):
+                client.flush(self.flush_timeout)
+                return
+            # In slices, to stop as soon as the writer finds every server down.
+            deadline = time.monotonic() + self.flush_timeout
+            while client._unreachable() is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or client.flush(min(remaining, _FLUSH_SLICE)):
+                    return
         except FluentError:
             pass  # flush() of a logging handler has no one to tell; stats() counts it
 
@@ -309,6 +358,8 @@ class FluentHandler(logging.Handler):
         try:
             if first:
                 if self._owns_client:
+                    assert isinstance(self.client, BufferedClient)
+                    self.client._explain_wait(self.close_timeout, "close_timeout")
                     self.report = self.client.shutdown(self.close_timeout)
                 else:
                     self.client.flush(self.close_timeout)
@@ -334,3 +385,86 @@ def _overflow_reporter(
             handler(msg)
 
     return report
+
+
+class _LastResort(logging.Filter):
+    """On the "fluentclient" logger: shows on stderr, as ``logging.lastResort`` would,
+    each of fluentclient's records that only FluentHandlers would otherwise get.
+
+    Python's last resort only steps in when a record finds no handler at all; a
+    FluentHandler counts as one, yet it leaves fluentclient's own records alone (see
+    ``FluentHandler.emit``), so without this they would reach nobody. A handler of any
+    other kind on the way, whatever its level, is the user's choice of where they go,
+    and then this does nothing. The warnings themselves come once per outage or per
+    reason, so this adds no flood.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self._logger = logger
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        last = logging.lastResort
+        if last is not None and record.levelno >= last.level and _only_fluent(self._logger):
+            last.handle(record)
+        return True
+
+
+def _only_fluent(logger: logging.Logger) -> bool:
+    """Whether the handlers a record of ``logger`` reaches are FluentHandlers, and some."""
+    fluent = False
+    node: logging.Logger | None = logger
+    while node is not None:
+        for handler in node.handlers:
+            if isinstance(handler, FluentHandler) or _queues_to_fluent(handler):
+                fluent = True
+            else:
+                return False
+        if not node.propagate:
+            break
+        node = node.parent
+    return fluent
+
+
+def _queues_to_fluent(handler: logging.Handler) -> bool:
+    """A QueueHandler whose listener (as dictConfig sets one up) feeds only FluentHandlers."""
+    if not isinstance(handler, logging.handlers.QueueHandler):
+        return False
+    listener = getattr(handler, "listener", None)
+    targets = getattr(listener, "handlers", None) or ()
+    return bool(targets) and all(isinstance(h, FluentHandler) for h in targets)
+
+
+_watch_lock = threading.Lock()
+_own_checked = False
+
+
+def _check_own_logger() -> None:
+    """Once, at the first record: say if the "fluentclient" logger was switched off.
+
+    logging.config disables every logger that exists when it runs unless told
+    ``"disable_existing_loggers": False``, and building a FluentHandler from the config
+    is what made ours: every warning about delivery would then vanish without a trace.
+    """
+    global _own_checked
+    with _watch_lock:
+        if _own_checked:
+            return
+        _own_checked = True
+    own = logging.getLogger(_OWN)
+    last = logging.lastResort
+    if own.disabled and last is not None:
+        last.handle(logging.LogRecord(
+            _OWN, logging.WARNING, __file__, 0,
+            'fluentclient: the "fluentclient" logger is disabled, so its warnings (a '
+            "server down, records dropped) reach no one; logging.config disables the "
+            'loggers that exist when it runs unless given "disable_existing_loggers": False',
+            None, None,
+        ))
+
+
+def _watch_own_logger() -> None:
+    own = logging.getLogger(_OWN)
+    with _watch_lock:
+        if not any(isinstance(f, _LastResort) for f in own.filters):
+            own.addFilter(_LastResort(own))

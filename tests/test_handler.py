@@ -74,6 +74,7 @@ def test_dict_config_in_a_process_sends_every_line_by_exit(fluent_server):
         import logging, logging.config, time
         logging.config.dictConfig({{
             "version": 1,
+            "disable_existing_loggers": False,
             "formatters": {{"fluent": {{
                 "()": "fluentclient.handler.FluentFormatter",
                 "fields": {{"level": "severity", "thread": None, "process_name": None}},
@@ -292,15 +293,22 @@ def test_emit_never_raises_and_bad_records_go_to_handle_error(fluent_server, att
     assert record.msg == "%d items" and isinstance(error, TypeError)
 
 
-def test_emit_after_close_reports_through_handle_error(fluent_server, attach, capsys):
-    handler = handler_for(fluent_server)
+def test_emit_after_close_is_counted_as_dropped_and_said_once(fluent_server, attach, caplog,
+                                                              capsys):
+    # logging.shutdown() closes the handler at exit while the program may still log.
+    handler = handler_for(fluent_server, cls=RecordingHandler)
     log = attach(handler)
     log.info("open")
     handler.close()
     assert fluent_server.wait_for_events(1, timeout=5)
-    log.info("closed")  # the real handleError: printed, never raised
-    err = capsys.readouterr().err
-    assert "--- Logging error ---" in err and "ClientClosedError" in err
+    with caplog.at_level(logging.WARNING, logger="fluentclient"):
+        log.info("closed")
+        log.info("closed again")
+    assert handler.errors == []
+    assert "Logging error" not in capsys.readouterr().err
+    assert handler.client.stats().dropped == {"closed": 2}
+    said = [r.getMessage() for r in caplog.records if r.name == "fluentclient"]
+    assert len(said) == 1 and "dropping records (closed)" in said[0], said
     assert fluent_server.event_count == 1
 
 
