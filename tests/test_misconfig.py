@@ -5,6 +5,7 @@ serialized.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
 import json
@@ -157,6 +158,25 @@ def own_logger() -> Iterator[logging.Logger]:
         own.addHandler(handler)
 
 
+@contextlib.contextmanager
+def alone(logger: logging.Logger) -> Iterator[None]:
+    """No handler on ``logger`` but what the test adds, for the block.
+
+    Newer pytests attach their log-capturing handler to every non-propagating logger when
+    a test's call begins, after fixtures ran: that would be "another handler" here.
+    """
+    saved = list(logger.handlers)
+    for handler in saved:
+        logger.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        for handler in saved:
+            logger.addHandler(handler)
+
+
 @pytest.fixture
 def last_resort(monkeypatch) -> io.StringIO:
     """logging.lastResort writing where the test can read it."""
@@ -175,17 +195,18 @@ def idle_handler(**kwargs: object) -> FluentHandler:
 def test_own_records_reaching_only_fluent_handlers_go_to_the_last_resort(
     own_logger, last_resort,
 ):
-    # At ERROR, the FluentHandler would not even see a warning: it still must not vanish.
-    handler = idle_handler(level=logging.ERROR)
-    own_logger.addHandler(handler)
-    try:
-        own_logger.warning("fluentclient: the server is down")
-        own_logger.info("fluentclient: connected")  # below the last resort's level
-        assert last_resort.getvalue() == "fluentclient: the server is down\n"
-        # Never fed back into the handler (its client would have been started to post).
-        assert handler.client.stats().posted == 0
-    finally:
-        handler.close()
+    with alone(own_logger):
+        # At ERROR, the FluentHandler would not even see a warning: it still must not vanish.
+        handler = idle_handler(level=logging.ERROR)
+        own_logger.addHandler(handler)
+        try:
+            own_logger.warning("fluentclient: the server is down")
+            own_logger.info("fluentclient: connected")  # below the last resort's level
+            assert last_resort.getvalue() == "fluentclient: the server is down\n"
+            # Never fed back into the handler (its client would have been started to post).
+            assert handler.client.stats().posted == 0
+        finally:
+            handler.close()
 
 
 def test_a_handler_of_any_other_kind_on_the_way_keeps_the_last_resort_out(
@@ -210,30 +231,32 @@ def test_a_handler_of_any_other_kind_on_the_way_keeps_the_last_resort_out(
 def test_no_handler_at_all_is_left_to_python_and_a_disabled_last_resort_is_respected(
     own_logger, last_resort, monkeypatch,
 ):
-    handler = idle_handler()  # made, but attached nowhere
-    try:
-        own_logger.warning("fluentclient: nobody listens")
-        assert last_resort.getvalue() == "fluentclient: nobody listens\n"  # once: Python's
-        own_logger.addHandler(handler)
-        monkeypatch.setattr(logging, "lastResort", None)
-        own_logger.warning("fluentclient: silenced on purpose")
-        assert last_resort.getvalue() == "fluentclient: nobody listens\n"
-    finally:
-        handler.close()
+    with alone(own_logger):
+        handler = idle_handler()  # made, but attached nowhere
+        try:
+            own_logger.warning("fluentclient: nobody listens")
+            assert last_resort.getvalue() == "fluentclient: nobody listens\n"  # once: Python's
+            own_logger.addHandler(handler)
+            monkeypatch.setattr(logging, "lastResort", None)
+            own_logger.warning("fluentclient: silenced on purpose")
+            assert last_resort.getvalue() == "fluentclient: nobody listens\n"
+        finally:
+            handler.close()
 
 
 def test_a_queue_handler_that_feeds_only_fluent_handlers_counts_as_one(
     own_logger, last_resort,
 ):
-    handler = idle_handler()
-    feed = logging.handlers.QueueHandler(queue.SimpleQueue())
-    feed.listener = logging.handlers.QueueListener(feed.queue, handler)  # as dictConfig does
-    own_logger.addHandler(feed)
-    try:
-        own_logger.warning("fluentclient: queued")
-        assert last_resort.getvalue() == "fluentclient: queued\n"
-    finally:
-        handler.close()
+    with alone(own_logger):
+        handler = idle_handler()
+        feed = logging.handlers.QueueHandler(queue.SimpleQueue())
+        feed.listener = logging.handlers.QueueListener(feed.queue, handler)  # as dictConfig does
+        own_logger.addHandler(feed)
+        try:
+            own_logger.warning("fluentclient: queued")
+            assert last_resort.getvalue() == "fluentclient: queued\n"
+        finally:
+            handler.close()
 
 
 # -- records that cannot be serialized -----------------------------------------------------
