@@ -227,17 +227,21 @@ class Reader:
         busy on the CPU, never on the server, so this waits for no I/O.
         """
         deadline = time.monotonic() + timeout
-        with self._drained:
-            self._drain_waiters += 1
-            try:
-                while len(self._queue) > BATCH and self.thread.is_alive():
-                    self.wake.set()
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return
-                    self._drained.wait(remaining)
-            finally:
-                self._drain_waiters -= 1
+        # Bounded even to take the lock: a signal handler that posts while its own thread
+        # holds it (waiting here) must not deadlock, only give up.
+        if not self.pop_lock.acquire(timeout=timeout):
+            return
+        self._drain_waiters += 1
+        try:
+            while len(self._queue) > BATCH and self.thread.is_alive():
+                self.wake.set()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._drained.wait(remaining)
+        finally:
+            self._drain_waiters -= 1
+            self.pop_lock.release()
 
     def _append(self, batch: list[Message]) -> None:
         if not batch:

@@ -444,3 +444,27 @@ def test_posts_outrunning_the_reader_wait_for_it_instead_of_piling_up(fluent_ser
         assert client.stats().dropped_total == 0
     finally:
         client.shutdown(5)
+
+
+def test_a_drain_wait_entered_again_on_its_own_thread_gives_up_instead_of_deadlocking(
+    fluent_server,
+):
+    """A signal handler that posts while its thread waits for the reader (holding the
+    queue's lock) reaches the drain wait a second time on the same thread."""
+    client = client_for(fluent_server)
+    try:
+        assert client.post("app.x", {"i": 0})
+        reader = client._reader
+        returned = threading.Event()
+
+        def reenter() -> None:
+            with reader.pop_lock:  # as the interrupted wait holds it
+                reader.wait_drained(0.2)
+            returned.set()
+
+        worker = threading.Thread(target=reenter, daemon=True)
+        worker.start()
+        assert returned.wait(30), "the second wait never gave up the lock"
+        assert client.flush(timeout=10)
+    finally:
+        client.shutdown(5)
