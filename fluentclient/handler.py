@@ -259,27 +259,11 @@ class FluentHandler(logging.Handler):
         self._closed = False
         self._close_lock = threading.Lock()
         self._plain = FluentFormatter()
-        if client is not None:
-            if client_options or unix_path is not None or buffer_overflow_handler is not None:
-                raise ValueError(
-                    "client options and buffer_overflow_handler configure a client the "
-                    "handler makes; they cannot change the shared client given"
-                )
-            self.client: Client = client
-            self._owns_client = False
-        else:
-            if buffer_overflow_handler is not None:
-                client_options["on_error"] = _overflow_reporter(
-                    buffer_overflow_handler, client_options.get("on_error")
-                )
-            # At the end of the process the client's own drain runs before logging closes
-            # this handler: both must keep to the one deadline the user gave.
-            own_deadline = "shutdown_timeout" not in client_options
-            client_options.setdefault("shutdown_timeout", close_timeout)
-            self.client = BufferedClient(host, port, unix_path=unix_path, **client_options)
-            if own_deadline:
-                self.client._exit_setting = "close_timeout"
-            self._owns_client = True
+        self.client, self._owns_client = client_of(
+            "handler", client, host=host, port=port, unix_path=unix_path,
+            buffer_overflow_handler=buffer_overflow_handler, close_timeout=close_timeout,
+            options=client_options,
+        )
         _watch_own_logger()
 
     def tag_for(self, record: logging.LogRecord) -> str:
@@ -372,6 +356,38 @@ class FluentHandler(logging.Handler):
         level = logging.getLevelName(self.level)
         where = self.tag or (f"{self.tag_prefix}.<logger>" if self.tag_prefix else "<logger>")
         return f"<{type(self).__name__} {where} ({level})>"
+
+
+def client_of(
+    owner: str,
+    client: Client | None,
+    *,
+    host: str,
+    port: int,
+    unix_path: str | None,
+    buffer_overflow_handler: Callable[[Message], None] | None,
+    close_timeout: float,
+    options: dict[str, Any],
+) -> tuple[Client, bool]:
+    """The client a logging integration posts through, and whether it made it (and so
+    closes it): the one given, or a BufferedClient made from the options."""
+    if client is not None:
+        if options or unix_path is not None or buffer_overflow_handler is not None:
+            raise ValueError(
+                f"client options and buffer_overflow_handler configure a client the "
+                f"{owner} makes; they cannot change the shared client given"
+            )
+        return client, False
+    if buffer_overflow_handler is not None:
+        options["on_error"] = _overflow_reporter(buffer_overflow_handler, options.get("on_error"))
+    # At the end of the process the client's own drain runs before the integration is
+    # closed: both must keep to the one deadline the user gave.
+    own_deadline = "shutdown_timeout" not in options
+    options.setdefault("shutdown_timeout", close_timeout)
+    made = BufferedClient(host, port, unix_path=unix_path, **options)
+    if own_deadline:
+        made._exit_setting = "close_timeout"
+    return made, True
 
 
 def _overflow_reporter(

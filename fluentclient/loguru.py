@@ -43,9 +43,8 @@ from ._convert import (
     tag_from_name,
     text,
 )
-from .client import BufferedClient
 from .errors import FluentError
-from .handler import _TAG_CACHE, Client, FieldMap, _overflow_reporter
+from .handler import _TAG_CACHE, Client, FieldMap, client_of
 from .message import EventTime, Message
 from .stats import ShutdownReport
 
@@ -141,7 +140,8 @@ class FluentSink:
     it shuts the sink's own client down within ``close_timeout`` seconds (the
     :class:`ShutdownReport` is kept in :attr:`report`) and only flushes a shared client,
     within the same deadline. The own client also drains at process exit by itself, as
-    every client made with the default ``at_exit=True`` does.
+    every client made with the default ``at_exit=True`` does, within ``close_timeout``
+    too unless a ``shutdown_timeout`` is given.
 
     With standard logging routed into loguru, add the sink with
     ``filter={"fluentclient": False}``: the client logs some of its warnings while the
@@ -198,21 +198,11 @@ class FluentSink:
         self._fallback_tag = tag_from_name(_FALLBACK_NAME, self.tag_prefix)
         self._stopped = False
         self._stop_lock = threading.Lock()
-        if client is not None:
-            if client_options or unix_path is not None or buffer_overflow_handler is not None:
-                raise ValueError(
-                    "client options and buffer_overflow_handler configure a client the "
-                    "sink makes; they cannot change the shared client given"
-                )
-            self.client: Client = client
-            self._owns_client = False
-        else:
-            if buffer_overflow_handler is not None:
-                client_options["on_error"] = _overflow_reporter(
-                    buffer_overflow_handler, client_options.get("on_error")
-                )
-            self.client = BufferedClient(host, port, unix_path=unix_path, **client_options)
-            self._owns_client = True
+        self.client, self._owns_client = client_of(
+            "sink", client, host=host, port=port, unix_path=unix_path,
+            buffer_overflow_handler=buffer_overflow_handler, close_timeout=close_timeout,
+            options=client_options,
+        )
 
     # -- what loguru calls ---------------------------------------------------------------
 
