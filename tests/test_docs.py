@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from .subproc import child_env
-from .test_migration import Example, examples, run_example
+from .test_migration import Example, assert_claims_arrived, examples, run_example
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -92,13 +92,7 @@ def test_the_marked_examples_are_found():
 def test_example_delivers_what_it_claims(where, example, fluent_server):
     done = run_example(example, fluent_server)
     assert done.returncode == 0, done.stderr
-    assert fluent_server.wait_for_events(len(example.claims), timeout=10)
-    unmatched = list(fluent_server.events)
-    assert len(unmatched) == len(example.claims), unmatched
-    for claim in example.claims:
-        hit = next((event for event in unmatched if claim.matches(event)), None)
-        assert hit is not None, f"{where} line {example.line}: no event matches {claim}"
-        unmatched.remove(hit)
+    assert_claims_arrived(example, fluent_server, where)
 
 
 def _fixture_is_registered() -> bool:

@@ -437,12 +437,12 @@ def test_time_of_a_real_record_and_created_ns():
 
 # -- values the packer accepts ----------------------------------------------------------------
 
-_leaves = st.one_of(
+_odd_leaves = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(), st.text(), st.binary(),
     st.builds(object), st.datetimes(), st.decimals(), st.complex_numbers(),
 )
-_values = st.recursive(
-    _leaves,
+odd_values = st.recursive(
+    _odd_leaves,
     lambda inner: st.one_of(
         st.lists(inner, max_size=4), st.tuples(inner, inner), st.frozensets(st.integers()),
         st.dictionaries(st.one_of(st.text(), st.integers()), inner, max_size=4),
@@ -451,7 +451,7 @@ _values = st.recursive(
 )
 
 
-@given(_values)
+@given(odd_values)
 def test_safe_values_always_pack(value):
     safe = safe_value(value)
     msgpack.packb(safe, use_bin_type=True)

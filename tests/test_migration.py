@@ -99,6 +99,17 @@ def run_example(example: Example, server: ForwardServer) -> subprocess.Completed
                           timeout=60, env=child_env())
 
 
+def assert_claims_arrived(example: Example, server: ForwardServer, where: str) -> None:
+    """Exactly the events the example's comments claim arrived, one event each."""
+    assert server.wait_for_events(len(example.claims), timeout=10)
+    unmatched = list(server.events)
+    assert len(unmatched) == len(example.claims), unmatched
+    for claim in example.claims:
+        hit = next((event for event in unmatched if claim.matches(event)), None)
+        assert hit is not None, f"{where} line {example.line}: no event matches {claim}"
+        unmatched.remove(hit)
+
+
 def test_the_page_has_the_migration_examples():
     # A marker or fence typo would silently drop an example from the test below.
     assert len(EXAMPLES) == PAGE.read_text(encoding="utf-8").count(MARKER)
@@ -121,13 +132,7 @@ def test_migration_example_delivers_what_it_claims(example, fluent_server):
     assert done.returncode == 0, done.stderr
     assert done.stdout == "", "an example that should not fail printed an error"
     # Each example has closed its client before exiting: everything is on its way.
-    assert fluent_server.wait_for_events(len(example.claims), timeout=10)
-    unmatched = list(fluent_server.events)
-    assert len(unmatched) == len(example.claims), unmatched
-    for claim in example.claims:
-        hit = next((event for event in unmatched if claim.matches(event)), None)
-        assert hit is not None, f"migration.md line {example.line}: no event matches {claim}"
-        unmatched.remove(hit)
+    assert_claims_arrived(example, fluent_server, "migration.md")
 
 
 def test_a_wrong_claim_is_caught(fluent_server):
