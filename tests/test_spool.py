@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 from fluentclient import BufferedClient
@@ -15,6 +14,7 @@ from fluentclient.server import ForwardServer
 
 from .conftest import FAST_BACKOFF
 from .subproc import child_env
+from .waiting import wait_until
 
 CHILD = textwrap.dedent(
     """
@@ -206,11 +206,9 @@ def test_segments_are_deleted_as_their_records_are_sent(tmp_path, fluent_server)
         assert fluent_server.wait_for_events(20_000, timeout=10)
         # About 2.6 MB went through; only the active segment (and its done blocks) stays,
         # once the reader has had its turn at the spool.
-        deadline = time.monotonic() + 10
-        while not (spool.size <= spool.segment_size + 64 * 1024
-                   and len(list(tmp_path.glob("*.spool"))) <= 2):
-            assert time.monotonic() < deadline, (spool.size, spool_files(tmp_path))
-            time.sleep(0.01)
+        assert wait_until(lambda: spool.size <= spool.segment_size + 64 * 1024
+                          and len(list(tmp_path.glob("*.spool"))) <= 2), (
+            spool.size, spool_files(tmp_path))
 
 
 def test_forked_child_gets_its_own_spool(tmp_path, fluent_server):
