@@ -328,6 +328,9 @@ class Reader:
             size = len(packed.data)
         else:
             run, size = None, sum(map(len, packed))
+        # A run whose records nobody awaits an ack for can go in whole: looked at before
+        # the lock is taken, so the writer never waits on this scan.
+        whole = run if run is not None and not any(map(_DELIVERY, kept)) else None
         evicted: list[Frame] = []
         with buf.lock:
             before = buf.pending_bytes
@@ -335,11 +338,7 @@ class Reader:
             if over > 0:
                 evicted = buf.evict_locked(over)
             first_seq = buf.next_seq
-            if (
-                run is not None
-                and not any(map(_DELIVERY, kept))
-                and buf.add_run_locked(run.tag, run.data, len(kept))
-            ):
+            if whole is not None and buf.add_run_locked(whole.tag, whole.data, len(kept)):
                 rejected: list[_T] = []
             else:
                 entries = run.entries() if run is not None else packed
