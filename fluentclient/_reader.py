@@ -342,7 +342,11 @@ class Reader:
                 rejected: list[_T] = []
             else:
                 entries = run.entries() if run is not None else packed
-                rejected = buf.add_batch_locked(kept, entries)  # type: ignore[arg-type]
+                # Records that will wait for room hold back every later one: a smaller
+                # record must not slip past a larger one into the buffer.
+                rejected = buf.add_batch_locked(
+                    kept, entries, in_order=self._admission.keeps_rejected,  # type: ignore[arg-type]
+                )
             # Under the buffer's lock, so the writer cannot take a record the ledger
             # does not show as buffered yet.
             if spooled:
