@@ -7,12 +7,17 @@ much of it stays on disk.
 
 from __future__ import annotations
 
+import logging
 import threading
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fluentclient import BufferedClient
+from fluentclient._spool import Spool
+from fluentclient.framing import EntryPacker
+from fluentclient.message import Message
 from fluentclient.server import ForwardServer
 
 from .conftest import FAST_BACKOFF
@@ -97,3 +102,106 @@ def test_drop_newest_drops_what_does_not_fit_and_keeps_the_rest_in_order(fluent_
     assert received == sorted(received)
     assert len(received) + sum(report.dropped.values()) == 4
     assert set(report.dropped) <= {"buffer_full"}
+
+
+# -- item 12: replay is part of the drain -------------------------------------------------
+
+T0 = 1_700_000_000 * 10**9
+
+
+def leave_spool(directory: Path, n: int, *, first: int = 0, per_block: int = 100) -> None:
+    """What a killed process leaves: ``n`` records in the spool, ids from ``first``."""
+    pack = EntryPacker().pack
+    left = Spool(str(directory), limit=1 << 24)
+    for start in range(first, first + n, per_block):
+        ids = range(start, min(start + per_block, first + n))
+        run = b"".join(pack(Message("replay.test", {"i": i}, T0)) for i in ids)
+        left.append(start, [("replay.test", run)], len(ids))
+    left.close(keep=True)
+
+
+def spool_client(server: ForwardServer, spool: Path, **kwargs: object) -> BufferedClient:
+    return BufferedClient(server.host, server.port, spool_dir=spool, at_exit=False,
+                          backoff=FAST_BACKOFF, **kwargs)  # type: ignore[arg-type]
+
+
+def received_ids(server: ForwardServer) -> list[int]:
+    return sorted(e.record["i"] for e in server.events)
+
+
+def test_a_shutdown_right_after_start_sends_the_whole_backlog(tmp_path, fluent_server):
+    leave_spool(tmp_path, 1000)
+    client = spool_client(fluent_server, tmp_path)
+    report = client.shutdown(10)
+    assert report.sent == 1000 and report.complete and report.left_in_spool == 0, report
+    assert client.stats().replayed == 1000
+    assert received_ids(fluent_server) == list(range(1000))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_with_the_server_down_the_report_counts_what_stays_on_disk(
+    tmp_path, fluent_server, caplog
+):
+    leave_spool(tmp_path, 1000)
+    fluent_server.refuse()
+    # A buffer too small for the backlog: replay waits for room that never comes.
+    client = spool_client(fluent_server, tmp_path, buffer_limit=4096)
+    with caplog.at_level(logging.WARNING, logger="fluentclient"):
+        report = client.shutdown(1)
+    assert report.timed_out and not report.complete
+    # Replayed ones went to this client's own spool; the rest never left the old one.
+    assert report.spooled == report.unsent_records == client.stats().replayed
+    assert 0 < report.left_in_spool < 1000
+    assert report.spooled + report.left_in_spool == 1000
+    assert f"stopped with {report.left_in_spool} records a previous process left" in caplog.text
+    # A later start finds all of them, each once.
+    fluent_server.refuse(False)
+    again = spool_client(fluent_server, tmp_path)
+    assert again.shutdown(10).complete
+    assert again.stats().replayed == 1000
+    assert received_ids(fluent_server) == list(range(1000))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_close_counts_the_owners_it_never_reached(tmp_path, fluent_server):
+    leave_spool(tmp_path, 300)
+    leave_spool(tmp_path, 200, first=300)
+    fluent_server.refuse()
+    client = spool_client(fluent_server, tmp_path, buffer_limit=4096)
+    client.close()
+    report = client.shutdown()
+    assert report.spooled + report.left_in_spool == 500
+    assert report.left_in_spool >= 200
+    fluent_server.refuse(False)
+    again = spool_client(fluent_server, tmp_path)
+    assert again.shutdown(10).complete
+    assert received_ids(fluent_server) == list(range(500))
+
+
+@settings(max_examples=40)
+@given(
+    blocks=st.lists(st.lists(st.tuples(st.sampled_from("abc"), st.integers(1, 5)),
+                             min_size=1, max_size=3), min_size=1, max_size=6),
+    done=st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 40), st.integers(0, 6)),
+                  max_size=8),
+    with_counts=st.booleans(),
+)
+def test_pending_counts_what_replay_would_yield(tmp_path_factory, blocks, done, with_counts):
+    """Counting from the blocks (with their run counts or, for blocks written without
+    them, by splitting) agrees with replaying record by record."""
+    directory = tmp_path_factory.mktemp("spool")
+    entry = EntryPacker().pack(Message("t", {"x": 1}, T0))
+    left = Spool(str(directory), limit=1 << 24)
+    seq = 0
+    for runs in blocks:
+        counts = [n for _, n in runs]
+        left.append(seq, [(tag, entry * n) for tag, n in runs], sum(counts),
+                    counts if with_counts else None)
+        seq += sum(counts)
+    left.done([(tag, first, first + span) for tag, first, span in done])
+    left.close(keep=True)
+    reader = Spool(str(directory), limit=1 << 24)
+    orphan = next(reader.orphans())
+    assert orphan.pending() == len(list(orphan.records()))
+    orphan.abandon()
+    reader.close(keep=False)
