@@ -159,7 +159,7 @@ def test_the_sync_client_sends_a_changing_record_as_one_moment(
 ) -> None:
     server.clear()
     big = big_record()
-    posts = 40
+    posts = 100
     with SyncClient(server.host, server.port) as client, Mutator(big) as mutator:
         for _ in range(posts):
             assert client.post(TAG, big) is True
