@@ -90,12 +90,18 @@ class EntryPacker:
 
     * the record must be a Mapping; one that is not a dict, or a dict subclass, is copied
       into a plain dict first (a subclass's stored items: its overridden methods are not
-      called). Keys are not checked: checking them would cost more than packing;
+      called). Key types are left to the guard: checking them here would cost more than
+      packing;
     * anywhere inside, tuples become arrays, subclasses of the built-in types become the
       plain value (an IntEnum its int, a str-mixin Enum its str), other Mappings maps;
       everything else goes to ``default`` if given;
     * a str that UTF-8 cannot encode (a lone surrogate) is sent with that code point
       written as a ``\\udc80`` escape, so the wire always carries valid UTF-8;
+    * keys rewritten on the way (escaped, made by ``default=``, made str by the guard)
+      must still differ from every other key of their map, or the record is refused
+      with :class:`UnsafeRecordError`: a server would keep one value of the two;
+    * what is checked and packed is a copy of the record: another thread changing it
+      meanwhile cannot get a change past the guard, or half-way into an entry;
     * with a ``guard``, what real servers would lose (deep nesting, non-str keys, NaN
       and infinity) is refused with :class:`UnsafeRecordError` or made safe, by its rules.
     """
@@ -109,7 +115,8 @@ class EntryPacker:
         self._default = default
         self._int_time = int_time
         self._guard = guard
-        # Set when Python code ran in the middle of packing (see _convert).
+        # Set when Python code ran in the middle of packing (see _convert), or a str was
+        # escaped (see _pack_lenient): the result is then checked again (see _checked).
         self._ran = False
         # Set when that code made something other than a str, which the guard must see.
         self._unsure = False
