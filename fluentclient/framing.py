@@ -374,8 +374,8 @@ _CHANGED = ("the record changed while it was being serialized (a default hook, o
 def _distinct_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     """A decoded map, refused if two of its keys came out the same.
 
-    Rewrites made while packing (a lone surrogate escaped as ``\\udc80``, a str Enum
-    made its value, a key made by ``default=``) can turn two keys into one spelling:
+    Rewrites made while packing (a lone surrogate escaped as ``\\udc80``, a key made by
+    ``default=``, a str subclass made a plain str) can turn two keys into one spelling:
     every server then keeps one value and loses the other without a word.
     """
     try:

@@ -222,6 +222,9 @@ class RecordGuard:
             if out is None:
                 if new is item:
                     continue
+                if copy and type(obj) is list:
+                    obj[index] = new  # our own copy
+                    continue
                 out = list(obj[:index])
             out.append(new)
         return obj if out is None else out
