@@ -241,7 +241,9 @@ class EntryPacker:
         """What to raise for a record whose packing ended in an error we did not expect:
         the record's own code raised, or another thread changed it half-way."""
         self._ran = self._unsure = False
-        return SerializationError(f"record cannot be serialized: {_describe(exc)}")
+        error = SerializationError(f"record cannot be serialized: {_describe(exc)}")
+        error.__cause__ = exc  # for on_error: what actually went wrong, and where
+        return error
 
     def _pack_body(self, record: dict[Any, Any]) -> bytes:
         try:
