@@ -261,6 +261,22 @@ class Connection:
             except OSError:
                 pass
 
+    def reset(self) -> None:
+        """Close with a reset: our kernel discards what it still holds of our bytes
+        instead of delivering it after we have moved on to another connection.
+
+        Bytes it sent before may still arrive; the caller counts those frames as possibly
+        lost. A Unix socket has no such queue: what was written is in the server's
+        already, so there this is a plain close.
+        """
+        sock = self.sock
+        if sock is not None and not self._unix:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError:
+                pass
+        self.close()
+
     def close(self) -> None:
         sock, self.sock = self.sock, None
         if sock is not None:

@@ -133,13 +133,20 @@ class Link:
             self._resolved = self.conn.resolve()
         self.connects += 1
         self.connect_streak = 0
-        # A connect and handshake that worked is a success like a confirmed write: the
-        # next outage starts from the first delay, however many failures came before.
-        self.backoff = self.backoff.reset()
+        # The backoff is NOT reset here: a server that accepts every connection and then
+        # cuts it mid-frame would otherwise be retried every 50 ms, and a frame's
+        # ack_retry_limit spent in half a second. Only proof that the server takes our
+        # frames resets it (see progressed()).
         self.retry_at = 0.0
         self.last_error = None
         self.error = None
         self.progress_at = self.used_at = time.monotonic()
+
+    def progressed(self) -> None:
+        """The server proved it works: it acked a frame, or (without acks) its kernel took
+        one. The next outage starts again from the first delay."""
+        if self.backoff.attempts:
+            self.backoff = self.backoff.reset()
 
     def failed(
         self, reason: str, *, backoff_to_max: bool = False, error: FluentError | None = None
@@ -148,7 +155,7 @@ class Link:
 
         ``backoff_to_max`` waits the longest delay this time only: a refusal is not
         fixed by retrying at once, but the backoff keeps its own schedule, so the next
-        success (a connection that completes its handshake, a write) resets it as usual.
+        proof of progress (an ack, or bytes the server's kernel took) resets it as usual.
         """
         self.failures += 1
         self.last_error = reason
