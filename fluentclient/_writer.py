@@ -532,8 +532,7 @@ class Writer:
         written differ by mode. Without acks nothing can prove that the server did not
         get them (they may be in flight, or in its queue, however the socket is closed),
         so they count as possibly lost and are never sent again. With acks they are sent
-        again, as at-least-once allows, up to ``ack_retry_limit`` attempts. The socket is
-        reset either way, so that our kernel does not go on delivering what it holds.
+        again, as at-least-once allows, up to ``ack_retry_limit`` attempts.
 
         A ``refusal`` (the server will not take our frames until the configuration
         changes) always backs off, the longest delay, even with nothing in flight.
@@ -543,9 +542,15 @@ class Writer:
             if not self._require_ack:
                 self._take_late_markers(link, conn)
                 self._take_acked(link, conn)
-            if link.unconfirmed or pending:
+            if self._require_ack and link.unconfirmed:
+                # Those frames go out again on the next connection: reset, so that our
+                # kernel drops what it holds of them instead of delivering a second copy.
                 conn.reset()
             else:
+                # Without acks nothing wholly written is sent again, and of ``pending``
+                # at most the head of one frame went out, which no server can decode
+                # alone: a plain close lets the kernel deliver what it holds (possibly
+                # lost frames, which a server that resumes reading then gets).
                 conn.close()
         if pending:
             self._buffer.requeue(pending)
@@ -669,6 +674,9 @@ class Writer:
 
     def _finish(self) -> None:
         for link in self.links:
+            if not self._require_ack and link.conn is not None:
+                # Acks of markers already here prove some of them read: sent, not lost.
+                self._read_markers(link)
             if not self._require_ack or (link.server.unix_path and link.conn is not None):
                 # Wholly written and not proven read: the server may still get them (from
                 # a Unix socket's queue, from bytes in flight), so they are possibly lost,
@@ -699,8 +707,14 @@ class Writer:
         return records
 
     def abort(self) -> None:
+        """Break a connect or write stuck past shutdown's deadline (from its thread).
+
+        With acks, frames written and not acknowledged stay in the buffer, to be reported
+        unsent: our kernel discards what it still holds of them. Without acks every frame
+        wholly written counts as possibly lost, so the kernel may as well deliver it.
+        """
         for link in self.links:
             conn = link.conn
             if conn is not None:
-                conn.abort()
+                conn.abort(discard=self._require_ack)
 
