@@ -102,6 +102,9 @@ class Link:
         self.answers_markers: bool | None = None
         self.unsettled_since = 0.0
         self.confirmed = 0
+        # Frames written on the current connection: a server that closes after one event
+        # frame (keepalive off in its HELO) must never get a second.
+        self.frames_on_conn = 0
         self.progress_at = 0.0
         self.used_at = 0.0
         self._resolved: list[tuple[Any, Any]] | None = None
@@ -125,6 +128,7 @@ class Link:
         )
         self.conn = conn
         self.confirmed = 0
+        self.frames_on_conn = 0
         return conn
 
     def connected(self) -> None:

@@ -193,9 +193,10 @@ class Writer:
                 self._buffer.requeue(frames)
                 self._pause()
                 return
-            if link.conn is not None and not link.conn.keepalive and link.unconfirmed:
+            if link.conn is not None and not link.conn.keepalive and link.frames_on_conn:
                 # Its one frame is out and the server will close it: the rest wait for a
-                # new connection, made once that frame is confirmed.
+                # new connection, made once that frame is confirmed (even if its ack came
+                # already: the server closes, with a reset, on a second frame).
                 self._buffer.requeue(frames)
                 return
             share = self._share(link, frames)
@@ -265,6 +266,7 @@ class Writer:
         if frames and not link.unconfirmed:
             link.progress_at = now
         link.used_at = now
+        link.frames_on_conn += len(frames)
         for frame in frames:
             offset += len(frame.data)
             link.unconfirmed.append((offset, frame))

@@ -165,3 +165,22 @@ def test_records_handed_to_on_unsent_never_arrive(fluent_server):
         runs += 1
         fluent_server.clear()
     assert runs >= 20
+
+
+def test_a_server_that_closes_after_each_frame_gets_every_record_once():
+    # keepalive false in its HELO: one frame per connection. The writer used to close
+    # right after writing, before the server's kernel took the frame, and reset it.
+    with ForwardServer(shared_key="k", keepalive=False) as server:
+        client = BufferedClient(server.host, server.port, shared_key="k", at_exit=False,
+                                flush_interval=0.005, backoff=FAST_BACKOFF)
+        try:
+            for i in range(30):
+                client.post("one.per.conn", {"i": i})
+                time.sleep(0.005)
+            assert client.flush(20)
+        finally:
+            report = client.shutdown(5)
+        assert server.wait_for(lambda: server.event_count >= 30, 10)
+        assert sorted(e.record["i"] for e in server.events) == list(range(30))
+    assert report.sent == 30 and report.unsent_records == 0 and report.possibly_lost == 0
+    _books_balance(client)
