@@ -112,7 +112,8 @@ def test_a_stuck_server_that_resumes_gets_no_record_twice(fluent_server):
             client.post("stuck", {"i": i, "pad": pad})
             if i % 1000 == 999:
                 time.sleep(0.01)
-        assert wait_until(lambda: client.stats().connection_failures >= 2, 30)
+        # At least one connection timed out with frames in our kernel's queue.
+        assert wait_until(lambda: client.stats().connection_failures >= 1, 30)
         fluent_server.stall(False)
         assert client.flush(30)
     finally:
@@ -178,9 +179,10 @@ def test_records_handed_to_on_unsent_never_arrive(transport):
     # Without acks, shutdown(0) while records flow: a frame handed to the kernel may
     # arrive, so it is possibly lost; only frames that never left may be handed over.
     server, options = transport
-    deadline = time.monotonic() + 25
+    # Bounded: at most 60 runs or 15 s per transport (the old code failed within 20).
+    deadline = time.monotonic() + 15
     runs = 0
-    while runs < 100 and time.monotonic() < deadline:
+    while runs < 60 and time.monotonic() < deadline:
         unsent = _one_abandoned_run(server, runs, **options)
         # Once the client's connection is gone the server has all it will ever get.
         assert wait_until(lambda: server.open_connections == 0, 20)
