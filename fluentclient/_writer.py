@@ -1,16 +1,23 @@
 """The writer thread: takes whole frames from the buffer and writes them to the servers.
 
 A written frame stays *unconfirmed* (bytes held, counted against the buffer limit) until
-the server confirms it; if its connection fails first, it is sent again whole, with the
-same chunk id, on the next connection. What confirms a frame depends on the mode:
+the server confirms it. A connection ends once: a frame goes back to the buffer only if
+the old socket cannot deliver it too. A frame cut by a failed write goes back (no server
+decodes half a frame); what happens to one written whole depends on the mode, as does what
+confirms it:
 
 * with acks (``require_ack``), the server's ``{"ack": id}``, matched in order. The frame is
-  then *sent*. A frame whose connections keep failing before its ack is given up after
-  ``ack_retry_limit`` attempts, and counted and reported, never silently dropped.
-* without acks, the peer's kernel taking the bytes (``Connection.confirmed_offset``). Only
-  the record count is kept from then on (*unsettled*): a server that stops reading can
-  still sit on such bytes, so if the connection fails now they count as ``possibly_lost``.
-  They become *sent* once the server has read them. What proves that: every frame carries
+  then *sent*. If its connection fails first it is sent again whole, with the same chunk
+  id, on the next connection (the old one is reset), as at-least-once allows. A frame
+  whose connections keep failing before its ack is given up after ``ack_retry_limit``
+  attempts, spaced by a backoff that only an ack resets, and counted ``possibly_lost``
+  (it was written) and reported, never silently dropped.
+* without acks, the peer's kernel taking the bytes (``Connection.confirmed_offset``). A
+  frame written whole is never sent again: if the connection fails before the peer took
+  it, it may still be in flight, so it counts as ``possibly_lost``. Once taken, only the
+  record count is kept (*unsettled*): a server that stops reading can still sit on such
+  bytes, so if the connection fails now they count as ``possibly_lost`` too. They become
+  *sent* once the server has read them. What proves that: every frame carries
   a chunk id even without acks, as a marker, and an ack for it (both real servers answer
   one) settles that frame and all before it. Nothing else waits on those acks: a frame
   is never sent again for want of one. For a server that never acks, two weaker proofs
