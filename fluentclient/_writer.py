@@ -540,7 +540,9 @@ class Writer:
         a server cannot decode half a frame whose rest never follows. The frames wholly
         written differ by mode. Without acks nothing can prove that the server did not
         get them (they may be in flight, or in its queue, however the socket is closed),
-        so they count as possibly lost and are never sent again. With acks they are sent
+        so they count as possibly lost and are never sent again. (Linux's SIOCOUTQNSD
+        tells how much of the queue was never sent, but the kernel may send more between
+        that reading and the reset, so it cannot prove a byte will not arrive.) With acks they are sent
         again, as at-least-once allows, up to ``ack_retry_limit`` attempts.
 
         A ``refusal`` (the server will not take our frames until the configuration
