@@ -542,8 +542,8 @@ class Writer:
         get them (they may be in flight, or in its queue, however the socket is closed),
         so they count as possibly lost and are never sent again. (Linux's SIOCOUTQNSD
         tells how much of the queue was never sent, but the kernel may send more between
-        that reading and the reset, so it cannot prove a byte will not arrive.) With acks they are sent
-        again, as at-least-once allows, up to ``ack_retry_limit`` attempts.
+        that reading and the reset, so it cannot prove a byte will not arrive.) With acks
+        they are sent again, as at-least-once allows, up to ``ack_retry_limit`` attempts.
 
         A ``refusal`` (the server will not take our frames until the configuration
         changes) always backs off, the longest delay, even with nothing in flight.
