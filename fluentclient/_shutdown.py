@@ -124,7 +124,9 @@ class Ending:
             )
         if report.failure is not None:
             log.error("fluentclient: shut down after %s", report.failure)
-        if report.unsent_records > report.spooled + report.handed_over:
+        # Possibly lost too: without acks, what a stuck server's connection held at the
+        # deadline counts there, not as unsent, and must not pass in silence.
+        if report.unsent_records > report.spooled + report.handed_over or report.possibly_lost:
             log.warning(
                 "fluentclient: stopped with %d records (%d bytes) not sent; %d possibly lost, "
                 "%d dropped",

@@ -33,6 +33,10 @@ DROP_UNSERIALIZABLE = "unserializable"
 DROP_UNSAFE = "unsafe"
 DROP_TOO_LARGE = "too_large"
 DROP_CLOSED = "closed"
+# No longer counted: a frame given up after ack_retry_limit attempts had been written each
+# time, so the server may hold it; it counts as possibly_lost, never as dropped (which
+# says a record never left the process). Kept so that code and dashboards naming it
+# still work; it stays at 0.
 DROP_NOT_ACKED = "not_acked"
 # The spool reached spool_limit.
 DROP_SPOOL_FULL = "spool_full"
