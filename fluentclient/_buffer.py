@@ -272,6 +272,17 @@ class Buffer:
             self.oldest_pending = None
         return frames
 
+    def mark_left(self, frames: Sequence[Frame]) -> bool:
+        """Mark frames as leaving, just before the writer hands them to a socket; False,
+        marking none, if shutdown has already taken them back (drain_all) to report them
+        unsent: then they must not leave. Under the lock, so the two never overlap."""
+        with self.lock:
+            if any(self._taken.get(id(frame)) is not frame for frame in frames):
+                return False
+            for frame in frames:
+                frame.left = True
+            return True
+
     def release(self, frames: Sequence[Frame]) -> None:
         """The writer is done with these frames: the peer took them, or they were given up."""
         with self.lock:

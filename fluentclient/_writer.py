@@ -255,11 +255,13 @@ class Writer:
         data = b"".join(f.data for f in frames)
         start = conn.bytes_written
         link.load += len(data) / link.server.weight
-        # Marked and counted written before the first byte goes: a shutdown that gives up
-        # on this thread stuck in the send finds them possibly lost, not unsent.
-        for frame in frames:
-            frame.left = True
+        # Counted written and marked before the first byte goes: a shutdown that gives up
+        # on this thread stuck in the send finds them possibly lost, not unsent. If it
+        # took them back first, they are reported unsent and must not go (the ledger,
+        # finding them held, counts them unsent).
         self._ledger.write(sum(f.records for f in frames), frames=0, nbytes=0)
+        if not self._buffer.mark_left(frames):
+            return False
         try:
             conn.send(data, self._deadline(self._write_timeout))
         except SendError as exc:

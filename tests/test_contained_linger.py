@@ -1,0 +1,177 @@
+"""A failed connection finishes on its own, and what left is never reported unsent.
+
+Without acks, a connection that fails with frames written whole and not yet proven read
+is *retired*: half-closed, kept open and read until the server acks its markers, closes,
+or the linger runs out. Its records stay live (written) until then; at the end whatever
+is unproven counts as possibly lost. Every test checks the client's books against what
+the embedded server received:
+
+* no record arrives twice, and nothing reported unsent (or handed to ``on_unsent``)
+  arrives;
+* ``sent <= arrived <= sent + possibly_lost``;
+* ``sent + dropped + possibly_lost + unsent == posted`` once the client has stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter
+
+from fluentclient import BufferedClient
+from fluentclient.server import ForwardServer
+
+from .conftest import FAST_BACKOFF
+from .waiting import wait_until
+
+PAD = "p" * 200
+
+
+def _books_balance(client: BufferedClient) -> None:
+    stats = client.stats()
+    assert stats.buffered == 0
+    assert (stats.sent + sum(stats.dropped.values()) + stats.possibly_lost + stats.unsent
+            == stats.posted)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _post_while_stalled(client: BufferedClient, total: int) -> None:
+    for i in range(total):
+        client.post("linger", {"i": i, "pad": PAD})
+        if i % 1000 == 999:
+            time.sleep(0.01)
+
+
+def test_a_server_that_pauses_and_resumes_gets_nearly_every_record_once(fluent_server):
+    # The server stops reading while records come, long enough for the connection to
+    # time out, then reads again. Closing the failed connection made our kernel reset
+    # it when the resumed server acked its markers, and the server's kernel dropped the
+    # rest: about 10% arrived. Left to finish, it delivers them, and their acks count
+    # them sent.
+    fluent_server.stall(True)
+    client = BufferedClient(fluent_server.host, fluent_server.port, write_timeout=0.5,
+                            backoff=FAST_BACKOFF, at_exit=False, buffer_limit=64 << 20)
+    total = 16_000
+    try:
+        _post_while_stalled(client, total)
+        assert wait_until(lambda: client.stats().connection_failures >= 1, 30)
+        fluent_server.stall(False)
+        assert client.flush(30)
+    finally:
+        report = client.shutdown(20)
+    stats = client.stats()
+    _books_balance(client)
+    assert wait_until(lambda: fluent_server.open_connections == 0, 20)
+    seen = Counter(e.record["i"] for e in fluent_server.events)
+    assert [i for i, n in seen.items() if n > 1] == []
+    assert stats.sent <= len(seen) <= stats.sent + stats.possibly_lost
+    assert stats.unsent == 0 and stats.dropped == {}
+    assert len(seen) >= 0.99 * total, f"only {len(seen)} of {total} arrived"
+    # The books say so too: what arrived was proven read, not merely hoped for.
+    assert stats.sent >= 0.99 * total
+    assert not report.timed_out
+
+
+def test_shutdown_while_a_connection_retires_keeps_its_deadline_and_closes_it(
+    fluent_server,
+):
+    # The server never reads while the client runs: shutdown must not wait past its
+    # deadline for the retiring connection, must close every socket, and may count its
+    # records only as possibly lost, never unsent (they may still arrive).
+    unsent: list[object] = []
+    fds_before = _open_fds()
+    fluent_server.stall(True)
+    client = BufferedClient(fluent_server.host, fluent_server.port, write_timeout=0.3,
+                            backoff=FAST_BACKOFF, at_exit=False, buffer_limit=64 << 20,
+                            on_unsent=unsent.extend)
+    link = client._writer.links[0]
+    total = 16_000
+    try:
+        _post_while_stalled(client, total)
+        assert wait_until(lambda: client.stats().connection_failures >= 1, 30)
+        assert wait_until(lambda: len(link.retiring) >= 1, 30)
+    finally:
+        started = time.monotonic()
+        report = client.shutdown(1.0)
+        took = time.monotonic() - started
+    # Its deadline, the writer's grace and a loaded machine's slack.
+    assert took < 1.0 + 3.0, f"shutdown took {took:.1f} s"
+    assert not link.retiring
+    assert report.possibly_lost > 0
+    _books_balance(client)
+    fluent_server.stall(False)
+    # The server gets whatever our kernel still delivers, then the close.
+    assert wait_until(lambda: fluent_server.open_connections == 0, 30)
+    assert wait_until(lambda: _open_fds() <= fds_before, 20), (
+        f"{_open_fds() - fds_before} descriptors left open")
+    arrived = Counter(e.record["i"] for e in fluent_server.events)
+    assert [i for i, n in arrived.items() if n > 1] == []
+    handed = {rec.record["i"] for rec in unsent}  # type: ignore[attr-defined]
+    assert not handed & set(arrived)
+    stats = client.stats()
+    assert stats.sent <= len(arrived) <= stats.sent + stats.possibly_lost
+
+
+def _in_send(client: BufferedClient) -> bool:
+    """Whether the writer thread is inside a socket write right now."""
+    frame = sys._current_frames().get(client._writer.thread.ident or -1)
+    while frame is not None:
+        if frame.f_code.co_name == "send" and "_connection" in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _stays_in_send(client: BufferedClient, seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if not _in_send(client):
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_frames_a_stuck_writer_is_writing_are_possibly_lost_not_handed_over():
+    # The writer is blocked writing to a server that reads nothing, and does not stop
+    # within shutdown's grace (its abort is made to do nothing, as when a write cannot
+    # be broken). Shutdown takes back what the buffer holds: the frames being written
+    # may still arrive, so they must not be handed to on_unsent nor counted unsent.
+    unsent: list[object] = []
+    with ForwardServer() as server:
+        server.stall(True)
+        client = BufferedClient(server.host, server.port, write_timeout=60,
+                                at_exit=False, buffer_limit=256 << 20,
+                                on_unsent=unsent.extend)
+        client._writer.abort = lambda: None  # type: ignore[method-assign]
+        try:
+            i = 0
+            deadline = time.monotonic() + 60
+            # Post until the kernel's buffers are full and a write blocks.
+            while not _stays_in_send(client, 1.0):
+                assert time.monotonic() < deadline, "the writer never blocked"
+                for _ in range(5000):
+                    client.post("stuck.writer", {"i": i, "pad": PAD * 4})
+                    i += 1
+                client.flush(0)
+        finally:
+            report = client.shutdown(0.5)
+        assert client._writer.thread.is_alive(), "the writer was meant to be stuck"
+        assert report.possibly_lost > 0
+        server.stall(False)
+        # The write completes; the writer sees it was given up on and stops, writing
+        # nothing shutdown took back.
+        client._writer.thread.join(60)
+        assert not client._writer.thread.is_alive()
+        assert wait_until(lambda: server.open_connections == 0, 30)
+        arrived = Counter(e.record["i"] for e in server.events)
+        handed = {rec.record["i"] for rec in unsent}  # type: ignore[attr-defined]
+        assert arrived, "the frames being written never arrived"
+        assert not handed & set(arrived), f"{len(handed & set(arrived))} handed over arrived"
+        assert [n for n in arrived.values() if n > 1] == []
+        assert len(arrived) <= report.sent + report.possibly_lost
+        assert (report.sent + report.possibly_lost + report.unsent_records
+                + sum(report.dropped.values()) == i)
