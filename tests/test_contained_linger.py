@@ -19,9 +19,12 @@ import sys
 import time
 from collections import Counter
 
+import pytest
+
 from fluentclient import BufferedClient
 from fluentclient.server import ForwardServer
 
+from .certs import server_context
 from .conftest import FAST_BACKOFF
 from .waiting import wait_until
 
@@ -46,15 +49,37 @@ def _post_while_stalled(client: BufferedClient, total: int) -> None:
             time.sleep(0.01)
 
 
-def test_a_server_that_pauses_and_resumes_gets_nearly_every_record_once(fluent_server):
+@pytest.fixture(params=["tcp", "tls", "unix"])
+def transport(request, tmp_path):
+    """A healthy server over each transport, with the client options to reach it."""
+    if request.param == "tls":
+        pki = request.getfixturevalue("pki")
+        server = ForwardServer(ssl_context=server_context(pki))
+        options = {"tls_ca_file": str(pki.ca_file)}
+    elif request.param == "unix":
+        server = ForwardServer(unix_path=str(tmp_path / "fluent.sock"))
+        options = {}
+    else:
+        server = ForwardServer()
+        options = {}
+    with server:
+        if server.unix_path:
+            options["unix_path"] = server.unix_path
+        else:
+            options.update(host=server.host, port=server.port)
+        yield server, options
+
+
+def test_a_server_that_pauses_and_resumes_gets_nearly_every_record_once(transport):
     # The server stops reading while records come, long enough for the connection to
     # time out, then reads again. Closing the failed connection made our kernel reset
     # it when the resumed server acked its markers, and the server's kernel dropped the
-    # rest: about 10% arrived. Left to finish, it delivers them, and their acks count
-    # them sent.
+    # rest: about 10% arrived over TCP. Left to finish, it delivers them, and their acks
+    # count them sent.
+    fluent_server, options = transport
     fluent_server.stall(True)
-    client = BufferedClient(fluent_server.host, fluent_server.port, write_timeout=0.5,
-                            backoff=FAST_BACKOFF, at_exit=False, buffer_limit=64 << 20)
+    client = BufferedClient(write_timeout=0.5, backoff=FAST_BACKOFF, at_exit=False,
+                            buffer_limit=64 << 20, **options)
     total = 16_000
     try:
         _post_while_stalled(client, total)
