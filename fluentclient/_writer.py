@@ -22,9 +22,21 @@ confirms it:
   one) settles that frame and all before it. Nothing else waits on those acks: a frame
   is never sent again for want of one. For a server that never acks, two weaker proofs
   remain: more bytes than any receive buffer holds taken after a frame, or the server
-  answering our closing FIN with its own. So what a failed connection counts as possibly
-  lost is what the server had taken but not yet said it read: against a server that
-  acks, the frames of the last moments before it went away.
+  answering our closing FIN with its own.
+
+  A failed connection holding frames not yet proven read is not closed but *retired*
+  (:class:`~._pool.Retiring`): half-closed where the transport allows (not TLS), kept
+  open and read by this thread like a live one, so that a server that merely paused
+  still reads them and its marker acks settle them as sent. Closing it would lose most
+  of them: our kernel answers the resumed server's first ack with a reset, and the
+  server's kernel discards what it had not read. Its records stay written (live) while
+  it retires, held as counts only; what it has not proven read when the server closes
+  it, when it fails, when its linger (``_MIN_LINGER`` or three write timeouts, whichever
+  is longer) runs out, or at shutdown's deadline counts as ``possibly_lost``. At most
+  ``_MAX_RETIRING`` per server: past it the oldest ends early. So what a failed
+  connection counts as possibly lost is what the server had taken but not yet said it
+  read by then: against a server that acks, the frames of the last moments before it
+  went away.
 
 The loop fits on a screen: tend the links (read acks, confirm, settle, close idle ones),
 wait for work on the buffer's Condition, write. Socket I/O never happens with the lock
@@ -566,7 +578,8 @@ class Writer:
         a server cannot decode half a frame whose rest never follows. The frames wholly
         written differ by mode. Without acks nothing can prove that the server did not
         get them (they may be in flight, or in its queue, however the socket is closed),
-        so they count as possibly lost and are never sent again. (Linux's SIOCOUTQNSD
+        so they are never sent again: the connection retires (see _retire) until the
+        server proves it read them, or they count as possibly lost. (Linux's SIOCOUTQNSD
         tells how much of the queue was never sent, but the kernel may send more between
         that reading and the reset, so it cannot prove a byte will not arrive.) With acks
         they are sent again, as at-least-once allows, up to ``ack_retry_limit`` attempts.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections import Counter
 
@@ -81,10 +82,21 @@ def test_a_server_that_pauses_and_resumes_gets_nearly_every_record_once(transpor
     client = BufferedClient(write_timeout=0.5, backoff=FAST_BACKOFF, at_exit=False,
                             buffer_limit=64 << 20, **options)
     total = 16_000
+    # Reads again as soon as a connection has failed, even mid-posting: a loaded machine
+    # must not let more connections fail first (past two per server, the oldest ends).
+    failed = threading.Event()
+
+    def resume() -> None:
+        if wait_until(lambda: client.stats().connection_failures >= 1, 60):
+            failed.set()
+        fluent_server.stall(False)
+
+    watcher = threading.Thread(target=resume)
+    watcher.start()
     try:
         _post_while_stalled(client, total)
-        assert wait_until(lambda: client.stats().connection_failures >= 1, 30)
-        fluent_server.stall(False)
+        watcher.join(90)
+        assert failed.is_set(), "no connection failed while the server was stalled"
         assert client.flush(30)
     finally:
         report = client.shutdown(20)
@@ -125,7 +137,7 @@ def test_shutdown_while_a_connection_retires_keeps_its_deadline_and_closes_it(
         took = time.monotonic() - started
     # Its deadline, the writer's grace and a loaded machine's slack.
     assert took < 1.0 + 3.0, f"shutdown took {took:.1f} s"
-    assert not link.retiring
+    assert wait_until(lambda: not link.retiring, 20)
     assert report.possibly_lost > 0
     _books_balance(client)
     fluent_server.stall(False)
