@@ -212,3 +212,72 @@ def test_frames_a_stuck_writer_is_writing_are_possibly_lost_not_handed_over():
         assert len(arrived) <= report.sent + report.possibly_lost
         assert (report.sent + report.possibly_lost + report.unsent_records
                 + sum(report.dropped.values()) == i)
+
+
+def _post_until(client: BufferedClient, done: threading.Event) -> threading.Thread:
+    def post() -> None:
+        i = 0
+        while not done.is_set() and i < 400_000:
+            client.post("linger.more", {"i": i, "pad": PAD})
+            i += 1
+            if i % 1000 == 0:
+                time.sleep(0.005)
+
+    poster = threading.Thread(target=post)
+    poster.start()
+    return poster
+
+
+def test_retiring_connections_per_server_are_bounded(fluent_server):
+    # A server that never reads while connection after connection times out: the writer
+    # keeps at most two retiring, ending the oldest (its records possibly lost).
+    fluent_server.stall(True)
+    client = BufferedClient(fluent_server.host, fluent_server.port, write_timeout=0.2,
+                            backoff=FAST_BACKOFF, at_exit=False, buffer_limit=64 << 20,
+                            overflow="drop_newest")
+    link = client._writer.links[0]
+    done = threading.Event()
+    poster = _post_until(client, done)
+    most = 0
+
+    def failures_while_watching() -> bool:
+        nonlocal most
+        most = max(most, len(link.retiring))
+        return client.stats().connection_failures >= 4
+
+    try:
+        assert wait_until(failures_while_watching, 60)
+        # The oldest ended early: what it held counts as possibly lost already.
+        assert wait_until(lambda: client.stats().possibly_lost > 0, 20)
+    finally:
+        done.set()
+        poster.join(30)
+        client.shutdown(1.0)
+    assert 1 <= most <= 2
+    fluent_server.stall(False)
+    assert wait_until(lambda: fluent_server.open_connections == 0, 30)
+    stats = client.stats()
+    arrived = Counter(e.record["i"] for e in fluent_server.events)
+    assert [i for i, n in arrived.items() if n > 1] == []
+    assert stats.sent <= len(arrived) <= stats.sent + stats.possibly_lost
+
+
+def test_a_retiring_connection_ends_at_its_linger(fluent_server):
+    # The server stays stalled past the linger (shortened here from its 30 s): the
+    # connection is closed and what it held counts as possibly lost, while the client
+    # goes on.
+    fluent_server.stall(True)
+    client = BufferedClient(fluent_server.host, fluent_server.port, write_timeout=0.3,
+                            backoff=FAST_BACKOFF, at_exit=False, buffer_limit=64 << 20)
+    client._writer._linger = 1.0
+    link = client._writer.links[0]
+    try:
+        _post_while_stalled(client, 16_000)
+        assert wait_until(lambda: len(link.retiring) >= 1, 30)
+        assert wait_until(lambda: not link.retiring and client.stats().possibly_lost > 0, 30)
+        # Still counted written until then, never unsent.
+        assert client.stats().unsent == 0
+    finally:
+        fluent_server.stall(False)
+        client.shutdown(10)
+    _books_balance(client)
