@@ -331,7 +331,8 @@ def _child_posts_to(client, sync_client) -> dict:
     s = client.stats()
     return {"posts": posts, "sync_append": raised, "sync_client": sync_raised,
             "posted": s.posted, "dropped": dict(s.dropped), "buffered": s.buffered,
-            "started": client._started, "shutdown_again": client.shutdown(1).sent}
+            "started": client._reader.thread.ident is not None,
+            "shutdown_again": client.shutdown(1).sent}
 
 
 def _read_all(fd: int, timeout: float) -> bytes:
@@ -413,7 +414,8 @@ def main():
             raised = "ClientClosedError"
         s = client.stats()
         stamp("CHILD", _json.dumps({"posts": posts, "raised": raised, "posted": s.posted,
-                                     "dropped": dict(s.dropped), "started": client._started},
+                                     "dropped": dict(s.dropped),
+                                     "started": client._reader.thread.ident is not None},
                                     separators=(",", ":")))
         _sys.stdout.flush()
         os._exit(0)
