@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from types import FrameType
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import pytest
 from hypothesis import given, settings
@@ -170,12 +170,12 @@ class Preempted:
         self.result: list[object] = []
         self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def _trace(self, frame: FrameType, event: str, arg: object) -> Optional[Callable[..., Any]]:
+    def _trace(self, frame: FrameType, event: str, arg: object) -> Callable[..., Any] | None:
         if frame.f_code is not self._code:
             return None
         return self._local
 
-    def _local(self, frame: FrameType, event: str, arg: object) -> Optional[Callable[..., Any]]:
+    def _local(self, frame: FrameType, event: str, arg: object) -> Callable[..., Any] | None:
         if event == "line" and frame.f_lineno == self._line and not self.paused.is_set():
             self.paused.set()
             if not self.resume.wait(60):
