@@ -30,9 +30,13 @@ Shared by all three, each behind its own lock and changed by no one else:
     journal     (_journal.py) the spool, or a null one. Callers only queue "done" spans
                 in memory; the reader does every file operation.
 
-Shutdown is a state change in :class:`Lifecycle` made under buffer.lock plus a
-notify_all, and a STOP marker on the queue for the reader. Past the deadline the
-shutting-down thread aborts the writer's socket itself, so it never waits on I/O.
+The client's one state (new, running, closing, closed, failed) is :class:`Lifecycle`'s
+``phase``; post(), flush(), shutdown() and the process events all read it. Shutdown moves
+it to closing, sets the drain deadline under buffer.lock plus a notify_all, and puts a
+STOP marker on the queue for the reader; its final sweep takes the queue and moves the
+phase to closed under the lifecycle's lock, which every removal from the queue takes.
+Past the deadline the shutting-down thread aborts the writer's socket itself, so it never
+waits on I/O.
 That end of life, and where the unsent records go, is _shutdown.py; noticing forks and
 the end of the process, whatever the host, is _process.py.
 """
@@ -273,7 +277,9 @@ class BufferedClient(_Client):
             report=lambda err: _call_on_error(self._on_error, err, None),
         )
         own_threads += (self._reader.thread, self._writer.thread)
-        self._start_lock = threading.Lock()
+        # Re-entrant: a signal handler that shuts down while its thread starts the threads
+        # must not deadlock (see _end).
+        self._start_lock = threading.RLock()
         self._handoff: _process.Handoff | None = None
         self._pid = os.getpid()
 
