@@ -243,7 +243,7 @@ class Reader:
 
     def take_back(self, msg: Message) -> bool:
         """Remove ``msg``, queued after shutdown's final sweep, from the queue; False if it
-        was queued in time (the sweep or this reader took it, or the sweep is to come)."""
+        was queued in time (the sweep or this reader took it, or the sweep has not run yet)."""
         with self.pop_lock:
             if self._life.phase is not CLOSED:
                 return False

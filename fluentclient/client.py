@@ -481,7 +481,7 @@ class BufferedClient(_Client):
         """post() queued ``msg`` and then found the client no longer running.
 
         A shutdown that sweeps the queue after this append hands the record over with
-        the rest, and so does one still to come; one whose sweep is done already left it
+        the rest, and so does one whose sweep has not run yet; one whose sweep is done left it
         behind, so it is taken back here and refused. Either way no record is left
         between the two: every True is sent or unsent, every False counted ``closed``.
         """
