@@ -230,13 +230,13 @@ class BufferedClient(_Client):
     def _fresh(self, *, closed: bool = False) -> None:
         """Build the queue, buffer and threads (not started): at init and after fork.
 
-        ``closed``: a child of a process that had stopped this client; it stays stopped,
-        and opens no spool.
+        ``closed``: a child of a process that had stopped this client; it stays stopped
+        (closed: nothing of this process's is live), and opens no spool.
         """
         o, t = self._buffer_options, self._transport
         # The client's one state: post(), flush(), shutdown() and the process events
         # all read it (see _lifecycle.py).
-        self._life = Lifecycle(CLOSING if closed else NEW)
+        self._life = Lifecycle(CLOSED if closed else NEW)
         self._ledger = Ledger()
         self._count_post = self._ledger.enqueue_one
         self._queue: deque[object] = deque()
@@ -480,10 +480,10 @@ class BufferedClient(_Client):
     def _queued_late(self, msg: Message, raises: bool) -> bool:
         """post() queued ``msg`` and then found the client no longer running.
 
-        A shutdown that sweeps the queue after this append hands the record over with
-        the rest, and so does one whose sweep has not run yet; one whose sweep is done left it
-        behind, so it is taken back here and refused. Either way no record is left
-        between the two: every True is sent or unsent, every False counted ``closed``.
+        A shutdown whose final sweep has not run yet finds the record (unless the reader
+        packs it first) and hands it over with the rest. One whose sweep is done left it
+        behind: it is taken back here and refused. Either way no record is left between
+        the two: every True is sent or unsent, every False counted ``closed``.
         """
         if not self._reader.take_back(msg):
             return True
@@ -744,10 +744,7 @@ class BufferedClient(_Client):
                 handoff.claim()  # only closes our end: the parent sent what it could
             self._fresh(closed=True)
             if stopped:
-                life = self._life
-                with life.lock:
-                    life.closed_locked(clean=True)  # nothing of this process's was left
-                life.report = self._ledger.report(timed_out=False)
+                self._life.report = self._ledger.report(timed_out=False)
             return
         try:
             self._fresh()

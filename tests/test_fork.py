@@ -332,7 +332,7 @@ def _child_posts_to(client, sync_client) -> dict:
     return {"posts": posts, "sync_append": raised, "sync_client": sync_raised,
             "posted": s.posted, "dropped": dict(s.dropped), "buffered": s.buffered,
             "started": client._reader.thread.ident is not None,
-            "shutdown_again": client.shutdown(1).sent}
+            "flushed": client.flush(timeout=10), "shutdown_again": client.shutdown(1).sent}
 
 
 def _read_all(fd: int, timeout: float) -> bytes:
@@ -391,6 +391,8 @@ def test_a_client_stopped_before_a_fork_stays_stopped_in_the_child(fluent_server
     assert (child["posted"], child["dropped"], child["buffered"]) == (4, {"closed": 4}, 0)
     # No threads started: nothing of the child's can reach the server.
     assert child["started"] is False and child["shutdown_again"] == 0
+    # Nothing of the child's is left unsent: its flush has nothing to wait for.
+    assert child["flushed"] is True
 
 
 RAW_FORK_CLOSED = """
