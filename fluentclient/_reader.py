@@ -131,8 +131,10 @@ class Reader:
         # (the lifecycle's), here, through evict_queued() or take_back(), or in shutdown's
         # final sweep (take_all_locked), and is counted in the ledger as it leaves.
         self.pop_lock = life.lock
-        # post() callers waiting for the queue to drain (see wait_drained).
-        self._drained = threading.Condition(self.pop_lock)
+        # post() callers waiting for the queue to drain (see wait_drained). A lock of its
+        # own: a caller interrupted there (a signal handler that shuts the client down)
+        # must not hold up the lifecycle's lock.
+        self._drained = threading.Condition(threading.Lock())
         self._drain_waiters = 0
         self.thread = threading.Thread(target=self._run, name="fluentclient-reader", daemon=True)
 
@@ -165,7 +167,8 @@ class Reader:
                         batch = [m for m in batch if m is not STOP]
                     if batch:
                         self._ledger.take(len(batch))
-                    if self._drain_waiters and len(q) <= BATCH:
+                if self._drain_waiters and len(q) <= BATCH:
+                    with self._drained:
                         self._drained.notify_all()
                 replaying = self._orphans is not None and not stopping and self._replay_step()
                 if batch:
@@ -213,6 +216,7 @@ class Reader:
                     for msg, _ in reversed(self._carry):
                         q.appendleft(msg)
                     self._ledger.take(-len(self._carry))
+            with self._drained:
                 self._drained.notify_all()
             self._carry = []
             with self._buffer.lock:
@@ -272,7 +276,7 @@ class Reader:
         deadline = time.monotonic() + timeout
         # Bounded even to take the lock: a signal handler that posts while its own thread
         # holds it (waiting here) must not deadlock, only give up.
-        if not self.pop_lock.acquire(timeout=timeout):
+        if not self._drained.acquire(timeout=timeout):
             return
         self._drain_waiters += 1
         try:
@@ -284,7 +288,7 @@ class Reader:
                 self._drained.wait(remaining)
         finally:
             self._drain_waiters -= 1
-            self.pop_lock.release()
+            self._drained.release()
 
     def _append(self, batch: list[Message]) -> None:
         if not batch:
