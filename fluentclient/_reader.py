@@ -124,6 +124,9 @@ class Reader:
         self._replay: Iterator[Replayed] | None = None
         self._replay_next: Replayed | None = None
         self._replay_taken: list[Span] = []
+        # Records previous processes left in the spool that this reader did not take over
+        # and leaves there for a later process: counted as it stops, for the report.
+        self.left_in_spool = 0
         self.wake = threading.Event()
         # True while the reader waits for post() to wake it rather than polling.
         self.idle = False
@@ -170,7 +173,8 @@ class Reader:
                 if self._drain_waiters and len(q) <= BATCH:
                     with self._drained:
                         self._drained.notify_all()
-                replaying = self._orphans is not None and not stopping and self._replay_step()
+                replaying = (self._orphans is not None and not self._replay_cut()
+                             and self._replay_step())
                 if batch:
                     self._append(batch)  # type: ignore[arg-type]
                     buf = self._buffer
@@ -184,8 +188,19 @@ class Reader:
                         # More is waiting: let a posting thread have the GIL first.
                         yield_gil()
                     continue
-                if stopping or self._life.abandoned:
+                if self._life.abandoned:
                     break
+                if stopping:
+                    # Replay is part of the drain: the backlog a previous process left
+                    # is sent like any record held, until done or the deadline. What is
+                    # still on disk then is counted (see _stop_replay).
+                    if self._orphans is None or self._replay_cut():
+                        break
+                    if not replaying:
+                        # Waiting for room; the writer frees it without waking us.
+                        self.wake.wait(POLL)
+                        self.wake.clear()
+                    continue
                 if replaying:
                     yield_gil()
                     continue
@@ -385,7 +400,11 @@ class Reader:
                 rejected: list[_T] = []
             else:
                 entries = run.entries() if run is not None else packed
-                rejected = buf.add_batch_locked(kept, entries)  # type: ignore[arg-type]
+                # Records that will wait for room hold back every later one: a smaller
+                # record must not slip past a larger one into the buffer.
+                rejected = buf.add_batch_locked(
+                    kept, entries, in_order=self._admission.keeps_rejected,  # type: ignore[arg-type]
+                )
             # Under the buffer's lock, so the writer cannot take a record the ledger
             # does not show as buffered yet.
             if spooled:
@@ -439,14 +458,18 @@ class Reader:
         if not pairs:
             return
         runs: list[tuple[str, bytes]] = []
-        run_tag, run = pairs[0][0], bytearray()
+        counts: list[int] = []
+        run_tag, run, n = pairs[0][0], bytearray(), 0
         for tag, entry in pairs:
             if tag != run_tag:
                 runs.append((run_tag, bytes(run)))
-                run_tag, run = tag, bytearray()
+                counts.append(n)
+                run_tag, run, n = tag, bytearray(), 0
             run += entry
+            n += 1
         runs.append((run_tag, bytes(run)))
-        self._journal.append(first_seq, runs, len(pairs))
+        counts.append(n)
+        self._journal.append(first_seq, runs, len(pairs), counts)
 
     def _maintain(self) -> None:
         with self._buffer.lock:
@@ -518,8 +541,27 @@ class Reader:
         else:
             taken.append((tag, seq, seq))
 
+    def _replay_cut(self) -> bool:
+        """Whether replay must stop: close(), or shutdown's deadline has passed."""
+        life = self._life
+        drain = life.drain_deadline
+        return life.abandoned or (drain is not None and time.monotonic() >= drain)
+
     def _stop_replay(self) -> None:
+        """Leave what replay did not take to a later process, and count it.
+
+        The owners not reached yet are claimed only for as long as it takes to count
+        their records from the blocks' counts, then left as they were.
+        """
+        left = 0
         if self._orphan is not None:
+            taken = sum(last - first + 1 for _, first, last in self._replay_taken)
+            left += max(0, self._orphan.pending() - taken)
             self._orphan.abandon(self._replay_taken)
             self._orphan = self._replay = None
-        self._orphans = None
+        orphans, self._orphans = self._orphans, None
+        if orphans is not None:
+            for claim in orphans:
+                left += claim.pending()
+                claim.abandon(())
+        self.left_in_spool = left

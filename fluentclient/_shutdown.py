@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Callable
 
 from ._buffer import Buffer, Frame
@@ -118,6 +119,14 @@ class Ending:
             resolve_futures(frame, closed)
         self._hand_over(records, frames, stranded)
         report = self._ledger.report(timed_out=timed_out, failure=life.failure)
+        # Outside the ledger: these records were never this client's to count.
+        left = self._reader.left_in_spool
+        if left:
+            report = replace(report, left_in_spool=left)
+            log.warning(
+                "fluentclient: stopped with %d records a previous process left in the spool "
+                "not sent; they stay there for a later start", left,
+            )
         if report.failure is not None:
             log.error("fluentclient: shut down after %s", report.failure)
         if report.unsent_records > report.spooled + report.handed_over:
