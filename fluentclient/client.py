@@ -768,7 +768,9 @@ class BufferedClient(_Client):
         """The end of the process: send what is held, unless nothing ever could be."""
         self._check_fork()
         life = self._life
-        if life.report is None and (life.phase is not NEW or self._journal.owns_files):
+        # Threads that ran (a child of a stopped client starts closed, and has none).
+        ran = life.phase is RUNNING or life.phase is FAILED or life.phase is CLOSING
+        if life.report is None and (ran or self._journal.owns_files):
             self._explain_wait(self.shutdown_timeout, self._exit_setting)
             # shutdown() logs what it could not send.
             self.shutdown(self.shutdown_timeout)
