@@ -688,7 +688,11 @@ class BufferedClient(_Client):
             reader=self._reader, writer=self._writer, journal=self._journal,
             on_unsent=self._on_unsent, packer=self._records.packer,
         )
-        report = ending.run(deadline, drain=drain, started=before in (RUNNING, FAILED))
+        # CLOSING already: an earlier shutdown was cut short (an exception); stop the
+        # threads it may have left running, if there were any.
+        started = before in (RUNNING, FAILED) or (
+            before is CLOSING and self._reader.thread.ident is not None)
+        report = ending.run(deadline, drain=drain, started=started)
         self._life.report = report
         _process.live_clients.discard(self)
         return report
