@@ -81,21 +81,27 @@ def test_a_server_that_pauses_and_resumes_gets_nearly_every_record_once(transpor
     fluent_server.stall(True)
     client = BufferedClient(write_timeout=0.5, backoff=FAST_BACKOFF, at_exit=False,
                             buffer_limit=64 << 20, **options)
-    total = 16_000
     # Reads again as soon as a connection has failed, even mid-posting: a loaded machine
     # must not let more connections fail first (past two per server, the oldest ends).
     failed = threading.Event()
 
     def resume() -> None:
-        if wait_until(lambda: client.stats().connection_failures >= 1, 60):
+        if wait_until(lambda: client.stats().connection_failures >= 1, 90):
             failed.set()
         fluent_server.stall(False)
 
     watcher = threading.Thread(target=resume)
     watcher.start()
     try:
-        _post_while_stalled(client, total)
-        watcher.join(90)
+        # 16,000 records; more only if no connection failed a while after (the kernels'
+        # buffers took them all: under TLS only a blocked write fails a connection).
+        _post_while_stalled(client, 16_000)
+        total = 16_000
+        while not failed.wait(3.0) and total < 96_000:
+            for i in range(total, total + 8000):
+                client.post("linger", {"i": i, "pad": PAD})
+            total += 8000
+        watcher.join(120)
         assert failed.is_set(), "no connection failed while the server was stalled"
         assert client.flush(30)
     finally:
