@@ -484,15 +484,23 @@ class Writer:
         elif now - link.progress_at > self._write_timeout:
             self._link_failed(link, f"the server took nothing for {self._write_timeout:g} s")
 
-    def _take_late_markers(self, link: Link, conn: Connection) -> None:
-        """Acks of markers that came before the connection failed still prove delivery."""
+    def _take_late_markers(self, link: Link, conn: Connection) -> AuthenticationError | None:
+        """Acks of markers that came before the connection failed still prove delivery.
+
+        Returns the refusal if the server sent HELO unasked meanwhile: it wants the
+        handshake, and that must be said, not lost with the connection.
+        """
         try:
-            replies = conn.read_available() if conn.sock is not None else []
+            replies = (conn.refuse_if_helo(conn.read_available())
+                       if conn.sock is not None else [])
+        except AuthenticationError as exc:
+            return exc
         except ConnectionLost:
-            return
+            return None
         for reply in replies:
             if not self._marker_acked(link, reply):
-                return
+                return None
+        return None
 
     def _take_acked(self, link: Link, conn: Connection) -> None:
         """Frames the peer's TCP acknowledged before the connection died are not sent
@@ -587,6 +595,11 @@ class Writer:
         A ``refusal`` (the server will not take our frames until the configuration
         changes) always backs off, the longest delay, even with nothing in flight.
         """
+        if link.conn is not None and not self._require_ack and refusal is None:
+            helo = self._take_late_markers(link, link.conn)
+            if helo is not None:
+                self._refused_after_connect(link, helo, pending)
+                return
         conn, link.conn = link.conn, None
         retired = 0
         if conn is not None:
@@ -655,11 +668,16 @@ class Writer:
         if given_up:
             self._give_up(given_up)
 
-    def _refused_after_connect(self, link: Link, exc: FluentError) -> None:
+    def _refused_after_connect(
+        self, link: Link, exc: FluentError, pending: list[Frame] | None = None
+    ) -> None:
         """The server refused us on a connection that was up: an unasked HELO. Reported
         like a refused handshake: once until the reason changes, then the longest backoff."""
         news = link.last_error != str(exc)
-        self._link_failed(link, str(exc), refusal=exc)
+        self._link_failed(link, str(exc), pending, refusal=exc)
+        self._tell_refusal(exc, news)
+
+    def _tell_refusal(self, exc: FluentError, news: bool) -> None:
         if news:
             log.error("fluentclient: %s; retrying with backoff (logged again only if the "
                       "reason changes)", exc)
@@ -815,7 +833,14 @@ class Writer:
         if conn.sock is None or conn.eof:
             return
         try:
-            replies = conn.read_available()
+            replies = self._sender.replies(conn)
+        except AuthenticationError as exc:
+            # An unasked HELO: the server discards our frames until we do the handshake.
+            conn.eof, conn.lost = True, str(exc)
+            news = link.last_error != str(exc)
+            link.failed(str(exc), backoff_to_max=True, error=exc)
+            self._tell_refusal(exc, news)
+            return
         except ConnectionLost as exc:
             conn.eof, conn.lost = True, str(exc)
             return
