@@ -291,13 +291,13 @@ def _replay(server: ForwardServer, spool: str) -> int:
     many records it replayed once everything it holds was sent."""
     from fluentclient import BufferedClient
 
+    # The locks of the processes that went away, noted before ours exists: this needs
+    # nothing of the client's internals, which change.
+    theirs = {name for name in os.listdir(spool) if name.endswith(".lock")}
     with BufferedClient(server.host, server.port, spool_dir=spool, at_exit=False) as client:
-        own = f"{client._spool.owner}.lock" if client._spool else ""
         deadline = time.monotonic() + 60
         # The replay is over once the files of the process that went away are deleted.
-        while time.monotonic() < deadline and any(
-            name.endswith(".lock") and name != own for name in os.listdir(spool)
-        ):
+        while time.monotonic() < deadline and theirs & set(os.listdir(spool)):
             time.sleep(0.01)
         client.flush(timeout=30)
     return client.stats().replayed
