@@ -603,10 +603,11 @@ class BufferedClient(_Client):
         self._told(reason, err, None, self._ledger.drop(reason, records, State.BUFFERED))
 
     def _told(self, reason: str, err: FluentError, msg: Message | None, total: int) -> None:
+        # The warning comes once per reason, so a flood of drops cannot flood the log;
+        # stats() and on_error see every one. The tag says which part of the program to
+        # look at.
         if total != 1:
             self._tell(err, msg)
-        # Once per reason, so a flood of drops cannot flood the log; stats() and
-        # on_error see every one. The tag says which part of the program to look at.
         elif msg is None:
             self._tell(err, msg, "fluentclient: dropping records (%s): %s", reason, err)
         else:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
-from fluentclient import BufferedClient
+import pytest
+
+from fluentclient import BufferedClient, BufferFullError
 from fluentclient.stats import DROP_REENTRANT
 
 from .conftest import FAST_BACKOFF
@@ -171,3 +174,82 @@ def test_root_fluent_handler_with_a_logging_on_error_and_a_dead_server() -> None
     # Every log call became one post: the n lines, and one per on_error call.
     assert posted == n + calls
     assert accounted == posted
+
+
+def fill(client: BufferedClient, limit: int = 1000) -> None:
+    """Post until the client refuses one (it returns False or raises)."""
+    for i in range(limit):
+        try:
+            if client.post("app", {"i": i, "pad": "x" * 200}) is False:
+                return
+        except BufferFullError:
+            return
+    raise AssertionError(f"{limit} records taken by a client that sends nowhere")
+
+
+def test_a_post_from_on_error_never_raises_with_overflow_raise() -> None:
+    """overflow="raise" is for the application's own post(): raised inside on_error it
+    would reach a log handler's handleError, a traceback on stderr for every drop."""
+    inner: list[object] = []
+    nested: list[Exception] = []
+    reporting = threading.Event()
+
+    def on_error(err: Exception, msg: object) -> None:
+        if reporting.is_set():
+            nested.append(err)  # a report of our own post: the loop this test is about
+            return
+        reporting.set()
+        try:
+            # Several, so that some are refused whatever room the reader made meanwhile:
+            # nothing is sent, so nothing frees more than one record's worth.
+            inner.extend(_post_about(client, err) for _ in range(8))
+        finally:
+            reporting.clear()
+
+    client = BufferedClient("127.0.0.1", dead_port(), at_exit=False, buffer_limit=1024,
+                            overflow="raise", backoff=FAST_BACKOFF, on_error=on_error)
+    try:
+        with pytest.raises(BufferFullError):
+            for i in range(1000):
+                client.post("app", {"i": i, "pad": "x" * 200})
+        assert all(isinstance(result, bool) for result in inner), inner
+        assert False in inner, inner
+        assert not nested
+    finally:
+        client.close()
+
+
+def test_a_post_from_on_error_does_not_wait_for_room_with_overflow_block() -> None:
+    """overflow="block": the application's post() waits up to overflow_timeout for room;
+    a post made while reporting that wait's failure is refused at once."""
+    waits: list[float] = []
+    reporting = threading.Event()
+
+    def on_error(err: Exception, msg: object) -> None:
+        if reporting.is_set():
+            return  # nested: the other tests are about that
+        reporting.set()
+        try:
+            start = time.monotonic()
+            _post_about(client, err)
+            waits.append(time.monotonic() - start)
+        finally:
+            reporting.clear()
+
+    client = BufferedClient("127.0.0.1", dead_port(), at_exit=False, buffer_limit=1024,
+                            overflow="block", overflow_timeout=4.0, backoff=FAST_BACKOFF,
+                            on_error=on_error)
+    try:
+        fill(client)
+        assert waits
+        # Far below the 4 s the application's own post waited (before: 4 s more each).
+        assert max(waits) < 2.0, waits
+    finally:
+        client.close()
+
+
+def _post_about(client: BufferedClient, err: Exception) -> object:
+    try:
+        return client.post("app.errors", {"message": f"fluent drop: {err}"})
+    except Exception as exc:  # noted as the result, for the test to see
+        return exc
