@@ -149,8 +149,7 @@ def test_odd_records_reports_a_cost_for_every_shape():
 def test_accounting_against_the_embedded_server_counts_every_record():
     # The embedded server only: the real ones take seconds each to start, and have
     # their own accounting tests (tests/test_real_accounting.py).
-    out = run_script("benchmarks/accounting.py", "--servers", "embedded", "--records", "300",
-                     "--restarts", "1", "--rate", "20000")
+    out = run_script("benchmarks/accounting.py", "--quick")
     assert out.returncode == 0, out.stderr
     rows = table_rows(out.stdout)
     modes = [(r[1], r[2]) for r in rows]
