@@ -54,6 +54,12 @@ class Reporting:
             self.silenced += 1
             return self.silenced == 1
 
+    def after_fork(self) -> None:
+        """In a forked child: only the forking thread exists here, and the lock may have
+        been held by a thread that does not."""
+        self._lock = threading.Lock()
+        self.busy = 1 if self.active() else 0
+
     def __enter__(self) -> None:
         depth = getattr(self._inside, "depth", 0)
         self._inside.depth = depth + 1

@@ -214,8 +214,8 @@ class BufferedClient(_Client):
         self._journal: Journal = NullJournal()
         self._on_error = on_error
         # Marks the threads inside this client's error reporting, whose own drops are
-        # then only counted (see _reporting.py). Kept across a fork: a child forked from
-        # inside on_error is still inside it.
+        # then only counted (see _reporting.py). Kept across a fork (a child forked from
+        # inside on_error is still inside it), with a fresh lock.
         self._reporting = Reporting()
         self.shutdown_timeout = shutdown_timeout
         # The setting that bounds the drain at exit, as the user knows it (a FluentHandler
@@ -741,6 +741,7 @@ class BufferedClient(_Client):
         handoff, self._handoff = self._handoff, None
         held = [m for m in self._queue if isinstance(m, Message)] if handoff else []
         self._shutdown_lock = threading.Lock()
+        self._reporting.after_fork()
         # A client shut down or closed in the parent stays so here (its shutdown may still
         # be under way in a parent thread): it refuses every post, and a shutdown here
         # reports this process's counts, which start from zero.
