@@ -11,7 +11,7 @@ Shapes: the typical flat log record of 7 fields (one float among them), which ta
 fast path; the same with a NaN in it (made nil: the fast path gives up and the walk makes
 a copy); one with a nested map and list (the walk runs, nothing changes); and one with a
 ``datetime`` that ``default=str`` converts (a str: the packed result is only checked
-whole, as without the rules). Prints a Markdown table of ns per record.
+whole with distinct keys, as without the rules). Prints a Markdown table of ns per record.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from .errors import (
     FluentTimeoutError,
     InvalidTagError,
     InvalidTimeError,
+    PossiblyLostError,
     RecordTooLargeError,
     SerializationError,
     TlsError,
@@ -26,6 +27,7 @@ from .stats import JournalStats, ServerStats, ShutdownReport, Stats, UnsentRecor
 __all__ = [
     "AuthenticationError",
     "DeliveryError",
+    "PossiblyLostError",
     "Server",
     "TlsError",
     "ServerStats",

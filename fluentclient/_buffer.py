@@ -146,8 +146,16 @@ class Buffer:
         self._grew(seq + records, records, size)
         return True
 
-    def add_batch_locked(self, msgs: list[_T], entries: list[bytes]) -> list[_T]:
+    def add_batch_locked(
+        self, msgs: list[_T], entries: list[bytes], *, in_order: bool = False
+    ) -> list[_T]:
         """Append the entries of a batch in order; returns the messages over the limit.
+
+        ``in_order``: the rejected records will wait for room and be added later
+        (overflow="block"), so the first record that does not fit stops the batch: every
+        later one is rejected with it, even one small enough to fit, which would otherwise
+        reach the server ahead of it. Without it a record that does not fit is dropped
+        and a later, smaller one may still go in: nothing is reordered, only lost.
 
         The bookkeeping is kept in locals: this loop runs once per record on the reader
         thread, which holds the GIL meanwhile.
@@ -161,6 +169,10 @@ class Buffer:
         for msg, entry in zip(msgs, entries):
             size = len(entry)
             if held + size > limit:
+                if in_order:
+                    # Nothing was rejected before this one, so ``added`` is its index.
+                    rejected.extend(msgs[added:])
+                    break
                 rejected.append(msg)
                 continue
             if msg.tag != tag or frame is None:

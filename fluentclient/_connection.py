@@ -244,22 +244,39 @@ class Connection:
             self_hostname=sec.self_hostname,
         )
 
-    def abort(self) -> None:
-        """Break a blocked connect or send from another thread, discarding unsent bytes.
+    def abort(self, *, discard: bool = True) -> None:
+        """Break a blocked connect or send from another thread.
 
-        What is still in our kernel's send queue is reported unsent, so it must never
-        arrive: with a zero linger the close that follows resets the connection and
-        drops that queue, where a plain close would keep sending it in the background.
+        ``discard``: what is still in our kernel's send queue will be reported unsent, so
+        it must not arrive: with a zero linger the close that follows resets the
+        connection and drops that queue, where a plain close would keep sending it in
+        the background. Without it the queue is delivered, ahead of our FIN.
         """
         self._aborted = True
         sock = self.sock
         if sock is not None:
             try:
-                if not self._unix:
+                if discard and not self._unix:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def reset(self) -> None:
+        """Close with a reset: our kernel discards what it still holds of our bytes
+        instead of delivering it after we have moved on to another connection.
+
+        Bytes it sent before may still arrive; the caller counts those frames as possibly
+        lost. A Unix socket has no such queue: what was written is in the server's
+        already, so there this is a plain close.
+        """
+        sock = self.sock
+        if sock is not None and not self._unix:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError:
+                pass
+        self.close()
 
     def close(self) -> None:
         sock, self.sock = self.sock, None

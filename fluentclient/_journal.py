@@ -39,6 +39,9 @@ class Claim(Protocol):
 
     def records(self) -> Iterator[Replayed]: ...
 
+    def pending(self) -> int:
+        """How many records ``records()`` yields in all (taken or not)."""
+
     def finish(self) -> None: ...
 
     def abandon(self, taken: Sequence[Span]) -> None: ...
@@ -78,7 +81,12 @@ class Journal(Protocol):
 
     # -- the client's own threads and shutdown only ---------------------------------------
 
-    def append(self, first_seq: int, runs: Sequence[tuple[str, bytes]], count: int) -> None: ...
+    def append(
+        self, first_seq: int, runs: Sequence[tuple[str, bytes]], count: int,
+        counts: Sequence[int] | None = None,
+    ) -> None:
+        """Write a batch ahead: ``count`` records in ``runs``, ``counts`` in each run (may
+        be left out for a single run)."""
 
     def maintain(self, oldest_held: int) -> None:
         """Write the queued done spans; delete segments with no record at or after
@@ -114,7 +122,10 @@ class NullJournal:
     def health(self) -> JournalStats | None:
         return None
 
-    def append(self, first_seq: int, runs: Sequence[tuple[str, bytes]], count: int) -> None:
+    def append(
+        self, first_seq: int, runs: Sequence[tuple[str, bytes]], count: int,
+        counts: Sequence[int] | None = None,
+    ) -> None:
         pass
 
     def maintain(self, oldest_held: int) -> None:
@@ -215,8 +226,11 @@ class FileJournal:
     def health(self) -> JournalStats:
         return self._health.snapshot(self._spool.broken)
 
-    def append(self, first_seq: int, runs: Sequence[tuple[str, bytes]], count: int) -> None:
-        self._guard("write", self._spool.append, first_seq, runs, count)
+    def append(
+        self, first_seq: int, runs: Sequence[tuple[str, bytes]], count: int,
+        counts: Sequence[int] | None = None,
+    ) -> None:
+        self._guard("write", self._spool.append, first_seq, runs, count, counts)
 
     def maintain(self, oldest_held: int) -> None:
         spans: list[Span] = []
@@ -295,6 +309,14 @@ class _GuardedClaim:
             yield from self._orphan.records()
         except Exception as exc:
             self._journal.failed("read", exc)
+
+    def pending(self) -> int:
+        try:
+            return self._orphan.pending()
+        except Exception as exc:
+            # Counted as an error in the journal's health: the report cannot tell these.
+            self._journal.failed("read", exc)
+            return 0
 
     def finish(self) -> None:
         try:

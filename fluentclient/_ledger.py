@@ -60,7 +60,8 @@ _CONNECT_FAILURES = 15
 _CONNECTION_FAILURES = 16
 _SPOOLED = 17
 _HANDED_OVER = 18
-_SLOTS = 19
+_TAKEN = 19  # queued records taken off the queue (by the reader, an eviction, the sweep)
+_SLOTS = 20
 # Not a slot: the target of a drop, counted by reason in Ledger._dropped.
 _DROPPED = -1
 
@@ -73,6 +74,11 @@ class Ledger:
     counted as enqueued minus dequeued, so that post() pays for one increment.
     ``posted`` is the enqueued ones plus those that went straight to an end (refused, or
     settled within their post() call).
+
+    Queued records are also counted as they are taken off the queue (``take``), so that
+    shutdown can tell the ones a thread holds (taken, not yet buffered or dropped: unsent)
+    from the ones a post() still holds between counting and appending them: those stay
+    queued until that post() settles them itself (see ``refuse_late``).
     """
 
     def __init__(self) -> None:
@@ -106,6 +112,39 @@ class Ledger:
         posts = next(self._posts) - self._post_reads
         self._post_reads += 1
         return self._c[_ENQUEUED] + posts
+
+    def entered(self) -> int:
+        """How many records have ever been queued: flush() waits for these to leave."""
+        with self.lock:
+            return self._enqueued_locked()
+
+    def left_queue(self) -> int:
+        """How many queued records have been buffered or dropped (or ended at shutdown).
+
+        One read of a list item, atomic under the GIL: flush() polls it without the lock.
+        """
+        return self._c[_DEQUEUED]
+
+    def take(self, n: int) -> None:
+        """``n`` queued records were taken off the queue (negative: put back). They stay
+        queued until buffered or dropped; this only tells who holds them."""
+        with self.lock:
+            self._c[_TAKEN] += n
+
+    def refuse_late(self, reason: str) -> int:
+        """A post() found the client closed after it had counted and queued its record,
+        and took it back: queued becomes refused. Returns how many have been dropped for
+        ``reason``.
+
+        Applied even once frozen: shutdown left this record queued, to be settled here.
+        """
+        with self.lock:
+            c = self._c
+            c[_TAKEN] += 1
+            c[_DEQUEUED] += 1
+            total = self._dropped[reason] = (
+                self._dropped[reason] + 1 if reason in self._dropped else 1)
+        return total
 
     def refuse(self, reason: str, n: int = 1) -> int:
         """post() turned records away; returns how many have been dropped for ``reason``.
@@ -171,6 +210,9 @@ class Ledger:
                 moved = n if n <= held else held
                 if queued:
                     c[_DEQUEUED] += moved
+                    if c[_TAKEN] < c[_DEQUEUED]:
+                        # Left the queue without a take(): it was taken, all the same.
+                        c[_TAKEN] = c[_DEQUEUED]
                 else:
                     c[slot] -= moved
                 if target == _DROPPED:
@@ -191,17 +233,21 @@ class Ledger:
                       what, n, source.name.lower(), held)
         return total
 
-    def close(self, *, stranded: int, held: int, held_bytes: int) -> None:
-        """Shutdown's count of what is left: ``stranded`` records still queued and
-        ``held`` in the buffer are unsent. Anything live beyond those is in the hands of a
-        thread shutdown stopped waiting for: unsent if it never left this process,
-        possibly lost if it was written."""
+    def close(self, *, stranded: int, held: int, held_bytes: int) -> int:
+        """Shutdown's count of what is left, once it took the queue (``stranded`` records)
+        and the buffer (``held``): those are unsent. Anything live beyond them is in the
+        hands of a thread shutdown stopped waiting for: unsent if it never left this
+        process, possibly lost if it was written. Records counted by a post() that has not
+        queued them yet stay queued: that post() settles them (``refuse_late``) or they
+        were queued in time and are among ``stranded``. Returns how many became unsent."""
         found = stranded + held
         with self.lock:
             if self._frozen:
-                return
+                return 0
             c = self._c
-            queued = self._enqueued_locked() - c[_DEQUEUED]
+            # Taken off the queue (the sweep's ``stranded`` among them) and not yet
+            # buffered or dropped.
+            queued = c[_TAKEN] - c[_DEQUEUED]
             # Queued and buffered records never left this process: unsent, found or not.
             # Written ones are unsent as far as the buffer still held them (their
             # connection was reset); the rest went out, and nobody saw them arrive.
@@ -213,10 +259,12 @@ class Ledger:
             c[_UNSENT] += never_left + held_written
             c[_UNSENT_BYTES] += held_bytes
             c[_LOST] += written - held_written
+        unsent = never_left + held_written
         if never_left + held_written != found or written != held_written:
             log.debug("fluentclient: at shutdown %d records unsent (%d found) and %d "
                       "possibly lost, left with threads that did not stop in time",
                       never_left + held_written, found, written - held_written)
+        return unsent
 
     # -- traffic -------------------------------------------------------------------------
 

@@ -102,6 +102,9 @@ class Link:
         self.answers_markers: bool | None = None
         self.unsettled_since = 0.0
         self.confirmed = 0
+        # Frames written on the current connection: a server that closes after one event
+        # frame (keepalive off in its HELO) must never get a second.
+        self.frames_on_conn = 0
         self.progress_at = 0.0
         self.used_at = 0.0
         self._resolved: list[tuple[Any, Any]] | None = None
@@ -125,6 +128,7 @@ class Link:
         )
         self.conn = conn
         self.confirmed = 0
+        self.frames_on_conn = 0
         return conn
 
     def connected(self) -> None:
@@ -133,13 +137,20 @@ class Link:
             self._resolved = self.conn.resolve()
         self.connects += 1
         self.connect_streak = 0
-        # A connect and handshake that worked is a success like a confirmed write: the
-        # next outage starts from the first delay, however many failures came before.
-        self.backoff = self.backoff.reset()
+        # The backoff is NOT reset here: a server that accepts every connection and then
+        # cuts it mid-frame would otherwise be retried every 50 ms, and a frame's
+        # ack_retry_limit spent in half a second. Only proof that the server takes our
+        # frames resets it (see progressed()).
         self.retry_at = 0.0
         self.last_error = None
         self.error = None
         self.progress_at = self.used_at = time.monotonic()
+
+    def progressed(self) -> None:
+        """The server proved it works: it acked a frame, or (without acks) its kernel took
+        one. The next outage starts again from the first delay."""
+        if self.backoff.attempts:
+            self.backoff = self.backoff.reset()
 
     def failed(
         self, reason: str, *, backoff_to_max: bool = False, error: FluentError | None = None
@@ -148,7 +159,7 @@ class Link:
 
         ``backoff_to_max`` waits the longest delay this time only: a refusal is not
         fixed by retrying at once, but the backoff keeps its own schedule, so the next
-        success (a connection that completes its handshake, a write) resets it as usual.
+        proof of progress (an ack, or bytes the server's kernel took) resets it as usual.
         """
         self.failures += 1
         self.last_error = reason

@@ -20,9 +20,10 @@ from ._admission import Admission
 from ._buffer import Buffer, Frame, Tagged
 from ._journal import Claim, Journal, NullJournal, Replayed
 from ._ledger import Ledger
-from ._lifecycle import Lifecycle, thread_failed
+from ._lifecycle import CLOSED, Lifecycle, thread_failed
 from ._spool import Span
 from .errors import (
+    BufferFullError,
     FluentError,
     RecordTooLargeError,
     SerializationError,
@@ -32,6 +33,7 @@ from .framing import EntryPacker, PackedRun
 from .message import Message, settle_future
 from .stats import (
     DROP_BUFFER_FULL,
+    DROP_EVICTED,
     DROP_SPOOL_FULL,
     DROP_TOO_LARGE,
     DROP_UNSAFE,
@@ -122,19 +124,20 @@ class Reader:
         self._replay: Iterator[Replayed] | None = None
         self._replay_next: Replayed | None = None
         self._replay_taken: list[Span] = []
+        # Records previous processes left in the spool that this reader did not take over
+        # and leaves there for a later process: counted as it stops, for the report.
+        self.left_in_spool = 0
         self.wake = threading.Event()
         # True while the reader waits for post() to wake it rather than polling.
         self.idle = False
-        # For flush(): items ever removed from the queue (by this thread, or evicted by a
-        # caller) and how many of them are settled: in the buffer, or dropped. Removing
-        # and counting happen together under ``pop_lock``, so that "removed + still
-        # queued" is exact at any moment; a waiting carry is removed, not yet settled.
-        self.pop_lock = threading.Lock()
-        self.removed = 0
-        self.settled = 0  # written by this thread only
-        self.evicted = 0  # by callers, under pop_lock
-        # post() callers waiting for the queue to drain (see wait_drained).
-        self._drained = threading.Condition(self.pop_lock)
+        # The head of the queue is this reader's: every record leaves it under this lock
+        # (the lifecycle's), here, through evict_queued() or take_back(), or in shutdown's
+        # final sweep (take_all_locked), and is counted in the ledger as it leaves.
+        self.pop_lock = life.lock
+        # post() callers waiting for the queue to drain (see wait_drained). A lock of its
+        # own: a caller interrupted there (a signal handler that shuts the client down)
+        # must not hold up the lifecycle's lock.
+        self._drained = threading.Condition(threading.Lock())
         self._drain_waiters = 0
         self.thread = threading.Thread(target=self._run, name="fluentclient-reader", daemon=True)
 
@@ -155,20 +158,24 @@ class Reader:
                     continue
                 batch: list[object] = []
                 with self.pop_lock:
+                    if self._life.phase is CLOSED:
+                        break  # the queue is shutdown's now (a reader that outlived it)
                     try:
                         while len(batch) < BATCH:
                             batch.append(popleft())
                     except IndexError:
                         pass
-                    self.removed += len(batch)
-                    if self._drain_waiters and len(q) <= BATCH:
-                        self._drained.notify_all()
-                replaying = self._orphans is not None and not stopping and self._replay_step()
-                if batch:
-                    if STOP in batch:
+                    if batch and STOP in batch:
                         stopping = True
                         batch = [m for m in batch if m is not STOP]
-                        self.settled += 1
+                    if batch:
+                        self._ledger.take(len(batch))
+                if self._drain_waiters and len(q) <= BATCH:
+                    with self._drained:
+                        self._drained.notify_all()
+                replaying = (self._orphans is not None and not self._replay_cut()
+                             and self._replay_step())
+                if batch:
                     self._append(batch)  # type: ignore[arg-type]
                     buf = self._buffer
                     if buf.pending_bytes >= buf.gather_bytes and not buf.no_server:
@@ -181,8 +188,19 @@ class Reader:
                         # More is waiting: let a posting thread have the GIL first.
                         yield_gil()
                     continue
-                if stopping or self._life.abandoned:
+                if self._life.abandoned:
                     break
+                if stopping:
+                    # Replay is part of the drain: the backlog a previous process left
+                    # is sent like any record held, until done or the deadline. What is
+                    # still on disk then is counted (see _stop_replay).
+                    if self._orphans is None or self._replay_cut():
+                        break
+                    if not replaying:
+                        # Waiting for room; the writer frees it without waking us.
+                        self.wake.wait(POLL)
+                        self.wake.clear()
+                    continue
                 if replaying:
                     yield_gil()
                     continue
@@ -206,11 +224,14 @@ class Reader:
                 log.exception("fluentclient reader thread failed")
                 thread_failed(self._buffer, self._life, "reader", exc)
             # Records still waiting for room go back to the queue, where shutdown counts
-            # them and hands them over with the rest.
+            # them and hands them over with the rest (unless its sweep is done: then they
+            # are counted unsent as held by this thread).
             with self.pop_lock:
-                for msg, _ in reversed(self._carry):
-                    q.appendleft(msg)
-                self.removed -= len(self._carry)
+                if self._carry and self._life.phase is not CLOSED:
+                    for msg, _ in reversed(self._carry):
+                        q.appendleft(msg)
+                    self._ledger.take(-len(self._carry))
+            with self._drained:
                 self._drained.notify_all()
             self._carry = []
             with self._buffer.lock:
@@ -218,6 +239,47 @@ class Reader:
                 self._buffer.changed.notify_all()
 
     # -- the queue -----------------------------------------------------------------------
+
+    def evict_queued(self, nbytes: float, mean: float) -> None:
+        """overflow="drop_oldest": drop the oldest queued records, about ``nbytes`` worth
+        (``mean`` bytes each, as packed), to make room. Runs on the posting thread."""
+        evicted: list[Message] = []
+        with self.pop_lock:
+            q = self._queue
+            while nbytes > 0 and q and self._life.phase is not CLOSED:
+                item = q.popleft()
+                if not isinstance(item, Message):
+                    q.appendleft(item)  # the stop marker stays first
+                    break
+                evicted.append(item)
+                nbytes -= mean
+            if evicted:
+                self._ledger.take(len(evicted))
+        if evicted:
+            err = BufferFullError("evicted to make room for newer records")
+            for msg in evicted:
+                self._fail(DROP_EVICTED, err, msg)
+
+    def take_back(self, msg: Message) -> bool:
+        """Remove ``msg``, queued after shutdown's final sweep, from the queue; False if it
+        was queued in time (the sweep or this reader took it, or the sweep has not run yet)."""
+        with self.pop_lock:
+            if self._life.phase is not CLOSED:
+                return False
+            q = self._queue
+            for i, item in enumerate(q):
+                if item is msg:
+                    del q[i]
+                    return True
+            return False
+
+    def take_all_locked(self) -> list[Message]:
+        """Shutdown's final sweep (``pop_lock`` held): every record still queued."""
+        q = self._queue
+        stranded = [item for item in q if isinstance(item, Message)]
+        q.clear()
+        self._ledger.take(len(stranded))
+        return stranded
 
     def wait_drained(self, timeout: float) -> None:
         """Let the reader take the queue down to one batch, for at most ``timeout`` s.
@@ -229,7 +291,7 @@ class Reader:
         deadline = time.monotonic() + timeout
         # Bounded even to take the lock: a signal handler that posts while its own thread
         # holds it (waiting here) must not deadlock, only give up.
-        if not self.pop_lock.acquire(timeout=timeout):
+        if not self._drained.acquire(timeout=timeout):
             return
         self._drain_waiters += 1
         try:
@@ -241,7 +303,7 @@ class Reader:
                 self._drained.wait(remaining)
         finally:
             self._drain_waiters -= 1
-            self.pop_lock.release()
+            self._drained.release()
 
     def _append(self, batch: list[Message]) -> None:
         if not batch:
@@ -267,8 +329,6 @@ class Reader:
                 err = self._admission.buffer_full()
                 for msg in rejected:
                     self._fail(DROP_BUFFER_FULL, err, msg)
-        # Last, so that flush() sees a record settled only once it is buffered or counted.
-        self.settled += len(batch) - len(self._carry)
 
     def _unpackable(self, msg: Message, exc: SerializationError) -> None:
         if isinstance(exc, UnsafeRecordError):
@@ -309,9 +369,7 @@ class Reader:
         for msg in msgs:
             if msg.waiter is not None and id(msg) not in refused:
                 settle_future(msg.waiter)
-        before = len(self._carry)
         self._carry = [(m, e) for m, e in self._carry if id(m) in refused]
-        self.settled += before - len(self._carry)
         return not self._carry
 
     def _add(
@@ -342,7 +400,11 @@ class Reader:
                 rejected: list[_T] = []
             else:
                 entries = run.entries() if run is not None else packed
-                rejected = buf.add_batch_locked(kept, entries)  # type: ignore[arg-type]
+                # Records that will wait for room hold back every later one: a smaller
+                # record must not slip past a larger one into the buffer.
+                rejected = buf.add_batch_locked(
+                    kept, entries, in_order=self._admission.keeps_rejected,  # type: ignore[arg-type]
+                )
             # Under the buffer's lock, so the writer cannot take a record the ledger
             # does not show as buffered yet.
             if spooled:
@@ -396,14 +458,18 @@ class Reader:
         if not pairs:
             return
         runs: list[tuple[str, bytes]] = []
-        run_tag, run = pairs[0][0], bytearray()
+        counts: list[int] = []
+        run_tag, run, n = pairs[0][0], bytearray(), 0
         for tag, entry in pairs:
             if tag != run_tag:
                 runs.append((run_tag, bytes(run)))
-                run_tag, run = tag, bytearray()
+                counts.append(n)
+                run_tag, run, n = tag, bytearray(), 0
             run += entry
+            n += 1
         runs.append((run_tag, bytes(run)))
-        self._journal.append(first_seq, runs, len(pairs))
+        counts.append(n)
+        self._journal.append(first_seq, runs, len(pairs), counts)
 
     def _maintain(self) -> None:
         with self._buffer.lock:
@@ -475,8 +541,27 @@ class Reader:
         else:
             taken.append((tag, seq, seq))
 
+    def _replay_cut(self) -> bool:
+        """Whether replay must stop: close(), or shutdown's deadline has passed."""
+        life = self._life
+        drain = life.drain_deadline
+        return life.abandoned or (drain is not None and time.monotonic() >= drain)
+
     def _stop_replay(self) -> None:
+        """Leave what replay did not take to a later process, and count it.
+
+        The owners not reached yet are claimed only for as long as it takes to count
+        their records from the blocks' counts, then left as they were.
+        """
+        left = 0
         if self._orphan is not None:
+            taken = sum(last - first + 1 for _, first, last in self._replay_taken)
+            left += max(0, self._orphan.pending() - taken)
             self._orphan.abandon(self._replay_taken)
             self._orphan = self._replay = None
-        self._orphans = None
+        orphans, self._orphans = self._orphans, None
+        if orphans is not None:
+            for claim in orphans:
+                left += claim.pending()
+                claim.abandon(())
+        self.left_in_spool = left

@@ -59,10 +59,13 @@ class Sender:
         link.failed(str(exc), backoff_to_max=is_refusal(exc), error=exc)
         self._ledger.connect_failed()
 
-    def wrote(self, link: Link, frames: int) -> None:
-        """Frames went out on the link's connection: the server is working again. (The
-        records, frames and bytes are the caller's to count: it knows their fate.)"""
-        link.backoff = link.backoff.reset()
+    def wrote(self, link: Link, frames: int, *, proven: bool = True) -> None:
+        """Frames went out on the link's connection. ``proven``: the server is known to
+        have them (a SyncClient's write, acked if acks are on), so the backoff starts
+        over; a writer that learns their fate later says so itself (Link.progressed).
+        (The records, frames and bytes are the caller's to count: it knows their fate.)"""
+        if proven:
+            link.progressed()
         link.frames_sent += frames
 
     def drop(self, link: Link) -> Connection | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Callable
 
 from ._buffer import Buffer, Frame
@@ -76,6 +77,7 @@ class Ending:
             if not drain:
                 life.abandoned = True
             buf.changed.notify_all()
+            buf.done.notify_all()  # a flush() waiting for the writer hears of the end
         for thread in (self._reader.thread, self._writer.thread):
             thread.join(max(0.0, deadline - time.monotonic()))
         # Clean means drained, not merely stopped: at the deadline the writer stops on its
@@ -97,13 +99,17 @@ class Ending:
         return clean
 
     def _final_report(self, timed_out: bool) -> ShutdownReport:
-        stranded: list[Message] = []
-        while self._queue:
-            item = self._queue.popleft()
-            if isinstance(item, Message):
-                stranded.append(item)
-        records, nbytes, frames = self._buffer.drain_all()
-        self._ledger.close(stranded=len(stranded), held=records, held_bytes=nbytes)
+        life = self._life
+        # One step under the lifecycle's lock, which every removal from the queue takes:
+        # a post() that queued its record after this sweep finds CLOSED under that lock
+        # and takes the record back (refused); one that queued it before is swept here.
+        with life.lock:
+            stranded = self._reader.take_all_locked()
+            records, nbytes, frames = self._buffer.drain_all()
+            unsent = self._ledger.close(
+                stranded=len(stranded), held=records, held_bytes=nbytes)
+            life.closed_locked(
+                clean=not timed_out and unsent == 0 and life.failure is None)
         # Told only once counted, so that a waiter woken here finds them in stats().
         for item in stranded:
             for future in (item.waiter, item.delivery):
@@ -112,10 +118,20 @@ class Ending:
         for frame in frames:
             resolve_futures(frame, closed)
         self._hand_over(records, frames, stranded)
-        report = self._ledger.report(timed_out=timed_out, failure=self._life.failed)
+        report = self._ledger.report(timed_out=timed_out, failure=life.failure)
+        # Outside the ledger: these records were never this client's to count.
+        left = self._reader.left_in_spool
+        if left:
+            report = replace(report, left_in_spool=left)
+            log.warning(
+                "fluentclient: stopped with %d records a previous process left in the spool "
+                "not sent; they stay there for a later start", left,
+            )
         if report.failure is not None:
             log.error("fluentclient: shut down after %s", report.failure)
-        if report.unsent_records > report.spooled + report.handed_over:
+        # Possibly lost too: without acks, what a stuck server's connection held at the
+        # deadline counts there, not as unsent, and must not pass in silence.
+        if report.unsent_records > report.spooled + report.handed_over or report.possibly_lost:
             log.warning(
                 "fluentclient: stopped with %d records (%d bytes) not sent; %d possibly lost, "
                 "%d dropped",

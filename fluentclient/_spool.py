@@ -20,6 +20,7 @@ client stops: a killed process loses nothing, a power cut may lose the newest bl
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import logging
 import os
@@ -159,6 +160,41 @@ def _data(block: list[Any], path: str) -> tuple[int, list[tuple[str, bytes]]]:
         return 0, []
 
 
+def _run_counts(block: list[Any], path: str) -> tuple[int, list[tuple[str, int]]]:
+    """The first number of a data block and (tag, records) of each of its runs: from the
+    counts the block carries, or, for a block written without them, by splitting."""
+    seq, runs = _data(block, path)
+    counts = block[3] if len(block) > 3 else None
+    if (isinstance(counts, list) and len(counts) == len(runs)
+            and all(isinstance(n, int) and n >= 0 for n in counts)):
+        return seq, [(tag, n) for (tag, _), n in zip(runs, counts)]
+    return seq, [(tag, len(_split_entries(run))) for tag, run in runs]
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, overlapping or touching spans joined: disjoint, ends increasing."""
+    out: list[tuple[int, int]] = []
+    for first, last in sorted(spans):
+        if out and first <= out[-1][1] + 1:
+            if last > out[-1][1]:
+                out[-1] = (out[-1][0], last)
+        else:
+            out.append((first, last))
+    return out
+
+
+def _covered(spans: list[tuple[int, int]], starts: list[int], first: int, last: int) -> int:
+    """How many numbers from ``first`` to ``last`` the merged ``spans`` cover."""
+    total = 0
+    i = bisect.bisect_right(starts, last) - 1
+    # Merged spans that start at or before ``last``, latest first, while they reach back
+    # to ``first``: their ends decrease as we go.
+    while i >= 0 and spans[i][1] >= first:
+        total += min(last, spans[i][1]) - max(first, spans[i][0]) + 1
+        i -= 1
+    return total
+
+
 @dataclass
 class _Segment:
     path: str
@@ -199,6 +235,33 @@ class Orphan:
                         if not any(first <= seq <= last for first, last in spans):
                             yield tag, entry, seq
                         seq += 1
+
+    def pending(self) -> int:
+        """How many records :meth:`records` yields: those without a done block.
+
+        Reads the blocks but, for blocks that carry their runs' counts, not the records:
+        cheap enough for shutdown to tell how many records it leaves here.
+        """
+        done: dict[str, list[tuple[int, int]]] = {}
+        runs: list[tuple[str, int, int]] = []  # (tag, first number, records)
+        for path in self.segments:
+            for block in read_blocks(path):
+                if block[0] == _DONE:
+                    for tag, first, last in _spans(block, path):
+                        done.setdefault(tag, []).append((first, last))
+                elif block[0] == _DATA:
+                    seq, counted = _run_counts(block, path)
+                    for tag, n in counted:
+                        runs.append((tag, seq, n))
+                        seq += n
+        merged = {tag: _merged(spans) for tag, spans in done.items()}
+        starts = {tag: [first for first, _ in spans] for tag, spans in merged.items()}
+        left = 0
+        for tag, first, n in runs:
+            spans = merged.get(tag)
+            covered = _covered(spans, starts[tag], first, first + n - 1) if spans else 0
+            left += n - covered
+        return left
 
     def finish(self) -> None:
         """Everything was taken over: delete the files (segments first, the lock last)."""
@@ -282,9 +345,22 @@ class Spool:
 
     # -- writing -------------------------------------------------------------------------
 
-    def append(self, first_seq: int, runs: Sequence[tuple[str, bytes]], count: int) -> None:
-        """Record a batch: ``runs`` of (tag, concatenated entries), ``count`` records."""
-        payload = msgpack.packb([_DATA, first_seq, [list(run) for run in runs]], use_bin_type=True)
+    def append(
+        self, first_seq: int, runs: Sequence[tuple[str, bytes]], count: int,
+        counts: Sequence[int] | None = None,
+    ) -> None:
+        """Record a batch: ``runs`` of (tag, concatenated entries), ``count`` records.
+
+        ``counts``: the records in each run. Kept in the block (a trailing field older
+        readers ignore) so that what a spool holds can be counted without splitting
+        every run into its entries (see :meth:`Orphan.pending`).
+        """
+        if counts is None and len(runs) == 1:
+            counts = (count,)
+        block: list[Any] = [_DATA, first_seq, [list(run) for run in runs]]
+        if counts is not None:
+            block.append(list(counts))
+        payload = msgpack.packb(block, use_bin_type=True)
         self._write(_block(payload), first_seq + count - 1)
 
     def done(self, spans: Sequence[Span]) -> None:

@@ -1,16 +1,23 @@
 """The writer thread: takes whole frames from the buffer and writes them to the servers.
 
 A written frame stays *unconfirmed* (bytes held, counted against the buffer limit) until
-the server confirms it; if its connection fails first, it is sent again whole, with the
-same chunk id, on the next connection. What confirms a frame depends on the mode:
+the server confirms it. A connection ends once: a frame goes back to the buffer only if
+the old socket cannot deliver it too. A frame cut by a failed write goes back (no server
+decodes half a frame); what happens to one written whole depends on the mode, as does what
+confirms it:
 
 * with acks (``require_ack``), the server's ``{"ack": id}``, matched in order. The frame is
-  then *sent*. A frame whose connections keep failing before its ack is given up after
-  ``ack_retry_limit`` attempts, and counted and reported, never silently dropped.
-* without acks, the peer's kernel taking the bytes (``Connection.confirmed_offset``). Only
-  the record count is kept from then on (*unsettled*): a server that stops reading can
-  still sit on such bytes, so if the connection fails now they count as ``possibly_lost``.
-  They become *sent* once the server has read them. What proves that: every frame carries
+  then *sent*. If its connection fails first it is sent again whole, with the same chunk
+  id, on the next connection (the old one is reset), as at-least-once allows. A frame
+  whose connections keep failing before its ack is given up after ``ack_retry_limit``
+  attempts, spaced by a backoff that only an ack resets, and counted ``possibly_lost``
+  (it was written) and reported, never silently dropped.
+* without acks, the peer's kernel taking the bytes (``Connection.confirmed_offset``). A
+  frame written whole is never sent again: if the connection fails before the peer took
+  it, it may still be in flight, so it counts as ``possibly_lost``. Once taken, only the
+  record count is kept (*unsettled*): a server that stops reading can still sit on such
+  bytes, so if the connection fails now they count as ``possibly_lost`` too. They become
+  *sent* once the server has read them. What proves that: every frame carries
   a chunk id even without acks, as a marker, and an ack for it (both real servers answer
   one) settles that frame and all before it. Nothing else waits on those acks: a frame
   is never sent again for want of one. For a server that never acks, two weaker proofs
@@ -33,15 +40,14 @@ from collections.abc import Callable
 
 from ._buffer import Buffer, Frame
 from ._connection import Connection, ConnectionLost, SendError
-from ._ledger import Ledger, State
+from ._ledger import Ledger
 from ._lifecycle import Lifecycle, thread_failed
 from ._options import TransportOptions
 from ._pool import Link
 from ._sender import Sender, is_refusal
-from .errors import AuthenticationError, DeliveryError, FluentError
+from .errors import AuthenticationError, FluentError, PossiblyLostError
 from .framing import FrameBuilder
 from .message import settle_future, short_repr
-from .stats import DROP_NOT_ACKED
 
 log = logging.getLogger("fluentclient")
 
@@ -194,9 +200,10 @@ class Writer:
                 self._buffer.requeue(frames)
                 self._pause()
                 return
-            if link.conn is not None and not link.conn.keepalive and link.unconfirmed:
+            if link.conn is not None and not link.conn.keepalive and link.frames_on_conn:
                 # Its one frame is out and the server will close it: the rest wait for a
-                # new connection, made once that frame is confirmed.
+                # new connection, made once that frame is confirmed (even if its ack came
+                # already: the server closes, with a reset, on a second frame).
                 self._buffer.requeue(frames)
                 return
             share = self._share(link, frames)
@@ -252,10 +259,13 @@ class Writer:
             self._link_failed(link, str(exc), pending=frames[len(written):] + rest)
             return False
         self._track(link, frames, start)
-        self._sender.wrote(link, len(frames))
+        # Written is not delivered: the backoff starts over only once the server proves
+        # it took them (an ack, or its kernel's confirmation), so that a server cutting
+        # every connection cannot spend a frame's retries in a burst of quick reconnects.
+        self._sender.wrote(link, len(frames), proven=False)
         self._ledger.write(sum(f.records for f in frames), frames=len(frames), nbytes=len(data))
-        if not conn.keepalive and not self._require_ack:
-            self._close(link)
+        # A server that closes after one frame (keepalive off) is left to _tend, which
+        # closes the connection once the frame is confirmed: closing now would cut it.
         return True
 
     def _track(self, link: Link, frames: list[Frame], offset: int) -> None:
@@ -263,6 +273,7 @@ class Writer:
         if frames and not link.unconfirmed:
             link.progress_at = now
         link.used_at = now
+        link.frames_on_conn += len(frames)
         for frame in frames:
             offset += len(frame.data)
             link.unconfirmed.append((offset, frame))
@@ -408,6 +419,7 @@ class Writer:
     def _finish_acks(self, link: Link, acked: list[Frame]) -> None:
         if not acked:
             return
+        link.progressed()
         link.acked_frames += len(acked)
         self._ledger.send(sum(f.records for f in acked))
         self._buffer.release(acked)
@@ -426,12 +438,12 @@ class Writer:
             self._link_failed(link, conn.lost or "the connection is no longer open")
             return
         now = time.monotonic()
-        if offset is not None and offset > link.confirmed:
+        if offset > link.confirmed:
             link.confirmed = offset
             link.progress_at = now
-        if not self._taken_up_to(link, link.confirmed) and (
-            now - link.progress_at > self._write_timeout
-        ):
+        if self._taken_up_to(link, link.confirmed):
+            link.progressed()
+        elif now - link.progress_at > self._write_timeout:
             self._link_failed(link, f"the server took nothing for {self._write_timeout:g} s")
 
     def _take_late_markers(self, link: Link, conn: Connection) -> None:
@@ -500,6 +512,7 @@ class Writer:
         if not isinstance(chunk, str):
             return False
         link.answers_markers = True
+        link.progressed()
         for i, (_, _, marker) in enumerate(link.unsettled):
             if marker == chunk:
                 self._count_sent(sum(link.unsettled.popleft()[1] for _ in range(i + 1)))
@@ -520,7 +533,17 @@ class Writer:
         self, link: Link, reason: str, pending: list[Frame] | None = None,
         *, refusal: FluentError | None = None,
     ) -> None:
-        """Drop the link's connection; its unconfirmed frames, then ``pending``, go back.
+        """Drop the link's connection; ``pending`` (never wholly handed to it) goes back.
+
+        A connection ends once: nothing requeued here may also leave through the old
+        socket. ``pending`` never can: at most the head of its first frame went out, and
+        a server cannot decode half a frame whose rest never follows. The frames wholly
+        written differ by mode. Without acks nothing can prove that the server did not
+        get them (they may be in flight, or in its queue, however the socket is closed),
+        so they count as possibly lost and are never sent again. (Linux's SIOCOUTQNSD
+        tells how much of the queue was never sent, but the kernel may send more between
+        that reading and the reset, so it cannot prove a byte will not arrive.) With acks
+        they are sent again, as at-least-once allows, up to ``ack_retry_limit`` attempts.
 
         A ``refusal`` (the server will not take our frames until the configuration
         changes) always backs off, the longest delay, even with nothing in flight.
@@ -530,7 +553,16 @@ class Writer:
             if not self._require_ack:
                 self._take_late_markers(link, conn)
                 self._take_acked(link, conn)
-            conn.close()
+            if self._require_ack and link.unconfirmed:
+                # Those frames go out again on the next connection: reset, so that our
+                # kernel drops what it holds of them instead of delivering a second copy.
+                conn.reset()
+            else:
+                # Without acks nothing wholly written is sent again, and of ``pending``
+                # at most the head of one frame went out, which no server can decode
+                # alone: a plain close lets the kernel deliver what it holds (possibly
+                # lost frames, which a server that resumes reading then gets).
+                conn.close()
         if pending:
             self._buffer.requeue(pending)
         if refusal is not None:
@@ -540,8 +572,9 @@ class Writer:
             # without counting a failure or backing off.
             log.debug("fluentclient: %s closed an idle connection: %s", link.name, reason)
             return
-        if link.server.unix_path and self._life.abandoned:
-            self._lose_unconfirmed(link)
+        written_lost = 0
+        if not self._require_ack or (link.server.unix_path and self._life.abandoned):
+            written_lost = self._lose_unconfirmed(link)
         lost = sum(n for _, n, _ in link.unsettled)
         link.unsettled.clear()
         again: list[Frame] = []
@@ -566,7 +599,7 @@ class Writer:
         self._buffer.requeue(again)
         log.warning(
             "fluentclient: connection to %s failed: %s; %d records will be sent again, "
-            "%d may be lost", link.name, reason, retried, lost,
+            "%d may be lost", link.name, reason, retried, lost + written_lost,
         )
         if given_up:
             self._give_up(given_up)
@@ -582,12 +615,17 @@ class Writer:
             self._report(exc)
 
     def _give_up(self, frames: list[Frame]) -> None:
+        """Frames whose connections kept failing before their ack. They were written,
+        every time, so the server may hold them (a server whose acks are garbled holds
+        each one several times): possibly lost, never dropped, which would say that they
+        never left this process."""
         records = sum(f.records for f in frames)
-        error = DeliveryError(
+        error = PossiblyLostError(
             f"{records} records were not acknowledged after "
-            f"{self._ack_retry_limit} attempts; given up"
+            f"{self._ack_retry_limit} attempts; given up, possibly lost (they were "
+            "written, so the server may have them)"
         )
-        self._ledger.drop(DROP_NOT_ACKED, records, State.WRITTEN)
+        self._ledger.lose(records)
         self._buffer.release(frames)
         log.error("fluentclient: %s", error)
         for frame in frames:
@@ -627,10 +665,11 @@ class Writer:
             if not self._require_ack:
                 self._take_late_markers(link, conn)
             if link.unconfirmed:
-                # Those frames stay in the buffer and are reported unsent: reset, so that
-                # our kernel drops them instead of delivering them after the report.
-                conn.abort()
-            conn.close()
+                # With acks: those frames stay in the buffer and are reported unsent:
+                # reset, so that our kernel drops what it holds of them.
+                conn.reset()
+            else:
+                conn.close()
         else:
             clean, replies = conn.close_gracefully(self._deadline(self._write_timeout))
             if not self._require_ack:
@@ -645,29 +684,48 @@ class Writer:
             self._ledger.lose(count)
 
     def _finish(self) -> None:
-        # Frames never confirmed stay in the buffer and are reported as unsent, except on
-        # a Unix socket: what we wrote stays readable there after we close.
         for link in self.links:
-            if link.server.unix_path and link.conn is not None:
+            if not self._require_ack and link.conn is not None:
+                # Acks of markers already here prove some of them read: sent, not lost.
+                self._read_markers(link)
+            if not self._require_ack or (link.server.unix_path and link.conn is not None):
+                # Wholly written and not proven read: the server may still get them (from
+                # a Unix socket's queue, from bytes in flight), so they are possibly lost,
+                # never reported unsent nor handed to on_unsent.
                 self._lose_unconfirmed(link)
             self._close(link)
-            # Left in the buffer, aborted on the wire: shutdown reports them unsent.
+            # With acks: written, not acknowledged, left in the buffer and reset on the
+            # wire. Shutdown reports them unsent (and spools them, or hands them to
+            # on_unsent): at-least-once, so they may arrive as well.
             if link.unconfirmed:
                 self._ledger.requeue(sum(f.records for _, f in link.unconfirmed), retried=False)
             link.unconfirmed.clear()
 
-    def _lose_unconfirmed(self, link: Link) -> None:
-        """Written to a Unix socket we are leaving: the server may still read these."""
+    def _lose_unconfirmed(self, link: Link) -> int:
+        """The link's written, unconfirmed frames are possibly lost; how many records."""
         frames = [frame for _, frame in link.unconfirmed]
         link.unconfirmed.clear()
         if not frames:
-            return
-        self._ledger.lose(sum(f.records for f in frames))
+            return 0
+        records = sum(f.records for f in frames)
+        self._ledger.lose(records)
         self._buffer.release(frames)
+        error = PossiblyLostError(
+            f"{records} records were written to {link.name}, whose connection ended "
+            "before the server confirmed them; possibly lost")
+        for frame in frames:
+            resolve_futures(frame, error)
+        return records
 
     def abort(self) -> None:
+        """Break a connect or write stuck past shutdown's deadline (from its thread).
+
+        With acks, frames written and not acknowledged stay in the buffer, to be reported
+        unsent: our kernel discards what it still holds of them. Without acks every frame
+        wholly written counts as possibly lost, so the kernel may as well deliver it.
+        """
         for link in self.links:
             conn = link.conn
             if conn is not None:
-                conn.abort()
+                conn.abort(discard=self._require_ack)
 

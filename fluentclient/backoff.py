@@ -16,7 +16,12 @@ class Backoff:
     The n-th delay (n counted from 0) is ``min(maximum, initial * multiplier**n)`` shrunk
     by a random fraction of up to ``jitter``, so that many clients cut off by the same
     server restart do not all come back in the same instant. ``reset()`` goes back to the
-    first delay after a connection worked.
+    first delay once the server proves it works again (an ack, or, without acks, bytes
+    its kernel took): a connect alone is no proof, since a server that accepts and then
+    cuts every connection would otherwise be retried at the first delay forever.
+
+    With the defaults, the delays after 1, 2, ... failures in a row are 0.05, 0.1, 0.2,
+    0.4, 0.8, 1.6, 3.2, 6.4, then 10 s, each shortened by up to half by the jitter.
     """
 
     initial: float = 0.05

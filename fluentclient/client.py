@@ -30,9 +30,13 @@ Shared by all three, each behind its own lock and changed by no one else:
     journal     (_journal.py) the spool, or a null one. Callers only queue "done" spans
                 in memory; the reader does every file operation.
 
-Shutdown is a state change in :class:`Lifecycle` made under buffer.lock plus a
-notify_all, and a STOP marker on the queue for the reader. Past the deadline the
-shutting-down thread aborts the writer's socket itself, so it never waits on I/O.
+The client's one state (new, running, closing, closed, failed) is :class:`Lifecycle`'s
+``phase``; post(), flush(), shutdown() and the process events all read it. Shutdown moves
+it to closing, sets the drain deadline under buffer.lock plus a notify_all, and puts a
+STOP marker on the queue for the reader; its final sweep takes the queue and moves the
+phase to closed under the lifecycle's lock, which every removal from the queue takes.
+Past the deadline the shutting-down thread aborts the writer's socket itself, so it never
+waits on I/O.
 That end of life, and where the unsent records go, is _shutdown.py; noticing forks and
 the end of the process, whatever the host, is _process.py.
 """
@@ -59,7 +63,7 @@ from ._base import TagChecker as _TagChecker
 from ._buffer import Buffer, Frame
 from ._journal import Journal, NullJournal, open_journal
 from ._ledger import Ledger, State
-from ._lifecycle import Lifecycle, swallow
+from ._lifecycle import CLOSED, CLOSING, FAILED, NEW, RUNNING, Lifecycle, swallow
 from ._options import (
     BufferOptions,
     RecordOptions,
@@ -222,7 +226,6 @@ class BufferedClient(_Client):
         # hands its close_timeout down as shutdown_timeout).
         self._exit_setting = "shutdown_timeout"
         self._shutdown_lock = threading.Lock()
-        self._report: ShutdownReport | None = None
         self._fresh()
         _process.live_clients.add(self)
         if at_exit:
@@ -234,12 +237,13 @@ class BufferedClient(_Client):
     def _fresh(self, *, closed: bool = False) -> None:
         """Build the queue, buffer and threads (not started): at init and after fork.
 
-        ``closed``: a child of a process that had stopped this client; it stays stopped,
-        and opens no spool.
+        ``closed``: a child of a process that had stopped this client; it stays stopped
+        (closed: nothing of this process's is live), and opens no spool.
         """
         o, t = self._buffer_options, self._transport
-        self._closing = closed
-        self._life = Lifecycle()
+        # The client's one state: post(), flush(), shutdown() and the process events
+        # all read it (see _lifecycle.py).
+        self._life = Lifecycle(CLOSED if closed else NEW)
         self._ledger = Ledger()
         self._count_post = self._ledger.enqueue_one
         self._queue: deque[object] = deque()
@@ -280,8 +284,9 @@ class BufferedClient(_Client):
             report=lambda err: self._tell(err, None),
         )
         own_threads += (self._reader.thread, self._writer.thread)
-        self._started = False
-        self._start_lock = threading.Lock()
+        # Re-entrant: a signal handler that shuts down while its thread starts the threads
+        # must not deadlock (see _end).
+        self._start_lock = threading.RLock()
         self._handoff: _process.Handoff | None = None
         self._pid = os.getpid()
 
@@ -292,7 +297,7 @@ class BufferedClient(_Client):
             # Threads started on the parent's state would be orphaned by the pid check.
             self._check_fork()
         with self._start_lock:
-            if self._started or self._handoff is not None:
+            if self._life.phase is not NEW or self._handoff is not None:
                 return
             if sys.is_finalizing() or _process.main_thread_finished():
                 # Threads started now would be killed unflushed a moment later.
@@ -306,7 +311,7 @@ class BufferedClient(_Client):
                 return
             self._reader.thread.start()
             self._writer.thread.start()
-            self._started = True
+            self._life.start()
 
     # -- posting -------------------------------------------------------------------------
 
@@ -351,8 +356,9 @@ class BufferedClient(_Client):
         ``unserializable`` (a value msgpack cannot pack and ``default=`` does not turn
         into one: a ``datetime``, an ``object()``), ``unsafe``, ``too_large``,
         ``buffer_full``, ``spool_full`` or ``evicted`` (``overflow="drop_oldest"``);
-        once written, as ``not_acked``; or it can end ``possibly_lost`` (its connection
-        failed after the server's host took it) or ``unsent`` (still held at shutdown).
+        or it can end ``possibly_lost`` (it was written, and its connection failed, or
+        its acks never came within ``ack_retry_limit`` attempts, before the server proved
+        it read it) or ``unsent`` (still held at shutdown, never written).
         Every such record is counted in :meth:`stats` (``dropped`` by reason,
         ``possibly_lost``, ``unsent``). A drop also goes to ``on_error`` (with the
         record, where one is at hand), and the first drop for each reason is logged as a
@@ -381,11 +387,11 @@ class BufferedClient(_Client):
             full_tag = self._known_tag(tag)
         except TypeError:  # unhashable, so no tag: the careful path says so
             full_tag = None
-        queue = self._queue
+        queue, life = self._queue, self._life
         if (
             full_tag is None or time is not None or ack or sync_append
             or len(queue) >= self._admission.room
-            or self._closing or self._life.failed or not self._started
+            or life.phase is not RUNNING
             or self._pid != _getpid() or self._reporting.busy
         ):
             return self._post_carefully(tag, record, time, sync_append, timeout, ack)
@@ -393,7 +399,11 @@ class BufferedClient(_Client):
         # hear of this record. Counted before the reader can see it, so its steps never
         # run ahead of ours.
         self._count_post()
-        queue.append(Message(full_tag, record, _time_ns()))
+        msg = Message(full_tag, record, _time_ns())
+        queue.append(msg)
+        if life.phase is not RUNNING:
+            # A shutdown began since the look above: the record may have missed its sweep.
+            return self._queued_late(msg, False)
         if self._reader.idle:
             self._reader.wake.set()
         return True
@@ -419,7 +429,8 @@ class BufferedClient(_Client):
         # The ack kind answers with its future whatever became of the record, the plain
         # kind with whether it was queued.
         msg = Message(full_tag, record, time_ns, None, delivery)
-        if self._closing or self._life.failed:
+        life = self._life
+        if life.phase is not RUNNING and life.phase is not NEW:
             queued = self._refuse(DROP_CLOSED, self._closed_error(), msg, sync_append)
             return queued if delivery is None else delivery
         if self._reporting.active() and self._admission.own_thread():
@@ -430,7 +441,7 @@ class BufferedClient(_Client):
                               "error; it cannot carry a record about its own failure")
             queued = self._refuse(DROP_REENTRANT, err, msg, sync_append)
             return queued if delivery is None else delivery
-        if not self._started:
+        if life.phase is NEW:
             try:
                 self._start()
             except (ClientClosedError, RuntimeError) as exc:
@@ -449,12 +460,17 @@ class BufferedClient(_Client):
         self._count_post()
         if not sync_append:
             self._queue.append(msg)
+            if life.phase is not RUNNING and life.phase is not NEW:
+                queued = self._queued_late(msg, False)
+                return queued if delivery is None else delivery
             if reader.idle:
                 reader.wake.set()
             return True if delivery is None else delivery
         waiter: Future[None] = Future()
         msg.waiter = waiter
         self._queue.append(msg)
+        if life.phase is not RUNNING and life.phase is not NEW:
+            self._queued_late(msg, True)  # raises if taken back
         reader.wake.set()
         self._wait_appended(waiter, timeout)
         return True if delivery is None else delivery
@@ -483,10 +499,29 @@ class BufferedClient(_Client):
             verdict = self._admission.judge(after=verdict.act)
         return True
 
+    def _queued_late(self, msg: Message, raises: bool) -> bool:
+        """post() queued ``msg`` and then found the client no longer running.
+
+        A shutdown whose final sweep has not run yet finds the record (unless the reader
+        packs it first) and hands it over with the rest. One whose sweep is done left it
+        behind: it is taken back here and refused. Either way no record is left between
+        the two: every True is sent or unsent, every False counted ``closed``.
+        """
+        if not self._reader.take_back(msg):
+            return True
+        err = self._closed_error()
+        # Counted before anyone waiting on the record is woken, as in _refuse.
+        self._told(DROP_CLOSED, err, msg, self._ledger.refuse_late(DROP_CLOSED))
+        for future in (msg.waiter, msg.delivery):
+            settle_future(future, err)
+        if raises:
+            raise err
+        return False
+
     def _closed_error(self) -> ClientClosedError:
-        failed = self._life.failed
-        if failed is not None and not self._closing:
-            return ClientClosedError(f"the client stopped working: {failed}")
+        life = self._life
+        if life.phase is FAILED and life.failure is not None:
+            return ClientClosedError(f"the client stopped working: {life.failure}")
         return ClientClosedError("the client is shut down")
 
     def _evict_for(self, nbytes: float) -> None:
@@ -497,31 +532,16 @@ class BufferedClient(_Client):
             over -= sum(frame.entry_bytes for frame in evicted)
         if evicted:
             self._evicted(evicted)
-        # Next oldest: what still waits for the reader. Popping the head of a deque is
-        # atomic, so the reader taking the same end at once only means one fewer here.
-        err: BufferFullError | None = None
-        while over > 0:
-            with self._reader.pop_lock:
-                try:
-                    item = self._queue.popleft()
-                except IndexError:
-                    break
-                if not isinstance(item, Message):
-                    self._queue.appendleft(item)  # the stop marker stays first
-                    break
-                self._reader.removed += 1
-            err = err or BufferFullError("evicted to make room for newer records")
-            self._fail(DROP_EVICTED, err, item)
-            with self._reader.pop_lock:
-                self._reader.evicted += 1  # settled: counted as dropped
-            over -= mean
+        if over > 0:
+            # Next oldest: what still waits for the reader, which owns the queue's head.
+            self._reader.evict_queued(over, mean)
 
     def _wait_for_room(self, deadline: float) -> None:
         buf = self._buffer
         with buf.lock:
             buf.room_waiters += 1
             try:
-                while self._admission.full() and not self._closing:
+                while self._admission.full() and self._life.phase is RUNNING:
                     remaining = deadline - _time.monotonic()
                     if remaining <= 0:
                         return
@@ -574,7 +594,8 @@ class BufferedClient(_Client):
                 raise FluentTimeoutError(
                     f"the record did not reach the buffer within {timeout} s"
                 ) from None
-            if self._started and not self._reader.thread.is_alive() and not waiter.done():
+            if (self._life.phase is not NEW and not self._reader.thread.is_alive()
+                    and not waiter.done()):
                 raise ClientClosedError("the client's reader thread has stopped")
 
     def _refuse(self, reason: str, err: FluentError, msg: Message, raises: bool) -> bool:
@@ -640,33 +661,51 @@ class BufferedClient(_Client):
     # -- flushing and stopping -----------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Write everything posted before this call; False if ``timeout`` ran out first.
+        """Write everything posted before this call; True once it is.
 
-        Written means the server's host has taken the bytes (where the OS can tell).
+        True means every record posted before the call was written (the server's host
+        has taken its bytes, where the OS can tell; with ``require_ack`` the server
+        acknowledged it) or was dropped, as counted in :meth:`stats` and told to
+        ``on_error``. False means that is not known to be so: ``timeout`` ran out, a
+        thread of the client failed, or a shutdown left records unsent (to the spool, to
+        ``on_unsent`` or only to the count) or timed out. A flush during a shutdown waits
+        for its outcome; one after it returns at once, True only if it sent everything.
         """
         self._check_fork()
-        if not self._started:
-            return True
-        deadline = None if timeout is None else _time.monotonic() + timeout
-        # Everything posted before now must first pass through the reader: what it (or an
-        # eviction) removed from the queue so far plus what is still queued, counted under
-        # the lock that removing takes, so a batch in the reader's hands is in neither.
-        reader = self._reader
-        with reader.pop_lock:
-            target = reader.removed + len(self._queue)
-        reader.wake.set()
         life = self._life
+        if life.phase is NEW:
+            return True  # nothing was taken that threads could write
+        deadline = None if timeout is None else _time.monotonic() + timeout
+        if life.phase is RUNNING and not self._settle_queued(deadline):
+            return False
+        if life.phase is RUNNING:
+            seq = self._buffer.request_flush()
+            written = self._buffer.wait_flushed(
+                seq, deadline, lambda: life.phase is not RUNNING)
+            if life.phase is RUNNING:
+                return written
+        # A shutdown is under way or done (or a thread failed): only its end can tell
+        # whether what this call waits for was sent.
+        return life.wait_closed(deadline)
+
+    def _settle_queued(self, deadline: float | None) -> bool:
+        """Wait until every record queued so far has left the queue (buffered or dropped),
+        as the ledger counts them; False at the deadline. Stops early, True, if the client
+        stops running: flush() then waits for the shutdown's outcome instead."""
+        ledger, life = self._ledger, self._life
+        target = ledger.entered()
+        if ledger.left_queue() >= target:
+            return True
+        self._reader.wake.set()
         with self._buffer.lock:
-            while reader.settled + reader.evicted < target and not life.reader_done:
+            while ledger.left_queue() < target and life.phase is RUNNING:
+                # The reader notifies nobody per batch (that would cost every batch a
+                # wake-up): look again every few milliseconds.
                 remaining = 0.005 if deadline is None else min(0.005, deadline - _time.monotonic())
                 if remaining <= 0:
                     return False
                 self._buffer.done.wait(remaining)
-        if life.failed:
-            # A thread died: what it held may never be written.
-            return False
-        seq = self._buffer.request_flush()
-        return self._buffer.wait_flushed(seq, deadline, lambda: life.failed) and not life.failed
+        return True
 
     def shutdown(self, timeout: float | None = None) -> ShutdownReport:
         """Stop taking records, send what is held until the deadline, and report.
@@ -676,29 +715,34 @@ class BufferedClient(_Client):
         """
         self._check_fork()
         with self._shutdown_lock:
-            if self._report is not None:
-                return self._report
-            timeout = self.shutdown_timeout if timeout is None else timeout
-            self._report = self._end(_time.monotonic() + max(0.0, timeout), drain=True)
-            return self._report
+            report = self._life.report
+            if report is None:
+                timeout = self.shutdown_timeout if timeout is None else timeout
+                report = self._end(_time.monotonic() + max(0.0, timeout), drain=True)
+            return report
 
     def close(self) -> None:
         """Stop at once without sending what is still held; it is counted as unsent."""
         self._check_fork()
         with self._shutdown_lock:
-            if self._report is not None:
-                return
-            self._report = self._end(_time.monotonic(), drain=False)
+            if self._life.report is None:
+                self._end(_time.monotonic(), drain=False)
 
     def _end(self, deadline: float, *, drain: bool) -> ShutdownReport:
         """Called once, under the shutdown lock: post() refuses from here on."""
-        self._closing = True
+        with self._start_lock:  # threads are started, or never will be
+            before = self._life.begin_closing()
         ending = Ending(
             queue=self._queue, buffer=self._buffer, ledger=self._ledger, life=self._life,
             reader=self._reader, writer=self._writer, journal=self._journal,
             on_unsent=self._on_unsent, packer=self._records.packer,
         )
-        report = ending.run(deadline, drain=drain, started=self._started)
+        # CLOSING already: an earlier shutdown was cut short (an exception); stop the
+        # threads it may have left running, if there were any.
+        started = before in (RUNNING, FAILED) or (
+            before is CLOSING and self._reader.thread.ident is not None)
+        report = ending.run(deadline, drain=drain, started=started)
+        self._life.report = report
         _process.live_clients.discard(self)
         return report
 
@@ -745,9 +789,8 @@ class BufferedClient(_Client):
         # A client shut down or closed in the parent stays so here (its shutdown may still
         # be under way in a parent thread): it refuses every post, and a shutdown here
         # reports this process's counts, which start from zero.
-        closed = self._closing
-        stopped = self._report is not None
-        self._report = None
+        closed = self._life.phase in (CLOSING, CLOSED)
+        stopped = self._life.report is not None
         self._journal.forget()
         self._journal = NullJournal()
         if closed:
@@ -755,7 +798,7 @@ class BufferedClient(_Client):
                 handoff.claim()  # only closes our end: the parent sent what it could
             self._fresh(closed=True)
             if stopped:
-                self._report = self._ledger.report(timed_out=False)
+                self._life.report = self._ledger.report(timed_out=False)
             return
         try:
             self._fresh()
@@ -778,7 +821,10 @@ class BufferedClient(_Client):
     def _drain_at_exit(self) -> None:
         """The end of the process: send what is held, unless nothing ever could be."""
         self._check_fork()
-        if self._report is None and (self._started or self._journal.owns_files):
+        life = self._life
+        # Threads that ran (a child of a stopped client starts closed, and has none).
+        ran = life.phase is RUNNING or life.phase is FAILED or life.phase is CLOSING
+        if life.report is None and (ran or self._journal.owns_files):
             self._explain_wait(self.shutdown_timeout, self._exit_setting)
             # shutdown() logs what it could not send.
             self.shutdown(self.shutdown_timeout)
@@ -789,7 +835,7 @@ class BufferedClient(_Client):
         Read beside the writer, which owns the links: a moment stale at worst.
         """
         links = self._writer.links
-        if not self._started or any(link.conn is not None for link in links):
+        if self._life.phase is NEW or any(link.conn is not None for link in links):
             return None
         errors = [link.last_error for link in links]
         if not errors or any(e is None for e in errors):
@@ -799,7 +845,7 @@ class BufferedClient(_Client):
     def _explain_wait(self, timeout: float, setting: str) -> None:
         """Before an end of process that waits for servers known to be down: one line
         saying what it waits for, and which setting bounds it."""
-        if self._report is not None or timeout <= 0:
+        if self._life.report is not None or timeout <= 0:
             return
         why = self._unreachable()
         if why is None:

@@ -83,6 +83,12 @@ class DeliveryError(FluentError):
     """A record was given up: the server never acknowledged it within the retry limit."""
 
 
+class PossiblyLostError(DeliveryError):
+    """A record was given up after its bytes had left this process: the server may hold
+    it, or may not, and no ack will tell. Counted in ``stats().possibly_lost``, never as
+    dropped."""
+
+
 class ConfigurationError(FluentError, ValueError):
     """A setting (an environment variable, say) has a value the client cannot use.
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Union
 import msgpack
 
 from ._lifecycle import swallow
-from .errors import SerializationError
+from .errors import SerializationError, UnsafeRecordError
 from .guard import RecordGuard
 from .message import EventTime, Message, short_repr
 
@@ -90,12 +90,18 @@ class EntryPacker:
 
     * the record must be a Mapping; one that is not a dict, or a dict subclass, is copied
       into a plain dict first (a subclass's stored items: its overridden methods are not
-      called). Keys are not checked: checking them would cost more than packing;
+      called). Key types are left to the guard: checking them here would cost more than
+      packing;
     * anywhere inside, tuples become arrays, subclasses of the built-in types become the
       plain value (an IntEnum its int, a str-mixin Enum its str), other Mappings maps;
       everything else goes to ``default`` if given;
     * a str that UTF-8 cannot encode (a lone surrogate) is sent with that code point
       written as a ``\\udc80`` escape, so the wire always carries valid UTF-8;
+    * keys rewritten on the way (escaped, made by ``default=``, made str by the guard)
+      must still differ from every other key of their map, or the record is refused
+      with :class:`UnsafeRecordError`: a server would keep one value of the two;
+    * what is checked and packed is a copy of the record: another thread changing it
+      meanwhile cannot get a change past the guard, or half-way into an entry;
     * with a ``guard``, what real servers would lose (deep nesting, non-str keys, NaN
       and infinity) is refused with :class:`UnsafeRecordError` or made safe, by its rules.
     """
@@ -109,7 +115,8 @@ class EntryPacker:
         self._default = default
         self._int_time = int_time
         self._guard = guard
-        # Set when Python code ran in the middle of packing (see _convert).
+        # Set when Python code ran in the middle of packing (see _convert), or a str was
+        # escaped (see _pack_lenient): the result is then checked again (see _checked).
         self._ran = False
         # Set when that code made something other than a str, which the guard must see.
         self._unsure = False
@@ -123,7 +130,12 @@ class EntryPacker:
 
     def pack(self, message: Message) -> bytes:
         """The entry for ``message``; raises :class:`SerializationError` for bad records."""
-        body = self._body(message.record)
+        try:
+            body = self._body(message.record)
+        except SerializationError:
+            raise
+        except Exception as exc:
+            raise self._failure(exc) from exc
         sec, nsec = divmod(message.time_ns, _NS)
         if self._int_time:
             head: bytes = self._packer.pack(sec)
@@ -138,6 +150,11 @@ class EntryPacker:
         A record that cannot be packed goes to ``failed`` and leaves no trace in its run.
         This is the reader thread's inner loop: a plain dict that the guard passes is
         packed here directly, everything else through the whole of :meth:`pack`'s path.
+
+        Whatever goes wrong with one record (its own code raising, another thread
+        changing it) costs that record alone, as a :class:`SerializationError`: never the
+        thread, never its neighbours. The boundary is a ``try`` around each record, which
+        costs nothing until something raises.
         """
         runs: list[PackedRun] = []
         guard = self._guard
@@ -149,19 +166,27 @@ class EntryPacker:
         for msg in messages:
             record = msg.record
             try:
-                if type(record) is dict and (flat is None or flat(record)) and not int_time:
-                    try:
-                        body = packb(record)
-                    except Exception as exc:
-                        body = self._after_failure(record, exc)
-                    if self._ran:
-                        body = self._checked(body)
+                if type(record) is dict and not int_time:
+                    # One moment's copy is checked and packed (see _body).
+                    record = record.copy()
+                    if flat is None or flat(record):
+                        try:
+                            body = packb(record)
+                        except Exception as exc:
+                            body = self._after_failure(record, exc)
+                        if self._ran:
+                            body = self._checked(body)
+                    else:
+                        body = self._guarded(record)
                     sec, nsec = divmod(msg.time_ns, _NS)
                     entry = head(0x92, 0xD7, 0x00, sec, nsec) + body
                 else:
                     entry = self.pack(msg)
             except SerializationError as exc:
                 failed(msg, exc)
+                continue
+            except Exception as exc:
+                failed(msg, self._failure(exc))
                 continue
             if run is None or msg.tag != run.tag:
                 run = PackedRun(msg.tag)
@@ -174,14 +199,22 @@ class EntryPacker:
         return runs
 
     def _body(self, record: Mapping[Any, Any]) -> bytes:
-        """The packed record, checked and made safe as the class says."""
-        if type(record) is not dict:
-            record = _as_dict(record)
+        """The packed record, checked and made safe as the class says.
+
+        What is checked and packed is a copy of the record, taken in one C call (and of
+        each dict and list in it that the guard walks): another thread that changes the
+        record meanwhile changes what the caller holds, not what is packed, so the guard's
+        rules hold for what is sent, and the record goes out as it was at one moment.
+        """
+        return self._guarded(record.copy() if type(record) is dict else _as_dict(record))
+
+    def _guarded(self, record: dict[Any, Any]) -> bytes:
+        """:meth:`_body` of a copy of the record that no other code holds."""
         guard = self._guard
         if guard is not None:
             try:
                 if not guard.flat(record):
-                    record = guard.clean(record)
+                    record = guard.clean(record, copy=True)
             except SerializationError:
                 raise
             except Exception as exc:
@@ -193,15 +226,24 @@ class EntryPacker:
         return self._checked(body) if self._ran else body
 
     def _checked(self, body: bytes) -> bytes:
-        """``body`` once Python code ran while it was packed: proven whole, and safe."""
+        """``body`` once something was rewritten while it was packed (Python code ran, or
+        a str was escaped): proven whole, with distinct keys in every map, and safe."""
         self._ran = False
         if self._guard is None or not self._unsure:
             # Only str came of it (default=str on a datetime, a str Enum): a str is safe
-            # anywhere, so proving the bytes whole is enough.
-            _check_whole(body)
+            # anywhere as a value, but as a key it may now equal another key.
+            _check_distinct(body)
             return body
         self._unsure = False
         return _second_look(body, self._guard)
+
+    def _failure(self, exc: Exception) -> SerializationError:
+        """What to raise for a record whose packing ended in an error we did not expect:
+        the record's own code raised, or another thread changed it half-way."""
+        self._ran = self._unsure = False
+        error = SerializationError(f"record cannot be serialized: {_describe(exc)}")
+        error.__cause__ = exc  # for on_error: what actually went wrong, and where
+        return error
 
     def _pack_body(self, record: dict[Any, Any]) -> bytes:
         try:
@@ -264,6 +306,8 @@ class EntryPacker:
         except Exception as exc:
             self._ran = self._unsure = False
             raise SerializationError(f"record cannot be serialized: {_describe(exc)}") from exc
+        # Escaping rewrote a str: a key may now read like another (see _check_distinct).
+        self._ran = True
         return body
 
     def _convert(self, obj: Any) -> Any:
@@ -325,25 +369,55 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def _check_whole(body: bytes) -> None:
-    """Raise unless ``body`` is exactly one msgpack object.
+_CHANGED = ("the record changed while it was being serialized (a default hook, or another "
+            "thread, altered a list or dict in it)")
 
-    msgpack writes a list's or dict's length before its items. If Python code ran
-    meanwhile and changed the length, the bytes no longer parse as the one object they
-    claim to be, and would garble every entry after them in the frame.
+
+def _distinct_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A decoded map, refused if two of its keys came out the same.
+
+    Rewrites made while packing (a lone surrogate escaped as ``\\udc80``, a key made by
+    ``default=``, a str subclass made a plain str) can turn two keys into one spelling:
+    every server then keeps one value and loses the other without a word.
     """
-    checker = msgpack.Unpacker(max_buffer_size=max(len(body), 1024))
-    checker.feed(body)
     try:
-        checker.skip()
-        whole = checker.tell() == len(body)
-    except Exception:
-        whole = False
-    if not whole:
-        raise SerializationError(
-            "the record changed while it was being serialized (a default hook, or another "
-            "thread, altered a list or dict in it)"
+        out = dict(pairs)
+    except TypeError:  # a map used as a key (under non_str_keys="keep"): not hashable
+        out = {_hashable(key): value for key, value in pairs}
+    if len(out) != len(pairs):
+        seen: set[Any] = set()
+        for key, _ in pairs:
+            key = _hashable(key)
+            if key in seen:
+                raise UnsafeRecordError(
+                    f"two keys of a map are both sent as {short_repr(key, 40)}")
+            seen.add(key)
+    return out
+
+
+def _decoded(body: bytes) -> Any:
+    """``body`` decoded, keys proven distinct in every map, arrays as tuples (so an array
+    used as a key stays hashable).
+
+    Decoding also proves the bytes are exactly one msgpack object. msgpack writes a
+    list's or dict's length before its items: had Python code run while it packed and
+    changed that length, the bytes would no longer parse as the one object they claim to
+    be, and would garble every entry after them in the frame.
+    """
+    try:
+        return msgpack.unpackb(
+            body, raw=False, strict_map_key=False, use_list=False, timestamp=0,
+            object_pairs_hook=_distinct_map,
         )
+    except UnsafeRecordError:
+        raise
+    except Exception as exc:
+        raise SerializationError(_CHANGED) from exc
+
+
+def _check_distinct(body: bytes) -> None:
+    """Raise unless ``body`` is exactly one msgpack object with distinct keys in each map."""
+    _decoded(body)
 
 
 def _second_look(body: bytes, guard: RecordGuard) -> bytes:
@@ -352,18 +426,9 @@ def _second_look(body: bytes, guard: RecordGuard) -> bytes:
     Python code ran during packing (a subclass turned into its plain value, another
     Mapping copied, a ``default=`` hook): the result, not the record, is what the guard
     must see, since a hook may return NaN or something deeply nested. Decoding also
-    proves the bytes are one whole object (see :func:`_check_whole`). Arrays come back
-    as tuples, so an array used as a key stays hashable.
+    proves the bytes whole and the keys distinct (see :func:`_decoded`).
     """
-    try:
-        record = msgpack.unpackb(
-            body, raw=False, strict_map_key=False, use_list=False, timestamp=0,
-        )
-    except Exception as exc:
-        raise SerializationError(
-            "the record changed while it was being serialized (a default hook, or another "
-            "thread, altered a list or dict in it)"
-        ) from exc
+    record = _decoded(body)
     cleaned = guard.clean(record)
     if cleaned is record:
         return body

@@ -155,17 +155,25 @@ class RecordGuard:
 
     # -- the walk ------------------------------------------------------------------------
 
-    def clean(self, record: dict[Any, Any]) -> dict[Any, Any]:
-        """``record`` itself if it is safe, else a safe copy; raises UnsafeRecordError."""
+    def clean(self, record: dict[Any, Any], *, copy: bool = False) -> dict[Any, Any]:
+        """``record`` itself if it is safe, else a safe copy; raises UnsafeRecordError.
+
+        ``copy=True`` (the packer's way) copies each dict and list before looking at it,
+        in one C call that another thread's change lands wholly before or after, and
+        returns those copies: what is packed next is then exactly what was checked, and
+        no other thread can change it half-way.
+        """
         try:
-            cleaned: dict[Any, Any] = self._map(record, 1)
+            cleaned: dict[Any, Any] = self._map(record, 1, copy)
         except RecursionError:
             # Only when called deep in someone's stack: the walk itself stays shallow.
             raise UnsafeRecordError("the record is nested too deep to check") from None
         return cleaned
 
-    def _map(self, obj: dict[Any, Any], depth: int) -> dict[Any, Any]:
+    def _map(self, obj: dict[Any, Any], depth: int, copy: bool) -> dict[Any, Any]:
         self._check_depth(depth)
+        if copy:
+            obj = obj.copy()
         # Built only from the first item that changes: most nested records need nothing.
         out: dict[Any, Any] | None = None
         check_keys = self._check_keys
@@ -177,9 +185,15 @@ class RecordGuard:
             if kind in _LEAVES or (kind is float and value - value == 0.0):
                 new_value = value
             else:
-                new_value = self._value(value, depth)
+                new_value = self._value(value, depth, copy)
             if out is None:
-                if new_key is key and new_value is value:
+                if new_key is key:
+                    if new_value is not value and copy:
+                        # Our own copy: a new value can go in place, keeping the order.
+                        obj[key] = new_value
+                    elif new_value is not value:
+                        out = _items_before(obj, key)
+                        out[key] = new_value
                     continue
                 out = _items_before(obj, key)
             if new_key is not key and (new_key in out or new_key in obj):
@@ -194,23 +208,28 @@ class RecordGuard:
             raise UnsafeRecordError(
                 f"the record is nested more than max_depth={self.max_depth} levels deep")
 
-    def _list(self, obj: list[Any] | tuple[Any, ...], depth: int) -> Any:
+    def _list(self, obj: list[Any] | tuple[Any, ...], depth: int, copy: bool) -> Any:
         self._check_depth(depth)
+        if copy and type(obj) is list:
+            obj = obj.copy()
         out: list[Any] | None = None
         for index, item in enumerate(obj):
             kind = type(item)
             if kind in _LEAVES or (kind is float and item - item == 0.0):
                 new = item
             else:
-                new = self._value(item, depth)
+                new = self._value(item, depth, copy)
             if out is None:
                 if new is item:
+                    continue
+                if copy and type(obj) is list:
+                    obj[index] = new  # our own copy
                     continue
                 out = list(obj[:index])
             out.append(new)
         return obj if out is None else out
 
-    def _value(self, value: Any, depth: int) -> Any:
+    def _value(self, value: Any, depth: int, copy: bool = False) -> Any:
         kind = type(value)
         if kind in _LEAVES:
             return value
@@ -232,11 +251,12 @@ class RecordGuard:
                 return value
             data = bytes(value) if kind is bytearray else value.tobytes()
             checked = self._value(data, depth)
-            return value if checked is data else checked
+            # The copy is what was checked: the original may still change.
+            return value if checked is data and not copy else checked
         if kind is dict:
-            return self._map(value, depth + 1)
+            return self._map(value, depth + 1, copy)
         if kind is list or kind is tuple:
-            return self._list(value, depth + 1)
+            return self._list(value, depth + 1, copy)
         # Anything else (subclasses, other Mappings, objects for default=) is turned into
         # plain values by the packer, which then hands the result back for a second look.
         return value

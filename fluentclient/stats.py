@@ -34,6 +34,10 @@ DROP_UNSERIALIZABLE = "unserializable"
 DROP_UNSAFE = "unsafe"
 DROP_TOO_LARGE = "too_large"
 DROP_CLOSED = "closed"
+# No longer counted: a frame given up after ack_retry_limit attempts had been written each
+# time, so the server may hold it; it counts as possibly_lost, never as dropped (which
+# says a record never left the process). Kept so that code and dashboards naming it
+# still work; it stays at 0.
 DROP_NOT_ACKED = "not_acked"
 # The spool reached spool_limit.
 DROP_SPOOL_FULL = "spool_full"
@@ -145,11 +149,16 @@ class ShutdownReport:
     handed_over: int = 0
     # Why a thread of the client died before shutdown (a bug), if one did.
     failure: str | None = None
+    # Records a previous process left in the spool that this client did not take over
+    # before it stopped (the deadline passed, or close()): still on disk, for a later
+    # start. Not part of ``unsent_records``, which counts this client's own records.
+    left_in_spool: int = 0
 
     @property
     def complete(self) -> bool:
-        """True when everything posted reached the server and nothing was dropped."""
+        """True when everything posted (and everything a previous process left in the
+        spool) reached the server and nothing was dropped."""
         return not (
             self.unsent_records or self.possibly_lost or sum(self.dropped.values())
-            or self.failure
+            or self.failure or self.left_in_spool
         )

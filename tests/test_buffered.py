@@ -458,7 +458,7 @@ def test_a_drain_wait_entered_again_on_its_own_thread_gives_up_instead_of_deadlo
         returned = threading.Event()
 
         def reenter() -> None:
-            with reader.pop_lock:  # as the interrupted wait holds it
+            with reader._drained:  # as the interrupted wait holds it
                 reader.wait_drained(0.2)
             returned.set()
 

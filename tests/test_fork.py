@@ -331,7 +331,8 @@ def _child_posts_to(client, sync_client) -> dict:
     s = client.stats()
     return {"posts": posts, "sync_append": raised, "sync_client": sync_raised,
             "posted": s.posted, "dropped": dict(s.dropped), "buffered": s.buffered,
-            "started": client._started, "shutdown_again": client.shutdown(1).sent}
+            "started": client._reader.thread.ident is not None,
+            "flushed": client.flush(timeout=10), "shutdown_again": client.shutdown(1).sent}
 
 
 def _read_all(fd: int, timeout: float) -> bytes:
@@ -390,6 +391,8 @@ def test_a_client_stopped_before_a_fork_stays_stopped_in_the_child(fluent_server
     assert (child["posted"], child["dropped"], child["buffered"]) == (4, {"closed": 4}, 0)
     # No threads started: nothing of the child's can reach the server.
     assert child["started"] is False and child["shutdown_again"] == 0
+    # Nothing of the child's is left unsent: its flush has nothing to wait for.
+    assert child["flushed"] is True
 
 
 RAW_FORK_CLOSED = """
@@ -413,7 +416,8 @@ def main():
             raised = "ClientClosedError"
         s = client.stats()
         stamp("CHILD", _json.dumps({"posts": posts, "raised": raised, "posted": s.posted,
-                                     "dropped": dict(s.dropped), "started": client._started},
+                                     "dropped": dict(s.dropped),
+                                     "started": client._reader.thread.ident is not None},
                                     separators=(",", ":")))
         _sys.stdout.flush()
         os._exit(0)
