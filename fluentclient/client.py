@@ -74,6 +74,7 @@ from ._options import (
 from ._options import MiB as _MiB
 from ._pool import ServerSpec
 from ._reader import Reader
+from ._reporting import Reporting
 from ._sender import Sender
 from ._shutdown import Ending, UnsentCallback
 from ._writer import Writer, resolve_futures
@@ -90,6 +91,7 @@ from .message import Message, TimeLike, settle_future
 from .stats import (
     DROP_CLOSED,
     DROP_EVICTED,
+    DROP_REENTRANT,
     ShutdownReport,
     Stats,
 )
@@ -111,6 +113,7 @@ _time_ns = _time.time_ns
 def _call_on_error(
     callback: ErrorCallback | None, err: FluentError, msg: Message | None
 ) -> None:
+    """Call the user's on_error; the caller marks it as the client's reporting."""
     if callback is None:
         return
     try:
@@ -214,6 +217,10 @@ class BufferedClient(_Client):
         self._on_unsent = on_unsent
         self._journal: Journal = NullJournal()
         self._on_error = on_error
+        # Marks the threads inside this client's error reporting, whose own drops are
+        # then only counted (see _reporting.py). Kept across a fork (a child forked from
+        # inside on_error is still inside it), with a fresh lock.
+        self._reporting = Reporting()
         self.shutdown_timeout = shutdown_timeout
         # The setting that bounds the drain at exit, as the user knows it (a FluentHandler
         # hands its close_timeout down as shutdown_timeout).
@@ -274,7 +281,7 @@ class BufferedClient(_Client):
             flush_interval=o.flush_interval,
             max_write=max(o.max_frame_size, _MiB),
             transport=t,
-            report=lambda err: _call_on_error(self._on_error, err, None),
+            report=lambda err: self._tell(err, None),
         )
         own_threads += (self._reader.thread, self._writer.thread)
         # Re-entrant: a signal handler that shuts down while its thread starts the threads
@@ -385,7 +392,7 @@ class BufferedClient(_Client):
             full_tag is None or time is not None or ack or sync_append
             or len(queue) >= self._admission.room
             or life.phase is not RUNNING
-            or self._pid != _getpid()
+            or self._pid != _getpid() or self._reporting.busy
         ):
             return self._post_carefully(tag, record, time, sync_append, timeout, ack)
         # The usual case: a known tag, the time now, room to spare, and nobody waiting to
@@ -425,6 +432,14 @@ class BufferedClient(_Client):
         life = self._life
         if life.phase is not RUNNING and life.phase is not NEW:
             queued = self._refuse(DROP_CLOSED, self._closed_error(), msg, sync_append)
+            return queued if delivery is None else delivery
+        if self._reporting.active() and self._admission.own_thread():
+            # Posted while our reader or writer reports an error (an on_error that logs
+            # to a handler of this client): queued, it would come back to the same
+            # thread, perhaps to be dropped and reported again, without end.
+            err = FluentError("posted while the client's own thread was reporting an "
+                              "error; it cannot carry a record about its own failure")
+            queued = self._refuse(DROP_REENTRANT, err, msg, sync_append)
             return queued if delivery is None else delivery
         if life.phase is NEW:
             try:
@@ -470,11 +485,17 @@ class BufferedClient(_Client):
             if verdict.act is Act.EVICT:
                 self._evict_for(verdict.nbytes)
             elif verdict.act is Act.WAIT:
-                self._wait_for_room(verdict.deadline)
+                # A record posted while we report an error (a log line of on_error) is
+                # refused at once rather than stall the report: it is counted quietly.
+                if not self._reporting.active():
+                    self._wait_for_room(verdict.deadline)
             else:
                 assert verdict.error is not None
+                # overflow="raise" would raise into our own reporting, and each refusal
+                # would print a traceback (a log handler's handleError): not there.
+                raises = verdict.raises and not self._reporting.active()
                 return self._refuse(
-                    verdict.reason, verdict.error, msg, sync_append or verdict.raises)
+                    verdict.reason, verdict.error, msg, sync_append or raises)
             verdict = self._admission.judge(after=verdict.act)
         return True
 
@@ -535,11 +556,14 @@ class BufferedClient(_Client):
         records = sum(frame.records for frame in frames)
         err = BufferFullError(f"evicted to make room for newer records ({records} records)")
         # Counted before the futures and on_error hear of it (see _fail).
-        if self._ledger.drop(DROP_EVICTED, records, State.BUFFERED) == records:
-            log.warning("fluentclient: dropping the oldest records to make room: %s", err)
+        first = self._ledger.drop(DROP_EVICTED, records, State.BUFFERED) == records
         for frame in frames:
             resolve_futures(frame, err)
-        _call_on_error(self._on_error, err, None)
+        if first:
+            self._tell(err, None, "fluentclient: dropping the oldest records to make "
+                                    "room: %s", err)
+        else:
+            self._tell(err, None)
         self._released(frames)
 
     def _released(self, frames: Sequence[Frame]) -> None:
@@ -600,15 +624,39 @@ class BufferedClient(_Client):
         self._told(reason, err, None, self._ledger.drop(reason, records, State.BUFFERED))
 
     def _told(self, reason: str, err: FluentError, msg: Message | None, total: int) -> None:
-        if total == 1:
-            # Once per reason, so a flood of drops cannot flood the log; stats() and
-            # on_error see every one. The tag says which part of the program to look at.
-            if msg is None:
-                log.warning("fluentclient: dropping records (%s): %s", reason, err)
-            else:
-                log.warning("fluentclient: dropping records (%s): %s (the first: tag %r; "
-                            "stats().dropped counts them all)", reason, err, msg.tag)
-        _call_on_error(self._on_error, err, msg)
+        # The warning comes once per reason, so a flood of drops cannot flood the log;
+        # stats() and on_error see every one. The tag says which part of the program to
+        # look at.
+        if total != 1:
+            self._tell(err, msg)
+        elif msg is None:
+            self._tell(err, msg, "fluentclient: dropping records (%s): %s", reason, err)
+        else:
+            self._tell(err, msg, "fluentclient: dropping records (%s): %s (the first: "
+                         "tag %r; stats().dropped counts them all)", reason, err, msg.tag)
+
+    def _tell(self, err: FluentError, msg: Message | None, *warning: object) -> None:
+        """Tell on_error (and log ``warning``, if given) of a drop or a failure, with this
+        thread marked as reporting for this client.
+
+        A report that arises while this thread is already reporting for this client
+        (on_error logs, a log handler posts to us, and that record is dropped too) is
+        left unsaid, or each report would make the next one: it is counted where it
+        belongs (stats().dropped), and the first one is said once.
+        """
+        reporting = self._reporting
+        if reporting.active():
+            if reporting.silence():
+                log.warning(
+                    "fluentclient: a record posted while this client was reporting a "
+                    "drop (from on_error, or a log handler reached by its warnings) was "
+                    "dropped too: %s; such drops are counted in stats().dropped but not "
+                    "reported, so that no report can set off another", err)
+            return
+        with reporting:
+            if warning:
+                log.warning(*warning)
+            _call_on_error(self._on_error, err, msg)
 
     # -- flushing and stopping -----------------------------------------------------------
 
@@ -737,6 +785,7 @@ class BufferedClient(_Client):
         handoff, self._handoff = self._handoff, None
         held = [m for m in self._queue if isinstance(m, Message)] if handoff else []
         self._shutdown_lock = threading.Lock()
+        self._reporting.after_fork()
         # A client shut down or closed in the parent stays so here (its shutdown may still
         # be under way in a parent thread): it refuses every post, and a shutdown here
         # reports this process's counts, which start from zero.
