@@ -45,6 +45,8 @@ import ssl
 import sys
 import threading
 import time as _time
+import warnings
+import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
@@ -57,6 +59,7 @@ from ._admission import QUEUE_COUNT_LIMIT, Act, Admission
 from ._base import Client as _Client
 from ._base import TagChecker as _TagChecker
 from ._buffer import Buffer, Frame
+from ._connection import describe
 from ._journal import Journal, NullJournal, open_journal
 from ._ledger import Ledger, State
 from ._lifecycle import Lifecycle, swallow
@@ -205,6 +208,9 @@ class BufferedClient(_Client):
         self._tags = _TagChecker(tag_prefix)
         # post()'s first look: a tag seen before, already checked and prefixed.
         self._known_tag = self._tags.known.get
+        # What the client's threads and callbacks hold instead of the client, so that a
+        # client the program drops is collected (see _core_of).
+        self._core = _core_of(self)
         self._overflow = overflow
         self._overflow_timeout = overflow_timeout
         self._on_unsent = on_unsent
@@ -217,6 +223,10 @@ class BufferedClient(_Client):
         self._shutdown_lock = threading.Lock()
         self._report: ShutdownReport | None = None
         self._fresh()
+        # Dropped without shutdown() or close(): stopped when collected (see _forgotten).
+        # At exit the at-exit hook drains the clients still alive, not this.
+        finalizer = weakref.finalize(self, _forgotten, self._core)
+        finalizer.atexit = False
         _process.live_clients.add(self)
         if at_exit:
             _process.register_at_exit(self)
@@ -231,6 +241,8 @@ class BufferedClient(_Client):
         and opens no spool.
         """
         o, t = self._buffer_options, self._transport
+        # The threads call back into the core, never into the client itself.
+        core = self._core
         self._closing = closed
         self._life = Lifecycle()
         self._ledger = Ledger()
@@ -247,7 +259,7 @@ class BufferedClient(_Client):
             limit=o.buffer_limit,
             write_threshold=o.write_threshold,
             max_frame_size=frame_size,
-            on_release=self._released if self._journal.recording else None,
+            on_release=core._released if self._journal.recording else None,
         )
         # Filled once the threads exist: admission needs to know them, they need it.
         own_threads: list[threading.Thread] = []
@@ -257,9 +269,9 @@ class BufferedClient(_Client):
             own_threads,
         )
         self._reader = Reader(
-            self._queue, self._buffer, self._life, self._records.packer(), self._fail,
-            admission=self._admission, ledger=self._ledger, evicted=self._evicted,
-            fail_spooled=self._fail_spooled, journal=self._journal,
+            self._queue, self._buffer, self._life, self._records.packer(), core._fail,
+            admission=self._admission, ledger=self._ledger, evicted=core._evicted,
+            fail_spooled=core._fail_spooled, journal=self._journal,
         )
         self._writer = Writer(
             Sender(t.links(), self._ledger, t),
@@ -270,7 +282,7 @@ class BufferedClient(_Client):
             flush_interval=o.flush_interval,
             max_write=max(o.max_frame_size, _MiB),
             transport=t,
-            report=lambda err: _call_on_error(self._on_error, err, None),
+            report=lambda err: _call_on_error(core._on_error, err, None),
         )
         own_threads += (self._reader.thread, self._writer.thread)
         self._started = False
@@ -761,3 +773,58 @@ class BufferedClient(_Client):
         if held:
             log.warning("fluentclient: waiting up to %g s (%s) to send %d records held; "
                         "no server reachable: %s", timeout, setting, held, why)
+
+
+# -- a client the program forgot ---------------------------------------------------------
+
+
+def _core_of(client: BufferedClient) -> BufferedClient:
+    """A second BufferedClient object sharing ``client``'s attributes (the same
+    ``__dict__``), which the threads and callbacks hold instead of ``client``.
+
+    Every method then works on either, and the state they change is one; but a program
+    that drops its last reference to the client lets it be collected, though its threads
+    still run: nothing of ours refers to the client object itself. Its finalizer then
+    stops them through the core (see _forgotten).
+    """
+    core: BufferedClient = object.__new__(type(client))
+    core.__dict__ = client.__dict__
+    return core
+
+
+def _forgotten(core: BufferedClient) -> None:
+    """The client was collected without shutdown() or close(): do what shutdown() would,
+    on a thread of its own, and say so, as Python does for a file left open.
+
+    Called by the garbage collector on whatever thread dropped the last reference. That
+    thread is not held up: the drain (bounded by ``shutdown_timeout``) runs on a new
+    thread, which is not a daemon, so an exit that comes first still waits for it.
+    """
+    if core._report is not None:
+        return  # shut down or closed: nothing left open
+    if core._pid != _getpid():
+        # Forked without the hooks and never used here: the parent's threads are not ours
+        # to stop, and its records are its own. Only our copies of its files are.
+        core._journal.forget()
+        return
+    if not (core._started or core._journal.owns_files):
+        return  # no thread, socket or file was ever opened
+    try:
+        threading.Thread(target=_drain_forgotten, args=(core,), name="fluentclient-forgotten",
+                         daemon=False).start()
+    except RuntimeError:
+        # No new threads (the interpreter is going away): stop without sending.
+        core.close()
+    servers = ", ".join(describe(s.address) for s in core._transport.servers)
+    warnings.warn(
+        f"unclosed <BufferedClient to {servers}>: call shutdown() when done with a client "
+        f"(what it held is sent now, within shutdown_timeout)",
+        ResourceWarning, source=core, stacklevel=2,
+    )
+
+
+def _drain_forgotten(core: BufferedClient) -> None:
+    try:
+        core.shutdown(core.shutdown_timeout)  # it logs what it could not send
+    except Exception:
+        log.exception("fluentclient: stopping a client that was not shut down failed")

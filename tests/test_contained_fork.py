@@ -7,15 +7,23 @@ that does not exit by its deadline is killed and counted as hung.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
+import threading
+import time
+import warnings
+import weakref
+from concurrent.futures import Future
 
 import pytest
 
+from fluentclient import BufferedClient, FluentError
 from fluentclient.server import ForwardServer
 
 from .subproc import Child
+from .waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 
@@ -187,3 +195,143 @@ def test_a_child_forked_while_the_parent_holds_every_lock_posts_and_exits(tmp_pa
             lambda: sum(e.tag == "held.child" for e in server.events) >= m, timeout=20)
         assert sorted(e.record["i"] for e in server.events if e.tag == "held.child") == \
             list(range(m))
+
+
+# -- a client the program forgot is freed ------------------------------------------------
+
+def _ours() -> set[threading.Thread]:
+    return {t for t in threading.enumerate()
+            if t.name.startswith("fluentclient-") and t.is_alive()}
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _post_and_forget(server: ForwardServer, k: int) -> weakref.ref[BufferedClient]:
+    client = BufferedClient(server.host, server.port, shutdown_timeout=10)
+    assert client.post("forgotten", {"k": k})
+    return weakref.ref(client)  # the only reference returned: the client is dropped
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_forgotten_clients_are_drained_closed_and_named_in_a_warning():
+    clients = 50
+    with ForwardServer() as server:
+        threads, fds = _ours(), _fds()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            refs = [_post_and_forget(server, k) for k in range(clients)]
+            gc.collect()
+        # Collected: nothing of ours (threads, at-exit hooks, registries) kept them.
+        assert [r for r in refs if r() is not None] == []
+        unclosed = [w for w in caught if issubclass(w.category, ResourceWarning)
+                    and "unclosed <BufferedClient to 127.0.0.1:" in str(w.message)]
+        assert len(unclosed) == clients, [str(w.message) for w in caught]
+        # Drained as at exit: every record arrived...
+        assert server.wait_for(
+            lambda: sum(e.tag == "forgotten" for e in server.events) >= clients, timeout=20)
+        assert sorted(e.record["k"] for e in server.events) == list(range(clients))
+        # ...and then no thread or descriptor of theirs is left (the server closes its
+        # end of each connection once the client has closed its own).
+        assert wait_until(lambda: _ours() <= threads, timeout=20), _ours() - threads
+        assert wait_until(lambda: _fds() <= fds, timeout=20), (_fds(), fds)
+
+
+def test_a_client_shut_down_or_closed_emits_no_warning(fluent_server):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for stop in ("shutdown", "close"):
+            client = BufferedClient(fluent_server.host, fluent_server.port)
+            client.post("stopped", {"stop": stop})
+            client.flush(10)
+            getattr(client, stop)()
+            ref = weakref.ref(client)
+            del client
+            gc.collect()
+            assert ref() is None
+        with BufferedClient(fluent_server.host, fluent_server.port) as client:
+            client.post("stopped", {"stop": "with"})
+        del client
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+def _stalled_client(server: ForwardServer) -> tuple[BufferedClient, Future[None]]:
+    client = BufferedClient(server.host, server.port, shutdown_timeout=3, write_timeout=30,
+                            require_ack=True)
+    delivery = client.post("stalled", {"i": -1}, ack=True)
+    for i in range(2000):
+        client.post("stalled", {"i": i, "pad": "s" * 1024})
+    # Connected, and writing to a server that reads nothing.
+    assert wait_until(lambda: client._writer.links[0].conn is not None, timeout=20)
+    return client, delivery
+
+
+def test_dropping_a_client_does_not_wait_for_its_drain():
+    # The server takes nothing: the drain of the forgotten client lasts its whole
+    # shutdown_timeout, on a thread of its own, never on the one that dropped it.
+    with ForwardServer() as server:
+        server.stall()
+        threads = _ours()
+        client, delivery = _stalled_client(server)
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always", ResourceWarning)
+            start = time.monotonic()
+            del client
+            gc.collect()
+            dropped_in = time.monotonic() - start
+        assert dropped_in < 1.0
+        # The drain gives up at its deadline, settles what it held, and its threads end.
+        assert wait_until(delivery.done, timeout=30)
+        assert isinstance(delivery.exception(), FluentError)
+        assert wait_until(lambda: _ours() <= threads, timeout=30), _ours() - threads
+        server.stall(False)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_a_forgotten_sync_client_closes_its_socket_and_says_so(fluent_server):
+    from fluentclient import SyncClient
+
+    fds = _fds()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        client = SyncClient(fluent_server.host, fluent_server.port)
+        client.post("sync.forgotten", {"i": 0})
+        del client
+        gc.collect()
+        never_connected = SyncClient(fluent_server.host, fluent_server.port)
+        del never_connected
+        gc.collect()
+    messages = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    # Named by the client (not only the bare socket), once; a client with no
+    # connection open has nothing to warn about.
+    assert len(messages) == 1 and messages[0].startswith("unclosed <SyncClient to "), messages
+    assert wait_until(lambda: _fds() <= fds, timeout=20), (_fds(), fds)
+    assert fluent_server.wait_for_events(1, timeout=10)
+
+
+DROPPED_AT_EXIT = """
+import gc
+from fluentclient import BufferedClient
+
+client = BufferedClient("127.0.0.1", P["port"], shutdown_timeout=10, flush_interval=60)
+for i in range(P["n"]):
+    client.post("dropped.exit", {"i": i})
+del client
+gc.collect()
+stamp("DROPPED")
+"""
+
+
+def test_a_client_dropped_just_before_exit_still_sends_what_it_held(fluent_server):
+    # The flush interval is long: only the drain of the forgotten client sends, and the
+    # process's end waits for it.
+    n = 500
+    result = Child("dropped-at-exit", DROPPED_AT_EXIT,
+                   {"port": fluent_server.port, "n": n}).finish(timeout=60)
+    assert result.returncode == 0, result.describe()
+    assert result.foreign_stderr() == [], result.describe()
+    assert fluent_server.wait_for(
+        lambda: sum(e.tag == "dropped.exit" for e in fluent_server.events) >= n, timeout=10)
+    assert sorted(e.record["i"] for e in fluent_server.events) == list(range(n))
