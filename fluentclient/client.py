@@ -224,9 +224,12 @@ class BufferedClient(_Client):
         self._report: ShutdownReport | None = None
         self._fresh()
         # Dropped without shutdown() or close(): stopped when collected (see _forgotten).
-        # At exit the at-exit hook drains the clients still alive, not this.
-        finalizer = weakref.finalize(self, _forgotten, self._core)
-        finalizer.atexit = False
+        # At exit the at-exit hook drains the clients still alive, not this; and a client
+        # made while the interpreter finalizes never starts threads (nor could a
+        # finalizer be made then: it imports).
+        if not sys.is_finalizing():
+            finalizer = weakref.finalize(self, _forgotten, self._core)
+            finalizer.atexit = False
         _process.live_clients.add(self)
         if at_exit:
             _process.register_at_exit(self)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import sys
 import threading
 import time as _time
 import warnings
@@ -122,9 +123,11 @@ class SyncClient(Client):
         self._maybe_delivered = False
         _live_sync_clients.add(self)
         # Dropped with a connection open: closed when collected (holds the links, never
-        # the client). Those still alive at exit are left to the process's end.
-        finalizer = weakref.finalize(self, _forgotten, self._links)
-        finalizer.atexit = False
+        # the client). Those still alive at exit are left to the process's end, as is
+        # one made while the interpreter finalizes (a finalizer cannot be made then).
+        if not sys.is_finalizing():
+            finalizer = weakref.finalize(self, _forgotten, self._links)
+            finalizer.atexit = False
 
     def _after_fork_in_child(self) -> None:
         # The parent's connections are the parent's: writing on them would interleave
