@@ -716,6 +716,13 @@ class BufferedClient(_Client):
         self._report = None
         self._journal.forget()
         self._journal = NullJournal()
+        for link in self._writer.links:
+            # Our copy of the parent's socket: closed now, not when the old writer is
+            # collected, so that the server sees the parent's own close when it comes.
+            # A close, never a shutdown: that would cut the parent's connection too.
+            conn, link.conn = link.conn, None
+            if conn is not None:
+                conn.close()
         if closed:
             if handoff is not None:
                 handoff.claim()  # only closes our end: the parent sent what it could

@@ -335,3 +335,42 @@ def test_a_client_dropped_just_before_exit_still_sends_what_it_held(fluent_serve
     assert fluent_server.wait_for(
         lambda: sum(e.tag == "dropped.exit" for e in fluent_server.events) >= n, timeout=10)
     assert sorted(e.record["i"] for e in fluent_server.events) == list(range(n))
+
+
+SOCKET_COPY = """
+import gc, os
+from fluentclient import BufferedClient
+
+client = BufferedClient("127.0.0.1", P["port"], shutdown_timeout=5)
+client.post("copy.parent", {"i": 0})
+assert client.flush(10)
+sock = client._writer.links[0].conn.sock
+inode = os.fstat(sock.fileno()).st_ino
+del sock
+gc.disable()  # the old writer must not be closed by a collection that happens to run
+
+def socket_inodes():
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found.add(os.stat(f"/proc/self/fd/{fd}").st_ino)
+        except OSError:
+            pass
+    return found
+
+pid = os.fork()
+if pid == 0:
+    code = 3 if inode in socket_inodes() else 0
+    os._exit(code)
+_, status = os.waitpid(pid, 0)
+stamp("CHILD", os.waitstatus_to_exitcode(status))
+client.shutdown(5)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="lists /proc/self/fd")
+def test_a_forked_child_closes_its_copy_of_the_parents_socket(fluent_server):
+    # Else the server sees no end of the parent's connection until the child's copy goes.
+    result = Child("socket-copy", SOCKET_COPY, {"port": fluent_server.port}).finish(timeout=30)
+    assert result.returncode == 0, result.describe()
+    assert result.lines("CHILD")[0][1:] == ["0"], result.describe()
