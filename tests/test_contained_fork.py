@@ -258,7 +258,7 @@ def test_a_client_shut_down_or_closed_emits_no_warning(fluent_server):
 
 
 def _stalled_client(server: ForwardServer) -> tuple[BufferedClient, Future[None]]:
-    client = BufferedClient(server.host, server.port, shutdown_timeout=3, write_timeout=30,
+    client = BufferedClient(server.host, server.port, shutdown_timeout=6, write_timeout=30,
                             require_ack=True)
     delivery = client.post("stalled", {"i": -1}, ack=True)
     for i in range(2000):
@@ -281,7 +281,8 @@ def test_dropping_a_client_does_not_wait_for_its_drain():
             del client
             gc.collect()
             dropped_in = time.monotonic() - start
-        assert dropped_in < 1.0
+        # Well under the drain's 6 s, however loaded the machine.
+        assert dropped_in < 3.0
         # The drain gives up at its deadline, settles what it held, and its threads end.
         assert wait_until(delivery.done, timeout=30)
         assert isinstance(delivery.exception(), FluentError)
