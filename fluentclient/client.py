@@ -714,15 +714,7 @@ class BufferedClient(_Client):
         closed = self._closing
         stopped = self._report is not None
         self._report = None
-        self._journal.forget()
-        self._journal = NullJournal()
-        for link in self._writer.links:
-            # Our copy of the parent's socket: closed now, not when the old writer is
-            # collected, so that the server sees the parent's own close when it comes.
-            # A close, never a shutdown: that would cut the parent's connection too.
-            conn, link.conn = link.conn, None
-            if conn is not None:
-                conn.close()
+        self._forget_in_child()
         if closed:
             if handoff is not None:
                 handoff.claim()  # only closes our end: the parent sent what it could
@@ -747,6 +739,23 @@ class BufferedClient(_Client):
                 log.warning("fluentclient: cannot send what the parent process left: %s", exc)
                 return
             self._reader.wake.set()
+
+    def _forget_in_child(self) -> None:
+        """Close this process's copies of the parent's spool files and sockets.
+
+        Only closes descriptors: no lock is taken (a thread of the parent may have held
+        any of them at the fork) and nothing is sent or deleted, since the parent goes on
+        using them.
+        """
+        self._journal.forget()
+        self._journal = NullJournal()
+        for link in self._writer.links:
+            # Closed now, not when the old writer is collected, so that the server sees
+            # the parent's own close when it comes. A close, never a shutdown: that would
+            # cut the parent's connection too.
+            conn, link.conn = link.conn, None
+            if conn is not None:
+                conn.close()
 
     def _drain_at_exit(self) -> None:
         """The end of the process: send what is held, unless nothing ever could be."""
@@ -815,16 +824,18 @@ def _forgotten(core: BufferedClient) -> None:
     if core._pid != _getpid():
         # Forked without the hooks and never used here: the parent's threads are not ours
         # to stop, and its records are its own. Only our copies of its files are.
-        core._journal.forget()
+        core._forget_in_child()
         return
     if not (core._started or core._journal.owns_files):
         return  # no thread, socket or file was ever opened
+    # Until drained: a child forked meanwhile closes its copies of the files and sockets.
+    _process.forgotten.add(core)
     try:
         threading.Thread(target=_drain_forgotten, args=(core,), name="fluentclient-forgotten",
                          daemon=False).start()
     except RuntimeError:
         # No new threads (the interpreter is going away): stop without sending.
-        core.close()
+        _drain_forgotten(core, timeout=0.0)
     servers = ", ".join(describe(s.address) for s in core._transport.servers)
     warnings.warn(
         f"unclosed <BufferedClient to {servers}>: call shutdown() when done with a client "
@@ -833,8 +844,10 @@ def _forgotten(core: BufferedClient) -> None:
     )
 
 
-def _drain_forgotten(core: BufferedClient) -> None:
+def _drain_forgotten(core: BufferedClient, timeout: float | None = None) -> None:
     try:
-        core.shutdown(core.shutdown_timeout)  # it logs what it could not send
+        core.shutdown(timeout)  # it logs what it could not send
     except Exception:
         log.exception("fluentclient: stopping a client that was not shut down failed")
+    finally:
+        _process.forgotten.discard(core)

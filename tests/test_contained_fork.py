@@ -375,3 +375,55 @@ def test_a_forked_child_closes_its_copy_of_the_parents_socket(fluent_server):
     result = Child("socket-copy", SOCKET_COPY, {"port": fluent_server.port}).finish(timeout=30)
     assert result.returncode == 0, result.describe()
     assert result.lines("CHILD")[0][1:] == ["0"], result.describe()
+
+
+FORK_DURING_DRAIN = """
+import gc, os, threading
+from fluentclient import BufferedClient
+
+def inodes():
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found.add(os.stat(f"/proc/self/fd/{fd}").st_ino)
+        except OSError:
+            pass
+    return found
+
+def forget():
+    client = BufferedClient("127.0.0.1", P["port"], spool_dir=P["spool"], shutdown_timeout=20,
+                            write_timeout=60)
+    for i in range(2000):
+        client.post("drain.parent", {"i": i, "pad": "d" * 1024})
+    deadline = _time.monotonic() + 20
+    while client._writer.links[0].conn is None:  # connected to the stalled server
+        assert _time.monotonic() < deadline, "never connected"
+        _time.sleep(0.01)
+    spool = client._journal._spool
+    ours = {os.fstat(client._writer.links[0].conn.sock.fileno()).st_ino,
+            os.fstat(spool._lock_fd).st_ino}
+    return ours
+
+ours = forget()
+gc.collect()
+assert any(t.name == "fluentclient-forgotten" for t in threading.enumerate())
+assert ours <= inodes()
+pid = os.fork()
+if pid == 0:
+    os._exit(3 if ours & inodes() else 0)
+_, status = os.waitpid(pid, 0)
+stamp("CHILD", os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="lists /proc/self/fd")
+def test_a_child_forked_while_a_forgotten_client_drains_closes_its_copies(tmp_path):
+    with ForwardServer() as server:
+        server.stall()
+        child = Child("fork-during-drain", FORK_DURING_DRAIN, {
+            "port": server.port, "spool": str(tmp_path / "spool")})
+        child.wait_for_line("CHILD", timeout=30)
+        server.stall(False)  # the drain may end now
+        result = child.finish(timeout=60)
+    assert result.returncode == 0, result.describe()
+    assert result.lines("CHILD")[0][1:] == ["0"], result.describe()
