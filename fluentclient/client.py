@@ -35,6 +35,9 @@ notify_all, and a STOP marker on the queue for the reader. Past the deadline the
 shutting-down thread aborts the writer's socket itself, so it never waits on I/O.
 That end of life, and where the unsent records go, is _shutdown.py; noticing forks and
 the end of the process, whatever the host, is _process.py.
+
+The threads and callbacks hold the client's core (see _core_of), never the client: a
+client the program drops is collected, and its finalizer shuts the core down.
 """
 
 from __future__ import annotations
