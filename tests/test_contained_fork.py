@@ -61,8 +61,8 @@ def poster():
     while not stop.is_set():
         client.post("loop.parent", {"i": posted, "pad": pad})
         posted += 1
-        if posted % 64 == 0:
-            _time.sleep(0.001)  # the machine is shared: packing, not spinning
+        if posted % 16 == 0:
+            _time.sleep(0.001)  # the machine (and the server) is shared: not a flood
 
 def child(k):
     code = 1
@@ -72,8 +72,11 @@ def child(k):
         if k % 2:
             code = None  # half of them end as a program does: the at-exit hook drains
         else:
-            report = client.shutdown(10)
+            # Generous: the server is busy with the parent's records.
+            report = client.shutdown(30)
             code = 0 if report.sent == P["m"] else 2
+            if code:
+                stamp("SHORT", k, repr(report).replace(" ", ""))
     finally:
         if code is not None:
             os._exit(code)
@@ -109,8 +112,8 @@ def test_forks_while_the_reader_writes_the_spool_never_hang_the_child(tmp_path):
     with ForwardServer() as server:
         result = Child("fork-loop", FORK_LOOP, {
             "port": server.port, "spool": str(tmp_path / "spool"), "forks": forks, "m": m,
-            "deadline": 15,
-        }).finish(timeout=forks * 20)
+            "deadline": 60,
+        }).finish(timeout=forks * 60)
         assert result.returncode == 0, result.describe()
         results = json.loads(result.lines("RESULTS")[0][1])
         # Every child exited by itself, having sent what it posted.
@@ -125,7 +128,7 @@ def test_forks_while_the_reader_writes_the_spool_never_hang_the_child(tmp_path):
 
 
 HELD_LOCKS = REAP + """
-import ctypes, threading
+import ctypes, faulthandler, threading
 from fluentclient import BufferedClient
 
 client = BufferedClient("127.0.0.1", P["port"], spool_dir=P["spool"], shutdown_timeout=10,
@@ -163,11 +166,13 @@ def main():
     assert held.wait(10)
     pid = fork()
     if pid == 0:
+        # Where a child that hangs is stuck, for the failure message.
+        faulthandler.dump_traceback_later(P["deadline"] - 3, exit=False)
         code = 1
         try:
             for i in range(P["m"]):
                 assert client.post("held.child", {"i": i})
-            report = client.shutdown(10)
+            report = client.shutdown(20)
             code = 0 if report.sent == P["m"] else 2
         finally:
             os._exit(code)
@@ -191,8 +196,8 @@ def test_a_child_forked_while_the_parent_holds_every_lock_posts_and_exits(tmp_pa
     with ForwardServer() as server:
         result = Child("held-locks", HELD_LOCKS, {
             "port": server.port, "spool": str(tmp_path / "spool"), "raw": raw, "n": n,
-            "m": m, "deadline": 15,
-        }).finish(timeout=60)
+            "m": m, "deadline": 40,
+        }).finish(timeout=120)
         assert result.returncode == 0, result.describe()
         assert result.lines("CHILD")[0][1:] == ["0"], result.describe()
         assert result.lines("PARENT")[0][1:] == [str(n)], result.describe()
