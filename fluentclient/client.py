@@ -225,6 +225,8 @@ class BufferedClient(_Client):
         self._exit_setting = "shutdown_timeout"
         self._shutdown_lock = threading.Lock()
         self._report: ShutdownReport | None = None
+        # What went wrong in the at-fork hook, which must not log: logged by _start().
+        self._fork_note: str | None = None
         self._fresh()
         # Dropped without shutdown() or close(): stopped when collected (see _forgotten).
         # At exit the at-exit hook drains the clients still alive, not this; and a client
@@ -318,6 +320,9 @@ class BufferedClient(_Client):
             self._reader.thread.start()
             self._writer.thread.start()
             self._started = True
+        note, self._fork_note = self._fork_note, None
+        if note is not None:
+            log.error("fluentclient: %s", note)
 
     # -- posting -------------------------------------------------------------------------
 
@@ -728,8 +733,10 @@ class BufferedClient(_Client):
         try:
             self._fresh()
         except OSError as exc:
-            # Only the spool can fail here; the child goes on without one.
-            log.error("fluentclient: cannot open the spool after fork: %s", exc)
+            # Only the spool can fail here; the child goes on without one. Said when the
+            # child first posts: logging here, in the at-fork hook, could wait forever
+            # for a handler's lock that a thread of the parent held at the fork.
+            self._fork_note = f"cannot open the spool after fork: {exc}"
             self._buffer_options = replace(self._buffer_options, spool_dir=None)
             self._fresh()
         if handoff is not None and handoff.claim() and held:

@@ -437,3 +437,46 @@ def test_a_child_forked_while_a_forgotten_client_drains_closes_its_copies(tmp_pa
         result = child.finish(timeout=60)
     assert result.returncode == 0, result.describe()
     assert result.lines("CHILD")[0][1:] == ["0"], result.describe()
+
+
+SPOOL_GONE = """
+import logging, os
+from fluentclient import BufferedClient
+
+class Said(logging.Handler):
+    def emit(self, record):
+        stamp("LOGGED", record.getMessage().replace(" ", "_"))
+
+logging.getLogger("fluentclient").addHandler(Said())
+client = BufferedClient("127.0.0.1", P["port"], spool_dir=P["spool"], shutdown_timeout=10)
+client.post("gone.parent", {"i": 0})
+assert client.flush(10)
+# The child cannot open a spool there: the path is a file now.
+os.rename(P["spool"], P["spool"] + ".moved")
+open(P["spool"], "w").close()
+pid = os.fork()
+if pid == 0:
+    stamp("FORKED")
+    client.post("gone.child", {"i": 0})
+    client.shutdown(10)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+stamp("CHILD", os.waitstatus_to_exitcode(status))
+client.shutdown(10)
+"""
+
+
+def test_a_child_that_cannot_open_its_spool_says_so_at_its_first_post_not_in_the_fork(
+    fluent_server, tmp_path,
+):
+    result = Child("spool-gone", SPOOL_GONE, {
+        "port": fluent_server.port, "spool": str(tmp_path / "spool")}).finish(timeout=60)
+    assert result.returncode == 0, result.describe()
+    assert result.lines("CHILD")[0][1:] == ["0"], result.describe()
+    said = [line.split()[0] + ("_after_fork" in line) * " after fork"
+            for line in result.stdout.splitlines()]
+    # Logged once, by the child, after the fork had returned (not in its at-fork hook).
+    assert said.count("LOGGED after fork") == 1, result.describe()
+    assert said.index("FORKED") < said.index("LOGGED after fork"), result.describe()
+    assert fluent_server.wait_for(
+        lambda: any(e.tag == "gone.child" for e in fluent_server.events), timeout=20)
