@@ -39,6 +39,9 @@ Past the deadline the shutting-down thread aborts the writer's socket itself, so
 waits on I/O.
 That end of life, and where the unsent records go, is _shutdown.py; noticing forks and
 the end of the process, whatever the host, is _process.py.
+
+The threads and callbacks hold the client's core (see _core_of), never the client: a
+client the program drops is collected, and its finalizer shuts the core down.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ import ssl
 import sys
 import threading
 import time as _time
+import warnings
+import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
@@ -61,6 +66,7 @@ from ._admission import QUEUE_COUNT_LIMIT, Act, Admission
 from ._base import Client as _Client
 from ._base import TagChecker as _TagChecker
 from ._buffer import Buffer, Frame
+from ._connection import describe
 from ._journal import Journal, NullJournal, open_journal
 from ._ledger import Ledger, State
 from ._lifecycle import CLOSED, CLOSING, FAILED, NEW, RUNNING, Lifecycle, swallow
@@ -212,6 +218,9 @@ class BufferedClient(_Client):
         self._tags = _TagChecker(tag_prefix)
         # post()'s first look: a tag seen before, already checked and prefixed.
         self._known_tag = self._tags.known.get
+        # What the client's threads and callbacks hold instead of the client, so that a
+        # client the program drops is collected (see _core_of).
+        self._core = _core_of(self)
         self._overflow = overflow
         self._overflow_timeout = overflow_timeout
         self._on_unsent = on_unsent
@@ -226,7 +235,16 @@ class BufferedClient(_Client):
         # hands its close_timeout down as shutdown_timeout).
         self._exit_setting = "shutdown_timeout"
         self._shutdown_lock = threading.Lock()
+        # What went wrong in the at-fork hook, which must not log: logged by _start().
+        self._fork_note: str | None = None
         self._fresh()
+        # Dropped without shutdown() or close(): stopped when collected (see _forgotten).
+        # At exit the at-exit hook drains the clients still alive, not this; and a client
+        # made while the interpreter finalizes never starts threads (nor could a
+        # finalizer be made then: it imports).
+        if not sys.is_finalizing():
+            finalizer = weakref.finalize(self, _forgotten, self._core)
+            finalizer.atexit = False
         _process.live_clients.add(self)
         if at_exit:
             _process.register_at_exit(self)
@@ -241,6 +259,8 @@ class BufferedClient(_Client):
         (closed: nothing of this process's is live), and opens no spool.
         """
         o, t = self._buffer_options, self._transport
+        # The threads call back into the core, never into the client itself.
+        core = self._core
         # The client's one state: post(), flush(), shutdown() and the process events
         # all read it (see _lifecycle.py).
         self._life = Lifecycle(CLOSED if closed else NEW)
@@ -258,7 +278,7 @@ class BufferedClient(_Client):
             limit=o.buffer_limit,
             write_threshold=o.write_threshold,
             max_frame_size=frame_size,
-            on_release=self._released if self._journal.recording else None,
+            on_release=core._released if self._journal.recording else None,
         )
         # Filled once the threads exist: admission needs to know them, they need it.
         own_threads: list[threading.Thread] = []
@@ -268,9 +288,9 @@ class BufferedClient(_Client):
             own_threads,
         )
         self._reader = Reader(
-            self._queue, self._buffer, self._life, self._records.packer(), self._fail,
-            admission=self._admission, ledger=self._ledger, evicted=self._evicted,
-            fail_spooled=self._fail_spooled, journal=self._journal,
+            self._queue, self._buffer, self._life, self._records.packer(), core._fail,
+            admission=self._admission, ledger=self._ledger, evicted=core._evicted,
+            fail_spooled=core._fail_spooled, journal=self._journal,
         )
         self._writer = Writer(
             Sender(t.links(), self._ledger, t),
@@ -281,7 +301,7 @@ class BufferedClient(_Client):
             flush_interval=o.flush_interval,
             max_write=max(o.max_frame_size, _MiB),
             transport=t,
-            report=lambda err: self._tell(err, None),
+            report=lambda err: core._tell(err, None),
         )
         own_threads += (self._reader.thread, self._writer.thread)
         # Re-entrant: a signal handler that shuts down while its thread starts the threads
@@ -312,6 +332,9 @@ class BufferedClient(_Client):
             self._reader.thread.start()
             self._writer.thread.start()
             self._life.start()
+        note, self._fork_note = self._fork_note, None
+        if note is not None:
+            log.error("fluentclient: %s", note)
 
     # -- posting -------------------------------------------------------------------------
 
@@ -791,8 +814,7 @@ class BufferedClient(_Client):
         # reports this process's counts, which start from zero.
         closed = self._life.phase in (CLOSING, CLOSED)
         stopped = self._life.report is not None
-        self._journal.forget()
-        self._journal = NullJournal()
+        self._forget_in_child()
         if closed:
             if handoff is not None:
                 handoff.claim()  # only closes our end: the parent sent what it could
@@ -803,8 +825,10 @@ class BufferedClient(_Client):
         try:
             self._fresh()
         except OSError as exc:
-            # Only the spool can fail here; the child goes on without one.
-            log.error("fluentclient: cannot open the spool after fork: %s", exc)
+            # Only the spool can fail here; the child goes on without one. Said when the
+            # child first posts: logging here, in the at-fork hook, could wait forever
+            # for a handler's lock that a thread of the parent held at the fork.
+            self._fork_note = f"cannot open the spool after fork: {exc}"
             self._buffer_options = replace(self._buffer_options, spool_dir=None)
             self._fresh()
         if handoff is not None and handoff.claim() and held:
@@ -817,6 +841,23 @@ class BufferedClient(_Client):
                 log.warning("fluentclient: cannot send what the parent process left: %s", exc)
                 return
             self._reader.wake.set()
+
+    def _forget_in_child(self) -> None:
+        """Close this process's copies of the parent's spool files and sockets.
+
+        Only closes descriptors: no lock is taken (a thread of the parent may have held
+        any of them at the fork) and nothing is sent or deleted, since the parent goes on
+        using them.
+        """
+        self._journal.forget()
+        self._journal = NullJournal()
+        for link in self._writer.links:
+            # Closed now, not when the old writer is collected, so that the server sees
+            # the parent's own close when it comes. A close, never a shutdown: that would
+            # cut the parent's connection too.
+            conn, link.conn = link.conn, None
+            if conn is not None:
+                conn.close()
 
     def _drain_at_exit(self) -> None:
         """The end of the process: send what is held, unless nothing ever could be."""
@@ -856,3 +897,63 @@ class BufferedClient(_Client):
         if held:
             log.warning("fluentclient: waiting up to %g s (%s) to send %d records held; "
                         "no server reachable: %s", timeout, setting, held, why)
+
+
+# -- a client the program forgot ---------------------------------------------------------
+
+
+def _core_of(client: BufferedClient) -> BufferedClient:
+    """A second BufferedClient object sharing ``client``'s attributes (the same
+    ``__dict__``), which the threads and callbacks hold instead of ``client``.
+
+    Every method then works on either, and the state they change is one; but a program
+    that drops its last reference to the client lets it be collected, though its threads
+    still run: nothing of ours refers to the client object itself. Its finalizer then
+    stops them through the core (see _forgotten).
+    """
+    core: BufferedClient = object.__new__(type(client))
+    core.__dict__ = client.__dict__
+    return core
+
+
+def _forgotten(core: BufferedClient) -> None:
+    """The client was collected without shutdown() or close(): do what shutdown() would,
+    on a thread of its own, and say so, as Python does for a file left open.
+
+    Called by the garbage collector on whatever thread dropped the last reference. That
+    thread is not held up: the drain (bounded by ``shutdown_timeout``) runs on a new
+    thread, which is not a daemon, so an exit that comes first still waits for it.
+    """
+    life = core._life
+    if life.phase is CLOSING or life.phase is CLOSED:
+        return  # shut down or closed: nothing left open
+    if core._pid != _getpid():
+        # Forked without the hooks and never used here: the parent's threads are not ours
+        # to stop, and its records are its own. Only our copies of its files are.
+        core._forget_in_child()
+        return
+    if life.phase is NEW and not core._journal.owns_files:
+        return  # no thread, socket or file was ever opened
+    # Until drained: a child forked meanwhile closes its copies of the files and sockets.
+    _process.forgotten.add(core)
+    try:
+        threading.Thread(target=_drain_forgotten, args=(core,), name="fluentclient-forgotten",
+                         daemon=False).start()
+    except RuntimeError:
+        # No new threads (the interpreter is going away): stop without sending.
+        _drain_forgotten(core, timeout=0.0)
+    servers = ", ".join(describe(s.address) for s in core._transport.servers)
+    warnings.warn(
+        f"unclosed <BufferedClient to {servers}>: call shutdown() when done with a client "
+        f"(what it held is sent now, within shutdown_timeout)",
+        ResourceWarning, source=core, stacklevel=2,
+    )
+
+
+def _drain_forgotten(core: BufferedClient, timeout: float | None = None) -> None:
+    try:
+        core.shutdown(timeout)  # it logs what it could not send
+    except Exception:
+        log.exception("fluentclient: stopping a client that was not shut down failed")
+    finally:
+        _process.forgotten.discard(core)
