@@ -15,8 +15,10 @@ with what the server actually stored:
 (``possibly_lost >= lost``) without crying wolf (``possibly_lost - lost`` small).
 
     python benchmarks/accounting.py [--records 60000] [--restarts 3] [--rate 20000]
+    python benchmarks/accounting.py --quick     # the embedded server, 300 records, 1 fault
 
-Needs the real servers of ``../shared/peers`` (see tests/real_servers.py).
+Needs the real servers of ``../shared/peers`` (see tests/real_servers.py), except with
+``--servers embedded`` or ``--quick``.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class Embedded:
 
 
 def run(server: Any, *, records: int, faults: int, kind: str, rate: float,
-        require_ack: bool) -> dict[str, Any]:
+        require_ack: bool, settle: float = 30.0) -> dict[str, Any]:
     tag = f"acct.{kind}.{'ack' if require_ack else 'plain'}.{time.monotonic_ns()}"
     client = BufferedClient("127.0.0.1", server.port, require_ack=require_ack,
                             backoff=Backoff(initial=0.05, maximum=0.5), at_exit=False)
@@ -92,8 +94,9 @@ def run(server: Any, *, records: int, faults: int, kind: str, rate: float,
     if faulter is not None:
         faulter.join()
     report = client.shutdown(timeout=30)
-    # Wait for the server to store what it took.
-    deadline = time.monotonic() + 30
+    # Wait for the server to store what it took: up to ``settle`` seconds when some
+    # records never come (lost, and so never stored).
+    deadline = time.monotonic() + settle
     seen: Counter[int] = Counter()
     previous = -1
     while time.monotonic() < deadline:
@@ -118,7 +121,14 @@ def main() -> None:
     parser.add_argument("--restarts", type=int, default=3)
     parser.add_argument("--rate", type=float, default=20000.0)
     parser.add_argument("--servers", default="fluentd,fluent-bit,embedded")
+    parser.add_argument("--settle", type=float, default=30.0,
+                        help="seconds to wait for the server to store records that may be lost")
+    parser.add_argument("--quick", action="store_true",
+                        help="does it run? the embedded server, 300 records, one fault, "
+                             "1 s to settle")
     args = parser.parse_args()
+    if args.quick:
+        args.servers, args.records, args.restarts, args.settle = "embedded", 300, 1, 1.0
     cols = ["posted", "arrived", "duplicates", "sent", "possibly_lost", "unsent", "lost",
             "over"]
     print("| server | mode | faults | " + " | ".join(cols) + " |")
@@ -137,7 +147,8 @@ def main() -> None:
                     for kind, faults in (("healthy", 0), ("restart", args.restarts),
                                          ("kill", args.restarts)):
                         row = run(server, records=args.records, faults=faults, kind=kind,
-                                  rate=args.rate, require_ack=require_ack)
+                                  rate=args.rate, require_ack=require_ack,
+                                  settle=args.settle)
                         mode = "require_ack" if require_ack else "plain"
                         print(f"| {getattr(server, 'name', name)} | {mode} | {kind} x{faults} | "
                               + " | ".join(f"{row[c]:,}" for c in cols) + " |", flush=True)

@@ -6,8 +6,9 @@ The client and the reader always hold a :class:`Journal`. Without ``spool_dir`` 
 
 The interface is split by thread. ``full()``, ``limit``, ``size`` and ``done()`` are safe
 on a caller's thread: they read fields or queue spans in memory, and never touch a file.
-Everything that does I/O (``append``, ``maintain``, the replay of orphans, ``close``,
-``forget``) is called only by the reader thread and by shutdown, after the threads.
+Everything that does I/O (``append``, ``maintain``, the replay of orphans, ``close``)
+is called only by the reader thread and by shutdown, after the threads. ``forget`` is
+called in a forked child, whose only thread is the one that forked: it takes no lock.
 
 The file journal owns its I/O errors: none reaches the thread that called it. A failed
 write breaks it (it stops writing, the client delivers from memory); what replay cannot
@@ -272,12 +273,18 @@ class FileJournal:
         self._guard("close", self._spool.close, keep=keep)
 
     def forget(self) -> None:
-        self._done.clear()
+        # In a forked child, from the at-fork hook: no lock of the parent's may be taken
+        # here (neither the spool's nor the health counts'), and nothing logged, so an
+        # error is ignored rather than counted: this journal is being thrown away.
+        self._done = deque()
         if self._closed:
             # Its descriptors are closed; their numbers may belong to others by now.
             return
         self._closed = True
-        self._guard("close", self._spool.forget)
+        try:
+            self._spool.forget()
+        except Exception:  # pragma: no cover - forget() only closes descriptors
+            pass
 
     def _guard(self, what: str, call: Callable[..., object], *args: object,
                **kwargs: object) -> None:

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("fluentclient")
 
 live_clients: weakref.WeakSet[BufferedClient] = weakref.WeakSet()
+# The cores of clients collected while their drain runs on a thread of theirs (see
+# client._forgotten). Held strongly: nothing else of the program refers to them.
+forgotten: set[BufferedClient] = set()
 # One lock per process for noticing a fork that skipped the at-fork hooks (see
 # BufferedClient._check_fork); setdefault on a dict is atomic, so every thread of a
 # process gets the same.
@@ -198,6 +201,11 @@ def _drain_in_uwsgi() -> None:
 def _reinit_in_child() -> None:
     for client in list(live_clients):
         client._after_fork_in_child()
+    # Their drain runs in the parent only: here nothing of theirs is left but our copies
+    # of their files and sockets.
+    for core in list(forgotten):
+        core._forget_in_child()
+    forgotten.clear()
     if _drained_at_exit:
         _drain_in_celery_pool()
 

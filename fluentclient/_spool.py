@@ -446,13 +446,19 @@ class Spool:
             _close(self._lock_fd)
 
     def forget(self) -> None:
-        """In a forked child: close our copies of the parent's files, touching nothing."""
-        with self._lock:
-            self._closed = True
-            for seg in self._segments:
-                os.close(seg.fd)
-            self._segments.clear()
-            os.close(self._lock_fd)
+        """In a forked child: close our copies of the parent's files, touching nothing.
+
+        Takes no lock: the parent's reader may have held it at the fork, and no thread of
+        this process will ever release it. Nothing else runs here that could use the
+        spool meanwhile (the child has only the thread that forked). Our fd numbers are
+        copies of the parent's, so closing them leaves the parent's files and their locks
+        as they are. A segment being opened at the fork, not listed yet, stays open here.
+        """
+        self._closed = True
+        segments, self._segments = self._segments, []
+        for seg in segments:
+            _close(seg.fd)
+        _close(self._lock_fd)
 
     # -- taking over -------------------------------------------------------------------
 

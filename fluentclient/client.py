@@ -39,6 +39,9 @@ Past the deadline the shutting-down thread aborts the writer's socket itself, so
 waits on I/O.
 That end of life, and where the unsent records go, is _shutdown.py; noticing forks and
 the end of the process, whatever the host, is _process.py.
+
+The threads and callbacks hold the client's core (see _core_of), never the client: a
+client the program drops is collected, and its finalizer shuts the core down.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ import ssl
 import sys
 import threading
 import time as _time
+import warnings
+import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
@@ -61,6 +66,7 @@ from ._admission import QUEUE_COUNT_LIMIT, Act, Admission
 from ._base import Client as _Client
 from ._base import TagChecker as _TagChecker
 from ._buffer import Buffer, Frame
+from ._connection import describe
 from ._journal import Journal, NullJournal, open_journal
 from ._ledger import Ledger, State
 from ._lifecycle import CLOSED, CLOSING, FAILED, NEW, RUNNING, Lifecycle, swallow
@@ -74,6 +80,7 @@ from ._options import (
 from ._options import MiB as _MiB
 from ._pool import ServerSpec
 from ._reader import Reader
+from ._reporting import Reporting
 from ._sender import Sender
 from ._shutdown import Ending, UnsentCallback
 from ._writer import Writer, resolve_futures
@@ -90,6 +97,7 @@ from .message import Message, TimeLike, settle_future
 from .stats import (
     DROP_CLOSED,
     DROP_EVICTED,
+    DROP_REENTRANT,
     ShutdownReport,
     Stats,
 )
@@ -111,6 +119,7 @@ _time_ns = _time.time_ns
 def _call_on_error(
     callback: ErrorCallback | None, err: FluentError, msg: Message | None
 ) -> None:
+    """Call the user's on_error; the caller marks it as the client's reporting."""
     if callback is None:
         return
     try:
@@ -209,17 +218,33 @@ class BufferedClient(_Client):
         self._tags = _TagChecker(tag_prefix)
         # post()'s first look: a tag seen before, already checked and prefixed.
         self._known_tag = self._tags.known.get
+        # What the client's threads and callbacks hold instead of the client, so that a
+        # client the program drops is collected (see _core_of).
+        self._core = _core_of(self)
         self._overflow = overflow
         self._overflow_timeout = overflow_timeout
         self._on_unsent = on_unsent
         self._journal: Journal = NullJournal()
         self._on_error = on_error
+        # Marks the threads inside this client's error reporting, whose own drops are
+        # then only counted (see _reporting.py). Kept across a fork (a child forked from
+        # inside on_error is still inside it), with a fresh lock.
+        self._reporting = Reporting()
         self.shutdown_timeout = shutdown_timeout
         # The setting that bounds the drain at exit, as the user knows it (a FluentHandler
         # hands its close_timeout down as shutdown_timeout).
         self._exit_setting = "shutdown_timeout"
         self._shutdown_lock = threading.Lock()
+        # What went wrong in the at-fork hook, which must not log: logged by _start().
+        self._fork_note: str | None = None
         self._fresh()
+        # Dropped without shutdown() or close(): stopped when collected (see _forgotten).
+        # At exit the at-exit hook drains the clients still alive, not this; and a client
+        # made while the interpreter finalizes never starts threads (nor could a
+        # finalizer be made then: it imports).
+        if not sys.is_finalizing():
+            finalizer = weakref.finalize(self, _forgotten, self._core)
+            finalizer.atexit = False
         _process.live_clients.add(self)
         if at_exit:
             _process.register_at_exit(self)
@@ -234,6 +259,8 @@ class BufferedClient(_Client):
         (closed: nothing of this process's is live), and opens no spool.
         """
         o, t = self._buffer_options, self._transport
+        # The threads call back into the core, never into the client itself.
+        core = self._core
         # The client's one state: post(), flush(), shutdown() and the process events
         # all read it (see _lifecycle.py).
         self._life = Lifecycle(CLOSED if closed else NEW)
@@ -251,7 +278,7 @@ class BufferedClient(_Client):
             limit=o.buffer_limit,
             write_threshold=o.write_threshold,
             max_frame_size=frame_size,
-            on_release=self._released if self._journal.recording else None,
+            on_release=core._released if self._journal.recording else None,
         )
         # Filled once the threads exist: admission needs to know them, they need it.
         own_threads: list[threading.Thread] = []
@@ -261,9 +288,9 @@ class BufferedClient(_Client):
             own_threads,
         )
         self._reader = Reader(
-            self._queue, self._buffer, self._life, self._records.packer(), self._fail,
-            admission=self._admission, ledger=self._ledger, evicted=self._evicted,
-            fail_spooled=self._fail_spooled, journal=self._journal,
+            self._queue, self._buffer, self._life, self._records.packer(), core._fail,
+            admission=self._admission, ledger=self._ledger, evicted=core._evicted,
+            fail_spooled=core._fail_spooled, journal=self._journal,
         )
         self._writer = Writer(
             Sender(t.links(), self._ledger, t),
@@ -274,7 +301,7 @@ class BufferedClient(_Client):
             flush_interval=o.flush_interval,
             max_write=max(o.max_frame_size, _MiB),
             transport=t,
-            report=lambda err: _call_on_error(self._on_error, err, None),
+            report=lambda err: core._tell(err, None),
         )
         own_threads += (self._reader.thread, self._writer.thread)
         # Re-entrant: a signal handler that shuts down while its thread starts the threads
@@ -305,6 +332,9 @@ class BufferedClient(_Client):
             self._reader.thread.start()
             self._writer.thread.start()
             self._life.start()
+        note, self._fork_note = self._fork_note, None
+        if note is not None:
+            log.error("fluentclient: %s", note)
 
     # -- posting -------------------------------------------------------------------------
 
@@ -385,7 +415,7 @@ class BufferedClient(_Client):
             full_tag is None or time is not None or ack or sync_append
             or len(queue) >= self._admission.room
             or life.phase is not RUNNING
-            or self._pid != _getpid()
+            or self._pid != _getpid() or self._reporting.busy
         ):
             return self._post_carefully(tag, record, time, sync_append, timeout, ack)
         # The usual case: a known tag, the time now, room to spare, and nobody waiting to
@@ -425,6 +455,14 @@ class BufferedClient(_Client):
         life = self._life
         if life.phase is not RUNNING and life.phase is not NEW:
             queued = self._refuse(DROP_CLOSED, self._closed_error(), msg, sync_append)
+            return queued if delivery is None else delivery
+        if self._reporting.active() and self._admission.own_thread():
+            # Posted while our reader or writer reports an error (an on_error that logs
+            # to a handler of this client): queued, it would come back to the same
+            # thread, perhaps to be dropped and reported again, without end.
+            err = FluentError("posted while the client's own thread was reporting an "
+                              "error; it cannot carry a record about its own failure")
+            queued = self._refuse(DROP_REENTRANT, err, msg, sync_append)
             return queued if delivery is None else delivery
         if life.phase is NEW:
             try:
@@ -470,11 +508,17 @@ class BufferedClient(_Client):
             if verdict.act is Act.EVICT:
                 self._evict_for(verdict.nbytes)
             elif verdict.act is Act.WAIT:
-                self._wait_for_room(verdict.deadline)
+                # A record posted while we report an error (a log line of on_error) is
+                # refused at once rather than stall the report: it is counted quietly.
+                if not self._reporting.active():
+                    self._wait_for_room(verdict.deadline)
             else:
                 assert verdict.error is not None
+                # overflow="raise" would raise into our own reporting, and each refusal
+                # would print a traceback (a log handler's handleError): not there.
+                raises = verdict.raises and not self._reporting.active()
                 return self._refuse(
-                    verdict.reason, verdict.error, msg, sync_append or verdict.raises)
+                    verdict.reason, verdict.error, msg, sync_append or raises)
             verdict = self._admission.judge(after=verdict.act)
         return True
 
@@ -535,11 +579,14 @@ class BufferedClient(_Client):
         records = sum(frame.records for frame in frames)
         err = BufferFullError(f"evicted to make room for newer records ({records} records)")
         # Counted before the futures and on_error hear of it (see _fail).
-        if self._ledger.drop(DROP_EVICTED, records, State.BUFFERED) == records:
-            log.warning("fluentclient: dropping the oldest records to make room: %s", err)
+        first = self._ledger.drop(DROP_EVICTED, records, State.BUFFERED) == records
         for frame in frames:
             resolve_futures(frame, err)
-        _call_on_error(self._on_error, err, None)
+        if first:
+            self._tell(err, None, "fluentclient: dropping the oldest records to make "
+                                    "room: %s", err)
+        else:
+            self._tell(err, None)
         self._released(frames)
 
     def _released(self, frames: Sequence[Frame]) -> None:
@@ -600,15 +647,39 @@ class BufferedClient(_Client):
         self._told(reason, err, None, self._ledger.drop(reason, records, State.BUFFERED))
 
     def _told(self, reason: str, err: FluentError, msg: Message | None, total: int) -> None:
-        if total == 1:
-            # Once per reason, so a flood of drops cannot flood the log; stats() and
-            # on_error see every one. The tag says which part of the program to look at.
-            if msg is None:
-                log.warning("fluentclient: dropping records (%s): %s", reason, err)
-            else:
-                log.warning("fluentclient: dropping records (%s): %s (the first: tag %r; "
-                            "stats().dropped counts them all)", reason, err, msg.tag)
-        _call_on_error(self._on_error, err, msg)
+        # The warning comes once per reason, so a flood of drops cannot flood the log;
+        # stats() and on_error see every one. The tag says which part of the program to
+        # look at.
+        if total != 1:
+            self._tell(err, msg)
+        elif msg is None:
+            self._tell(err, msg, "fluentclient: dropping records (%s): %s", reason, err)
+        else:
+            self._tell(err, msg, "fluentclient: dropping records (%s): %s (the first: "
+                         "tag %r; stats().dropped counts them all)", reason, err, msg.tag)
+
+    def _tell(self, err: FluentError, msg: Message | None, *warning: object) -> None:
+        """Tell on_error (and log ``warning``, if given) of a drop or a failure, with this
+        thread marked as reporting for this client.
+
+        A report that arises while this thread is already reporting for this client
+        (on_error logs, a log handler posts to us, and that record is dropped too) is
+        left unsaid, or each report would make the next one: it is counted where it
+        belongs (stats().dropped), and the first one is said once.
+        """
+        reporting = self._reporting
+        if reporting.active():
+            if reporting.silence():
+                log.warning(
+                    "fluentclient: a record posted while this client was reporting a "
+                    "drop (from on_error, or a log handler reached by its warnings) was "
+                    "dropped too: %s; such drops are counted in stats().dropped but not "
+                    "reported, so that no report can set off another", err)
+            return
+        with reporting:
+            if warning:
+                log.warning(*warning)
+            _call_on_error(self._on_error, err, msg)
 
     # -- flushing and stopping -----------------------------------------------------------
 
@@ -737,13 +808,13 @@ class BufferedClient(_Client):
         handoff, self._handoff = self._handoff, None
         held = [m for m in self._queue if isinstance(m, Message)] if handoff else []
         self._shutdown_lock = threading.Lock()
+        self._reporting.after_fork()
         # A client shut down or closed in the parent stays so here (its shutdown may still
         # be under way in a parent thread): it refuses every post, and a shutdown here
         # reports this process's counts, which start from zero.
         closed = self._life.phase in (CLOSING, CLOSED)
         stopped = self._life.report is not None
-        self._journal.forget()
-        self._journal = NullJournal()
+        self._forget_in_child()
         if closed:
             if handoff is not None:
                 handoff.claim()  # only closes our end: the parent sent what it could
@@ -754,8 +825,10 @@ class BufferedClient(_Client):
         try:
             self._fresh()
         except OSError as exc:
-            # Only the spool can fail here; the child goes on without one.
-            log.error("fluentclient: cannot open the spool after fork: %s", exc)
+            # Only the spool can fail here; the child goes on without one. Said when the
+            # child first posts: logging here, in the at-fork hook, could wait forever
+            # for a handler's lock that a thread of the parent held at the fork.
+            self._fork_note = f"cannot open the spool after fork: {exc}"
             self._buffer_options = replace(self._buffer_options, spool_dir=None)
             self._fresh()
         if handoff is not None and handoff.claim() and held:
@@ -768,6 +841,23 @@ class BufferedClient(_Client):
                 log.warning("fluentclient: cannot send what the parent process left: %s", exc)
                 return
             self._reader.wake.set()
+
+    def _forget_in_child(self) -> None:
+        """Close this process's copies of the parent's spool files and sockets.
+
+        Only closes descriptors: no lock is taken (a thread of the parent may have held
+        any of them at the fork) and nothing is sent or deleted, since the parent goes on
+        using them.
+        """
+        self._journal.forget()
+        self._journal = NullJournal()
+        for link in self._writer.links:
+            # Closed now, not when the old writer is collected, so that the server sees
+            # the parent's own close when it comes. A close, never a shutdown: that would
+            # cut the parent's connection too.
+            conn, link.conn = link.conn, None
+            if conn is not None:
+                conn.close()
 
     def _drain_at_exit(self) -> None:
         """The end of the process: send what is held, unless nothing ever could be."""
@@ -807,3 +897,63 @@ class BufferedClient(_Client):
         if held:
             log.warning("fluentclient: waiting up to %g s (%s) to send %d records held; "
                         "no server reachable: %s", timeout, setting, held, why)
+
+
+# -- a client the program forgot ---------------------------------------------------------
+
+
+def _core_of(client: BufferedClient) -> BufferedClient:
+    """A second BufferedClient object sharing ``client``'s attributes (the same
+    ``__dict__``), which the threads and callbacks hold instead of ``client``.
+
+    Every method then works on either, and the state they change is one; but a program
+    that drops its last reference to the client lets it be collected, though its threads
+    still run: nothing of ours refers to the client object itself. Its finalizer then
+    stops them through the core (see _forgotten).
+    """
+    core: BufferedClient = object.__new__(type(client))
+    core.__dict__ = client.__dict__
+    return core
+
+
+def _forgotten(core: BufferedClient) -> None:
+    """The client was collected without shutdown() or close(): do what shutdown() would,
+    on a thread of its own, and say so, as Python does for a file left open.
+
+    Called by the garbage collector on whatever thread dropped the last reference. That
+    thread is not held up: the drain (bounded by ``shutdown_timeout``) runs on a new
+    thread, which is not a daemon, so an exit that comes first still waits for it.
+    """
+    life = core._life
+    if life.phase is CLOSING or life.phase is CLOSED:
+        return  # shut down or closed: nothing left open
+    if core._pid != _getpid():
+        # Forked without the hooks and never used here: the parent's threads are not ours
+        # to stop, and its records are its own. Only our copies of its files are.
+        core._forget_in_child()
+        return
+    if life.phase is NEW and not core._journal.owns_files:
+        return  # no thread, socket or file was ever opened
+    # Until drained: a child forked meanwhile closes its copies of the files and sockets.
+    _process.forgotten.add(core)
+    try:
+        threading.Thread(target=_drain_forgotten, args=(core,), name="fluentclient-forgotten",
+                         daemon=False).start()
+    except RuntimeError:
+        # No new threads (the interpreter is going away): stop without sending.
+        _drain_forgotten(core, timeout=0.0)
+    servers = ", ".join(describe(s.address) for s in core._transport.servers)
+    warnings.warn(
+        f"unclosed <BufferedClient to {servers}>: call shutdown() when done with a client "
+        f"(what it held is sent now, within shutdown_timeout)",
+        ResourceWarning, source=core, stacklevel=2,
+    )
+
+
+def _drain_forgotten(core: BufferedClient, timeout: float | None = None) -> None:
+    try:
+        core.shutdown(timeout)  # it logs what it could not send
+    except Exception:
+        log.exception("fluentclient: stopping a client that was not shut down failed")
+    finally:
+        _process.forgotten.discard(core)

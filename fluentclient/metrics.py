@@ -27,6 +27,7 @@ from .stats import (
     DROP_CLOSED,
     DROP_EVICTED,
     DROP_NOT_ACKED,
+    DROP_REENTRANT,
     DROP_SEND_FAILED,
     DROP_SPOOL_FULL,
     DROP_TOO_LARGE,
@@ -56,7 +57,8 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
 
 # Every reason is exported from the start, at 0, so rate() has a series before the first drop.
 DROP_REASONS = (DROP_BUFFER_FULL, DROP_UNSERIALIZABLE, DROP_UNSAFE, DROP_TOO_LARGE,
-                DROP_CLOSED, DROP_NOT_ACKED, DROP_EVICTED, DROP_SPOOL_FULL, DROP_SEND_FAILED)
+                DROP_CLOSED, DROP_NOT_ACKED, DROP_EVICTED, DROP_SPOOL_FULL, DROP_SEND_FAILED,
+                DROP_REENTRANT)
 SERVER_STATES = ("connected", "backing_off", "idle")
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")

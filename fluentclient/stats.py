@@ -24,6 +24,7 @@ __all__ = [
     "DROP_SPOOL_FULL",
     "DROP_EVICTED",
     "DROP_SEND_FAILED",
+    "DROP_REENTRANT",
 ]
 
 # Why a record was dropped before it reached the buffer.
@@ -44,6 +45,9 @@ DROP_SPOOL_FULL = "spool_full"
 DROP_EVICTED = "evicted"
 # A SyncClient could not send the record (the call raised); nothing of it reached a server.
 DROP_SEND_FAILED = "send_failed"
+# Posted on one of a BufferedClient's own threads while it was reporting an error there
+# (an on_error that logs to a handler posting to the same client): see _reporting.py.
+DROP_REENTRANT = "reentrant"
 
 
 class UnsentRecord(NamedTuple):

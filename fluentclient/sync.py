@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import ssl
+import sys
 import threading
 import time as _time
+import warnings
 import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
@@ -20,7 +22,7 @@ from ._base import Client, TagChecker
 from ._connection import ConnectionLost, SendError
 from ._ledger import Ledger
 from ._options import MiB, RecordOptions, TransportOptions, security_from, servers_from
-from ._pool import ServerSpec
+from ._pool import Link, ServerSpec
 from ._sender import Sender
 from .backoff import Backoff
 from .errors import (
@@ -120,6 +122,12 @@ class SyncClient(Client):
         # Whether the record being sent may have reached a server (see _send).
         self._maybe_delivered = False
         _live_sync_clients.add(self)
+        # Dropped with a connection open: closed when collected (holds the links, never
+        # the client). Those still alive at exit are left to the process's end, as is
+        # one made while the interpreter finalizes (a finalizer cannot be made then).
+        if not sys.is_finalizing():
+            finalizer = weakref.finalize(self, _forgotten, self._links)
+            finalizer.atexit = False
 
     def _after_fork_in_child(self) -> None:
         # The parent's connections are the parent's: writing on them would interleave
@@ -294,6 +302,21 @@ class SyncClient(Client):
             buffered_bytes=0,
             servers=tuple(link.stats() for link in self._links),
         )
+
+
+def _forgotten(links: list[Link]) -> None:
+    """A SyncClient collected with a connection open: close it, and say so, as Python
+    does for a file left open. Nothing is held, so nothing else is lost."""
+    open_links = [link for link in links if link.conn is not None]
+    if not open_links:
+        return
+    for link in open_links:
+        conn, link.conn = link.conn, None
+        if conn is not None:
+            conn.close()
+    servers = ", ".join(link.name for link in open_links)
+    warnings.warn(f"unclosed <SyncClient to {servers}>: call close() when done with a client",
+                  ResourceWarning, stacklevel=2)
 
 
 def _reinit_in_child() -> None:

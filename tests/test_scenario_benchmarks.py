@@ -24,13 +24,4 @@ def test_a_short_soak_prints_its_table_and_counts_every_record():
     assert "every record counted once: yes" in out.stdout
 
 
-def test_the_scenarios_print_one_row_each():
-    out = run("benchmarks/scenarios.py", "--records", "1000",
-              "--only", "healthy,fork_with_buffered_records,kill_9")
-    assert out.returncode == 0, out.stderr
-    rows = [line for line in out.stdout.splitlines() if line.startswith("| ")]
-    assert rows[0].startswith("| scenario | records posted | delivered |")
-    # healthy: everything delivered, nothing dropped or duplicated.
-    assert rows[1].startswith("| healthy | 1,000 | 1,000 | 0 | 0 | 0 | 0 |")
-    assert rows[2].startswith("| fork with buffered records | 1,000 | 1,000 | 0 | 0 | 0 | 0 |")
-    assert rows[3].startswith("| kill -9 while posting, no spool | 1,000 |")
+# Every scenario is run in quick mode by tests/test_benchmark_smoke.py.
