@@ -825,7 +825,10 @@ class Writer:
                 self._end_retiring(link, old, conn.lost or "the server closed it",
                                    read_all=clean)
             elif now >= old.until:
-                self._end_retiring(link, old, f"not read within {self._linger:g} s")
+                drain = self._life.drain_deadline
+                why = ("shutdown's deadline came" if drain is not None and now >= drain
+                       else f"not read within {self._linger:g} s")
+                self._end_retiring(link, old, why)
 
     def _read_retiring(self, link: Link, old: Retiring) -> None:
         """Settle the frames whose markers the server acked (each ack proves all before)."""

@@ -27,6 +27,7 @@ from fluentclient.server import ForwardServer
 
 from .certs import server_context
 from .conftest import FAST_BACKOFF
+from .subproc import Child
 from .waiting import wait_until
 
 PAD = "p" * 200
@@ -287,3 +288,51 @@ def test_a_retiring_connection_ends_at_its_linger(fluent_server):
         fluent_server.stall(False)
         client.shutdown(10)
     _books_balance(client)
+
+
+RETIRING_COPY = """
+import gc, os, time
+from fluentclient import BufferedClient
+
+client = BufferedClient("127.0.0.1", P["port"], write_timeout=0.3, shutdown_timeout=1,
+                        buffer_limit=64 << 20)
+link = client._writer.links[0]
+for i in range(16_000):
+    client.post("copy.retiring", {"i": i, "pad": "p" * 200})
+deadline = time.monotonic() + 60
+while not link.retiring:
+    assert time.monotonic() < deadline, "no connection retired"
+    time.sleep(0.01)
+inode = os.fstat(link.retiring[0].conn.sock.fileno()).st_ino
+gc.disable()
+
+def socket_inodes():
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found.add(os.stat(f"/proc/self/fd/{fd}").st_ino)
+        except OSError:
+            pass
+    return found
+
+pid = os.fork()
+if pid == 0:
+    os._exit(3 if inode in socket_inodes() else 0)
+_, status = os.waitpid(pid, 0)
+stamp("CHILD", os.waitstatus_to_exitcode(status))
+client.shutdown(1)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_closes_its_copy_of_a_retiring_socket(fluent_server):
+    # Else the server sees no end of the parent's retiring connection until the child's
+    # copy goes, and the child holds a descriptor it never uses.
+    fluent_server.stall(True)
+    try:
+        result = Child("retiring-copy", RETIRING_COPY,
+                       {"port": fluent_server.port}).finish(timeout=90)
+    finally:
+        fluent_server.stall(False)
+    assert result.returncode == 0, result.describe()
+    assert result.lines("CHILD")[0][1:] == ["0"], result.describe()
