@@ -253,6 +253,25 @@ def server_stuck(ctx: Context) -> Row:
         return ctx.row("server stuck (reads nothing)", server, run)
 
 
+def server_paused(ctx: Context) -> Row:
+    # Stops reading from the start and reads again once two connections have timed out
+    # (its third is accepted): a blocked input thread, a long pause, that passes.
+    with ForwardServer() as server:
+        server.stall()
+
+        def resume() -> None:
+            server.wait_for(lambda: server.connections_accepted >= 3, timeout=60)
+            server.stall(False)
+
+        watcher = threading.Thread(target=resume, daemon=True)
+        watcher.start()
+        run = ctx.run(server, pad=1000, client={
+            "write_timeout": 1.0, "shutdown_timeout": 30.0, "buffer_limit": 64 << 20})
+        watcher.join(60)
+        return ctx.row("server paused, then reads again", server, run,
+                       "`write_timeout=1`; resumes after two connections timed out")
+
+
 def black_holed(ctx: Context) -> Row:
     with ForwardServer() as server:
         server.blackhole()
@@ -361,7 +380,7 @@ def spool_kill_9_acks(ctx: Context) -> Row:
 
 
 SCENARIOS: list[Callable[[Context], Row]] = [
-    healthy, server_down, server_stuck, black_holed, restarted, restarted_with_acks,
+    healthy, server_down, server_stuck, server_paused, black_holed, restarted, restarted_with_acks,
     fork_with_buffered_records, sigterm, kill_9, spool_server_down, spool_kill_9_server_down,
     spool_kill_9_healthy, spool_kill_9_acks,
 ]

@@ -48,7 +48,7 @@ class Frame:
 
     __slots__ = (
         "tag", "entries", "data", "chunk", "records", "first_seq", "last_seq", "entry_bytes",
-        "futures", "attempts", "limit",
+        "futures", "attempts", "limit", "left",
     )
 
     def __init__(self, tag: str, first_seq: int, limit: int) -> None:
@@ -68,6 +68,10 @@ class Frame:
         # Connections this frame was written to that failed before it was acknowledged.
         self.attempts = 0
         self.limit = limit
+        # Set by the writer before the frame's first byte goes to a socket, cleared if the
+        # frame comes back not written whole (no server decodes half a frame). A frame
+        # that has left may arrive, so it must never be reported unsent without acks.
+        self.left = False
 
     @property
     def built(self) -> bool:
@@ -112,6 +116,10 @@ class Buffer:
         self.flush_until = -1
         # post() callers waiting for room (overflow="block"): the reader wakes them too.
         self.room_waiters = 0
+        # Whether a frame that has left counts as possibly lost when shutdown finds it
+        # here (without acks). With acks it is reported unsent and resent by the caller's
+        # means, as at-least-once allows: the writer sets this from its mode.
+        self.left_is_lost = True
 
     # -- reader side (lock held by the caller) -------------------------------------------
 
@@ -264,6 +272,17 @@ class Buffer:
             self.oldest_pending = None
         return frames
 
+    def mark_left(self, frames: Sequence[Frame]) -> bool:
+        """Mark frames as leaving, just before the writer hands them to a socket; False,
+        marking none, if shutdown has already taken them back (drain_all) to report them
+        unsent: then they must not leave. Under the lock, so the two never overlap."""
+        with self.lock:
+            if any(self._taken.get(id(frame)) is not frame for frame in frames):
+                return False
+            for frame in frames:
+                frame.left = True
+            return True
+
     def release(self, frames: Sequence[Frame]) -> None:
         """The writer is done with these frames: the peer took them, or they were given up."""
         with self.lock:
@@ -370,10 +389,22 @@ class Buffer:
             return True
 
     def drain_all(self) -> tuple[int, int, list[Frame]]:
-        """Remove everything held (once the writer is gone): records, bytes and frames."""
+        """Remove everything held (once the writer is gone or given up on): the records,
+        bytes and frames that never left this process.
+
+        Frames that left (a writer slow to stop may be writing them now) are dropped from
+        the buffer but not returned: they may arrive, so they must not be handed to
+        ``on_unsent`` or counted unsent; the ledger counts them possibly lost. With acks
+        (``left_is_lost`` false) they are returned like the rest.
+        """
         with self.lock:
             records, nbytes = self.held_records, self.held_bytes
             frames = [*self._taken.values(), *self._ready, *self._gathering.values()]
+            if self.left_is_lost:
+                gone = [f for f in frames if f.left]
+                frames = [f for f in frames if not f.left]
+                records -= sum(f.records for f in gone)
+                nbytes -= sum(f.entry_bytes for f in gone)
             self._gathering.clear()
             self._ready.clear()
             self._taken.clear()

@@ -278,6 +278,19 @@ class Connection:
                 pass
         self.close()
 
+    def half_close(self) -> bool:
+        """Send our FIN after the bytes written, keeping the socket open for reading;
+        whether that was done. TLS has no half-close (a close_notify would end the
+        session both ways): there nothing is sent and the caller only stops writing."""
+        sock = self.sock
+        if sock is None or self._tls:
+            return False
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return False
+        return True
+
     def close(self) -> None:
         sock, self.sock = self.sock, None
         if sock is not None:

@@ -78,6 +78,36 @@ def _port(port: object, spec: object) -> int:
 ServerSpec = Union[Server, str, tuple[str, int]]
 
 
+class Retiring:
+    """A failed connection (without acks) left to finish on its own.
+
+    Its frames were written whole and never go out again, but a server that merely paused
+    may still read them and ack their markers. Closing the socket would make our kernel
+    answer those acks with a reset, and the server's kernel would then discard the rest.
+    So the socket stays open, half-closed for writing where the transport allows, and the
+    writer keeps reading it. Only counts are kept: the frames' bytes left the buffer.
+    """
+
+    __slots__ = ("conn", "unproven", "until", "half_closed")
+
+    def __init__(
+        self, conn: Connection, unproven: deque[tuple[int, int, str | None]], until: float,
+        *, half_closed: bool,
+    ) -> None:
+        self.conn = conn
+        # The frames not yet proven read: (stream offset where each ends, its records,
+        # its chunk id), oldest first.
+        self.unproven = unproven
+        # When to stop waiting: what is still unproven then is possibly lost.
+        self.until = until
+        # Our FIN went after the last frame, so a FIN back proves the server read them all.
+        self.half_closed = half_closed
+
+    @property
+    def records(self) -> int:
+        return sum(n for _, n, _ in self.unproven)
+
+
 class Link:
     def __init__(
         self, server: Server, backoff: Backoff, security: Security, *, dns_refresh: bool
@@ -101,6 +131,9 @@ class Link:
         # it does, or until it let a wait for one run out.
         self.answers_markers: bool | None = None
         self.unsettled_since = 0.0
+        # Failed connections still being read for the acks of their markers, oldest
+        # first (without acks only; see Retiring). The writer keeps at most a few.
+        self.retiring: deque[Retiring] = deque()
         self.confirmed = 0
         # Frames written on the current connection: a server that closes after one event
         # frame (keepalive off in its HELO) must never get a second.

@@ -22,9 +22,21 @@ confirms it:
   one) settles that frame and all before it. Nothing else waits on those acks: a frame
   is never sent again for want of one. For a server that never acks, two weaker proofs
   remain: more bytes than any receive buffer holds taken after a frame, or the server
-  answering our closing FIN with its own. So what a failed connection counts as possibly
-  lost is what the server had taken but not yet said it read: against a server that
-  acks, the frames of the last moments before it went away.
+  answering our closing FIN with its own.
+
+  A failed connection holding frames not yet proven read is not closed but *retired*
+  (:class:`~._pool.Retiring`): half-closed where the transport allows (not TLS), kept
+  open and read by this thread like a live one, so that a server that merely paused
+  still reads them and its marker acks settle them as sent. Closing it would lose most
+  of them: our kernel answers the resumed server's first ack with a reset, and the
+  server's kernel discards what it had not read. Its records stay written (live) while
+  it retires, held as counts only; what it has not proven read when the server closes
+  it, when it fails, when its linger (``_MIN_LINGER`` or three write timeouts, whichever
+  is longer) runs out, or at shutdown's deadline counts as ``possibly_lost``. At most
+  ``_MAX_RETIRING`` per server: past it the oldest ends early. So what a failed
+  connection counts as possibly lost is what the server had taken but not yet said it
+  read by then: against a server that acks, the frames of the last moments before it
+  went away.
 
 The loop fits on a screen: tend the links (read acks, confirm, settle, close idle ones),
 wait for work on the buffer's Condition, write. Socket I/O never happens with the lock
@@ -36,6 +48,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from ._buffer import Buffer, Frame
@@ -43,7 +56,7 @@ from ._connection import Connection, ConnectionLost, SendError
 from ._ledger import Ledger
 from ._lifecycle import Lifecycle, thread_failed
 from ._options import TransportOptions
-from ._pool import Link
+from ._pool import Link, Retiring
 from ._sender import Sender, is_refusal
 from .errors import AuthenticationError, FluentError, PossiblyLostError
 from .framing import FrameBuilder
@@ -58,6 +71,13 @@ _POLL = 0.005
 _FIRST_MARKER_WAIT = 2.0
 # How often an idle writer reads the acks of markers still due.
 _MARKER_POLL = 0.05
+# How long a failed connection is left to finish on its own (see Retiring): at least this,
+# or three write timeouts if longer. A server that paused (a blocked input thread, a long
+# garbage collection) and resumes within it still reads and acks what it holds.
+_MIN_LINGER = 30.0
+# Failed connections kept retiring per server; past it the oldest is closed. A server
+# that keeps stalling costs a few sockets, never one per failure.
+_MAX_RETIRING = 2
 # What a TCP receiver may hold unread when its own settings are unknown (Linux's default
 # maximum receive buffer).
 _DEFAULT_PEER_WINDOW = 6 * 1024 * 1024
@@ -114,6 +134,10 @@ class Writer:
         self._keepalive_timeout = transport.keepalive_timeout
         self._report = report
         self._settle_distance = _PEER_WINDOW
+        self._linger = max(_MIN_LINGER, 3 * self._write_timeout)
+        # Without acks a frame that has left may arrive: if shutdown gives up on this
+        # thread, such a frame is possibly lost, never unsent (see Buffer.drain_all).
+        buf.left_is_lost = not self._require_ack
         self.thread = threading.Thread(target=self._run, name="fluentclient-writer", daemon=True)
 
     # -- the loop ------------------------------------------------------------------------
@@ -144,16 +168,17 @@ class Writer:
                 due = buf.due_in(now, self._flush_interval)
                 in_flight = any(link.unconfirmed for link in self.links)
                 awaiting = any(self._awaits_markers(link, now) for link in self.links)
+                retiring = any(link.retiring for link in self.links)
                 if life.drain_deadline is not None:
                     if now >= life.drain_deadline:
                         return None
                     if due is not None:
                         due = 0.0
-                    elif life.reader_done and not in_flight:
+                    elif life.reader_done and not in_flight and not retiring:
                         return None
                 if due == 0.0:
                     return buf.take_locked(self._max_write)
-                if in_flight or awaiting:
+                if in_flight or awaiting or retiring:
                     # Look at the links again soon: for confirmations, or to read the
                     # acks of markers (an idle writer would otherwise never read them).
                     poll = _POLL if in_flight else _MARKER_POLL
@@ -242,6 +267,13 @@ class Writer:
         data = b"".join(f.data for f in frames)
         start = conn.bytes_written
         link.load += len(data) / link.server.weight
+        # Counted written and marked before the first byte goes: a shutdown that gives up
+        # on this thread stuck in the send finds them possibly lost, not unsent. If it
+        # took them back first, they are reported unsent and must not go (the ledger,
+        # finding them held, counts them unsent).
+        self._ledger.write(sum(f.records for f in frames), frames=0, nbytes=0)
+        if not self._buffer.mark_left(frames):
+            return False
         try:
             conn.send(data, self._deadline(self._write_timeout))
         except SendError as exc:
@@ -254,16 +286,20 @@ class Writer:
                     break
                 written.append(frame)
             self._track(link, written, start)
-            # On the wire, but not counted as frames sent: the write as a whole failed.
-            self._ledger.write(sum(f.records for f in written), frames=0, nbytes=0)
-            self._link_failed(link, str(exc), pending=frames[len(written):] + rest)
+            # The rest never left whole: at most the head of one, which no server decodes.
+            cut = frames[len(written):]
+            for frame in cut:
+                frame.left = False
+            self._ledger.requeue(sum(f.records for f in cut), retried=False)
+            self._link_failed(link, str(exc), pending=cut + rest)
             return False
         self._track(link, frames, start)
         # Written is not delivered: the backoff starts over only once the server proves
         # it took them (an ack, or its kernel's confirmation), so that a server cutting
         # every connection cannot spend a frame's retries in a burst of quick reconnects.
         self._sender.wrote(link, len(frames), proven=False)
-        self._ledger.write(sum(f.records for f in frames), frames=len(frames), nbytes=len(data))
+        # The records were counted above; the frames and bytes only now the write is whole.
+        self._ledger.write(0, frames=len(frames), nbytes=len(data))
         # A server that closes after one frame (keepalive off) is left to _tend, which
         # closes the connection once the frame is confirmed: closing now would cut it.
         return True
@@ -357,6 +393,8 @@ class Writer:
     # -- confirmation and failure --------------------------------------------------------
 
     def _tend(self, link: Link) -> None:
+        if link.retiring:
+            self._tend_retiring(link)
         conn = link.conn
         if conn is None:
             return
@@ -446,15 +484,23 @@ class Writer:
         elif now - link.progress_at > self._write_timeout:
             self._link_failed(link, f"the server took nothing for {self._write_timeout:g} s")
 
-    def _take_late_markers(self, link: Link, conn: Connection) -> None:
-        """Acks of markers that came before the connection failed still prove delivery."""
+    def _take_late_markers(self, link: Link, conn: Connection) -> AuthenticationError | None:
+        """Acks of markers that came before the connection failed still prove delivery.
+
+        Returns the refusal if the server sent HELO unasked meanwhile: it wants the
+        handshake, and that must be said, not lost with the connection.
+        """
         try:
-            replies = conn.read_available() if conn.sock is not None else []
+            replies = (conn.refuse_if_helo(conn.read_available())
+                       if conn.sock is not None else [])
+        except AuthenticationError as exc:
+            return exc
         except ConnectionLost:
-            return
+            return None
         for reply in replies:
             if not self._marker_acked(link, reply):
-                return
+                return None
+        return None
 
     def _take_acked(self, link: Link, conn: Connection) -> None:
         """Frames the peer's TCP acknowledged before the connection died are not sent
@@ -540,7 +586,8 @@ class Writer:
         a server cannot decode half a frame whose rest never follows. The frames wholly
         written differ by mode. Without acks nothing can prove that the server did not
         get them (they may be in flight, or in its queue, however the socket is closed),
-        so they count as possibly lost and are never sent again. (Linux's SIOCOUTQNSD
+        so they are never sent again: the connection retires (see _retire) until the
+        server proves it read them, or they count as possibly lost. (Linux's SIOCOUTQNSD
         tells how much of the queue was never sent, but the kernel may send more between
         that reading and the reset, so it cannot prove a byte will not arrive.) With acks
         they are sent again, as at-least-once allows, up to ``ack_retry_limit`` attempts.
@@ -548,7 +595,13 @@ class Writer:
         A ``refusal`` (the server will not take our frames until the configuration
         changes) always backs off, the longest delay, even with nothing in flight.
         """
+        if link.conn is not None and not self._require_ack and refusal is None:
+            helo = self._take_late_markers(link, link.conn)
+            if helo is not None:
+                self._refused_after_connect(link, helo, pending)
+                return
         conn, link.conn = link.conn, None
+        retired = 0
         if conn is not None:
             if not self._require_ack:
                 self._take_late_markers(link, conn)
@@ -560,13 +613,24 @@ class Writer:
             else:
                 # Without acks nothing wholly written is sent again, and of ``pending``
                 # at most the head of one frame went out, which no server can decode
-                # alone: a plain close lets the kernel deliver what it holds (possibly
-                # lost frames, which a server that resumes reading then gets).
-                conn.close()
+                # alone. The connection is left to finish on its own if it holds frames
+                # not proven read; otherwise a plain close.
+                retired = self._retire(link, conn) if refusal is None else 0
+                if not retired:
+                    conn.close()
         if pending:
             self._buffer.requeue(pending)
         if refusal is not None:
             link.failed(reason, backoff_to_max=True, error=refusal)
+        if retired:
+            link.failed(reason)
+            self._ledger.connection_failed()
+            log.warning(
+                "fluentclient: connection to %s failed: %s; %d records written to it are "
+                "left to the server there for up to %g s (possibly lost if it never "
+                "reads them)", link.name, reason, retired, self._linger,
+            )
+            return
         if not link.unconfirmed and not link.unsettled:
             # A server closing an idle connection owes us nothing: reconnect when needed,
             # without counting a failure or backing off.
@@ -604,11 +668,16 @@ class Writer:
         if given_up:
             self._give_up(given_up)
 
-    def _refused_after_connect(self, link: Link, exc: FluentError) -> None:
+    def _refused_after_connect(
+        self, link: Link, exc: FluentError, pending: list[Frame] | None = None
+    ) -> None:
         """The server refused us on a connection that was up: an unasked HELO. Reported
         like a refused handshake: once until the reason changes, then the longest backoff."""
         news = link.last_error != str(exc)
-        self._link_failed(link, str(exc), refusal=exc)
+        self._link_failed(link, str(exc), pending, refusal=exc)
+        self._tell_refusal(exc, news)
+
+    def _tell_refusal(self, exc: FluentError, news: bool) -> None:
         if news:
             log.error("fluentclient: %s; retrying with backoff (logged again only if the "
                       "reason changes)", exc)
@@ -685,6 +754,11 @@ class Writer:
 
     def _finish(self) -> None:
         for link in self.links:
+            # Shutdown's deadline has come (or it gave up): what a retiring connection
+            # has not proven read by now is possibly lost, never unsent.
+            self._tend_retiring(link)
+            while link.retiring:
+                self._end_retiring(link, link.retiring[0], "the client is shutting down")
             if not self._require_ack and link.conn is not None:
                 # Acks of markers already here prove some of them read: sent, not lost.
                 self._read_markers(link)
@@ -700,6 +774,112 @@ class Writer:
             if link.unconfirmed:
                 self._ledger.requeue(sum(f.records for _, f in link.unconfirmed), retried=False)
             link.unconfirmed.clear()
+
+    # -- retiring connections (without acks) ------------------------------------------
+
+    def _retire(self, link: Link, conn: Connection) -> int:
+        """Leave a failed connection to finish on its own; the records it holds (0: it
+        holds none, or cannot finish, and the caller closes it).
+
+        Its frames not proven read are written whole and never go out again. Closed now,
+        they would mostly be lost even if the server resumes: it acks their markers, our
+        kernel answers those acks to a closed socket with a reset, and the server's kernel
+        then drops the rest. Left open and read (see _tend_retiring) they settle as on a
+        live connection. Only their counts are kept: their bytes leave the buffer, so a
+        server that stalls does not eat the buffer's limit twice.
+        """
+        if conn.sock is None or conn.eof or self._cut_short():
+            return 0
+        unproven: deque[tuple[int, int, str | None]] = deque(link.unsettled)
+        unproven.extend((end, frame.records, frame.chunk) for end, frame in link.unconfirmed)
+        if not unproven:
+            return 0
+        frames = [frame for _, frame in link.unconfirmed]
+        link.unsettled.clear()
+        link.unconfirmed.clear()
+        self._buffer.release(frames)
+        while len(link.retiring) >= _MAX_RETIRING:
+            self._end_retiring(link, link.retiring[0], "too many failed connections")
+        # Our FIN after the last frame: a server that reads everything answers with its
+        # own, which proves it did. TLS cannot half-close; there we only stop writing.
+        half = conn.half_close()
+        until = time.monotonic() + self._linger
+        drain = self._life.drain_deadline
+        if drain is not None:
+            until = min(until, drain)
+        link.retiring.append(Retiring(conn, unproven, until, half_closed=half))
+        return sum(n for _, n, _ in unproven)
+
+    def _tend_retiring(self, link: Link) -> None:
+        """Read the retiring connections; end those done, failed or out of time."""
+        now = time.monotonic()
+        for old in list(link.retiring):
+            self._read_retiring(link, old)
+            conn = old.conn
+            if not old.unproven:
+                self._end_retiring(link, old, "")
+            elif conn.eof:
+                # A FIN answering ours comes only after the server read all before it; a
+                # reset, or a FIN before ours, proves nothing of what was in flight.
+                clean = old.half_closed and conn.lost is None
+                self._end_retiring(link, old, conn.lost or "the server closed it",
+                                   read_all=clean)
+            elif now >= old.until:
+                drain = self._life.drain_deadline
+                why = ("shutdown's deadline came" if drain is not None and now >= drain
+                       else f"not read within {self._linger:g} s")
+                self._end_retiring(link, old, why)
+
+    def _read_retiring(self, link: Link, old: Retiring) -> None:
+        """Settle the frames whose markers the server acked (each ack proves all before)."""
+        conn = old.conn
+        if conn.sock is None or conn.eof:
+            return
+        try:
+            replies = self._sender.replies(conn)
+        except AuthenticationError as exc:
+            # An unasked HELO: the server discards our frames until we do the handshake.
+            conn.eof, conn.lost = True, str(exc)
+            news = link.last_error != str(exc)
+            link.failed(str(exc), backoff_to_max=True, error=exc)
+            self._tell_refusal(exc, news)
+            return
+        except ConnectionLost as exc:
+            conn.eof, conn.lost = True, str(exc)
+            return
+        settled = 0
+        for reply in replies:
+            chunk = reply.get("ack") if isinstance(reply, dict) else None
+            if not isinstance(chunk, str):
+                continue
+            for i, (_, _, marker) in enumerate(old.unproven):
+                if marker == chunk:
+                    settled += sum(old.unproven.popleft()[1] for _ in range(i + 1))
+                    break
+        if settled:
+            # The server reads again: the next outage starts from the first delay.
+            link.answers_markers = True
+            link.progressed()
+            self._ledger.send(settled)
+
+    def _end_retiring(
+        self, link: Link, old: Retiring, reason: str, *, read_all: bool = False
+    ) -> None:
+        """Close a retiring connection; what it did not prove read is possibly lost
+        (sent if ``read_all``). A plain close: the kernel may still deliver it."""
+        self._read_retiring(link, old)
+        link.retiring.remove(old)
+        old.conn.close()
+        records = old.records
+        old.unproven.clear()
+        if not records:
+            return
+        if read_all:
+            self._ledger.send(records)
+            return
+        self._ledger.lose(records)
+        log.warning("fluentclient: %d records written to %s before its connection failed "
+                    "were not proven read (%s); possibly lost", records, link.name, reason)
 
     def _lose_unconfirmed(self, link: Link) -> int:
         """The link's written, unconfirmed frames are possibly lost; how many records."""

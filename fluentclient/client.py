@@ -858,6 +858,9 @@ class BufferedClient(_Client):
             conn, link.conn = link.conn, None
             if conn is not None:
                 conn.close()
+            # The parent's failed connections still finishing (see Writer._retire) too.
+            while link.retiring:
+                link.retiring.popleft().conn.close()
 
     def _drain_at_exit(self) -> None:
         """The end of the process: send what is held, unless nothing ever could be."""
