@@ -97,6 +97,8 @@ def main() -> int:
         seed = None
         if failures and args.stop:
             break
+    print("what the examples ran into: " + ", ".join(
+        f"{name} {n}" for name, n in sorted(test_model.seen.items())), flush=True)
     print(f"{runs} runs, {test_model.steps_run} steps, {failures} failed", flush=True)
     return 1 if failures else 0
 
