@@ -22,8 +22,11 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -49,6 +52,7 @@ from fluentclient.message import Message
 from fluentclient.server import ForwardServer
 from fluentclient.stats import ShutdownReport, Stats, UnsentRecord
 
+from .subproc import ROOT
 from .waiting import wait_until
 
 
@@ -917,3 +921,15 @@ ClientModel.TestCase.settings = MODEL_SETTINGS
 @pytest.mark.skipif(os.name != "posix", reason="the embedded server's faults need POSIX")
 def test_the_model_holds() -> None:
     ClientModel.TestCase().runTest()
+
+
+def test_the_soak_runner_runs_the_model_and_reports_its_steps() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "model_soak.py"), "--minutes", "0.01",
+         "--examples", "2", "--steps", "4"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    last = out.stdout.strip().splitlines()[-1]
+    found = re.fullmatch(r"(\d+) runs, (\d+) steps, 0 failed", last)
+    assert found and int(found[1]) >= 1 and int(found[2]) >= 1, out.stdout
