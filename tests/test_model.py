@@ -421,6 +421,24 @@ class ClientModel(RuleBasedStateMachine):
             self.post_one(MAIN_TAG, {"id": self.new_id(), "pad": "x" * pad})
 
     @precondition(lambda self: not self.closed)
+    @rule(n=st.sampled_from([2000, 5000]))
+    @_traced
+    def post_burst(self, n: int) -> None:
+        """Megabytes at once: enough to fill the kernel's buffers when the server is
+        stalled, so that the writer's own timeouts come into play."""
+        for _ in range(n):
+            self.post_one(MAIN_TAG, {"id": self.new_id(), "pad": "y" * 1000})
+
+    @precondition(lambda self: not self.closed)
+    @rule(seconds=st.sampled_from([0.1, 0.7, 1.6]))
+    @_traced
+    def let_time_pass(self, seconds: float) -> None:
+        """Time is part of the model: flush intervals, ack and write timeouts (0.5 and
+        1 s here) and backoffs fire while nothing else happens. Nothing is checked
+        after the wait that the wait would have to make true."""
+        threading.Event().wait(seconds)
+
+    @precondition(lambda self: not self.closed)
     @rule(value=odd_values, ack=st.booleans())
     @_traced
     def post_odd_record(self, value: Any, ack: bool) -> None:
@@ -616,7 +634,8 @@ class ClientModel(RuleBasedStateMachine):
                 s = self.client.stats()
                 out = {"taken": taken, "sent": report.sent, "unsent": report.unsent_records,
                        "lost": report.possibly_lost, "dropped": sum(report.dropped.values()),
-                       "posted": s.posted, "reasons": dict(report.dropped)}
+                       "posted": s.posted, "replayed": s.replayed,
+                       "reasons": dict(report.dropped)}
                 status = 0
             except BaseException as exc:  # noqa: BLE001 - told to the parent
                 out = {"error": repr(exc)[:2000]}
@@ -649,7 +668,10 @@ class ClientModel(RuleBasedStateMachine):
         assert os.WIFEXITED(result["status"]) and os.WEXITSTATUS(result["status"]) == 0, (
             f"the child failed: status {result['status']}, said {said}")
         assert said["posted"] == n, said
-        assert said["sent"] + said["unsent"] + said["lost"] + said["dropped"] == n, said
+        # A child with a spool takes over what an earlier child left there (replayed).
+        assert said["sent"] + said["unsent"] + said["lost"] + said["dropped"] == (
+            n + said["replayed"]), said
+        assert not said["replayed"] or self.variant == "spool", said
         said["ids"] = ids
         self.children.append(said)
         seen["fork"] += 1
@@ -864,7 +886,8 @@ class ClientModel(RuleBasedStateMachine):
             later.close()
         s = later.stats()
         seen["replayed"] += 1
-        assert s.replayed == spooled, (s, spooled)
+        # Children forked with the spool leave theirs there too.
+        assert s.replayed == spooled or (self.children and s.replayed > spooled), (s, spooled)
         assert replay.complete, replay
         assert wait_until(lambda: self.server.open_connections == 0, ARRIVAL_WAIT)
         after = self.arrivals()
@@ -908,24 +931,36 @@ class ClientModel(RuleBasedStateMachine):
                     f"arrived first, at event {first[b]} before {first[a]}")
 
     def _check_children(self, arrived: Counter[int]) -> None:
+        """The children's records, all together: a child with a spool sends what an
+        earlier one left there, so one child's counts may cover another's records."""
+        ids = [rid for child in self.children for rid in child["ids"]]
+        if not ids:
+            return
+        total = Counter[str]()
         for child in self.children:
-            got = {rid for rid in child["ids"] if rid in arrived}
-            assert len(got) >= child["sent"], (child, len(got))
-            # With acks, a record given up (not_acked) or unsent may have arrived: the
-            # server took it and its ack never came back.
-            maybe = child["lost"] + (
-                child["unsent"] + child["reasons"].get("not_acked", 0)
-                if self.variant == "ack" else 0)
-            assert len(got) <= child["sent"] + maybe, (child, got)
-            twice = [rid for rid in child["ids"] if arrived.get(rid, 0) > 1]
-            assert not twice or child["lost"] or self.variant == "ack", (child, twice)
+            for name in ("sent", "lost", "unsent", "dropped"):
+                total[name] += child[name]
+            total["not_acked"] += child["reasons"].get("not_acked", 0)
+        got = {rid for rid in ids if rid in arrived}
+        assert len(got) >= total["sent"], (total, len(got))
+        # With acks, a record given up (not_acked) or unsent may have arrived: the server
+        # took it and its ack never came back. With a spool, what a child left unsent
+        # is sent by the next client on it.
+        maybe = total["lost"]
+        if self.variant == "ack":
+            maybe += total["unsent"] + total["not_acked"]
+        elif self.variant == "spool":
+            maybe += total["unsent"]
+        assert len(got) <= total["sent"] + maybe, (total, len(got))
+        twice = [rid for rid in ids if arrived.get(rid, 0) > 1]
+        assert not twice or total["lost"] or self.variant == "ack", (total, twice[:5])
 
 
 # CI's budget: a fixed, small one (about a minute on a loaded 2-core machine). The soak
 # runner (benchmarks/model_soak.py) runs the same machine without these bounds.
 settings.register_profile(
     "model-ci",
-    max_examples=int(os.environ.get("MODEL_EXAMPLES", "30")),
+    max_examples=int(os.environ.get("MODEL_EXAMPLES", "50")),
     stateful_step_count=int(os.environ.get("MODEL_STEPS", "25")),
     deadline=None,
     derandomize=True,
