@@ -33,6 +33,8 @@ SMOKED = {
     "forward_sink.py": "test_forward_sink_counts_what_it_is_sent",
     "soak.py": "tests/test_scenario_benchmarks.py::test_a_short_soak_prints_its_table_and_"
                "counts_every_record",
+    "model_soak.py": "tests/test_model.py::test_the_soak_runner_runs_the_model_and_reports_"
+                     "its_steps",
 }
 
 
