@@ -456,7 +456,9 @@ class BufferedClient(_Client):
         if life.phase is not RUNNING and life.phase is not NEW:
             queued = self._refuse(DROP_CLOSED, self._closed_error(), msg, sync_append)
             return queued if delivery is None else delivery
-        if self._reporting.active() and self._admission.own_thread():
+        reporting = self._reporting
+        # ``busy`` first, as in post(): nearly always 0, and then not even a call is due.
+        if reporting.busy and reporting.active() and self._admission.own_thread():
             # Posted while our reader or writer reports an error (an on_error that logs
             # to a handler of this client): queued, it would come back to the same
             # thread, perhaps to be dropped and reported again, without end.
