@@ -46,7 +46,10 @@ class Reporting:
 
     def active(self) -> bool:
         """Whether this thread is reporting for the client now."""
-        return getattr(self._inside, "depth", 0) > 0
+        # ``busy`` first: it is 0 nearly always, and then no thread is reporting. Looking
+        # into the thread-local costs far more (for a thread that never reported, Python
+        # builds and discards an AttributeError), and every post() with a time asks this.
+        return self.busy > 0 and getattr(self._inside, "depth", 0) > 0
 
     def silence(self) -> bool:
         """Count one report left unsaid; True only for the first (to be said once)."""
@@ -62,10 +65,13 @@ class Reporting:
 
     def __enter__(self) -> None:
         depth = getattr(self._inside, "depth", 0)
-        self._inside.depth = depth + 1
+        # Counted busy before marked inside, and unmarked before uncounted (in __exit__):
+        # so ``busy`` is never 0 while a thread is inside, even to a signal handler that
+        # runs between the two steps, and active() may look at it first.
         if depth == 0:
             with self._lock:
                 self.busy += 1
+        self._inside.depth = depth + 1
 
     def __exit__(
         self,
