@@ -631,9 +631,11 @@ class Writer:
                 "reads them)", link.name, reason, retired, self._linger,
             )
             return
-        if not link.unconfirmed and not link.unsettled:
+        if not link.unconfirmed and not link.unsettled and not pending:
             # A server closing an idle connection owes us nothing: reconnect when needed,
-            # without counting a failure or backing off.
+            # without counting a failure or backing off. A connection that failed while
+            # its first frame was going out was not idle: a server too stuck to take one
+            # frame whole must not be reconnected to at every write_timeout, uncounted.
             log.debug("fluentclient: %s closed an idle connection: %s", link.name, reason)
             return
         written_lost = 0

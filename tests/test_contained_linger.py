@@ -336,3 +336,25 @@ def test_a_forked_child_closes_its_copy_of_a_retiring_socket(fluent_server):
         fluent_server.stall(False)
     assert result.returncode == 0, result.describe()
     assert result.lines("CHILD")[0][1:] == ["0"], result.describe()
+
+
+def test_a_first_frame_the_server_never_takes_whole_counts_a_failure_and_backs_off(
+        tmp_path):
+    # A frame far larger than a Unix socket's buffers, to a server that reads nothing: it
+    # is never wholly written, so the connection times out with nothing confirmed or
+    # unsettled. That is a failure, not a server closing an idle connection: counted,
+    # and the reconnects spaced by the backoff (once taken for idle, they came every
+    # write_timeout, uncounted).
+    with ForwardServer(unix_path=str(tmp_path / "fwd.sock")) as server:
+        server.stall(True)
+        client = BufferedClient(unix_path=server.unix_path, write_timeout=0.3,
+                                backoff=FAST_BACKOFF, at_exit=False,
+                                max_frame_size=4 << 20, buffer_limit=64 << 20)
+        try:
+            for i in range(2000):
+                client.post("linger", {"i": i, "pad": PAD * 10})
+            assert wait_until(lambda: client.stats().connection_failures >= 1, 30), \
+                client.stats()
+        finally:
+            client.close()
+    _books_balance(client)
