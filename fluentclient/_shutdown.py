@@ -81,9 +81,11 @@ class Ending:
         for thread in (self._reader.thread, self._writer.thread):
             thread.join(max(0.0, deadline - time.monotonic()))
         # Clean means drained, not merely stopped: at the deadline the writer stops on its
-        # own, and may be gone just before the join gives up waiting for it.
+        # own, and may be gone just before the join gives up waiting for it, having counted
+        # what it held as possibly lost (so the buffer is empty): it says it was cut short.
         clean = (
-            not self._writer.thread.is_alive()
+            not self._writer.cut_short
+            and not self._writer.thread.is_alive()
             and not self._reader.thread.is_alive()
             and buf.held_records == 0
             and not any(isinstance(item, Message) for item in self._queue)

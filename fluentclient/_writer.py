@@ -135,6 +135,9 @@ class Writer:
         self._report = report
         self._settle_distance = _PEER_WINDOW
         self._linger = max(_MIN_LINGER, 3 * self._write_timeout)
+        # Set when shutdown's deadline stopped this thread with work left: the drain timed
+        # out, even if the thread is gone (and the buffer empty) by the time shutdown looks.
+        self.cut_short = False
         # Without acks a frame that has left may arrive: if shutdown gives up on this
         # thread, such a frame is possibly lost, never unsent (see Buffer.drain_all).
         buf.left_is_lost = not self._require_ack
@@ -171,6 +174,9 @@ class Writer:
                 retiring = any(link.retiring for link in self.links)
                 if life.drain_deadline is not None:
                     if now >= life.drain_deadline:
+                        self.cut_short = bool(
+                            in_flight or retiring or due is not None or buf.held_records
+                            or not life.reader_done)
                         return None
                     if due is not None:
                         due = 0.0

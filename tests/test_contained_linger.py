@@ -358,3 +358,24 @@ def test_a_first_frame_the_server_never_takes_whole_counts_a_failure_and_backs_o
         finally:
             client.close()
     _books_balance(client)
+
+
+def test_a_drain_cut_by_its_deadline_times_out_even_if_the_writer_is_gone_when_looked_at():
+    # Without acks, the writer stopped by the deadline counts what it wrote to a stuck
+    # server as possibly lost and empties the buffer. On a loaded machine shutdown's join
+    # can return only after that, and then found nothing held: a drain that delivered
+    # nothing was reported as not timed out. The join here returns late on purpose.
+    with ForwardServer() as server:
+        server.stall(True)
+        client = BufferedClient(server.host, server.port, at_exit=False, write_timeout=30,
+                                buffer_limit=1 << 20, backoff=FAST_BACKOFF)
+        for i in range(2000):
+            client.post("linger", {"i": i, "pad": PAD})
+        assert wait_until(lambda: client.stats().frames_sent > 0, 20), client.stats()
+        writer = client._writer.thread
+        writer.join = lambda timeout=None: threading.Thread.join(writer, 20)  # type: ignore
+        report = client.shutdown(0.3)
+        server.stall(False)
+    assert report.timed_out, report
+    assert report.possibly_lost + report.unsent_records > 0, report
+    _books_balance(client)
