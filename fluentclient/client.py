@@ -244,7 +244,9 @@ class BufferedClient(_Client):
         # finalizer be made then: it imports).
         if not sys.is_finalizing():
             finalizer = weakref.finalize(self, _forgotten, self._core)
-            finalizer.atexit = False
+            # Not at exit: the at-exit hook drains what is alive then. (A property at run
+            # time; the type stubs for Python 3.9 do not list it, hence setattr.)
+            setattr(finalizer, "atexit", False)  # noqa: B010
         _process.live_clients.add(self)
         if at_exit:
             _process.register_at_exit(self)

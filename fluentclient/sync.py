@@ -127,7 +127,9 @@ class SyncClient(Client):
         # one made while the interpreter finalizes (a finalizer cannot be made then).
         if not sys.is_finalizing():
             finalizer = weakref.finalize(self, _forgotten, self._links)
-            finalizer.atexit = False
+            # Not at exit, as said above. (A property at run time; the type stubs for
+            # Python 3.9 do not list it, hence setattr.)
+            setattr(finalizer, "atexit", False)  # noqa: B010
 
     def _after_fork_in_child(self) -> None:
         # The parent's connections are the parent's: writing on them would interleave
