@@ -104,6 +104,9 @@ class Buffer:
         self._gathering: dict[str, Frame] = {}
         self._ready: deque[Frame] = deque()
         self._taken: dict[int, Frame] = {}
+        # Frames written to a failed connection that may still come back (set_aside): not
+        # counted against the limit, but kept for the spool and for restore().
+        self._aside: dict[int, Frame] = {}
         self._payload_limits: dict[str, int] = {}
         # Bytes and records not yet taken by the writer ("pending") and all held ("held").
         self.pending_bytes = 0
@@ -290,9 +293,38 @@ class Buffer:
                 if self._taken.pop(id(frame), None) is not None:
                     self.held_bytes -= frame.entry_bytes
                     self.held_records -= frame.records
+                else:
+                    self._aside.pop(id(frame), None)
             self._after_progress()
         if self.on_release is not None and frames:
             self.on_release(frames)
+
+    def set_aside(self, frames: Sequence[Frame]) -> None:
+        """Stop counting frames the writer holds on a failed connection against the limit,
+        without releasing them: they may yet come back (:meth:`restore`), so the spool
+        keeps them until they are released."""
+        with self.lock:
+            for frame in frames:
+                if self._taken.pop(id(frame), None) is not None:
+                    self._aside[id(frame)] = frame
+                    self.held_bytes -= frame.entry_bytes
+                    self.held_records -= frame.records
+            self._after_progress()
+
+    def restore(self, frames: Sequence[Frame]) -> None:
+        """Put frames set aside back, oldest first, to be sent again: they provably never
+        reached the server."""
+        with self.lock:
+            for frame in reversed(frames):
+                if self._aside.pop(id(frame), None) is not None:
+                    frame.left = False
+                    self._ready.appendleft(frame)
+                    self.held_bytes += frame.entry_bytes
+                    self.held_records += frame.records
+                    self.pending_bytes += frame.entry_bytes
+                    self.pending_records += frame.records
+            self.oldest_pending = float("-inf")
+            self._after_progress()
 
     def evict_locked(self, nbytes: int) -> list[Frame]:
         """Remove the oldest frames the writer has not taken, to free ``nbytes`` bytes.
@@ -323,7 +355,8 @@ class Buffer:
     def oldest_held_locked(self) -> int:
         """The lowest record number still held (``next_seq`` when nothing is)."""
         oldest = self.next_seq
-        for frames in (self._taken.values(), self._ready, self._gathering.values()):
+        for frames in (self._taken.values(), self._aside.values(), self._ready,
+                       self._gathering.values()):
             for frame in frames:
                 if frame.first_seq < oldest:
                     oldest = frame.first_seq
@@ -408,6 +441,7 @@ class Buffer:
             self._gathering.clear()
             self._ready.clear()
             self._taken.clear()
+            self._aside.clear()
             self.pending_bytes = self.pending_records = 0
             self.held_bytes = self.held_records = 0
             self.oldest_pending = None

@@ -35,6 +35,7 @@ Address = Union[tuple[str, int], str]
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _SIOCOUTQ = 0x5411  # the same number as TIOCOUTQ on Linux
 _TCP_ESTABLISHED = 1
+_TCP_CLOSE = 7
 # struct tcp_info: 8 one-byte fields, 24 u32, then u64 pacing_rate, max_pacing_rate and
 # bytes_acked (Linux 4.2 and later).
 _BYTES_ACKED_AT = 8 + 24 * 4 + 2 * 8
@@ -510,6 +511,30 @@ class Connection:
             return None
         if len(info) < _BYTES_ACKED_AT + 8:
             return None  # a kernel older than 4.2
+        (acked,) = struct.unpack_from("=Q", info, _BYTES_ACKED_AT)
+        return min(int(acked), self.bytes_written)
+
+    def dead_offset(self) -> int | None:
+        """Once the connection can deliver nothing more, how far the peer's TCP acknowledged
+        our bytes; None while it may still deliver some, or when that cannot be known.
+
+        A connection the peer reset (its process exited with our bytes unread, or it
+        closed and then got more) is done on both sides: our kernel dropped its send queue
+        and the peer's socket is gone, so a byte past this offset can never arrive and may
+        be written again on another connection. Known on Linux for plain TCP only: a Unix
+        socket's bytes are in the server's queue as soon as written, and under TLS the
+        count is of encrypted records. A connection we aborted is never trusted (its end is
+        our doing, not proof that the server stopped reading).
+        """
+        sock = self.sock
+        if sock is None or self._aborted or not self.can_confirm or self._unix:
+            return None
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+        except OSError:
+            return None
+        if len(info) < _BYTES_ACKED_AT + 8 or info[0] != _TCP_CLOSE:
+            return None
         (acked,) = struct.unpack_from("=Q", info, _BYTES_ACKED_AT)
         return min(int(acked), self.bytes_written)
 

@@ -81,27 +81,34 @@ ServerSpec = Union[Server, str, tuple[str, int]]
 class Retiring:
     """A failed connection (without acks) left to finish on its own.
 
-    Its frames were written whole and never go out again, but a server that merely paused
-    may still read them and ack their markers. Closing the socket would make our kernel
-    answer those acks with a reset, and the server's kernel would then discard the rest.
-    So the socket stays open, half-closed for writing where the transport allows, and the
-    writer keeps reading it. Only counts are kept: the frames' bytes left the buffer.
+    Its frames were written whole, and a server that merely paused may still read them and
+    ack their markers. Closing the socket would make our kernel answer those acks with a
+    reset, and the server's kernel would then discard the rest. So the socket stays open,
+    half-closed for writing where the transport allows, and the writer keeps reading it.
+    The frames the peer had not taken stay whole (``tail``, set aside from the buffer's
+    limit): if the server resets the connection before its TCP acknowledges them, they
+    provably never arrived and go out again. Of the rest only counts are kept.
     """
 
-    __slots__ = ("conn", "unproven", "until", "half_closed")
+    __slots__ = ("conn", "unproven", "tail", "until", "half_closed", "eof_until")
 
     def __init__(
-        self, conn: Connection, unproven: deque[tuple[int, int, str | None]], until: float,
-        *, half_closed: bool,
+        self, conn: Connection, unproven: deque[tuple[int, int, str | None]],
+        tail: deque[tuple[int, Frame]], until: float, *, half_closed: bool,
     ) -> None:
         self.conn = conn
         # The frames not yet proven read: (stream offset where each ends, its records,
         # its chunk id), oldest first.
         self.unproven = unproven
+        # Of those, the ones the peer's kernel had not taken: (end offset, frame).
+        self.tail = tail
         # When to stop waiting: what is still unproven then is possibly lost.
         self.until = until
         # Our FIN went after the last frame, so a FIN back proves the server read them all.
         self.half_closed = half_closed
+        # Once the server has closed its side: how long to wait for the reset that proves
+        # the tail never reached it (a closed socket answers our next bytes with one).
+        self.eof_until: float | None = None
 
     @property
     def records(self) -> int:

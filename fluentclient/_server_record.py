@@ -29,6 +29,7 @@ class Recorder:
         self._frames: list[DecodedFrame] = []
         self._errors: list[str] = []
         self._bytes_received = 0
+        self._bytes_unread = 0
         self._connections_accepted = 0
         self._open_connections = 0
         self._acks_sent = 0
@@ -63,6 +64,11 @@ class Recorder:
     def bytes_received(self) -> int:
         with self._cond:
             return self._bytes_received
+
+    @property
+    def bytes_unread(self) -> int:
+        with self._cond:
+            return self._bytes_unread
 
     @property
     def connections_accepted(self) -> int:
@@ -101,6 +107,7 @@ class Recorder:
             self._frames.clear()
             self._errors.clear()
             self._bytes_received = 0
+            self._bytes_unread = 0
             self._connections_accepted = 0
             self._acks_sent = 0
             self._handshakes = 0
@@ -168,7 +175,8 @@ class Recorder:
             self._open_connections += 1
             self._cond.notify_all()
 
-    def connection_closed(self) -> None:
+    def connection_closed(self, unread: int = 0) -> None:
         with self._cond:
             self._open_connections -= 1
+            self._bytes_unread += unread
             self._cond.notify_all()

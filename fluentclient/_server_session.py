@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import selectors
@@ -23,6 +24,7 @@ log = logging.getLogger("fluentclient.server")
 _READ_SIZE = 256 * 1024
 # l_onoff=1, l_linger=0: close() then sends an RST and drops whatever was still queued.
 _LINGER_RESET = struct.pack("ii", 1, 0)
+_SIOCINQ = 0x541B  # FIONREAD
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,7 @@ class Session:
             except (KeyError, ValueError):
                 pass
         self._mask = 0
+        unread = _unread(self.sock)
         if reset or self._env.faults.close_with_reset:
             try:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
@@ -145,7 +148,7 @@ class Session:
                 pass
         self.sock.close()
         self._env.forget(self)
-        self._env.recorder.connection_closed()
+        self._env.recorder.connection_closed(unread)
         log.debug("%s closed%s", self.name, " with a reset" if reset else "")
 
     # -- connecting ---------------------------------------------------------------------
@@ -348,6 +351,17 @@ def _checked_frame(obj: Any) -> DecodedFrame:
     if isinstance(size, int) and not isinstance(size, bool) and size != len(frame.entries):
         raise FrameError(f"option size={size} but the frame holds {len(frame.entries)} entries")
     return frame
+
+
+def _unread(sock: socket.socket) -> int:
+    """Bytes the kernel took for this socket that the server never read (Linux's
+    SIOCINQ): a close with any discards them, and the client's TCP saw them acknowledged."""
+    if isinstance(sock, ssl.SSLSocket) or not hasattr(fcntl, "ioctl"):
+        return 0
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCINQ, b"\0\0\0\0"))[0])
+    except OSError:
+        return 0
 
 
 def _short(text: str, limit: int = 200) -> str:

@@ -75,6 +75,9 @@ _MARKER_POLL = 0.05
 # or three write timeouts if longer. A server that paused (a blocked input thread, a long
 # garbage collection) and resumes within it still reads and acks what it holds.
 _MIN_LINGER = 30.0
+# After a server closed its side of a retiring connection, how long to wait for the reset
+# that proves the frames its TCP had not acknowledged never reached it.
+_RESET_WAIT = 2.0
 # Failed connections kept retiring per server; past it the oldest is closed. A server
 # that keeps stalling costs a few sockets, never one per failure.
 _MAX_RETIRING = 2
@@ -590,13 +593,15 @@ class Writer:
         A connection ends once: nothing requeued here may also leave through the old
         socket. ``pending`` never can: at most the head of its first frame went out, and
         a server cannot decode half a frame whose rest never follows. The frames wholly
-        written differ by mode. Without acks nothing can prove that the server did not
-        get them (they may be in flight, or in its queue, however the socket is closed),
-        so they are never sent again: the connection retires (see _retire) until the
-        server proves it read them, or they count as possibly lost. (Linux's SIOCOUTQNSD
-        tells how much of the queue was never sent, but the kernel may send more between
-        that reading and the reset, so it cannot prove a byte will not arrive.) With acks
-        they are sent again, as at-least-once allows, up to ``ack_retry_limit`` attempts.
+        written differ by mode. Without acks, once the server has reset the connection,
+        those its TCP never acknowledged provably never arrived (``dead_offset``): they
+        are sent again. Otherwise nothing can prove that the server will not get them
+        (they may be in flight, or in its queue, however we close the socket), so they are
+        not sent again: the connection retires (see _retire) until the server proves it
+        read them, resets it, or they count as possibly lost. (Linux's SIOCOUTQNSD tells
+        how much of a live queue was never sent, but the kernel may send more between that
+        reading and our reset, so it cannot prove a byte will not arrive.) With acks they
+        are sent again, as at-least-once allows, up to ``ack_retry_limit`` attempts.
 
         A ``refusal`` (the server will not take our frames until the configuration
         changes) always backs off, the longest delay, even with nothing in flight.
@@ -608,10 +613,13 @@ class Writer:
                 return
         conn, link.conn = link.conn, None
         retired = 0
+        resend = False
         if conn is not None:
             if not self._require_ack:
                 self._take_late_markers(link, conn)
                 self._take_acked(link, conn)
+                # Reset by the server: what its TCP never acknowledged can never arrive.
+                resend = conn.dead_offset() is not None
             if self._require_ack and link.unconfirmed:
                 # Those frames go out again on the next connection: reset, so that our
                 # kernel drops what it holds of them instead of delivering a second copy.
@@ -621,7 +629,8 @@ class Writer:
                 # at most the head of one frame went out, which no server can decode
                 # alone. The connection is left to finish on its own if it holds frames
                 # not proven read; otherwise a plain close.
-                retired = self._retire(link, conn) if refusal is None else 0
+                if refusal is None and not resend:
+                    retired = self._retire(link, conn)
                 if not retired:
                     conn.close()
         if pending:
@@ -645,7 +654,8 @@ class Writer:
             log.debug("fluentclient: %s closed an idle connection: %s", link.name, reason)
             return
         written_lost = 0
-        if not self._require_ack or (link.server.unix_path and self._life.abandoned):
+        if (not self._require_ack and not resend) or (
+                link.server.unix_path and self._life.abandoned):
             written_lost = self._lose_unconfirmed(link)
         lost = sum(n for _, n, _ in link.unsettled)
         link.unsettled.clear()
@@ -653,6 +663,8 @@ class Writer:
         given_up: list[Frame] = []
         for _, frame in link.unconfirmed:
             frame.attempts += 1
+            if resend:
+                frame.left = False  # it never arrived: unsent if it goes no further
             if self._require_ack and frame.attempts > self._ack_retry_limit:
                 given_up.append(frame)
             else:
@@ -796,26 +808,35 @@ class Writer:
         live connection. Only their counts are kept: their bytes leave the buffer, so a
         server that stalls does not eat the buffer's limit twice.
         """
-        if conn.sock is None or conn.eof or self._cut_short():
+        closed = conn.eof
+        if conn.sock is None or self._cut_short() or (closed and not (
+                link.unconfirmed and conn.can_confirm and not link.server.unix_path)):
+            # A server that closed its side proves nothing more by staying connected,
+            # unless a reset may yet follow that proves the tail never reached it.
             return 0
         unproven: deque[tuple[int, int, str | None]] = deque(link.unsettled)
         unproven.extend((end, frame.records, frame.chunk) for end, frame in link.unconfirmed)
         if not unproven:
             return 0
-        frames = [frame for _, frame in link.unconfirmed]
+        tail = deque(link.unconfirmed)
         link.unsettled.clear()
         link.unconfirmed.clear()
-        self._buffer.release(frames)
+        self._buffer.set_aside([frame for _, frame in tail])
         while len(link.retiring) >= _MAX_RETIRING:
             self._end_retiring(link, link.retiring[0], "too many failed connections")
         # Our FIN after the last frame: a server that reads everything answers with its
         # own, which proves it did. TLS cannot half-close; there we only stop writing.
-        half = conn.half_close()
-        until = time.monotonic() + self._linger
+        # After the server's own FIN ours proves nothing, but it hurries the end.
+        half = conn.half_close() and not closed
+        now = time.monotonic()
+        until = now + self._linger
         drain = self._life.drain_deadline
         if drain is not None:
             until = min(until, drain)
-        link.retiring.append(Retiring(conn, unproven, until, half_closed=half))
+        old = Retiring(conn, unproven, tail, until, half_closed=half)
+        link.retiring.append(old)
+        if closed:
+            old.eof_until = now + _RESET_WAIT
         return sum(n for _, n, _ in unproven)
 
     def _tend_retiring(self, link: Link) -> None:
@@ -828,10 +849,18 @@ class Writer:
                 self._end_retiring(link, old, "")
             elif conn.eof:
                 # A FIN answering ours comes only after the server read all before it; a
-                # reset, or a FIN before ours, proves nothing of what was in flight.
+                # reset, or a FIN before ours, proves nothing of what was in flight, but
+                # once reset the connection can deliver nothing past what the server's TCP
+                # acknowledged: that tail goes out again. A FIN before ours is followed by
+                # such a reset when our unacknowledged bytes reach a socket that is gone.
                 clean = old.half_closed and conn.lost is None
+                dead = conn.dead_offset()
+                if old.eof_until is None:
+                    old.eof_until = now + _RESET_WAIT
+                if dead is None and not clean and old.tail and now < old.eof_until:
+                    continue
                 self._end_retiring(link, old, conn.lost or "the server closed it",
-                                   read_all=clean)
+                                   read_all=clean and dead is None, dead=dead)
             elif now >= old.until:
                 drain = self._life.drain_deadline
                 why = ("shutdown's deadline came" if drain is not None and now >= drain
@@ -856,14 +885,20 @@ class Writer:
             conn.eof, conn.lost = True, str(exc)
             return
         settled = 0
+        read_to = -1
         for reply in replies:
             chunk = reply.get("ack") if isinstance(reply, dict) else None
             if not isinstance(chunk, str):
                 continue
-            for i, (_, _, marker) in enumerate(old.unproven):
+            for i, (end, _, marker) in enumerate(old.unproven):
                 if marker == chunk:
                     settled += sum(old.unproven.popleft()[1] for _ in range(i + 1))
+                    read_to = end
                     break
+        done: list[Frame] = []
+        while old.tail and old.tail[0][0] <= read_to:
+            done.append(old.tail.popleft()[1])
+        self._buffer.release(done)
         if settled:
             # The server reads again: the next outage starts from the first delay.
             link.answers_markers = True
@@ -871,13 +906,34 @@ class Writer:
             self._ledger.send(settled)
 
     def _end_retiring(
-        self, link: Link, old: Retiring, reason: str, *, read_all: bool = False
+        self, link: Link, old: Retiring, reason: str, *, read_all: bool = False,
+        dead: int | None = None,
     ) -> None:
         """Close a retiring connection; what it did not prove read is possibly lost
-        (sent if ``read_all``). A plain close: the kernel may still deliver it."""
+        (sent if ``read_all``), but frames past ``dead``, where the server's TCP stopped
+        acknowledging a connection that can deliver nothing more, go out again. A plain
+        close: the kernel may still deliver the rest."""
         self._read_retiring(link, old)
         link.retiring.remove(old)
+        if dead is None:
+            dead = old.conn.dead_offset()
         old.conn.close()
+        again = [frame for end, frame in old.tail if dead is not None and end > dead]
+        if again:
+            assert dead is not None
+            kept = [entry for entry in old.unproven if entry[0] <= dead]
+            old.unproven.clear()
+            old.unproven.extend(kept)
+            retried = sum(f.records for f in again)
+            # Counted before the frames are back, where the next write may take them.
+            self._ledger.requeue(retried)
+            self._buffer.restore(again)
+            log.warning("fluentclient: %d records written to %s before its connection "
+                        "failed never reached it (%s); they will be sent again",
+                        retried, link.name, reason)
+        self._buffer.release([frame for end, frame in old.tail
+                              if dead is None or end <= dead])
+        old.tail.clear()
         records = old.records
         old.unproven.clear()
         if not records:

@@ -211,6 +211,13 @@ class ForwardServer:
         return self._recorder.bytes_received
 
     @property
+    def bytes_unread(self) -> int:
+        """Bytes connections had taken but the server never read when it closed them (as
+        a stopping server discards them; Linux only, 0 elsewhere). The client's TCP saw
+        them acknowledged, so no client can tell that they were lost until told."""
+        return self._recorder.bytes_unread
+
+    @property
     def connections_accepted(self) -> int:
         return self._recorder.connections_accepted
 

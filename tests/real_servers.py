@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -66,6 +67,49 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(0.02)
+
+
+def unread_bytes(port: int) -> int:
+    """Bytes the kernel holds, taken from clients and not yet read, on the connections of
+    a server listening on ``port`` (Linux's /proc/net/tcp receive queues). A server that
+    exits discards them; the client's TCP saw them acknowledged."""
+    total = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                lines = f.readlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, queues = fields[1], fields[3], fields[4]
+            if state != "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                total += int(queues.split(":")[1], 16)
+    return total
+
+
+class UnreadWatch:
+    """The most the server on ``port`` held unread at once while the watch ran, sampled
+    every millisecond or so: a bound on what a server stopping now can take away."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.most = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            self.most = max(self.most, unread_bytes(self.port))
+            self._done.wait(0.001)
+
+    def __enter__(self) -> UnreadWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 @dataclass

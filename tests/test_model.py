@@ -344,7 +344,10 @@ class ClientModel(RuleBasedStateMachine):
         return unnamed_drops + unnamed_unsent + s.possibly_lost + s.buffered
 
     def may_duplicate(self, s: Stats) -> bool:
-        if self.variant == "ack" or s.possibly_lost:
+        # Without acks nothing that may have arrived is written again (a frame goes out
+        # again only once a reset proves it never did); a spool may replay what was
+        # possibly lost, and acks resend what was not acknowledged.
+        if self.variant == "ack" or (self.variant == "spool" and s.possibly_lost):
             return True
         return False
 
@@ -551,6 +554,21 @@ class ClientModel(RuleBasedStateMachine):
     def restart(self) -> None:
         self.server.stop()
         self.server.restart()
+        self._fault("refusing", False)
+
+    @precondition(lambda self: not self.closed)
+    @rule(n=st.sampled_from([500, 3000]))
+    @_traced
+    def go_away_unread(self, n: int) -> None:
+        """What fluentd and Fluent Bit do when stopped: stop reading while records come,
+        then exit with them unread (each connection is reset), then come back. What the
+        server's TCP never acknowledged goes out again; nothing arrives twice."""
+        self.server.stall(True)
+        self._post_many(n, "u" * 1000)
+        wait_until(lambda: self.server.open_connections > 0, 1.0)
+        self.server.stop()
+        self.server.restart()
+        self.server.stall(self.faults.get("stalled", False))
         self._fault("refusing", False)
 
     @precondition(lambda self: not self.closed)
