@@ -13,13 +13,15 @@ confirms it:
   attempts, spaced by a backoff that only an ack resets, and counted ``possibly_lost``
   (it was written) and reported, never silently dropped.
 * without acks, the peer's kernel taking the bytes (``Connection.confirmed_offset``). A
-  frame written whole is never sent again: if the connection fails before the peer took
-  it, it may still be in flight, so it counts as ``possibly_lost``. Once taken, only the
-  record count is kept (*unsettled*): a server that stops reading can still sit on such
-  bytes, so if the connection fails now they count as ``possibly_lost`` too. They become
-  *sent* once the server has read them. What proves that: every frame carries
-  a chunk id even without acks, as a marker, and an ack for it (both real servers answer
-  one) settles that frame and all before it. Nothing else waits on those acks: a frame
+  frame written whole is sent again only if the server reset the connection before its
+  TCP acknowledged the frame (``Connection.dead_offset``): nothing more can arrive then.
+  Otherwise, if the connection fails before the peer took it, it may still be in flight,
+  so it counts as ``possibly_lost``. Once taken, only the record count is kept
+  (*unsettled*): a server that stops reading can still sit on such bytes, so if the
+  connection fails now they count as ``possibly_lost`` too. They become *sent* once the
+  server has read them. What proves that: every frame carries a chunk id even without
+  acks, as a marker, and an ack for it (both real servers answer one) settles that frame
+  and all before it. Nothing else waits on those acks: a frame
   is never sent again for want of one. For a server that never acks, two weaker proofs
   remain: more bytes than any receive buffer holds taken after a frame, or the server
   answering our closing FIN with its own.
@@ -30,9 +32,10 @@ confirms it:
   still reads them and its marker acks settle them as sent. Closing it would lose most
   of them: our kernel answers the resumed server's first ack with a reset, and the
   server's kernel discards what it had not read. Its records stay written (live) while
-  it retires, held as counts only; what it has not proven read when the server closes
-  it, when it fails, when its linger (``_MIN_LINGER`` or three write timeouts, whichever
-  is longer) runs out, or at shutdown's deadline counts as ``possibly_lost``. At most
+  it retires, held as counts only, except the frames the peer had not taken, kept whole
+  to be sent again if the server resets it; what it has not proven read when the server
+  closes it, when it fails, when its linger (``_MIN_LINGER`` or three write timeouts,
+  whichever is longer) runs out, or at shutdown's deadline counts as ``possibly_lost``. At most
   ``_MAX_RETIRING`` per server: past it the oldest ends early. So what a failed
   connection counts as possibly lost is what the server had taken but not yet said it
   read by then: against a server that acks, the frames of the last moments before it
