@@ -8,6 +8,7 @@ ratios within one run: the machines are shared and noisy.
     python benchmarks/compare.py --quick         # a smoke run with few records
     python benchmarks/compare.py --only buffered,raw
     python benchmarks/compare.py --chart docs/benchmark.svg   # also draw the figures
+    FLUENTCLIENT_NO_EXTENSIONS=1 python benchmarks/compare.py  # all of it in pure Python
 
 Throughput, for two workloads: ``fresh`` builds a new dict per record, as applications
 do, and ``reused`` posts one dict again and again. Caller-side (all post() calls), end to
@@ -18,6 +19,10 @@ so it really takes nothing), absent and flaky (it resets every connection after 
 with the garbage collector's generation-2 runs and the process's context switches (the
 nearest the OS comes to counting GIL hand-offs) during the measured part. Memory: peak RSS
 during a burst, healthy and stuck, against the idle RSS and buffer_limit.
+
+Where fluentclient's compiled packer is built, ``buffered_pure`` and ``sync_pure`` run
+those clients again with it switched off (``FLUENTCLIENT_NO_EXTENSIONS=1`` in their
+process), so one run shows both paths; the report says which path the others used.
 """
 
 from __future__ import annotations
@@ -87,7 +92,8 @@ class Observer:
         vol, invol = self._context_switches()
         return {"gen2": self.gen2, "voluntary_switches": vol - self._switches[0],
                 "involuntary_switches": invol - self._switches[1]}
-THROUGHPUT = ["raw", "raw_naive", "buffered", "buffered_ack", "buffered_gzip", "sync",
+THROUGHPUT = ["raw", "raw_naive", "buffered", "buffered_pure", "buffered_ack", "buffered_gzip",
+              "sync", "sync_pure",
               "fluent_logger_async", "fluent_logger_sync"]
 
 
@@ -138,8 +144,17 @@ def absent_port() -> int:
 
 # -- contenders, each run in a child process ------------------------------------------------
 
+PURE = "_pure"
+
+
+def base_name(name: str) -> str:
+    """The client a contender runs: ``buffered_pure`` is ``buffered`` in pure Python."""
+    return name[:-len(PURE)] if name.endswith(PURE) else name
+
+
 def make_poster(name: str, port: int) -> tuple[Any, Any, Any]:
     """(post(record), finish(), close_now()) for one contender."""
+    name = base_name(name)
     if name.startswith("buffered"):
         from fluentclient import BufferedClient
 
@@ -308,9 +323,10 @@ def child_memory(port: int, records: int) -> dict[str, Any]:
             "buffer_limit_mib": BUFFER_LIMIT / 2**20}
 
 
-def run_child(args: list[str], timeout: float = 300) -> dict[str, Any]:
+def run_child(args: list[str], timeout: float = 300, pure: bool = False) -> dict[str, Any]:
+    env = {**os.environ, "FLUENTCLIENT_NO_EXTENSIONS": "1"} if pure else None
     out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True,
-                         text=True, timeout=timeout)
+                         text=True, timeout=timeout, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"child {args} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -318,7 +334,18 @@ def run_child(args: list[str], timeout: float = 300) -> dict[str, Any]:
 
 # -- the parent ------------------------------------------------------------------------------
 
+def packer_path() -> str:
+    """Which packer fluentclient runs in this environment (the children inherit it)."""
+    sys.path.insert(0, str(HERE.parent))
+    from fluentclient._accel import REASON
+
+    return REASON
+
+
 def available(name: str) -> bool:
+    if name.endswith(PURE):
+        # Only a second path to show where the first is compiled.
+        return packer_path() == "compiled"
     if not name.startswith("fluent_logger"):
         return True
     try:
@@ -354,16 +381,17 @@ def main() -> None:
     wanted = [n for n in (args.only.split(",") if args.only else THROUGHPUT) if available(n)]
     sink = Sink()
     flaky = Sink("--flaky", str(FLAKY_LIFETIME))
-    results: dict[str, Any] = {"records": records, "burst": burst,
+    results: dict[str, Any] = {"records": records, "burst": burst, "packer": packer_path(),
                                "throughput": {w: {} for w in WORKLOADS}, "latency": {},
                                "memory": {}}
     try:
         for workload in WORKLOADS:
             for name in wanted:
-                n = records if not name.endswith("sync") and "fluent_logger" not in name else (
-                    min(records, 50_000))
+                n = records if not base_name(name).endswith("sync") and (
+                    "fluent_logger" not in name) else min(records, 50_000)
                 sink.ask("reset")
-                child = run_child(["throughput", name, str(sink.port), str(n), workload])
+                child = run_child(["throughput", name, str(sink.port), str(n), workload],
+                                  pure=name.endswith(PURE))
                 answer = sink.ask(f"wait {n} 120")
                 e2e = float(answer.split()[1]) - child["start"] \
                     if answer.startswith("reached") else float("nan")
@@ -409,6 +437,16 @@ def _throughput_table(workload: str, t: dict[str, Any]) -> list[str]:
                      f"{r['e2e_rate']:,.0f} | {r['cpu_us_per_record']:.2f} | {r['gen2']} | "
                      f"{switches:,} | {r['peak_rss']:.0f} |")
     ratios = []
+    for name in ("buffered", "sync"):
+        pure = name + PURE
+        if pure in t and name in t:
+            ratios.append(f"{name}: its packer / pure Python, end to end: "
+                          f"{t[name]['e2e_rate'] / t[pure]['e2e_rate']:.2f}; CPU per record: "
+                          f"{t[name]['cpu_us_per_record'] / t[pure]['cpu_us_per_record']:.2f}")
+        if pure in t and "raw" in t:
+            ratios.append(f"{pure} / raw loop, end to end: "
+                          f"{t[pure]['e2e_rate'] / t['raw']['e2e_rate']:.2f}; CPU per record: "
+                          f"{t[pure]['cpu_us_per_record'] / t['raw']['cpu_us_per_record']:.2f}")
     if "raw" in t and "buffered" in t:
         ratios.append(f"BufferedClient / raw loop, end to end: "
                       f"{t['buffered']['e2e_rate'] / t['raw']['e2e_rate']:.2f}; CPU per record: "
@@ -432,7 +470,8 @@ def _throughput_table(workload: str, t: dict[str, Any]) -> list[str]:
 
 
 def report(results: dict[str, Any]) -> str:
-    lines: list[str] = []
+    lines: list[str] = [f"fluentclient's packer: {results.get('packer', 'unknown')}"
+                        " (the *_pure rows: pure Python)", ""]
     for workload in WORKLOADS:
         lines += _throughput_table(workload, results["throughput"][workload])
     lines += ["| post() latency | phase | calls | p50 µs | p99 µs | p99.9 µs | max µs | "

@@ -2,6 +2,7 @@
 
     python benchmarks/odd_records.py              # 200,000 records per shape, 7 rounds
     python benchmarks/odd_records.py --records 50000 --rounds 3
+    python benchmarks/odd_records.py --paths      # the compiled packer against pure Python
 
 Packs the same records with the client's entry packer (``default=str``) twice: with the
 default rules (``max_depth=8``, ``non_str_keys="str"``, ``non_finite_floats="null"``) and
@@ -12,6 +13,10 @@ fast path; the same with a NaN in it (made nil: the fast path gives up and the w
 a copy); one with a nested map and list (the walk runs, nothing changes); and one with a
 ``datetime`` that ``default=str`` converts (a str: the packed result is only checked
 whole with distinct keys, as without the rules). Prints a Markdown table of ns per record.
+
+``--paths`` packs the same shapes with the default rules on both paths instead: the
+compiled packer (where it is built) and pure Python, each in batches of 128 as the reader
+packs them (``pack_runs``) and one at a time as SyncClient does (``pack``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from fluentclient import _accel  # noqa: E402
 from fluentclient.framing import EntryPacker  # noqa: E402
 from fluentclient.guard import RecordGuard  # noqa: E402
 from fluentclient.message import Message  # noqa: E402
@@ -78,17 +84,62 @@ def per_record(packer: EntryPacker, messages: list[Message]) -> float:
     return (time.perf_counter() - start) / len(messages) * 1e9
 
 
+def per_record_runs(packer: EntryPacker, messages: list[Message]) -> float:
+    """ns per record packed by pack_runs in the reader's batches of 128."""
+    batches = [messages[i:i + 128] for i in range(0, len(messages), 128)]
+    failed: list[Any] = []
+    pack_runs = packer.pack_runs
+    start = time.perf_counter()
+    for batch in batches:
+        pack_runs(batch, lambda m, e: failed.append(e))
+    elapsed = time.perf_counter() - start
+    assert not failed, failed[:1]
+    return elapsed / len(messages) * 1e9
+
+
+def both_paths(records: int, rounds: int) -> None:
+    """Pure Python against the compiled packer, the default rules on, alternating rounds."""
+    compiled = _accel.fast_packer(RecordGuard().max_depth) is not None
+    print(f"compiled packer: {_accel.REASON}")
+    print("| record | pack_runs, pure Python | compiled | ratio "
+          "| pack, pure Python | compiled | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for name, make in SHAPES.items():
+        messages = [Message("app.web", make(i), T + i) for i in range(records)]
+        best: dict[str, float] = {}
+        for _ in range(rounds):
+            for path in ("pure", "compiled") if compiled else ("pure",):
+                packer = EntryPacker(default=str, guard=RecordGuard())
+                if path == "pure":
+                    packer._fast = None
+                for how, measure in (("runs", per_record_runs), ("pack", per_record)):
+                    key = f"{how} {path}"
+                    best[key] = min(best.get(key, float("inf")), measure(packer, messages))
+        cells = [name]
+        for how in ("runs", "pack"):
+            pure = best[f"{how} pure"]
+            fast = best.get(f"{how} compiled", float("nan"))
+            cells += [f"{pure:.0f} ns", f"{fast:.0f} ns", f"{pure / fast:.1f}"]
+        print("| " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--paths", action="store_true",
+                        help="compare the compiled packer with pure Python instead")
     args = parser.parse_args()
+    if args.paths:
+        both_paths(args.records, args.rounds)
+        return
     print("| record | without the rules | with them | cost | ratio |")
     print("|---|---|---|---|---|")
     for name, make in SHAPES.items():
         messages = [Message("app.web", make(i), T + i) for i in range(args.records)]
         best = {"off": float("inf"), "on": float("inf")}
         for _ in range(args.rounds):
+            # What the rules cost on the path that runs in this process.
             off = EntryPacker(default=str)
             on = EntryPacker(default=str, guard=RecordGuard())
             best["off"] = min(best["off"], per_record(off, messages))

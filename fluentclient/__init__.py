@@ -1,5 +1,6 @@
 """fluentclient: ship structured events to Fluentd and Fluent Bit over the forward protocol."""
 
+from ._accel import COMPILED
 from ._pool import Server
 from ._signals import shutdown_on_signal
 from .backoff import Backoff
@@ -25,6 +26,7 @@ from .message import EventTime, Message
 from .stats import JournalStats, ServerStats, ShutdownReport, Stats, UnsentRecord
 
 __all__ = [
+    "COMPILED",
     "AuthenticationError",
     "DeliveryError",
     "PossiblyLostError",
@@ -55,3 +57,7 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# COMPILED: True when records are packed by the compiled packer (built by pip install where
+# a C compiler is found), False on the pure-Python path, which behaves identically. Set
+# FLUENTCLIENT_NO_EXTENSIONS=1 to run pure Python. `fluentclient --version` says which.

@@ -22,6 +22,7 @@ import time
 from types import TracebackType
 from typing import Any, Callable
 
+from ._accel import REASON
 from ._progress import Console, Progress
 from .client import BufferedClient
 from .message import EventTime
@@ -370,6 +371,7 @@ def summary(records: int, run: Run, verdict: dict[str, Any]) -> tuple[list[str],
         "times      " + _yes(verdict["wrong_time"], "every EventTime exact to the nanosecond"),
         f"client CPU {run.cpu_seconds / max(records, 1) * 1e6:.1f} µs per record "
         f"(this process: building, packing, sending)",
+        f"packer     {REASON}",
     ]
     problems = []
     if arrived != records:

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
+from ._accel import REASON
 from ._cat_input import BadInput, Item, json_lines, msgpack_objects, take_time
 from ._demo import demo as run_demo
 from ._progress import Console, Progress, SendRate
@@ -595,6 +596,13 @@ def _add_demo(sub: Any) -> None:
     p.set_defaults(run=demo)
 
 
+def version_line() -> str:
+    """``fluentclient 0.1.0 (compiled)``, or ``(pure Python ...)`` with the reason."""
+    from . import __version__
+
+    return f"fluentclient {__version__} ({REASON})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fluentclient", description=MAIN_DESCRIPTION, epilog=MAIN_EPILOG,
@@ -602,6 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log what the client does, with times")
+    parser.add_argument("--version", action="version", version=version_line(),
+                        help="show the version and whether the compiled packer runs")
     sub = parser.add_subparsers(dest="command", required=True, title="commands",
                                 metavar="COMMAND")
     _add_cat(sub)

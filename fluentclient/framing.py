@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, Union
 
 import msgpack
 
+from ._accel import FastPacker, fast_packer
 from ._lifecycle import swallow
 from .errors import SerializationError, UnsafeRecordError
 from .guard import RecordGuard
@@ -104,9 +105,15 @@ class EntryPacker:
       meanwhile cannot get a change past the guard, or half-way into an entry;
     * with a ``guard``, what real servers would lose (deep nesting, non-str keys, NaN
       and infinity) is refused with :class:`UnsafeRecordError` or made safe, by its rules.
+
+    Where the compiled packer runs (see :mod:`fluentclient._accel`), the common record (an
+    exact dict of exact str keys and plain values, which every guard option leaves as it
+    is) is packed in one C pass by ``_fast``; it hands anything else back, and the Python
+    code below then packs that record exactly as it would without the extension.
     """
 
-    __slots__ = ("_packer", "_lenient", "_default", "_int_time", "_ran", "_guard", "_unsure")
+    __slots__ = ("_packer", "_lenient", "_default", "_int_time", "_ran", "_guard", "_unsure",
+                 "_fast")
 
     def __init__(
         self, *, default: Default = None, int_time: bool = False,
@@ -127,9 +134,24 @@ class EntryPacker:
         )
         # Made on the first lone surrogate: encoding with an error handler costs every str.
         self._lenient: msgpack.Packer | None = None
+        # The compiled packer, or None: chosen once, here, so both clients use the same.
+        self._fast: FastPacker | None = fast_packer(
+            guard.max_depth if guard is not None else None)
 
     def pack(self, message: Message) -> bytes:
         """The entry for ``message``; raises :class:`SerializationError` for bad records."""
+        fast = self._fast
+        if fast is not None:
+            # The common record in one compiled pass; None leaves it to the code below.
+            if not self._int_time:
+                entry = fast.entry(message.record, message.time_ns)
+                if entry is not None:
+                    return entry
+            else:
+                done = fast.body(message.record)
+                if done is not None:
+                    int_head: bytes = self._packer.pack(divmod(message.time_ns, _NS)[0])
+                    return b"\x92" + int_head + done
         try:
             body = self._body(message.record)
         except SerializationError:
@@ -160,13 +182,17 @@ class EntryPacker:
         guard = self._guard
         flat = guard.flat if guard is not None else None
         packb, head, int_time = self._packer.pack, _EVENT_TIME_ENTRY_HEAD.pack, self._int_time
+        # The compiled packer's whole entry: None for a record it leaves to the code below.
+        fast = self._fast.entry if self._fast is not None and not int_time else None
         run: PackedRun | None = None
         entries: list[bytes] = []
         kept: list[Message] = []
         for msg in messages:
             record = msg.record
             try:
-                if type(record) is dict and not int_time:
+                if fast is not None and (entry := fast(record, msg.time_ns)) is not None:
+                    pass
+                elif type(record) is dict and not int_time:
                     # One moment's copy is checked and packed (see _body).
                     record = record.copy()
                     if flat is None or flat(record):

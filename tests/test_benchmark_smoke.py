@@ -148,6 +148,19 @@ def test_odd_records_reports_a_cost_for_every_shape():
         assert float(row[4]) > 0
 
 
+def test_odd_records_compares_both_paths_for_every_shape():
+    out = run_script("benchmarks/odd_records.py", "--paths", "--records", "300",
+                     "--rounds", "1")
+    assert out.returncode == 0, out.stderr
+    rows = table_rows(out.stdout)
+    assert [r[0] for r in rows] == ["flat, 7 fields", "flat, 7 fields, one NaN",
+                                    "nested (3 levels)", "flat + a datetime, default=str"]
+    for row in rows:
+        assert re.fullmatch(r"\d+ ns", row[1]) and re.fullmatch(r"\d+ ns", row[4]), row
+    # Which path ran is said; without the extension the compiled cells say nan.
+    assert "compiled packer: " in out.stdout
+
+
 def test_accounting_against_the_embedded_server_counts_every_record():
     # The embedded server only: the real ones take seconds each to start, and have
     # their own accounting tests (tests/test_real_accounting.py).

@@ -1,0 +1,143 @@
+"""Which packer runs: the compiled one (``_speedups``) or pure Python, decided once.
+
+The compiled packer is used only if all of these hold when the package is imported:
+
+* ``FLUENTCLIENT_NO_EXTENSIONS`` is not set to a non-empty value other than ``0``;
+* the extension imports (``pip install`` builds it where a C compiler is found);
+* it was compiled for this interpreter's version;
+* it packs a set of known records to the very bytes msgpack makes of them, and hands back
+  the records it must leave to Python.
+
+A failed check logs a warning and leaves the pure-Python path, which behaves identically
+(tests/test_compiled.py compares the two byte for byte): the check guards against a build
+that does not fit this interpreter, not against a choice the user made.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from types import ModuleType
+from typing import Any, Optional, Protocol
+
+import msgpack
+
+__all__ = ["COMPILED", "ENV_SWITCH", "REASON", "FastPacker", "fast_packer"]
+
+log = logging.getLogger("fluentclient")
+
+ENV_SWITCH = "FLUENTCLIENT_NO_EXTENSIONS"
+
+
+class FastPacker(Protocol):
+    """What ``_speedups.Packer`` offers: None means the record is the Python path's."""
+
+    def entry(self, record: Any, time_ns: Any) -> Optional[bytes]: ...
+
+    def body(self, record: Any) -> Optional[bytes]: ...
+
+
+def _as_list(obj: Any) -> Any:
+    if type(obj) is tuple:
+        return list(obj)
+    raise TypeError(f"cannot serialize {type(obj).__qualname__} object")
+
+
+_reference = msgpack.Packer(use_bin_type=True, strict_types=True, default=_as_list)
+
+
+def _known_records() -> list[dict[str, Any]]:
+    """Records touching every type and every size boundary of msgpack's forms."""
+    ints = [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1, 2**63,
+            2**64 - 1, -1, -32, -33, -128, -129, -32768, -32769, -2**31, -2**31 - 1, -2**63]
+    texts = ["", "a" * 31, "b" * 32, "c" * 255, "d" * 256, "é" * 40000, "ü€𝄞 mixed"]
+    return [
+        {"ints": ints, "floats": [0.0, -0.0, 1.5, -2.25e300, 5e-324], "none": None,
+         "yes": True, "no": False},
+        {t: t for t in texts},
+        {"bytes": [b"", b"x" * 255, b"y" * 256, "é€".encode(), b"z" * 65536]},
+        {"nested": {"a": [1, (2, 3), {"b": ()}], "c": {}}, "list": list(range(16)),
+         "map": {str(i): i for i in range(16)}, "tuple": tuple(range(15))},
+        {},
+    ]
+
+
+def _not_mine() -> list[dict[str, Any]]:
+    """Records the compiled packer must hand back to Python."""
+
+    class Text(str):
+        pass
+
+    deep: dict[str, Any] = {}
+    inner = deep
+    for _ in range(8):  # nine levels with the record: one more than max_depth=8
+        inner["d"] = {}
+        inner = inner["d"]
+    return [
+        {"nan": float("nan")}, {"inf": [float("inf")]}, {1: "int key"},
+        {"s": Text("subclass")}, {"surrogate": "\udc80"}, {"\ud800": 1},
+        {"bad": b"\xff"}, {"big": 2**64}, {"small": -2**63 - 1}, {"set": {1}}, deep,
+        {"bytearray": bytearray(b"x")},
+    ]
+
+
+def _self_check(module: ModuleType) -> None:
+    """Raise unless ``module``'s packer agrees with msgpack on the known records."""
+    packer = module.Packer(8)
+    head = b"\x92\xd7\x00" + (1_700_000_000).to_bytes(4, "big") + (7).to_bytes(4, "big")
+    for record in _known_records():
+        expected = _reference.pack(record)
+        body = packer.body(record)
+        if body != expected:
+            raise AssertionError(f"the compiled packer made other bytes of {record!r:.80}")
+        if packer.entry(record, 1_700_000_000 * 10**9 + 7) != head + expected:
+            raise AssertionError(f"the compiled packer made another entry of {record!r:.80}")
+    for record in _not_mine():
+        if packer.body(record) is not None:
+            raise AssertionError(f"the compiled packer took {record!r:.80}")
+    if packer.entry({}, -1) is not None or packer.entry({}, 2**32 * 10**9) is not None:
+        raise AssertionError("the compiled packer took a time EventTime cannot hold")
+
+
+def _load() -> tuple[ModuleType | None, str]:
+    """The checked module, or None; and in a few words why."""
+    if os.environ.get(ENV_SWITCH, "") not in ("", "0"):
+        return None, f"pure Python: {ENV_SWITCH} is set"
+    try:
+        from . import _speedups
+    except ImportError as exc:
+        # Not built (no compiler at install time, or a platform without a wheel): a
+        # normal way to run, said by fluentclient.COMPILED and `fluentclient --version`.
+        log.debug("fluentclient: no compiled packer (%s); running pure Python", exc)
+        return None, "pure Python: the compiled packer is not built"
+    module: ModuleType = _speedups
+    try:
+        built_for = int(module.BUILT_FOR)
+        if built_for >> 16 != sys.hexversion >> 16:
+            raise ImportError(f"it was compiled for Python {built_for >> 24}."
+                              f"{(built_for >> 16) & 0xFF}")
+        _self_check(module)
+    except Exception as exc:
+        log.warning("fluentclient: the compiled packer failed its check at start (%s); "
+                    "running pure Python", exc)
+        return None, "pure Python: the compiled packer failed its check at start"
+    return module, "compiled"
+
+
+# REASON: which path runs, as --version and the demo say it ("compiled", or "pure Python:
+# " and why).
+_module, REASON = _load()
+# The public answer, exported as fluentclient.COMPILED.
+COMPILED = _module is not None
+
+
+def fast_packer(max_depth: int | None) -> FastPacker | None:
+    """A compiled packer for records nested at most ``max_depth`` levels (None: no guard,
+    the deepest the guard allows), or None when the pure-Python path runs."""
+    module = _module
+    if module is None:
+        return None
+    packer: FastPacker = module.Packer(
+        module.DEPTH_WITHOUT_GUARD if max_depth is None else max_depth)
+    return packer

@@ -1,0 +1,470 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# The free-threading directive is left at Cython's default (not compatible): on a
+# free-threaded CPython this module then asks for the GIL back when it is imported. The
+# packer below relies on the GIL (see Packer), so it must not be declared GIL-free.
+"""The compiled packer: the common record in one C pass, anything unusual left to Python.
+
+``Packer.entry(record, time_ns)`` returns the bytes of a whole ``[EventTime, record]``
+entry, and ``Packer.body(record)`` those of the record alone, exactly as
+``msgpack.Packer(use_bin_type=True, strict_types=True)`` packs them (tuples as arrays).
+Both return None, "not mine", the moment they meet anything else, and the Python packer
+(fluentclient.framing.EntryPacker with its RecordGuard) then packs that record as if this
+module did not exist. "The common record" is what every guard option leaves unchanged:
+
+* an exact dict, every map in it with exact str keys;
+* values of exact types only: str, int from -2**63 to 2**64-1, finite float, bool, None,
+  bytes that are UTF-8, and dicts, lists and tuples of these;
+* no str holding a lone surrogate (UTF-8 cannot encode it);
+* nested at most ``max_depth`` levels (the record is level 1, each dict, list or tuple
+  inside adds one).
+
+Why no copy of the record is needed (the Python path packs ``record.copy()``): the whole
+pass holds the GIL and runs no Python code. It raises no exception, and allocates no
+object the garbage collector tracks (only its own buffer and the final bytes), so no
+collection can run a finaliser half-way; no other thread can run before it returns. The
+record is read as it is at one moment, which is what the copy buys the Python path.
+"""
+
+cimport cython
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+from libc.math cimport isfinite
+from cpython.ref cimport PyObject
+
+
+cdef extern from "Python.h":
+    int PY_VERSION_HEX
+    bint PyUnicode_CheckExact(object o)
+    bint PyLong_CheckExact(object o)
+    bint PyFloat_CheckExact(object o)
+    bint PyBytes_CheckExact(object o)
+    bint PyDict_CheckExact(object o)
+    bint PyList_CheckExact(object o)
+    bint PyTuple_CheckExact(object o)
+    double PyFloat_AS_DOUBLE(object o)
+    long long PyLong_AsLongLongAndOverflow(object o, int* overflow)
+    unsigned long long PyLong_AsUnsignedLongLong(object o)
+    char* PyBytes_AS_STRING(object o)
+    Py_ssize_t PyBytes_GET_SIZE(object o)
+    Py_ssize_t PyDict_GET_SIZE(object o)
+    int PyDict_Next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value)
+    Py_ssize_t PyList_GET_SIZE(object o)
+    PyObject* PyList_GET_ITEM(object o, Py_ssize_t i)
+    Py_ssize_t PyTuple_GET_SIZE(object o)
+    PyObject* PyTuple_GET_ITEM(object o, Py_ssize_t i)
+    int PyUnicode_IS_ASCII(object o)
+    int PyUnicode_KIND(object o)
+    void* PyUnicode_DATA(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+    const char* PyUnicode_AsUTF8AndSize(object o, Py_ssize_t* size)
+    object PyBytes_FromStringAndSize(const char* data, Py_ssize_t size)
+    void* PyMem_Malloc(size_t n)
+    void* PyMem_Realloc(void* p, size_t n)
+    void PyMem_Free(void* p)
+    void PyErr_Clear()
+    int PyObject_RichCompareBool(object a, object b, int op)
+    enum: Py_LE
+
+
+cdef extern from *:
+    """
+    /* Before 3.12 a str made by the legacy C API may not be "ready": its kind and data
+       are not set yet. Such a str (rare) is left to Python. */
+    #if PY_VERSION_HEX < 0x030C0000
+    #define FC_STR_READY(s) PyUnicode_IS_READY(s)
+    #else
+    #define FC_STR_READY(s) 1
+    #endif
+    """
+    bint FC_STR_READY(object s)
+
+
+# The interpreter this module was compiled for, checked against the running one at start.
+BUILT_FOR = PY_VERSION_HEX
+
+# What a pass returns: packed, or not mine (the Python packer takes the record).
+cdef enum:
+    PACKED = 0
+    NOT_MINE = 1
+
+# msgpack's limit on a length (ValueError beyond it): such a record is Python's to refuse.
+cdef unsigned long long _ITEM_LIMIT = 0xFFFFFFFF
+# The buffer a packer keeps between records, and the most it keeps after a large one.
+cdef Py_ssize_t _START = 1024
+cdef Py_ssize_t _KEEP = 64 * 1024
+# Without a guard nothing limits depth in Python but msgpack (and the C stack here): this
+# is the guard's own highest max_depth. Deeper records go to Python.
+DEPTH_WITHOUT_GUARD = 200
+cdef long long _NS = 1000000000
+cdef object _U64_MAX = 0xFFFFFFFFFFFFFFFF
+
+
+@cython.final
+cdef class Packer:
+    """Packs common records into a buffer it keeps. One per EntryPacker, like its packer.
+
+    Every pass holds the GIL from start to end, so two threads sharing one (which the
+    client never does) could not interleave inside the buffer either.
+    """
+
+    cdef char* buf
+    cdef Py_ssize_t length
+    cdef Py_ssize_t cap
+    cdef readonly int max_depth
+
+    def __cinit__(self, int max_depth):
+        if max_depth < 1 or max_depth > DEPTH_WITHOUT_GUARD:
+            raise ValueError(f"max_depth must be from 1 to {DEPTH_WITHOUT_GUARD}")
+        self.max_depth = max_depth
+        self.buf = <char*>PyMem_Malloc(_START)
+        if self.buf == NULL:
+            raise MemoryError()
+        self.cap = _START
+        self.length = 0
+
+    def __dealloc__(self):
+        PyMem_Free(self.buf)
+
+    def body(self, record):
+        """The record packed, or None if it is not a common record."""
+        if not PyDict_CheckExact(record):
+            return None
+        self.length = 0
+        if self._map(record, 1) != PACKED:
+            return self._drop()
+        return self._take()
+
+    def entry(self, record, time_ns):
+        """``[EventTime(time_ns), record]`` packed, or None (the time too must be common:
+        an exact int whose seconds fit the EventTime's uint32)."""
+        cdef int overflow = 0
+        cdef long long t
+        cdef uint32_t sec, nsec
+        if not PyDict_CheckExact(record) or not PyLong_CheckExact(time_ns):
+            return None
+        t = PyLong_AsLongLongAndOverflow(time_ns, &overflow)
+        if overflow != 0 or t < 0 or t // _NS > 0xFFFFFFFF:
+            return None
+        sec = <uint32_t>(t // _NS)
+        nsec = <uint32_t>(t % _NS)
+        self.length = 0
+        if self._reserve(11) != PACKED:
+            return self._drop()
+        # fixarray(2), then fixext8 of type 0: seconds and nanoseconds, uint32 big-endian.
+        self.buf[0] = <char>0x92
+        self.buf[1] = <char>0xD7
+        self.buf[2] = 0
+        _put32(self.buf + 3, sec)
+        _put32(self.buf + 7, nsec)
+        self.length = 11
+        if self._map(record, 1) != PACKED:
+            return self._drop()
+        return self._take()
+
+    # -- the buffer ----------------------------------------------------------------------
+
+    cdef object _take(self):
+        out = PyBytes_FromStringAndSize(self.buf, self.length)
+        self._drop()
+        return out
+
+    cdef object _drop(self):
+        """Forget the pass; a buffer grown by a large record is given back."""
+        cdef char* small
+        self.length = 0
+        if self.cap > _KEEP:
+            small = <char*>PyMem_Realloc(self.buf, _START)
+            if small != NULL:
+                self.buf = small
+                self.cap = _START
+        return None
+
+    cdef inline int _reserve(self, Py_ssize_t more) noexcept:
+        cdef Py_ssize_t want = self.length + more
+        cdef Py_ssize_t cap = self.cap
+        cdef char* grown
+        if want <= cap:
+            return PACKED
+        while cap < want:
+            cap *= 2
+        grown = <char*>PyMem_Realloc(self.buf, cap)
+        if grown == NULL:
+            # No exception is left set: the Python packer meets the shortage itself.
+            return NOT_MINE
+        self.buf = grown
+        self.cap = cap
+        return PACKED
+
+    cdef inline int _byte(self, uint8_t b) noexcept:
+        if self._reserve(1) != PACKED:
+            return NOT_MINE
+        self.buf[self.length] = <char>b
+        self.length += 1
+        return PACKED
+
+    cdef inline int _head(self, Py_ssize_t n, uint8_t fix, Py_ssize_t fix_limit,
+                          uint8_t b8, uint8_t b16, uint8_t b32) noexcept:
+        """A length header the way msgpack writes it: the smallest form that holds ``n``
+        (``b8`` 0 where the family has no 8-bit form)."""
+        cdef char* at
+        if <unsigned long long>n > _ITEM_LIMIT or self._reserve(5) != PACKED:
+            return NOT_MINE
+        at = self.buf + self.length
+        if n < fix_limit:
+            at[0] = <char>(fix | n)
+            self.length += 1
+        elif b8 != 0 and n < 0x100:
+            at[0] = <char>b8
+            at[1] = <char>n
+            self.length += 2
+        elif n < 0x10000:
+            at[0] = <char>b16
+            at[1] = <char>(n >> 8)
+            at[2] = <char>n
+            self.length += 3
+        else:
+            at[0] = <char>b32
+            _put32(at + 1, <uint32_t>n)
+            self.length += 5
+        return PACKED
+
+    cdef inline int _raw(self, const char* data, Py_ssize_t n) noexcept:
+        if self._reserve(n) != PACKED:
+            return NOT_MINE
+        memcpy(self.buf + self.length, data, n)
+        self.length += n
+        return PACKED
+
+    # -- the values ----------------------------------------------------------------------
+
+    cdef int _map(self, object obj, int depth) noexcept:
+        cdef Py_ssize_t pos = 0
+        cdef PyObject* key
+        cdef PyObject* value
+        if depth > self.max_depth:
+            return NOT_MINE
+        if self._head(PyDict_GET_SIZE(obj), 0x80, 16, 0, 0xDE, 0xDF) != PACKED:
+            return NOT_MINE
+        # No Python code runs below, so the dict cannot change size or order meanwhile.
+        while PyDict_Next(obj, &pos, &key, &value):
+            if not PyUnicode_CheckExact(<object>key):
+                return NOT_MINE
+            if self._str(<object>key) != PACKED:
+                return NOT_MINE
+            if self._value(<object>value, depth) != PACKED:
+                return NOT_MINE
+        return PACKED
+
+    cdef int _array(self, object obj, int depth, bint is_list) noexcept:
+        cdef Py_ssize_t i, n
+        if depth > self.max_depth:
+            return NOT_MINE
+        n = PyList_GET_SIZE(obj) if is_list else PyTuple_GET_SIZE(obj)
+        if self._head(n, 0x90, 16, 0, 0xDC, 0xDD) != PACKED:
+            return NOT_MINE
+        for i in range(n):
+            if is_list:
+                item = <object>PyList_GET_ITEM(obj, i)
+            else:
+                item = <object>PyTuple_GET_ITEM(obj, i)
+            if self._value(item, depth) != PACKED:
+                return NOT_MINE
+        return PACKED
+
+    cdef int _value(self, object obj, int depth) noexcept:
+        """``obj`` found at level ``depth``: a container in it is one level deeper."""
+        cdef double d
+        cdef uint64_t bits
+        if PyUnicode_CheckExact(obj):
+            return self._str(obj)
+        if PyLong_CheckExact(obj):  # bool is not an exact int
+            return self._int(obj)
+        if PyFloat_CheckExact(obj):
+            d = PyFloat_AS_DOUBLE(obj)
+            if not isfinite(d):
+                return NOT_MINE
+            if self._reserve(9) != PACKED:
+                return NOT_MINE
+            memcpy(&bits, &d, 8)
+            self.buf[self.length] = <char>0xCB
+            _put64(self.buf + self.length + 1, bits)
+            self.length += 9
+            return PACKED
+        if obj is None:
+            return self._byte(0xC0)
+        if obj is True:
+            return self._byte(0xC3)
+        if obj is False:
+            return self._byte(0xC2)
+        if PyDict_CheckExact(obj):
+            return self._map(obj, depth + 1)
+        if PyList_CheckExact(obj):
+            return self._array(obj, depth + 1, True)
+        if PyTuple_CheckExact(obj):
+            return self._array(obj, depth + 1, False)
+        if PyBytes_CheckExact(obj):
+            return self._bytes(obj)
+        return NOT_MINE
+
+    cdef int _str(self, object s) noexcept:
+        cdef Py_ssize_t n
+        cdef const char* data
+        if not FC_STR_READY(s):
+            return NOT_MINE
+        if not PyUnicode_IS_ASCII(s) and _has_surrogate(s):
+            return NOT_MINE
+        # Cannot fail now but for memory (no exception is created for a surrogate).
+        data = PyUnicode_AsUTF8AndSize(s, &n)
+        if data == NULL:
+            PyErr_Clear()
+            return NOT_MINE
+        if self._head(n, 0xA0, 32, 0xD9, 0xDA, 0xDB) != PACKED:
+            return NOT_MINE
+        return self._raw(data, n)
+
+    cdef int _bytes(self, object b) noexcept:
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
+        cdef const char* data = PyBytes_AS_STRING(b)
+        if not _is_utf8(<const uint8_t*>data, n):
+            return NOT_MINE
+        if self._head(n, 0, 0, 0xC4, 0xC5, 0xC6) != PACKED:
+            return NOT_MINE
+        return self._raw(data, n)
+
+    cdef int _int(self, object obj) noexcept:
+        cdef int overflow = 0
+        cdef long long v = PyLong_AsLongLongAndOverflow(obj, &overflow)
+        cdef unsigned long long u
+        cdef char* at
+        if overflow < 0:
+            return NOT_MINE
+        if overflow > 0:
+            # Above 2**64-1 msgpack refuses it, and Python says why. Compared first, so
+            # that no OverflowError is ever created here (see the module's docstring).
+            if PyObject_RichCompareBool(obj, _U64_MAX, Py_LE) != 1:
+                PyErr_Clear()
+                return NOT_MINE
+            u = PyLong_AsUnsignedLongLong(obj)
+            if self._reserve(9) != PACKED:
+                return NOT_MINE
+            self.buf[self.length] = <char>0xCF
+            _put64(self.buf + self.length + 1, u)
+            self.length += 9
+            return PACKED
+        if self._reserve(9) != PACKED:
+            return NOT_MINE
+        at = self.buf + self.length
+        # msgpack's choice of form: unsigned forms for positive values, the smallest that
+        # holds the value.
+        if v < -32:
+            if v < -32768:
+                if v < -2147483648:
+                    at[0] = <char>0xD3
+                    _put64(at + 1, <uint64_t>v)
+                    self.length += 9
+                else:
+                    at[0] = <char>0xD2
+                    _put32(at + 1, <uint32_t>v)
+                    self.length += 5
+            elif v < -128:
+                at[0] = <char>0xD1
+                at[1] = <char>(v >> 8)
+                at[2] = <char>v
+                self.length += 3
+            else:
+                at[0] = <char>0xD0
+                at[1] = <char>v
+                self.length += 2
+        elif v < 128:
+            at[0] = <char>v
+            self.length += 1
+        elif v < 0x100:
+            at[0] = <char>0xCC
+            at[1] = <char>v
+            self.length += 2
+        elif v < 0x10000:
+            at[0] = <char>0xCD
+            at[1] = <char>(v >> 8)
+            at[2] = <char>v
+            self.length += 3
+        elif v < 0x100000000:
+            at[0] = <char>0xCE
+            _put32(at + 1, <uint32_t>v)
+            self.length += 5
+        else:
+            at[0] = <char>0xCF
+            _put64(at + 1, <uint64_t>v)
+            self.length += 9
+        return PACKED
+
+
+cdef inline void _put32(char* at, uint32_t v) noexcept:
+    at[0] = <char>(v >> 24)
+    at[1] = <char>(v >> 16)
+    at[2] = <char>(v >> 8)
+    at[3] = <char>v
+
+
+cdef inline void _put64(char* at, uint64_t v) noexcept:
+    _put32(at, <uint32_t>(v >> 32))
+    _put32(at + 4, <uint32_t>v)
+
+
+cdef bint _has_surrogate(object s) noexcept:
+    """True if ``s`` holds a code point from U+D800 to U+DFFF, which UTF-8 cannot encode."""
+    cdef int kind = PyUnicode_KIND(s)
+    cdef Py_ssize_t i, n = PyUnicode_GET_LENGTH(s)
+    cdef const uint16_t* two
+    cdef const uint32_t* four
+    if kind == 1:
+        return False  # Latin-1 only
+    if kind == 2:
+        two = <const uint16_t*>PyUnicode_DATA(s)
+        for i in range(n):
+            if 0xD800 <= two[i] <= 0xDFFF:
+                return True
+        return False
+    four = <const uint32_t*>PyUnicode_DATA(s)
+    for i in range(n):
+        if 0xD800 <= four[i] <= 0xDFFF:
+            return True
+    return False
+
+
+cdef bint _is_utf8(const uint8_t* s, Py_ssize_t n) noexcept:
+    """What ``bytes.decode("utf-8")`` accepts: well-formed UTF-8 (no overlong forms, no
+    surrogates, nothing above U+10FFFF), checked without creating an exception."""
+    cdef Py_ssize_t i = 0
+    cdef uint8_t c, lo, hi
+    cdef int more, k
+    while i < n:
+        c = s[i]
+        if c < 0x80:
+            i += 1
+            continue
+        lo, hi = 0x80, 0xBF  # the range of the byte after the lead byte
+        if 0xC2 <= c <= 0xDF:
+            more = 1
+        elif c == 0xE0:
+            more, lo = 2, 0xA0
+        elif c == 0xED:
+            more, hi = 2, 0x9F
+        elif 0xE1 <= c <= 0xEF:
+            more = 2
+        elif c == 0xF0:
+            more, lo = 3, 0x90
+        elif c == 0xF4:
+            more, hi = 3, 0x8F
+        elif 0xF1 <= c <= 0xF3:
+            more = 3
+        else:
+            return False
+        if i + more >= n:
+            return False  # cut short
+        if not (lo <= s[i + 1] <= hi):
+            return False
+        for k in range(2, more + 1):
+            if not (0x80 <= s[i + k] <= 0xBF):
+                return False
+        i += more + 1
+    return True
