@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 from types import ModuleType
-from typing import Any, Optional, Protocol
+from typing import Any, Protocol
 
 import msgpack
 
@@ -33,9 +33,9 @@ ENV_SWITCH = "FLUENTCLIENT_NO_EXTENSIONS"
 class FastPacker(Protocol):
     """What ``_speedups.Packer`` offers: None means the record is the Python path's."""
 
-    def entry(self, record: Any, time_ns: Any) -> Optional[bytes]: ...
+    def entry(self, record: Any, time_ns: Any) -> bytes | None: ...
 
-    def body(self, record: Any) -> Optional[bytes]: ...
+    def body(self, record: Any) -> bytes | None: ...
 
 
 def _as_list(obj: Any) -> Any:
@@ -63,7 +63,7 @@ def _known_records() -> list[dict[str, Any]]:
     ]
 
 
-def _not_mine() -> list[dict[str, Any]]:
+def _not_mine() -> list[dict[Any, Any]]:
     """Records the compiled packer must hand back to Python."""
 
     class Text(str):

@@ -194,6 +194,19 @@ def containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 
 
 values = st.recursive(leaves, containers, max_leaves=12)
+# Records of the values the compiled packer takes, at msgpack's boundaries: most of these
+# take the compiled path, so its every form is compared with Python's.
+common_leaves = st.one_of(
+    st.builds(text_of, lengths, st.booleans()), lengths.map(lambda n: b"b" * n),
+    st.sampled_from(INT_EDGES), st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(GOOD_UTF8 + [True, False, None, "é€𝄞", ""]),
+)
+common_values = st.recursive(
+    common_leaves,
+    lambda children: st.one_of(st.lists(children, max_size=4),
+                               st.lists(children, max_size=4).map(tuple),
+                               st.dictionaries(st.text(max_size=4), children, max_size=4)),
+    max_leaves=10)
 
 
 def nested(levels: int, kinds: list[str]) -> dict[str, Any]:
@@ -208,7 +221,8 @@ def nested(levels: int, kinds: list[str]) -> dict[str, Any]:
 deep_records = st.builds(nested, st.integers(1, 12),
                          st.lists(st.sampled_from(["dict", "list", "tuple"]), min_size=1))
 records = st.one_of(
-    st.dictionaries(texts, values, max_size=6),  # str keys: most take the compiled path
+    st.dictionaries(texts, common_values, max_size=6),
+    st.dictionaries(texts, values, max_size=6),
     st.dictionaries(keys, values, max_size=5),
     deep_records,
     st.dictionaries(texts, values, max_size=4).map(OrderedDict),
