@@ -205,7 +205,10 @@ common_values = st.recursive(
     common_leaves,
     lambda children: st.one_of(st.lists(children, max_size=4),
                                st.lists(children, max_size=4).map(tuple),
-                               st.dictionaries(st.text(max_size=4), children, max_size=4)),
+                               st.dictionaries(st.text(max_size=4), children, max_size=4),
+                               small_lengths.map(lambda n: [None] * n),
+                               small_lengths.map(lambda n: tuple(range(n))),
+                               small_lengths.map(lambda n: {f"k{i}": i for i in range(n)})),
     max_leaves=10)
 
 
