@@ -15,8 +15,12 @@ import sys
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.errors import CompileError, LinkError
 
 REQUIRE = "FLUENTCLIENT_REQUIRE_EXTENSIONS"
+# Left beside where the module would be when it could not be built: pip shows a build's
+# output only with -v, so the package itself says so when imported (see _accel.py).
+FAILED_NOTE = "_speedups.build-failed"
 
 
 def _say(text: str) -> None:
@@ -48,24 +52,38 @@ class OptionalBuildExt(build_ext):
                 ext.sources = done.sources
             super().run()
         except Exception as exc:
-            self._failed(exc)
+            for ext in self.extensions:
+                self._failed(exc, ext)
 
     def build_extension(self, ext: Extension) -> None:
         target = self.get_ext_fullpath(ext.name)
         # What an earlier build left where this one writes (the source tree, for an
         # editable install): if this build fails, the old module must not stay behind.
-        if os.path.exists(target):
-            os.remove(target)
+        note = self._note(ext)
+        for stale in (target, note):
+            if os.path.exists(stale):
+                os.remove(stale)
         try:
             super().build_extension(ext)
         except Exception as exc:
-            self._failed(exc)
+            self._failed(exc, ext)
 
-    def _failed(self, exc: Exception) -> None:
+    def _note(self, ext: Extension) -> str:
+        return os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)), FAILED_NOTE)
+
+    def _failed(self, exc: Exception, ext: Extension) -> None:
         if os.environ.get(REQUIRE, "") not in ("", "0"):
             raise exc
-        _say("fluentclient: the compiled packer could not be built "
-             f"({type(exc).__name__}: {exc}).\n"
+        if isinstance(exc, (CompileError, LinkError)):
+            # Its text is the whole command line; the compiler's own output is in the log.
+            why = f"the C compiler failed: {type(exc).__name__}"
+        else:
+            why = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        note = self._note(ext)
+        os.makedirs(os.path.dirname(note), exist_ok=True)
+        with open(note, "w", encoding="utf-8") as f:
+            f.write(why + "\n")
+        _say(f"fluentclient: the compiled packer could not be built ({why}).\n"
              "fluentclient is installed without it: it works the same, packing records in "
              "pure Python,\nseveral times slower. Install a C compiler and reinstall to "
              "build it; `fluentclient --version`\nsays which path runs.")

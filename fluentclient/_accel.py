@@ -10,7 +10,9 @@ The compiled packer is used only if all of these hold when the package is import
 
 A failed check logs a warning and leaves the pure-Python path, which behaves identically
 (tests/test_compiled.py compares the two byte for byte): the check guards against a build
-that does not fit this interpreter, not against a choice the user made.
+that does not fit this interpreter, not against a choice the user made. An install that
+could not compile the extension leaves a note beside the package (setup.py), and importing
+the package then warns once, since pip shows the build's own message only with ``-v``.
 """
 
 from __future__ import annotations
@@ -100,6 +102,16 @@ def _self_check(module: ModuleType) -> None:
         raise AssertionError("the compiled packer took a time EventTime cannot hold")
 
 
+def _build_failure() -> str | None:
+    """Why the install could not build the extension, if it left a note saying so."""
+    note = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_speedups.build-failed")
+    try:
+        with open(note, encoding="utf-8") as f:
+            return f.read().strip() or "no reason given"
+    except OSError:
+        return None
+
+
 def _load() -> tuple[ModuleType | None, str]:
     """The checked module, or None; and in a few words why."""
     if os.environ.get(ENV_SWITCH, "") not in ("", "0"):
@@ -107,10 +119,18 @@ def _load() -> tuple[ModuleType | None, str]:
     try:
         from . import _speedups
     except ImportError as exc:
-        # Not built (no compiler at install time, or a platform without a wheel): a
-        # normal way to run, said by fluentclient.COMPILED and `fluentclient --version`.
-        log.debug("fluentclient: no compiled packer (%s); running pure Python", exc)
-        return None, "pure Python: the compiled packer is not built"
+        failed = _build_failure()
+        if failed is None:
+            # Not built on purpose, or a platform without a wheel: a normal way to run,
+            # said by fluentclient.COMPILED and `fluentclient --version`.
+            log.debug("fluentclient: no compiled packer (%s); running pure Python", exc)
+            return None, "pure Python: the compiled packer is not built"
+        # pip shows a build's output only with -v: this is where the user hears of it.
+        log.warning("fluentclient: the compiled packer could not be built when fluentclient "
+                    "was installed (%s); running pure Python, which packs records several "
+                    "times slower. Reinstall where a C compiler is found, or set %s=1 to "
+                    "run pure Python without this warning.", failed, ENV_SWITCH)
+        return None, "pure Python: the compiled packer could not be built"
     module: ModuleType = _speedups
     try:
         built_for = int(module.BUILT_FOR)

@@ -417,3 +417,24 @@ def test_a_failed_check_at_start_falls_back_with_a_warning(speedups, monkeypatch
     assert "failed its check at start" in caplog.text
     monkeypatch.undo()
     assert _accel._load()[1] in ("compiled", "pure Python: FLUENTCLIENT_NO_EXTENSIONS is set")
+
+
+def test_an_install_that_could_not_compile_says_so_at_import(monkeypatch, caplog, tmp_path):
+    # setup.py leaves this note where the module would be; pip hides the build's output.
+    (tmp_path / "_speedups.build-failed").write_text("the C compiler failed: CompileError\n")
+    monkeypatch.setattr(_accel, "__file__", str(tmp_path / "_accel.py"))
+    monkeypatch.setitem(sys.modules, "fluentclient._speedups", None)  # import fails
+    monkeypatch.delattr(fluentclient, "_speedups", raising=False)
+    monkeypatch.delenv("FLUENTCLIENT_NO_EXTENSIONS", raising=False)
+    with caplog.at_level("WARNING", logger="fluentclient"):
+        module, reason = _accel._load()
+    assert module is None
+    assert reason == "pure Python: the compiled packer could not be built"
+    assert "could not be built when fluentclient was installed (the C compiler failed" \
+        in caplog.text
+    # Without the note, a missing extension is a normal way to run: no warning.
+    (tmp_path / "_speedups.build-failed").unlink()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fluentclient"):
+        assert _accel._load() == (None, "pure Python: the compiled packer is not built")
+    assert caplog.text == ""
