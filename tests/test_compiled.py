@@ -197,8 +197,15 @@ def containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 values = st.recursive(leaves, containers, max_leaves=12)
 # Records of the values the compiled packer takes, at msgpack's boundaries: most of these
 # take the compiled path, so its every form is compared with Python's.
+# Every form at once: a value that sweeps the boundaries of ints, strs and bins.
+SWEEPS = [
+    [v for v in INT_EDGES if -2**63 <= v < 2**64],
+    tuple(text_of(n, wide) for n in LENGTHS for wide in (False, True) if n < 65536),
+    [b"b" * n for n in LENGTHS if n < 65536],
+]
 # Now and then one odd value among them: where the compiled packer must give up.
 common_leaves = st.one_of(
+    st.sampled_from(SWEEPS),
     st.builds(text_of, lengths, st.booleans()), lengths.map(lambda n: b"b" * n),
     st.sampled_from(INT_EDGES), st.floats(allow_nan=False, allow_infinity=False),
     st.sampled_from(GOOD_UTF8 + [True, False, None, "é€𝄞", ""]),
