@@ -42,6 +42,10 @@ _BYTES_ACKED_AT = 8 + 24 * 4 + 2 * 8
 _TCP_INFO_SIZE = 256
 _HAS_OUTQ = sys.platform.startswith("linux")
 _READ_SIZE = 65536
+# What poll(2) reports when the server said anything: bytes, its FIN (POLLRDHUP where the
+# platform has it), urgent data; errors and hang-ups are always reported.
+_SAID_SOMETHING = select.POLLIN | select.POLLPRI | getattr(select, "POLLRDHUP", 0) \
+    if hasattr(select, "poll") else 0
 
 
 class SendError(FluentConnectionError):
@@ -127,6 +131,9 @@ class Connection:
         self._tls = security.ssl_context is not None
         self._resolved = resolved
         self._inbound = new_unpacker(max_buffer_size=1024 * 1024)
+        # Asks the kernel whether the server said anything (see quiet()); made once the
+        # connection is up.
+        self._poller: select.poll | None = None
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -159,6 +166,10 @@ class Connection:
                 self.refuse_if_helo(self.read_available())
                 if self.lost_error is not None:
                     raise self.lost_error  # a TLS alert, say: classified below
+            if _SAID_SOMETHING and self.sock is not None:
+                poller = select.poll()
+                poller.register(self.sock, _SAID_SOMETHING)
+                self._poller = poller
         except AuthenticationError as exc:
             self.close()
             if str(exc).startswith(where):
@@ -293,6 +304,7 @@ class Connection:
         return True
 
     def close(self) -> None:
+        self._poller = None
         sock, self.sock = self.sock, None
         if sock is not None:
             try:
@@ -441,14 +453,18 @@ class Connection:
 
     # -- I/O ----------------------------------------------------------------------------
 
-    def send(self, data: bytes | memoryview, deadline: float) -> None:
-        """Write all of ``data`` before ``deadline`` or raise :class:`SendError`."""
+    def send(self, data: bytes | memoryview, deadline: float, *, start: int = 0) -> None:
+        """Write all of ``data`` before ``deadline`` or raise :class:`SendError`.
+
+        ``start``: that many bytes of ``data`` are out already (see :meth:`send_at_once`);
+        the rest follows, and an error counts them among those written.
+        """
         sock = self.sock
         if sock is None:
-            raise SendError("not connected", 0)
+            raise SendError("not connected", start)
         view = memoryview(data)
         total = len(view)
-        sent = 0
+        sent = start
         try:
             while sent < total:
                 remaining = deadline - time.monotonic()
@@ -457,17 +473,58 @@ class Connection:
                 sock.settimeout(remaining)
                 sent += sock.send(view[sent:])
         except socket.timeout as exc:
-            self.bytes_written += sent
+            self.bytes_written += sent - start
             raise SendError(
                 f"writing to {describe(self.address)} timed out after {sent} of {total} bytes",
                 sent,
             ) from exc
         except OSError as exc:
-            self.bytes_written += sent
+            self.bytes_written += sent - start
             raise SendError(
                 f"writing to {describe(self.address)} failed: {exc.strerror or exc}", sent
             ) from exc
+        self.bytes_written += sent - start
+
+    def send_at_once(self, data: bytes) -> int:
+        """Write what the kernel takes of ``data`` now, without waiting: how many bytes
+        that was, 0 if none (its send buffer is full); :class:`SendError` if the
+        connection failed before any went.
+
+        The usual small frame goes whole, in one send(2): a socket with a timeout would
+        have CPython poll(2) before it, and setting the timeout costs an ioctl(2), so the
+        clock and the deadline are left to :meth:`send`, for whatever is left. Under TLS
+        nothing is written here: a TLS write that cannot finish must be repeated with the
+        same bytes, which :meth:`send` does.
+        """
+        sock = self.sock
+        if sock is None or self._tls:
+            return 0
+        try:
+            if sock.gettimeout() != 0.0:
+                sock.settimeout(0.0)
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            raise SendError(
+                f"writing to {describe(self.address)} failed: {exc.strerror or exc}", 0
+            ) from exc
         self.bytes_written += sent
+        return sent
+
+    def quiet(self) -> bool:
+        """Whether the server has said nothing we have not read: no reply, no FIN, no
+        reset. One poll(2) that never waits; False when it cannot tell."""
+        poller = self._poller
+        if poller is None:
+            return False
+        sock = self.sock
+        if sock is None or (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            return False  # TLS: OpenSSL may hold bytes the kernel already gave it
+        try:
+            return not poller.poll(0)
+        except OSError:
+            return False
 
     def peer_closed(self) -> bool:
         """Whether the server has closed or reset the connection.
@@ -475,6 +532,8 @@ class Connection:
         Without acks a server never writes to us, so anything readable is an EOF, a reset
         or a protocol error: either way the connection must not take more frames.
         """
+        if self.quiet():
+            return False  # the usual answer, in one system call rather than three
         sock = self.sock
         if sock is None:
             return True
