@@ -512,6 +512,30 @@ class Connection:
         self.bytes_written += sent
         return sent
 
+    def send_if_quiet(self, data: bytes) -> int:
+        """The usual write of a SyncClient, in two system calls: if the server has said
+        nothing (see :meth:`quiet`), what the kernel takes of ``data`` at once.
+
+        Returns how many bytes went, or -1 when nothing was written: the server said
+        something, the kernel took none, the write failed, or this is TLS. After -1 the
+        caller takes the whole path (:meth:`peer_closed`, :meth:`send`), which tells
+        those apart and writes again if it should.
+        """
+        poller = self._poller
+        sock = self.sock
+        if poller is None or sock is None or self._tls:
+            return -1
+        try:
+            if poller.poll(0):
+                return -1
+            if sock.gettimeout() != 0.0:
+                sock.settimeout(0.0)
+            sent = sock.send(data)
+        except OSError:
+            return -1
+        self.bytes_written += sent
+        return sent if sent else -1
+
     def quiet(self) -> bool:
         """Whether the server has said nothing we have not read: no reply, no FIN, no
         reset. One poll(2) that never waits; False when it cannot tell."""

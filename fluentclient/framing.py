@@ -544,12 +544,13 @@ class FrameBuilder:
         options: dict[str, Any]
         if self.compress is None:
             n = len(entries)
-            if chunk is None:
-                tail = _size_option(count)
-            else:
+            if chunk is not None:
                 tail = _packb({"size": count, "chunk": chunk})
+            else:
+                tail = _SIZE_ONE if count == 1 else _size_option(count)
             length = _STR32.pack(0xDB, n) if self.str_entries else bin_header(n)
-            return b"".join((self.head(tag), length, entries, tail)), chunk
+            head = self._heads.get(tag) or self.head(tag)
+            return b"".join((head, length, entries, tail)), chunk
         # wbits 31: a gzip member (header and trailer), what both servers inflate.
         deflate = zlib.compressobj(self.level, zlib.DEFLATED, 31)
         payload = deflate.compress(entries) + deflate.flush()

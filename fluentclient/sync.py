@@ -35,7 +35,7 @@ from .errors import (
 )
 from .framing import Default
 from .guard import DEFAULT_MAX_DEPTH
-from .message import Message, TimeLike
+from .message import Message, TimeLike, time_to_ns
 from .stats import DROP_SEND_FAILED, ShutdownReport, Stats
 
 __all__ = ["SyncClient"]
@@ -44,6 +44,8 @@ _time_ns = _time.time_ns
 _monotonic = _time.monotonic
 _getpid = os.getpid
 _INF = float("inf")
+# Tags a client remembers: a client fed endless distinct tags must not grow without end.
+_TAGS = 10_000
 # What the client's reused Message holds between calls: not the last caller's record.
 _NO_RECORD: Mapping[str, object] = {}
 
@@ -117,13 +119,23 @@ class SyncClient(Client):
             int_time=int_time, entries_as_str=entries_as_str,
         )
         self._tags = TagChecker(tag_prefix)
-        self._known_tag = self._tags.known.get
+        # Each tag seen (up to _TAGS of them): its full tag, and the largest entry a frame
+        # of it can hold. One lookup per call, where the tag, its packed form and the frame
+        # limit were three.
+        self._tag_rooms: dict[str, tuple[str, int]] = {}
+        self._known_tag = self._tag_rooms.get
         self._packer = records.packer()
         self._pack = self._packer.pack
         self._builder = records.builder(t)
         self._links = t.links()
         # With one server, the usual case, there is nothing to choose: each call tries it.
         self._single = self._links if len(self._links) == 1 else None
+        # The link whose connection a call tries first, at the least cost (see
+        # _wrote_at_once): the one server, when no ack and no idle limit need a look.
+        self._lane = (
+            self._links[0]
+            if self._single and not require_ack and keepalive_timeout is None else None
+        )
         self._max_frame_size = max_frame_size
         # Read on every call: plain attributes, not a look through the options.
         self._require_ack = require_ack
@@ -200,13 +212,11 @@ class SyncClient(Client):
         clients.
         """
         try:
-            full_tag = self._known_tag(tag)
-        except TypeError:  # unhashable, so no tag: stamp() says so
-            full_tag = None
-        if full_tag is None or time is not None:
-            full_tag, time_ns = self._tags.stamp(tag, time)
-        else:
-            time_ns = _time_ns()
+            known = self._known_tag(tag)
+        except TypeError:  # unhashable, so no tag: _learn() says so
+            known = None
+        full_tag, room = self._learn(tag) if known is None else known
+        time_ns = _time_ns() if time is None else time_to_ns(time)
         if ack and not self._require_ack:
             raise ValueError("post(ack=True) needs a client made with require_ack=True")
         # Without a timeout the clock is read only if the call has to wait (see _write).
@@ -223,16 +233,16 @@ class SyncClient(Client):
                 entry = self._pack(message)
             finally:
                 message.record = _NO_RECORD
-            builder = self._builder
-            if len(entry) + builder.overhead(full_tag) > self._max_frame_size:
+            if len(entry) > room:
                 raise RecordTooLargeError(
                     f"a {len(entry)}-byte record does not fit in a frame of "
                     f"{self._max_frame_size} bytes"
                 )
-            data, chunk = builder.build(full_tag, entry, 1)
+            data, chunk = self._builder.build(full_tag, entry, 1)
             self._maybe_delivered = False
             try:
-                self._send(data, chunk, start, timeout)
+                if not self._wrote_at_once(data, start, timeout):
+                    self._send(data, chunk, start, timeout)
             except BaseException:
                 # Posted and settled at once: nothing is ever buffered here.
                 if self._maybe_delivered:
@@ -240,16 +250,59 @@ class SyncClient(Client):
                 else:
                     self._ledger.refuse(DROP_SEND_FAILED)
                 raise
-        self._ledger.sent_at_once(len(data))
+            # Counted under our lock: the ledger needs no lock of its own for this.
+            self._ledger.sent_at_once(len(data))
         if ack:
             done: Future[None] = Future()
             done.set_result(None)
             return done
         return True
 
+    def _learn(self, tag: str) -> tuple[str, int]:
+        """The full tag of ``tag`` and the largest entry its frame holds; raises
+        InvalidTagError for a bad tag."""
+        full_tag, _ = self._tags.stamp(tag, None)
+        known = full_tag, self._max_frame_size - self._builder.overhead(full_tag)
+        if len(self._tag_rooms) < _TAGS:
+            self._tag_rooms[tag] = known
+        return known
+
     def _deadline(self, start: float, step: float, timeout: float | None) -> float:
         deadline = _monotonic() + step
         return deadline if timeout is None else min(deadline, start + timeout)
+
+    def _wrote_at_once(self, data: bytes, start: float, timeout: float | None) -> bool:
+        """The usual call: the frame went on the connection the last call used, which
+        the server has not closed since, in one poll(2) and one send(2). False when
+        nothing was written: then :meth:`_send` does it all, with every look and retry.
+        """
+        link = self._lane
+        if link is None:
+            return False
+        conn = link.conn
+        if conn is None or (timeout is not None and _monotonic() - start >= timeout):
+            return False
+        sent = conn.send_if_quiet(data)
+        if sent == len(data):
+            # What Sender.wrote does, less its backoff reset: that was done by the first
+            # write on this connection, which took the whole path.
+            link.frames_sent += 1
+            return True
+        if sent < 0:
+            return False
+        # The kernel took the head of the frame: the rest follows on this connection.
+        try:
+            conn.send(data, self._deadline(start, self._transport.write_timeout, timeout),
+                      start=sent)
+        except SendError as exc:
+            # The server may have part of the frame: never written again, anywhere.
+            self._maybe_delivered = True
+            self._sender.drop(link)
+            self._ledger.connection_failed()
+            link.failed(str(exc), error=exc)
+            raise
+        link.frames_sent += 1
+        return True
 
     def _send(self, data: bytes, chunk: str | None, start: float, timeout: float | None) -> None:
         t, sender = self._transport, self._sender
