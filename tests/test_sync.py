@@ -241,3 +241,56 @@ def test_the_client_keeps_no_record_after_the_call(fluent_server):
         gc.collect()
         assert alive() is None and gone_too() is None
     assert fluent_server.wait_for_events(1, timeout=10)
+
+
+def test_a_frame_larger_than_the_socket_buffers_goes_whole_and_once(fluent_server):
+    """The kernel takes the head of each frame at once and the call writes the rest as
+    the server reads: the first on a new connection, the next ones on the same."""
+    filler = "y" * 12_000_000  # more than any send buffer here takes in one call
+    with SyncClient(fluent_server.host, fluent_server.port, max_frame_size=32 * 2**20,
+                    write_timeout=60) as client:
+        for i in range(3):
+            client.post("sync.large", {"i": i, "filler": filler})
+        s = client.stats()
+        assert (s.sent, s.possibly_lost, s.dropped, s.connects) == (3, 0, {}, 1), s
+    assert fluent_server.wait_for_events(3, timeout=60)
+    arrived = _arrived(fluent_server)
+    assert [r["i"] for r in arrived] == [0, 1, 2]
+    assert all(r["filler"] == filler for r in arrived)
+    assert not fluent_server.errors
+
+
+def test_posts_from_several_threads_are_each_counted_once_and_every_snapshot_balances(
+    fluent_server
+):
+    client = SyncClient(fluent_server.host, fluent_server.port)
+    threads, each = 4, 300
+    unbalanced: list[object] = []
+    posting = threading.Event()
+    posting.set()
+
+    def post(n: int) -> None:
+        for i in range(each):
+            client.post("sync.threads", {"t": n, "i": i})
+
+    def watch() -> None:
+        while posting.is_set():
+            s = client.stats()
+            if s.posted != _fates(s) or s.frames_sent != s.sent:
+                unbalanced.append(s)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    posters = [threading.Thread(target=post, args=(n,)) for n in range(threads)]
+    for t in posters:
+        t.start()
+    for t in posters:
+        t.join(60)
+    posting.clear()
+    watcher.join(60)
+    assert not unbalanced, unbalanced[:3]
+    s = client.stats()
+    assert (s.posted, s.sent, s.frames_sent) == (threads * each,) * 3, s
+    assert fluent_server.wait_for_events(threads * each, timeout=30)
+    assert s.bytes_sent == fluent_server.bytes_received
+    client.close()
