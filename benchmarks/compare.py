@@ -528,9 +528,10 @@ def report(results: dict[str, Any]) -> str:
     lines: list[str] = []
     for workload, table in results["throughput"].items():
         lines += _throughput_table(workload, table)
-    lines += ["| post() latency | phase | calls | p50 µs | p99 µs | p99.9 µs | max µs | "
-              "gen-2 GCs | posted first |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    if results["latency"]:
+        lines += ["| post() latency | phase | calls | p50 µs | p99 µs | p99.9 µs | max µs | "
+                  "gen-2 GCs | posted first |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for key, r in results["latency"].items():
         for phase in ("steady", "burst"):
             if phase not in r:
@@ -540,9 +541,10 @@ def report(results: dict[str, Any]) -> str:
             lines.append(f"| {key} | {what} | {m['calls']:,} | {m['p50_us']:.1f} | "
                          f"{m['p99_us']:.1f} | {m['p999_us']:.1f} | {m['max_us']:,.0f} | "
                          f"{m['gen2']} | {r['fill']:,} in {r['fill_s']:.2f} s |")
-    lines += ["", "| burst of " + f"{results['records']:,}" + " records | idle RSS MiB | "
-              "peak RSS MiB | growth MiB | buffer_limit MiB | dropped |",
-              "|---|---:|---:|---:|---:|---:|"]
+    if results["memory"]:
+        lines += ["", "| burst of " + f"{results['records']:,}" + " records | idle RSS MiB | "
+                  "peak RSS MiB | growth MiB | buffer_limit MiB | dropped |",
+                  "|---|---:|---:|---:|---:|---:|"]
     for state, r in results["memory"].items():
         lines.append(f"| server {state} | {r['idle_rss']:.1f} | {r['peak_rss']:.1f} | "
                      f"{r['peak_rss'] - r['idle_rss']:.1f} | {r['buffer_limit_mib']:.0f} | "
