@@ -7,6 +7,10 @@ ratios within one run: the machines are shared and noisy.
     python benchmarks/compare.py                 # everything (a minute or two)
     python benchmarks/compare.py --quick         # a smoke run with few records
     python benchmarks/compare.py --only buffered,raw
+    python benchmarks/compare.py --only raw_sync,sync,fluent_logger_sync --rounds 5 \
+        --workloads fresh --throughput-only    # one frame per record, 5 interleaved rounds
+    python benchmarks/compare.py --only sync --baseline ../old-checkout ...
+        # also runs sync@baseline: the same contender with the package of another tree
     python benchmarks/compare.py --chart docs/benchmark.svg   # also draw the figures
     FLUENTCLIENT_NO_EXTENSIONS=1 python benchmarks/compare.py  # all of it in pure Python
 
@@ -34,6 +38,7 @@ import math
 import os
 import resource
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -92,9 +97,10 @@ class Observer:
         vol, invol = self._context_switches()
         return {"gen2": self.gen2, "voluntary_switches": vol - self._switches[0],
                 "involuntary_switches": invol - self._switches[1]}
-THROUGHPUT = ["raw", "raw_naive", "buffered", "buffered_pure", "buffered_ack", "buffered_gzip",
-              "sync", "sync_pure",
-              "fluent_logger_async", "fluent_logger_sync"]
+THROUGHPUT = ["raw", "raw_naive", "raw_sync", "buffered", "buffered_pure", "buffered_ack",
+              "buffered_gzip", "sync", "sync_pure", "fluent_logger_async", "fluent_logger_sync"]
+# The contenders that write one frame per record: they post fewer records.
+ONE_BY_ONE = ("raw_sync", "sync", "sync_pure", "fluent_logger_async", "fluent_logger_sync")
 
 
 def rss_mib() -> float:
@@ -182,6 +188,8 @@ def make_poster(name: str, port: int) -> tuple[Any, Any, Any]:
         return raw_ceiling(port)
     if name == "raw_naive":
         return raw_ceiling(port, naive=True)
+    if name == "raw_sync":
+        return raw_ceiling(port, batch=1)
     if name.startswith("fluent_logger"):
         if name == "fluent_logger_async":
             from fluent import asyncsender as sender_module  # type: ignore[import-not-found]
@@ -193,11 +201,13 @@ def make_poster(name: str, port: int) -> tuple[Any, Any, Any]:
     raise SystemExit(f"unknown contender {name}")
 
 
-def raw_ceiling(port: int, naive: bool = False) -> tuple[Any, Any, Any]:
+def raw_ceiling(port: int, naive: bool = False, batch: int = 64 * 1024) -> tuple[Any, Any, Any]:
     """One thread packing PackedForward frames with msgpack.Packer and sendall: no threads.
 
     The ceiling packs each entry's EventTime head with struct, as fluentclient does;
     ``naive`` packs ``[ExtType(0, ...), record]`` per entry, as a plain client would.
+    A frame goes once it holds ``batch`` bytes: 1 sends each record in a frame of its
+    own, one packb and one sendall per record (the ceiling of a sync sender).
     """
     import msgpack
 
@@ -224,7 +234,7 @@ def raw_ceiling(port: int, naive: bool = False) -> tuple[Any, Any, Any]:
             entries.extend(head.pack(0x92, 0xD7, 0, sec, nsec))
             entries.extend(packer.pack(record))
         count += 1
-        if len(entries) >= 64 * 1024:
+        if len(entries) >= batch:
             send()
 
     def finish() -> None:
@@ -247,9 +257,13 @@ def child_throughput(name: str, port: int, records: int, workload: str) -> dict[
     finish()
     done = time.monotonic()
     cpu = time.process_time() - cpu0
+    package = sys.modules.get("fluentclient")
     return {"start": start, "post_s": posted - start, "finish_s": done - start,
             "cpu_s": cpu, "cpu_us_per_record": cpu / records * 1e6, "idle_rss": idle,
-            "peak_rss": rss_mib(), **observer.result()}
+            "peak_rss": rss_mib(), **observer.result(),
+            # Which package ran: the tree under test, or a --baseline one.
+            "package": str(Path(package.__file__).parent) if package and package.__file__
+            else None}
 
 
 def _percentiles(latencies: list[int]) -> dict[str, float]:
@@ -323,8 +337,17 @@ def child_memory(port: int, records: int) -> dict[str, Any]:
             "buffer_limit_mib": BUFFER_LIMIT / 2**20}
 
 
-def run_child(args: list[str], timeout: float = 300, pure: bool = False) -> dict[str, Any]:
-    env = {**os.environ, "FLUENTCLIENT_NO_EXTENSIONS": "1"} if pure else None
+# --baseline: where the NAME@baseline contenders import fluentclient from.
+BASELINE: str | None = None
+
+
+def run_child(args: list[str], timeout: float = 300,
+              pythonpath: str | None = None, pure: bool = False) -> dict[str, Any]:
+    env = None
+    if pythonpath is not None:
+        env = {**os.environ, "PYTHONPATH": pythonpath}
+    if pure:
+        env = {**(env or os.environ), "FLUENTCLIENT_NO_EXTENSIONS": "1"}
     out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True,
                          text=True, timeout=timeout, env=env)
     if out.returncode != 0:
@@ -361,6 +384,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="few records, short latency runs")
     parser.add_argument("--only", default="", help="comma-separated contenders")
     parser.add_argument("--chart", metavar="PATH", help="also write an SVG chart of this run")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="throughput rounds, each running every contender in turn; the "
+                        "tables show each figure's median, ratios the median of each round's")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS),
+                        help="comma-separated throughput workloads (fresh, reused)")
+    parser.add_argument("--throughput-only", action="store_true",
+                        help="skip the latency and memory runs")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="a source tree of fluentclient (another commit's checkout): each "
+                        "of our contenders also runs from it, as NAME@baseline, in the same "
+                        "rounds")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -379,26 +413,34 @@ def main() -> None:
     latency_seconds = 0.5 if args.quick else 3.0
     burst = 5_000 if args.quick else 200_000
     wanted = [n for n in (args.only.split(",") if args.only else THROUGHPUT) if available(n)]
+    workloads = [w for w in WORKLOADS if w in args.workloads.split(",")]
+    if args.baseline:
+        global BASELINE
+        BASELINE = str(Path(args.baseline).resolve())
+        wanted = [m for n in wanted
+                  for m in ((n, f"{n}@baseline") if _family(n) == "ours" else (n,))]
     sink = Sink()
     flaky = Sink("--flaky", str(FLAKY_LIFETIME))
-    results: dict[str, Any] = {"records": records, "burst": burst, "packer": packer_path(),
-                               "throughput": {w: {} for w in WORKLOADS}, "latency": {},
+    results: dict[str, Any] = {"records": records, "burst": burst, "rounds": args.rounds,
+                               "packer": packer_path(),
+                               "throughput": {w: {} for w in workloads}, "latency": {},
                                "memory": {}}
     try:
-        for workload in WORKLOADS:
+        for workload in workloads:
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in wanted}
+            for round_no in range(args.rounds):
+                # Interleaved, each round in another order: a burst of load from elsewhere
+                # on the machine then hits different contenders, not always the same one.
+                shift = round_no % len(wanted)
+                for name in wanted[shift:] + wanted[:shift]:
+                    n = min(records, 50_000) if name.partition("@")[0] in ONE_BY_ONE else records
+                    runs[name].append(throughput_run(sink, name, n, workload))
             for name in wanted:
-                n = records if not base_name(name).endswith("sync") and (
-                    "fluent_logger" not in name) else min(records, 50_000)
-                sink.ask("reset")
-                child = run_child(["throughput", name, str(sink.port), str(n), workload],
-                                  pure=name.endswith(PURE))
-                answer = sink.ask(f"wait {n} 120")
-                e2e = float(answer.split()[1]) - child["start"] \
-                    if answer.startswith("reached") else float("nan")
-                child.update(records=n, e2e_s=e2e, e2e_rate=n / e2e, post_rate=n / child["post_s"])
-                results["throughput"][workload][name] = child
-                print(f"  {workload:6s} {name:22s} e2e {n / e2e:>10,.0f} rec/s, "
-                      f"{child['cpu_us_per_record']:.2f} µs CPU/record", file=sys.stderr)
+                results["throughput"][workload][name] = median_run(runs[name])
+        if args.throughput_only:
+            sink.close()
+            flaky.close()
+            return finish(results, args.chart)
         stuck = stuck_listener()
         states = {"healthy": sink.port, "stuck": stuck.getsockname()[1], "absent": absent_port(),
                   "flaky": flaky.port}
@@ -419,12 +461,42 @@ def main() -> None:
     finally:
         sink.close()
         flaky.close()
+    finish(results, args.chart)
+
+
+def finish(results: dict[str, Any], chart_path: str | None) -> None:
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2))
     print(report(results))
-    if args.chart:
-        Path(args.chart).write_text(chart(results), encoding="utf-8")
+    if chart_path:
+        Path(chart_path).write_text(chart(results), encoding="utf-8")
+
+
+def throughput_run(sink: Sink, name: str, n: int, workload: str) -> dict[str, Any]:
+    """One contender posting ``n`` records in a child process, timed until the sink has
+    decoded them all."""
+    sink.ask("reset")
+    contender, _, baseline = name.partition("@")
+    child = run_child(["throughput", contender, str(sink.port), str(n), workload],
+                      pythonpath=BASELINE if baseline else None, pure=contender.endswith(PURE))
+    answer = sink.ask(f"wait {n} 120")
+    e2e = float(answer.split()[1]) - child["start"] \
+        if answer.startswith("reached") else float("nan")
+    child.update(records=n, e2e_s=e2e, e2e_rate=n / e2e, post_rate=n / child["post_s"])
+    print(f"  {workload:6s} {name:22s} e2e {n / e2e:>10,.0f} rec/s, "
+          f"{child['cpu_us_per_record']:.2f} µs CPU/record", file=sys.stderr)
+    return child
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the rounds (the rounds themselves kept in ``rounds``)."""
+    merged = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            merged[key] = statistics.median(r[key] for r in runs)
+    merged["rounds"] = runs
+    return merged
 
 
 def _throughput_table(workload: str, t: dict[str, Any]) -> list[str]:
@@ -466,17 +538,39 @@ def _throughput_table(workload: str, t: dict[str, Any]) -> list[str]:
         if other in t and "buffered" in t:
             ratios.append(f"BufferedClient / {other}: "
                           f"{t['buffered']['e2e_rate'] / t[other]['e2e_rate']:.1f}")
+    for ours in ("sync", "sync@baseline"):
+        for other, label in (("fluent_logger_sync", "fluent-logger's FluentSender"),
+                             ("raw_sync", "raw one-frame-per-record loop")):
+            if other in t and ours in t:
+                ratios.append(f"{ours} / {label}: {_paired(t[ours], t[other])}")
     return [*lines, "", *[f"- {r}" for r in ratios], ""]
+
+
+def _paired(ours: dict[str, Any], theirs: dict[str, Any]) -> str:
+    """Our records/s over theirs and our CPU per record over theirs: the median of each
+    round's ratio (two runs of the same round met the same machine), with the range."""
+    pairs = list(zip(ours.get("rounds", [ours]), theirs.get("rounds", [theirs])))
+
+    def ratio(key: str) -> str:
+        values = sorted(a[key] / b[key] for a, b in pairs)
+        middle = statistics.median(values)
+        if len(values) == 1:
+            return f"{middle:.2f}"
+        return f"{middle:.2f} ({values[0]:.2f}-{values[-1]:.2f} over {len(values)} rounds)"
+
+    return (f"end to end {ratio('e2e_rate')}, CPU per record {ratio('cpu_us_per_record')} "
+            f"({ours['cpu_us_per_record']:.2f} against {theirs['cpu_us_per_record']:.2f} µs)")
 
 
 def report(results: dict[str, Any]) -> str:
     lines: list[str] = [f"fluentclient's packer: {results.get('packer', 'unknown')}"
                         " (the *_pure rows: pure Python)", ""]
-    for workload in WORKLOADS:
-        lines += _throughput_table(workload, results["throughput"][workload])
-    lines += ["| post() latency | phase | calls | p50 µs | p99 µs | p99.9 µs | max µs | "
-              "gen-2 GCs | posted first |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for workload, table in results["throughput"].items():
+        lines += _throughput_table(workload, table)
+    if results["latency"]:
+        lines += ["| post() latency | phase | calls | p50 µs | p99 µs | p99.9 µs | max µs | "
+                  "gen-2 GCs | posted first |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for key, r in results["latency"].items():
         for phase in ("steady", "burst"):
             if phase not in r:
@@ -486,9 +580,10 @@ def report(results: dict[str, Any]) -> str:
             lines.append(f"| {key} | {what} | {m['calls']:,} | {m['p50_us']:.1f} | "
                          f"{m['p99_us']:.1f} | {m['p999_us']:.1f} | {m['max_us']:,.0f} | "
                          f"{m['gen2']} | {r['fill']:,} in {r['fill_s']:.2f} s |")
-    lines += ["", "| burst of " + f"{results['records']:,}" + " records | idle RSS MiB | "
-              "peak RSS MiB | growth MiB | buffer_limit MiB | dropped |",
-              "|---|---:|---:|---:|---:|---:|"]
+    if results["memory"]:
+        lines += ["", "| burst of " + f"{results['records']:,}" + " records | idle RSS MiB | "
+                  "peak RSS MiB | growth MiB | buffer_limit MiB | dropped |",
+                  "|---|---:|---:|---:|---:|---:|"]
     for state, r in results["memory"].items():
         lines.append(f"| server {state} | {r['idle_rss']:.1f} | {r['peak_rss']:.1f} | "
                      f"{r['peak_rss'] - r['idle_rss']:.1f} | {r['buffer_limit_mib']:.0f} | "
@@ -551,7 +646,8 @@ def chart(results: dict[str, Any]) -> str:
     y = 30.0
     parts.append(_text(20, y, "End-to-end records/s, a fresh dict per record (until the sink "
                        "decoded every record)", bold=True))
-    throughput = [(name, r["e2e_rate"]) for name, r in results["throughput"]["fresh"].items()
+    fresh = results["throughput"].get("fresh", {})
+    throughput = [(name, r["e2e_rate"]) for name, r in fresh.items()
                   if r.get("e2e_rate") == r.get("e2e_rate")]  # NaN: the sink timed out
     top = _nice_max(max((rate for _, rate in throughput), default=0.0))
     y += 14

@@ -16,6 +16,7 @@ the queue holds encrypted records, not our bytes, so nothing can be confirmed th
 from __future__ import annotations
 
 import fcntl
+import functools
 import select
 import socket
 import ssl
@@ -23,7 +24,7 @@ import struct
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 from . import _handshake as handshake
 from .errors import AuthenticationError, FluentConnectionError, FluentTimeoutError, TlsError
@@ -42,6 +43,12 @@ _BYTES_ACKED_AT = 8 + 24 * 4 + 2 * 8
 _TCP_INFO_SIZE = 256
 _HAS_OUTQ = sys.platform.startswith("linux")
 _READ_SIZE = 65536
+# What epoll(7) or poll(2) reports when the server said anything: bytes, its FIN (RDHUP
+# where the platform has it), urgent data; errors and hang-ups are always reported.
+_EPOLL_SAID = select.EPOLLIN | select.EPOLLPRI | select.EPOLLRDHUP \
+    if hasattr(select, "epoll") else 0
+_POLL_SAID = select.POLLIN | select.POLLPRI | getattr(select, "POLLRDHUP", 0) \
+    if hasattr(select, "poll") else 0
 
 
 class SendError(FluentConnectionError):
@@ -127,6 +134,10 @@ class Connection:
         self._tls = security.ssl_context is not None
         self._resolved = resolved
         self._inbound = new_unpacker(max_buffer_size=1024 * 1024)
+        # Asks the kernel, without waiting, whether the server said anything (see
+        # quiet()): made on first use, with the epoll instance it may hold.
+        self._ask: Callable[[], list[Any]] | None = None
+        self._epoll: select.epoll | None = None
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -293,6 +304,10 @@ class Connection:
         return True
 
     def close(self) -> None:
+        self._ask = None
+        epoll, self._epoll = self._epoll, None
+        if epoll is not None:
+            epoll.close()
         sock, self.sock = self.sock, None
         if sock is not None:
             try:
@@ -441,14 +456,18 @@ class Connection:
 
     # -- I/O ----------------------------------------------------------------------------
 
-    def send(self, data: bytes | memoryview, deadline: float) -> None:
-        """Write all of ``data`` before ``deadline`` or raise :class:`SendError`."""
+    def send(self, data: bytes | memoryview, deadline: float, *, start: int = 0) -> None:
+        """Write all of ``data`` before ``deadline`` or raise :class:`SendError`.
+
+        ``start``: that many bytes of ``data`` are out already (see :meth:`send_at_once`);
+        the rest follows, and an error counts them among those written.
+        """
         sock = self.sock
         if sock is None:
-            raise SendError("not connected", 0)
+            raise SendError("not connected", start)
         view = memoryview(data)
         total = len(view)
-        sent = 0
+        sent = start
         try:
             while sent < total:
                 remaining = deadline - time.monotonic()
@@ -457,17 +476,97 @@ class Connection:
                 sock.settimeout(remaining)
                 sent += sock.send(view[sent:])
         except socket.timeout as exc:
-            self.bytes_written += sent
+            self.bytes_written += sent - start
             raise SendError(
                 f"writing to {describe(self.address)} timed out after {sent} of {total} bytes",
                 sent,
             ) from exc
         except OSError as exc:
-            self.bytes_written += sent
+            self.bytes_written += sent - start
             raise SendError(
                 f"writing to {describe(self.address)} failed: {exc.strerror or exc}", sent
             ) from exc
+        self.bytes_written += sent - start
+
+    def send_at_once(self, data: bytes) -> int:
+        """Write what the kernel takes of ``data`` now, without waiting: how many bytes
+        that was, 0 if none (its send buffer is full); :class:`SendError` if the
+        connection failed before any went.
+
+        The usual small frame goes whole, in one send(2): a socket with a timeout would
+        have CPython poll(2) before it, and setting the timeout costs an ioctl(2), so the
+        clock and the deadline are left to :meth:`send`, for whatever is left. Under TLS
+        nothing is written here: a TLS write that cannot finish must be repeated with the
+        same bytes, which :meth:`send` does.
+        """
+        sock = self.sock
+        if sock is None or self._tls:
+            return 0
+        try:
+            if sock.gettimeout() != 0.0:
+                sock.settimeout(0.0)
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            raise SendError(
+                f"writing to {describe(self.address)} failed: {exc.strerror or exc}", 0
+            ) from exc
         self.bytes_written += sent
+        return sent
+
+    def send_if_quiet(self, data: bytes) -> int:
+        """The usual write of a SyncClient, in two system calls: if the server has said
+        nothing (see :meth:`quiet`), what the kernel takes of ``data`` at once.
+
+        Returns how many bytes went, or -1 when nothing was written: the server said
+        something, the kernel took none, the write failed, or this is TLS. After -1 the
+        caller takes the whole path (:meth:`peer_closed`, :meth:`send`), which tells
+        those apart and writes again if it should.
+        """
+        sock = self.sock
+        if sock is None or self._tls:
+            return -1
+        ask = self._ask or self._asker(sock)
+        try:
+            if ask():
+                return -1
+            if sock.gettimeout() != 0.0:
+                sock.settimeout(0.0)
+            sent = sock.send(data)
+        except OSError:
+            return -1
+        self.bytes_written += sent
+        return sent if sent else -1
+
+    def quiet(self) -> bool:
+        """Whether the server has said nothing we have not read: no reply, no FIN, no
+        reset. One poll(2) that never waits; False when it cannot tell."""
+        sock = self.sock
+        if sock is None or (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            return False  # TLS: OpenSSL may hold bytes the kernel already gave it
+        try:
+            return not (self._ask or self._asker(sock))()
+        except OSError:
+            return False
+
+    def _asker(self, sock: socket.socket) -> Callable[[], list[Any]]:
+        """A call that returns the events waiting on ``sock``, without waiting: an empty
+        list when the server said nothing. epoll where there is one (a call costs half
+        of poll's, which copies its descriptor list in and out each time)."""
+        if _EPOLL_SAID:
+            epoll = self._epoll = select.epoll()
+            epoll.register(sock.fileno(), _EPOLL_SAID)
+            ask: Callable[[], list[Any]] = functools.partial(epoll.poll, 0, 1)
+        elif _POLL_SAID:
+            poller = select.poll()
+            poller.register(sock, _POLL_SAID)
+            ask = functools.partial(poller.poll, 0)
+        else:
+            def ask() -> list[Any]:  # no poll(2) either: says "something", so look
+                return [True]
+        self._ask = ask
+        return ask
 
     def peer_closed(self) -> bool:
         """Whether the server has closed or reset the connection.
@@ -475,6 +574,8 @@ class Connection:
         Without acks a server never writes to us, so anything readable is an EOF, a reset
         or a protocol error: either way the connection must not take more frames.
         """
+        if self.quiet():
+            return False  # the usual answer, in one system call rather than three
         sock = self.sock
         if sock is None:
             return True

@@ -489,10 +489,14 @@ def bin_header(length: int) -> bytes:
     return _BIN32.pack(0xC6, length)
 
 
+# A frame's bytes besides its tag and entries, at most: the array header, a bin32 header
+# and an option map with size and a chunk id.
+_FRAME_SLACK = 1 + 5 + 64
+
+
 def frame_overhead(tag: str) -> int:
     """An upper bound on a PackedForward frame's bytes besides its entries."""
-    # array header + tag + bin32 header + an option map with size and a chunk id.
-    return 1 + len(_packb(tag)) + 5 + 64
+    return len(_packb(tag)) + _FRAME_SLACK
 
 
 def packed_forward_frame(
@@ -540,25 +544,63 @@ class FrameBuilder:
         self.level = level
         self.chunks = chunks
         self.str_entries = str_entries
+        # The array header and the packed tag of each tag seen (up to _HEADS of them):
+        # a SyncClient builds a frame per record, and packing the tag every time cost
+        # about as much as the rest of the frame.
+        self._heads: dict[str, bytes] = {}
+
+    def head(self, tag: str) -> bytes:
+        """The bytes a frame of ``tag`` starts with: the array header and the tag."""
+        head = self._heads.get(tag)
+        if head is None:
+            head = b"\x93" + _packb(tag)
+            if len(self._heads) < _HEADS:
+                self._heads[tag] = head
+        return head
+
+    def overhead(self, tag: str) -> int:
+        """:func:`frame_overhead` of ``tag``, from the cached head."""
+        return len(self.head(tag)) - 1 + _FRAME_SLACK
 
     def build(
         self, tag: str, entries: bytes | bytearray, count: int
     ) -> tuple[bytes, str | None]:
         """The frame's bytes and its chunk id (None without acks)."""
         chunk = new_chunk_id() if self.chunks else None
+        options: dict[str, Any]
         if self.compress is None:
-            data = packed_forward_frame(
-                tag, entries, count, chunk=chunk, str_entries=self.str_entries
-            )
-            return data, chunk
+            n = len(entries)
+            if chunk is not None:
+                tail = _packb({"size": count, "chunk": chunk})
+            else:
+                tail = _SIZE_ONE if count == 1 else _size_option(count)
+            length = _STR32.pack(0xDB, n) if self.str_entries else bin_header(n)
+            head = self._heads.get(tag) or self.head(tag)
+            return b"".join((head, length, entries, tail)), chunk
         # wbits 31: a gzip member (header and trailer), what both servers inflate.
         deflate = zlib.compressobj(self.level, zlib.DEFLATED, 31)
         payload = deflate.compress(entries) + deflate.flush()
-        options: dict[str, Any] = {"size": count, "compressed": "gzip"}
+        options = {"size": count, "compressed": "gzip"}
         if chunk is not None:
             options["chunk"] = chunk
-        data = b"".join((b"\x93", _packb(tag), bin_header(len(payload)), payload, _packb(options)))
+        data = b"".join((self.head(tag), bin_header(len(payload)), payload, _packb(options)))
         return data, chunk
+
+
+# Tags whose frame head a FrameBuilder remembers: endless distinct tags must not grow it
+# without end.
+_HEADS = 10_000
+_SIZE_KEY = b"\x81\xa4size"  # a map of one item, and the key "size"
+_SIZE_ONE = _SIZE_KEY + b"\x01"
+
+
+def _size_option(count: int) -> bytes:
+    """``{"size": count}`` packed, as msgpack packs it (the smallest integer form)."""
+    if count == 1:
+        return _SIZE_ONE
+    if count < 0x80:
+        return _SIZE_KEY + bytes((count,))
+    return _SIZE_KEY + _packb(count)
 
 
 def new_chunk_id() -> str:

@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from typing import Literal, overload
 
 from ._base import Client, TagChecker
-from ._connection import ConnectionLost, SendError
+from ._connection import Connection, ConnectionLost, SendError
 from ._ledger import Ledger
 from ._options import MiB, RecordOptions, TransportOptions, security_from, servers_from
 from ._pool import Link, ServerSpec
@@ -33,12 +33,21 @@ from .errors import (
     FluentTimeoutError,
     RecordTooLargeError,
 )
-from .framing import Default, frame_overhead
+from .framing import Default
 from .guard import DEFAULT_MAX_DEPTH
-from .message import Message, TimeLike
+from .message import Message, TimeLike, time_to_ns
 from .stats import DROP_SEND_FAILED, ShutdownReport, Stats
 
 __all__ = ["SyncClient"]
+
+_time_ns = _time.time_ns
+_monotonic = _time.monotonic
+_getpid = os.getpid
+_INF = float("inf")
+# Tags a client remembers: a client fed endless distinct tags must not grow without end.
+_TAGS = 10_000
+# What the client's reused Message holds between calls: not the last caller's record.
+_NO_RECORD: Mapping[str, object] = {}
 
 _live_sync_clients: weakref.WeakSet[SyncClient] = weakref.WeakSet()
 
@@ -110,15 +119,35 @@ class SyncClient(Client):
             int_time=int_time, entries_as_str=entries_as_str,
         )
         self._tags = TagChecker(tag_prefix)
+        # Each tag seen (up to _TAGS of them): its full tag, and the largest entry a frame
+        # of it can hold. One lookup per call, where the tag, its packed form and the frame
+        # limit were three.
+        self._tag_rooms: dict[str, tuple[str, int]] = {}
+        self._known_tag = self._tag_rooms.get
         self._packer = records.packer()
+        self._pack = self._packer.pack
         self._builder = records.builder(t)
         self._links = t.links()
+        # With one server, the usual case, there is nothing to choose: each call tries it.
+        self._single = self._links if len(self._links) == 1 else None
+        # The link whose connection a call tries first, at the least cost (see
+        # _wrote_at_once): the one server, when no ack and no idle limit need a look.
+        self._lane = (
+            self._links[0]
+            if self._single and not require_ack and keepalive_timeout is None else None
+        )
         self._max_frame_size = max_frame_size
+        # Read on every call: plain attributes, not a look through the options.
+        self._require_ack = require_ack
+        self._idle_limit = keepalive_timeout
+        # The one Message the packer is given, filled by each call under the lock (the
+        # packer only reads it): making one per call cost more than packing the time.
+        self._message = Message("", _NO_RECORD, 0)
         self._lock = threading.Lock()
         self._ledger = Ledger()
         self._sender = Sender(self._links, self._ledger, t)
         self._closed = False
-        self._pid = os.getpid()
+        self._pid = _getpid()
         # Whether the record being sent may have reached a server (see _send).
         self._maybe_delivered = False
         _live_sync_clients.add(self)
@@ -182,18 +211,29 @@ class SyncClient(Client):
         ``require_ack=True``) returns an already resolved Future, for code written for both
         clients.
         """
-        full_tag, time_ns = self._tags.stamp(tag, time)
-        if ack and not self._transport.require_ack:
+        try:
+            known = self._known_tag(tag)
+        except TypeError:  # unhashable, so no tag: _learn() says so
+            known = None
+        full_tag, room = self._learn(tag) if known is None else known
+        time_ns = _time_ns() if time is None else time_to_ns(time)
+        if ack and not self._require_ack:
             raise ValueError("post(ack=True) needs a client made with require_ack=True")
-        start = _time.monotonic()
-        if self._pid != os.getpid():
+        # Without a timeout the clock is read only if the call has to wait (see _write).
+        start = 0.0 if timeout is None else _monotonic()
+        if self._pid != _getpid():
             # Forked without the at-fork hooks (a C extension calling fork()).
             self._after_fork_in_child()
         with self._lock:
             if self._closed:
                 raise ClientClosedError("the client is closed")
-            entry = self._packer.pack(Message(full_tag, record, time_ns))
-            if len(entry) + frame_overhead(full_tag) > self._max_frame_size:
+            message = self._message
+            message.tag, message.record, message.time_ns = full_tag, record, time_ns
+            try:
+                entry = self._pack(message)
+            finally:
+                message.record = _NO_RECORD
+            if len(entry) > room:
                 raise RecordTooLargeError(
                     f"a {len(entry)}-byte record does not fit in a frame of "
                     f"{self._max_frame_size} bytes"
@@ -201,7 +241,8 @@ class SyncClient(Client):
             data, chunk = self._builder.build(full_tag, entry, 1)
             self._maybe_delivered = False
             try:
-                self._send(data, chunk, start, timeout)
+                if not self._wrote_at_once(data, start, timeout):
+                    self._send(data, chunk, start, timeout)
             except BaseException:
                 # Posted and settled at once: nothing is ever buffered here.
                 if self._maybe_delivered:
@@ -209,31 +250,78 @@ class SyncClient(Client):
                 else:
                     self._ledger.refuse(DROP_SEND_FAILED)
                 raise
-        self._ledger.sent_at_once(len(data))
+            # Counted under our lock: the ledger needs no lock of its own for this.
+            self._ledger.sent_at_once(len(data))
         if ack:
             done: Future[None] = Future()
             done.set_result(None)
             return done
         return True
 
+    def _learn(self, tag: str) -> tuple[str, int]:
+        """The full tag of ``tag`` and the largest entry its frame holds; raises
+        InvalidTagError for a bad tag."""
+        full_tag, _ = self._tags.stamp(tag, None)
+        known = full_tag, self._max_frame_size - self._builder.overhead(full_tag)
+        if len(self._tag_rooms) < _TAGS:
+            self._tag_rooms[tag] = known
+        return known
+
     def _deadline(self, start: float, step: float, timeout: float | None) -> float:
-        deadline = _time.monotonic() + step
+        deadline = _monotonic() + step
         return deadline if timeout is None else min(deadline, start + timeout)
+
+    def _wrote_at_once(self, data: bytes, start: float, timeout: float | None) -> bool:
+        """The usual call: the frame went on the connection the last call used, which
+        the server has not closed since, in one poll(2) and one send(2). False when
+        nothing was written: then :meth:`_send` does it all, with every look and retry.
+        """
+        link = self._lane
+        if link is None:
+            return False
+        conn = link.conn
+        if conn is None or (timeout is not None and _monotonic() - start >= timeout):
+            return False
+        sent = conn.send_if_quiet(data)
+        if sent == len(data):
+            # What Sender.wrote does, less its backoff reset: that was done by the first
+            # write on this connection, which took the whole path.
+            link.frames_sent += 1
+            return True
+        if sent < 0:
+            return False
+        # The kernel took the head of the frame: the rest follows on this connection.
+        try:
+            conn.send(data, self._deadline(start, self._transport.write_timeout, timeout),
+                      start=sent)
+        except SendError as exc:
+            # The server may have part of the frame: never written again, anywhere.
+            self._maybe_delivered = True
+            self._sender.drop(link)
+            self._ledger.connection_failed()
+            link.failed(str(exc), error=exc)
+            raise
+        link.frames_sent += 1
+        return True
 
     def _send(self, data: bytes, chunk: str | None, start: float, timeout: float | None) -> None:
         t, sender = self._transport, self._sender
-        error: FluentError = FluentConnectionError("no server to send to")
+        error: FluentError | None = None  # made when there is one to raise
         # A caller wants an answer now: every server is tried, whatever its backoff.
-        for link in sender.candidates(float("inf")):
+        for link in self._single or sender.candidates(_INF):
             for attempt in (0, 1):
                 conn = link.conn
-                try:
-                    if conn is not None and sender.stale(link, conn):
-                        sender.drop(link)
-                        conn = None
-                except AuthenticationError as exc:
-                    sender.refused(link, exc)
-                    raise
+                # A server that closed since the last call must not be sent this frame:
+                # it would be lost, and counted sent. The usual answer, "it said
+                # nothing", costs one poll(2); anything else gets the whole look.
+                if conn is not None and (self._idle_limit is not None or not conn.quiet()):
+                    try:
+                        if sender.stale(link, conn):
+                            sender.drop(link)
+                            conn = None
+                    except AuthenticationError as exc:
+                        sender.refused(link, exc)
+                        raise
                 reused = conn is not None
                 if conn is None:
                     deadline = self._deadline(start, t.connect_timeout, timeout)
@@ -246,7 +334,7 @@ class SyncClient(Client):
                     assert conn is not None
                 written = False
                 try:
-                    conn.send(data, self._deadline(start, t.write_timeout, timeout))
+                    self._write(conn, data, start, timeout)
                     written = True
                     if chunk is not None:
                         sender.await_ack(conn, chunk, self._deadline(start, t.ack_timeout, timeout))
@@ -268,13 +356,29 @@ class SyncClient(Client):
                     link.failed(str(exc), error=exc)
                     break
                 sender.wrote(link, 1)
-                link.used_at = _time.monotonic()
+                if self._idle_limit is not None:
+                    link.used_at = _monotonic()
                 if chunk is not None:
                     link.acked_frames += 1
                 if not conn.keepalive:
                     sender.drop(link)
                 return
-        raise error
+        raise error if error is not None else FluentConnectionError("no server to send to")
+
+    def _write(self, conn: Connection, data: bytes, start: float, timeout: float | None) -> None:
+        """Write the whole frame, or raise :class:`SendError` saying how much went.
+
+        What the kernel takes at once goes without a clock or a deadline; only the rest
+        (its send buffer was full) waits, until the write deadline. A call whose
+        ``timeout`` has run out by now writes nothing.
+        """
+        sent = 0
+        if timeout is None or _monotonic() - start < timeout:
+            sent = conn.send_at_once(data)
+            if sent == len(data):
+                return
+        conn.send(data, self._deadline(start, self._transport.write_timeout, timeout),
+                  start=sent)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Nothing is ever held: every post() has already been written."""

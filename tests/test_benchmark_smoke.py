@@ -60,6 +60,27 @@ def test_every_benchmark_script_has_a_smoke_test():
         assert f"def {name or test}(" in source, f"{script}: no test {test}"
 
 
+def test_interleaved_rounds_against_a_baseline_tree_report_medians_and_paired_ratios():
+    """--rounds, --baseline, --workloads and --throughput-only, with the one-frame-per-
+    record contenders: the same tree serves as the baseline here."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--records",
+         "300", "--only", "raw_sync,sync", "--rounds", "2", "--workloads", "fresh",
+         "--throughput-only", "--baseline", str(ROOT)],
+        capture_output=True, text=True, timeout=120, env=child_env(),
+    )
+    assert out.returncode == 0, out.stderr
+    assert [row[0] for row in table_rows(out.stdout)] == ["raw_sync", "sync", "sync@baseline"]
+    assert "| reused dicts |" not in out.stdout and "| post() latency |" not in out.stdout
+    assert "- sync / raw one-frame-per-record loop: end to end " in out.stdout
+    assert "over 2 rounds" in out.stdout
+    results = json.loads((ROOT / "benchmarks" / "results" / "latest.json").read_text())
+    fresh = results["throughput"]["fresh"]
+    assert set(fresh) == {"raw_sync", "sync", "sync@baseline"}
+    assert all(len(r["rounds"]) == 2 and r["records"] == 300 for r in fresh.values())
+    assert fresh["sync@baseline"]["package"] == str(ROOT / "fluentclient")
+
+
 def test_quick_benchmark_run_reports_every_table_and_draws_the_chart(tmp_path):
     chart = tmp_path / "chart.svg"
     out = subprocess.run(

@@ -12,9 +12,11 @@ from hypothesis import strategies as st
 from fluentclient.errors import SerializationError
 from fluentclient.framing import (
     EntryPacker,
+    FrameBuilder,
     FrameError,
     ack_for,
     decode_frame,
+    frame_overhead,
     new_unpacker,
     packed_forward_frame,
 )
@@ -221,3 +223,35 @@ def test_pack_runs_makes_what_pack_makes_record_by_record(items, guarded):
         assert all(m.tag == run.tag for m in run.messages)
         assert len(run.messages) == len(run.sizes)
     assert all(a.tag != b.tag for a, b in zip(runs, runs[1:]))
+
+
+# Tags as the clients let through, and beyond: any str msgpack packs, of any str width.
+frame_tags = st.one_of(st.from_regex(r"[a-z0-9_.-]{1,40}", fullmatch=True),
+                       st.text(min_size=1, max_size=300))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    tag=frame_tags,
+    entry_bytes=st.binary(max_size=70_000),
+    count=st.one_of(st.integers(0, 300), st.integers(0, 2**32 - 1)),
+    str_entries=st.booleans(),
+    twice=st.booleans(),
+)
+def test_a_builders_frame_is_the_frame_packed_in_one_go(
+    tag, entry_bytes, count, str_entries, twice
+):
+    """The builder's cached tag head and size option make, byte for byte, the frame that
+    packing the whole of it makes; its overhead bound is frame_overhead's."""
+    builder = FrameBuilder(str_entries=str_entries)
+    if twice:  # the second build takes the head from the cache
+        builder.build(tag, b"", 1)
+    data, chunk = builder.build(tag, entry_bytes, count)
+    assert chunk is None
+    assert data == packed_forward_frame(tag, entry_bytes, count, str_entries=str_entries)
+    assert builder.overhead(tag) == frame_overhead(tag)
+    acked = FrameBuilder(chunks=True, str_entries=str_entries)
+    data, chunk = acked.build(tag, entry_bytes, count)
+    assert chunk is not None
+    assert data == packed_forward_frame(tag, entry_bytes, count, chunk=chunk,
+                                        str_entries=str_entries)

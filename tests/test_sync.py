@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 import threading
+import weakref
+from collections import UserDict
 
 import pytest
 
@@ -15,7 +18,11 @@ from fluentclient import (
     SerializationError,
     SyncClient,
 )
+from fluentclient.framing import EntryPacker, FrameBuilder
+from fluentclient.message import Message
 from fluentclient.server import ForwardServer
+
+from .waiting import wait_until
 
 
 def test_each_post_arrives_before_it_returns(fluent_server):
@@ -140,3 +147,150 @@ def test_stats_during_a_send_show_nothing_buffered():
         s = client.stats()
         assert (s.posted, s.buffered, s.possibly_lost) == (1, 0, 1), s
         client.close()
+
+
+def _arrived(server: ForwardServer) -> list[object]:
+    return [e.record for e in server.events]
+
+
+@pytest.mark.parametrize("how", ["closed", "reset"])
+def test_a_server_that_ended_the_connection_since_the_last_post_gets_the_next_on_a_new_one(
+    fluent_server, how
+):
+    """Checked before every write: written on the dead connection, the record would be
+    lost and counted sent."""
+    when = EventTime(1700000000, 0)
+    if how == "reset":
+        # The server resets each connection once it has read one frame.
+        entry = EntryPacker().pack(Message("sync.end", {"n": 1}, when.to_ns()))
+        fluent_server.drop_after(len(FrameBuilder().build("sync.end", entry, 1)[0]))
+    client = SyncClient(fluent_server.host, fluent_server.port)
+    client.post("sync.end", {"n": 1}, time=when)
+    assert fluent_server.wait_for(lambda: {"n": 1} in _arrived(fluent_server), timeout=10)
+    conn = client._links[0].conn
+    assert conn is not None
+    if how == "closed":
+        fluent_server.stop()  # closes every connection
+        fluent_server.restart()
+    # The server's end has reached our socket (in the test's time, not the client's).
+    assert wait_until(lambda: conn.wait_readable(0.05), timeout=20)
+    client.post("sync.end", {"n": 2}, time=when)
+    assert fluent_server.wait_for(lambda: {"n": 2} in _arrived(fluent_server), timeout=10)
+    s = client.stats()
+    assert (s.sent, s.possibly_lost, s.dropped, s.connects) == (2, 0, {}, 2), s
+    client.close()
+
+
+def test_a_frame_the_kernel_takes_only_in_part_is_finished_or_counted_possibly_lost(
+    fluent_server
+):
+    """A frame whose head went at once and whose rest waits for room: it is finished
+    within write_timeout, or the call raises and counts it possibly lost, and never writes
+    it again (the server would get its head twice)."""
+    fluent_server.stall()  # it takes connections and reads nothing
+    client = SyncClient(fluent_server.host, fluent_server.port, write_timeout=0.5)
+    filler = "x" * 20_000
+    raised: FluentError | None = None
+    posted = 0
+    while raised is None and posted < 10_000:
+        try:
+            client.post("sync.full", {"i": posted, "filler": filler})
+        except FluentError as exc:
+            raised = exc
+        posted += 1
+    assert raised is not None, "the kernel buffers never filled"
+    s = client.stats()
+    assert (s.posted, s.sent, s.possibly_lost, s.dropped) == (posted, posted - 1, 1, {}), s
+    fluent_server.stall(False)
+    # Every record that was sent arrives, once, in order; the one cut short never does.
+    assert fluent_server.wait_for_events(posted - 1, timeout=30)
+    assert [r["i"] for r in _arrived(fluent_server)] == list(range(posted - 1))
+    client.close()
+
+
+def test_a_call_whose_timeout_ran_out_writes_nothing(fluent_server):
+    with SyncClient(fluent_server.host, fluent_server.port) as client:
+        client.post("sync.t", {"n": 1})
+        with pytest.raises(FluentError):
+            client.post("sync.t", {"n": 2}, timeout=0)
+        client.post("sync.t", {"n": 3})
+    assert fluent_server.wait_for_events(2, timeout=10)
+    assert _arrived(fluent_server) == [{"n": 1}, {"n": 3}]
+    s = client.stats()
+    assert (s.sent, s.dropped) == (2, {"send_failed": 1}), s
+
+
+class _Record(UserDict):  # type: ignore[type-arg]
+    """A Mapping a weak reference can follow (a plain dict cannot have one)."""
+
+
+def test_the_client_keeps_no_record_after_the_call(fluent_server):
+    with SyncClient(fluent_server.host, fluent_server.port) as client:
+        record = _Record({"n": 1})
+        alive = weakref.ref(record)
+        client.post("sync.gone", record)
+        bad = _Record({"n": object()})
+        gone_too = weakref.ref(bad)
+        try:
+            client.post("sync.gone", bad)
+        except SerializationError:
+            pass  # (not kept: its traceback holds the record)
+        else:
+            pytest.fail("an object() was packed")
+        del record, bad
+        gc.collect()
+        assert alive() is None and gone_too() is None
+    assert fluent_server.wait_for_events(1, timeout=10)
+
+
+def test_a_frame_larger_than_the_socket_buffers_goes_whole_and_once(fluent_server):
+    """The kernel takes the head of each frame at once and the call writes the rest as
+    the server reads: the first on a new connection, the next ones on the same."""
+    filler = "y" * 12_000_000  # more than any send buffer here takes in one call
+    with SyncClient(fluent_server.host, fluent_server.port, max_frame_size=32 * 2**20,
+                    write_timeout=60) as client:
+        for i in range(3):
+            client.post("sync.large", {"i": i, "filler": filler})
+        s = client.stats()
+        assert (s.sent, s.possibly_lost, s.dropped, s.connects) == (3, 0, {}, 1), s
+    assert fluent_server.wait_for_events(3, timeout=60)
+    arrived = _arrived(fluent_server)
+    assert [r["i"] for r in arrived] == [0, 1, 2]
+    assert all(r["filler"] == filler for r in arrived)
+    assert not fluent_server.errors
+
+
+def test_posts_from_several_threads_are_each_counted_once_and_every_snapshot_balances(
+    fluent_server
+):
+    client = SyncClient(fluent_server.host, fluent_server.port)
+    threads, each = 4, 300
+    unbalanced: list[object] = []
+    posting = threading.Event()
+    posting.set()
+
+    def post(n: int) -> None:
+        for i in range(each):
+            client.post("sync.threads", {"t": n, "i": i})
+
+    def watch() -> None:
+        while posting.is_set():
+            s = client.stats()
+            if s.posted != _fates(s) or s.frames_sent != s.sent:
+                unbalanced.append(s)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    posters = [threading.Thread(target=post, args=(n,)) for n in range(threads)]
+    for t in posters:
+        t.start()
+    for t in posters:
+        t.join(60)
+    posting.clear()
+    watcher.join(60)
+    assert not unbalanced, unbalanced[:3]
+    s = client.stats()
+    assert (s.posted, s.sent, s.frames_sent) == (threads * each,) * 3, s
+    assert fluent_server.wait_for_events(threads * each, timeout=30)
+    assert s.bytes_sent == fluent_server.bytes_received
+    client.close()
