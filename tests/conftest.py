@@ -1,13 +1,18 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from fluentclient import Backoff
+from fluentclient.framing import EntryPacker
 from tests.certs import pki  # noqa: F401
 from tests.peer_server import node_peer, node_peer_factory  # noqa: F401
 from tests.real_servers import real_server, real_server_factory, real_server_kind  # noqa: F401
@@ -27,6 +32,54 @@ FAST_BACKOFF = Backoff(initial=0.01, maximum=0.1)
 @pytest.fixture
 def fast_backoff() -> Backoff:
     return FAST_BACKOFF
+
+
+# -- tests that pack no record ---------------------------------------------------------------
+# CI runs the suite twice, on the compiled path and in pure Python (tests/run_both_paths.py).
+# A test marked no_packing cannot tell the two apart, so the second pass leaves it out; the
+# fixture below keeps the marker honest in every pass: a marked test that makes an
+# EntryPacker (every client makes one), packs a record through one, or starts a process that
+# could do either out of sight (a Python child, a fork) fails.
+
+NO_PACKING = "no_packing"
+
+
+@pytest.fixture(autouse=True)
+def _no_packing_is_true(request: pytest.FixtureRequest) -> Iterator[None]:
+    if request.node.get_closest_marker(NO_PACKING) is None:
+        yield
+        return
+    seen: list[str] = []
+    patch = pytest.MonkeyPatch()
+
+    def spy(name: str, original: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            seen.append(name)
+            return original(*args, **kwargs)
+        return wrapper
+
+    for method in ("__init__", "pack", "pack_runs"):
+        patch.setattr(EntryPacker, method,
+                      spy(f"EntryPacker.{method}", getattr(EntryPacker, method)))
+    popen_init = subprocess.Popen.__init__
+
+    def popen(self: Any, args: Any, *rest: Any, **kwargs: Any) -> None:
+        program = args if isinstance(args, (str, bytes)) else next(iter(args), "")
+        if os.path.basename(os.fsdecode(program)).startswith("python") or \
+                os.fsdecode(program) == sys.executable:
+            seen.append(f"a Python child ({program!r})")
+        popen_init(self, args, *rest, **kwargs)
+
+    patch.setattr(subprocess.Popen, "__init__", popen)
+    if hasattr(os, "fork"):
+        patch.setattr(os, "fork", spy("os.fork", os.fork))
+    try:
+        yield
+    finally:
+        patch.undo()
+    if seen:
+        pytest.fail(f"marked {NO_PACKING}, but used {sorted(set(seen))}: it may pack a "
+                    "record, so it must run on both paths (remove the marker)")
 
 
 # -- nothing left behind -------------------------------------------------------------------

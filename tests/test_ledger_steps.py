@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from fluentclient._ledger import Ledger, State
 
 from .waiting import wait_until
+
+# Packs no record through the client (raw frames, the server, plain values): the
+# pure-Python pass of CI leaves it out (see tests/conftest.py).
+pytestmark = pytest.mark.no_packing
 
 
 def test_every_snapshot_balances_while_threads_step_the_ledger() -> None:

@@ -1,8 +1,10 @@
 """The client against the servers users run: fluentd v1.14.4 and Fluent Bit v4.2.8.
 
-Every test runs once per server (``real_server_kind``), starts its own server, uses its own
-tags, and waits for what it expects with a deadline: a missing record is a failure, never
-a sleep that happened to be too short.
+Every test runs once per server (``real_server_kind``), uses its own tags, and waits for
+what it expects with a deadline: a missing record is a failure, never a sleep that happened
+to be too short. Tests that only send to a plain server share one per kind for the module
+(``shared_server``: fluentd takes about a second to start each time); a test that
+configures, restarts or kills a server, or fills it with megabytes, starts its own.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
@@ -29,7 +32,15 @@ from fluentclient import (
 from fluentclient.framing import frame_overhead
 from tests.certs import Pki
 from tests.conftest import FAST_BACKOFF
-from tests.real_servers import RealServer, Security, Tls, wait_until
+from tests.real_servers import (
+    AVAILABLE,
+    KINDS,
+    RealServer,
+    Security,
+    Tls,
+    require,
+    wait_until,
+)
 
 # Generous: the suite must pass on a loaded two-core machine.
 WAIT = 60.0
@@ -72,6 +83,19 @@ def send_and_check(kind: str, server: RealServer, tag: str, n: int, **options: A
     return stats
 
 
+@pytest.fixture(scope="module", params=["fluentd", "fluent-bit"])
+def shared_server(request: pytest.FixtureRequest,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServer]:
+    """A plain server of each kind for the module. A test using it sends under tags no
+    other test uses and looks only at those tags, so what earlier tests left there cannot
+    change its outcome."""
+    kind: str = request.param
+    require(kind, AVAILABLE[kind]())
+    server = KINDS[kind](tmp_path_factory.mktemp(f"shared-{kind}")).start()
+    yield server
+    server.kill()
+
+
 @pytest.fixture
 def client_threads() -> Iterator[Callable[[], list[threading.Thread]]]:
     """Threads of clients made during the test that are still alive."""
@@ -88,31 +112,31 @@ def client_threads() -> Iterator[Callable[[], list[threading.Thread]]]:
 # -- plain, acks, both clients ------------------------------------------------------------
 
 
-def test_buffered_plain_stream_arrives_and_is_counted_sent(real_server: RealServer) -> None:
-    client = BufferedClient("127.0.0.1", real_server.port, at_exit=False)
+def test_buffered_plain_stream_arrives_and_is_counted_sent(shared_server: RealServer) -> None:
+    client = BufferedClient("127.0.0.1", shared_server.port, at_exit=False)
     for i in range(2000):
         client.post("real.plain", {"i": i, "text": "é☃"}, time=EventTime(1700000000, i))
     report = client.shutdown(timeout=30)
-    events = real_server.wait_for(2000, "real.plain")
+    events = shared_server.wait_for(2000, "real.plain")
     assert [r["i"] for _, _, r in events] == list(range(2000))
     assert [t for _, t, _ in events] == [1700000000 * 10**9 + i for i in range(2000)]
     assert events[0][2]["text"] == "é☃"
     assert (report.sent, report.possibly_lost, report.unsent_records) == (2000, 0, 0)
 
 
-def test_sync_client_arrives(real_server: RealServer) -> None:
-    with SyncClient("127.0.0.1", real_server.port) as client:
+def test_sync_client_arrives(shared_server: RealServer) -> None:
+    with SyncClient("127.0.0.1", shared_server.port) as client:
         for i in range(10):
             client.post("real.sync", {"i": i})
-    events = real_server.wait_for(10, "real.sync")
+    events = shared_server.wait_for(10, "real.sync")
     assert [record["i"] for _, _, record in events] == list(range(10))
 
 
 @pytest.mark.parametrize("kind", CLIENT_KINDS)
-def test_acks_every_frame(real_server: RealServer, kind: str) -> None:
+def test_acks_every_frame(shared_server: RealServer, kind: str) -> None:
     n = 600 if kind == "buffered" else 30
     extra = {"max_frame_size": 4096} if kind == "buffered" else {}
-    stats = send_and_check(kind, real_server, f"real.ack.{kind}", n, require_ack=True,
+    stats = send_and_check(kind, shared_server, f"real.ack.{kind}", n, require_ack=True,
                            ack_timeout=WAIT, **extra)
     (server,) = stats.servers
     assert server.frames_sent > (1 if kind == "buffered" else n - 1), stats
@@ -160,16 +184,16 @@ def test_tls_with_users_acks_and_gzip(real_server_kind: str, real_server_factory
 
 @pytest.mark.parametrize("ack", [False, True], ids=["plain", "ack"])
 @pytest.mark.parametrize("kind", CLIENT_KINDS)
-def test_gzip(real_server: RealServer, kind: str, ack: bool) -> None:
+def test_gzip(shared_server: RealServer, kind: str, ack: bool) -> None:
     tag = f"real.gzip.{kind}.{int(ack)}"
     n = 300 if kind == "buffered" else 20
-    client = make_client(kind, real_server, compress="gzip", require_ack=ack)
+    client = make_client(kind, shared_server, compress="gzip", require_ack=ack)
     pad = "compressible " * 40
     for i in range(n):
         client.post(tag, {"i": i, "pad": pad})
     report = client.shutdown(timeout=WAIT)
     stats = client.stats()
-    events = real_server.wait_for(n, tag, timeout=WAIT)
+    events = shared_server.wait_for(n, tag, timeout=WAIT)
     assert [(r["i"], r["pad"]) for _, _, r in events] == [(i, pad) for i in range(n)]
     raw = sum(len(msgpack.packb({"i": i, "pad": pad})) for i in range(n))
     # Proof that the frames were compressed: a server takes plain frames just as well.
@@ -298,7 +322,7 @@ UNICODE = [
 
 
 @pytest.mark.parametrize("kind", CLIENT_KINDS)
-def test_event_time_nanoseconds_and_unicode_exact(real_server: RealServer, kind: str) -> None:
+def test_event_time_nanoseconds_and_unicode_exact(shared_server: RealServer, kind: str) -> None:
     tag = f"real.exact.{kind}"
     times = [EventTime(1700000000, 0), EventTime(1700000000, 1), EventTime(1700000001, 999999999),
              EventTime(2**31 - 1, 123456789), EventTime(1, 500000000)]
@@ -307,28 +331,28 @@ def test_event_time_nanoseconds_and_unicode_exact(real_server: RealServer, kind:
     posts = []
     for i, text in enumerate(UNICODE * 2):
         posts.append((times[i % len(times)], {"i": i, "text": text, f"clé-{text[:3]}": text}))
-    client = make_client(kind, real_server, require_ack=True)
+    client = make_client(kind, shared_server, require_ack=True)
     for t, record in posts:
         client.post(tag, record, time=t)
     client.shutdown(timeout=WAIT)
-    events = real_server.wait_for(len(posts), tag, timeout=WAIT)
+    events = shared_server.wait_for(len(posts), tag, timeout=WAIT)
     assert [(t, r) for _, t, r in events] == [
         (t.to_ns(), r) for t, r in posts]
 
 
-def test_times_past_2038(real_server: RealServer) -> None:
+def test_times_past_2038(shared_server: RealServer) -> None:
     """The protocol carries seconds up to 2**32 - 1 and the client sends them; fluentd
     stores them, Fluent Bit 4.2.8 acknowledges them and stores nothing (measured: with
     seconds >= 2**31 the event never reaches its output). Pinned here so that a change
     on either side shows."""
     tag = "real.y2038"
     times = [EventTime(2**31 - 1, 1), EventTime(2**31, 2), EventTime(4294967293, 3)]
-    with SyncClient("127.0.0.1", real_server.port, require_ack=True) as client:
+    with SyncClient("127.0.0.1", shared_server.port, require_ack=True) as client:
         for i, t in enumerate(times):
             client.post(tag, {"i": i}, time=t)  # acknowledged by both servers
-    _marker(real_server)
-    stored = [(t, r["i"]) for _, t, r in real_server.events(tag)]
-    if real_server.name == "fluentd":
+    _marker(shared_server)
+    stored = [(t, r["i"]) for _, t, r in shared_server.events(tag)]
+    if shared_server.name == "fluentd":
         assert stored == [(t.to_ns(), i) for i, t in enumerate(times)]
     else:
         assert stored == [(times[0].to_ns(), 0)]
@@ -371,17 +395,24 @@ def test_records_near_the_frame_size(real_server: RealServer, kind: str) -> None
 
 
 @pytest.mark.parametrize("kind", CLIENT_KINDS)
-def test_many_tags_interleaved_keep_their_order(real_server: RealServer, kind: str) -> None:
+def test_many_tags_interleaved_keep_their_order(shared_server: RealServer, kind: str) -> None:
     tags = [f"real.tags.{kind}.t{j:02d}" for j in range(50)]
     per_tag = 40 if kind == "buffered" else 4
-    client = make_client(kind, real_server, require_ack=kind == "buffered")
+    client = make_client(kind, shared_server, require_ack=kind == "buffered")
     for i in range(per_tag):
         for j, tag in enumerate(tags):
             client.post(tag, {"i": i, "j": j})
     report = client.shutdown(timeout=WAIT)
-    real_server.wait_for(per_tag * len(tags), None, timeout=WAIT)
+    # Its own tags only: the shared server holds other tests' records too.
+    mine = set(tags)
+
+    def all_arrived() -> bool:
+        counts = Counter(tag for tag, _, _ in shared_server.events() if tag in mine)
+        return all(counts[tag] >= per_tag for tag in tags)
+
+    wait_until(all_arrived, WAIT, f"{per_tag} records of each of {len(tags)} tags")
     for j, tag in enumerate(tags):
-        assert [(r["i"], r["j"]) for r in real_server.records(tag)] == [
+        assert [(r["i"], r["j"]) for r in shared_server.records(tag)] == [
             (i, j) for i in range(per_tag)], tag
     assert report.unsent_records == 0 and not report.dropped, report
 

@@ -24,6 +24,10 @@ from fluentclient.server import ForwardServer, ReceivedEvent
 
 from .certs import Pki, client_context, server_context
 
+# Packs no record through the client (raw frames, the server, plain values): the
+# pure-Python pass of CI leaves it out (see tests/conftest.py).
+pytestmark = pytest.mark.no_packing
+
 # -- the vectors of forward-protocol.md §9 -------------------------------------------------
 
 TAG = "app.access"
