@@ -69,7 +69,11 @@ def anchors(path: Path) -> set[str]:
 def test_the_two_commands_are_the_ones_ci_runs():
     text = section("Two commands")
     assert "pip install -e '.[test]' && python -m fluentclient demo" in text
-    assert "```sh\npython -m pytest -q\n```" in text
+    command = "python tests/run_both_paths.py -q"
+    assert f"```sh\n{command}\n```" in text
+    # CI's last line is the README's test command, word for word.
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()
+    assert ci[-1] == command
 
 
 def test_the_readme_is_a_front_door():
