@@ -1,14 +1,15 @@
-"""Run the whole test suite twice: on the compiled path, then in pure Python.
+"""Run the test suite on the compiled path, then the record path's tests in pure Python.
 
     python tests/run_both_paths.py [pytest arguments...]
 
-The first pass runs as installed (the compiled packer where the install built it); the
-second sets ``FLUENTCLIENT_NO_EXTENSIONS=1``, which makes the package choose pure Python,
-and leaves out the tests marked ``no_packing``: they pack no record, so they cannot tell
-the paths apart (tests/conftest.py fails a marked test that makes a packer, packs, forks
-or starts a Python child). Both passes always run, so one run shows every failure of each
-path; a ``-m`` among the arguments replaces the second pass's own. The exit status is
-non-zero if either pass failed, and the last lines name the pass that did.
+The first pass runs the whole suite as installed (the compiled packer where the install
+built it). The second sets ``FLUENTCLIENT_NO_EXTENSIONS=1``, which makes the package choose
+pure Python, and runs the tests of the record path (``RECORD_PATH``, below), leaving out
+those marked ``no_packing``: they pack no record, so they cannot tell the paths apart
+(tests/conftest.py fails a marked test that makes a packer, packs, forks or starts a Python
+child). Both passes always run, so one run shows every failure of each path; a ``-m``
+among the arguments replaces the second pass's own. The exit status is non-zero if either
+pass failed, and the last lines name the pass that did.
 
 Each pass first asks a fresh interpreter which path it runs (``fluentclient.COMPILED``),
 so that a pass that did not run the path it is named for says so: in CI (``CI`` set) a
@@ -30,6 +31,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SWITCH = "FLUENTCLIENT_NO_EXTENSIONS"
+# The second pass: the tests whose subject is what a record becomes on the wire, through
+# either client, every integration and both real servers. The whole suite twice does not
+# fit CI's ten minutes on two cores (about 500 s a pass on a loaded machine); the rest of
+# it exercises threads, sockets, processes and servers, which run the same code on both
+# paths, and tests/test_compiled.py holds the two packers to the same bytes, verdicts and
+# errors for every record it generates. Naming test files on the command line runs those
+# in both passes instead.
+RECORD_PATH = tuple(f"tests/{name}.py" for name in (
+    "test_compiled", "test_framing", "test_properties", "test_hostile", "test_odd_records",
+    "test_contained_guard", "test_buffered", "test_sync", "test_handler", "test_structlog",
+    "test_loguru", "test_real_servers", "test_interop_peer", "test_readme",
+))
 PROBE = "import fluentclient; print(getattr(fluentclient, 'COMPILED', None))"
 
 
@@ -96,9 +109,12 @@ def run(one: Pass, number: int, args: list[str], workdir: Path) -> None:
 
 def main(args: list[str]) -> int:
     plain = {k: v for k, v in os.environ.items() if k != SWITCH}
+    pure_args: tuple[str, ...] = ("-m", "not no_packing")
+    if not any(arg.startswith("tests") for arg in args):
+        pure_args += RECORD_PATH
     passes = [Pass("compiled path", plain, wants_compiled=True),
               Pass("pure Python", {**plain, SWITCH: "1"}, wants_compiled=False,
-                   own_args=("-m", "not no_packing"))]
+                   own_args=pure_args)]
     with tempfile.TemporaryDirectory() as tmp:
         for number, one in enumerate(passes, 1):
             run(one, number, args, Path(tmp))

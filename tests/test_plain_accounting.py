@@ -99,7 +99,12 @@ def test_restarts_count_every_loss_and_little_more(reset: bool) -> None:
         report = client.shutdown(timeout=30)
         stored = received(server, tag)
         lost = assert_tight(19000, stored, report, bound=0)
-        assert lost == 3000
+        # Each round's thousand sat unread in the server's kernel when it went away: lost,
+        # and exactly those counted. On a loaded machine a write can time out first; what
+        # that left in our own kernel is written again once the reset proves it never
+        # arrived, so it is not lost, and it is counted as retried.
+        retried = client.stats().retried
+        assert 3000 - retried <= lost <= 3000, (lost, retried, report)
         assert report.sent == len(stored)
 
 
