@@ -32,16 +32,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SWITCH = "FLUENTCLIENT_NO_EXTENSIONS"
 # The second pass: the tests whose subject is what a record becomes on the wire, through
-# either client, every integration and both real servers. The whole suite twice does not
-# fit CI's ten minutes on two cores (about 500 s a pass on a loaded machine); the rest of
-# it exercises threads, sockets, processes and servers, which run the same code on both
-# paths, and tests/test_compiled.py holds the two packers to the same bytes, verdicts and
-# errors for every record it generates. Naming test files on the command line runs those
-# in both passes instead.
+# either client and every integration. The whole suite twice does not fit CI's ten minutes
+# on two cores (about 500 s a pass); the rest of it exercises threads, sockets, processes
+# and servers, which run the same code on both paths, and tests/test_compiled.py holds the
+# two packers to the same bytes, verdicts and errors for every record it generates (so the
+# real servers, which the first pass runs, receive the same bytes either way). Naming test
+# files on the command line runs those in both passes instead.
 RECORD_PATH = tuple(f"tests/{name}.py" for name in (
     "test_compiled", "test_framing", "test_properties", "test_hostile", "test_odd_records",
     "test_contained_guard", "test_buffered", "test_sync", "test_handler", "test_structlog",
-    "test_loguru", "test_real_servers", "test_interop_peer", "test_readme",
+    "test_loguru", "test_readme",
 ))
 PROBE = "import fluentclient; print(getattr(fluentclient, 'COMPILED', None))"
 
