@@ -603,6 +603,12 @@ class Connection:
         Unlike :meth:`confirmed_offset` this survives a reset, which empties the send
         queue: it tells which frames reached the peer before the connection died.
         """
+        info = self._tcp_info()
+        return None if info is None else self._acked_in(info)
+
+    def _tcp_info(self) -> bytes | None:
+        """The kernel's TCP_INFO for a plain TCP connection on Linux, with bytes_acked in
+        it (Linux 4.2 and later); None otherwise."""
         sock = self.sock
         if sock is None or self._unix or self._tls or not _HAS_OUTQ:
             return None
@@ -610,8 +616,9 @@ class Connection:
             info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
         except OSError:
             return None
-        if len(info) < _BYTES_ACKED_AT + 8:
-            return None  # a kernel older than 4.2
+        return info if len(info) >= _BYTES_ACKED_AT + 8 else None
+
+    def _acked_in(self, info: bytes) -> int:
         (acked,) = struct.unpack_from("=Q", info, _BYTES_ACKED_AT)
         return min(int(acked), self.bytes_written)
 
@@ -627,17 +634,10 @@ class Connection:
         count is of encrypted records. A connection we aborted is never trusted (its end is
         our doing, not proof that the server stopped reading).
         """
-        sock = self.sock
-        if sock is None or self._aborted or not self.can_confirm or self._unix:
+        info = None if self._aborted else self._tcp_info()
+        if info is None or info[0] != _TCP_CLOSE:
             return None
-        try:
-            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
-        except OSError:
-            return None
-        if len(info) < _BYTES_ACKED_AT + 8 or info[0] != _TCP_CLOSE:
-            return None
-        (acked,) = struct.unpack_from("=Q", info, _BYTES_ACKED_AT)
-        return min(int(acked), self.bytes_written)
+        return self._acked_in(info)
 
     def confirmed_offset(self) -> int | None:
         """How many of the bytes written so far the peer has taken, or None if unknown now."""

@@ -62,6 +62,18 @@ def _stream_until(client: BufferedClient, ready, limit: int = 400_000) -> int:
     raise AssertionError(f"{limit} records posted and the state never came")
 
 
+def _arrivals_once(server: ForwardServer) -> Counter[int]:
+    """What the server received once every connection has ended (it then closes), each
+    record asserted to have arrived at most once."""
+    try:
+        assert wait_until(lambda: server.open_connections == 0, 20)
+        seen = Counter(e.record["i"] for e in server.events)
+    finally:
+        server.close()
+    assert [i for i, n in seen.items() if n > 1] == []
+    return seen
+
+
 @pytest.mark.parametrize("failed_by", ["write_timeout", "reset"])
 def test_what_a_resetting_server_never_took_is_sent_again_once(failed_by):
     # write_timeout: the stalled server blocks a write long enough for the connection to
@@ -87,12 +99,7 @@ def test_what_a_resetting_server_never_took_is_sent_again_once(failed_by):
     finally:
         report = client.shutdown(30)
     stats = client.stats()
-    try:
-        assert wait_until(lambda: server.open_connections == 0, 20)
-        seen = Counter(e.record["i"] for e in server.events)
-    finally:
-        server.close()
-    assert [i for i, n in seen.items() if n > 1] == []
+    seen = _arrivals_once(server)
     assert stats.sent + stats.possibly_lost == posted, report
     assert stats.sent <= len(seen) <= posted
     # What the server's kernel took and the server never read is all that may be lost,
@@ -128,12 +135,7 @@ def test_where_a_reset_proves_nothing_nothing_is_sent_again(transport, tmp_path,
     finally:
         client.shutdown(30)
     stats = client.stats()
-    try:
-        assert wait_until(lambda: server.open_connections == 0, 20)
-        seen = Counter(e.record["i"] for e in server.events)
-    finally:
-        server.close()
-    assert [i for i, n in seen.items() if n > 1] == []
+    seen = _arrivals_once(server)
     assert stats.sent + stats.possibly_lost == posted
     assert stats.sent <= len(seen) <= posted
     assert stats.retried == 0
