@@ -55,7 +55,7 @@ from collections import deque
 from collections.abc import Callable
 
 from ._buffer import Buffer, Frame
-from ._connection import Connection, ConnectionLost, SendError
+from ._connection import Connection, ConnectionLost, NameNotResolved, SendError
 from ._ledger import Ledger
 from ._lifecycle import Lifecycle, thread_failed
 from ._options import TransportOptions
@@ -358,6 +358,17 @@ class Writer:
                     self._report(exc)
                 elif is_refusal(exc):
                     log.debug("fluentclient: %s (attempt %d)", exc, link.connect_streak)
+                elif isinstance(exc, NameNotResolved):
+                    # Most likely a wrong host setting, so said as loudly as a refusal;
+                    # but a name can appear later (a service still starting), so the
+                    # backoff goes on at its usual pace rather than its slowest.
+                    if news:
+                        log.error("fluentclient: %s; retrying with backoff, in case the "
+                                  "name appears later (logged again only if the reason "
+                                  "changes)", exc)
+                        self._report(exc)
+                    else:
+                        log.debug("fluentclient: %s (attempt %d)", exc, link.connect_streak)
                 elif link.connect_streak == 1:
                     # Once per outage: the backoff retries many times a minute, and
                     # stats() counts every attempt.
