@@ -176,9 +176,10 @@ class Session:
         except (ssl.SSLError, OSError) as exc:
             reason = getattr(exc, "reason", None)
             if reason in _NOT_TLS_REASONS:
-                self._mismatch("plain", f"{self.name}: the client sent no TLS handshake "
-                               f"({reason}): it probably speaks the plain forward protocol; "
-                               "set tls=True on the client, or serve without TLS")
+                self._mismatch("plain", f"{self.name}: TLS handshake failed: the client did "
+                               f"not start one ({reason}): it probably speaks the plain "
+                               "forward protocol; set tls=True on the client, or serve "
+                               "without TLS")
             else:
                 self._record_error(f"{self.name}: TLS handshake failed: {_short(str(exc))}")
             self.close()
