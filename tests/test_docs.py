@@ -18,13 +18,20 @@
 
 from __future__ import annotations
 
+import functools
+import html
+import http.server
 import importlib.metadata
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
+import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,17 +112,119 @@ for line, code in blocks:
 """
 
 
-def test_mkdocs_build_is_strict_and_clean(tmp_path):
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site as ``mkdocs build --strict`` makes it, once for this module's tests."""
     pytest.importorskip("mkdocs", reason="the docs tools: pip install '.[docs]'")
     pytest.importorskip("mkdocstrings", reason="the docs tools: pip install '.[docs]'")
+    out = tmp_path_factory.mktemp("site")
     env = {**child_env(), "NO_MKDOCS_2_WARNING": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet",
-         "--config-file", str(ROOT / "mkdocs.yml"), "--site-dir", str(tmp_path / "site")],
+         "--config-file", str(ROOT / "mkdocs.yml"), "--site-dir", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "WARNING" not in done.stdout + done.stderr, done.stdout + done.stderr
-    assert (tmp_path / "site" / "reference" / "fluentclient" / "index.html").exists()
+    return out
+
+
+def test_mkdocs_build_is_strict_and_clean(site):
+    assert (site / "reference" / "fluentclient" / "index.html").exists()
+
+
+def test_every_page_has_the_layout_rules(site):
+    # The rules that keep tables, identifiers and code inside the column (see the
+    # browser test below for what they do).
+    css = (site / "stylesheets" / "extra.css").read_text(encoding="utf-8")
+    rules = re.sub(r"/\*.*?\*/", "", css, flags=re.S)
+    table = re.search(r"\.md-typeset table:not\(\[class\]\)[^{]*\{([^}]*)\}", rules)
+    assert table is not None
+    for declaration in ("display: block", "max-width: 100%", "overflow-x: auto"):
+        assert declaration in table.group(1)
+    code = re.search(r"\.md-typeset code \{([^}]*)\}", rules)
+    assert code is not None
+    assert "word-break: normal" in code.group(1) and "overflow-wrap: normal" in code.group(1)
+    pages = [p for p in site.rglob("index.html") if "search" not in p.parts]
+    assert len(pages) > 20
+    for page in pages:
+        assert "stylesheets/extra.css" in page.read_text(encoding="utf-8"), page
+
+
+# Private names that may still show in a signature, each with its reason.
+ALLOWED_PRIVATE = {
+    "_Sender",  # FluentLogger(sender: _Sender): made by FluentLoggerFactory, not by hand
+}
+
+
+def test_the_api_reference_shows_no_private_names_or_self_assignments(site):
+    for page in sorted((site / "reference").rglob("index.html")):
+        text = page.read_text(encoding="utf-8")
+        for block in re.findall(r'class="doc-signature[^"]*".*?</code>', text, re.S):
+            words = html.unescape(re.sub(r"<[^>]+>", "", block))
+            private = set(re.findall(r"(?<![\w.])_[A-Za-z]\w*", words)) - ALLOWED_PRIVATE
+            assert not private, f"{page.parent.name}: {private} in {words!r}"
+            # An attribute shown as "x = x" (set from the parameter of the same name).
+            same = [m.group(0) for m in re.finditer(r"\b([a-z_]\w*) = \1\b", words)]
+            assert not same, f"{page.parent.name}: {same}"
+        assert "__slots__" not in text, page.parent.name
+
+
+def _chromium() -> str:
+    found = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
+                  if shutil.which(n)), None)
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; .ci/run installs it", pytrace=False)
+        pytest.skip("needs a headless Chromium (apt-get install chromium)")
+    return found
+
+
+# The pages with the widest tables and the most identifiers in them.
+LAYOUT_PAGES = ["benchmarks/", "guarantees/", "guides/operating/", "hostile/"]
+
+
+def measure_layout(site: Path, pages: list[str]) -> dict[str, Any]:
+    """What tests/docs_layout/probe.html measures of ``pages`` in a real browser.
+
+    The site is served over HTTP, so that the probe may look into its frames."""
+    shutil.copy(Path(__file__).parent / "docs_layout" / "probe.html", site / "probe.html")
+    handler = functools.partial(QuietHandler, directory=str(site))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as httpd:
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        try:
+            url = (f"http://127.0.0.1:{httpd.server_address[1]}/probe.html#"
+                   + urllib.parse.quote(json.dumps(pages)))
+            done = subprocess.run(
+                [_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+                 "--window-size=1400,1000", "--virtual-time-budget=10000", "--dump-dom", url],
+                capture_output=True, text=True, timeout=120)
+        finally:
+            httpd.shutdown()
+            thread.join(timeout=10)
+    found = re.search(r'<pre id="report">(.+?)</pre>', done.stdout, re.S)
+    assert found is not None, done.stdout[-2000:] + done.stderr[-2000:]
+    report: dict[str, Any] = json.loads(html.unescape(found.group(1)))
+    return report
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_tables_stay_inside_the_column_and_identifiers_never_break_in_a_browser(site):
+    report = measure_layout(site, LAYOUT_PAGES)
+    assert sorted(report) == sorted(LAYOUT_PAGES)
+    scrolling = 0
+    for page, found in report.items():
+        assert found["tables"], page
+        for i, table in enumerate(found["tables"]):
+            assert table["right"] <= table["edge"] + 1, f"{page} table {i}: {table}"
+            scrolling += table["scrolls"]
+        assert found["broken"] == [], page
+    # The benchmark tables are wider than the column: they are there, and scroll.
+    assert scrolling >= 3, report
 
 
 @pytest.mark.parametrize("where,line,code", BLOCKS, ids=[f"{w}:{n}" for w, n, _ in BLOCKS])
