@@ -249,6 +249,10 @@ class Connection:
         except FluentConnectionError:
             self.close()
             raise
+        except FluentTimeoutError:
+            # Ours already says what timed out (it is a socket.timeout too).
+            self.close()
+            raise
         except socket.timeout as exc:
             self.close()
             raise FluentTimeoutError(f"connecting to {where} timed out") from exc
