@@ -16,6 +16,7 @@ from fluentclient import (
     Backoff,
     BufferedClient,
     FluentConnectionError,
+    FluentTimeoutError,
     Server,
     SyncClient,
     TlsError,
@@ -286,3 +287,22 @@ def test_a_plain_client_against_a_tls_server_is_told_to_turn_tls_on(pki, caplog)
         [line] = _server_warnings(caplog)
         assert "TLS handshake failed: the client did not start one" in line
         assert "set tls=True on the client, or serve without TLS" in line
+
+
+def test_a_tls_handshake_nobody_answers_times_out_with_the_same_advice(pki):
+    # fluentd sometimes reads a ClientHello as the start of a msgpack object and waits for
+    # the rest: the handshake ends at connect_timeout. A listener that never reads does
+    # the same here.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        client = SyncClient("127.0.0.1", port, tls=True, tls_ca_file=str(pki.ca_file),
+                            connect_timeout=0.3)
+        with pytest.raises(FluentTimeoutError) as raised:
+            client.post("sec.silent", {"i": 1})
+        client.close()
+    assert str(raised.value) == (
+        f"TLS with 127.0.0.1:{port} failed: no answer to the TLS handshake in time; if the "
+        "server does not speak TLS, set tls=False (FLUENT_TLS=false), or point at the "
+        "server's TLS port")
