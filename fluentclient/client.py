@@ -65,6 +65,7 @@ from . import _process
 from ._admission import QUEUE_COUNT_LIMIT, Act, Admission
 from ._base import Client as _Client
 from ._base import TagChecker as _TagChecker
+from ._base import not_a_mapping as _not_a_mapping
 from ._buffer import Buffer, Frame
 from ._connection import describe
 from ._journal import Journal, NullJournal, open_journal
@@ -406,8 +407,11 @@ class BufferedClient(_Client):
         and raises the reason when it cannot be: :class:`SerializationError`,
         :class:`BufferFullError`, :class:`RecordTooLargeError`, :class:`ClientClosedError`,
         or :class:`FluentTimeoutError` after ``timeout`` seconds (the record may still be
-        buffered later). An invalid tag or time always raises at once.
+        buffered later). An invalid tag or time, or a record that is not a mapping
+        (:class:`SerializationError`), always raises at once.
         """
+        if type(record) is not dict and not isinstance(record, Mapping):
+            raise _not_a_mapping(record)
         try:
             full_tag = self._known_tag(tag)
         except TypeError:  # unhashable, so no tag: the careful path says so
