@@ -259,11 +259,42 @@ def test_message_formats_plain_formatters_and_dict_messages(fluent_server, attac
     assert fluent_server.wait_for_events(4, timeout=5)
     records = {(e.tag, e.record.get("message")): e.record for e in fluent_server.events}
     assert records["fmt.str", "INFO|one arg"]["level"] == "INFO"
-    assert records["fmt.plain", "INFO:two"]["logger"]
+    # A text formatter (basicConfig's, a framework's) does not touch the message.
+    assert records["fmt.plain", "two"]["logger"]
+    assert "INFO:two" not in records["fmt.plain", "two"].values()
     merged = records["fmt.noextra", None]
     assert merged["event"] == "login" and merged["user"] == 42
     assert merged["level"] == "audit"  # the caller's own field wins
     assert "dropped" not in records["fmt.noextra", "three"]
+
+
+def test_basic_config_leaves_the_message_the_message(fluent_server):
+    """logging.basicConfig(handlers=[...]) gives the handler its own text formatter; the
+    record's message stays what was logged, and formatted_field keeps that line too."""
+    code = textwrap.dedent(f"""
+        import logging
+        from fluentclient.handler import FluentHandler
+        opts = dict(host={fluent_server.host!r}, port={fluent_server.port})
+        logging.basicConfig(level=logging.INFO, handlers=[
+            FluentHandler(tag="basic.plain", **opts),
+            FluentHandler(tag="basic.line", formatted_field="formatted", **opts),
+        ])
+        logging.getLogger("orders").info("order %d placed", 7)
+    """)
+    subprocess.run([sys.executable, "-c", code], env=child_env(), check=True, timeout=60)
+    assert fluent_server.wait_for_events(2, timeout=10)
+    records = {e.tag: e.record for e in fluent_server.events}
+    assert records["basic.plain"]["message"] == "order 7 placed"
+    assert records["basic.plain"]["level"] == "INFO"
+    assert "formatted" not in records["basic.plain"]
+    assert records["basic.line"]["message"] == "order 7 placed"
+    assert records["basic.line"]["formatted"] == "INFO:orders:order 7 placed"
+
+
+def test_formatted_field_must_be_a_name(fluent_server):
+    for bad in ("", 3):
+        with pytest.raises(TypeError, match="formatted_field"):
+            handler_for(fluent_server, formatted_field=bad)
 
 
 def test_json_format_for_a_console(fluent_server):
