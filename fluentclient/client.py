@@ -380,11 +380,12 @@ class BufferedClient(_Client):
         True means queued, not delivered: the record is packed later, on the client's
         reader thread, and sent by its writer. It can still be dropped: as
         ``unserializable`` (a value msgpack cannot pack and ``default=`` does not turn
-        into one: a ``datetime``, an ``object()``), ``unsafe``, ``too_large``,
-        ``buffer_full``, ``spool_full`` or ``evicted`` (``overflow="drop_oldest"``);
-        or it can end ``possibly_lost`` (it was written, and its connection failed, or
-        its acks never came within ``ack_retry_limit`` attempts, before the server proved
-        it read it) or ``unsent`` (still held at shutdown, never written).
+        into one: a ``Decimal``, an ``object()``; a ``datetime`` is sent as ISO 8601
+        text), ``unsafe``, ``too_large``, ``buffer_full``, ``spool_full`` or
+        ``evicted`` (``overflow="drop_oldest"``); or it can end ``possibly_lost`` (it
+        was written, and its connection failed, or its acks never came within
+        ``ack_retry_limit`` attempts, before the server proved it read it) or
+        ``unsent`` (still held at shutdown, never written).
         Every such record is counted in :meth:`stats` (``dropped`` by reason,
         ``possibly_lost``, ``unsent``). A drop also goes to ``on_error`` (with the
         record, where one is at hand), and the first drop for each reason is logged as a

@@ -89,8 +89,9 @@ class FluentFormatter(logging.Formatter):
     string for the message field (as for any Formatter, with ``style``, ``datefmt`` and
     ``defaults``), or a mapping of extra fields to format strings, as fluent-logger users
     write it: ``{"where": "%(module)s.%(funcName)s", "host": "%(hostname)s"}``.
-    ``extra=False`` leaves out the ``extra=`` fields. Values msgpack cannot serialize go
-    through ``default`` (``str``, falling back to ``repr``), so the line itself is never lost.
+    ``extra=False`` leaves out the ``extra=`` fields. Datetimes become ISO 8601 text, as
+    the clients send them; other values msgpack cannot serialize go through ``default``
+    (``str``, falling back to ``repr``), so the line itself is never lost.
 
     A message that is a dict (``log.info({"user": 42, "action": "login"})``) with no
     arguments is merged into the record as fields, as fluent-logger does. Fields given by

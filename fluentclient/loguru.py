@@ -121,8 +121,9 @@ class FluentSink:
     every ``extra`` value (``bind()``, ``contextualize()``, ``patch()``) as a field of
     its own, winning over a built-in field of the same name. ``fields``
     renames fields (``{"level": "severity"}``) or drops them (``{"thread": None}``),
-    extra ones too. Values msgpack cannot serialize go through ``default`` (``str``,
-    falling back to ``repr``), so the message itself is never lost.
+    extra ones too. Datetimes become ISO 8601 text, as the clients send them; other
+    values msgpack cannot serialize go through ``default`` (``str``, falling back to
+    ``repr``), so the message itself is never lost.
 
     The event time is loguru's ``record["time"]``, the moment the message was logged,
     sent as an EventTime. loguru keeps that moment in a datetime, which holds only

@@ -111,8 +111,8 @@ class FluentProcessor:
 
     ``exc_info`` (``log.exception(...)``, ``exc_info=True`` or an exception) becomes the
     fields ``exc_type``, ``exc_message`` and ``exc_traceback``; a ``level`` is added from
-    the method name unless a processor set one; values msgpack cannot serialize go
-    through ``default`` (``str``).
+    the method name unless a processor set one; datetimes become ISO 8601 text as in
+    the clients; other values msgpack cannot serialize go through ``default`` (``str``).
 
     The tag is, in order: the event's value at ``tag_key`` made a valid tag (under
     ``tag_prefix``; ``tag_key="logger"`` takes what ``add_logger_name`` put there), the

@@ -212,7 +212,7 @@ def test_extra_fields_and_unserializable_values_keep_the_line(fluent_server, att
     assert [e.record["message"] for e in fluent_server.events] == ["before", "odd values", "after"]
     odd = by_message(fluent_server)["odd values"].record
     assert odd["user"] == {"id": 7, "roles": ["admin", "ops"]}
-    assert odd["when"] == "2024-05-01 12:30:00"
+    assert odd["when"] == "2024-05-01T12:30:00"
     assert odd["tags"] == ["b"]
     assert odd["huge"] == str(2**80)
     assert odd["raw"] == b"\x00\x01"
