@@ -698,7 +698,14 @@ class BufferedClient(_Client):
         True means every record posted before the call was written (the server's host
         has taken its bytes, where the OS can tell; with ``require_ack`` the server
         acknowledged it) or was dropped, as counted in :meth:`stats` and told to
-        ``on_error``. False means that is not known to be so: ``timeout`` ran out, a
+        ``on_error``. :meth:`stats` called after a True agrees: those records count as
+        ``sent`` (or dropped), none as ``buffered``. Without ``require_ack``, "sent"
+        means the server answered the chunk id the frame carries, which fluentd and
+        Fluent Bit do once they read it; flush() waits for that answer too, within
+        ``timeout``. With a server that never answers chunk ids (found out within 2 s of
+        its first frame) it cannot: then ``stats()`` shows the records ``buffered`` until
+        the writer settles them otherwise (see docs/guarantees.md), though flush() returned
+        True. False means that is not known to be so: ``timeout`` ran out, a
         thread of the client failed, or a shutdown left records unsent (to the spool, to
         ``on_unsent`` or only to the count) or timed out. A flush during a shutdown waits
         for its outcome; one after it returns at once, True only if it sent everything.
@@ -714,11 +721,38 @@ class BufferedClient(_Client):
             seq = self._buffer.request_flush()
             written = self._buffer.wait_flushed(
                 seq, deadline, lambda: life.phase is not RUNNING)
+            if written and life.phase is RUNNING:
+                self._await_settled(deadline)
             if life.phase is RUNNING:
                 return written
         # A shutdown is under way or done (or a thread failed): only its end can tell
         # whether what this call waits for was sent.
         return life.wait_closed(deadline)
+
+    def _await_settled(self, deadline: float | None) -> None:
+        """After flush()'s writes: wait for the server's answers that let stats() count
+        them sent, while one may come. It changes nothing flush() returns: the records
+        were written, and the writer would settle them anyway a moment later; this only
+        keeps stats() from saying "buffered" about records flush() said were written.
+
+        Counts, not record numbers: records posted after the flush may be written and
+        waited for too, which only costs this wait a little more."""
+        ledger, life, buffer = self._ledger, self._life, self._buffer
+        unsettled, settled_before = ledger.settling()
+        if not unsettled:
+            return
+        with buffer.lock:
+            while life.phase is RUNNING and self._writer.settling():
+                written, settled = ledger.settling()
+                if not written or settled - settled_before >= unsettled:
+                    return
+                remaining = 0.005 if deadline is None else min(0.005, deadline - _time.monotonic())
+                if remaining <= 0:
+                    return
+                # Wake the writer to read the answers now, rather than at its next look
+                # (_MARKER_POLL); it reads them without this lock.
+                buffer.changed.notify_all()
+                buffer.done.wait(remaining)
 
     def _settle_queued(self, deadline: float | None) -> bool:
         """Wait until every record queued so far has left the queue (buffered or dropped),

@@ -142,6 +142,21 @@ def test_a_record_that_is_not_a_mapping_raises_at_once(fluent_server, record, ho
     assert [e.record for e in fluent_server.events] == [{"after": 1}]
 
 
+@pytest.mark.parametrize("ack_delay", [None, 0.05], ids=["acks-at-once", "acks-late"])
+def test_once_flush_returns_true_stats_count_the_records_sent(fluent_server, ack_delay):
+    """stats() agrees with flush() the moment it returns: no record it waited for is still
+    shown buffered. The server reads each frame at once; answering its chunk id late is
+    what proves the read, and what stats() counts as sent."""
+    fluent_server.delay_acks(ack_delay)
+    with client_for(fluent_server) as client:
+        for i in range(12):
+            for j in range(i % 3 + 1):
+                client.post(f"app.agree{j}", {"i": i})
+            assert client.flush(30)
+            stats = client.stats()
+            assert (stats.sent, stats.buffered) == (stats.posted, 0), stats
+
+
 def test_tag_prefix(fluent_server):
     with client_for(fluent_server, tag_prefix="svc") as client:
         client.post("web", {"x": 1})
