@@ -38,6 +38,7 @@ from ._convert import (
     tag_from_name,
     text,
 )
+from ._trace import current_ids, put_ids
 from .client import BufferedClient, SyncClient
 from .errors import BufferFullError, ClientClosedError, FluentError
 from .message import EventTime, Message
@@ -235,6 +236,12 @@ class FluentHandler(logging.Handler):
     formatter is used only if ``formatted_field`` names a field: its line is then sent
     there too (``formatted_field="formatted"``).
 
+    While an OpenTelemetry span is current on the thread that logs, the record gets its
+    ``trace_id`` and ``span_id`` (lowercase hex, as OpenTelemetry's log records name
+    them; a FluentFormatter's ``fields`` renames or drops them like any field; a value
+    of the caller's own under that name wins). ``trace_ids=False`` turns that off.
+    Without OpenTelemetry in the process it costs one dictionary lookup per record.
+
     ``emit`` only formats and calls ``post()``, so it returns at once whatever the server
     does; anything that goes wrong goes to :meth:`~logging.Handler.handleError`, never to
     the application. ``buffer_overflow_handler`` (its name as in fluent-logger) is called
@@ -268,6 +275,7 @@ class FluentHandler(logging.Handler):
         flush_timeout: float = 2.0,
         buffer_overflow_handler: Callable[[Message], None] | None = None,
         formatted_field: str | None = None,
+        trace_ids: bool = True,
         **client_options: Any,
     ) -> None:
         super().__init__(level)
@@ -276,6 +284,7 @@ class FluentHandler(logging.Handler):
         ):
             raise TypeError(f"formatted_field must be a field name, not {formatted_field!r}")
         self.formatted_field = formatted_field
+        self.trace_ids = trace_ids
         if close_timeout < 0 or flush_timeout < 0:
             raise ValueError("close_timeout and flush_timeout must not be negative")
         if tag is not None and tag_prefix is not None:
@@ -313,10 +322,15 @@ class FluentHandler(logging.Handler):
         another formatter's line under ``formatted_field`` if one is named."""
         formatter = self.formatter
         if isinstance(formatter, FluentFormatter):
-            return formatter.to_record(record)
+            out = formatter.to_record(record)
+            if self.trace_ids and (ids := current_ids()) is not None:
+                put_ids(out, ids, formatter.fields)
+            return out
         out = self._plain.to_record(record)
         if formatter is not None and self.formatted_field is not None:
             out[self.formatted_field] = formatter.format(record)
+        if self.trace_ids and (ids := current_ids()) is not None:
+            put_ids(out, ids)
         return out
 
     def emit(self, record: logging.LogRecord) -> None:

@@ -45,12 +45,13 @@ from ._convert import (
     tag_from_name,
     text,
 )
+from ._trace import SPAN_ID, TRACE_ID, current_ids, put_ids
 from .errors import FluentError
 from .handler import _TAG_CACHE, Client, FieldMap, client_of
 from .message import EventTime, Message
 from .stats import ShutdownReport
 
-__all__ = ["FIELDS", "FluentSink"]
+__all__ = ["FIELDS", "FluentSink", "trace_patcher"]
 
 log = logging.getLogger("fluentclient")
 
@@ -94,6 +95,20 @@ def _time_ns(when: object) -> int:
             if 0 <= ns < _MAX_NS:
                 return ns
     return time.time_ns()
+
+
+def trace_patcher(record: loguru.Record) -> None:
+    """A loguru patcher that binds the current OpenTelemetry ids to each message, on the
+    thread that logs it: ``logger.configure(patcher=trace_patcher)``.
+
+    Only needed with ``enqueue=True``, whose sinks run on loguru's worker thread, where
+    the application's span is not current; without it the sink adds the ids itself.
+    """
+    ids = current_ids()
+    if ids is not None:
+        extra = record["extra"]
+        extra.setdefault(TRACE_ID, ids[0])
+        extra.setdefault(SPAN_ID, ids[1])
 
 
 _TRACEBACK_HEAD = "Traceback (most recent call last):"
@@ -205,6 +220,12 @@ class FluentSink:
     values msgpack cannot serialize go through ``default`` (``str``, falling back to
     ``repr``), so the message itself is never lost.
 
+    While an OpenTelemetry span is current on the thread that logs, the record gets its
+    ``trace_id`` and ``span_id`` (lowercase hex; ``fields`` renames or drops them; a
+    bound value of the same name wins); ``trace_ids=False`` turns that off. With
+    ``enqueue=True`` the sink runs on loguru's worker thread, where no span is current:
+    :func:`trace_patcher` then takes the ids where the message is logged.
+
     The event time is loguru's ``record["time"]``, the moment the message was logged,
     sent as an EventTime. loguru keeps that moment in a datetime, which holds only
     microseconds, so the nanoseconds sent always end in ``000``. A clock read in the
@@ -248,6 +269,7 @@ class FluentSink:
         default: Converter | None = str,
         close_timeout: float = 5.0,
         buffer_overflow_handler: Callable[[Message], None] | None = None,
+        trace_ids: bool = True,
         **client_options: Any,
     ) -> None:
         if close_timeout < 0:
@@ -266,6 +288,7 @@ class FluentSink:
                 raise TypeError(f"fields[{key!r}] must be a str or None, not {name!r}")
         self.extra = extra
         self.default = default
+        self.trace_ids = trace_ids
         self.close_timeout = close_timeout
         self.report: ShutdownReport | None = None
         #: Messages lost to anything other than the client refusing them (see the class
@@ -339,8 +362,8 @@ class FluentSink:
                 self._tags[name] = tag
         return tag
 
-    def record_for(self, record: loguru.Record, text: str | None = None) -> dict[str, Any]:
-        """The fields sent for a loguru record; ``text`` is the line loguru formatted for
+    def record_for(self, record: loguru.Record, line: str | None = None) -> dict[str, Any]:
+        """The fields sent for a loguru record; ``line`` is the one loguru formatted for
         it, which holds the only copy of the traceback once ``enqueue=True`` pickled it."""
         process, thread = record["process"], record["thread"]
         values = (
@@ -356,7 +379,7 @@ class FluentSink:
                 out[name] = safe_value(value, default)
         exception = record["exception"]
         if exception is not None and self._wants_exception:
-            found = _exception_fields(tuple(exception), text, record["message"])
+            found = _exception_fields(tuple(exception), line, record["message"])
             if found is not None:
                 for name, value in zip(self._exc_names, found):
                     if name is not None:
@@ -369,6 +392,8 @@ class FluentSink:
                 name = fields.get(key, key) if fields else key
                 if name is not None:
                     out[name] = safe_value(value, default)
+        if self.trace_ids and (ids := current_ids()) is not None:
+            put_ids(out, ids, self.fields)
         return out
 
     # -- failures ------------------------------------------------------------------------

@@ -272,7 +272,7 @@ def test_basic_config_leaves_the_message_the_message(fluent_server):
     """logging.basicConfig(handlers=[...]) gives the handler its own text formatter; the
     record's message stays what was logged, and formatted_field keeps that line too."""
     code = textwrap.dedent(f"""
-        import logging
+        import logging, sys
         from fluentclient.handler import FluentHandler
         opts = dict(host={fluent_server.host!r}, port={fluent_server.port})
         logging.basicConfig(level=logging.INFO, handlers=[
@@ -280,6 +280,8 @@ def test_basic_config_leaves_the_message_the_message(fluent_server):
             FluentHandler(tag="basic.line", formatted_field="formatted", **opts),
         ])
         logging.getLogger("orders").info("order %d placed", 7)
+        # Trace ids cost nothing, not even an import, without OpenTelemetry.
+        assert not [m for m in sys.modules if m.startswith("opentelemetry")]
     """)
     subprocess.run([sys.executable, "-c", code], env=child_env(), check=True, timeout=60)
     assert fluent_server.wait_for_events(2, timeout=10)
@@ -289,6 +291,36 @@ def test_basic_config_leaves_the_message_the_message(fluent_server):
     assert "formatted" not in records["basic.plain"]
     assert records["basic.line"]["message"] == "order 7 placed"
     assert records["basic.line"]["formatted"] == "INFO:orders:order 7 placed"
+
+
+def test_trace_and_span_ids_of_the_current_span(fluent_server, attach):
+    sdk = pytest.importorskip("opentelemetry.sdk.trace")
+    tracer = sdk.TracerProvider().get_tracer("tests")
+    plain = handler_for(fluent_server, tag="otel.plain")
+    renamed = handler_for(fluent_server, tag="otel.renamed")
+    renamed.setFormatter(FluentFormatter(fields={"trace_id": "trace.id", "span_id": None}))
+    off = handler_for(fluent_server, tag="otel.off", trace_ids=False)
+    logs = [attach(h) for h in (plain, renamed, off)]
+    with tracer.start_as_current_span("checkout") as span:
+        ids = span.get_span_context()
+        for log in logs:
+            log.info("in span")
+        logs[0].info("own id", extra={"trace_id": "mine"})
+    logs[0].info("no span")
+    for h in (plain, renamed, off):
+        h.flush()
+    assert fluent_server.wait_for_events(5, timeout=5)
+    got = {(e.tag, e.record["message"]): e.record for e in fluent_server.events}
+    trace_id, span_id = f"{ids.trace_id:032x}", f"{ids.span_id:016x}"
+    assert len(trace_id) == 32 and len(span_id) == 16 and trace_id != "0" * 32
+    record = got["otel.plain", "in span"]
+    assert (record["trace_id"], record["span_id"]) == (trace_id, span_id)
+    record = got["otel.renamed", "in span"]
+    assert record["trace.id"] == trace_id and not {"trace_id", "span_id"} & set(record)
+    assert not {"trace_id", "span_id"} & set(got["otel.off", "in span"])
+    assert got["otel.plain", "own id"]["trace_id"] == "mine"
+    assert got["otel.plain", "own id"]["span_id"] == span_id
+    assert not {"trace_id", "span_id"} & set(got["otel.plain", "no span"])
 
 
 def test_formatted_field_must_be_a_name(fluent_server):

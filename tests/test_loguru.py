@@ -248,6 +248,37 @@ def test_exceptions_arrive_the_same_with_and_without_enqueue(fluent_server, log,
         got["app.queued", "chained"]["exc_traceback"])
 
 
+def test_trace_and_span_ids_of_the_current_span(fluent_server, log):
+    """In the sink itself, and with enqueue=True (whose sink runs on loguru's worker
+    thread) through trace_patcher, which takes them where the message is logged."""
+    from fluentclient.loguru import trace_patcher
+
+    sdk = pytest.importorskip("opentelemetry.sdk.trace")
+    tracer = sdk.TracerProvider().get_tracer("tests")
+    log.add(sink_for(fluent_server, tag="lg.direct"))
+    log.add(sink_for(fluent_server, tag="lg.renamed", fields={"span_id": "span"}))
+    log.add(sink_for(fluent_server, tag="lg.off", trace_ids=False))
+    log.add(sink_for(fluent_server, tag="lg.queued"), enqueue=True)
+    patched = log.patch(trace_patcher)
+    with tracer.start_as_current_span("ship") as span:
+        ids = span.get_span_context()
+        patched.info("in span")
+    patched.info("no span")
+    log.complete()
+    assert fluent_server.wait_for_events(8, timeout=10)
+    got = {(e.tag, e.record["message"]): e.record for e in fluent_server.events}
+    trace_id, span_id = f"{ids.trace_id:032x}", f"{ids.span_id:016x}"
+    for tag in ("lg.direct", "lg.queued"):
+        record = got[tag, "in span"]
+        assert (record["trace_id"], record["span_id"]) == (trace_id, span_id), tag
+        assert not {"trace_id", "span_id"} & set(got[tag, "no span"])
+    assert got["lg.renamed", "in span"]["span"] == span_id
+    assert "span_id" not in got["lg.renamed", "in span"]
+    # trace_patcher bound them as extras, which trace_ids=False does not filter.
+    assert got["lg.off", "in span"]["trace_id"] == trace_id
+    assert not {"trace_id", "span_id"} & set(got["lg.off", "no span"])
+
+
 def test_tags_fixed_from_the_module_or_from_a_bound_value(fluent_server, log):
     log.add(sink_for(fluent_server, tag="app.fixed"), filter=lambda r: r["extra"].get("s") == 1)
     log.add(sink_for(fluent_server, tag_prefix="svc"), filter=lambda r: r["extra"].get("s") == 2)

@@ -172,6 +172,26 @@ def test_through_the_standard_library_message_and_level_are_logging_s(fluent_ser
         ]
 
 
+def test_trace_and_span_ids_of_the_current_span(fluent_server, client):
+    sdk = pytest.importorskip("opentelemetry.sdk.trace")
+    tracer = sdk.TracerProvider().get_tracer("tests")
+    on = wrapped([FluentProcessor(client, tag="sl.otel")])
+    off = wrapped([FluentProcessor(client, tag="sl.otel.off", trace_ids=False)])
+    with tracer.start_as_current_span("charge") as span:
+        ids = span.get_span_context()
+        on.info("in span")
+        off.info("in span")
+    on.info("no span")
+    assert client.flush(5)
+    assert fluent_server.wait_for_events(3, timeout=5)
+    got = {(e.tag, e.record["event"]): e.record for e in fluent_server.events}
+    record = got["sl.otel", "in span"]
+    assert record["trace_id"] == f"{ids.trace_id:032x}"
+    assert record["span_id"] == f"{ids.span_id:016x}"
+    assert not {"trace_id", "span_id"} & set(got["sl.otel.off", "in span"])
+    assert not {"trace_id", "span_id"} & set(got["sl.otel", "no span"])
+
+
 def test_fluentclient_never_imports_structlog():
     code = (
         "import sys, fluentclient, fluentclient.handler, fluentclient.aio\n"
