@@ -122,6 +122,14 @@ class Ledger:
         with self.lock:
             return self._enqueued_locked()
 
+    def settling(self) -> tuple[int, int]:
+        """Records written and not yet settled, and records settled (sent or possibly
+        lost) so far: flush() waits, after the writes it asked for, for the first to be
+        settled, so that stats() then counts them sent."""
+        with self.lock:
+            c = self._c
+            return c[_WRITTEN], c[_SENT] + c[_LOST]
+
     def left_queue(self) -> int:
         """How many queued records have been buffered or dropped (or ended at shutdown).
 

@@ -204,6 +204,16 @@ class Writer:
                     wait = min(wait, idle_close)
                 buf.changed.wait(wait)
 
+    def settling(self) -> bool:
+        """Whether a server that answers chunk ids (or is not yet known not to) still owes
+        the answers that settle records written to it. Read by flush() on its own thread:
+        a snapshot of plain attributes, good enough to decide whether waiting can help."""
+        return any(
+            link.conn is not None and link.answers_markers is not False
+            and bool(link.unsettled or link.unconfirmed)
+            for link in self.links
+        )
+
     def _awaits_markers(self, link: Link, now: float) -> bool:
         """Whether acks of this link's markers are still to be read."""
         if link.conn is None or not link.unsettled or link.answers_markers is False:

@@ -65,6 +65,7 @@ from . import _process
 from ._admission import QUEUE_COUNT_LIMIT, Act, Admission
 from ._base import Client as _Client
 from ._base import TagChecker as _TagChecker
+from ._base import not_a_mapping as _not_a_mapping
 from ._buffer import Buffer, Frame
 from ._connection import describe
 from ._journal import Journal, NullJournal, open_journal
@@ -379,11 +380,12 @@ class BufferedClient(_Client):
         True means queued, not delivered: the record is packed later, on the client's
         reader thread, and sent by its writer. It can still be dropped: as
         ``unserializable`` (a value msgpack cannot pack and ``default=`` does not turn
-        into one: a ``datetime``, an ``object()``), ``unsafe``, ``too_large``,
-        ``buffer_full``, ``spool_full`` or ``evicted`` (``overflow="drop_oldest"``);
-        or it can end ``possibly_lost`` (it was written, and its connection failed, or
-        its acks never came within ``ack_retry_limit`` attempts, before the server proved
-        it read it) or ``unsent`` (still held at shutdown, never written).
+        into one: a ``Decimal``, an ``object()``; a ``datetime`` is sent as ISO 8601
+        text), ``unsafe``, ``too_large``, ``buffer_full``, ``spool_full`` or
+        ``evicted`` (``overflow="drop_oldest"``); or it can end ``possibly_lost`` (it
+        was written, and its connection failed, or its acks never came within
+        ``ack_retry_limit`` attempts, before the server proved it read it) or
+        ``unsent`` (still held at shutdown, never written).
         Every such record is counted in :meth:`stats` (``dropped`` by reason,
         ``possibly_lost``, ``unsent``). A drop also goes to ``on_error`` (with the
         record, where one is at hand), and the first drop for each reason is logged as a
@@ -406,8 +408,11 @@ class BufferedClient(_Client):
         and raises the reason when it cannot be: :class:`SerializationError`,
         :class:`BufferFullError`, :class:`RecordTooLargeError`, :class:`ClientClosedError`,
         or :class:`FluentTimeoutError` after ``timeout`` seconds (the record may still be
-        buffered later). An invalid tag or time always raises at once.
+        buffered later). An invalid tag or time, or a record that is not a mapping
+        (:class:`SerializationError`), always raises at once.
         """
+        if type(record) is not dict and not isinstance(record, Mapping):
+            raise _not_a_mapping(record)
         try:
             full_tag = self._known_tag(tag)
         except TypeError:  # unhashable, so no tag: the careful path says so
@@ -693,7 +698,14 @@ class BufferedClient(_Client):
         True means every record posted before the call was written (the server's host
         has taken its bytes, where the OS can tell; with ``require_ack`` the server
         acknowledged it) or was dropped, as counted in :meth:`stats` and told to
-        ``on_error``. False means that is not known to be so: ``timeout`` ran out, a
+        ``on_error``. :meth:`stats` called after a True agrees: those records count as
+        ``sent`` (or dropped), none as ``buffered``. Without ``require_ack``, "sent"
+        means the server answered the chunk id the frame carries, which fluentd and
+        Fluent Bit do once they read it; flush() waits for that answer too, within
+        ``timeout``. With a server that never answers chunk ids (found out within 2 s of
+        its first frame) it cannot: then ``stats()`` shows the records ``buffered`` until
+        the writer settles them otherwise (see docs/guarantees.md), though flush() returned
+        True. False means that is not known to be so: ``timeout`` ran out, a
         thread of the client failed, or a shutdown left records unsent (to the spool, to
         ``on_unsent`` or only to the count) or timed out. A flush during a shutdown waits
         for its outcome; one after it returns at once, True only if it sent everything.
@@ -709,11 +721,38 @@ class BufferedClient(_Client):
             seq = self._buffer.request_flush()
             written = self._buffer.wait_flushed(
                 seq, deadline, lambda: life.phase is not RUNNING)
+            if written and life.phase is RUNNING:
+                self._await_settled(deadline)
             if life.phase is RUNNING:
                 return written
         # A shutdown is under way or done (or a thread failed): only its end can tell
         # whether what this call waits for was sent.
         return life.wait_closed(deadline)
+
+    def _await_settled(self, deadline: float | None) -> None:
+        """After flush()'s writes: wait for the server's answers that let stats() count
+        them sent, while one may come. It changes nothing flush() returns: the records
+        were written, and the writer would settle them anyway a moment later; this only
+        keeps stats() from saying "buffered" about records flush() said were written.
+
+        Counts, not record numbers: records posted after the flush may be written and
+        waited for too, which only costs this wait a little more."""
+        ledger, life, buffer = self._ledger, self._life, self._buffer
+        unsettled, settled_before = ledger.settling()
+        if not unsettled:
+            return
+        with buffer.lock:
+            while life.phase is RUNNING and self._writer.settling():
+                written, settled = ledger.settling()
+                if not written or settled - settled_before >= unsettled:
+                    return
+                remaining = 0.005 if deadline is None else min(0.005, deadline - _time.monotonic())
+                if remaining <= 0:
+                    return
+                # Wake the writer to read the answers now, rather than at its next look
+                # (_MARKER_POLL); it reads them without this lock.
+                buffer.changed.notify_all()
+                buffer.done.wait(remaining)
 
     def _settle_queued(self, deadline: float | None) -> bool:
         """Wait until every record queued so far has left the queue (buffered or dropped),
