@@ -61,6 +61,7 @@ from ._lifecycle import Lifecycle, thread_failed
 from ._options import TransportOptions
 from ._pool import Link, Retiring
 from ._sender import Sender, is_refusal
+from ._words import count
 from .errors import AuthenticationError, FluentError, PossiblyLostError
 from .framing import FrameBuilder
 from .message import settle_future, short_repr
@@ -373,8 +374,8 @@ class Writer:
                     log.debug("fluentclient: %s (attempt %d)", exc, link.connect_streak)
                 continue
             if streak:
-                log.info("fluentclient: connected to %s after %d failed attempts",
-                         link.name, streak)
+                log.info("fluentclient: connected to %s after %s", link.name,
+                         count(streak, "failed attempt"))
             else:
                 log.debug("fluentclient: connected to %s", link.name)
             return link
@@ -644,9 +645,9 @@ class Writer:
             link.failed(reason)
             self._ledger.connection_failed()
             log.warning(
-                "fluentclient: connection to %s failed: %s; %d records written to it are "
+                "fluentclient: connection to %s failed: %s; %s written to it are "
                 "left to the server there for up to %g s (possibly lost if it never "
-                "reads them)", link.name, reason, retired, self._linger,
+                "reads them)", link.name, reason, count(retired, "record"), self._linger,
             )
             return
         if not link.unconfirmed and not link.unsettled and not pending:
@@ -685,8 +686,9 @@ class Writer:
             self._ledger.requeue(retried)
         self._buffer.requeue(again)
         log.warning(
-            "fluentclient: connection to %s failed: %s; %d records will be sent again, "
-            "%d may be lost", link.name, reason, retried, lost + written_lost,
+            "fluentclient: connection to %s failed: %s; %s will be sent again, "
+            "%d may be lost", link.name, reason, count(retried, "record"),
+            lost + written_lost,
         )
         if given_up:
             self._give_up(given_up)
@@ -713,8 +715,8 @@ class Writer:
         never left this process."""
         records = sum(f.records for f in frames)
         error = PossiblyLostError(
-            f"{records} records were not acknowledged after "
-            f"{self._ack_retry_limit} attempts; given up, possibly lost (they were "
+            f"{count(records, 'record')} not acknowledged after "
+            f"{count(self._ack_retry_limit, 'attempt')}; given up, possibly lost (they were "
             "written, so the server may have them)"
         )
         self._ledger.lose(records)
@@ -931,9 +933,9 @@ class Writer:
             # Counted before the frames are back, where the next write may take them.
             self._ledger.requeue(retried)
             self._buffer.restore(again)
-            log.warning("fluentclient: %d records written to %s before its connection "
-                        "failed never reached it (%s); they will be sent again",
-                        retried, link.name, reason)
+            log.warning("fluentclient: %s written to %s before its connection "
+                        "failed never reached it (%s); sent again",
+                        count(retried, "record"), link.name, reason)
         self._buffer.release([frame for end, frame in old.tail
                               if dead is None or end <= dead])
         old.tail.clear()
@@ -945,8 +947,9 @@ class Writer:
             self._ledger.send(records)
             return
         self._ledger.lose(records)
-        log.warning("fluentclient: %d records written to %s before its connection failed "
-                    "were not proven read (%s); possibly lost", records, link.name, reason)
+        log.warning("fluentclient: %s written to %s before its connection failed "
+                    "not proven read (%s); possibly lost", count(records, "record"), link.name,
+                    reason)
 
     def _lose_unconfirmed(self, link: Link) -> int:
         """The link's written, unconfirmed frames are possibly lost; how many records."""
@@ -958,7 +961,7 @@ class Writer:
         self._ledger.lose(records)
         self._buffer.release(frames)
         error = PossiblyLostError(
-            f"{records} records were written to {link.name}, whose connection ended "
+            f"{count(records, 'record')} written to {link.name}, whose connection ended "
             "before the server confirmed them; possibly lost")
         for frame in frames:
             resolve_futures(frame, error)

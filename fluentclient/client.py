@@ -83,6 +83,7 @@ from ._reader import Reader
 from ._reporting import Reporting
 from ._sender import Sender
 from ._shutdown import Ending, UnsentCallback
+from ._words import count
 from ._writer import Writer, resolve_futures
 from .backoff import Backoff
 from .errors import (
@@ -581,7 +582,8 @@ class BufferedClient(_Client):
     def _evicted(self, frames: list[Frame]) -> None:
         """Frames removed by the drop_oldest policy: count them and tell their futures."""
         records = sum(frame.records for frame in frames)
-        err = BufferFullError(f"evicted to make room for newer records ({records} records)")
+        err = BufferFullError(
+            f"evicted to make room for newer records ({count(records, 'record')})")
         # Counted before the futures and on_error hear of it (see _fail).
         first = self._ledger.drop(DROP_EVICTED, records, State.BUFFERED) == records
         for frame in frames:
