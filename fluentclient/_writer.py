@@ -54,13 +54,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from . import _notice
 from ._buffer import Buffer, Frame
 from ._connection import Connection, ConnectionLost, SendError
 from ._ledger import Ledger
 from ._lifecycle import Lifecycle, thread_failed
 from ._options import TransportOptions
 from ._pool import Link, Retiring
-from ._sender import Sender, is_refusal
+from ._sender import Sender, is_refusal, is_unresolvable
 from ._words import count
 from .errors import AuthenticationError, FluentError, PossiblyLostError
 from .framing import FrameBuilder
@@ -354,22 +355,26 @@ class Writer:
                 news = streak == 0 or link.last_error != str(exc)
                 self._sender.connect_failed(link, exc)
                 if is_refusal(exc) and news:
-                    log.error("fluentclient: %s; retrying with backoff (logged again only "
-                              "if the reason changes)", exc)
-                    self._report(exc)
+                    self._tell_refusal(exc, news)
                 elif is_refusal(exc):
                     log.debug("fluentclient: %s (attempt %d)", exc, link.connect_streak)
                 elif link.connect_streak == 1:
                     # Once per outage: the backoff retries many times a minute, and
                     # stats() counts every attempt.
+                    # Through _notice: it must reach a person even when logging
+                    # was set up so that ours reaches no one.
+                    kind = "unresolvable" if is_unresolvable(exc) else "connect"
                     drain = self._life.drain_deadline
                     if drain is None:
-                        log.warning("fluentclient: %s; retrying with backoff", exc)
+                        _notice.warn(kind, "fluentclient: %s; retrying with backoff", exc)
+                    elif kind == "unresolvable":
+                        # The end of the process does not wait for that (see _exit.py).
+                        _notice.warn(kind, "fluentclient: %s", exc)
                     else:
                         # Found while the process ends: say what the exit waits for.
-                        log.warning("fluentclient: %s; retrying until the shutdown "
-                                    "deadline, %.1f s from now", exc,
-                                    max(0.0, drain - time.monotonic()))
+                        _notice.warn(kind, "fluentclient: %s; retrying until the shutdown "
+                                     "deadline, %.1f s from now", exc,
+                                     max(0.0, drain - time.monotonic()))
                 else:
                     log.debug("fluentclient: %s (attempt %d)", exc, link.connect_streak)
                 continue
@@ -704,8 +709,8 @@ class Writer:
 
     def _tell_refusal(self, exc: FluentError, news: bool) -> None:
         if news:
-            log.error("fluentclient: %s; retrying with backoff (logged again only if the "
-                      "reason changes)", exc)
+            _notice.warn("refused", "fluentclient: %s; retrying with backoff (logged again "
+                         "only if the reason changes)", exc, level=logging.ERROR)
             self._report(exc)
 
     def _give_up(self, frames: list[Frame]) -> None:

@@ -81,7 +81,7 @@ from ._options import MiB as _MiB
 from ._pool import ServerSpec
 from ._reader import Reader
 from ._reporting import Reporting
-from ._sender import Sender
+from ._sender import Sender, is_hopeless, is_unresolvable
 from ._shutdown import Ending, UnsentCallback
 from ._words import count
 from ._writer import Writer, resolve_futures
@@ -235,6 +235,8 @@ class BufferedClient(_Client):
         # The setting that bounds the drain at exit, as the user knows it (a FluentHandler
         # hands its close_timeout down as shutdown_timeout).
         self._exit_setting = "shutdown_timeout"
+        # Who the client is in the summary at exit (a logging integration names itself).
+        self._owner = "BufferedClient"
         self._shutdown_lock = threading.Lock()
         # What went wrong in the at-fork hook, which must not log: logged by _start().
         self._fork_note: str | None = None
@@ -757,7 +759,7 @@ class BufferedClient(_Client):
             if self._life.report is None:
                 self._end(_time.monotonic(), drain=False)
 
-    def _end(self, deadline: float, *, drain: bool) -> ShutdownReport:
+    def _end(self, deadline: float, *, drain: bool, quiet: bool = False) -> ShutdownReport:
         """Called once, under the shutdown lock: post() refuses from here on."""
         with self._start_lock:  # threads are started, or never will be
             before = self._life.begin_closing()
@@ -770,7 +772,7 @@ class BufferedClient(_Client):
         # threads it may have left running, if there were any.
         started = before in (RUNNING, FAILED) or (
             before is CLOSING and self._reader.thread.ident is not None)
-        report = ending.run(deadline, drain=drain, started=started)
+        report = ending.run(deadline, drain=drain, started=started, quiet=quiet)
         self._life.report = report
         _process.live_clients.discard(self)
         return report
@@ -868,16 +870,66 @@ class BufferedClient(_Client):
             while link.retiring:
                 link.retiring.popleft().conn.close()
 
-    def _drain_at_exit(self) -> None:
-        """The end of the process: send what is held, unless nothing ever could be."""
+    # -- the end of the process (see _exit.py) --------------------------------------------
+
+    def _exit_pending(self) -> bool:
+        """Whether the end of the process has something to drain here: threads that ran
+        (a child of a stopped client starts closed, and has none), or spool files."""
         self._check_fork()
         life = self._life
-        # Threads that ran (a child of a stopped client starts closed, and has none).
         ran = life.phase is RUNNING or life.phase is FAILED or life.phase is CLOSING
-        if life.report is None and (ran or self._journal.owns_files):
-            self._explain_wait(self.shutdown_timeout, self._exit_setting)
-            # shutdown() logs what it could not send.
-            self.shutdown(self.shutdown_timeout)
+        return life.report is None and (ran or self._journal.owns_files)
+
+    def _drain_for_exit(self, deadline: float) -> ShutdownReport | None:
+        """shutdown() until ``deadline``, quietly: the end of the process says what was
+        not sent, for every client at once. None if this thread could not take the
+        shutdown in time (another thread is inside shutdown(): its report is its own)."""
+        if not self._shutdown_lock.acquire(timeout=max(0.0, deadline - _time.monotonic())):
+            return None
+        try:
+            report = self._life.report
+            if report is None:
+                report = self._end(deadline, drain=True, quiet=True)
+            return report
+        finally:
+            self._shutdown_lock.release()
+
+    def _abandon(self) -> None:
+        """Cut a drain under way short: the threads stop without new work and the socket is
+        aborted, so the shutdown finishes at once and counts what was held as unsent."""
+        life, buf = self._life, self._buffer
+        if life.phase is not CLOSING:
+            return
+        with buf.lock:
+            life.abandoned = True
+            buf.changed.notify_all()
+            buf.done.notify_all()
+        self._writer.abort()
+
+    def _hopeless(self) -> str | None:
+        """Why no server of this client can take records before any deadline (a host that
+        does not resolve, a refused key, a setting it cannot use), or None."""
+        if self._life.phase is NEW:
+            return None
+        links = self._writer.links
+        errors = [link.error for link in links]
+        if not links or any(link.conn is not None for link in links) or not all(
+                is_hopeless(e) for e in errors):
+            return None
+        first = errors[0]
+        assert first is not None  # every one is hopeless, so none is missing
+        if is_unresolvable(first):
+            return f"the host does not resolve: {first}"
+        return str(first)
+
+    def _held(self) -> int:
+        """Records posted and neither sent nor settled otherwise (as the books say)."""
+        return self._ledger.snapshot(buffered_bytes=0).buffered
+
+    def _exit_name(self) -> str:
+        """The client as a person at a terminal tells it from others: who made it, where to."""
+        servers = ", ".join(describe(s.address) for s in self._transport.servers)
+        return f"{self._owner} to {servers}"
 
     def _unreachable(self) -> str | None:
         """Why no server can take records now (the last error), or None if one may.
