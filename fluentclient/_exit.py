@@ -87,47 +87,71 @@ def _drain(clients: list[BufferedClient], why: str) -> bool:
     timeouts = {c: max(0.0, c.shutdown_timeout) for c in clients}
     longest = max(timeouts.values())
     reports: dict[BufferedClient, ShutdownReport] = {}
-    threads: list[threading.Thread] = []
+    done = _Countdown(len(clients))
     inline: list[BufferedClient] = []
     _say_wait(clients, longest, why)
     for client in clients:
         thread = threading.Thread(
-            target=_stop, args=(client, start + timeouts[client], reports),
+            target=_stop, args=(client, start + timeouts[client], reports, done),
             name="fluentclient-exit", daemon=True,
         )
         try:
             thread.start()
         except RuntimeError:  # no new threads now: this thread does it, in turn
             inline.append(client)
-            continue
-        threads.append(thread)
     for client in inline:
-        _stop(client, start + timeouts[client], reports)
-    interrupted = _wait(clients, threads, start + longest + _GRACE)
+        _stop(client, start + timeouts[client], reports, done)
+    interrupted = _wait(clients, done, start + longest + _GRACE)
     if interrupted:
         for client in clients:
             client._abandon()
         try:
-            _join(threads, time.monotonic() + _GRACE)
+            done.wait(_GRACE)
         except (KeyboardInterrupt, Interrupted):
             pass  # a third interrupt: the summary below is all that is left to do
     _summarize(clients, reports, interrupted, why)
     return interrupted
 
 
+class _Countdown:
+    """Set once every shutdown has returned.
+
+    Waited on rather than joining the threads: an exception raised into
+    ``Thread.join()`` by a signal handler can leave the thread marked as stopped while it
+    still runs (before Python 3.13), and the wait is exactly where a second interrupt
+    lands.
+    """
+
+    def __init__(self, n: int) -> None:
+        self._left = n
+        self._lock = threading.Lock()
+        self._all = threading.Event()
+        if n == 0:
+            self._all.set()
+
+    def one_done(self) -> None:
+        with self._lock:
+            self._left -= 1
+            if self._left <= 0:
+                self._all.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._all.wait(max(0.0, timeout))
+
+
 def _stop(client: BufferedClient, deadline: float,
-          reports: dict[BufferedClient, ShutdownReport]) -> None:
+          reports: dict[BufferedClient, ShutdownReport], done: _Countdown) -> None:
     try:
         report = client._drain_for_exit(deadline)
+        if report is not None:
+            reports[client] = report
     except Exception:
         log.exception("fluentclient: draining a client at the end of the process failed")
-        return
-    if report is not None:
-        reports[client] = report
+    finally:
+        done.one_done()
 
 
-def _wait(clients: list[BufferedClient], threads: list[threading.Thread],
-          deadline: float) -> bool:
+def _wait(clients: list[BufferedClient], done: _Countdown, deadline: float) -> bool:
     """Wait for the shutdowns until ``deadline``; True if an interrupt cut the wait."""
     on_main = threading.current_thread() is threading.main_thread()
     hopeless: set[BufferedClient] = set()
@@ -135,26 +159,21 @@ def _wait(clients: list[BufferedClient], threads: list[threading.Thread],
         if on_main:
             state.waiting = True
         while True:
-            alive = [t for t in threads if t.is_alive()]
             remaining = deadline - time.monotonic()
-            if not alive or remaining <= 0:
+            if remaining <= 0:
                 return False
             for client in clients:
                 if client not in hopeless and client._hopeless() is not None:
                     hopeless.add(client)
                     client._abandon()
-            alive[0].join(min(_SLICE, remaining))
+            if done.wait(min(_SLICE, remaining)):
+                return False
     except (KeyboardInterrupt, Interrupted):
         state.waiting = False
         state.interrupted = True
         return True
     finally:
         state.waiting = False
-
-
-def _join(threads: list[threading.Thread], deadline: float) -> None:
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _say_wait(clients: list[BufferedClient], longest: float, why: str) -> None:

@@ -47,9 +47,11 @@ def main_thread_finished() -> bool:
 
 
 def _at_exit() -> None:
+    from . import _sigterm
     from ._exit import drain_all
 
     drain_all()
+    _sigterm.after_exit_drain()
 
 
 def register_at_exit(client: BufferedClient) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from types import FrameType
 from typing import Any, Callable, Optional, Protocol, Union
 
+from . import _sigterm
 from .stats import ShutdownReport
 
 log = logging.getLogger("fluentclient")
@@ -149,6 +150,11 @@ class SignalShutdown:
     def _chain(self, signum: int, frame: FrameType | None) -> None:
         previous = self._previous.get(signum, signal.SIG_DFL)
         if previous == signal.SIG_IGN:
+            return
+        if previous is _sigterm.handle:
+            # Ours by default, in place of SIG_DFL: drain the other clients, then the
+            # default action.
+            _sigterm.finish(signum)
             return
         if callable(previous):
             previous(signum, frame)

@@ -61,7 +61,7 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import replace
 from typing import Callable, Literal, Optional, overload
 
-from . import _process
+from . import _process, _sigterm
 from ._admission import QUEUE_COUNT_LIMIT, Act, Admission
 from ._base import Client as _Client
 from ._base import TagChecker as _TagChecker
@@ -185,6 +185,7 @@ class BufferedClient(_Client):
         int_time: bool = False,
         entries_as_str: bool = False,
         at_exit: bool = True,
+        handle_sigterm: bool = True,
         overflow: str = "drop_newest",
         overflow_timeout: float = 1.0,
         spool_dir: str | os.PathLike[str] | None = None,
@@ -251,8 +252,12 @@ class BufferedClient(_Client):
             # time; the type stubs for Python 3.9 do not list it, hence setattr.)
             setattr(finalizer, "atexit", False)  # noqa: B010
         _process.live_clients.add(self)
+        # Whether this client may install the SIGTERM handler (see _sigterm.py); one
+        # that is not drained at exit has no business with the end of the process.
+        self._handle_sigterm = at_exit and handle_sigterm
         if at_exit:
             _process.register_at_exit(self)
+            _sigterm.offer(self)
         if self._journal.has_orphans():
             # What a previous process left is sent now, not at the first post().
             self._start()
@@ -337,6 +342,8 @@ class BufferedClient(_Client):
             self._reader.thread.start()
             self._writer.thread.start()
             self._life.start()
+        if self._handle_sigterm:
+            _sigterm.offer(self)
         note, self._fork_note = self._fork_note, None
         if note is not None:
             log.error("fluentclient: %s", note)
