@@ -215,10 +215,7 @@ def _line(client: BufferedClient, report: ShutdownReport | None,
     if not unsent and not report.possibly_lost and not report.spooled \
             and not report.handed_over:
         return None
-    parts = []
-    if unsent or not report.possibly_lost:
-        parts.append(f"{count(unsent, 'record')} ({count(report.unsent_bytes, 'byte')}) "
-                     "not sent")
+    parts = [f"{count(unsent, 'record')} ({count(report.unsent_bytes, 'byte')}) not sent"]
     if report.spooled:
         parts.append(f"{count(report.spooled, 'record')} kept in the spool for the next start")
     if report.handed_over:

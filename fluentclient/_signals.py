@@ -24,6 +24,7 @@ from types import FrameType
 from typing import Any, Callable, Optional, Protocol, Union
 
 from . import _sigterm
+from ._words import count
 from .stats import ShutdownReport
 
 log = logging.getLogger("fluentclient")
@@ -133,9 +134,10 @@ class SignalShutdown:
         lost = sum(r.possibly_lost for r in reports)
         if late or unsent or lost:
             log.warning(
-                "fluentclient: on signal %d, %d records were not sent and %d possibly lost"
-                "%s", signum, unsent, lost,
-                f"; {late} clients did not finish shutting down in time" if late else "",
+                "fluentclient: on signal %d, %s not sent and %d possibly lost%s", signum,
+                count(unsent, "record"), lost,
+                f"; {count(late, 'client')} did not finish shutting down in time"
+                if late else "",
             )
 
     def _stop(self, client: Stoppable, timeout: float) -> None:

@@ -884,8 +884,13 @@ class BufferedClient(_Client):
         (a child of a stopped client starts closed, and has none), or spool files."""
         self._check_fork()
         life = self._life
+        if life.report is not None or self._shutdown_lock.locked():
+            # Stopped, or being stopped by another thread, whose shutdown keeps its own
+            # deadline and says itself what it could not send (a signal that came while
+            # the program was in shutdown(), say).
+            return False
         ran = life.phase is RUNNING or life.phase is FAILED or life.phase is CLOSING
-        return life.report is None and (ran or self._journal.owns_files)
+        return ran or self._journal.owns_files
 
     def _drain_for_exit(self, deadline: float) -> ShutdownReport | None:
         """shutdown() until ``deadline``, quietly: the end of the process says what was
