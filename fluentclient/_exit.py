@@ -88,20 +88,30 @@ def _drain(clients: list[BufferedClient], why: str) -> bool:
     longest = max(timeouts.values())
     reports: dict[BufferedClient, ShutdownReport] = {}
     done = _Countdown(len(clients))
-    inline: list[BufferedClient] = []
-    _say_wait(clients, longest, why)
-    for client in clients:
-        thread = threading.Thread(
-            target=_stop, args=(client, start + timeouts[client], reports, done),
-            name="fluentclient-exit", daemon=True,
-        )
-        try:
-            thread.start()
-        except RuntimeError:  # no new threads now: this thread does it, in turn
-            inline.append(client)
-    for client in inline:
-        _stop(client, start + timeouts[client], reports, done)
-    interrupted = _wait(clients, done, start + longest + _GRACE)
+    interrupted = False
+    try:
+        # From here on a second interrupt on the main thread lands in this block.
+        if threading.current_thread() is threading.main_thread():
+            state.waiting = True
+        inline: list[BufferedClient] = []
+        for client in clients:
+            thread = threading.Thread(
+                target=_stop, args=(client, start + timeouts[client], reports, done),
+                name="fluentclient-exit", daemon=True,
+            )
+            try:
+                thread.start()
+            except RuntimeError:  # no new threads now: this thread does it, in turn
+                inline.append(client)
+        _say_wait(clients, longest, why)
+        for client in inline:
+            _stop(client, start + timeouts[client], reports, done)
+        _wait(clients, done, start + longest + _GRACE)
+    except (KeyboardInterrupt, Interrupted):
+        state.waiting = False
+        state.interrupted = interrupted = True
+    finally:
+        state.waiting = False
     if interrupted:
         for client in clients:
             client._abandon()
@@ -151,29 +161,19 @@ def _stop(client: BufferedClient, deadline: float,
         done.one_done()
 
 
-def _wait(clients: list[BufferedClient], done: _Countdown, deadline: float) -> bool:
-    """Wait for the shutdowns until ``deadline``; True if an interrupt cut the wait."""
-    on_main = threading.current_thread() is threading.main_thread()
+def _wait(clients: list[BufferedClient], done: _Countdown, deadline: float) -> None:
+    """Wait for the shutdowns until ``deadline``, abandoning those not worth waiting for."""
     hopeless: set[BufferedClient] = set()
-    try:
-        if on_main:
-            state.waiting = True
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            for client in clients:
-                if client not in hopeless and client._hopeless() is not None:
-                    hopeless.add(client)
-                    client._abandon()
-            if done.wait(min(_SLICE, remaining)):
-                return False
-    except (KeyboardInterrupt, Interrupted):
-        state.waiting = False
-        state.interrupted = True
-        return True
-    finally:
-        state.waiting = False
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        for client in clients:
+            if client not in hopeless and client._hopeless() is not None:
+                hopeless.add(client)
+                client._abandon()
+        if done.wait(min(_SLICE, remaining)):
+            return
 
 
 def _say_wait(clients: list[BufferedClient], longest: float, why: str) -> None:
