@@ -178,7 +178,8 @@ def _wait(clients: list[BufferedClient], done: _Countdown, deadline: float) -> N
 
 def _say_wait(clients: list[BufferedClient], longest: float, why: str) -> None:
     """One line before a wait for servers known to be down: what it waits for, how long."""
-    waiting = [(c, c._unreachable()) for c in clients]
+    # Not those it will not wait for (see _wait).
+    waiting = [(c, c._unreachable()) for c in clients if c._hopeless() is None]
     waiting = [(c, reason) for c, reason in waiting if reason is not None]
     held = sum(c._held() for c, _ in waiting)
     if not held or longest <= 0:
