@@ -376,7 +376,7 @@ def summary(records: int, run: Run, verdict: dict[str, Any]) -> tuple[list[str],
     ]
     problems = []
     if arrived != records:
-        problems.append(f"{arrived:,} of {records:,} records arrived")
+        problems.append(f"{arrived:,} of {count(records, 'record')} arrived")
     for key in ("out_of_order", "altered", "wrong_time"):
         if verdict[key]:
             problems.append(f"{count(verdict[key], 'record')} {key.replace('_', ' ')}")
@@ -401,7 +401,7 @@ def demo(records: int, *, progress: bool) -> int:
     base_ns = time.time_ns()
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        print(f"demo: {records:,} records through BufferedClient to a server in its own "
+        print(f"demo: {count(records, 'record')} through BufferedClient to a server in its own "
               "process", flush=True)
         with ServerProcess(base_ns) as server:
             port = server.wait_listening(START_TIMEOUT)

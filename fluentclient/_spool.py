@@ -81,7 +81,7 @@ def read_blocks(path: str, skipped: Skipped | None = None) -> Iterator[list[Any]
                     return
                 size, crc = _HEAD.unpack(head)
                 if size > _MAX_BLOCK:
-                    skip("block", f"a block length of {size} bytes")
+                    skip("block", f"a block length of {count(size, 'byte')}")
                     return
                 payload = f.read(size)
                 if len(payload) < size or zlib.crc32(payload) != crc:

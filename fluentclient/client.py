@@ -968,8 +968,9 @@ class BufferedClient(_Client):
             return
         held = self._ledger.snapshot(buffered_bytes=0).buffered
         if held:
-            log.warning("fluentclient: waiting up to %g s (%s) to send %d records held; "
-                        "no server reachable: %s", timeout, setting, held, why)
+            log.warning("fluentclient: waiting up to %g s (%s) to send %s held; "
+                        "no server reachable: %s", timeout, setting, count(held, "record"),
+                        why)
 
 
 # -- a client the program forgot ---------------------------------------------------------
