@@ -68,7 +68,8 @@ def drain_all(why: str = "at exit") -> bool:
     """
     from . import _process
 
-    clients = [c for c in list(_process.drained_at_exit) if c._exit_pending()]
+    clients = sorted((c for c in list(_process.drained_at_exit) if c._exit_pending()),
+                     key=lambda c: c._exit_order)
     if not clients:
         return False
     # Two drains at once (a worker's hook and a signal, say) are harmless: each client's

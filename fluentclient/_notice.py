@@ -18,6 +18,7 @@ counts as "no one".
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 
@@ -25,6 +26,18 @@ log = logging.getLogger("fluentclient")
 
 _told: set[str] = set()
 _lock = threading.Lock()
+
+
+def _after_fork() -> None:
+    # A child is a process of its own, whose failures are said again; the lock may have
+    # been held by a parent thread that does not exist here.
+    global _lock
+    _lock = threading.Lock()
+    _told.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def warn(kind: str, msg: str, *args: object, level: int = logging.WARNING) -> None:

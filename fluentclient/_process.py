@@ -9,6 +9,7 @@ The client itself decides what a fork means for its own state
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import os
 import sys
@@ -32,6 +33,7 @@ _fork_locks: dict[int, threading.Lock] = {}
 # Clients made with at_exit=True: what the end of the process drains (see _exit.py).
 drained_at_exit: weakref.WeakSet[BufferedClient] = weakref.WeakSet()
 _hooked = False
+_made = itertools.count()
 
 
 def fork_lock(pid: int) -> threading.Lock:
@@ -65,6 +67,8 @@ def register_at_exit(client: BufferedClient) -> None:
     if not _hooked:
         _hooked = True
         atexit.register(_at_exit)
+    # The summary at exit names the clients in the order they were made.
+    client._exit_order = next(_made)
     drained_at_exit.add(client)
     _drain_in_celery_pool()
     _drain_in_uwsgi()

@@ -238,6 +238,7 @@ class BufferedClient(_Client):
         self._exit_setting = "shutdown_timeout"
         # Who the client is in the summary at exit (a logging integration names itself).
         self._owner = "BufferedClient"
+        self._exit_order = 0  # set when registered for the end of the process
         self._shutdown_lock = threading.Lock()
         # What went wrong in the at-fork hook, which must not log: logged by _start().
         self._fork_note: str | None = None
