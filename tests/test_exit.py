@@ -351,9 +351,10 @@ def test_every_client_of_a_process_drains_within_one_deadline_and_one_summary():
                        {"port": server.port, "timeout": timeout}).finish()
     assert result.returncode == 0, result.describe()
     assert result.foreign_stderr() == [], result.describe()
-    # One after another they took three deadlines; at once, the longest.
+    # One after another they took three deadlines; at once, the longest (and the moment
+    # aborted threads get to settle their counts, on a machine that may be loaded).
     took = result.seconds_between("EXITING", "AT_EXIT_DONE")
-    assert took <= timeout + SLACK, f"the exit took {took:.2f} s\n{result.describe()}"
+    assert took <= timeout + 2 * SLACK, f"the exit took {took:.2f} s\n{result.describe()}"
     said = [line for line in result.stderr.splitlines() if "not sent" in line]
     # One line per client, each naming it and what it left.
     assert len(said) == 3, result.describe()
@@ -438,7 +439,7 @@ def test_a_dictconfig_that_disables_our_logger_still_says_the_host_and_the_loss(
     assert sum("Name or service not known" in line or "not known" in line
                for line in lines if "not sent" not in line) <= 1, result.describe()
     # A host that does not exist is not waited for (close_timeout is 5 s).
-    assert result.seconds_between("EXITING", "AT_EXIT_DONE") <= SLACK, result.describe()
+    assert result.seconds_between("EXITING", "AT_EXIT_DONE") <= 2 * SLACK, result.describe()
 
 
 LOGGING_SETUPS = {
