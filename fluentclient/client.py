@@ -61,7 +61,7 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import replace
 from typing import Callable, Literal, Optional, overload
 
-from . import _process
+from . import _process, _sigterm
 from ._admission import QUEUE_COUNT_LIMIT, Act, Admission
 from ._base import Client as _Client
 from ._base import TagChecker as _TagChecker
@@ -82,8 +82,9 @@ from ._options import MiB as _MiB
 from ._pool import ServerSpec
 from ._reader import Reader
 from ._reporting import Reporting
-from ._sender import Sender
+from ._sender import Sender, is_hopeless, is_unresolvable
 from ._shutdown import Ending, UnsentCallback
+from ._words import count
 from ._writer import Writer, resolve_futures
 from .backoff import Backoff
 from .errors import (
@@ -185,6 +186,7 @@ class BufferedClient(_Client):
         int_time: bool = False,
         entries_as_str: bool = False,
         at_exit: bool = True,
+        handle_sigterm: bool = True,
         overflow: str = "drop_newest",
         overflow_timeout: float = 1.0,
         spool_dir: str | os.PathLike[str] | None = None,
@@ -235,6 +237,9 @@ class BufferedClient(_Client):
         # The setting that bounds the drain at exit, as the user knows it (a FluentHandler
         # hands its close_timeout down as shutdown_timeout).
         self._exit_setting = "shutdown_timeout"
+        # Who the client is in the summary at exit (a logging integration names itself).
+        self._owner = "BufferedClient"
+        self._exit_order = 0  # set when registered for the end of the process
         self._shutdown_lock = threading.Lock()
         # What went wrong in the at-fork hook, which must not log: logged by _start().
         self._fork_note: str | None = None
@@ -249,8 +254,12 @@ class BufferedClient(_Client):
             # time; the type stubs for Python 3.9 do not list it, hence setattr.)
             setattr(finalizer, "atexit", False)  # noqa: B010
         _process.live_clients.add(self)
+        # Whether this client may install the SIGTERM handler (see _sigterm.py); one
+        # that is not drained at exit has no business with the end of the process.
+        self._handle_sigterm = at_exit and handle_sigterm
         if at_exit:
             _process.register_at_exit(self)
+            _sigterm.offer(self)
         if self._journal.has_orphans():
             # What a previous process left is sent now, not at the first post().
             self._start()
@@ -335,6 +344,8 @@ class BufferedClient(_Client):
             self._reader.thread.start()
             self._writer.thread.start()
             self._life.start()
+        if self._handle_sigterm:
+            _sigterm.offer(self)
         note, self._fork_note = self._fork_note, None
         if note is not None:
             log.error("fluentclient: %s", note)
@@ -586,7 +597,8 @@ class BufferedClient(_Client):
     def _evicted(self, frames: list[Frame]) -> None:
         """Frames removed by the drop_oldest policy: count them and tell their futures."""
         records = sum(frame.records for frame in frames)
-        err = BufferFullError(f"evicted to make room for newer records ({records} records)")
+        err = BufferFullError(
+            f"evicted to make room for newer records ({count(records, 'record')})")
         # Counted before the futures and on_error hear of it (see _fail).
         first = self._ledger.drop(DROP_EVICTED, records, State.BUFFERED) == records
         for frame in frames:
@@ -794,7 +806,7 @@ class BufferedClient(_Client):
             if self._life.report is None:
                 self._end(_time.monotonic(), drain=False)
 
-    def _end(self, deadline: float, *, drain: bool) -> ShutdownReport:
+    def _end(self, deadline: float, *, drain: bool, quiet: bool = False) -> ShutdownReport:
         """Called once, under the shutdown lock: post() refuses from here on."""
         with self._start_lock:  # threads are started, or never will be
             before = self._life.begin_closing()
@@ -807,7 +819,7 @@ class BufferedClient(_Client):
         # threads it may have left running, if there were any.
         started = before in (RUNNING, FAILED) or (
             before is CLOSING and self._reader.thread.ident is not None)
-        report = ending.run(deadline, drain=drain, started=started)
+        report = ending.run(deadline, drain=drain, started=started, quiet=quiet)
         self._life.report = report
         _process.live_clients.discard(self)
         return report
@@ -905,16 +917,71 @@ class BufferedClient(_Client):
             while link.retiring:
                 link.retiring.popleft().conn.close()
 
-    def _drain_at_exit(self) -> None:
-        """The end of the process: send what is held, unless nothing ever could be."""
+    # -- the end of the process (see _exit.py) --------------------------------------------
+
+    def _exit_pending(self) -> bool:
+        """Whether the end of the process has something to drain here: threads that ran
+        (a child of a stopped client starts closed, and has none), or spool files."""
         self._check_fork()
         life = self._life
-        # Threads that ran (a child of a stopped client starts closed, and has none).
+        if life.report is not None or self._shutdown_lock.locked():
+            # Stopped, or being stopped by another thread, whose shutdown keeps its own
+            # deadline and says itself what it could not send (a signal that came while
+            # the program was in shutdown(), say).
+            return False
         ran = life.phase is RUNNING or life.phase is FAILED or life.phase is CLOSING
-        if life.report is None and (ran or self._journal.owns_files):
-            self._explain_wait(self.shutdown_timeout, self._exit_setting)
-            # shutdown() logs what it could not send.
-            self.shutdown(self.shutdown_timeout)
+        return ran or self._journal.owns_files
+
+    def _drain_for_exit(self, deadline: float) -> ShutdownReport | None:
+        """shutdown() until ``deadline``, quietly: the end of the process says what was
+        not sent, for every client at once. None if this thread could not take the
+        shutdown in time (another thread is inside shutdown(): its report is its own)."""
+        if not self._shutdown_lock.acquire(timeout=max(0.0, deadline - _time.monotonic())):
+            return None
+        try:
+            report = self._life.report
+            if report is None:
+                report = self._end(deadline, drain=True, quiet=True)
+            return report
+        finally:
+            self._shutdown_lock.release()
+
+    def _abandon(self) -> None:
+        """Cut a drain under way short: the threads stop without new work and the socket is
+        aborted, so the shutdown finishes at once and counts what was held as unsent."""
+        life, buf = self._life, self._buffer
+        if life.phase is not CLOSING:
+            return
+        with buf.lock:
+            life.abandoned = True
+            buf.changed.notify_all()
+            buf.done.notify_all()
+        self._writer.abort()
+
+    def _hopeless(self) -> str | None:
+        """Why no server of this client can take records before any deadline (a host that
+        does not resolve, a refused key, a setting it cannot use), or None."""
+        if self._life.phase is NEW:
+            return None
+        links = self._writer.links
+        errors = [link.error for link in links]
+        if not links or any(link.conn is not None for link in links) or not all(
+                is_hopeless(e) for e in errors):
+            return None
+        first = errors[0]
+        assert first is not None  # every one is hopeless, so none is missing
+        if is_unresolvable(first):
+            return f"the host does not resolve: {first}"
+        return str(first)
+
+    def _held(self) -> int:
+        """Records posted and neither sent nor settled otherwise (as the books say)."""
+        return self._ledger.snapshot(buffered_bytes=0).buffered
+
+    def _exit_name(self) -> str:
+        """The client as a person at a terminal tells it from others: who made it, where to."""
+        servers = ", ".join(describe(s.address) for s in self._transport.servers)
+        return f"{self._owner} to {servers}"
 
     def _unreachable(self) -> str | None:
         """Why no server can take records now (the last error), or None if one may.
@@ -941,8 +1008,9 @@ class BufferedClient(_Client):
             return
         held = self._ledger.snapshot(buffered_bytes=0).buffered
         if held:
-            log.warning("fluentclient: waiting up to %g s (%s) to send %d records held; "
-                        "no server reachable: %s", timeout, setting, held, why)
+            log.warning("fluentclient: waiting up to %g s (%s) to send %s held; "
+                        "no server reachable: %s", timeout, setting, count(held, "record"),
+                        why)
 
 
 # -- a client the program forgot ---------------------------------------------------------

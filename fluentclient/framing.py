@@ -22,6 +22,7 @@ import msgpack
 
 from ._accel import FastPacker, fast_packer
 from ._lifecycle import swallow
+from ._words import count
 from .errors import SerializationError, UnsafeRecordError
 from .guard import RecordGuard
 from .message import EventTime, Message, short_repr
@@ -691,7 +692,7 @@ def _entries(payload: bytes, unpacker: msgpack.Unpacker) -> list[Entry]:
     # The stream has no count of its own: a payload cut inside an entry just stops.
     if unpacker.tell() != len(payload):
         short = len(payload) - unpacker.tell()
-        raise FrameError(f"entries end {short} bytes short of a whole entry")
+        raise FrameError(f"entries end {count(short, 'byte')} short of a whole entry")
     return entries
 
 

@@ -29,6 +29,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 
+from . import _exit, _process
 from ._convert import (
     Converter,
     check_tag,
@@ -389,6 +390,10 @@ class FluentHandler(logging.Handler):
             if first:
                 if self._owns_client:
                     assert isinstance(self.client, BufferedClient)
+                    if _process.main_thread_finished():
+                        # logging.shutdown() at exit: every client of the process drains
+                        # now, at once, within one deadline (if not done already).
+                        _exit.drain_all()
                     self.client._explain_wait(self.close_timeout, "close_timeout")
                     self.report = self.client.shutdown(self.close_timeout)
                 else:
@@ -431,6 +436,7 @@ def client_of(
     own_deadline = "shutdown_timeout" not in options
     options.setdefault("shutdown_timeout", close_timeout)
     made = BufferedClient(host, port, unix_path=unix_path, **options)
+    made._owner = f"{'FluentHandler' if owner == 'handler' else 'FluentSink'}'s client"
     if own_deadline:
         made._exit_setting = "close_timeout"
     return made, True

@@ -35,6 +35,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "fluentclient from its checkout with the loguru extra"
     ) from exc
 
+from . import _exit, _process
 from ._convert import (
     Converter,
     check_tag,
@@ -333,6 +334,10 @@ class FluentSink:
             self._stopped = True
         try:
             if self._owns_client:
+                if _process.main_thread_finished():
+                    # loguru's own hook at exit: every client of the process drains now,
+                    # at once, within one deadline (if not done already).
+                    _exit.drain_all()
                 self.report = self.client.shutdown(self.close_timeout)
             else:
                 self.client.flush(self.close_timeout)
