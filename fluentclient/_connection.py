@@ -123,8 +123,10 @@ def _not_tls_answer(where: str, exc: ssl.SSLError) -> TlsError | None:
 
 
 def _unresolved(where: str, host: str, exc: socket.gaierror) -> FluentConnectionError:
+    # Raised "from exc": the writer finds the resolver's answer in the cause (see
+    # _sender.is_unresolvable) and says it once, at error level, as a wrong setting.
     if exc.errno in _NO_SUCH_NAME:
-        return NameNotResolved(
+        return FluentConnectionError(
             f"cannot connect to {where}: the host name {host!r} does not resolve "
             f"({exc.strerror}); check the host setting (host=, servers= or FLUENT_HOST)")
     return FluentConnectionError(
@@ -138,12 +140,6 @@ _NO_SUCH_NAME = frozenset(
     code for code in (getattr(socket, "EAI_NONAME", None), getattr(socket, "EAI_NODATA", None))
     if code is not None
 )
-
-
-class NameNotResolved(FluentConnectionError):
-    """The server's host name does not resolve: probably a wrong setting, but a name can
-    also appear later (a service still starting, a resolver catching up), so the clients
-    keep retrying; the writer says it once, at error level, as a configuration problem."""
 
 
 def describe(address: Address) -> str:

@@ -54,13 +54,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from . import _notice
 from ._buffer import Buffer, Frame
-from ._connection import Connection, ConnectionLost, NameNotResolved, SendError
+from ._connection import Connection, ConnectionLost, SendError
 from ._ledger import Ledger
 from ._lifecycle import Lifecycle, thread_failed
 from ._options import TransportOptions
 from ._pool import Link, Retiring
-from ._sender import Sender, is_refusal
+from ._sender import Sender, is_refusal, is_unresolvable
+from ._words import count
 from .errors import AuthenticationError, FluentError, PossiblyLostError
 from .framing import FrameBuilder
 from .message import settle_future, short_repr
@@ -203,6 +205,16 @@ class Writer:
                         return []
                     wait = min(wait, idle_close)
                 buf.changed.wait(wait)
+
+    def settling(self) -> bool:
+        """Whether a server that answers chunk ids (or is not yet known not to) still owes
+        the answers that settle records written to it. Read by flush() on its own thread:
+        a snapshot of plain attributes, good enough to decide whether waiting can help."""
+        return any(
+            link.conn is not None and link.answers_markers is not False
+            and bool(link.unsettled or link.unconfirmed)
+            for link in self.links
+        )
 
     def _awaits_markers(self, link: Link, now: float) -> bool:
         """Whether acks of this link's markers are still to be read."""
@@ -353,39 +365,38 @@ class Writer:
                 news = streak == 0 or link.last_error != str(exc)
                 self._sender.connect_failed(link, exc)
                 if is_refusal(exc) and news:
-                    log.error("fluentclient: %s; retrying with backoff (logged again only "
-                              "if the reason changes)", exc)
-                    self._report(exc)
+                    self._tell_refusal(exc, news)
                 elif is_refusal(exc):
                     log.debug("fluentclient: %s (attempt %d)", exc, link.connect_streak)
-                elif isinstance(exc, NameNotResolved):
-                    # Most likely a wrong host setting, so said as loudly as a refusal;
-                    # but a name can appear later (a service still starting), so the
-                    # backoff goes on at its usual pace rather than its slowest.
-                    if news:
-                        log.error("fluentclient: %s; retrying with backoff, in case the "
-                                  "name appears later (logged again only if the reason "
-                                  "changes)", exc)
-                        self._report(exc)
-                    else:
-                        log.debug("fluentclient: %s (attempt %d)", exc, link.connect_streak)
                 elif link.connect_streak == 1:
                     # Once per outage: the backoff retries many times a minute, and
                     # stats() counts every attempt.
+                    # Through _notice: it must reach a person even when logging
+                    # was set up so that ours reaches no one.
+                    kind = "unresolvable" if is_unresolvable(exc) else "connect"
                     drain = self._life.drain_deadline
-                    if drain is None:
-                        log.warning("fluentclient: %s; retrying with backoff", exc)
+                    if drain is None and kind == "unresolvable":
+                        # Most likely a wrong host setting, so said at error level, like
+                        # a refusal; but a name can appear later (a service still
+                        # starting), so the backoff goes on at its usual pace.
+                        _notice.warn(kind, "fluentclient: %s; retrying with backoff, in "
+                                     "case the name appears later", exc, level=logging.ERROR)
+                    elif drain is None:
+                        _notice.warn(kind, "fluentclient: %s; retrying with backoff", exc)
+                    elif kind == "unresolvable":
+                        # The end of the process does not wait for that (see _exit.py).
+                        _notice.warn(kind, "fluentclient: %s", exc)
                     else:
                         # Found while the process ends: say what the exit waits for.
-                        log.warning("fluentclient: %s; retrying until the shutdown "
-                                    "deadline, %.1f s from now", exc,
-                                    max(0.0, drain - time.monotonic()))
+                        _notice.warn(kind, "fluentclient: %s; retrying until the shutdown "
+                                     "deadline, %.1f s from now", exc,
+                                     max(0.0, drain - time.monotonic()))
                 else:
                     log.debug("fluentclient: %s (attempt %d)", exc, link.connect_streak)
                 continue
             if streak:
-                log.info("fluentclient: connected to %s after %d failed attempts",
-                         link.name, streak)
+                log.info("fluentclient: connected to %s after %s", link.name,
+                         count(streak, "failed attempt"))
             else:
                 log.debug("fluentclient: connected to %s", link.name)
             return link
@@ -655,9 +666,9 @@ class Writer:
             link.failed(reason)
             self._ledger.connection_failed()
             log.warning(
-                "fluentclient: connection to %s failed: %s; %d records written to it are "
+                "fluentclient: connection to %s failed: %s; %s written to it are "
                 "left to the server there for up to %g s (possibly lost if it never "
-                "reads them)", link.name, reason, retired, self._linger,
+                "reads them)", link.name, reason, count(retired, "record"), self._linger,
             )
             return
         if not link.unconfirmed and not link.unsettled and not pending:
@@ -696,8 +707,9 @@ class Writer:
             self._ledger.requeue(retried)
         self._buffer.requeue(again)
         log.warning(
-            "fluentclient: connection to %s failed: %s; %d records will be sent again, "
-            "%d may be lost", link.name, reason, retried, lost + written_lost,
+            "fluentclient: connection to %s failed: %s; %s will be sent again, "
+            "%d may be lost", link.name, reason, count(retried, "record"),
+            lost + written_lost,
         )
         if given_up:
             self._give_up(given_up)
@@ -713,8 +725,8 @@ class Writer:
 
     def _tell_refusal(self, exc: FluentError, news: bool) -> None:
         if news:
-            log.error("fluentclient: %s; retrying with backoff (logged again only if the "
-                      "reason changes)", exc)
+            _notice.warn("refused", "fluentclient: %s; retrying with backoff (logged again "
+                         "only if the reason changes)", exc, level=logging.ERROR)
             self._report(exc)
 
     def _give_up(self, frames: list[Frame]) -> None:
@@ -724,8 +736,8 @@ class Writer:
         never left this process."""
         records = sum(f.records for f in frames)
         error = PossiblyLostError(
-            f"{records} records were not acknowledged after "
-            f"{self._ack_retry_limit} attempts; given up, possibly lost (they were "
+            f"{count(records, 'record')} not acknowledged after "
+            f"{count(self._ack_retry_limit, 'attempt')}; given up, possibly lost (they were "
             "written, so the server may have them)"
         )
         self._ledger.lose(records)
@@ -942,9 +954,9 @@ class Writer:
             # Counted before the frames are back, where the next write may take them.
             self._ledger.requeue(retried)
             self._buffer.restore(again)
-            log.warning("fluentclient: %d records written to %s before its connection "
-                        "failed never reached it (%s); they will be sent again",
-                        retried, link.name, reason)
+            log.warning("fluentclient: %s written to %s before its connection "
+                        "failed never reached it (%s); sent again",
+                        count(retried, "record"), link.name, reason)
         self._buffer.release([frame for end, frame in old.tail
                               if dead is None or end <= dead])
         old.tail.clear()
@@ -956,8 +968,9 @@ class Writer:
             self._ledger.send(records)
             return
         self._ledger.lose(records)
-        log.warning("fluentclient: %d records written to %s before its connection failed "
-                    "were not proven read (%s); possibly lost", records, link.name, reason)
+        log.warning("fluentclient: %s written to %s before its connection failed "
+                    "not proven read (%s); possibly lost", count(records, "record"), link.name,
+                    reason)
 
     def _lose_unconfirmed(self, link: Link) -> int:
         """The link's written, unconfirmed frames are possibly lost; how many records."""
@@ -969,7 +982,7 @@ class Writer:
         self._ledger.lose(records)
         self._buffer.release(frames)
         error = PossiblyLostError(
-            f"{records} records were written to {link.name}, whose connection ended "
+            f"{count(records, 'record')} written to {link.name}, whose connection ended "
             "before the server confirmed them; possibly lost")
         for frame in frames:
             resolve_futures(frame, error)
