@@ -375,7 +375,13 @@ class Writer:
                     # was set up so that ours reaches no one.
                     kind = "unresolvable" if is_unresolvable(exc) else "connect"
                     drain = self._life.drain_deadline
-                    if drain is None:
+                    if drain is None and kind == "unresolvable":
+                        # Most likely a wrong host setting, so said at error level, like
+                        # a refusal; but a name can appear later (a service still
+                        # starting), so the backoff goes on at its usual pace.
+                        _notice.warn(kind, "fluentclient: %s; retrying with backoff, in "
+                                     "case the name appears later", exc, level=logging.ERROR)
+                    elif drain is None:
                         _notice.warn(kind, "fluentclient: %s; retrying with backoff", exc)
                     elif kind == "unresolvable":
                         # The end of the process does not wait for that (see _exit.py).

@@ -322,6 +322,20 @@ def test_serve_refuses_a_user_without_a_shared_key():
     assert "--username needs --shared-key" in result.stderr
 
 
+def test_serve_on_a_port_in_use_names_the_address_and_what_to_do():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([*COMMAND, "serve", "--port", str(port)],
+                                capture_output=True, text=True, timeout=30, env=clean_env())
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"fluentclient serve: cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(another process listens there: stop it, or choose another port (0 picks a free "
+        "one))\n")
+
+
 # -- cat: input ------------------------------------------------------------------------------
 
 

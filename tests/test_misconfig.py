@@ -7,20 +7,24 @@ from __future__ import annotations
 
 import contextlib
 import decimal
+import errno
 import io
 import json
 import logging
 import logging.handlers
 import queue
+import socket
 from collections.abc import Iterator
 
 import pytest
 
-from fluentclient import BufferedClient, SerializationError
+from fluentclient import BufferedClient, FluentConnectionError, SerializationError, SyncClient
 from fluentclient.handler import FluentHandler
+from fluentclient.server import ForwardServer
 
 from .conftest import FAST_BACKOFF
 from .subproc import Child
+from .waiting import wait_until
 
 # Never resolves (RFC 2606), so connecting fails at the name lookup.
 NOWHERE = "fluentd.invalid"
@@ -293,3 +297,56 @@ def test_an_unserializable_record_is_named_by_tag_field_and_type(fluent_server, 
     finally:
         client.shutdown(5)
     assert fluent_server.event_count == 0
+
+
+# -- errors that say what to do ---------------------------------------------------------------
+
+UNRESOLVED = (f"cannot connect to {NOWHERE}:24224: the host name '{NOWHERE}' does not resolve "
+              "(Name or service not known); check the host setting (host=, servers= or "
+              "FLUENT_HOST)")
+
+
+def _name_does_not_exist() -> None:
+    try:
+        socket.getaddrinfo(NOWHERE, 24224)
+    except socket.gaierror as exc:
+        if exc.errno == socket.EAI_NONAME:
+            return
+    pytest.skip(f"this machine's resolver does not say that {NOWHERE} does not exist")
+
+
+def test_a_sync_client_to_a_host_that_does_not_resolve_raises_what_to_change():
+    _name_does_not_exist()
+    client = SyncClient(NOWHERE, 24224)
+    with pytest.raises(FluentConnectionError) as raised:
+        client.post("app.x", {"i": 1})
+    assert str(raised.value) == UNRESOLVED
+    client.shutdown()
+
+
+def test_a_buffered_client_to_a_host_that_does_not_resolve_says_so_once_and_retries(caplog):
+    # A name may appear later (a service still starting), so the client keeps trying;
+    # but this is most likely a wrong setting, said once at error level, not as an outage.
+    _name_does_not_exist()
+    caplog.set_level(logging.DEBUG, logger="fluentclient")
+    client = BufferedClient(NOWHERE, 24224, backoff=FAST_BACKOFF, at_exit=False)
+    client.post("app.x", {"i": 1})
+    assert wait_until(lambda: client.stats().connect_failures >= 3, timeout=20)
+    client.shutdown(timeout=0.2)
+    loud = [(r.levelname, r.getMessage()) for r in caplog.records
+            if r.name == "fluentclient" and r.levelno >= logging.WARNING
+            and "does not resolve" in r.getMessage()]
+    assert loud == [("ERROR", f"fluentclient: {UNRESOLVED}; retrying with backoff, in case "
+                              "the name appears later")]
+
+
+def test_a_forward_server_on_a_port_in_use_names_the_address():
+    with ForwardServer() as first:
+        second = ForwardServer(first.host, first.port)
+        with pytest.raises(OSError) as raised:
+            second.start()
+        second.close()
+    assert raised.value.errno == errno.EADDRINUSE
+    assert str(raised.value) == (
+        f"cannot listen on {first.host}:{first.port}: Address already in use (another "
+        "process listens there: stop it, or choose another port (0 picks a free one))")

@@ -26,6 +26,7 @@ from fluentclient import (
     EventTime,
     FluentConnectionError,
     FluentError,
+    FluentTimeoutError,
     SyncClient,
     TlsError,
 )
@@ -309,6 +310,24 @@ def test_unverified_certificate_is_a_tls_error(
     # Without the test CA the system's CAs cannot verify the server.
     _refused(server, "real.refused.tls", TlsError, "certificate verify failed",
              client_threads, caplog, good=tls_client(pki), tls=True)
+
+
+def test_tls_against_a_plain_port_says_to_turn_tls_off(
+    real_server_kind: str, real_server_factory: Factory, pki: Pki,
+) -> None:
+    # Fluent Bit closes the connection on our ClientHello, a TlsError. fluentd reads it as
+    # msgpack: it resets the connection, a TlsError too, or, when the bytes end inside an
+    # object, waits for the rest, and the handshake times out. Each says what to change.
+    server = real_server_factory(real_server_kind)
+    client = SyncClient("127.0.0.1", server.port, connect_timeout=3, **tls_client(pki))
+    for _ in range(2):
+        with pytest.raises((TlsError, FluentTimeoutError)) as info:
+            client.post("real.refused.plain", {"n": 1})
+        assert "set tls=False (FLUENT_TLS=false), or point at the server's TLS port" in str(
+            info.value), repr(info.value)
+        if real_server_kind == "fluent-bit":
+            assert isinstance(info.value, TlsError), repr(info.value)
+    client.close()
 
 
 # -- exact data: times, Unicode, sizes, tags ----------------------------------------------
