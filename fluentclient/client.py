@@ -78,6 +78,7 @@ from ._options import (
     servers_from,
 )
 from ._options import MiB as _MiB
+from ._parking import PARK_WAIT, READER, Parking
 from ._pool import ServerSpec
 from ._reader import Reader
 from ._reporting import Reporting
@@ -283,16 +284,21 @@ class BufferedClient(_Client):
             on_release=core._released if self._journal.recording else None,
         )
         # Filled once the threads exist: admission needs to know them, they need it.
+        # Refilled when they are restarted after a fork (see _resume).
         own_threads: list[threading.Thread] = []
+        self._own_threads = own_threads
         self._admission = Admission(
             self._overflow, self._overflow_timeout, self._buffer, self._queue,
             self._journal if self._journal.recording else None,
             own_threads,
         )
+        # Stopping the threads around a fork, so that the child is forked from a process
+        # that runs none of them (see _parking.py).
+        self._parking = Parking()
         self._reader = Reader(
             self._queue, self._buffer, self._life, self._records.packer(), core._fail,
             admission=self._admission, ledger=self._ledger, evicted=core._evicted,
-            fail_spooled=core._fail_spooled, journal=self._journal,
+            fail_spooled=core._fail_spooled, journal=self._journal, parking=self._parking,
         )
         self._writer = Writer(
             Sender(t.links(), self._ledger, t),
@@ -304,6 +310,7 @@ class BufferedClient(_Client):
             max_write=max(o.max_frame_size, _MiB),
             transport=t,
             report=lambda err: core._tell(err, None),
+            parking=self._parking,
         )
         own_threads += (self._reader.thread, self._writer.thread)
         # Re-entrant: a signal handler that shuts down while its thread starts the threads
@@ -621,9 +628,17 @@ class BufferedClient(_Client):
                 raise FluentTimeoutError(
                     f"the record did not reach the buffer within {timeout} s"
                 ) from None
-            if (self._life.phase is not NEW and not self._reader.thread.is_alive()
-                    and not waiter.done()):
+            if self._life.phase is not NEW and self._reader_gone() and not waiter.done():
                 raise ClientClosedError("the client's reader thread has stopped")
+
+    def _reader_gone(self) -> bool:
+        """Whether the reader thread ran and ended (not merely parked for a fork)."""
+        thread = self._reader.thread
+        if thread.ident is None or thread.is_alive():
+            return False
+        # Parked, or restarted since (_resume puts the new thread in place before it
+        # withdraws the request): not gone.
+        return not self._parking.requested and self._reader.thread is thread
 
     def _refuse(self, reason: str, err: FluentError, msg: Message, raises: bool) -> bool:
         """A record post() turned away before it reached the queue: False, or ``err``
@@ -758,6 +773,9 @@ class BufferedClient(_Client):
     def _end(self, deadline: float, *, drain: bool) -> ShutdownReport:
         """Called once, under the shutdown lock: post() refuses from here on."""
         with self._start_lock:  # threads are started, or never will be
+            # Parked for a fork under way on another thread: running again first, so
+            # that they drain (the fork's own hook then finds nothing parked).
+            self._resume()
             before = self._life.begin_closing()
         ending = Ending(
             queue=self._queue, buffer=self._buffer, ledger=self._ledger, life=self._life,
@@ -785,6 +803,61 @@ class BufferedClient(_Client):
         return snapshot if health is None else replace(snapshot, journal=health)
 
     # -- process events ------------------------------------------------------------------
+
+    def _park(self, deadline: float) -> list[threading.Thread]:
+        """Before a fork in this process: ask the running threads to park (see
+        _parking.py); the threads to wait for, until ``deadline``.
+
+        Every lock here is taken with the deadline: a thread of the program may hold one
+        across the fork. A writer long in a socket call is asked but not waited for: a
+        fork does not wait out a slow server, and a pool forking many times does not wait
+        for it at each fork.
+        """
+        if not self._start_lock.acquire(timeout=max(0.0, deadline - _time.monotonic())):
+            return []
+        try:
+            if (self._life.phase is not RUNNING or self._pid != _getpid()
+                    or self._admission.own_thread()):
+                # Not running, or forked from a thread of ours (a callback): nothing to
+                # stop that could be waited for.
+                return []
+            self._parking.requested = True
+            self._reader.wake.set()
+            buf = self._buffer
+            if buf.lock.acquire(timeout=max(0.0, deadline - _time.monotonic())):
+                try:
+                    buf.changed.notify_all()  # the writer, waiting for work or a retry
+                finally:
+                    buf.lock.release()
+            waits = [self._reader.thread]
+            since = self._writer.in_socket_call_since
+            if since is None or _time.monotonic() - since < PARK_WAIT:
+                waits.append(self._writer.thread)
+            return waits
+        finally:
+            self._start_lock.release()
+
+    def _resume_after_fork(self) -> None:
+        """In the parent, once the fork is done: restart what parked."""
+        with self._start_lock:
+            self._resume()
+
+    def _resume(self) -> None:
+        """Restart the threads that parked for a fork (``_start_lock`` held)."""
+        if not self._parking.requested:
+            return
+
+        def replace(which: str) -> threading.Thread:
+            part = self._reader if which == READER else self._writer
+            part.thread = part.new_thread()
+            self._own_threads[:] = [self._reader.thread, self._writer.thread]
+            return part.thread
+
+        for thread in self._parking.end(replace):
+            try:
+                thread.start()
+            except RuntimeError as exc:  # no new threads: out of resources, or finalizing
+                self._life.fail(f"cannot restart the {thread.name} thread after a fork: {exc}")
 
     def _check_fork(self) -> bool:
         """True (after starting afresh) if this process was forked without the at-fork
