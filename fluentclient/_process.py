@@ -222,6 +222,23 @@ def _park_all() -> None:
         if remaining <= 0:
             break  # what still runs is forked running: Python's warning says so
         thread.join(remaining)
+        if not thread.is_alive():
+            _wait_for_os_thread(thread, deadline)
+
+
+def _wait_for_os_thread(thread: threading.Thread, deadline: float) -> None:
+    """Wait until the OS thread under a joined Python thread is gone too.
+
+    Before Python 3.13, join() returns as the thread releases its state, a moment before
+    the OS thread exits; Python's warning counts OS threads (on Linux, from /proc), and
+    would find it there now and then. Where /proc lists them, wait for that.
+    """
+    native_id = thread.native_id
+    if native_id is None:
+        return
+    task = f"/proc/self/task/{native_id}"
+    while os.path.exists(task) and time.monotonic() < deadline:
+        time.sleep(0.0001)
 
 
 def _resume_all() -> None:
