@@ -11,7 +11,8 @@ done restarts them on new threads in the parent; the child builds its own client
 from scratch anyway (BufferedClient._after_fork_in_child).
 
 A thread that cannot stop in time (the writer in the middle of a send to a slow server,
-or a connect) is not waited for further: the fork goes ahead with it running, and
+or a connect) is not waited for further (nor at all, once its socket call has lasted
+``STUCK_AFTER``): the fork goes ahead with it running, and
 Python's warning is then honest. Whether it parked is decided under ``lock``, a lock of
 its own that guards nothing else and is never held while waiting for anything, so that
 the hook after the fork can always tell, without waiting for a lock a thread of the
@@ -25,9 +26,12 @@ from typing import Callable
 
 # How long the forking thread waits, per fork and for all clients together, for their
 # threads to park. They are waiting on a condition or an event, or packing a batch, and
-# park within milliseconds; only a writer in a socket call can take longer, and that one
-# is waited for once at most (see BufferedClient._park).
+# park within milliseconds; only a writer in a socket call can take longer.
 PARK_WAIT = 0.2
+# A writer whose socket call (a send, a connect) began longer ago than this waits on a
+# slow or stalled server, which may take its whole write_timeout: it is not waited for,
+# so that a fork (and a pool's many forks) costs no more than the threads' wake-up.
+STUCK_AFTER = 0.05
 
 READER = "reader"
 WRITER = "writer"

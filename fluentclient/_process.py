@@ -17,7 +17,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from ._parking import PARK_WAIT
+from . import _parking
 
 if TYPE_CHECKING:
     from .client import BufferedClient
@@ -207,10 +207,10 @@ _parked: list[BufferedClient] = []
 
 def _park_all() -> None:
     """Before a fork: park every running client's threads, waiting for all of them
-    together at most PARK_WAIT (see _parking.py)."""
+    together at most ``PARK_WAIT`` (see _parking.py)."""
     if sys.is_finalizing() or main_thread_finished():
         return  # no thread could be started again after the fork
-    deadline = time.monotonic() + PARK_WAIT
+    deadline = time.monotonic() + _parking.PARK_WAIT
     waits: list[threading.Thread] = []
     for client in list(live_clients):
         threads = client._park(deadline)

@@ -61,7 +61,7 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import replace
 from typing import Callable, Literal, Optional, overload
 
-from . import _process
+from . import _parking, _process
 from ._admission import QUEUE_COUNT_LIMIT, Act, Admission
 from ._base import Client as _Client
 from ._base import TagChecker as _TagChecker
@@ -78,7 +78,7 @@ from ._options import (
     servers_from,
 )
 from ._options import MiB as _MiB
-from ._parking import PARK_WAIT, READER, Parking
+from ._parking import READER, Parking
 from ._pool import ServerSpec
 from ._reader import Reader
 from ._reporting import Reporting
@@ -831,7 +831,7 @@ class BufferedClient(_Client):
                     buf.lock.release()
             waits = [self._reader.thread]
             since = self._writer.in_socket_call_since
-            if since is None or _time.monotonic() - since < PARK_WAIT:
+            if since is None or _time.monotonic() - since < _parking.STUCK_AFTER:
                 waits.append(self._writer.thread)
             return waits
         finally:
