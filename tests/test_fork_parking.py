@@ -3,7 +3,7 @@
 Python 3.12+ warns at every os.fork() in a process running more than one thread. A client
 starts no thread until it is used, and parks the ones it runs while a fork happens (see
 fluentclient/_parking.py). Each forking program runs in a child process (the test process
-has threads of its own), turns that warning into an error, and also counts the threads
+has threads of its own), shows that warning on stderr at every fork, and also counts the threads
 that exist at the very moment of the fork, through an at-fork hook registered before
 fluentclient is imported: such hooks run in reverse order, so it runs after the client's
 own. That count makes the tests mean the same on 3.9 to 3.11, which never warn.
@@ -26,7 +26,8 @@ from .subproc import Child
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 
 # Counts the threads at each fork (the OS's count where /proc tells it, as Python's warning
-# does on Linux), and makes Python 3.12+'s warning about them an error.
+# does on Linux), and shows Python 3.12+'s warning about them on stderr at every fork,
+# whichever module forked. (An "error" filter would not do: os.fork() clears the error.)
 COUNTING = """
 import os, threading, warnings
 
@@ -39,7 +40,7 @@ def count_threads():
         at_fork.append(threading.active_count())
 
 os.register_at_fork(before=count_threads)
-warnings.filterwarnings("error", r"This process .* is multi-threaded", DeprecationWarning)
+warnings.filterwarnings("always", r"This process .* is multi-threaded", DeprecationWarning)
 """
 
 
@@ -130,10 +131,10 @@ def test_a_fork_while_the_threads_run_parks_them_and_resumes_them_after(fluent_s
     assert result.returncode == 0, result.describe()
     assert result.foreign_stderr() == [], result.describe()
     parent = json.loads(result.lines("PARENT")[0][1])
-    # The main thread, the reader and the writer ran before; only the main thread (and,
-    # for the pool's later forks, the pool's own threads) at each fork.
+    # The main thread, the reader and the writer ran before; only the main thread at each
+    # fork, ours and the pool's two (a pool starts its own threads after its workers).
     assert parent["running"] == 3, result.describe()
-    assert parent["at_fork"][:forks + 1] == [1] * (forks + 1), result.describe()
+    assert parent["at_fork"] == [1] * (forks + 2), result.describe()
     # Restarted in the parent, on the same connection, every record sent.
     assert parent["posted"] == parent["sent"] == n + forks, result.describe()
     assert parent["failures"] == 0, result.describe()
