@@ -17,6 +17,17 @@ Python's warning is then honest. Whether it parked is decided under ``lock``, a 
 its own that guards nothing else and is never held while waiting for anything, so that
 the hook after the fork can always tell, without waiting for a lock a thread of the
 program may hold across the fork, which threads left and must be restarted.
+
+After the fork the parent's threads come back at once only if the client holds work for
+them (records queued or buffered, frames written and not yet confirmed, a spool to
+replay). Otherwise the client stays *dormant*, threadless as before its first use, until
+something needs the reader: every caller that does (a post, a flush) sets its
+:class:`WakeUp`, which restarts the threads first. So a process that forks again and
+again (a pool, a preforking server) runs no thread of ours between its forks unless it
+has something to send, and a fork costs the threads' wake-up, not a restart each time.
+That matters on Python 3.13+, which counts the threads after the parent's at-fork hooks
+have run: threads restarted at once are counted there, though the child was forked
+without them.
 """
 
 from __future__ import annotations
@@ -67,3 +78,22 @@ class Parking:
             self.parked = set()
             self.requested = False
         return fresh
+
+
+class WakeUp(threading.Event):
+    """The reader's wake-up call, which everyone who needs the reader sets.
+
+    While its client is dormant after a fork, ``resume`` is set: the first ``set()``
+    restarts the client's threads before it wakes the reader.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.resume: Callable[[], None] | None = None
+
+    def set(self) -> None:
+        resume = self.resume
+        if resume is not None:
+            self.resume = None
+            resume()  # two callers may both get here: the second finds nothing parked
+        super().set()

@@ -21,7 +21,7 @@ from ._buffer import Buffer, Frame, Tagged
 from ._journal import Claim, Journal, NullJournal, Replayed
 from ._ledger import Ledger
 from ._lifecycle import CLOSED, Lifecycle, thread_failed
-from ._parking import READER, Parking
+from ._parking import READER, Parking, WakeUp
 from ._spool import Span
 from .errors import (
     BufferFullError,
@@ -129,7 +129,7 @@ class Reader:
         # Records previous processes left in the spool that this reader did not take over
         # and leaves there for a later process: counted as it stops, for the report.
         self.left_in_spool = 0
-        self.wake = threading.Event()
+        self.wake = WakeUp()
         # True while the reader waits for post() to wake it rather than polling.
         self.idle = False
         # The head of the queue is this reader's: every record leaves it under this lock
@@ -143,6 +143,11 @@ class Reader:
         self._drain_waiters = 0
         self._parking = parking or Parking()
         self.thread = self.new_thread()
+
+    def has_work(self) -> bool:
+        """Whether anything but the queue waits for this reader (read while it is parked):
+        records waiting for room, spans to write to the spool, a spool to replay."""
+        return bool(self._carry) or self._orphans is not None or self._journal.pending()
 
     def new_thread(self) -> threading.Thread:
         """A thread to run (or, after parking for a fork, resume) this reader's loop."""

@@ -159,6 +159,12 @@ class Writer:
         self.in_socket_call_since: float | None = None
         self.thread = self.new_thread()
 
+    def has_work(self) -> bool:
+        """Whether a link holds frames not yet confirmed, or a failed connection still
+        finishing (read while this writer is parked). Frames confirmed and only waiting
+        for the marker ack that settles them are not work: their bytes are the server's."""
+        return any(link.unconfirmed or link.retiring for link in self.links)
+
     def new_thread(self) -> threading.Thread:
         """A thread to run (or, after parking for a fork, resume) this writer's loop."""
         return threading.Thread(target=self._run, name="fluentclient-writer", daemon=True)

@@ -717,6 +717,8 @@ class BufferedClient(_Client):
         life = self._life
         if life.phase is NEW:
             return True  # nothing was taken that threads could write
+        if self._reader.wake.resume is not None:
+            self._reader.wake.set()  # dormant since a fork: the threads come back first
         deadline = None if timeout is None else _time.monotonic() + timeout
         if life.phase is RUNNING and not self._settle_queued(deadline):
             return False
@@ -821,6 +823,11 @@ class BufferedClient(_Client):
                 # Not running, or forked from a thread of ours (a callback): nothing to
                 # stop that could be waited for.
                 return []
+            if self._reader.wake.resume is not None:
+                # Dormant since an earlier fork: parked already (setting the wake-up
+                # would restart them). Only a thread that had not parked yet is waited for.
+                return [t for t in (self._reader.thread, self._writer.thread)
+                        if t.is_alive()]
             self._parking.requested = True
             self._reader.wake.set()
             buf = self._buffer
@@ -838,7 +845,28 @@ class BufferedClient(_Client):
             self._start_lock.release()
 
     def _resume_after_fork(self) -> None:
-        """In the parent, once the fork is done: restart what parked."""
+        """In the parent, once the fork is done: restart the threads now if they have
+        work, else leave the client dormant until its next use (see _parking.py)."""
+        with self._start_lock:
+            if not self._parking.requested:
+                return  # resumed already (a shutdown during the fork)
+            if not self._has_work():
+                reader = self._reader
+                # From here a post that queues a record finds the reader idle and sets
+                # its wake-up, which restarts the threads; one queued before is seen below.
+                reader.idle = True
+                reader.wake.resume = self._core._resume_dormant
+                if not self._has_work():
+                    return
+                reader.wake.resume = None
+            self._resume()
+
+    def _has_work(self) -> bool:
+        return (bool(self._queue) or self._buffer.held_records > 0
+                or self._reader.has_work() or self._writer.has_work())
+
+    def _resume_dormant(self) -> None:
+        """Called by the reader's wake-up, on whatever thread needs the reader first."""
         with self._start_lock:
             self._resume()
 
@@ -846,9 +874,13 @@ class BufferedClient(_Client):
         """Restart the threads that parked for a fork (``_start_lock`` held)."""
         if not self._parking.requested:
             return
+        self._reader.wake.resume = None
 
         def replace(which: str) -> threading.Thread:
             part = self._reader if which == READER else self._writer
+            if part is self._reader:
+                # The new reader starts by looking at the queue: posts need not wake it.
+                self._reader.idle = False
             part.thread = part.new_thread()
             self._own_threads[:] = [self._reader.thread, self._writer.thread]
             return part.thread
