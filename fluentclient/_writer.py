@@ -784,6 +784,10 @@ class Writer:
 
     def _close(self, link: Link) -> None:
         """Close a connection with nothing unconfirmed, settling what it can."""
+        # It may wait for the server (its last marker acks, its FIN) for a write_timeout.
+        self._in_socket_call(self._close_now, link)
+
+    def _close_now(self, link: Link) -> None:
         if not self._life.abandoned and not link.unconfirmed:
             self._await_markers(link)
         conn, link.conn = link.conn, None
