@@ -57,6 +57,7 @@ from fluentclient.handler import FluentHandler
 client = BufferedClient("127.0.0.1", P["port"])
 handler = FluentHandler("app", host="127.0.0.1", port=P["port"])
 logging.getLogger("app").addHandler(handler)
+before = threading.active_count()
 
 pid = os.fork()
 if pid == 0:
@@ -66,7 +67,7 @@ if pid == 0:
     handler.close()
     os._exit(0)
 _, status = os.waitpid(pid, 0)
-stamp("PARENT", os.waitstatus_to_exitcode(status), _json.dumps(at_fork),
+stamp("PARENT", os.waitstatus_to_exitcode(status), before, _json.dumps(at_fork),
       threading.active_count())
 """
 
@@ -75,11 +76,11 @@ def test_a_client_made_but_never_used_forks_with_no_thread_of_its_own(fluent_ser
     result = Child("never-used", NEVER_USED, {"port": fluent_server.port}).finish(timeout=30)
     assert result.returncode == 0, result.describe()
     assert result.foreign_stderr() == [], result.describe()
-    _, child_exit, at_fork, after = result.lines("PARENT")[0]
+    _, child_exit, before, at_fork, after = result.lines("PARENT")[0]
     assert child_exit == "0", result.describe()
-    # Nothing but the main thread, at the fork and after it: unused, nothing was started.
-    assert json.loads(at_fork) == [1], result.describe()
-    assert after == "1", result.describe()
+    # Nothing but the main thread, before the fork, at it and after it: made but unused,
+    # the client started nothing (so the fork had nothing to park).
+    assert (before, json.loads(at_fork), after) == ("1", [1], "1"), result.describe()
     assert fluent_server.wait_for(lambda: len(fluent_server.events) >= 2, timeout=10)
     assert sorted(e.tag for e in fluent_server.events) == ["app", "never.child"]
 
