@@ -17,6 +17,7 @@ from . import _handshake as handshake
 from ._server_acks import AckSchedule, acks_for
 from ._server_faults import Faults
 from ._server_record import ReceivedEvent, Recorder
+from ._words import count
 from .framing import DecodedFrame, FrameError, decode_frame, new_unpacker
 
 log = logging.getLogger("fluentclient.server")
@@ -290,7 +291,7 @@ class Session:
         pending = self._fed - self._done
         if pending:
             self._record_error(
-                f"{self.name}: {why} in the middle of a frame ({pending} bytes undecoded)"
+                f"{self.name}: {why} in the middle of a frame ({count(pending, 'byte')} undecoded)"
             )
         self.close()
 

@@ -55,6 +55,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TypeVar
 
+from . import _notice
 from ._buffer import Buffer, Frame
 from ._connection import Connection, ConnectionLost, SendError
 from ._ledger import Ledger
@@ -62,7 +63,8 @@ from ._lifecycle import Lifecycle, thread_failed
 from ._options import TransportOptions
 from ._parking import WRITER, Parking
 from ._pool import Link, Retiring
-from ._sender import Sender, is_refusal
+from ._sender import Sender, is_refusal, is_unresolvable
+from ._words import count
 from .errors import AuthenticationError, FluentError, PossiblyLostError
 from .framing import FrameBuilder
 from .message import settle_future, short_repr
@@ -231,6 +233,16 @@ class Writer:
                     wait = min(wait, idle_close)
                 buf.changed.wait(wait)
 
+    def settling(self) -> bool:
+        """Whether a server that answers chunk ids (or is not yet known not to) still owes
+        the answers that settle records written to it. Read by flush() on its own thread:
+        a snapshot of plain attributes, good enough to decide whether waiting can help."""
+        return any(
+            link.conn is not None and link.answers_markers is not False
+            and bool(link.unsettled or link.unconfirmed)
+            for link in self.links
+        )
+
     def _awaits_markers(self, link: Link, now: float) -> bool:
         """Whether acks of this link's markers are still to be read."""
         if link.conn is None or not link.unsettled or link.answers_markers is False:
@@ -389,28 +401,32 @@ class Writer:
                 news = streak == 0 or link.last_error != str(exc)
                 self._sender.connect_failed(link, exc)
                 if is_refusal(exc) and news:
-                    log.error("fluentclient: %s; retrying with backoff (logged again only "
-                              "if the reason changes)", exc)
-                    self._report(exc)
+                    self._tell_refusal(exc, news)
                 elif is_refusal(exc):
                     log.debug("fluentclient: %s (attempt %d)", exc, link.connect_streak)
                 elif link.connect_streak == 1:
                     # Once per outage: the backoff retries many times a minute, and
                     # stats() counts every attempt.
+                    # Through _notice: it must reach a person even when logging
+                    # was set up so that ours reaches no one.
+                    kind = "unresolvable" if is_unresolvable(exc) else "connect"
                     drain = self._life.drain_deadline
                     if drain is None:
-                        log.warning("fluentclient: %s; retrying with backoff", exc)
+                        _notice.warn(kind, "fluentclient: %s; retrying with backoff", exc)
+                    elif kind == "unresolvable":
+                        # The end of the process does not wait for that (see _exit.py).
+                        _notice.warn(kind, "fluentclient: %s", exc)
                     else:
                         # Found while the process ends: say what the exit waits for.
-                        log.warning("fluentclient: %s; retrying until the shutdown "
-                                    "deadline, %.1f s from now", exc,
-                                    max(0.0, drain - time.monotonic()))
+                        _notice.warn(kind, "fluentclient: %s; retrying until the shutdown "
+                                     "deadline, %.1f s from now", exc,
+                                     max(0.0, drain - time.monotonic()))
                 else:
                     log.debug("fluentclient: %s (attempt %d)", exc, link.connect_streak)
                 continue
             if streak:
-                log.info("fluentclient: connected to %s after %d failed attempts",
-                         link.name, streak)
+                log.info("fluentclient: connected to %s after %s", link.name,
+                         count(streak, "failed attempt"))
             else:
                 log.debug("fluentclient: connected to %s", link.name)
             return link
@@ -681,9 +697,9 @@ class Writer:
             link.failed(reason)
             self._ledger.connection_failed()
             log.warning(
-                "fluentclient: connection to %s failed: %s; %d records written to it are "
+                "fluentclient: connection to %s failed: %s; %s written to it are "
                 "left to the server there for up to %g s (possibly lost if it never "
-                "reads them)", link.name, reason, retired, self._linger,
+                "reads them)", link.name, reason, count(retired, "record"), self._linger,
             )
             return
         if not link.unconfirmed and not link.unsettled and not pending:
@@ -722,8 +738,9 @@ class Writer:
             self._ledger.requeue(retried)
         self._buffer.requeue(again)
         log.warning(
-            "fluentclient: connection to %s failed: %s; %d records will be sent again, "
-            "%d may be lost", link.name, reason, retried, lost + written_lost,
+            "fluentclient: connection to %s failed: %s; %s will be sent again, "
+            "%d may be lost", link.name, reason, count(retried, "record"),
+            lost + written_lost,
         )
         if given_up:
             self._give_up(given_up)
@@ -739,8 +756,8 @@ class Writer:
 
     def _tell_refusal(self, exc: FluentError, news: bool) -> None:
         if news:
-            log.error("fluentclient: %s; retrying with backoff (logged again only if the "
-                      "reason changes)", exc)
+            _notice.warn("refused", "fluentclient: %s; retrying with backoff (logged again "
+                         "only if the reason changes)", exc, level=logging.ERROR)
             self._report(exc)
 
     def _give_up(self, frames: list[Frame]) -> None:
@@ -750,8 +767,8 @@ class Writer:
         never left this process."""
         records = sum(f.records for f in frames)
         error = PossiblyLostError(
-            f"{records} records were not acknowledged after "
-            f"{self._ack_retry_limit} attempts; given up, possibly lost (they were "
+            f"{count(records, 'record')} not acknowledged after "
+            f"{count(self._ack_retry_limit, 'attempt')}; given up, possibly lost (they were "
             "written, so the server may have them)"
         )
         self._ledger.lose(records)
@@ -972,9 +989,9 @@ class Writer:
             # Counted before the frames are back, where the next write may take them.
             self._ledger.requeue(retried)
             self._buffer.restore(again)
-            log.warning("fluentclient: %d records written to %s before its connection "
-                        "failed never reached it (%s); they will be sent again",
-                        retried, link.name, reason)
+            log.warning("fluentclient: %s written to %s before its connection "
+                        "failed never reached it (%s); sent again",
+                        count(retried, "record"), link.name, reason)
         self._buffer.release([frame for end, frame in old.tail
                               if dead is None or end <= dead])
         old.tail.clear()
@@ -986,8 +1003,9 @@ class Writer:
             self._ledger.send(records)
             return
         self._ledger.lose(records)
-        log.warning("fluentclient: %d records written to %s before its connection failed "
-                    "were not proven read (%s); possibly lost", records, link.name, reason)
+        log.warning("fluentclient: %s written to %s before its connection failed "
+                    "not proven read (%s); possibly lost", count(records, "record"), link.name,
+                    reason)
 
     def _lose_unconfirmed(self, link: Link) -> int:
         """The link's written, unconfirmed frames are possibly lost; how many records."""
@@ -999,7 +1017,7 @@ class Writer:
         self._ledger.lose(records)
         self._buffer.release(frames)
         error = PossiblyLostError(
-            f"{records} records were written to {link.name}, whose connection ended "
+            f"{count(records, 'record')} written to {link.name}, whose connection ended "
             "before the server confirmed them; possibly lost")
         for frame in frames:
             resolve_futures(frame, error)

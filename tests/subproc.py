@@ -140,6 +140,17 @@ class Child:
                 )
             return words
 
+    def wait_for_stderr(self, text: str, timeout: float = 10.0) -> None:
+        """Wait until ``text`` appears in what the child wrote to stderr."""
+        with self._seen:
+            if not self._seen.wait_for(
+                    lambda: text in "".join(self._err) or self._eof == 2, timeout) or (
+                    text not in "".join(self._err)):
+                raise AssertionError(
+                    f"{self.name}: {text!r} not on stderr within {timeout} s (or it "
+                    f"ended):\n{''.join(self._out)}--- stderr\n{''.join(self._err)}"
+                )
+
     def send(self, line: str) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write(line + "\n")

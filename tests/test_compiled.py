@@ -15,6 +15,7 @@ path runs. Tests that need the extension skip where it was not built, but fail i
 from __future__ import annotations
 
 import datetime
+import decimal
 import enum
 import importlib
 import os
@@ -175,7 +176,9 @@ leaves = st.one_of(
     texts, blobs, st.integers(), st.sampled_from(INT_EDGES), st.booleans(), st.none(),
     st.floats(), st.sampled_from([float("nan"), float("inf"), -float("inf"), -0.0, 5e-324]),
     st.sampled_from([Text("sub"), Number(5), Real(1.5), Level.INFO, Colour.RED, Opaque(),
-                     datetime.datetime(2024, 1, 2, 3, 4, 5), {1, 2}, bytearray(b"ba"),
+                     datetime.datetime(2024, 1, 2, 3, 4, 5), datetime.date(2024, 1, 2),
+                     datetime.datetime(2024, 1, 2, 3, 4, 5, 6, datetime.timezone.utc),
+                     datetime.time(3, 4, 5), {1, 2}, bytearray(b"ba"),
                      bytearray(b"\xff"), memoryview(b"mv")]),
 )
 
@@ -362,7 +365,7 @@ def test_a_default_hook_runs_once_per_record_on_either_path(speedups):
         return str(obj)
 
     fast, pure = pair(speedups, RecordGuard(), default=hook)
-    record = {"a": 1, "when": datetime.date(2024, 1, 2), "z": [1.5]}
+    record = {"a": 1, "amount": decimal.Decimal("1.5"), "z": [1.5]}
     assert_same(fast, pure, [Message("t", record, T0)])
     assert len(calls) == 4  # twice per path (pack and pack_runs)
 

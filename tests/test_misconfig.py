@@ -6,7 +6,7 @@ serialized.
 from __future__ import annotations
 
 import contextlib
-import datetime
+import decimal
 import io
 import json
 import logging
@@ -84,10 +84,12 @@ def test_dict_config_to_an_unresolvable_host_warns_on_stderr_once_and_exits_on_t
     result, params = run_dict_config()
     assert result.returncode == 0, result.describe()
     assert result.foreign_stderr() == [], result.describe()
-    # The outage is said once, at once; the wait at exit is said with what bounds it.
+    # The outage is said once, at once; a wait at exit is said with what bounds it (none
+    # when the resolver says the name does not exist: exit does not wait for that).
     assert len(outage_lines(result.stderr)) == 1, result.describe()
-    waits = [line for line in result.stderr.splitlines() if "waiting up to 1 s" in line]
-    assert len(waits) == 1 and "(close_timeout)" in waits[0], result.describe()
+    waits = [line for line in result.stderr.splitlines() if "waiting up to" in line]
+    assert all("1 s (close_timeout)" in line for line in waits), result.describe()
+    assert len(waits) <= 1, result.describe()
     assert "not sent" in result.stderr, result.describe()
     # close_timeout bounds the exit (the client's drain used to take its own 5 s).
     # Generous: a loaded machine can be slow to run the hooks, never by seconds.
@@ -119,7 +121,8 @@ def test_a_handler_configured_for_fluentclient_gets_the_warnings_and_stderr_stay
 
 def test_a_fluentclient_logger_disabled_by_dict_config_is_said_once():
     # logging.config's default, disable_existing_loggers=True, switches off the logger
-    # that building the handler just made: said once, not left to vanish.
+    # that building the handler just made: said once, not left to vanish; and what it
+    # would have said (the host, the records not sent) still reaches stderr, once each.
     child = Child("disabled", """
         import logging, logging.config
         logging.config.dictConfig({
@@ -134,8 +137,10 @@ def test_a_fluentclient_logger_disabled_by_dict_config_is_said_once():
     result = child.finish(timeout=60)
     assert result.returncode == 0, result.describe()
     lines = result.stderr.splitlines()
-    assert len(lines) == 1 and '"disable_existing_loggers": False' in lines[0], (
-        result.describe())
+    assert len(lines) == 3, result.describe()
+    assert '"disable_existing_loggers": False' in lines[0], result.describe()
+    assert lines[1].startswith(f"fluentclient: cannot connect to {NOWHERE}"), result.describe()
+    assert "2 records" in lines[2] and "not sent" in lines[2], result.describe()
 
 
 # -- in this process: where the client's own records go --------------------------------
@@ -270,7 +275,7 @@ def test_an_unserializable_record_is_named_by_tag_field_and_type(fluent_server, 
     )
     try:
         with caplog.at_level(logging.WARNING, logger="fluentclient"):
-            when = datetime.datetime(2024, 1, 2, 3, 4, 5)
+            when = decimal.Decimal("1.50")
             # True: queued. The packing, and the drop, come later on the reader.
             assert client.post("shop.orders", {"order": 1, "when": when}) is True
             assert client.post("shop.orders", {"order": 2, "nested": {"x": [1, object()]}})
@@ -278,11 +283,11 @@ def test_an_unserializable_record_is_named_by_tag_field_and_type(fluent_server, 
         assert client.stats().dropped == {"unserializable": 2}
         [warning] = [r.getMessage() for r in caplog.records if r.name == "fluentclient"]
         assert "'shop.orders'" in warning and "['when']" in warning
-        assert "datetime" in warning and "default=str" in warning
+        assert "Decimal" in warning and "default=str" in warning
         assert [msg.tag for _, msg in errors] == ["shop.orders", "shop.orders"]
         assert all(isinstance(err, SerializationError) for err, _ in errors)
         assert "['nested']['x'][1]" in str(errors[1][0]) and "object" in str(errors[1][0])
-        with pytest.raises(SerializationError, match=r"\['when'\].*datetime"):
+        with pytest.raises(SerializationError, match=r"\['when'\].*Decimal"):
             client.post("shop.orders", {"when": when}, sync_append=True)
         assert client.stats().dropped == {"unserializable": 3}
     finally:
