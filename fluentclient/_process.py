@@ -14,8 +14,11 @@ import logging
 import os
 import sys
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING, Any
+
+from . import _parking
 
 if TYPE_CHECKING:
     from .client import BufferedClient
@@ -215,7 +218,57 @@ def _drain_in_uwsgi() -> None:
         )
 
 
+# The clients whose threads were asked to park for the fork under way.
+_parked: list[BufferedClient] = []
+
+
+def _park_all() -> None:
+    """Before a fork: park every running client's threads, waiting for all of them
+    together at most ``PARK_WAIT`` (see _parking.py)."""
+    if sys.is_finalizing() or main_thread_finished():
+        return  # no thread could be started again after the fork
+    deadline = time.monotonic() + _parking.PARK_WAIT
+    waits: list[threading.Thread] = []
+    for client in list(live_clients):
+        threads = client._park(deadline)
+        if threads:
+            _parked.append(client)
+            waits += threads
+    for thread in waits:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break  # what still runs is forked running: Python's warning says so
+        thread.join(remaining)
+        if not thread.is_alive():
+            _wait_for_os_thread(thread, deadline)
+
+
+def _wait_for_os_thread(thread: threading.Thread, deadline: float) -> None:
+    """Wait until the OS thread under a joined Python thread is gone too.
+
+    Before Python 3.13, join() returns as the thread releases its state, a moment before
+    the OS thread exits; Python's warning counts OS threads (on Linux, from /proc), and
+    would find it there now and then. Where /proc lists them, wait for that.
+    """
+    native_id = thread.native_id
+    if native_id is None:
+        return
+    task = f"/proc/self/task/{native_id}"
+    while os.path.exists(task) and time.monotonic() < deadline:
+        time.sleep(0.0001)
+
+
+def _resume_all() -> None:
+    """After a fork, in the parent: restart what parked."""
+    clients = list(_parked)
+    _parked.clear()
+    for client in clients:
+        client._resume_after_fork()
+
+
 def _reinit_in_child() -> None:
+    # The child's clients start afresh: nothing of theirs is parked.
+    _parked.clear()
     for client in list(live_clients):
         client._after_fork_in_child()
     # Their drain runs in the parent only: here nothing of theirs is left but our copies
@@ -228,4 +281,5 @@ def _reinit_in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reinit_in_child)
+    os.register_at_fork(before=_park_all, after_in_parent=_resume_all,
+                        after_in_child=_reinit_in_child)

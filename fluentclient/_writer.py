@@ -53,6 +53,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TypeVar
 
 from . import _notice
 from ._buffer import Buffer, Frame
@@ -60,6 +61,7 @@ from ._connection import Connection, ConnectionLost, SendError
 from ._ledger import Ledger
 from ._lifecycle import Lifecycle, thread_failed
 from ._options import TransportOptions
+from ._parking import WRITER, Parking
 from ._pool import Link, Retiring
 from ._sender import Sender, is_refusal, is_unresolvable
 from ._words import count
@@ -103,6 +105,9 @@ def _peer_window() -> int:
 # Read once at import: a client may be made while the interpreter is finishing, when
 # builtins such as open() are gone already.
 _PEER_WINDOW = _peer_window()
+_R = TypeVar("_R")
+# What _wait_for_work returns when the thread is to park for a fork.
+_PARK: list[Frame] = []
 
 
 def resolve_futures(frame: Frame, error: BaseException | None = None) -> None:
@@ -125,6 +130,7 @@ class Writer:
         max_write: int,
         transport: TransportOptions,
         report: Callable[[FluentError], None],
+        parking: Parking | None = None,
     ) -> None:
         self._sender = sender
         self.links = sender.links
@@ -149,7 +155,21 @@ class Writer:
         # Without acks a frame that has left may arrive: if shutdown gives up on this
         # thread, such a frame is possibly lost, never unsent (see Buffer.drain_all).
         buf.left_is_lost = not self._require_ack
-        self.thread = threading.Thread(target=self._run, name="fluentclient-writer", daemon=True)
+        self._parking = parking or Parking()
+        # When the socket call this thread is in (a connect or a send) began, else None:
+        # a fork does not wait for a writer stuck in one for long (see _parking.py).
+        self.in_socket_call_since: float | None = None
+        self.thread = self.new_thread()
+
+    def has_work(self) -> bool:
+        """Whether a link holds frames not yet confirmed, or a failed connection still
+        finishing (read while this writer is parked). Frames confirmed and only waiting
+        for the marker ack that settles them are not work: their bytes are the server's."""
+        return any(link.unconfirmed or link.retiring for link in self.links)
+
+    def new_thread(self) -> threading.Thread:
+        """A thread to run (or, after parking for a fork, resume) this writer's loop."""
+        return threading.Thread(target=self._run, name="fluentclient-writer", daemon=True)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -161,6 +181,10 @@ class Writer:
                 frames = self._wait_for_work()
                 if frames is None:
                     break
+                if frames is _PARK:
+                    # Parked for a fork: what this thread holds lives in this object
+                    # and its links, where a new thread takes over after the fork.
+                    return
                 if frames:
                     self._write(frames)
             self._finish()
@@ -169,12 +193,15 @@ class Writer:
             thread_failed(self._buffer, self._life, "writer", exc)
 
     def _wait_for_work(self) -> list[Frame] | None:
-        """Wait until frames are due; None means stop, [] means tend the links again."""
-        buf, life = self._buffer, self._life
+        """Wait until frames are due; None means stop, [] means tend the links again, and
+        ``_PARK`` return for a fork (frames not taken yet stay in the buffer)."""
+        buf, life, parking = self._buffer, self._life, self._parking
         with buf.changed:
             while True:
                 if life.abandoned:
                     return None
+                if parking.requested and parking.park_here(WRITER):
+                    return _PARK
                 now = time.monotonic()
                 due = buf.due_in(now, self._flush_interval)
                 in_flight = any(link.unconfirmed for link in self.links)
@@ -299,7 +326,7 @@ class Writer:
         if not self._buffer.mark_left(frames):
             return False
         try:
-            conn.send(data, self._deadline(self._write_timeout))
+            self._in_socket_call(conn.send, data, self._deadline(self._write_timeout))
         except SendError as exc:
             # Frames wholly written are tracked like any other; the cut one goes back.
             written: list[Frame] = []
@@ -328,6 +355,14 @@ class Writer:
         # closes the connection once the frame is confirmed: closing now would cut it.
         return True
 
+    def _in_socket_call(self, call: Callable[..., _R], *args: object) -> _R:
+        """``call(*args)``, marked as a socket call a fork need not wait out."""
+        self.in_socket_call_since = time.monotonic()
+        try:
+            return call(*args)
+        finally:
+            self.in_socket_call_since = None
+
     def _track(self, link: Link, frames: list[Frame], offset: int) -> None:
         now = time.monotonic()
         if frames and not link.unconfirmed:
@@ -353,7 +388,8 @@ class Writer:
             if self._life.abandoned:
                 return None
             streak = link.connect_streak
-            exc = self._sender.connect(link, self._deadline(self._connect_timeout))
+            exc = self._in_socket_call(
+                self._sender.connect, link, self._deadline(self._connect_timeout))
             if exc is not None:
                 if self._cut_short():
                     # Our own shutdown ended the attempt: not the server's failure, and
@@ -418,7 +454,8 @@ class Writer:
         retry = min((link.retry_at for link in self.links), default=now)
         deadline = min(self._deadline(max(0.0, retry - now)), self._deadline(1.0))
         with self._buffer.changed:
-            while not self._life.abandoned:
+            # A fork cuts it short too: the thread parks, and tries again once resumed.
+            while not self._life.abandoned and not self._parking.requested:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -770,6 +807,10 @@ class Writer:
 
     def _close(self, link: Link) -> None:
         """Close a connection with nothing unconfirmed, settling what it can."""
+        # It may wait for the server (its last marker acks, its FIN) for a write_timeout.
+        self._in_socket_call(self._close_now, link)
+
+    def _close_now(self, link: Link) -> None:
         if not self._life.abandoned and not link.unconfirmed:
             self._await_markers(link)
         conn, link.conn = link.conn, None

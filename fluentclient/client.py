@@ -61,7 +61,7 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import replace
 from typing import Callable, Literal, Optional, overload
 
-from . import _process, _sigterm
+from . import _parking, _process, _sigterm
 from ._admission import QUEUE_COUNT_LIMIT, Act, Admission
 from ._base import Client as _Client
 from ._base import TagChecker as _TagChecker
@@ -79,6 +79,7 @@ from ._options import (
     servers_from,
 )
 from ._options import MiB as _MiB
+from ._parking import READER, Parking
 from ._pool import ServerSpec
 from ._reader import Reader
 from ._reporting import Reporting
@@ -293,16 +294,21 @@ class BufferedClient(_Client):
             on_release=core._released if self._journal.recording else None,
         )
         # Filled once the threads exist: admission needs to know them, they need it.
+        # Refilled when they are restarted after a fork (see _resume).
         own_threads: list[threading.Thread] = []
+        self._own_threads = own_threads
         self._admission = Admission(
             self._overflow, self._overflow_timeout, self._buffer, self._queue,
             self._journal if self._journal.recording else None,
             own_threads,
         )
+        # Stopping the threads around a fork, so that the child is forked from a process
+        # that runs none of them (see _parking.py).
+        self._parking = Parking()
         self._reader = Reader(
             self._queue, self._buffer, self._life, self._records.packer(), core._fail,
             admission=self._admission, ledger=self._ledger, evicted=core._evicted,
-            fail_spooled=core._fail_spooled, journal=self._journal,
+            fail_spooled=core._fail_spooled, journal=self._journal, parking=self._parking,
         )
         self._writer = Writer(
             Sender(t.links(), self._ledger, t),
@@ -314,6 +320,7 @@ class BufferedClient(_Client):
             max_write=max(o.max_frame_size, _MiB),
             transport=t,
             report=lambda err: core._tell(err, None),
+            parking=self._parking,
         )
         own_threads += (self._reader.thread, self._writer.thread)
         # Re-entrant: a signal handler that shuts down while its thread starts the threads
@@ -638,9 +645,17 @@ class BufferedClient(_Client):
                 raise FluentTimeoutError(
                     f"the record did not reach the buffer within {timeout} s"
                 ) from None
-            if (self._life.phase is not NEW and not self._reader.thread.is_alive()
-                    and not waiter.done()):
+            if self._life.phase is not NEW and self._reader_gone() and not waiter.done():
                 raise ClientClosedError("the client's reader thread has stopped")
+
+    def _reader_gone(self) -> bool:
+        """Whether the reader thread ran and ended (not merely parked for a fork)."""
+        thread = self._reader.thread
+        if thread.ident is None or thread.is_alive():
+            return False
+        # Parked, or restarted since (_resume puts the new thread in place before it
+        # withdraws the request): not gone.
+        return not self._parking.requested and self._reader.thread is thread
 
     def _refuse(self, reason: str, err: FluentError, msg: Message, raises: bool) -> bool:
         """A record post() turned away before it reached the queue: False, or ``err``
@@ -726,6 +741,8 @@ class BufferedClient(_Client):
         life = self._life
         if life.phase is NEW:
             return True  # nothing was taken that threads could write
+        if self._reader.wake.resume is not None:
+            self._reader.wake.set()  # dormant since a fork: the threads come back first
         deadline = None if timeout is None else _time.monotonic() + timeout
         if life.phase is RUNNING and not self._settle_queued(deadline):
             return False
@@ -809,6 +826,9 @@ class BufferedClient(_Client):
     def _end(self, deadline: float, *, drain: bool, quiet: bool = False) -> ShutdownReport:
         """Called once, under the shutdown lock: post() refuses from here on."""
         with self._start_lock:  # threads are started, or never will be
+            # Parked for a fork under way on another thread: running again first, so
+            # that they drain (the fork's own hook then finds nothing parked).
+            self._resume()
             before = self._life.begin_closing()
         ending = Ending(
             queue=self._queue, buffer=self._buffer, ledger=self._ledger, life=self._life,
@@ -836,6 +856,91 @@ class BufferedClient(_Client):
         return snapshot if health is None else replace(snapshot, journal=health)
 
     # -- process events ------------------------------------------------------------------
+
+    def _park(self, deadline: float) -> list[threading.Thread]:
+        """Before a fork in this process: ask the running threads to park (see
+        _parking.py); the threads to wait for, until ``deadline``.
+
+        Every lock here is taken with the deadline: a thread of the program may hold one
+        across the fork. A writer long in a socket call is asked but not waited for: a
+        fork does not wait out a slow server, and a pool forking many times does not wait
+        for it at each fork.
+        """
+        if not self._start_lock.acquire(timeout=max(0.0, deadline - _time.monotonic())):
+            return []
+        try:
+            if (self._life.phase is not RUNNING or self._pid != _getpid()
+                    or self._admission.own_thread()):
+                # Not running, or forked from a thread of ours (a callback): nothing to
+                # stop that could be waited for.
+                return []
+            if self._reader.wake.resume is not None:
+                # Dormant since an earlier fork: parked already (setting the wake-up
+                # would restart them). Only a thread that had not parked yet is waited for.
+                return [t for t in (self._reader.thread, self._writer.thread)
+                        if t.is_alive()]
+            self._parking.requested = True
+            self._reader.wake.set()
+            buf = self._buffer
+            if buf.lock.acquire(timeout=max(0.0, deadline - _time.monotonic())):
+                try:
+                    buf.changed.notify_all()  # the writer, waiting for work or a retry
+                finally:
+                    buf.lock.release()
+            waits = [self._reader.thread]
+            since = self._writer.in_socket_call_since
+            if since is None or _time.monotonic() - since < _parking.STUCK_AFTER:
+                waits.append(self._writer.thread)
+            return waits
+        finally:
+            self._start_lock.release()
+
+    def _resume_after_fork(self) -> None:
+        """In the parent, once the fork is done: restart the threads now if they have
+        work, else leave the client dormant until its next use (see _parking.py)."""
+        with self._start_lock:
+            if not self._parking.requested:
+                return  # resumed already (a shutdown during the fork)
+            if not self._has_work():
+                reader = self._reader
+                # From here a post that queues a record finds the reader idle and sets
+                # its wake-up, which restarts the threads; one queued before is seen below.
+                reader.idle = True
+                reader.wake.resume = self._core._resume_dormant
+                if not self._has_work():
+                    return
+                reader.wake.resume = None
+            self._resume()
+
+    def _has_work(self) -> bool:
+        return (bool(self._queue) or self._buffer.held_records > 0
+                or self._reader.has_work() or self._writer.has_work())
+
+    def _resume_dormant(self) -> None:
+        """Called by the reader's wake-up, on whatever thread needs the reader first."""
+        with self._start_lock:
+            self._resume()
+
+    def _resume(self) -> None:
+        """Restart the threads that parked for a fork (``_start_lock`` held)."""
+        if not self._parking.requested:
+            return
+        self._reader.wake.resume = None
+
+        def replace(which: str) -> threading.Thread:
+            part = self._reader if which == READER else self._writer
+            if part is self._reader:
+                # The new reader starts by looking at the queue: posts need not wake it.
+                self._reader.idle = False
+            part.thread = part.new_thread()
+            self._own_threads[:] = [self._reader.thread, self._writer.thread]
+            return part.thread
+
+        for thread in self._parking.end(replace):
+            try:
+                thread.start()
+            except RuntimeError as exc:  # no new threads: out of resources, or finalizing
+                self._life.fail(f"cannot restart the {thread.name} thread after a fork: {exc}")
 
     def _check_fork(self) -> bool:
         """True (after starting afresh) if this process was forked without the at-fork

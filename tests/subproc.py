@@ -35,7 +35,11 @@ import atexit as _atexit, json as _json, sys as _sys, time as _time
 P = _json.loads(_sys.argv[1])
 
 def stamp(name, *values):
-    print(name, repr(_time.monotonic()), *values, flush=True)
+    # One write per line: a forked child stamps at the same moment as its parent, on the
+    # same pipe, and print() writes each piece on its own when stdout is unbuffered.
+    line = " ".join([name, repr(_time.monotonic()), *map(str, values)]) + "\\n"
+    _sys.stdout.write(line)
+    _sys.stdout.flush()
 
 _atexit.register(lambda: stamp("AT_EXIT_DONE"))
 """
