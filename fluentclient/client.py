@@ -62,6 +62,7 @@ from dataclasses import replace
 from typing import Callable, Literal, Optional, overload
 
 from . import _process
+from ._accel import fast_poster
 from ._admission import QUEUE_COUNT_LIMIT, Act, Admission
 from ._base import Client as _Client
 from ._base import TagChecker as _TagChecker
@@ -237,6 +238,15 @@ class BufferedClient(_Client):
         self._shutdown_lock = threading.Lock()
         # What went wrong in the at-fork hook, which must not log: logged by _start().
         self._fork_note: str | None = None
+        # post()'s usual path compiled, where the compiled packer runs (see _accel.py):
+        # the same steps in C, and this class's Python for anything else. As an attribute
+        # of the instance it takes the place of the method. It holds the core, never the
+        # client, and is bound afresh to each state _fresh() makes.
+        core = self._core
+        self._poster = fast_poster(Message, self._tags.known, core._post_carefully,
+                                   core._queued_late, RUNNING, _time_ns, _getpid)
+        if self._poster is not None:
+            self.__dict__["post"] = self._poster.post
         self._fresh()
         # Dropped without shutdown() or close(): stopped when collected (see _forgotten).
         # At exit the at-exit hook drains the clients still alive, not this; and a client
@@ -311,6 +321,9 @@ class BufferedClient(_Client):
         self._start_lock = threading.RLock()
         self._handoff: _process.Handoff | None = None
         self._pid = os.getpid()
+        if self._poster is not None:
+            self._poster.bind(self._queue, self._life, self._admission, self._reporting,
+                              self._reader, self._count_post, self._pid)
 
     def _start(self) -> None:
         # Threads start on first use, so a client made at import time in a preforking
