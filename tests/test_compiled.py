@@ -469,6 +469,13 @@ def test_an_install_that_could_not_compile_says_so_at_import(monkeypatch, caplog
 
 # -- post(): the compiled usual path against the Python one ---------------------------------
 
+@pytest.fixture
+def compiled_post(speedups: ModuleType) -> None:
+    """The clients made here take the compiled post() (not switched off for this run)."""
+    if not fluentclient.COMPILED:
+        pytest.skip(f"this run is {_accel.REASON}")
+
+
 @pytest.fixture(scope="module")
 def refusing_port() -> Iterator[int]:
     """A port nothing listens on (bound, so no one else takes it): every connect fails."""
@@ -515,7 +522,7 @@ def drained(client: BufferedClient) -> None:
 @POST_DIFFERENTIAL
 @given(script=st.lists(calls, max_size=12), stop_at=st.integers(0, 14),
        require_ack=st.booleans(), prefix=st.sampled_from([None, "pre"]))
-def test_both_paths_post_alike(speedups, monkeypatch, refusing_port, script, stop_at,
+def test_both_paths_post_alike(compiled_post, monkeypatch, refusing_port, script, stop_at,
                                require_ack, prefix):
     options = dict(host="127.0.0.1", port=refusing_port, at_exit=False, tag_prefix=prefix,
                    require_ack=require_ack, flush_interval=60.0)
@@ -560,7 +567,7 @@ def test_both_paths_post_alike(speedups, monkeypatch, refusing_port, script, sto
 
 
 def test_the_compiled_post_is_the_instances_and_the_pure_one_the_classes(
-        speedups, monkeypatch, refusing_port):
+        compiled_post, monkeypatch, refusing_port):
     fast = BufferedClient("127.0.0.1", refusing_port, at_exit=False)
     pure = pure_post_client(monkeypatch, host="127.0.0.1", port=refusing_port,
                             at_exit=False)
