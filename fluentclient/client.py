@@ -62,6 +62,7 @@ from dataclasses import replace
 from typing import Callable, Literal, Optional, overload
 
 from . import _parking, _process, _sigterm
+from ._accel import fast_poster
 from ._admission import QUEUE_COUNT_LIMIT, Act, Admission
 from ._base import Client as _Client
 from ._base import TagChecker as _TagChecker
@@ -113,8 +114,10 @@ log = logging.getLogger("fluentclient")
 ErrorCallback = Callable[[FluentError, Optional[Message]], None]
 
 # The longest a post() waits for the reader to drain the queue (see QUEUE_COUNT_LIMIT):
-# the reader only packs, so it takes this long only if starved of the CPU.
-_DRAIN_WAIT = 0.05
+# the reader only packs (a batch in well under a millisecond), so it takes this long only
+# if starved of the CPU; then the caller goes on, within the byte limits, rather than
+# wait longer than the few milliseconds a post() may take.
+_DRAIN_WAIT = 0.004
 _getpid = os.getpid
 _time_ns = _time.time_ns
 
@@ -244,6 +247,15 @@ class BufferedClient(_Client):
         self._shutdown_lock = threading.Lock()
         # What went wrong in the at-fork hook, which must not log: logged by _start().
         self._fork_note: str | None = None
+        # post()'s usual path compiled, where the compiled packer runs (see _accel.py):
+        # the same steps in C, and this class's Python for anything else. As an attribute
+        # of the instance it takes the place of the method. It holds the core, never the
+        # client, and is bound afresh to each state _fresh() makes.
+        core = self._core
+        self._poster = fast_poster(Message, self._tags.known, core._post_carefully,
+                                   core._queued_late, RUNNING, _time_ns, _getpid)
+        if self._poster is not None:
+            self.__dict__["post"] = self._poster.post
         self._fresh()
         # Dropped without shutdown() or close(): stopped when collected (see _forgotten).
         # At exit the at-exit hook drains the clients still alive, not this; and a client
@@ -328,6 +340,9 @@ class BufferedClient(_Client):
         self._start_lock = threading.RLock()
         self._handoff: _process.Handoff | None = None
         self._pid = os.getpid()
+        if self._poster is not None:
+            self._poster.bind(self._queue, self._life, self._admission, self._reporting,
+                              self._reader, self._count_post, self._pid)
 
     def _start(self) -> None:
         # Threads start on first use, so a client made at import time in a preforking
@@ -429,15 +444,14 @@ class BufferedClient(_Client):
         buffered later). An invalid tag or time, or a record that is not a mapping
         (:class:`SerializationError`), always raises at once.
         """
-        if type(record) is not dict and not isinstance(record, Mapping):
-            raise _not_a_mapping(record)
         try:
             full_tag = self._known_tag(tag)
         except TypeError:  # unhashable, so no tag: the careful path says so
             full_tag = None
         queue, life = self._queue, self._life
         if (
-            full_tag is None or time is not None or ack or sync_append
+            full_tag is None or type(record) is not dict
+            or time is not None or ack or sync_append
             or len(queue) >= self._admission.room
             or life.phase is not RUNNING
             or self._pid != _getpid() or self._reporting.busy
@@ -461,8 +475,10 @@ class BufferedClient(_Client):
         sync_append: bool, timeout: float | None, ack: bool,
     ) -> bool | Future[None]:
         """post() when anything is out of the ordinary: a tag or time to check, a fork
-        to notice, threads to start, a limit reached, or a caller who wants to hear of
-        the record."""
+        to notice, threads to start, a limit reached, a record that is not a plain dict, or
+        a caller who wants to hear of the record."""
+        if not isinstance(record, Mapping):
+            raise _not_a_mapping(record)
         full_tag, time_ns = self._tags.stamp(tag, time)
         if self._pid != _getpid():
             # Forked without Python's at-fork hooks (uWSGI's workers, a C extension): the

@@ -276,6 +276,37 @@ def test_a_fork_that_skips_the_at_fork_hooks_is_caught_by_a_pid_check(fluent_ser
     assert result.stamp("REAPED") - result.stamp("EXITING") <= 1.0 + 0.5, result.describe()
 
 
+FIRST_POST_AFTER_RAW_FORK = """
+import ctypes, os
+from fluentclient import BufferedClient
+
+client = BufferedClient("127.0.0.1", P["port"], at_exit=False)
+client.post("raw.parent", {"i": 0})  # threads started
+deadline = _time.monotonic() + 10
+while not client._reader.idle:  # fork while the reader sleeps (see RAW_FORK)
+    assert _time.monotonic() < deadline, "the reader never went idle"
+    _time.sleep(0.01)
+parent_state = client._life
+pid = ctypes.PyDLL(None).fork()
+if pid == 0:
+    # The usual path of post(), compiled or not, must notice the fork at once: it may
+    # not queue the record into the parent's state, whose reader does not exist here.
+    client.post("raw.parent", {"i": 1})
+    os._exit(0 if client._pid == os.getpid() and client._life is not parent_state else 3)
+_, status = os.waitpid(pid, 0)
+stamp("CHILD", os.waitstatus_to_exitcode(status))
+client.close()
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="calls libc fork through ctypes")
+def test_the_first_post_after_a_fork_without_hooks_starts_the_child_afresh(fluent_server):
+    result = Child("raw-fork-post", FIRST_POST_AFTER_RAW_FORK,
+                   {"port": fluent_server.port}).finish(timeout=30)
+    assert result.returncode == 0, result.describe()
+    assert result.lines("CHILD")[0][1:] == ["0"], result.describe()
+
+
 SYNC_FORK = """
 import os
 from fluentclient import SyncClient
