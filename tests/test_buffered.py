@@ -454,7 +454,6 @@ def _slowly(obj: object) -> str:
 
 def test_posts_outrunning_the_reader_wait_for_it_instead_of_piling_up(fluent_server, monkeypatch):
     from fluentclient import client as client_module
-    from fluentclient._admission import QUEUE_COUNT_LIMIT
 
     # Only the bound is under test here, not its safety valve.
     monkeypatch.setattr(client_module, "_DRAIN_WAIT", 60.0)
@@ -464,7 +463,7 @@ def test_posts_outrunning_the_reader_wait_for_it_instead_of_piling_up(fluent_ser
         for i in range(1500):
             assert client.post("app.slow", {"i": i, "v": _Slow()})
             longest = max(longest, len(client._queue))
-        assert longest <= QUEUE_COUNT_LIMIT
+        assert longest <= client._admission.queue_limit
         assert client.flush(timeout=30)
         assert fluent_server.wait_for_events(1500, timeout=10)
         assert [e.record["i"] for e in fluent_server.events] == list(range(1500))
