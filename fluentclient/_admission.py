@@ -19,10 +19,32 @@ from .errors import BufferFullError
 from .stats import DROP_BUFFER_FULL, DROP_SPOOL_FULL
 
 OVERFLOW_POLICIES = ("drop_newest", "drop_oldest", "block", "raise")
-# Records past which post() waits for the reader to pack what is queued, whatever the
-# bytes: few Python objects waiting means short garbage collections, little memory, and
-# a record that is bytes (and in the spool) a moment after post().
-QUEUE_COUNT_LIMIT = 256
+
+
+class Pace(NamedTuple):
+    """How many records the reader packs at a time, and how many may wait for it."""
+
+    # The most records the reader takes from the queue for one batch.
+    batch: int
+    # Records past which post() waits for the reader to pack what is queued, whatever the
+    # bytes: few Python objects waiting means short garbage collections and little memory.
+    queue_limit: int
+
+
+# With a spool, what is queued or in the batch being packed is not on disk yet: a
+# kill -9 loses it, so these two bound that loss (queue_limit plus a batch at most, as
+# docs/guarantees.md says).
+SPOOLED_PACE = Pace(batch=128, queue_limit=256)
+# Without one, a kill -9 loses everything held in memory whatever these are, so they only
+# trade CPU against latency: a larger batch spends the reader's fixed cost per batch (the
+# lock, the GIL hand-off after a full batch) over more records, and a longer queue makes
+# post() wait for the reader less often. Still one batch takes well under a millisecond.
+MEMORY_PACE = Pace(batch=256, queue_limit=512)
+
+
+def pace_for(spooled: bool) -> Pace:
+    """The one place that decides a client's batch and queue limit."""
+    return SPOOLED_PACE if spooled else MEMORY_PACE
 
 
 class SpoolLimit(Protocol):
@@ -68,6 +90,8 @@ class Admission:
         queue: Sized,
         spool: SpoolLimit | None,
         own_threads: Collection[threading.Thread],
+        *,
+        queue_limit: int,
     ) -> None:
         if policy not in OVERFLOW_POLICIES:
             raise ValueError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}")
@@ -83,6 +107,8 @@ class Admission:
         # The client's own threads make the room: a post from one of them (a log handler
         # in a callback) must never wait for it.
         self._own_threads = own_threads
+        # Records past which post() waits for the reader (see Pace).
+        self.queue_limit = queue_limit
         # How long the queue may grow before post() must ask (see refresh()).
         self.room = 0
         self.refresh()
@@ -100,7 +126,7 @@ class Admission:
             self.room = 0
             return
         free = (buf.limit - buf.held_bytes) / self.mean_entry
-        self.room = max(0, min(QUEUE_COUNT_LIMIT, int(free)))
+        self.room = max(0, min(self.queue_limit, int(free)))
 
     def own_thread(self) -> bool:
         """Whether the caller is one of the client's own threads, which must never wait

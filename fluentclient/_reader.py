@@ -44,9 +44,6 @@ from .stats import (
 log = logging.getLogger("fluentclient")
 
 STOP = object()
-# Enough to amortise the lock, few enough that one batch takes well under a millisecond of
-# GIL time: a thread posting meanwhile must not wait a whole switch interval.
-BATCH = 128
 # How often a busy reader looks at the queue without being woken.
 POLL = 0.005
 # How long the reader leaves the GIL to the writer when a large write is due.
@@ -102,6 +99,7 @@ class Reader:
         fail: Failure,
         *,
         admission: Admission,
+        batch: int,
         ledger: Ledger,
         evicted: Evicted,
         fail_spooled: SpooledFailure,
@@ -115,6 +113,10 @@ class Reader:
         self._fail = fail
         self._fail_spooled = fail_spooled
         self._admission = admission
+        # Records taken from the queue at a time (see _admission.Pace): enough to amortise
+        # the lock and the hand-off after a full batch, few enough that one batch takes
+        # well under a millisecond of GIL time, so a posting thread never waits long.
+        self._batch = batch
         self._ledger = ledger
         self._journal: Journal = journal or NullJournal()
         self._evicted = evicted
@@ -171,6 +173,7 @@ class Reader:
         buffer or ``_carry``, so that a new thread can take over from there.
         """
         q, popleft = self._queue, self._queue.popleft
+        size = self._batch
         stopping = False
         parking = self._parking
         while True:
@@ -191,7 +194,7 @@ class Reader:
                 if self._life.phase is CLOSED:
                     break  # the queue is shutdown's now (a reader that outlived it)
                 try:
-                    while len(batch) < BATCH:
+                    while len(batch) < size:
                         batch.append(popleft())
                 except IndexError:
                     pass
@@ -200,7 +203,7 @@ class Reader:
                     batch = [m for m in batch if m is not STOP]
                 if batch:
                     self._ledger.take(len(batch))
-            if self._drain_waiters and len(q) <= BATCH:
+            if self._drain_waiters and len(q) <= size:
                 with self._drained:
                     self._drained.notify_all()
             replaying = (self._orphans is not None and not self._replay_cut()
@@ -214,7 +217,7 @@ class Reader:
                     # switch interval, a partial send at a time, while the buffer
                     # fills towards drops. A moment off the GIL lets it write.
                     time.sleep(WRITER_TURN)
-                elif len(batch) == BATCH or replaying:
+                elif len(batch) == size or replaying:
                     # More is waiting: let a posting thread have the GIL first.
                     yield_gil()
                 continue
@@ -325,7 +328,7 @@ class Reader:
             return
         self._drain_waiters += 1
         try:
-            while len(self._queue) > BATCH and self.thread.is_alive():
+            while len(self._queue) > self._batch and self.thread.is_alive():
                 self.wake.set()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -517,7 +520,7 @@ class Reader:
         room = buf.limit - buf.held_bytes
         msgs: list[_Spooled] = []
         entries: list[bytes] = []
-        while len(msgs) < BATCH:
+        while len(msgs) < self._batch:
             item = self._replay_next or next(self._replay, None)
             self._replay_next = None
             if item is None:

@@ -6,8 +6,8 @@ Threads of a BufferedClient and what each owns::
           |          (a deque; the usual path takes no lock of ours: the ledger counts
           |          it with one atomic increment; see docs/architecture.md for the paths that
           |          take locks; the reader is woken only when it went idle). Past
-          |          QUEUE_COUNT_LIMIT queued records a caller waits on the reader's
-          |          pop_lock condition until it has packed them (bounded).
+          |          the client's queue limit (_admission.Pace) a caller waits on the
+          |          reader's drained condition until it has packed them (bounded).
           v
     reader thread    owns the packer; packs a batch into runs of one tag, appends each
           |          run to the buffer under buffer.lock in one piece, and notifies
@@ -63,7 +63,7 @@ from typing import Callable, Literal, Optional, overload
 
 from . import _parking, _process, _sigterm
 from ._accel import fast_poster
-from ._admission import QUEUE_COUNT_LIMIT, Act, Admission
+from ._admission import Act, Admission, pace_for
 from ._base import Client as _Client
 from ._base import TagChecker as _TagChecker
 from ._base import not_a_mapping as _not_a_mapping
@@ -113,7 +113,7 @@ log = logging.getLogger("fluentclient")
 
 ErrorCallback = Callable[[FluentError, Optional[Message]], None]
 
-# The longest a post() waits for the reader to drain the queue (see QUEUE_COUNT_LIMIT):
+# The longest a post() waits for the reader to drain the queue (see _admission.Pace):
 # the reader only packs (a batch in well under a millisecond), so it takes this long only
 # if starved of the CPU; then the caller goes on, within the byte limits, rather than
 # wait longer than the few milliseconds a post() may take.
@@ -309,17 +309,19 @@ class BufferedClient(_Client):
         # Refilled when they are restarted after a fork (see _resume).
         own_threads: list[threading.Thread] = []
         self._own_threads = own_threads
+        pace = pace_for(spooled=self._journal.recording)
         self._admission = Admission(
             self._overflow, self._overflow_timeout, self._buffer, self._queue,
             self._journal if self._journal.recording else None,
-            own_threads,
+            own_threads, queue_limit=pace.queue_limit,
         )
         # Stopping the threads around a fork, so that the child is forked from a process
         # that runs none of them (see _parking.py).
         self._parking = Parking()
         self._reader = Reader(
             self._queue, self._buffer, self._life, self._records.packer(), core._fail,
-            admission=self._admission, ledger=self._ledger, evicted=core._evicted,
+            admission=self._admission, batch=pace.batch, ledger=self._ledger,
+            evicted=core._evicted,
             fail_spooled=core._fail_spooled, journal=self._journal, parking=self._parking,
         )
         self._writer = Writer(
@@ -516,7 +518,7 @@ class BufferedClient(_Client):
                 queued = self._refuse(DROP_CLOSED, err, msg, sync_append)
                 return queued if delivery is None else delivery
         reader = self._reader
-        if len(self._queue) >= QUEUE_COUNT_LIMIT and not self._admission.own_thread():
+        if len(self._queue) >= self._admission.queue_limit and not self._admission.own_thread():
             # Posts are outrunning packing: let the reader catch up rather than let
             # objects pile up in the queue. It is busy on the CPU, never on I/O.
             reader.wait_drained(_DRAIN_WAIT)

@@ -454,7 +454,6 @@ def _slowly(obj: object) -> str:
 
 def test_posts_outrunning_the_reader_wait_for_it_instead_of_piling_up(fluent_server, monkeypatch):
     from fluentclient import client as client_module
-    from fluentclient._admission import QUEUE_COUNT_LIMIT
 
     # Only the bound is under test here, not its safety valve.
     monkeypatch.setattr(client_module, "_DRAIN_WAIT", 60.0)
@@ -464,7 +463,7 @@ def test_posts_outrunning_the_reader_wait_for_it_instead_of_piling_up(fluent_ser
         for i in range(1500):
             assert client.post("app.slow", {"i": i, "v": _Slow()})
             longest = max(longest, len(client._queue))
-        assert longest <= QUEUE_COUNT_LIMIT
+        assert longest <= client._admission.queue_limit
         assert client.flush(timeout=30)
         assert fluent_server.wait_for_events(1500, timeout=10)
         assert [e.record["i"] for e in fluent_server.events] == list(range(1500))
@@ -493,5 +492,79 @@ def test_a_drain_wait_entered_again_on_its_own_thread_gives_up_instead_of_deadlo
         worker.start()
         assert returned.wait(30), "the second wait never gave up the lock"
         assert client.flush(timeout=10)
+    finally:
+        client.shutdown(5)
+
+
+class _Gate:
+    """A record value that holds the reader inside packing until opened."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+
+
+def _through_gate(obj: object) -> str:
+    if isinstance(obj, _Gate):
+        obj.entered.set()
+        obj.opened.wait(30)  # bounded: a failing test must not hang the suite
+        return "gate"
+    raise TypeError(type(obj).__name__)
+
+
+# (records the reader takes at a time, records post() lets wait for it). With a spool
+# these bound what a kill -9 loses of what post() returned (docs/guarantees.md: at most
+# 256 queued plus a batch of 128); without one, a kill -9 loses all that is in memory
+# anyway, and larger ones spend less CPU per record.
+@pytest.mark.parametrize(("spooled", "batch", "queue_limit"),
+                         [(True, 128, 256), (False, 256, 512)], ids=["spool", "no_spool"])
+def test_the_reader_batch_and_queue_limit_depend_on_the_spool(
+        fluent_server, tmp_path, monkeypatch, spooled, batch, queue_limit):
+    from fluentclient import client as client_module
+
+    # A poster that reaches the limit waits for the reader for as long as it is held.
+    monkeypatch.setattr(client_module, "_DRAIN_WAIT", 60.0)
+    first, second = _Gate(), _Gate()
+    extra = {"spool_dir": str(tmp_path / "spool")} if spooled else {}
+    client = client_for(fluent_server, default=_through_gate, **extra)
+    total = queue_limit + batch + 50
+    posted = 0
+
+    def post_all() -> None:
+        nonlocal posted
+        for i in range(total):
+            assert client.post("app.pace", {"i": i, "v": second if i == 0 else None})
+            posted += 1
+
+    poster = threading.Thread(target=post_all, daemon=True)
+    try:
+        # The reader takes this one alone and is held packing it.
+        assert client.post("app.pace", {"i": -1, "v": first})
+        assert first.entered.wait(20)
+        reader = client._reader
+        poster.start()
+        # The poster fills the queue up to the limit, then waits for the reader.
+        assert wait_until(lambda: reader._drain_waiters == 1), len(client._queue)
+        assert len(client._queue) == queue_limit
+        first.opened.set()
+        # The reader takes one batch, headed by the second gate, and is held again; the
+        # poster fills the queue up to the limit once more. The queue first: a full
+        # queue means the poster left its first wait, so a waiter seen after that is in
+        # its second, and ``posted`` stands still.
+        assert second.entered.wait(20)
+        assert wait_until(lambda: len(client._queue) == queue_limit
+                          and reader._drain_waiters == 1), len(client._queue)
+        assert posted - len(client._queue) == batch
+    finally:
+        first.opened.set()
+        second.opened.set()
+    poster.join(30)
+    try:
+        assert not poster.is_alive()
+        assert posted == total
+        assert client.flush(timeout=30)
+        assert fluent_server.wait_for_events(total + 1, timeout=20)
+        assert [e.record["i"] for e in fluent_server.events] == list(range(-1, total))
+        assert client.stats().dropped_total == 0
     finally:
         client.shutdown(5)
