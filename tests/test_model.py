@@ -741,9 +741,19 @@ class ClientModel(RuleBasedStateMachine):
                               and not c._writer.thread.is_alive(), 20), \
                 "a thread outlived shutdown()"
             return
-        if c._reader.thread.ident is not None:  # started
+        if c._reader.thread.ident is None:  # not started yet
+            return
+        # After a fork a client with nothing to send stays dormant, its threads parked
+        # until the next post or flush (fluentclient/_parking.py); a writer stuck in a
+        # socket call at the fork never parked and runs on.
+        parking = c._parking
+        parked = set(parking.parked) if parking.requested else set()
+        if "reader" not in parked:
             assert c._reader.thread.is_alive(), f"the reader died: {c._life.failure}"
+        if "writer" not in parked:
             assert c._writer.thread.is_alive(), f"the writer died: {c._life.failure}"
+        if parked == {"reader", "writer"}:
+            assert not c._has_work(), "a dormant client holds work that no thread will send"
 
     @invariant()
     @_checked
