@@ -82,6 +82,30 @@ def _no_packing_is_true(request: pytest.FixtureRequest) -> Iterator[None]:
                     "record, so it must run on both paths (remove the marker)")
 
 
+# -- parallel runs -------------------------------------------------------------------------
+# tests/run_both_paths.py runs the suite with pytest-xdist, whole files to a worker
+# (--dist loadfile, so a module's shared server stays in one process), in collection order
+# (--no-loadscope-reorder). The longest files go first: a worker that took one of them
+# last would still be running it long after the others had run out of work. The figures
+# (seconds, one run on two cores) only need to be roughly right; a new long file belongs
+# here too.
+LONGEST_FIRST = (
+    "test_model",  # 80 s: one hypothesis state machine
+    "test_process_models",  # 80 s: gunicorn, uWSGI, Celery, multiprocessing
+    "test_real_servers",  # 70 s: real fluentd and Fluent Bit
+    "test_cli",  # 65 s
+    "test_framing", "test_exit", "test_benchmark_smoke", "test_contained_conn",
+    "test_contained_linger", "test_docs",  # 20 to 30 s each
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not hasattr(config, "workerinput"):  # only in an xdist worker: a serial run
+        return  # keeps the plain order
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: files stay whole
+
+
 # -- nothing left behind -------------------------------------------------------------------
 
 _THREADS_AT_START: set[threading.Thread] = set()

@@ -59,7 +59,9 @@ def child_env(workdir: Path, **extra: Any) -> dict[str, str]:
 
 
 def need(command: str) -> str:
-    path = shutil.which(command)
+    # The one installed with the Python that runs the tests (a venv's, when the suite runs
+    # on another version) before any other on PATH, which may belong to another version.
+    path = shutil.which(command, path=os.path.dirname(sys.executable)) or shutil.which(command)
     if path is None:
         if os.environ.get("CI"):
             pytest.fail(f"{command} is not installed (the test extra has it)")
