@@ -65,11 +65,11 @@ ON_EVERY_VERSION = tuple(f"tests/{name}.py" for name in (
     "test_process", "test_process_models", "test_exit", "test_signals", "test_security",
     "test_config", "test_options",
 ))
-# Whole files to a worker, so that a module's shared server stays in one process; in
+# Test by test, except that a file whose tests share a server runs in one worker; in
 # collection order, where tests/conftest.py puts the longest files first. Most tests wait
 # on sockets and timers rather than use a core, so more workers than the two cores pay.
 WORKERS = 4
-PARALLEL = ("-n", str(WORKERS), "--dist", "loadfile", "--no-loadscope-reorder")
+PARALLEL = ("-n", str(WORKERS), "--dist", "loadgroup", "--no-loadscope-reorder")
 PROBE = ("import importlib.util, fluentclient; "
          "print(getattr(fluentclient, 'COMPILED', None), "
          "importlib.util.find_spec('xdist') is not None)")
