@@ -57,10 +57,11 @@ VENVS = Path(os.environ.get("FLUENTCLIENT_VENVS", ROOT / ".venvs"))
 # against pure Python, byte for byte, by test_compiled); logging's records, asyncio, ssl,
 # fork (3.12 warns at a fork with threads running) and interpreter shutdown change from
 # version to version, and so do the process models' own releases (gunicorn, uWSGI,
-# Celery). Left to pass 1: the server-side, benchmark, docs and fault-injection files,
-# whose Python is the same on every version but would double the run.
+# Celery). Left to pass 1: the framing, server-side, benchmark, docs and fault-injection
+# files, whose Python is the same on every version but would double the run (the compiled
+# packer's bytes are test_compiled's subject).
 ON_EVERY_VERSION = tuple(f"tests/{name}.py" for name in (
-    "test_compiled", "test_framing", "test_buffered", "test_sync", "test_handler",
+    "test_compiled", "test_buffered", "test_sync", "test_handler",
     "test_structlog", "test_loguru", "test_aio", "test_fork", "test_contained_fork",
     "test_process", "test_process_models", "test_exit", "test_signals", "test_security",
     "test_config", "test_options",

@@ -279,7 +279,16 @@ UWSGI_SETUPS = {
 }
 
 
-@pytest.mark.parametrize("setup", list(UWSGI_SETUPS))
+# uWSGI 2.0's --py-call-osafterfork aborts every worker on Python 3.13 ("Fatal Python
+# error: _PyRecursiveMutex_Unlock"), a WSGI app that imports nothing included: there is
+# nothing of ours to test there until uWSGI fixes it.
+_UWSGI_AFTERFORK_ABORTS = pytest.mark.skipif(
+    sys.version_info >= (3, 13), reason="uWSGI's --py-call-osafterfork aborts on 3.13")
+
+
+@pytest.mark.parametrize("setup", [
+    pytest.param(name, marks=[_UWSGI_AFTERFORK_ABORTS] if name == "py-call-osafterfork" else [])
+    for name in UWSGI_SETUPS])
 def test_uwsgi_workers_deliver_every_request(fluent_bit, web_server, setup):
     tag = f"uwsgi.{setup.replace('-', '_')}"
     server = web_server(tag, flush=0.1)
