@@ -13,8 +13,9 @@ after them run ``ON_EVERY_VERSION`` (below) on the compiled path of each other v
 another folder); ``.ci/venvs`` makes those. Naming test files on the command line runs
 those in every pass instead; a ``-m`` among the arguments replaces pass 2's own.
 
-Every pass runs its files in parallel, whole files to a worker (pytest-xdist, ``WORKERS``;
-``-n 0`` among the arguments runs serially). Every pass always runs, so one run shows
+Every pass runs its tests in parallel (pytest-xdist, ``WORKERS`` workers; a file whose
+tests share a module fixture stays in one, see tests/conftest.py; ``-n 0`` among the
+arguments runs serially). Every pass always runs, so one run shows
 every failure of each; the exit status is non-zero if any failed, and the last lines
 name the passes that did.
 
