@@ -11,8 +11,9 @@ The rounds alternate, and the best of each is kept, so a busy machine skews both
 Shapes: the typical flat log record of 7 fields (one float among them), which takes the
 fast path; the same with a NaN in it (made nil: the fast path gives up and the walk makes
 a copy); one with a nested map and list (the walk runs, nothing changes); and one with a
-``datetime`` that ``default=str`` converts (a str: the packed result is only checked
-whole with distinct keys, as without the rules). Prints a Markdown table of ns per record.
+``datetime``, which the packer turns into its ISO 8601 text before ``default=`` is asked
+(a str: the packed result is only checked whole with distinct keys, as without the
+rules). Prints a Markdown table of ns per record.
 
 ``--paths`` packs the same shapes with the default rules on both paths instead: the
 compiled packer (where it is built) and pure Python, each in batches of 128 as the reader

@@ -21,11 +21,12 @@ import logging
 import os
 import sys
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import msgpack
 
-__all__ = ["COMPILED", "ENV_SWITCH", "REASON", "FastPacker", "fast_packer"]
+__all__ = ["COMPILED", "ENV_SWITCH", "REASON", "FastPacker", "FastPoster", "fast_packer",
+           "fast_poster"]
 
 log = logging.getLogger("fluentclient")
 
@@ -38,6 +39,16 @@ class FastPacker(Protocol):
     def entry(self, record: Any, time_ns: Any) -> bytes | None: ...
 
     def body(self, record: Any) -> bytes | None: ...
+
+
+class FastPoster(Protocol):
+    """What ``_speedups.Poster`` offers: BufferedClient.post()'s usual path."""
+
+    def bind(self, queue: Any, life: Any, admission: Any, reporting: Any, reader: Any,
+             count: Callable[[], object], pid: int) -> None: ...
+
+    def post(self, tag: Any, record: Any, *, time: Any = None, sync_append: Any = False,
+             timeout: Any = None, ack: Any = False) -> Any: ...
 
 
 def _as_list(obj: Any) -> Any:
@@ -100,6 +111,35 @@ def _self_check(module: ModuleType) -> None:
             raise AssertionError(f"the compiled packer took {record!r:.80}")
     if packer.entry({}, -1) is not None or packer.entry({}, 2**32 * 10**9) is not None:
         raise AssertionError("the compiled packer took a time EventTime cannot hold")
+    _check_poster(module)
+
+
+def _check_poster(module: ModuleType) -> None:
+    """Raise unless the compiled post() queues a Message as the Python one makes it."""
+    from collections import deque
+
+    from .message import Message
+
+    class State:  # what post() reads of the client's lifecycle, admission, reader...
+        phase = "running"
+        room = 10
+        busy = 0
+        idle = False
+
+    queue: deque[object] = deque()
+    counted: list[int] = []
+    poster = module.Poster(Message, {"t": "p.t"}, None, None, "running",
+                           lambda: 1_700_000_000 * 10**9 + 7, os.getpid)
+    state = State()
+    poster.bind(queue, state, state, state, state, lambda: counted.append(1), os.getpid())
+    record = {"k": "v"}
+    if poster.post("t", record) is not True or counted != [1] or len(queue) != 1:
+        raise AssertionError("the compiled post() did not queue a record")
+    msg = queue[0]
+    if (type(msg) is not Message or msg.tag != "p.t" or msg.record is not record
+            or msg.time_ns != 1_700_000_000 * 10**9 + 7 or msg.waiter is not None
+            or msg.delivery is not None):
+        raise AssertionError("the compiled post() made another Message")
 
 
 def _build_failure() -> str | None:
@@ -161,3 +201,22 @@ def fast_packer(max_depth: int | None) -> FastPacker | None:
     packer: FastPacker = module.Packer(
         module.DEPTH_WITHOUT_GUARD if max_depth is None else max_depth)
     return packer
+
+
+def fast_poster(
+    message: type, known: dict[str, str], careful: Callable[..., Any],
+    late: Callable[[Any, bool], bool], running: object, clock: Callable[[], int],
+    getpid: Callable[[], int],
+) -> FastPoster | None:
+    """BufferedClient.post()'s usual path compiled, or None when pure Python runs.
+
+    ``known``: tags already checked, mapped to the full tag; ``careful(tag, record, time,
+    sync_append, timeout, ack)``: the Python path for anything else; ``late(msg,
+    raises)``: a record queued as a shutdown began; ``running``: the phase in which the
+    usual path may be taken. Then ``bind()`` it to the client's state.
+    """
+    module = _module
+    if module is None:
+        return None
+    poster: FastPoster = module.Poster(message, known, careful, late, running, clock, getpid)
+    return poster

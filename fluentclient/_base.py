@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
-from .errors import InvalidTagError
-from .message import MAX_TAG_LENGTH, TAG_PATTERN, TimeLike, time_to_ns
+from .errors import InvalidTagError, SerializationError
+from .message import MAX_TAG_LENGTH, TAG_PATTERN, TimeLike, short_repr, time_to_ns
 from .stats import ShutdownReport
 
 _C = TypeVar("_C", bound="Client")
@@ -19,6 +19,21 @@ _TAG_CACHE = 10_000
 _time_ns = _time.time_ns
 
 ADDRESS_OPTIONS = ("host", "port", "unix_path", "servers")
+
+
+def not_a_mapping(record: object) -> SerializationError:
+    """The error post() raises for a record that is not a Mapping (a str, a list, None).
+
+    post() looks with ``type(record) is not dict and not isinstance(record, Mapping)``:
+    the exact-dict test costs one pointer comparison, and only other types pay for the
+    isinstance. Refused at the call, like a bad tag: queued, such a record could only be
+    dropped later, on the reader thread, far from the mistake.
+    """
+    return SerializationError(
+        f"a record must be a mapping of field names to values, not "
+        f"{type(record).__name__} ({short_repr(record, 40)}); to send text, post a dict "
+        f'such as {{"message": ...}}'
+    )
 
 
 class TagChecker:

@@ -88,6 +88,60 @@ def _tls_failure(where: str, exc: ssl.SSLError) -> FluentConnectionError:
     return TlsError(f"TLS with {where} failed: {reason}")
 
 
+# What OpenSSL says when the bytes it got back are not TLS at all: the port speaks
+# something else (the plain forward protocol answering with msgpack, HTTP, ...).
+_NOT_TLS_REASONS = frozenset({
+    "WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST",
+    "UNKNOWN_PROTOCOL", "UNEXPECTED_RECORD",
+})
+# Where to change TLS, said once for every message that points at it.
+_SET_TLS_OFF = "set tls=False (FLUENT_TLS=false), or point at the server's TLS port"
+
+
+def _handshake_cut(where: str, exc: OSError) -> TlsError:
+    """The server ended the connection while our TLS handshake was under way.
+
+    A plain forward server does so every time: it reads our ClientHello as a broken frame
+    and closes (fluentd resets, Fluent Bit and ForwardServer close). A server restarting
+    at that very moment would look the same, but that is rare, while the mismatch repeats
+    on every attempt: so it is reported as configuration, loudly and once, and retried
+    only at the backoff's slowest pace.
+    """
+    how = "reset" if isinstance(exc, ConnectionResetError) else "closed"
+    cause = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
+    return TlsError(f"TLS with {where} failed: the server {how} the connection during the "
+                    f"TLS handshake ({cause}): it probably does not speak TLS; {_SET_TLS_OFF}")
+
+
+def _not_tls_answer(where: str, exc: ssl.SSLError) -> TlsError | None:
+    """The server answered our handshake with bytes that are not TLS, or None."""
+    if str(exc.reason) not in _NOT_TLS_REASONS:
+        return None
+    return TlsError(f"TLS with {where} failed: the server answered the TLS handshake with "
+                    f"something that is not TLS ({exc.reason}): it does not speak TLS on "
+                    f"this port; {_SET_TLS_OFF}")
+
+
+def _unresolved(where: str, host: str, exc: socket.gaierror) -> FluentConnectionError:
+    # Raised "from exc": the writer finds the resolver's answer in the cause (see
+    # _sender.is_unresolvable) and says it once, at error level, as a wrong setting.
+    if exc.errno in _NO_SUCH_NAME:
+        return FluentConnectionError(
+            f"cannot connect to {where}: the host name {host!r} does not resolve "
+            f"({exc.strerror}); check the host setting (host=, servers= or FLUENT_HOST)")
+    return FluentConnectionError(
+        f"cannot connect to {where}: looking up the host name {host!r} failed "
+        f"({exc.strerror})")
+
+
+# The resolver's answers for a name that does not exist, as against one it could not
+# look up just now (EAI_AGAIN) or another failure.
+_NO_SUCH_NAME = frozenset(
+    code for code in (getattr(socket, "EAI_NONAME", None), getattr(socket, "EAI_NODATA", None))
+    if code is not None
+)
+
+
 def describe(address: Address) -> str:
     return address if isinstance(address, str) else f"{address[0]}:{address[1]}"
 
@@ -134,6 +188,9 @@ class Connection:
         self._tls = security.ssl_context is not None
         self._resolved = resolved
         self._inbound = new_unpacker(max_buffer_size=1024 * 1024)
+        # Whether the server ever sent us a byte: a reset from one that never did is what
+        # a TLS server does to a plain client (see _read_failed).
+        self._heard = False
         # Asks the kernel, without waiting, whether the server said anything (see
         # quiet()): made on first use, with the epoll instance it may hold.
         self._ask: Callable[[], list[Any]] | None = None
@@ -160,7 +217,17 @@ class Connection:
                         raise
                     self.close()
             if self._tls:
-                self._start_tls(deadline)
+                try:
+                    self._start_tls(deadline)
+                except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError,
+                        ConnectionAbortedError, BrokenPipeError) as exc:
+                    raise _handshake_cut(where, exc) from exc
+                except socket.timeout as exc:
+                    raise FluentTimeoutError(
+                        f"TLS with {where} failed: no answer to the TLS handshake in time; "
+                        "if the server does not speak TLS, " + _SET_TLS_OFF) from exc
+                except ssl.SSLError as exc:
+                    raise (_not_tls_answer(where, exc) or _tls_failure(where, exc)) from exc
             if self.security.shared_key is not None:
                 self._handshake(deadline)
             elif self.wait_readable(0.0):
@@ -178,9 +245,17 @@ class Connection:
         except FluentConnectionError:
             self.close()
             raise
+        except FluentTimeoutError:
+            # Ours already says what timed out (it is a socket.timeout too).
+            self.close()
+            raise
         except socket.timeout as exc:
             self.close()
             raise FluentTimeoutError(f"connecting to {where} timed out") from exc
+        except socket.gaierror as exc:
+            self.close()
+            host = self.address if isinstance(self.address, str) else self.address[0]
+            raise _unresolved(where, host, exc) from exc
         except ssl.SSLError as exc:
             self.close()
             raise _tls_failure(where, exc) from exc
@@ -336,7 +411,7 @@ class Connection:
                     f"{describe(self.address)} did not answer in time"
                 ) from exc
             except OSError as exc:
-                raise ConnectionLost(f"reading from {describe(self.address)}: {exc}") from exc
+                raise ConnectionLost(self._read_failed(exc)) from exc
             if not data:
                 raise ConnectionLost(f"{describe(self.address)} closed the connection")
             self._feed(data)
@@ -359,7 +434,7 @@ class Connection:
                 break
             except OSError as exc:
                 self.eof = True
-                self.lost = f"reading from {describe(self.address)}: {exc}"
+                self.lost = self._read_failed(exc)
                 self.lost_error = exc
                 break
             if not data:
@@ -413,7 +488,19 @@ class Connection:
             ) from exc
         return objs
 
+    def _read_failed(self, exc: OSError) -> str:
+        text = f"reading from {describe(self.address)}: {exc}"
+        if (isinstance(exc, ConnectionResetError) and not self._heard and not self._tls
+                and not self._unix and self.bytes_written):
+            # A TLS server reads our first frame as a broken handshake and resets without
+            # a word (fluentd, Fluent Bit and ForwardServer all do); the client cannot
+            # tell that apart from a crash for sure, so this is a hint, not a verdict.
+            text += ("; the server reset the connection without ever answering: if it "
+                     "expects TLS, set tls=True (FLUENT_TLS=true)")
+        return text
+
     def _feed(self, data: bytes) -> None:
+        self._heard = True
         try:
             self._inbound.feed(data)
         except Exception as exc:  # msgpack's BufferFull: a server flooding us

@@ -8,6 +8,7 @@ log integrations convert values on the caller's thread first, with :func:`safe_v
 
 from __future__ import annotations
 
+import datetime
 import logging
 import math
 import sys
@@ -18,6 +19,7 @@ from types import TracebackType
 from typing import Any, Callable, Optional, Union
 
 from .errors import InvalidTagError
+from .framing import iso_text
 from .guard import DEFAULT_MAX_DEPTH
 from .message import MAX_TAG_LENGTH, TAG_UNSAFE_CHARS
 
@@ -27,6 +29,7 @@ from .message import MAX_TAG_LENGTH, TAG_UNSAFE_CHARS
 # client's default max_depth: the line is cut short rather than dropped as unsafe.
 _MAX_DEPTH = DEFAULT_MAX_DEPTH - 1
 _INT_MIN = -(2**63)
+_TIMES = (datetime.date, datetime.time)
 _INT_MAX = 2**64 - 1
 _NS = 1_000_000_000
 _MS = 1_000_000
@@ -49,7 +52,8 @@ def text(value: object) -> str:
 def safe_value(value: Any, default: Converter | None = str, _depth: int = 0) -> Any:
     """``value`` made of what msgpack packs: str, bytes, bool, int, float, None, dict, list.
 
-    Mappings become dicts with str keys and sequences and sets become lists, recursively.
+    Mappings become dicts with str keys and sequences and sets become lists, recursively;
+    a datetime, date or time becomes its ISO 8601 text, as the clients send it.
     Anything else goes through ``default`` (``str`` by default); whatever fails or is still
     not packable ends up as text, so this never raises.
     """
@@ -72,6 +76,12 @@ def safe_value(value: Any, default: Converter | None = str, _depth: int = 0) -> 
             return [safe_value(v, default, _depth + 1) for v in value]
         if isinstance(value, (bytearray, memoryview)):
             return bytes(value)
+        if isinstance(value, _TIMES):
+            # As the clients send them (see framing._plain): one form everywhere.
+            try:
+                return iso_text(value)
+            except Exception:
+                return text(value)
         if default is not None:
             try:
                 converted = default(value)

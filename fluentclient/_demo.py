@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from ._accel import REASON
 from ._progress import Console, Progress
+from ._words import count
 from .client import BufferedClient
 from .message import EventTime
 from .server import ForwardServer, ReceivedEvent
@@ -347,12 +348,12 @@ def post_all(port: int, records: int, base_ns: int, console: Console, progress: 
     return run
 
 
-def _rate(count: int, seconds: float) -> str:
-    return f"{count / max(seconds, 1e-9):,.0f} records/s"
+def _rate(n: int, seconds: float) -> str:
+    return f"{n / max(seconds, 1e-9):,.0f} records/s"
 
 
 def _yes(bad: int, ok: str) -> str:
-    return f"yes: {ok}" if not bad else f"NO: {bad:,} records"
+    return f"yes: {ok}" if not bad else f"NO: {count(bad, 'record')}"
 
 
 def summary(records: int, run: Run, verdict: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -375,10 +376,10 @@ def summary(records: int, run: Run, verdict: dict[str, Any]) -> tuple[list[str],
     ]
     problems = []
     if arrived != records:
-        problems.append(f"{arrived:,} of {records:,} records arrived")
+        problems.append(f"{arrived:,} of {count(records, 'record')} arrived")
     for key in ("out_of_order", "altered", "wrong_time"):
         if verdict[key]:
-            problems.append(f"{verdict[key]:,} records {key.replace('_', ' ')}")
+            problems.append(f"{count(verdict[key], 'record')} {key.replace('_', ' ')}")
     if not report.complete:
         problems.append(f"the client reports unsent={report.unsent_records:,} "
                         f"possibly_lost={report.possibly_lost:,} dropped={dict(report.dropped)}"
@@ -400,7 +401,7 @@ def demo(records: int, *, progress: bool) -> int:
     base_ns = time.time_ns()
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        print(f"demo: {records:,} records through BufferedClient to a server in its own "
+        print(f"demo: {count(records, 'record')} through BufferedClient to a server in its own "
               "process", flush=True)
         with ServerProcess(base_ns) as server:
             port = server.wait_listening(START_TIMEOUT)

@@ -28,6 +28,7 @@ import threading
 from enum import IntEnum
 from typing import Callable
 
+from ._words import count
 from .stats import ServerStats, ShutdownReport, Stats
 
 log = logging.getLogger("fluentclient")
@@ -121,6 +122,14 @@ class Ledger:
         """How many records have ever been queued: flush() waits for these to leave."""
         with self.lock:
             return self._enqueued_locked()
+
+    def settling(self) -> tuple[int, int]:
+        """Records written and not yet settled, and records settled (sent or possibly
+        lost) so far: flush() waits, after the writes it asked for, for the first to be
+        settled, so that stats() then counts them sent."""
+        with self.lock:
+            c = self._c
+            return c[_WRITTEN], c[_SENT] + c[_LOST]
 
     def left_queue(self) -> int:
         """How many queued records have been buffered or dropped (or ended at shutdown).
@@ -229,8 +238,8 @@ class Ledger:
                 c[_FRAMES] += frames
                 c[_BYTES] += nbytes
         if frozen:
-            log.debug("fluentclient: %s of %d records after the shutdown report: ignored",
-                      what, n)
+            log.debug("fluentclient: %s of %s after the shutdown report: ignored",
+                      what, count(n, "record"))
         elif moved < n:
             # A thread stepped wrongly; the balance holds anyway, the error shows the bug.
             log.error("fluentclient: ledger asked to %s %d %s records, held %d",
@@ -265,9 +274,10 @@ class Ledger:
             c[_LOST] += written - held_written
         unsent = never_left + held_written
         if never_left + held_written != found or written != held_written:
-            log.debug("fluentclient: at shutdown %d records unsent (%d found) and %d "
+            log.debug("fluentclient: at shutdown %s unsent (%d found) and %d "
                       "possibly lost, left with threads that did not stop in time",
-                      never_left + held_written, found, written - held_written)
+                      count(never_left + held_written, "record"), found,
+                      written - held_written)
         return unsent
 
     # -- traffic -------------------------------------------------------------------------

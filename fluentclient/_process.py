@@ -9,12 +9,16 @@ The client itself decides what a fork means for its own state
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import os
 import sys
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING, Any
+
+from . import _parking
 
 if TYPE_CHECKING:
     from .client import BufferedClient
@@ -29,8 +33,10 @@ forgotten: set[BufferedClient] = set()
 # BufferedClient._check_fork); setdefault on a dict is atomic, so every thread of a
 # process gets the same.
 _fork_locks: dict[int, threading.Lock] = {}
-# Clients made with at_exit=True: what a host's own end-of-process hook drains.
-_drained_at_exit: weakref.WeakSet[BufferedClient] = weakref.WeakSet()
+# Clients made with at_exit=True: what the end of the process drains (see _exit.py).
+drained_at_exit: weakref.WeakSet[BufferedClient] = weakref.WeakSet()
+_hooked = False
+_made = itertools.count()
 
 
 def fork_lock(pid: int) -> threading.Lock:
@@ -45,16 +51,28 @@ def main_thread_finished() -> bool:
     return threading.current_thread() is main and not main.is_alive()
 
 
-def _shutdown_at_exit(ref: weakref.ref[BufferedClient]) -> None:
-    c = ref()
-    if c is not None:
-        c._drain_at_exit()
+def _at_exit() -> None:
+    from . import _sigterm
+    from ._exit import drain_all
+
+    drain_all()
+    _sigterm.after_exit_drain()
 
 
 def register_at_exit(client: BufferedClient) -> None:
-    ref = weakref.ref(client)
-    atexit.register(_shutdown_at_exit, ref)
-    _drained_at_exit.add(client)
+    """Drain ``client`` at the end of the process, with every other client.
+
+    One hook for the process, registered with the first client: so it runs after every
+    atexit hook registered since (they may still log through the clients), and the
+    clients drain together, within the longest of their deadlines, not one after another.
+    """
+    global _hooked
+    if not _hooked:
+        _hooked = True
+        atexit.register(_at_exit)
+    # The summary at exit names the clients in the order they were made.
+    client._exit_order = next(_made)
+    drained_at_exit.add(client)
     _drain_in_celery_pool()
     _drain_in_uwsgi()
     # multiprocessing's workers end with os._exit(), after its own finalizers but
@@ -73,8 +91,9 @@ def register_at_exit(client: BufferedClient) -> None:
 def _drain_in_worker(client: BufferedClient) -> None:
     from multiprocessing import util
 
-    # A weak reference, so a client dropped in the worker is not kept alive.
-    util.Finalize(None, _shutdown_at_exit, args=(weakref.ref(client),), exitpriority=0)
+    # Holds no client, so a client dropped in the worker is not kept alive; the first of
+    # these to run drains every client of the worker, the others find nothing left.
+    util.Finalize(None, _drain_all, exitpriority=0)
 
 
 def _drain_in_celery_pool() -> None:
@@ -101,11 +120,12 @@ _celery_hooked = False
 
 
 def _drain_all(*args: object, **kwargs: object) -> None:
-    for client in list(_drained_at_exit):
-        try:
-            _shutdown_at_exit(weakref.ref(client))
-        except Exception:  # the host's exit path must go on whatever happens here
-            log.exception("fluentclient: draining at the end of a worker process failed")
+    from ._exit import drain_all
+
+    try:
+        drain_all()
+    except Exception:  # the host's exit path must go on whatever happens here
+        log.exception("fluentclient: draining at the end of a worker process failed")
 
 
 # -- uWSGI ------------------------------------------------------------------------------
@@ -198,7 +218,57 @@ def _drain_in_uwsgi() -> None:
         )
 
 
+# The clients whose threads were asked to park for the fork under way.
+_parked: list[BufferedClient] = []
+
+
+def _park_all() -> None:
+    """Before a fork: park every running client's threads, waiting for all of them
+    together at most ``PARK_WAIT`` (see _parking.py)."""
+    if sys.is_finalizing() or main_thread_finished():
+        return  # no thread could be started again after the fork
+    deadline = time.monotonic() + _parking.PARK_WAIT
+    waits: list[threading.Thread] = []
+    for client in list(live_clients):
+        threads = client._park(deadline)
+        if threads:
+            _parked.append(client)
+            waits += threads
+    for thread in waits:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break  # what still runs is forked running: Python's warning says so
+        thread.join(remaining)
+        if not thread.is_alive():
+            _wait_for_os_thread(thread, deadline)
+
+
+def _wait_for_os_thread(thread: threading.Thread, deadline: float) -> None:
+    """Wait until the OS thread under a joined Python thread is gone too.
+
+    Before Python 3.13, join() returns as the thread releases its state, a moment before
+    the OS thread exits; Python's warning counts OS threads (on Linux, from /proc), and
+    would find it there now and then. Where /proc lists them, wait for that.
+    """
+    native_id = thread.native_id
+    if native_id is None:
+        return
+    task = f"/proc/self/task/{native_id}"
+    while os.path.exists(task) and time.monotonic() < deadline:
+        time.sleep(0.0001)
+
+
+def _resume_all() -> None:
+    """After a fork, in the parent: restart what parked."""
+    clients = list(_parked)
+    _parked.clear()
+    for client in clients:
+        client._resume_after_fork()
+
+
 def _reinit_in_child() -> None:
+    # The child's clients start afresh: nothing of theirs is parked.
+    _parked.clear()
     for client in list(live_clients):
         client._after_fork_in_child()
     # Their drain runs in the parent only: here nothing of theirs is left but our copies
@@ -206,9 +276,10 @@ def _reinit_in_child() -> None:
     for core in list(forgotten):
         core._forget_in_child()
     forgotten.clear()
-    if _drained_at_exit:
+    if drained_at_exit:
         _drain_in_celery_pool()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reinit_in_child)
+    os.register_at_fork(before=_park_all, after_in_parent=_resume_all,
+                        after_in_child=_reinit_in_child)

@@ -21,6 +21,7 @@ from ._buffer import Buffer, Frame, Tagged
 from ._journal import Claim, Journal, NullJournal, Replayed
 from ._ledger import Ledger
 from ._lifecycle import CLOSED, Lifecycle, thread_failed
+from ._parking import READER, Parking, WakeUp
 from ._spool import Span
 from .errors import (
     BufferFullError,
@@ -105,6 +106,7 @@ class Reader:
         evicted: Evicted,
         fail_spooled: SpooledFailure,
         journal: Journal | None = None,
+        parking: Parking | None = None,
     ) -> None:
         self._queue = q
         self._buffer = buf
@@ -127,7 +129,7 @@ class Reader:
         # Records previous processes left in the spool that this reader did not take over
         # and leaves there for a later process: counted as it stops, for the report.
         self.left_in_spool = 0
-        self.wake = threading.Event()
+        self.wake = WakeUp()
         # True while the reader waits for post() to wake it rather than polling.
         self.idle = False
         # The head of the queue is this reader's: every record leaves it under this lock
@@ -139,104 +141,132 @@ class Reader:
         # must not hold up the lifecycle's lock.
         self._drained = threading.Condition(threading.Lock())
         self._drain_waiters = 0
-        self.thread = threading.Thread(target=self._run, name="fluentclient-reader", daemon=True)
+        self._parking = parking or Parking()
+        self.thread = self.new_thread()
+
+    def has_work(self) -> bool:
+        """Whether anything but the queue waits for this reader (read while it is parked):
+        records waiting for room, spans to write to the spool, a spool to replay."""
+        return bool(self._carry) or self._orphans is not None or self._journal.pending()
+
+    def new_thread(self) -> threading.Thread:
+        """A thread to run (or, after parking for a fork, resume) this reader's loop."""
+        return threading.Thread(target=self._run, name="fluentclient-reader", daemon=True)
 
     def _run(self) -> None:
-        q, popleft = self._queue, self._queue.popleft
-        stopping = False
+        parked = False
         try:
-            while True:
-                if self._journal.pending():
-                    self._maintain()
-                if self._carry and not self._retry_carry():
-                    # No room yet (overflow="block"): what waits in the queue stays
-                    # there, so post() sees the buffer full and waits too.
-                    if self._life.abandoned:
-                        break
-                    self.wake.wait(POLL)
-                    self.wake.clear()
-                    continue
-                batch: list[object] = []
-                with self.pop_lock:
-                    if self._life.phase is CLOSED:
-                        break  # the queue is shutdown's now (a reader that outlived it)
-                    try:
-                        while len(batch) < BATCH:
-                            batch.append(popleft())
-                    except IndexError:
-                        pass
-                    if batch and STOP in batch:
-                        stopping = True
-                        batch = [m for m in batch if m is not STOP]
-                    if batch:
-                        self._ledger.take(len(batch))
-                if self._drain_waiters and len(q) <= BATCH:
-                    with self._drained:
-                        self._drained.notify_all()
-                replaying = (self._orphans is not None and not self._replay_cut()
-                             and self._replay_step())
-                if batch:
-                    self._append(batch)  # type: ignore[arg-type]
-                    buf = self._buffer
-                    if buf.pending_bytes >= buf.gather_bytes and not buf.no_server:
-                        # Posts and packing can keep the GIL between them for as long
-                        # as posts come, and the writer would only get it back every
-                        # switch interval, a partial send at a time, while the buffer
-                        # fills towards drops. A moment off the GIL lets it write.
-                        time.sleep(WRITER_TURN)
-                    elif len(batch) == BATCH or replaying:
-                        # More is waiting: let a posting thread have the GIL first.
-                        yield_gil()
-                    continue
-                if self._life.abandoned:
-                    break
-                if stopping:
-                    # Replay is part of the drain: the backlog a previous process left
-                    # is sent like any record held, until done or the deadline. What is
-                    # still on disk then is counted (see _stop_replay).
-                    if self._orphans is None or self._replay_cut():
-                        break
-                    if not replaying:
-                        # Waiting for room; the writer frees it without waking us.
-                        self.wake.wait(POLL)
-                        self.wake.clear()
-                    continue
-                if replaying:
-                    yield_gil()
-                    continue
-                if not self.wake.wait(POLL):
-                    # A quiet poll: go idle until post() wakes us. ``idle`` is published
-                    # before the queue is looked at again, so a racing post() is either
-                    # seen here or sees ``idle`` and sets ``wake``. A pending replay
-                    # waiting for room keeps polling instead.
-                    self.idle = True
-                    if not q and self._orphans is None and not self._journal.pending():
-                        self.wake.wait(1.0)
-                    self.idle = False
-                self.wake.clear()
+            parked = self._loop()
         except BaseException as exc:  # a bug; never die silently
             log.exception("fluentclient reader thread failed")
             thread_failed(self._buffer, self._life, "reader", exc)
         finally:
-            try:
-                self._stop_replay()
-            except Exception as exc:
-                log.exception("fluentclient reader thread failed")
-                thread_failed(self._buffer, self._life, "reader", exc)
-            # Records still waiting for room go back to the queue, where shutdown counts
-            # them and hands them over with the rest (unless its sweep is done: then they
-            # are counted unsent as held by this thread).
+            if not parked:
+                self._stopped()
+
+    def _loop(self) -> bool:
+        """Pack until told to stop (False) or to park for a fork (True).
+
+        Parks only at the top of the loop, where every record is in the queue, the
+        buffer or ``_carry``, so that a new thread can take over from there.
+        """
+        q, popleft = self._queue, self._queue.popleft
+        stopping = False
+        parking = self._parking
+        while True:
+            if parking.requested and parking.park_here(READER):
+                return True
+            if self._journal.pending():
+                self._maintain()
+            if self._carry and not self._retry_carry():
+                # No room yet (overflow="block"): what waits in the queue stays
+                # there, so post() sees the buffer full and waits too.
+                if self._life.abandoned:
+                    break
+                self.wake.wait(POLL)
+                self.wake.clear()
+                continue
+            batch: list[object] = []
             with self.pop_lock:
-                if self._carry and self._life.phase is not CLOSED:
-                    for msg, _ in reversed(self._carry):
-                        q.appendleft(msg)
-                    self._ledger.take(-len(self._carry))
-            with self._drained:
-                self._drained.notify_all()
-            self._carry = []
-            with self._buffer.lock:
-                self._life.reader_done = True
-                self._buffer.changed.notify_all()
+                if self._life.phase is CLOSED:
+                    break  # the queue is shutdown's now (a reader that outlived it)
+                try:
+                    while len(batch) < BATCH:
+                        batch.append(popleft())
+                except IndexError:
+                    pass
+                if batch and STOP in batch:
+                    stopping = True
+                    batch = [m for m in batch if m is not STOP]
+                if batch:
+                    self._ledger.take(len(batch))
+            if self._drain_waiters and len(q) <= BATCH:
+                with self._drained:
+                    self._drained.notify_all()
+            replaying = (self._orphans is not None and not self._replay_cut()
+                         and self._replay_step())
+            if batch:
+                self._append(batch)  # type: ignore[arg-type]
+                buf = self._buffer
+                if buf.pending_bytes >= buf.gather_bytes and not buf.no_server:
+                    # Posts and packing can keep the GIL between them for as long
+                    # as posts come, and the writer would only get it back every
+                    # switch interval, a partial send at a time, while the buffer
+                    # fills towards drops. A moment off the GIL lets it write.
+                    time.sleep(WRITER_TURN)
+                elif len(batch) == BATCH or replaying:
+                    # More is waiting: let a posting thread have the GIL first.
+                    yield_gil()
+                continue
+            if self._life.abandoned:
+                break
+            if stopping:
+                # Replay is part of the drain: the backlog a previous process left
+                # is sent like any record held, until done or the deadline. What is
+                # still on disk then is counted (see _stop_replay).
+                if self._orphans is None or self._replay_cut():
+                    break
+                if not replaying:
+                    # Waiting for room; the writer frees it without waking us.
+                    self.wake.wait(POLL)
+                    self.wake.clear()
+                continue
+            if replaying:
+                yield_gil()
+                continue
+            if not self.wake.wait(POLL):
+                # A quiet poll: go idle until post() wakes us. ``idle`` is published
+                # before the queue is looked at again, so a racing post() is either
+                # seen here or sees ``idle`` and sets ``wake``. A pending replay
+                # waiting for room keeps polling instead.
+                self.idle = True
+                if not q and self._orphans is None and not self._journal.pending():
+                    self.wake.wait(1.0)
+                self.idle = False
+            self.wake.clear()
+        return False
+
+    def _stopped(self) -> None:
+        """The loop ended for good: settle what it held."""
+        try:
+            self._stop_replay()
+        except Exception as exc:
+            log.exception("fluentclient reader thread failed")
+            thread_failed(self._buffer, self._life, "reader", exc)
+        # Records still waiting for room go back to the queue, where shutdown counts
+        # them and hands them over with the rest (unless its sweep is done: then they
+        # are counted unsent as held by this thread).
+        with self.pop_lock:
+            if self._carry and self._life.phase is not CLOSED:
+                for msg, _ in reversed(self._carry):
+                    self._queue.appendleft(msg)
+                self._ledger.take(-len(self._carry))
+        with self._drained:
+            self._drained.notify_all()
+        self._carry = []
+        with self._buffer.lock:
+            self._life.reader_done = True
+            self._buffer.changed.notify_all()
 
     # -- the queue -----------------------------------------------------------------------
 

@@ -13,13 +13,14 @@ writer thread, or a SyncClient's lock).
 
 from __future__ import annotations
 
+import socket
 import time
 
 from ._connection import Connection, ConnectionLost
 from ._ledger import Ledger
 from ._options import TransportOptions
 from ._pool import Link, choose, level
-from .errors import AuthenticationError, FluentError, TlsError
+from .errors import AuthenticationError, ConfigurationError, FluentError, TlsError
 from .message import short_repr
 
 
@@ -118,3 +119,30 @@ class Sender:
 def is_refusal(exc: FluentError) -> bool:
     """A failure of configuration (key, credentials, certificate), not of the network."""
     return isinstance(exc, (AuthenticationError, TlsError))
+
+
+def is_unresolvable(exc: BaseException) -> bool:
+    """The resolver answered that the host has no such name (not "try again later"): a
+    typo or a name from another network, which waiting does not fix."""
+    seen: BaseException | None = exc
+    for _ in range(4):  # the error, its cause, theirs...: a short chain
+        if seen is None:
+            return False
+        if isinstance(seen, socket.gaierror):
+            return seen.errno in _NO_SUCH_NAME
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def is_hopeless(exc: BaseException | None) -> bool:
+    """A failure that no retry within a shutdown's deadline can mend: a refused key or
+    certificate, a setting the client cannot use, a host that does not exist."""
+    return exc is not None and (
+        (isinstance(exc, FluentError) and is_refusal(exc))
+        or isinstance(exc, ConfigurationError)
+        or is_unresolvable(exc)
+    )
+
+
+_NO_SUCH_NAME = {socket.EAI_NONAME} | (
+    {socket.EAI_NODATA} if hasattr(socket, "EAI_NODATA") else set())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import selectors
@@ -80,6 +81,9 @@ class Listener:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.bind(self._unix_path)
+            except OSError as exc:
+                sock.close()
+                raise _bind_failed(self._unix_path, exc, "give another unix_path") from exc
             except BaseException:
                 sock.close()
                 raise
@@ -147,6 +151,10 @@ class Listener:
             # Lets restart() and a new server bind while old connections sit in TIME_WAIT.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self._bind_host, self._port))
+        except OSError as exc:
+            sock.close()
+            raise _bind_failed(f"{self._host}:{self._port}", exc,
+                               "choose another port (0 picks a free one)") from exc
         except BaseException:
             sock.close()
             raise
@@ -186,3 +194,23 @@ def remove_socket_file(path: str) -> None:
             os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+class _BindError(OSError):
+    """An OSError whose text is the whole message, without the "[Errno 98]" in front."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _bind_failed(where: str, exc: OSError, other: str) -> OSError:
+    """The bind error with the address in it: the system's own text names none. The errno
+    stays, for callers that look at it."""
+    text = f"cannot listen on {where}: {exc.strerror or exc}"
+    if exc.errno == errno.EADDRINUSE:
+        text += f" (another process listens there: stop it, or {other})"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        text += " (no interface of this machine has that address: check the host)"
+    elif exc.errno == errno.EACCES:
+        text += " (not allowed: ports below 1024 need privileges)"
+    return _BindError(exc.errno, text)

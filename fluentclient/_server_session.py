@@ -10,13 +10,14 @@ import socket
 import ssl
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import _handshake as handshake
 from ._server_acks import AckSchedule, acks_for
 from ._server_faults import Faults
 from ._server_record import ReceivedEvent, Recorder
+from ._words import count
 from .framing import DecodedFrame, FrameError, decode_frame, new_unpacker
 
 log = logging.getLogger("fluentclient.server")
@@ -25,6 +26,14 @@ _READ_SIZE = 256 * 1024
 # l_onoff=1, l_linger=0: close() then sends an RST and drops whatever was still queued.
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _SIOCINQ = 0x541B  # FIONREAD
+# A TLS record of type handshake (22), major version 3: how every ClientHello begins. No
+# forward frame does: 0x16 is the msgpack integer 22, never a frame's array.
+_TLS_HANDSHAKE = b"\x16\x03"
+# What OpenSSL says when a client's first bytes are not TLS at all.
+_NOT_TLS_REASONS = frozenset({
+    "WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST",
+    "UNKNOWN_PROTOCOL", "UNEXPECTED_RECORD",
+})
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,9 @@ class SessionContext:
     selector: selectors.BaseSelector
     # Called once a session has closed, so that the loop lets go of it.
     forget: Callable[[Session], None]
+    # The TLS mismatches already logged at warning level (see _mismatch): a client that
+    # keeps retrying is told about once, not at every connection.
+    told: set[str] = field(default_factory=set)
 
 
 class Session:
@@ -163,7 +175,14 @@ class Session:
         except ssl.SSLWantWriteError:
             self.tls_want = selectors.EVENT_WRITE
         except (ssl.SSLError, OSError) as exc:
-            self._record_error(f"{self.name}: TLS handshake failed: {_short(str(exc))}")
+            reason = getattr(exc, "reason", None)
+            if reason in _NOT_TLS_REASONS:
+                self._mismatch("plain", f"{self.name}: TLS handshake failed: the client did "
+                               f"not start one ({reason}): it probably speaks the plain "
+                               "forward protocol; set tls=True on the client, or serve "
+                               "without TLS")
+            else:
+                self._record_error(f"{self.name}: TLS handshake failed: {_short(str(exc))}")
             self.close()
             return
         else:
@@ -237,6 +256,17 @@ class Session:
                 self.close(reset=True)
 
     def _feed(self, data: bytes) -> None:
+        if not self._fed and data[:2] == _TLS_HANDSHAKE and not isinstance(self.sock,
+                                                                           ssl.SSLSocket):
+            # A TLS ClientHello on a plain port: not a broken frame to report in msgpack
+            # terms, but a setting to change on one side or the other.
+            self._fed += len(data)
+            self._mismatch("tls", f"{self.name}: the client began a TLS handshake, but this "
+                           "server does not speak TLS: set tls=False on the client, or give "
+                           "the server a certificate (ssl_context=, or fluentclient serve "
+                           "--tls-cert and --tls-key)")
+            self.close()
+            return
         self._fed += len(data)
         decoded: list[DecodedFrame] = []
         failure: str | None = None
@@ -290,7 +320,7 @@ class Session:
         pending = self._fed - self._done
         if pending:
             self._record_error(
-                f"{self.name}: {why} in the middle of a frame ({pending} bytes undecoded)"
+                f"{self.name}: {why} in the middle of a frame ({count(pending, 'byte')} undecoded)"
             )
         self.close()
 
@@ -333,6 +363,18 @@ class Session:
         else:
             sel.modify(self.sock, want, self)
         self._mask = want
+
+    def _mismatch(self, kind: str, message: str) -> None:
+        """A client and this server disagree on TLS: recorded every time, but logged at
+        warning level once per kind, then at debug level (a client retries for as long as
+        it runs)."""
+        self._env.recorder.error(message)
+        if kind in self._env.told:
+            log.debug("%s", message)
+        else:
+            self._env.told.add(kind)
+            log.warning("%s (said once; later connections like it are logged at debug "
+                        "level)", message)
 
     def _record_error(self, message: str) -> None:
         log.warning("%s", message)

@@ -14,11 +14,13 @@ from collections import deque
 from dataclasses import replace
 from typing import Callable
 
+from . import _notice
 from ._buffer import Buffer, Frame
 from ._journal import Journal
 from ._ledger import Ledger
 from ._lifecycle import Lifecycle
 from ._reader import STOP, Reader
+from ._words import count
 from ._writer import Writer, resolve_futures
 from .errors import ClientClosedError, FluentError
 from .framing import EntryPacker, FrameError, decode_frame, new_unpacker
@@ -57,16 +59,18 @@ class Ending:
         # A factory: a packer is only worth making when there are stranded records.
         self._packer = packer
 
-    def run(self, deadline: float, *, drain: bool, started: bool) -> ShutdownReport:
+    def run(self, deadline: float, *, drain: bool, started: bool,
+            quiet: bool = False) -> ShutdownReport:
         """Stop the threads (sending until ``deadline`` if ``drain``) and report.
 
         Timed out means a drain that did not finish; a close never drains, so it never
-        times out.
+        times out. ``quiet``: what was not sent is not logged here (the end of the
+        process says it for every client at once).
         """
         timed_out = False
         if started:
             timed_out = not self._stop_threads(deadline, drain=drain) and drain
-        return self._final_report(timed_out)
+        return self._final_report(timed_out, quiet=quiet)
 
     def _stop_threads(self, deadline: float, *, drain: bool) -> bool:
         buf, life = self._buffer, self._life
@@ -100,7 +104,7 @@ class Ending:
                 thread.join(0.25)
         return clean
 
-    def _final_report(self, timed_out: bool) -> ShutdownReport:
+    def _final_report(self, timed_out: bool, *, quiet: bool) -> ShutdownReport:
         life = self._life
         # One step under the lifecycle's lock, which every removal from the queue takes:
         # a post() that queued its record after this sweep finds CLOSED under that lock
@@ -126,19 +130,22 @@ class Ending:
         if left:
             report = replace(report, left_in_spool=left)
             log.warning(
-                "fluentclient: stopped with %d records a previous process left in the spool "
-                "not sent; they stay there for a later start", left,
+                "fluentclient: stopped with %s a previous process left in the spool "
+                "not sent; they stay there for a later start", count(left, "record"),
             )
         if report.failure is not None:
             log.error("fluentclient: shut down after %s", report.failure)
         # Possibly lost too: without acks, what a stuck server's connection held at the
         # deadline counts there, not as unsent, and must not pass in silence.
+        if quiet:
+            return report
         if report.unsent_records > report.spooled + report.handed_over or report.possibly_lost:
-            log.warning(
-                "fluentclient: stopped with %d records (%d bytes) not sent; %d possibly lost, "
+            _notice.warn(
+                "unsent", "fluentclient: stopped with %s (%s) not sent; %d possibly lost, "
                 "%d dropped",
-                report.unsent_records - report.spooled - report.handed_over,
-                report.unsent_bytes, report.possibly_lost, sum(report.dropped.values()),
+                count(report.unsent_records - report.spooled - report.handed_over, "record"),
+                count(report.unsent_bytes, "byte"), report.possibly_lost,
+                sum(report.dropped.values()),
             )
         return report
 

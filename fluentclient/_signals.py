@@ -23,6 +23,8 @@ from collections.abc import Iterable
 from types import FrameType
 from typing import Any, Callable, Optional, Protocol, Union
 
+from . import _sigterm
+from ._words import count
 from .stats import ShutdownReport
 
 log = logging.getLogger("fluentclient")
@@ -132,9 +134,10 @@ class SignalShutdown:
         lost = sum(r.possibly_lost for r in reports)
         if late or unsent or lost:
             log.warning(
-                "fluentclient: on signal %d, %d records were not sent and %d possibly lost"
-                "%s", signum, unsent, lost,
-                f"; {late} clients did not finish shutting down in time" if late else "",
+                "fluentclient: on signal %d, %s not sent and %d possibly lost%s", signum,
+                count(unsent, "record"), lost,
+                f"; {count(late, 'client')} did not finish shutting down in time"
+                if late else "",
             )
 
     def _stop(self, client: Stoppable, timeout: float) -> None:
@@ -149,6 +152,11 @@ class SignalShutdown:
     def _chain(self, signum: int, frame: FrameType | None) -> None:
         previous = self._previous.get(signum, signal.SIG_DFL)
         if previous == signal.SIG_IGN:
+            return
+        if previous is _sigterm.handle:
+            # Ours by default, in place of SIG_DFL: drain the other clients, then the
+            # default action.
+            _sigterm.finish(signum)
             return
         if callable(previous):
             previous(signum, frame)

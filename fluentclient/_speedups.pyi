@@ -1,7 +1,20 @@
 # The compiled packer's interface (fluentclient/_speedups.pyx), for type checkers.
 
+from typing import Any, Callable
+
 BUILT_FOR: int
 DEPTH_WITHOUT_GUARD: int
+
+def forks() -> int: ...
+
+class Poster:
+    def __init__(self, message: type, known: dict[str, str], careful: Callable[..., Any],
+                 late: Callable[[Any, bool], bool], running: object,
+                 clock: Callable[[], int], getpid: Callable[[], int]) -> None: ...
+    def bind(self, queue: Any, life: Any, admission: Any, reporting: Any, reader: Any,
+             count: Callable[[], object], pid: int) -> None: ...
+    def post(self, tag: Any, record: Any, *, time: Any = None, sync_append: Any = False,
+             timeout: Any = None, ack: Any = False) -> Any: ...
 
 class Packer:
     @property

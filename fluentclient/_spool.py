@@ -34,6 +34,8 @@ from typing import Any, Callable
 
 import msgpack
 
+from ._words import count
+
 log = logging.getLogger("fluentclient")
 
 _MAGIC = b"FLUENTCLIENT-SPOOL-1\n"
@@ -79,7 +81,7 @@ def read_blocks(path: str, skipped: Skipped | None = None) -> Iterator[list[Any]
                     return
                 size, crc = _HEAD.unpack(head)
                 if size > _MAX_BLOCK:
-                    skip("block", f"a block length of {size} bytes")
+                    skip("block", f"a block length of {count(size, 'byte')}")
                     return
                 payload = f.read(size)
                 if len(payload) < size or zlib.crc32(payload) != crc:
@@ -108,8 +110,8 @@ def _split_entries(data: bytes) -> list[bytes]:
             out.append(data[start:end])
             start = end
     except Exception as exc:  # the CRC matched, so only a bug could get here
-        log.warning("fluentclient: a spooled run is not msgpack after %d records: %s",
-                    len(out), exc)
+        log.warning("fluentclient: a spooled run is not msgpack after %s: %s",
+                    count(len(out), "record"), exc)
     return out
 
 

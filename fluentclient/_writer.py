@@ -53,14 +53,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TypeVar
 
+from . import _notice
 from ._buffer import Buffer, Frame
 from ._connection import Connection, ConnectionLost, SendError
 from ._ledger import Ledger
 from ._lifecycle import Lifecycle, thread_failed
 from ._options import TransportOptions
+from ._parking import WRITER, Parking
 from ._pool import Link, Retiring
-from ._sender import Sender, is_refusal
+from ._sender import Sender, is_refusal, is_unresolvable
+from ._words import count
 from .errors import AuthenticationError, FluentError, PossiblyLostError
 from .framing import FrameBuilder
 from .message import settle_future, short_repr
@@ -101,6 +105,9 @@ def _peer_window() -> int:
 # Read once at import: a client may be made while the interpreter is finishing, when
 # builtins such as open() are gone already.
 _PEER_WINDOW = _peer_window()
+_R = TypeVar("_R")
+# What _wait_for_work returns when the thread is to park for a fork.
+_PARK: list[Frame] = []
 
 
 def resolve_futures(frame: Frame, error: BaseException | None = None) -> None:
@@ -123,6 +130,7 @@ class Writer:
         max_write: int,
         transport: TransportOptions,
         report: Callable[[FluentError], None],
+        parking: Parking | None = None,
     ) -> None:
         self._sender = sender
         self.links = sender.links
@@ -147,7 +155,21 @@ class Writer:
         # Without acks a frame that has left may arrive: if shutdown gives up on this
         # thread, such a frame is possibly lost, never unsent (see Buffer.drain_all).
         buf.left_is_lost = not self._require_ack
-        self.thread = threading.Thread(target=self._run, name="fluentclient-writer", daemon=True)
+        self._parking = parking or Parking()
+        # When the socket call this thread is in (a connect or a send) began, else None:
+        # a fork does not wait for a writer stuck in one for long (see _parking.py).
+        self.in_socket_call_since: float | None = None
+        self.thread = self.new_thread()
+
+    def has_work(self) -> bool:
+        """Whether a link holds frames not yet confirmed, or a failed connection still
+        finishing (read while this writer is parked). Frames confirmed and only waiting
+        for the marker ack that settles them are not work: their bytes are the server's."""
+        return any(link.unconfirmed or link.retiring for link in self.links)
+
+    def new_thread(self) -> threading.Thread:
+        """A thread to run (or, after parking for a fork, resume) this writer's loop."""
+        return threading.Thread(target=self._run, name="fluentclient-writer", daemon=True)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -159,6 +181,10 @@ class Writer:
                 frames = self._wait_for_work()
                 if frames is None:
                     break
+                if frames is _PARK:
+                    # Parked for a fork: what this thread holds lives in this object
+                    # and its links, where a new thread takes over after the fork.
+                    return
                 if frames:
                     self._write(frames)
             self._finish()
@@ -167,12 +193,15 @@ class Writer:
             thread_failed(self._buffer, self._life, "writer", exc)
 
     def _wait_for_work(self) -> list[Frame] | None:
-        """Wait until frames are due; None means stop, [] means tend the links again."""
-        buf, life = self._buffer, self._life
+        """Wait until frames are due; None means stop, [] means tend the links again, and
+        ``_PARK`` return for a fork (frames not taken yet stay in the buffer)."""
+        buf, life, parking = self._buffer, self._life, self._parking
         with buf.changed:
             while True:
                 if life.abandoned:
                     return None
+                if parking.requested and parking.park_here(WRITER):
+                    return _PARK
                 now = time.monotonic()
                 due = buf.due_in(now, self._flush_interval)
                 in_flight = any(link.unconfirmed for link in self.links)
@@ -203,6 +232,16 @@ class Writer:
                         return []
                     wait = min(wait, idle_close)
                 buf.changed.wait(wait)
+
+    def settling(self) -> bool:
+        """Whether a server that answers chunk ids (or is not yet known not to) still owes
+        the answers that settle records written to it. Read by flush() on its own thread:
+        a snapshot of plain attributes, good enough to decide whether waiting can help."""
+        return any(
+            link.conn is not None and link.answers_markers is not False
+            and bool(link.unsettled or link.unconfirmed)
+            for link in self.links
+        )
 
     def _awaits_markers(self, link: Link, now: float) -> bool:
         """Whether acks of this link's markers are still to be read."""
@@ -287,7 +326,7 @@ class Writer:
         if not self._buffer.mark_left(frames):
             return False
         try:
-            conn.send(data, self._deadline(self._write_timeout))
+            self._in_socket_call(conn.send, data, self._deadline(self._write_timeout))
         except SendError as exc:
             # Frames wholly written are tracked like any other; the cut one goes back.
             written: list[Frame] = []
@@ -316,6 +355,14 @@ class Writer:
         # closes the connection once the frame is confirmed: closing now would cut it.
         return True
 
+    def _in_socket_call(self, call: Callable[..., _R], *args: object) -> _R:
+        """``call(*args)``, marked as a socket call a fork need not wait out."""
+        self.in_socket_call_since = time.monotonic()
+        try:
+            return call(*args)
+        finally:
+            self.in_socket_call_since = None
+
     def _track(self, link: Link, frames: list[Frame], offset: int) -> None:
         now = time.monotonic()
         if frames and not link.unconfirmed:
@@ -341,7 +388,8 @@ class Writer:
             if self._life.abandoned:
                 return None
             streak = link.connect_streak
-            exc = self._sender.connect(link, self._deadline(self._connect_timeout))
+            exc = self._in_socket_call(
+                self._sender.connect, link, self._deadline(self._connect_timeout))
             if exc is not None:
                 if self._cut_short():
                     # Our own shutdown ended the attempt: not the server's failure, and
@@ -353,28 +401,38 @@ class Writer:
                 news = streak == 0 or link.last_error != str(exc)
                 self._sender.connect_failed(link, exc)
                 if is_refusal(exc) and news:
-                    log.error("fluentclient: %s; retrying with backoff (logged again only "
-                              "if the reason changes)", exc)
-                    self._report(exc)
+                    self._tell_refusal(exc, news)
                 elif is_refusal(exc):
                     log.debug("fluentclient: %s (attempt %d)", exc, link.connect_streak)
                 elif link.connect_streak == 1:
                     # Once per outage: the backoff retries many times a minute, and
                     # stats() counts every attempt.
+                    # Through _notice: it must reach a person even when logging
+                    # was set up so that ours reaches no one.
+                    kind = "unresolvable" if is_unresolvable(exc) else "connect"
                     drain = self._life.drain_deadline
-                    if drain is None:
-                        log.warning("fluentclient: %s; retrying with backoff", exc)
+                    if drain is None and kind == "unresolvable":
+                        # Most likely a wrong host setting, so said at error level, like
+                        # a refusal; but a name can appear later (a service still
+                        # starting), so the backoff goes on at its usual pace.
+                        _notice.warn(kind, "fluentclient: %s; retrying with backoff, in "
+                                     "case the name appears later", exc, level=logging.ERROR)
+                    elif drain is None:
+                        _notice.warn(kind, "fluentclient: %s; retrying with backoff", exc)
+                    elif kind == "unresolvable":
+                        # The end of the process does not wait for that (see _exit.py).
+                        _notice.warn(kind, "fluentclient: %s", exc)
                     else:
                         # Found while the process ends: say what the exit waits for.
-                        log.warning("fluentclient: %s; retrying until the shutdown "
-                                    "deadline, %.1f s from now", exc,
-                                    max(0.0, drain - time.monotonic()))
+                        _notice.warn(kind, "fluentclient: %s; retrying until the shutdown "
+                                     "deadline, %.1f s from now", exc,
+                                     max(0.0, drain - time.monotonic()))
                 else:
                     log.debug("fluentclient: %s (attempt %d)", exc, link.connect_streak)
                 continue
             if streak:
-                log.info("fluentclient: connected to %s after %d failed attempts",
-                         link.name, streak)
+                log.info("fluentclient: connected to %s after %s", link.name,
+                         count(streak, "failed attempt"))
             else:
                 log.debug("fluentclient: connected to %s", link.name)
             return link
@@ -396,7 +454,8 @@ class Writer:
         retry = min((link.retry_at for link in self.links), default=now)
         deadline = min(self._deadline(max(0.0, retry - now)), self._deadline(1.0))
         with self._buffer.changed:
-            while not self._life.abandoned:
+            # A fork cuts it short too: the thread parks, and tries again once resumed.
+            while not self._life.abandoned and not self._parking.requested:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -644,9 +703,9 @@ class Writer:
             link.failed(reason)
             self._ledger.connection_failed()
             log.warning(
-                "fluentclient: connection to %s failed: %s; %d records written to it are "
+                "fluentclient: connection to %s failed: %s; %s written to it are "
                 "left to the server there for up to %g s (possibly lost if it never "
-                "reads them)", link.name, reason, retired, self._linger,
+                "reads them)", link.name, reason, count(retired, "record"), self._linger,
             )
             return
         if not link.unconfirmed and not link.unsettled and not pending:
@@ -685,8 +744,9 @@ class Writer:
             self._ledger.requeue(retried)
         self._buffer.requeue(again)
         log.warning(
-            "fluentclient: connection to %s failed: %s; %d records will be sent again, "
-            "%d may be lost", link.name, reason, retried, lost + written_lost,
+            "fluentclient: connection to %s failed: %s; %s will be sent again, "
+            "%d may be lost", link.name, reason, count(retried, "record"),
+            lost + written_lost,
         )
         if given_up:
             self._give_up(given_up)
@@ -702,8 +762,8 @@ class Writer:
 
     def _tell_refusal(self, exc: FluentError, news: bool) -> None:
         if news:
-            log.error("fluentclient: %s; retrying with backoff (logged again only if the "
-                      "reason changes)", exc)
+            _notice.warn("refused", "fluentclient: %s; retrying with backoff (logged again "
+                         "only if the reason changes)", exc, level=logging.ERROR)
             self._report(exc)
 
     def _give_up(self, frames: list[Frame]) -> None:
@@ -713,8 +773,8 @@ class Writer:
         never left this process."""
         records = sum(f.records for f in frames)
         error = PossiblyLostError(
-            f"{records} records were not acknowledged after "
-            f"{self._ack_retry_limit} attempts; given up, possibly lost (they were "
+            f"{count(records, 'record')} not acknowledged after "
+            f"{count(self._ack_retry_limit, 'attempt')}; given up, possibly lost (they were "
             "written, so the server may have them)"
         )
         self._ledger.lose(records)
@@ -747,6 +807,10 @@ class Writer:
 
     def _close(self, link: Link) -> None:
         """Close a connection with nothing unconfirmed, settling what it can."""
+        # It may wait for the server (its last marker acks, its FIN) for a write_timeout.
+        self._in_socket_call(self._close_now, link)
+
+    def _close_now(self, link: Link) -> None:
         if not self._life.abandoned and not link.unconfirmed:
             self._await_markers(link)
         conn, link.conn = link.conn, None
@@ -931,9 +995,9 @@ class Writer:
             # Counted before the frames are back, where the next write may take them.
             self._ledger.requeue(retried)
             self._buffer.restore(again)
-            log.warning("fluentclient: %d records written to %s before its connection "
-                        "failed never reached it (%s); they will be sent again",
-                        retried, link.name, reason)
+            log.warning("fluentclient: %s written to %s before its connection "
+                        "failed never reached it (%s); sent again",
+                        count(retried, "record"), link.name, reason)
         self._buffer.release([frame for end, frame in old.tail
                               if dead is None or end <= dead])
         old.tail.clear()
@@ -945,8 +1009,9 @@ class Writer:
             self._ledger.send(records)
             return
         self._ledger.lose(records)
-        log.warning("fluentclient: %d records written to %s before its connection failed "
-                    "were not proven read (%s); possibly lost", records, link.name, reason)
+        log.warning("fluentclient: %s written to %s before its connection failed "
+                    "not proven read (%s); possibly lost", count(records, "record"), link.name,
+                    reason)
 
     def _lose_unconfirmed(self, link: Link) -> int:
         """The link's written, unconfirmed frames are possibly lost; how many records."""
@@ -958,7 +1023,7 @@ class Writer:
         self._ledger.lose(records)
         self._buffer.release(frames)
         error = PossiblyLostError(
-            f"{records} records were written to {link.name}, whose connection ended "
+            f"{count(records, 'record')} written to {link.name}, whose connection ended "
             "before the server confirmed them; possibly lost")
         for frame in frames:
             resolve_futures(frame, error)

@@ -31,15 +31,17 @@ __all__ = ["delivered", "flush", "shutdown"]
 _T = TypeVar("_T")
 
 
-class _Flushable(Protocol):
+# Public names (though not exported) because the API reference shows them in signatures:
+# either client, or anything else with the same method.
+class Flushable(Protocol):
     def flush(self, timeout: float | None = None) -> bool: ...
 
 
-class _Stoppable(Protocol):
+class Stoppable(Protocol):
     def shutdown(self, timeout: float | None = None) -> ShutdownReport: ...
 
 
-async def flush(client: _Flushable, timeout: float | None = None) -> bool:
+async def flush(client: Flushable, timeout: float | None = None) -> bool:
     """``client.flush(timeout)`` without blocking the loop: True once everything was sent.
 
     The deadline is the client's own, so the thread is done by then too. Cancelling the
@@ -48,7 +50,7 @@ async def flush(client: _Flushable, timeout: float | None = None) -> bool:
     return await _in_thread(client.flush, timeout, "flush")
 
 
-async def shutdown(client: _Stoppable, timeout: float | None = None) -> ShutdownReport:
+async def shutdown(client: Stoppable, timeout: float | None = None) -> ShutdownReport:
     """``client.shutdown(timeout)`` without blocking the loop; returns its report.
 
     The client stops taking records at once; the report comes once it has sent what it

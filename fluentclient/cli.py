@@ -23,6 +23,7 @@ from ._accel import REASON
 from ._cat_input import BadInput, Item, json_lines, msgpack_objects, take_time
 from ._demo import demo as run_demo
 from ._progress import Console, Progress, SendRate
+from ._words import count
 from .client import BufferedClient, SyncClient
 from .config import VARIABLES, check_tag, options_from_env
 from .errors import ConfigurationError, FluentError, InvalidTimeError
@@ -202,7 +203,7 @@ class WaitNotice:
         self._said.add(purpose)
         self._console.say(
             f"cat: waiting up to {_seconds(deadline - now)} s "
-            f"{purpose.format(records=_count(stats.buffered, 'record'))}: "
+            f"{purpose.format(records=count(stats.buffered, 'record'))}: "
             f"{waiting_for(stats)}; --timeout SECONDS changes this limit"
         )
 
@@ -353,7 +354,7 @@ def record_time(record: dict[Any, Any], args: argparse.Namespace) -> TimeLike | 
 
 
 def summary(tally: Tally, report: ShutdownReport, *, sync: bool) -> str:
-    parts = [f"read {_count(tally.read, 'record')}"]
+    parts = [f"read {count(tally.read, 'record')}"]
     if tally.bad:
         parts[0] += f" ({tally.bad:,} skipped as bad input)"
     parts.append(f"sent {report.sent:,}")
@@ -365,10 +366,6 @@ def summary(tally: Tally, report: ShutdownReport, *, sync: bool) -> str:
         parts.append(f"unsent {report.unsent_records:,}")
         parts.append(f"possibly lost {report.possibly_lost:,}")
     return "cat: " + "; ".join(parts)
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def exit_status(tally: Tally, report: ShutdownReport, interrupted: bool) -> int:

@@ -61,10 +61,12 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import replace
 from typing import Callable, Literal, Optional, overload
 
-from . import _process
+from . import _parking, _process, _sigterm
+from ._accel import fast_poster
 from ._admission import QUEUE_COUNT_LIMIT, Act, Admission
 from ._base import Client as _Client
 from ._base import TagChecker as _TagChecker
+from ._base import not_a_mapping as _not_a_mapping
 from ._buffer import Buffer, Frame
 from ._connection import describe
 from ._journal import Journal, NullJournal, open_journal
@@ -78,11 +80,13 @@ from ._options import (
     servers_from,
 )
 from ._options import MiB as _MiB
+from ._parking import READER, Parking
 from ._pool import ServerSpec
 from ._reader import Reader
 from ._reporting import Reporting
-from ._sender import Sender
+from ._sender import Sender, is_hopeless, is_unresolvable
 from ._shutdown import Ending, UnsentCallback
+from ._words import count
 from ._writer import Writer, resolve_futures
 from .backoff import Backoff
 from .errors import (
@@ -110,8 +114,10 @@ log = logging.getLogger("fluentclient")
 ErrorCallback = Callable[[FluentError, Optional[Message]], None]
 
 # The longest a post() waits for the reader to drain the queue (see QUEUE_COUNT_LIMIT):
-# the reader only packs, so it takes this long only if starved of the CPU.
-_DRAIN_WAIT = 0.05
+# the reader only packs (a batch in well under a millisecond), so it takes this long only
+# if starved of the CPU; then the caller goes on, within the byte limits, rather than
+# wait longer than the few milliseconds a post() may take.
+_DRAIN_WAIT = 0.004
 _getpid = os.getpid
 _time_ns = _time.time_ns
 
@@ -184,6 +190,7 @@ class BufferedClient(_Client):
         int_time: bool = False,
         entries_as_str: bool = False,
         at_exit: bool = True,
+        handle_sigterm: bool = True,
         overflow: str = "drop_newest",
         overflow_timeout: float = 1.0,
         spool_dir: str | os.PathLike[str] | None = None,
@@ -234,9 +241,21 @@ class BufferedClient(_Client):
         # The setting that bounds the drain at exit, as the user knows it (a FluentHandler
         # hands its close_timeout down as shutdown_timeout).
         self._exit_setting = "shutdown_timeout"
+        # Who the client is in the summary at exit (a logging integration names itself).
+        self._owner = "BufferedClient"
+        self._exit_order = 0  # set when registered for the end of the process
         self._shutdown_lock = threading.Lock()
         # What went wrong in the at-fork hook, which must not log: logged by _start().
         self._fork_note: str | None = None
+        # post()'s usual path compiled, where the compiled packer runs (see _accel.py):
+        # the same steps in C, and this class's Python for anything else. As an attribute
+        # of the instance it takes the place of the method. It holds the core, never the
+        # client, and is bound afresh to each state _fresh() makes.
+        core = self._core
+        self._poster = fast_poster(Message, self._tags.known, core._post_carefully,
+                                   core._queued_late, RUNNING, _time_ns, _getpid)
+        if self._poster is not None:
+            self.__dict__["post"] = self._poster.post
         self._fresh()
         # Dropped without shutdown() or close(): stopped when collected (see _forgotten).
         # At exit the at-exit hook drains the clients still alive, not this; and a client
@@ -248,8 +267,12 @@ class BufferedClient(_Client):
             # time; the type stubs for Python 3.9 do not list it, hence setattr.)
             setattr(finalizer, "atexit", False)  # noqa: B010
         _process.live_clients.add(self)
+        # Whether this client may install the SIGTERM handler (see _sigterm.py); one
+        # that is not drained at exit has no business with the end of the process.
+        self._handle_sigterm = at_exit and handle_sigterm
         if at_exit:
             _process.register_at_exit(self)
+            _sigterm.offer(self)
         if self._journal.has_orphans():
             # What a previous process left is sent now, not at the first post().
             self._start()
@@ -283,16 +306,21 @@ class BufferedClient(_Client):
             on_release=core._released if self._journal.recording else None,
         )
         # Filled once the threads exist: admission needs to know them, they need it.
+        # Refilled when they are restarted after a fork (see _resume).
         own_threads: list[threading.Thread] = []
+        self._own_threads = own_threads
         self._admission = Admission(
             self._overflow, self._overflow_timeout, self._buffer, self._queue,
             self._journal if self._journal.recording else None,
             own_threads,
         )
+        # Stopping the threads around a fork, so that the child is forked from a process
+        # that runs none of them (see _parking.py).
+        self._parking = Parking()
         self._reader = Reader(
             self._queue, self._buffer, self._life, self._records.packer(), core._fail,
             admission=self._admission, ledger=self._ledger, evicted=core._evicted,
-            fail_spooled=core._fail_spooled, journal=self._journal,
+            fail_spooled=core._fail_spooled, journal=self._journal, parking=self._parking,
         )
         self._writer = Writer(
             Sender(t.links(), self._ledger, t),
@@ -304,6 +332,7 @@ class BufferedClient(_Client):
             max_write=max(o.max_frame_size, _MiB),
             transport=t,
             report=lambda err: core._tell(err, None),
+            parking=self._parking,
         )
         own_threads += (self._reader.thread, self._writer.thread)
         # Re-entrant: a signal handler that shuts down while its thread starts the threads
@@ -311,6 +340,9 @@ class BufferedClient(_Client):
         self._start_lock = threading.RLock()
         self._handoff: _process.Handoff | None = None
         self._pid = os.getpid()
+        if self._poster is not None:
+            self._poster.bind(self._queue, self._life, self._admission, self._reporting,
+                              self._reader, self._count_post, self._pid)
 
     def _start(self) -> None:
         # Threads start on first use, so a client made at import time in a preforking
@@ -334,6 +366,8 @@ class BufferedClient(_Client):
             self._reader.thread.start()
             self._writer.thread.start()
             self._life.start()
+        if self._handle_sigterm:
+            _sigterm.offer(self)
         note, self._fork_note = self._fork_note, None
         if note is not None:
             log.error("fluentclient: %s", note)
@@ -379,11 +413,12 @@ class BufferedClient(_Client):
         True means queued, not delivered: the record is packed later, on the client's
         reader thread, and sent by its writer. It can still be dropped: as
         ``unserializable`` (a value msgpack cannot pack and ``default=`` does not turn
-        into one: a ``datetime``, an ``object()``), ``unsafe``, ``too_large``,
-        ``buffer_full``, ``spool_full`` or ``evicted`` (``overflow="drop_oldest"``);
-        or it can end ``possibly_lost`` (it was written, and its connection failed, or
-        its acks never came within ``ack_retry_limit`` attempts, before the server proved
-        it read it) or ``unsent`` (still held at shutdown, never written).
+        into one: a ``Decimal``, an ``object()``; a ``datetime`` is sent as ISO 8601
+        text), ``unsafe``, ``too_large``, ``buffer_full``, ``spool_full`` or
+        ``evicted`` (``overflow="drop_oldest"``); or it can end ``possibly_lost`` (it
+        was written, and its connection failed, or its acks never came within
+        ``ack_retry_limit`` attempts, before the server proved it read it) or
+        ``unsent`` (still held at shutdown, never written).
         Every such record is counted in :meth:`stats` (``dropped`` by reason,
         ``possibly_lost``, ``unsent``). A drop also goes to ``on_error`` (with the
         record, where one is at hand), and the first drop for each reason is logged as a
@@ -406,7 +441,8 @@ class BufferedClient(_Client):
         and raises the reason when it cannot be: :class:`SerializationError`,
         :class:`BufferFullError`, :class:`RecordTooLargeError`, :class:`ClientClosedError`,
         or :class:`FluentTimeoutError` after ``timeout`` seconds (the record may still be
-        buffered later). An invalid tag or time always raises at once.
+        buffered later). An invalid tag or time, or a record that is not a mapping
+        (:class:`SerializationError`), always raises at once.
         """
         try:
             full_tag = self._known_tag(tag)
@@ -414,7 +450,8 @@ class BufferedClient(_Client):
             full_tag = None
         queue, life = self._queue, self._life
         if (
-            full_tag is None or time is not None or ack or sync_append
+            full_tag is None or type(record) is not dict
+            or time is not None or ack or sync_append
             or len(queue) >= self._admission.room
             or life.phase is not RUNNING
             or self._pid != _getpid() or self._reporting.busy
@@ -438,8 +475,10 @@ class BufferedClient(_Client):
         sync_append: bool, timeout: float | None, ack: bool,
     ) -> bool | Future[None]:
         """post() when anything is out of the ordinary: a tag or time to check, a fork
-        to notice, threads to start, a limit reached, or a caller who wants to hear of
-        the record."""
+        to notice, threads to start, a limit reached, a record that is not a plain dict, or
+        a caller who wants to hear of the record."""
+        if not isinstance(record, Mapping):
+            raise _not_a_mapping(record)
         full_tag, time_ns = self._tags.stamp(tag, time)
         if self._pid != _getpid():
             # Forked without Python's at-fork hooks (uWSGI's workers, a C extension): the
@@ -581,7 +620,8 @@ class BufferedClient(_Client):
     def _evicted(self, frames: list[Frame]) -> None:
         """Frames removed by the drop_oldest policy: count them and tell their futures."""
         records = sum(frame.records for frame in frames)
-        err = BufferFullError(f"evicted to make room for newer records ({records} records)")
+        err = BufferFullError(
+            f"evicted to make room for newer records ({count(records, 'record')})")
         # Counted before the futures and on_error hear of it (see _fail).
         first = self._ledger.drop(DROP_EVICTED, records, State.BUFFERED) == records
         for frame in frames:
@@ -621,9 +661,17 @@ class BufferedClient(_Client):
                 raise FluentTimeoutError(
                     f"the record did not reach the buffer within {timeout} s"
                 ) from None
-            if (self._life.phase is not NEW and not self._reader.thread.is_alive()
-                    and not waiter.done()):
+            if self._life.phase is not NEW and self._reader_gone() and not waiter.done():
                 raise ClientClosedError("the client's reader thread has stopped")
+
+    def _reader_gone(self) -> bool:
+        """Whether the reader thread ran and ended (not merely parked for a fork)."""
+        thread = self._reader.thread
+        if thread.ident is None or thread.is_alive():
+            return False
+        # Parked, or restarted since (_resume puts the new thread in place before it
+        # withdraws the request): not gone.
+        return not self._parking.requested and self._reader.thread is thread
 
     def _refuse(self, reason: str, err: FluentError, msg: Message, raises: bool) -> bool:
         """A record post() turned away before it reached the queue: False, or ``err``
@@ -693,7 +741,14 @@ class BufferedClient(_Client):
         True means every record posted before the call was written (the server's host
         has taken its bytes, where the OS can tell; with ``require_ack`` the server
         acknowledged it) or was dropped, as counted in :meth:`stats` and told to
-        ``on_error``. False means that is not known to be so: ``timeout`` ran out, a
+        ``on_error``. :meth:`stats` called after a True agrees: those records count as
+        ``sent`` (or dropped), none as ``buffered``. Without ``require_ack``, "sent"
+        means the server answered the chunk id the frame carries, which fluentd and
+        Fluent Bit do once they read it; flush() waits for that answer too, within
+        ``timeout``. With a server that never answers chunk ids (found out within 2 s of
+        its first frame) it cannot: then ``stats()`` shows the records ``buffered`` until
+        the writer settles them otherwise (see docs/guarantees.md), though flush() returned
+        True. False means that is not known to be so: ``timeout`` ran out, a
         thread of the client failed, or a shutdown left records unsent (to the spool, to
         ``on_unsent`` or only to the count) or timed out. A flush during a shutdown waits
         for its outcome; one after it returns at once, True only if it sent everything.
@@ -702,6 +757,8 @@ class BufferedClient(_Client):
         life = self._life
         if life.phase is NEW:
             return True  # nothing was taken that threads could write
+        if self._reader.wake.resume is not None:
+            self._reader.wake.set()  # dormant since a fork: the threads come back first
         deadline = None if timeout is None else _time.monotonic() + timeout
         if life.phase is RUNNING and not self._settle_queued(deadline):
             return False
@@ -709,11 +766,38 @@ class BufferedClient(_Client):
             seq = self._buffer.request_flush()
             written = self._buffer.wait_flushed(
                 seq, deadline, lambda: life.phase is not RUNNING)
+            if written and life.phase is RUNNING:
+                self._await_settled(deadline)
             if life.phase is RUNNING:
                 return written
         # A shutdown is under way or done (or a thread failed): only its end can tell
         # whether what this call waits for was sent.
         return life.wait_closed(deadline)
+
+    def _await_settled(self, deadline: float | None) -> None:
+        """After flush()'s writes: wait for the server's answers that let stats() count
+        them sent, while one may come. It changes nothing flush() returns: the records
+        were written, and the writer would settle them anyway a moment later; this only
+        keeps stats() from saying "buffered" about records flush() said were written.
+
+        Counts, not record numbers: records posted after the flush may be written and
+        waited for too, which only costs this wait a little more."""
+        ledger, life, buffer = self._ledger, self._life, self._buffer
+        unsettled, settled_before = ledger.settling()
+        if not unsettled:
+            return
+        with buffer.lock:
+            while life.phase is RUNNING and self._writer.settling():
+                written, settled = ledger.settling()
+                if not written or settled - settled_before >= unsettled:
+                    return
+                remaining = 0.005 if deadline is None else min(0.005, deadline - _time.monotonic())
+                if remaining <= 0:
+                    return
+                # Wake the writer to read the answers now, rather than at its next look
+                # (_MARKER_POLL); it reads them without this lock.
+                buffer.changed.notify_all()
+                buffer.done.wait(remaining)
 
     def _settle_queued(self, deadline: float | None) -> bool:
         """Wait until every record queued so far has left the queue (buffered or dropped),
@@ -755,9 +839,12 @@ class BufferedClient(_Client):
             if self._life.report is None:
                 self._end(_time.monotonic(), drain=False)
 
-    def _end(self, deadline: float, *, drain: bool) -> ShutdownReport:
+    def _end(self, deadline: float, *, drain: bool, quiet: bool = False) -> ShutdownReport:
         """Called once, under the shutdown lock: post() refuses from here on."""
         with self._start_lock:  # threads are started, or never will be
+            # Parked for a fork under way on another thread: running again first, so
+            # that they drain (the fork's own hook then finds nothing parked).
+            self._resume()
             before = self._life.begin_closing()
         ending = Ending(
             queue=self._queue, buffer=self._buffer, ledger=self._ledger, life=self._life,
@@ -768,7 +855,7 @@ class BufferedClient(_Client):
         # threads it may have left running, if there were any.
         started = before in (RUNNING, FAILED) or (
             before is CLOSING and self._reader.thread.ident is not None)
-        report = ending.run(deadline, drain=drain, started=started)
+        report = ending.run(deadline, drain=drain, started=started, quiet=quiet)
         self._life.report = report
         _process.live_clients.discard(self)
         return report
@@ -785,6 +872,91 @@ class BufferedClient(_Client):
         return snapshot if health is None else replace(snapshot, journal=health)
 
     # -- process events ------------------------------------------------------------------
+
+    def _park(self, deadline: float) -> list[threading.Thread]:
+        """Before a fork in this process: ask the running threads to park (see
+        _parking.py); the threads to wait for, until ``deadline``.
+
+        Every lock here is taken with the deadline: a thread of the program may hold one
+        across the fork. A writer long in a socket call is asked but not waited for: a
+        fork does not wait out a slow server, and a pool forking many times does not wait
+        for it at each fork.
+        """
+        if not self._start_lock.acquire(timeout=max(0.0, deadline - _time.monotonic())):
+            return []
+        try:
+            if (self._life.phase is not RUNNING or self._pid != _getpid()
+                    or self._admission.own_thread()):
+                # Not running, or forked from a thread of ours (a callback): nothing to
+                # stop that could be waited for.
+                return []
+            if self._reader.wake.resume is not None:
+                # Dormant since an earlier fork: parked already (setting the wake-up
+                # would restart them). Only a thread that had not parked yet is waited for.
+                return [t for t in (self._reader.thread, self._writer.thread)
+                        if t.is_alive()]
+            self._parking.requested = True
+            self._reader.wake.set()
+            buf = self._buffer
+            if buf.lock.acquire(timeout=max(0.0, deadline - _time.monotonic())):
+                try:
+                    buf.changed.notify_all()  # the writer, waiting for work or a retry
+                finally:
+                    buf.lock.release()
+            waits = [self._reader.thread]
+            since = self._writer.in_socket_call_since
+            if since is None or _time.monotonic() - since < _parking.STUCK_AFTER:
+                waits.append(self._writer.thread)
+            return waits
+        finally:
+            self._start_lock.release()
+
+    def _resume_after_fork(self) -> None:
+        """In the parent, once the fork is done: restart the threads now if they have
+        work, else leave the client dormant until its next use (see _parking.py)."""
+        with self._start_lock:
+            if not self._parking.requested:
+                return  # resumed already (a shutdown during the fork)
+            if not self._has_work():
+                reader = self._reader
+                # From here a post that queues a record finds the reader idle and sets
+                # its wake-up, which restarts the threads; one queued before is seen below.
+                reader.idle = True
+                reader.wake.resume = self._core._resume_dormant
+                if not self._has_work():
+                    return
+                reader.wake.resume = None
+            self._resume()
+
+    def _has_work(self) -> bool:
+        return (bool(self._queue) or self._buffer.held_records > 0
+                or self._reader.has_work() or self._writer.has_work())
+
+    def _resume_dormant(self) -> None:
+        """Called by the reader's wake-up, on whatever thread needs the reader first."""
+        with self._start_lock:
+            self._resume()
+
+    def _resume(self) -> None:
+        """Restart the threads that parked for a fork (``_start_lock`` held)."""
+        if not self._parking.requested:
+            return
+        self._reader.wake.resume = None
+
+        def replace(which: str) -> threading.Thread:
+            part = self._reader if which == READER else self._writer
+            if part is self._reader:
+                # The new reader starts by looking at the queue: posts need not wake it.
+                self._reader.idle = False
+            part.thread = part.new_thread()
+            self._own_threads[:] = [self._reader.thread, self._writer.thread]
+            return part.thread
+
+        for thread in self._parking.end(replace):
+            try:
+                thread.start()
+            except RuntimeError as exc:  # no new threads: out of resources, or finalizing
+                self._life.fail(f"cannot restart the {thread.name} thread after a fork: {exc}")
 
     def _check_fork(self) -> bool:
         """True (after starting afresh) if this process was forked without the at-fork
@@ -866,16 +1038,71 @@ class BufferedClient(_Client):
             while link.retiring:
                 link.retiring.popleft().conn.close()
 
-    def _drain_at_exit(self) -> None:
-        """The end of the process: send what is held, unless nothing ever could be."""
+    # -- the end of the process (see _exit.py) --------------------------------------------
+
+    def _exit_pending(self) -> bool:
+        """Whether the end of the process has something to drain here: threads that ran
+        (a child of a stopped client starts closed, and has none), or spool files."""
         self._check_fork()
         life = self._life
-        # Threads that ran (a child of a stopped client starts closed, and has none).
+        if life.report is not None or self._shutdown_lock.locked():
+            # Stopped, or being stopped by another thread, whose shutdown keeps its own
+            # deadline and says itself what it could not send (a signal that came while
+            # the program was in shutdown(), say).
+            return False
         ran = life.phase is RUNNING or life.phase is FAILED or life.phase is CLOSING
-        if life.report is None and (ran or self._journal.owns_files):
-            self._explain_wait(self.shutdown_timeout, self._exit_setting)
-            # shutdown() logs what it could not send.
-            self.shutdown(self.shutdown_timeout)
+        return ran or self._journal.owns_files
+
+    def _drain_for_exit(self, deadline: float) -> ShutdownReport | None:
+        """shutdown() until ``deadline``, quietly: the end of the process says what was
+        not sent, for every client at once. None if this thread could not take the
+        shutdown in time (another thread is inside shutdown(): its report is its own)."""
+        if not self._shutdown_lock.acquire(timeout=max(0.0, deadline - _time.monotonic())):
+            return None
+        try:
+            report = self._life.report
+            if report is None:
+                report = self._end(deadline, drain=True, quiet=True)
+            return report
+        finally:
+            self._shutdown_lock.release()
+
+    def _abandon(self) -> None:
+        """Cut a drain under way short: the threads stop without new work and the socket is
+        aborted, so the shutdown finishes at once and counts what was held as unsent."""
+        life, buf = self._life, self._buffer
+        if life.phase is not CLOSING:
+            return
+        with buf.lock:
+            life.abandoned = True
+            buf.changed.notify_all()
+            buf.done.notify_all()
+        self._writer.abort()
+
+    def _hopeless(self) -> str | None:
+        """Why no server of this client can take records before any deadline (a host that
+        does not resolve, a refused key, a setting it cannot use), or None."""
+        if self._life.phase is NEW:
+            return None
+        links = self._writer.links
+        errors = [link.error for link in links]
+        if not links or any(link.conn is not None for link in links) or not all(
+                is_hopeless(e) for e in errors):
+            return None
+        first = errors[0]
+        assert first is not None  # every one is hopeless, so none is missing
+        if is_unresolvable(first):
+            return f"the host does not resolve: {first}"
+        return str(first)
+
+    def _held(self) -> int:
+        """Records posted and neither sent nor settled otherwise (as the books say)."""
+        return self._ledger.snapshot(buffered_bytes=0).buffered
+
+    def _exit_name(self) -> str:
+        """The client as a person at a terminal tells it from others: who made it, where to."""
+        servers = ", ".join(describe(s.address) for s in self._transport.servers)
+        return f"{self._owner} to {servers}"
 
     def _unreachable(self) -> str | None:
         """Why no server can take records now (the last error), or None if one may.
@@ -902,8 +1129,9 @@ class BufferedClient(_Client):
             return
         held = self._ledger.snapshot(buffered_bytes=0).buffered
         if held:
-            log.warning("fluentclient: waiting up to %g s (%s) to send %d records held; "
-                        "no server reachable: %s", timeout, setting, held, why)
+            log.warning("fluentclient: waiting up to %g s (%s) to send %s held; "
+                        "no server reachable: %s", timeout, setting, count(held, "record"),
+                        why)
 
 
 # -- a client the program forgot ---------------------------------------------------------

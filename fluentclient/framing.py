@@ -10,6 +10,7 @@ modes, gzip, both time forms) serves the embedded server and the tests.
 from __future__ import annotations
 
 import base64
+import datetime
 import gzip
 import os
 import struct
@@ -21,6 +22,7 @@ import msgpack
 
 from ._accel import FastPacker, fast_packer
 from ._lifecycle import swallow
+from ._words import count
 from .errors import SerializationError, UnsafeRecordError
 from .guard import RecordGuard
 from .message import EventTime, Message, short_repr
@@ -94,8 +96,9 @@ class EntryPacker:
       called). Key types are left to the guard: checking them here would cost more than
       packing;
     * anywhere inside, tuples become arrays, subclasses of the built-in types become the
-      plain value (an IntEnum its int, a str-mixin Enum its str), other Mappings maps;
-      everything else goes to ``default`` if given;
+      plain value (an IntEnum its int, a str-mixin Enum its str), other Mappings maps,
+      a ``datetime``, ``date`` or ``time`` its ISO 8601 text (``isoformat()``, as every
+      log integration sends it too); everything else goes to ``default`` if given;
     * a str that UTF-8 cannot encode (a lone surrogate) is sent with that code point
       written as a ``\\udc80`` escape, so the wire always carries valid UTF-8;
     * keys rewritten on the way (escaped, made by ``default=``, made str by the guard)
@@ -374,11 +377,42 @@ def _as_dict(record: Any) -> dict[Any, Any]:
         raise SerializationError(f"the record could not be read: {_describe(exc)}") from exc
 
 
+_TIMES = (datetime.date, datetime.time)  # datetime.datetime is a date
+
+
+def iso_text(value: datetime.date | datetime.time) -> str:
+    """A datetime, date or time as ISO 8601 text: ``2024-01-02T03:04:05.000006+00:00``.
+
+    A naive datetime or time is sent as it is, without an offset: the client cannot know
+    which zone it meant. A subclass whose ``isoformat`` fails is written with the base
+    class's.
+    """
+    text: object = None
+    try:
+        text = value.isoformat()
+    except Exception:
+        pass
+    if type(text) is str:
+        return text
+    if isinstance(value, datetime.datetime):
+        return datetime.datetime.isoformat(value)
+    if isinstance(value, datetime.date):
+        return datetime.date.isoformat(value)
+    return datetime.time.isoformat(value)
+
+
 def _plain(obj: Any) -> Any:
-    """The plain built-in value of a tuple or of a subclass of a type msgpack packs.
+    """The plain built-in value of a tuple or of a subclass of a type msgpack packs, or
+    the ISO 8601 text of a datetime, date or time.
 
     The copies go through the base types' own methods, so a subclass's overrides (a
     str-mixin Enum's ``__str__``) do not change the value. Anything else comes back as is.
+
+    Datetimes are the one value with no msgpack form that nearly every application logs;
+    refusing them cost the whole record, while the log integrations sent them as text.
+    ISO 8601 is what both servers' parsers, Elasticsearch and Loki read as a time, and it
+    is decided before ``default=`` so that a datetime reads the same whatever client or
+    integration sent it.
     """
     if isinstance(obj, (list, tuple)):
         return list(obj)
@@ -392,6 +426,8 @@ def _plain(obj: Any) -> Any:
         return float.__float__(obj)
     if isinstance(obj, (bytes, bytearray)):
         return bytes(memoryview(obj))
+    if isinstance(obj, _TIMES):
+        return iso_text(obj)
     return obj
 
 
@@ -656,7 +692,7 @@ def _entries(payload: bytes, unpacker: msgpack.Unpacker) -> list[Entry]:
     # The stream has no count of its own: a payload cut inside an entry just stops.
     if unpacker.tell() != len(payload):
         short = len(payload) - unpacker.tell()
-        raise FrameError(f"entries end {short} bytes short of a whole entry")
+        raise FrameError(f"entries end {count(short, 'byte')} short of a whole entry")
     return entries
 
 

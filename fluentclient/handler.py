@@ -29,6 +29,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 
+from . import _exit, _process
 from ._convert import (
     Converter,
     check_tag,
@@ -38,6 +39,7 @@ from ._convert import (
     tag_from_name,
     text,
 )
+from ._trace import current_ids, put_ids
 from .client import BufferedClient, SyncClient
 from .errors import BufferFullError, ClientClosedError, FluentError
 from .message import EventTime, Message
@@ -89,8 +91,9 @@ class FluentFormatter(logging.Formatter):
     string for the message field (as for any Formatter, with ``style``, ``datefmt`` and
     ``defaults``), or a mapping of extra fields to format strings, as fluent-logger users
     write it: ``{"where": "%(module)s.%(funcName)s", "host": "%(hostname)s"}``.
-    ``extra=False`` leaves out the ``extra=`` fields. Values msgpack cannot serialize go
-    through ``default`` (``str``, falling back to ``repr``), so the line itself is never lost.
+    ``extra=False`` leaves out the ``extra=`` fields. Datetimes become ISO 8601 text, as
+    the clients send them; other values msgpack cannot serialize go through ``default``
+    (``str``, falling back to ``repr``), so the line itself is never lost.
 
     A message that is a dict (``log.info({"user": 42, "action": "login"})``) with no
     arguments is merged into the record as fields, as fluent-logger does. Fields given by
@@ -183,16 +186,22 @@ class FluentFormatter(logging.Formatter):
         if record.stack_info and self._stack_key is not None:
             out[self._stack_key] = self.formatStack(record.stack_info)
         if merged is not None:
-            self._merge(out, merged.items())
+            self._merge(out, merged.items(), record)
         if self.extra:
-            self._merge(out, ((k, v) for k, v in vars(record).items() if k not in _STANDARD))
+            self._merge(
+                out, ((k, v) for k, v in vars(record).items() if k not in _STANDARD), record)
         return out
 
-    def _merge(self, out: dict[str, Any], items: Any) -> None:
+    def _merge(self, out: dict[str, Any], items: Any, record: logging.LogRecord) -> None:
         fields, default = self.fields, self.default
         for key, value in items:
             if not isinstance(key, str):
                 key = text(key)
+            if key == "level" and _names_level(value, record):
+                # structlog on top of logging (add_log_level, then render_to_log_kwargs or
+                # ProcessorFormatter) hands over the level it already wrote, lowercase:
+                # the record keeps the name logging gives it, as every other record has.
+                continue
             name = fields.get(key, key) if fields else key
             if name is not None:
                 out[name] = safe_value(value, default)
@@ -200,6 +209,14 @@ class FluentFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         """The record as one line of JSON."""
         return json.dumps(self.to_record(record), default=text, ensure_ascii=False)
+
+
+def _names_level(value: object, record: logging.LogRecord) -> bool:
+    """Whether ``value`` is another spelling of the record's own level (``"info"``)."""
+    return isinstance(value, str) and (
+        value.upper() == record.levelname
+        or logging.getLevelName(value.upper()) == record.levelno
+    )
 
 
 class FluentHandler(logging.Handler):
@@ -210,6 +227,21 @@ class FluentHandler(logging.Handler):
     The handler makes its own :class:`BufferedClient` from ``host``, ``port``,
     ``unix_path`` and any other client option given (``buffer_limit``, ``require_ack``,
     ``tls``, ``on_error``, ...), or shares the ``client`` given.
+
+    The ``message`` field is always the message as logged (``record.getMessage()``),
+    whatever formatter the handler has: ``logging.basicConfig``, ``dictConfig`` and
+    frameworks give every handler a text formatter (``"INFO:orders:order 7 placed"``),
+    whose line would bury the message under a level and logger the record already holds
+    as fields. A :class:`FluentFormatter` set on the handler is the one formatter that
+    shapes the record (its ``fmt`` string may format the message field). Any other
+    formatter is used only if ``formatted_field`` names a field: its line is then sent
+    there too (``formatted_field="formatted"``).
+
+    While an OpenTelemetry span is current on the thread that logs, the record gets its
+    ``trace_id`` and ``span_id`` (lowercase hex, as OpenTelemetry's log records name
+    them; a FluentFormatter's ``fields`` renames or drops them like any field; a value
+    of the caller's own under that name wins). ``trace_ids=False`` turns that off.
+    Without OpenTelemetry in the process it costs one dictionary lookup per record.
 
     ``emit`` only formats and calls ``post()``, so it returns at once whatever the server
     does; anything that goes wrong goes to :meth:`~logging.Handler.handleError`, never to
@@ -243,9 +275,17 @@ class FluentHandler(logging.Handler):
         close_timeout: float = 5.0,
         flush_timeout: float = 2.0,
         buffer_overflow_handler: Callable[[Message], None] | None = None,
+        formatted_field: str | None = None,
+        trace_ids: bool = True,
         **client_options: Any,
     ) -> None:
         super().__init__(level)
+        if formatted_field is not None and (
+            not isinstance(formatted_field, str) or not formatted_field
+        ):
+            raise TypeError(f"formatted_field must be a field name, not {formatted_field!r}")
+        self.formatted_field = formatted_field
+        self.trace_ids = trace_ids
         if close_timeout < 0 or flush_timeout < 0:
             raise ValueError("close_timeout and flush_timeout must not be negative")
         if tag is not None and tag_prefix is not None:
@@ -279,13 +319,20 @@ class FluentHandler(logging.Handler):
         return tag
 
     def record_for(self, record: logging.LogRecord) -> dict[str, Any]:
-        """The fields sent for a record: the formatter's, or the message a plain one made."""
+        """The fields sent for a record: a FluentFormatter's, else the default ones, with
+        another formatter's line under ``formatted_field`` if one is named."""
         formatter = self.formatter
         if isinstance(formatter, FluentFormatter):
-            return formatter.to_record(record)
-        if formatter is None:
-            return self._plain.to_record(record)
-        return self._plain.to_record(record, message=formatter.format(record))
+            out = formatter.to_record(record)
+            if self.trace_ids and (ids := current_ids()) is not None:
+                put_ids(out, ids, formatter.fields)
+            return out
+        out = self._plain.to_record(record)
+        if formatter is not None and self.formatted_field is not None:
+            out[self.formatted_field] = formatter.format(record)
+        if self.trace_ids and (ids := current_ids()) is not None:
+            put_ids(out, ids)
+        return out
 
     def emit(self, record: logging.LogRecord) -> None:
         if not _own_checked:
@@ -343,6 +390,10 @@ class FluentHandler(logging.Handler):
             if first:
                 if self._owns_client:
                     assert isinstance(self.client, BufferedClient)
+                    if _process.main_thread_finished():
+                        # logging.shutdown() at exit: every client of the process drains
+                        # now, at once, within one deadline (if not done already).
+                        _exit.drain_all()
                     self.client._explain_wait(self.close_timeout, "close_timeout")
                     self.report = self.client.shutdown(self.close_timeout)
                 else:
@@ -385,6 +436,7 @@ def client_of(
     own_deadline = "shutdown_timeout" not in options
     options.setdefault("shutdown_timeout", close_timeout)
     made = BufferedClient(host, port, unix_path=unix_path, **options)
+    made._owner = f"{'FluentHandler' if owner == 'handler' else 'FluentSink'}'s client"
     if own_deadline:
         made._exit_setting = "close_timeout"
     return made, True

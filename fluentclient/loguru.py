@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import re
 import threading
 import time
 from typing import Any, Callable
@@ -34,21 +35,24 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "fluentclient from its checkout with the loguru extra"
     ) from exc
 
+from . import _exit, _process
 from ._convert import (
     Converter,
     check_tag,
     exc_info_of,
     exception_fields,
+    exception_type_name,
     safe_value,
     tag_from_name,
     text,
 )
+from ._trace import SPAN_ID, TRACE_ID, current_ids, put_ids
 from .errors import FluentError
 from .handler import _TAG_CACHE, Client, FieldMap, client_of
 from .message import EventTime, Message
 from .stats import ShutdownReport
 
-__all__ = ["FIELDS", "FluentSink"]
+__all__ = ["FIELDS", "FluentSink", "trace_patcher"]
 
 log = logging.getLogger("fluentclient")
 
@@ -94,6 +98,96 @@ def _time_ns(when: object) -> int:
     return time.time_ns()
 
 
+def trace_patcher(record: loguru.Record) -> None:
+    """A loguru patcher that binds the current OpenTelemetry ids to each message, on the
+    thread that logs it: ``logger.configure(patcher=trace_patcher)``.
+
+    Only needed with ``enqueue=True``, whose sinks run on loguru's worker thread, where
+    the application's span is not current; without it the sink adds the ids itself.
+    """
+    ids = current_ids()
+    if ids is not None:
+        extra = record["extra"]
+        extra.setdefault(TRACE_ID, ids[0])
+        extra.setdefault(SPAN_ID, ids[1])
+
+
+_TRACEBACK_HEAD = "Traceback (most recent call last):"
+# What loguru's diagnose=True writes under a source line: the values of its variables
+# (``    │   └ 0``, or ``    -> 0`` for one). Never sent: the traceback formatted here,
+# without enqueue, never holds them, and they may hold secrets.
+_DIAGNOSIS = re.compile(r"^[ \t]*(?:[│└]|-> )")
+# Between the tracebacks of chained exceptions, with a blank line on each side as
+# traceback.format_exception writes them.
+_CHAIN_LINES = (
+    "The above exception was the direct cause of the following exception:",
+    "During handling of the above exception, another exception occurred:",
+)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _exception_fields(
+    exception: tuple[Any, ...], text: str | None, message: object,
+) -> tuple[str, str, str] | None:
+    """``exc_type``, ``exc_message`` and ``exc_traceback`` of a loguru record's exception.
+
+    With its traceback at hand, formatted here as :mod:`traceback` does, as
+    FluentHandler does. With ``enqueue=True`` loguru pickles the record for its worker
+    thread and the traceback object is gone (and the exception itself too if it does
+    not pickle); the traceback then survives only as text in the line loguru formatted
+    before pickling (its string formats end with ``{exception}``), which is taken from
+    there, in the same shape: loguru's markers and blank lines and the values its
+    ``diagnose`` adds are left out.
+    """
+    exc = exc_info_of(exception)
+    if exc is not None and exc[2] is not None:
+        return exception_fields(exc)
+    kind = exception[0] if exception else None
+    if not isinstance(kind, type) or not issubclass(kind, BaseException):
+        return None
+    traceback_text = _traceback_in(text, message) if text else None
+    if exc is not None:
+        return exception_fields(exc, traceback_text)
+    # The exception did not pickle: its type came, its words only in loguru's line.
+    last = traceback_text.rsplit("\n", 1)[-1] if traceback_text else ""
+    name = exception_type_name(kind)
+    words = last.split(": ", 1)[1] if ": " in last else ""
+    return name, words, traceback_text or name
+
+
+def _traceback_in(text: str, message: object) -> str | None:
+    """The traceback loguru wrote into ``text`` after the message, in traceback's shape."""
+    text = _ANSI.sub("", text)
+    start = 0
+    if isinstance(message, str) and message:
+        found = text.rfind(message)
+        start = found + len(message) if found >= 0 else 0
+    at = text.find(_TRACEBACK_HEAD, start)
+    if at < 0 or (at > 0 and text[at - 1] != "\n"):
+        return None
+    lines: list[str] = []
+    section = 0  # where the frames of the traceback being read begin
+    for line in text[at:].splitlines():
+        line = line.rstrip()
+        if not line or _DIAGNOSIS.match(line):
+            continue
+        if line.startswith(_TRACEBACK_HEAD):
+            lines.append(line)
+            section = len(lines)
+            continue
+        if line.startswith("> File "):
+            # loguru's mark of the frame that caught the exception; with backtrace=True
+            # the frames above it (the caller's whole stack) come first, which a Python
+            # traceback does not show.
+            del lines[section:]
+            line = "  " + line[2:]
+        if line in _CHAIN_LINES:
+            lines += ["", line, ""]
+            continue
+        lines.append(line)
+    return "\n".join(lines)
+
+
 class FluentSink:
     """A loguru sink that posts each message to Fluentd without ever blocking.
 
@@ -117,12 +211,21 @@ class FluentSink:
     ``file`` (the source file's path), ``process``, ``process_name``, ``thread``,
     ``thread_name``, and for a message with an exception ``exc_type``, ``exc_message`` and
     ``exc_traceback`` (formatted as :mod:`traceback` does: loguru's ``diagnose`` output,
-    with the values of local variables, is never sent). Then, unless ``extra=False``,
+    with the values of local variables, is never sent; with ``enqueue=True``, which
+    loses the traceback object, taken from the line loguru formatted, in the same
+    shape). Then, unless ``extra=False``,
     every ``extra`` value (``bind()``, ``contextualize()``, ``patch()``) as a field of
     its own, winning over a built-in field of the same name. ``fields``
     renames fields (``{"level": "severity"}``) or drops them (``{"thread": None}``),
-    extra ones too. Values msgpack cannot serialize go through ``default`` (``str``,
-    falling back to ``repr``), so the message itself is never lost.
+    extra ones too. Datetimes become ISO 8601 text, as the clients send them; other
+    values msgpack cannot serialize go through ``default`` (``str``, falling back to
+    ``repr``), so the message itself is never lost.
+
+    While an OpenTelemetry span is current on the thread that logs, the record gets its
+    ``trace_id`` and ``span_id`` (lowercase hex; ``fields`` renames or drops them; a
+    bound value of the same name wins); ``trace_ids=False`` turns that off. With
+    ``enqueue=True`` the sink runs on loguru's worker thread, where no span is current:
+    :func:`trace_patcher` then takes the ids where the message is logged.
 
     The event time is loguru's ``record["time"]``, the moment the message was logged,
     sent as an EventTime. loguru keeps that moment in a datetime, which holds only
@@ -167,6 +270,7 @@ class FluentSink:
         default: Converter | None = str,
         close_timeout: float = 5.0,
         buffer_overflow_handler: Callable[[Message], None] | None = None,
+        trace_ids: bool = True,
         **client_options: Any,
     ) -> None:
         if close_timeout < 0:
@@ -185,6 +289,7 @@ class FluentSink:
                 raise TypeError(f"fields[{key!r}] must be a str or None, not {name!r}")
         self.extra = extra
         self.default = default
+        self.trace_ids = trace_ids
         self.close_timeout = close_timeout
         self.report: ShutdownReport | None = None
         #: Messages lost to anything other than the client refusing them (see the class
@@ -212,7 +317,7 @@ class FluentSink:
             record = message.record
             self.client.post(
                 self.tag_for(record),
-                self.record_for(record),
+                self.record_for(record, message),
                 time=EventTime.from_ns(_time_ns(record["time"])),
             )
         except Exception as exc:
@@ -229,6 +334,10 @@ class FluentSink:
             self._stopped = True
         try:
             if self._owns_client:
+                if _process.main_thread_finished():
+                    # loguru's own hook at exit: every client of the process drains now,
+                    # at once, within one deadline (if not done already).
+                    _exit.drain_all()
                 self.report = self.client.shutdown(self.close_timeout)
             else:
                 self.client.flush(self.close_timeout)
@@ -258,8 +367,9 @@ class FluentSink:
                 self._tags[name] = tag
         return tag
 
-    def record_for(self, record: loguru.Record) -> dict[str, Any]:
-        """The fields sent for a loguru record."""
+    def record_for(self, record: loguru.Record, line: str | None = None) -> dict[str, Any]:
+        """The fields sent for a loguru record; ``line`` is the one loguru formatted for
+        it, which holds the only copy of the traceback once ``enqueue=True`` pickled it."""
         process, thread = record["process"], record["thread"]
         values = (
             record["message"], record["level"].name, record["name"], record["module"],
@@ -274,9 +384,9 @@ class FluentSink:
                 out[name] = safe_value(value, default)
         exception = record["exception"]
         if exception is not None and self._wants_exception:
-            exc = exc_info_of(tuple(exception))
-            if exc is not None:
-                for name, value in zip(self._exc_names, exception_fields(exc)):
+            found = _exception_fields(tuple(exception), line, record["message"])
+            if found is not None:
+                for name, value in zip(self._exc_names, found):
                     if name is not None:
                         out[name] = value
         if self.extra:
@@ -287,6 +397,8 @@ class FluentSink:
                 name = fields.get(key, key) if fields else key
                 if name is not None:
                     out[name] = safe_value(value, default)
+        if self.trace_ids and (ids := current_ids()) is not None:
+            put_ids(out, ids, self.fields)
         return out
 
     # -- failures ------------------------------------------------------------------------

@@ -49,6 +49,7 @@ try:
     from prometheus_client import REGISTRY, CollectorRegistry
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from prometheus_client.metrics_core import Metric
+    from prometheus_client.samples import Sample
 except ImportError as exc:  # pragma: no cover - depends on what is installed
     raise ImportError(
         "fluentclient.metrics needs prometheus_client: pip install prometheus_client "
@@ -102,41 +103,44 @@ class HasStats(Protocol):
 class StatsCollector:
     """A prometheus_client collector that reads ``stats()`` of its clients on each scrape.
 
-    One collector serves every client registered under the same prefix in a registry, each
-    told apart by its label values: a registry accepts each metric name only once.
+    One collector serves every client registered under the same prefix in a registry: a
+    registry accepts each metric name only once. Each client's samples carry that client's
+    own labels, so the clients are told apart by them; they need not share label names (a
+    metric's series may differ in their label names, as Prometheus allows).
     """
 
     def __init__(self, *, prefix: str = "fluentclient", label_names: Sequence[str] = ()) -> None:
         if not _NAME.match(prefix):
             raise ConfigurationError(f"{prefix!r} is not a valid metric name prefix",
                                      variable="prefix")
-        for name in label_names:
-            if not _LABEL.match(name) or name.startswith("__") or name in _OWN_LABELS:
-                raise ConfigurationError(
-                    f"{name!r} cannot be a label here (reserved or not a label name)",
-                    variable="labels",
-                )
+        _check_label_names(label_names)
         self.prefix = prefix
-        self.label_names = tuple(label_names)
         self._lock = threading.Lock()
-        self._clients: list[tuple[HasStats, list[str]]] = []
+        self._clients: list[tuple[HasStats, dict[str, str]]] = []
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """Every label name of the clients registered, sorted."""
+        with self._lock:
+            return tuple(sorted({name for _, labels in self._clients for name in labels}))
 
     def add(self, client: HasStats, labels: Mapping[str, str] | None = None) -> None:
-        labels = dict(labels or {})
-        if tuple(labels) != self.label_names and set(labels) == set(self.label_names):
-            labels = {name: labels[name] for name in self.label_names}
-        if tuple(labels) != self.label_names:
-            raise ConfigurationError(
-                f"labels {sorted(labels)} differ from {sorted(self.label_names)}, those of "
-                f"the clients already registered under {self.prefix!r}",
-                variable="labels",
-            )
-        values = [str(v) for v in labels.values()]
+        _check_label_names(list(labels or {}))
+        values = {name: str(value) for name, value in (labels or {}).items()}
         with self._lock:
             for other, other_values in self._clients:
-                if other is client or other_values == values:
+                if other is client:
                     raise ConfigurationError(
-                        f"a client with labels {labels} is already registered", variable="labels"
+                        f"this client is already registered under {self.prefix!r}",
+                        variable="labels")
+                if other_values == values:
+                    # Two clients' samples would be the same series: their counts would
+                    # seem to jump back and forth between scrapes.
+                    raise ConfigurationError(
+                        f"a client with labels {values} is already registered under "
+                        f"{self.prefix!r}: give each client different label values, e.g. "
+                        "labels={'client': 'audit'}",
+                        variable="labels",
                     )
             self._clients.append((client, values))
 
@@ -153,57 +157,49 @@ class StatsCollector:
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             clients = list(self._clients)
-        return self._families([(values, client.stats()) for client, values in clients])
+        return self._families([(labels, client.stats()) for client, labels in clients])
 
-    def _families(self, snapshots: list[tuple[list[str], Stats]]) -> Iterator[Metric]:
-        names = list(self.label_names)
+    def _families(self, snapshots: list[tuple[dict[str, str], Stats]]) -> Iterator[Metric]:
         for field, name, text in _COUNTERS:
-            counter = CounterMetricFamily(self._name(name), text, labels=names)
-            for values, stats in snapshots:
-                counter.add_metric(values, getattr(stats, field))
+            counter = CounterMetricFamily(self._name(name), text)
+            for labels, stats in snapshots:
+                _add(counter, labels, getattr(stats, field))
             yield counter
         for field, name, text in _GAUGES:
-            gauge = GaugeMetricFamily(self._name(name), text, labels=names)
-            for values, stats in snapshots:
-                gauge.add_metric(values, getattr(stats, field))
+            gauge = GaugeMetricFamily(self._name(name), text)
+            for labels, stats in snapshots:
+                _add(gauge, labels, getattr(stats, field))
             yield gauge
         yield self._dropped(snapshots)
         yield from self._servers(snapshots)
 
-    def _dropped(self, snapshots: list[tuple[list[str], Stats]]) -> Metric:
-        family = CounterMetricFamily(
-            self._name("records_dropped"), "Records dropped, by reason.",
-            labels=[*self.label_names, "reason"],
-        )
-        for values, stats in snapshots:
+    def _dropped(self, snapshots: list[tuple[dict[str, str], Stats]]) -> Metric:
+        family = CounterMetricFamily(self._name("records_dropped"), "Records dropped, by reason.")
+        for labels, stats in snapshots:
             counts = dict.fromkeys(DROP_REASONS, 0)
             counts.update(stats.dropped)
             for reason, count in counts.items():
-                family.add_metric([*values, reason], count)
+                _add(family, {**labels, "reason": reason}, count)
         return family
 
-    def _servers(self, snapshots: list[tuple[list[str], Stats]]) -> Iterator[Metric]:
-        names = [*self.label_names, "server"]
+    def _servers(self, snapshots: list[tuple[dict[str, str], Stats]]) -> Iterator[Metric]:
         state = GaugeMetricFamily(
             self._name("server_state"),
             "1 for the state each server is in (connected, backing_off, idle), else 0.",
-            labels=[*names, "state"],
         )
-        standby = GaugeMetricFamily(
-            self._name("server_standby"), "1 for a standby server.", labels=names
-        )
+        standby = GaugeMetricFamily(self._name("server_standby"), "1 for a standby server.")
         counters = [
-            (field, CounterMetricFamily(self._name(f"server_{name}"), text, labels=names))
+            (field, CounterMetricFamily(self._name(f"server_{name}"), text))
             for field, name, text in _SERVER_COUNTERS
         ]
-        for values, stats in snapshots:
+        for labels, stats in snapshots:
             for server in stats.servers:
-                where = [*values, server.address]
+                where = {**labels, "server": server.address}
                 for name in SERVER_STATES:
-                    state.add_metric([*where, name], 1.0 if server.state == name else 0.0)
-                standby.add_metric(where, 1.0 if server.standby else 0.0)
+                    _add(state, {**where, "state": name}, 1.0 if server.state == name else 0.0)
+                _add(standby, where, 1.0 if server.standby else 0.0)
                 for field, family in counters:
-                    family.add_metric(where, getattr(server, field))
+                    _add(family, where, getattr(server, field))
         yield state
         yield standby
         for _, family in counters:
@@ -211,6 +207,23 @@ class StatsCollector:
 
     def _name(self, name: str) -> str:
         return f"{self.prefix}_{name}"
+
+
+def _check_label_names(names: Sequence[str]) -> None:
+    for name in names:
+        if not _LABEL.match(name) or name.startswith("__") or name in _OWN_LABELS:
+            raise ConfigurationError(
+                f"{name!r} cannot be a label here (reserved or not a label name)",
+                variable="labels",
+            )
+
+
+def _add(family: Metric, labels: dict[str, str], value: float) -> None:
+    """One sample with exactly these labels: ``add_metric`` would give every sample of a
+    family the same label names, and clients registered with different ones (one without
+    labels, one with ``client``) would not fit."""
+    suffix = "_total" if family.type == "counter" else ""
+    family.samples.append(Sample(family.name + suffix, labels, value))
 
 
 # Collectors by registry and prefix, so that several clients share one set of families.
@@ -230,16 +243,17 @@ def register(
     """Export ``client.stats()`` through ``registry`` (default: prometheus_client's).
 
     ``labels`` are added to every sample of this client. Several clients can be registered
-    under one prefix when they have the same label names and different values, e.g.
-    ``labels={"client": "audit"}`` and ``labels={"client": "access"}``. Raises
-    :class:`ConfigurationError` (a ValueError) for bad names or a clash.
+    under one prefix when their labels differ, e.g. one without labels and one with
+    ``labels={"client": "audit"}``. Raises :class:`ConfigurationError` (a ValueError) for
+    a bad name, a reserved label, a client registered twice, or two clients with the same
+    labels.
     """
     registry = REGISTRY if registry is None else registry
     with _collectors_lock:
         by_prefix = _collectors.setdefault(registry, {})
         collector = by_prefix.get(prefix)
         if collector is None:
-            collector = StatsCollector(prefix=prefix, label_names=list(labels or {}))
+            collector = StatsCollector(prefix=prefix)
             collector.add(client, labels)
             registry.register(collector)
             by_prefix[prefix] = collector

@@ -40,6 +40,7 @@ from ._convert import (
     tag_from_name,
     text,
 )
+from ._trace import current_ids, put_ids
 from .client import BufferedClient, SyncClient
 
 __all__ = ["FluentLogger", "FluentLoggerFactory", "FluentProcessor"]
@@ -68,8 +69,10 @@ class _Sender:
         tag_key: str | None,
         tag_prefix: str | None,
         default: Converter | None,
+        trace_ids: bool = True,
     ) -> None:
         self.client = client
+        self.trace_ids = trace_ids
         self.tag = check_tag(tag) if tag is not None else None
         self.tag_key = tag_key
         self.tag_prefix = check_tag(tag_prefix, "tag_prefix") if tag_prefix else None
@@ -100,6 +103,8 @@ class _Sender:
             )
         if "level" not in record:
             record["level"] = _LEVELS.get(method_name, method_name)
+        if self.trace_ids and (ids := current_ids()) is not None:
+            put_ids(record, ids)
         return record
 
     def send(self, event: Mapping[str, Any], method_name: str, name: object) -> Any:
@@ -111,13 +116,17 @@ class FluentProcessor:
 
     ``exc_info`` (``log.exception(...)``, ``exc_info=True`` or an exception) becomes the
     fields ``exc_type``, ``exc_message`` and ``exc_traceback``; a ``level`` is added from
-    the method name unless a processor set one; values msgpack cannot serialize go
-    through ``default`` (``str``).
+    the method name unless a processor set one; datetimes become ISO 8601 text as in
+    the clients; other values msgpack cannot serialize go through ``default`` (``str``).
 
     The tag is, in order: the event's value at ``tag_key`` made a valid tag (under
     ``tag_prefix``; ``tag_key="logger"`` takes what ``add_logger_name`` put there), the
     fixed ``tag``, the wrapped logger's ``name`` if it has one (under ``tag_prefix``),
     and last ``structlog`` (under ``tag_prefix``).
+
+    While an OpenTelemetry span is current, the record gets its ``trace_id`` and
+    ``span_id`` (lowercase hex) unless the event has those keys; ``trace_ids=False``
+    turns that off.
 
     Last in the chain it raises ``DropEvent`` after posting, so nothing else prints the
     event; with ``passthrough=True`` it returns the event unchanged for the processors
@@ -133,8 +142,9 @@ class FluentProcessor:
         tag_prefix: str | None = None,
         passthrough: bool = False,
         default: Converter | None = str,
+        trace_ids: bool = True,
     ) -> None:
-        self._sender = _Sender(client, tag, tag_key, tag_prefix, default)
+        self._sender = _Sender(client, tag, tag_key, tag_prefix, default, trace_ids)
         self.passthrough = passthrough
 
     @property
@@ -214,8 +224,9 @@ class FluentLoggerFactory:
         tag_key: str | None = None,
         tag_prefix: str | None = None,
         default: Converter | None = str,
+        trace_ids: bool = True,
     ) -> None:
-        self._sender = _Sender(client, tag, tag_key, tag_prefix, default)
+        self._sender = _Sender(client, tag, tag_key, tag_prefix, default, trace_ids)
 
     def __call__(self, *args: Any) -> FluentLogger:
         name = args[0] if args and isinstance(args[0], str) else None

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from typing import Literal, overload
 
-from ._base import Client, TagChecker
+from ._base import Client, TagChecker, not_a_mapping
 from ._connection import Connection, ConnectionLost, SendError
 from ._ledger import Ledger
 from ._options import MiB, RecordOptions, TransportOptions, security_from, servers_from
@@ -209,8 +209,11 @@ class SyncClient(Client):
         ``timeout`` caps the whole call. ``sync_append`` is accepted for symmetry with the
         buffered client (this call is synchronous anyway). ``ack=True`` (with
         ``require_ack=True``) returns an already resolved Future, for code written for both
-        clients.
+        clients. A record that is not a mapping raises :class:`SerializationError`, as
+        in :class:`BufferedClient`.
         """
+        if type(record) is not dict and not isinstance(record, Mapping):
+            raise not_a_mapping(record)
         try:
             known = self._known_tag(tag)
         except TypeError:  # unhashable, so no tag: _learn() says so

@@ -35,7 +35,11 @@ import atexit as _atexit, json as _json, sys as _sys, time as _time
 P = _json.loads(_sys.argv[1])
 
 def stamp(name, *values):
-    print(name, repr(_time.monotonic()), *values, flush=True)
+    # One write per line: a forked child stamps at the same moment as its parent, on the
+    # same pipe, and print() writes each piece on its own when stdout is unbuffered.
+    line = " ".join([name, repr(_time.monotonic()), *map(str, values)]) + "\\n"
+    _sys.stdout.write(line)
+    _sys.stdout.flush()
 
 _atexit.register(lambda: stamp("AT_EXIT_DONE"))
 """
@@ -135,6 +139,17 @@ class Child:
                     f"{''.join(self._out)}--- stderr\n{''.join(self._err)}"
                 )
             return words
+
+    def wait_for_stderr(self, text: str, timeout: float = 10.0) -> None:
+        """Wait until ``text`` appears in what the child wrote to stderr."""
+        with self._seen:
+            if not self._seen.wait_for(
+                    lambda: text in "".join(self._err) or self._eof == 2, timeout) or (
+                    text not in "".join(self._err)):
+                raise AssertionError(
+                    f"{self.name}: {text!r} not on stderr within {timeout} s (or it "
+                    f"ended):\n{''.join(self._out)}--- stderr\n{''.join(self._err)}"
+                )
 
     def send(self, line: str) -> None:
         assert self.proc.stdin is not None

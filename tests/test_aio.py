@@ -7,7 +7,14 @@ import time
 
 import pytest
 
-from fluentclient import BufferedClient, DeliveryError, FluentTimeoutError, SyncClient, aio
+from fluentclient import (
+    BufferedClient,
+    DeliveryError,
+    FluentTimeoutError,
+    SerializationError,
+    SyncClient,
+    aio,
+)
 from fluentclient.server import ForwardServer
 
 from .conftest import FAST_BACKOFF
@@ -43,6 +50,22 @@ class Ticker:
     def __exit__(self, *exc: object) -> None:
         assert self._task is not None
         self._task.cancel()
+
+
+def test_a_coroutine_posting_a_non_mapping_hears_at_once(fluent_server):
+    """Even with ack=True: the error comes from post(), not from the awaited future."""
+
+    async def main() -> None:
+        client = client_for(fluent_server, require_ack=True)
+        try:
+            with pytest.raises(SerializationError, match="not str"):
+                client.post("aio.nomap", "hello", ack=True)  # type: ignore[arg-type]
+            await aio.delivered(client.post("aio.nomap", {"ok": 1}, ack=True), timeout=10)
+        finally:
+            await aio.shutdown(client, timeout=2)
+
+    asyncio.run(main())
+    assert [e.record for e in fluent_server.events] == [{"ok": 1}]
 
 
 def test_coroutines_post_and_await_every_ack(fluent_server):

@@ -31,6 +31,7 @@ SMOKED = {
     "odd_records.py": "test_odd_records_reports_a_cost_for_every_shape",
     "accounting.py": "test_accounting_against_the_embedded_server_counts_every_record",
     "forward_sink.py": "test_forward_sink_counts_what_it_is_sent",
+    "fork_cost.py": "test_fork_cost_reports_every_case",
     "soak.py": "tests/test_scenario_benchmarks.py::test_a_short_soak_prints_its_table_and_"
                "counts_every_record",
     "model_soak.py": "tests/test_model.py::test_the_soak_runner_runs_the_model_and_reports_"
@@ -221,3 +222,13 @@ def test_forward_sink_counts_what_it_is_sent():
     finally:
         sink.kill()
         sink.wait(10)
+
+
+def test_fork_cost_reports_every_case():
+    out = run_script(str(ROOT / "benchmarks" / "fork_cost.py"), "--forks", "3",
+                     "--rounds", "1", "--json")
+    assert out.returncode == 0, out.stderr
+    assert [row[0] for row in table_rows(out.stdout)] == ["none", "dormant", "running", "held"]
+    medians = json.loads(out.stdout.strip().splitlines()[-1])["medians_us"]
+    assert set(medians) == {"none", "dormant", "running", "held"}
+    assert all(m > 0 for m in medians.values())

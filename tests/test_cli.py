@@ -184,7 +184,8 @@ def test_demo_checks_can_fail():
                                 dropped={}, timed_out=False)
     lines, problems = summary(6, run, verdict)
     assert "arrived    5 of 6 in" in lines[1]
-    assert all("NO: 1 records" in line for line in lines[2:5]), lines
+    # One record is "1 record" (the plural helper), never "1 records".
+    assert all(line.endswith("NO: 1 record") for line in lines[2:5]), lines
     assert problems[0] == "5 of 6 records arrived", problems
     assert any("arrived with seq 2 after 2" in p for p in problems), problems
 
@@ -319,6 +320,20 @@ def test_serve_refuses_a_user_without_a_shared_key():
                             capture_output=True, text=True, timeout=30, env=clean_env())
     assert result.returncode == 2
     assert "--username needs --shared-key" in result.stderr
+
+
+def test_serve_on_a_port_in_use_names_the_address_and_what_to_do():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([*COMMAND, "serve", "--port", str(port)],
+                                capture_output=True, text=True, timeout=30, env=clean_env())
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"fluentclient serve: cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(another process listens there: stop it, or choose another port (0 picks a free "
+        "one))\n")
 
 
 # -- cat: input ------------------------------------------------------------------------------

@@ -15,12 +15,16 @@ path runs. Tests that need the extension skip where it was not built, but fail i
 from __future__ import annotations
 
 import datetime
+import decimal
 import enum
 import importlib
 import os
+import socket
 import subprocess
 import sys
 from collections import OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import Future
 from types import ModuleType
 from typing import Any
 
@@ -30,12 +34,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fluentclient
-from fluentclient import _accel
+from fluentclient import BufferedClient, _accel
+from fluentclient import client as client_module
+from fluentclient._lifecycle import CLOSED
 from fluentclient.framing import EntryPacker
 from fluentclient.guard import BYTES_RULES, FLOAT_RULES, KEY_RULES, RecordGuard
-from fluentclient.message import Message
+from fluentclient.message import EventTime, Message
+from fluentclient.stats import UnsentRecord
 
 from .subproc import child_env
+from .waiting import wait_until
 
 T0 = 1_700_000_000 * 10**9 + 123
 
@@ -175,7 +183,9 @@ leaves = st.one_of(
     texts, blobs, st.integers(), st.sampled_from(INT_EDGES), st.booleans(), st.none(),
     st.floats(), st.sampled_from([float("nan"), float("inf"), -float("inf"), -0.0, 5e-324]),
     st.sampled_from([Text("sub"), Number(5), Real(1.5), Level.INFO, Colour.RED, Opaque(),
-                     datetime.datetime(2024, 1, 2, 3, 4, 5), {1, 2}, bytearray(b"ba"),
+                     datetime.datetime(2024, 1, 2, 3, 4, 5), datetime.date(2024, 1, 2),
+                     datetime.datetime(2024, 1, 2, 3, 4, 5, 6, datetime.timezone.utc),
+                     datetime.time(3, 4, 5), {1, 2}, bytearray(b"ba"),
                      bytearray(b"\xff"), memoryview(b"mv")]),
 )
 
@@ -371,7 +381,7 @@ def test_a_default_hook_runs_once_per_record_on_either_path(speedups):
         return str(obj)
 
     fast, pure = pair(speedups, RecordGuard(), default=hook)
-    record = {"a": 1, "when": datetime.date(2024, 1, 2), "z": [1.5]}
+    record = {"a": 1, "amount": decimal.Decimal("1.5"), "z": [1.5]}
     assert_same(fast, pure, [Message("t", record, T0)])
     assert len(calls) == 4  # twice per path (pack and pack_runs)
 
@@ -467,3 +477,132 @@ def test_an_install_that_could_not_compile_says_so_at_import(monkeypatch, caplog
     with caplog.at_level("WARNING", logger="fluentclient"):
         assert _accel._load() == (None, "pure Python: the compiled packer is not built")
     assert caplog.text == ""
+
+
+# -- post(): the compiled usual path against the Python one ---------------------------------
+
+@pytest.fixture
+def compiled_post(speedups: ModuleType) -> None:
+    """The clients made here take the compiled post() (not switched off for this run)."""
+    if not fluentclient.COMPILED:
+        pytest.skip(f"this run is {_accel.REASON}")
+
+
+@pytest.fixture(scope="module")
+def refusing_port() -> Iterator[int]:
+    """A port nothing listens on (bound, so no one else takes it): every connect fails."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def pure_post_client(monkeypatch: pytest.MonkeyPatch, **options: Any) -> BufferedClient:
+    """A client whose post() is the Python method, whatever the build."""
+    with monkeypatch.context() as patch:
+        patch.setattr(client_module, "fast_poster", lambda *args: None)
+        return BufferedClient(**options)
+
+
+class Unpackable:
+    pass
+
+
+post_tags = st.sampled_from(["app", "app", "app.web", "other", "", "bad tag", "a" * 1025,
+                             "a..b", 7, None, b"app", ("app",), ["app"]])
+post_records = st.sampled_from([{"n": 1}, {"n": 1}, {"n": 1, "s": "x"}, {},
+                                {"bad": Unpackable()}, {"nan": float("nan")}, [1, 2], "text"])
+post_times = st.sampled_from([None, None, None, 1_700_000_000, 1.5, float("nan"), -1, True,
+                              "now", EventTime(1, 2), EventTime(1, -1), 2**40])
+calls = st.tuples(post_tags, post_records, post_times, st.booleans(), st.booleans(),
+                  st.booleans())
+POST_DIFFERENTIAL = settings(max_examples=40, deadline=None,
+                             suppress_health_check=[HealthCheck.too_slow,
+                                                    HealthCheck.function_scoped_fixture])
+
+
+def result_of(value: Any) -> Any:
+    if isinstance(value, Future):
+        return "future"
+    return type(value).__name__, value
+
+
+def drained(client: BufferedClient) -> None:
+    ledger = client._ledger
+    assert wait_until(lambda: ledger.left_queue() >= ledger.entered()), "the queue stayed"
+
+
+@POST_DIFFERENTIAL
+@given(script=st.lists(calls, max_size=12), stop_at=st.integers(0, 14),
+       require_ack=st.booleans(), prefix=st.sampled_from([None, "pre"]))
+def test_both_paths_post_alike(compiled_post, monkeypatch, refusing_port, script, stop_at,
+                               require_ack, prefix):
+    options = dict(host="127.0.0.1", port=refusing_port, at_exit=False, tag_prefix=prefix,
+                   require_ack=require_ack, flush_interval=60.0)
+    seen: dict[str, list[Any]] = {"fast": [], "pure": []}
+    unsent: dict[str, list[Any]] = {"fast": [], "pure": []}
+
+    def keep(name: str) -> Any:
+        def on_unsent(records: list[UnsentRecord]) -> None:
+            for tag, time, record in records:
+                seconds = time.seconds if isinstance(time, EventTime) else time
+                # A time given to post() is before 2025; the clock's is now.
+                given = seconds if seconds < 1_735_000_000 else "now"
+                unsent[name].append((tag, given, repr(record)))
+        return on_unsent
+
+    clients = {"fast": BufferedClient(**options, on_unsent=keep("fast")),
+               "pure": pure_post_client(monkeypatch, **options, on_unsent=keep("pure"))}
+    for name, client in clients.items():
+        # One warm-up post makes the tags known: the later ones take the usual path.
+        client.post("app", {"warm": 1})
+        for i, (tag, record, time, ack, sync_append, keyword) in enumerate(script):
+            if i == stop_at:
+                drained(client)
+                client.shutdown(0)
+            kwargs: dict[str, Any] = {"time": time} if time is not None or keyword else {}
+            if ack:
+                kwargs["ack"] = True
+            if sync_append:
+                kwargs["sync_append"] = True
+            try:
+                seen[name].append(result_of(client.post(tag, record, **kwargs)))
+            except Exception as exc:
+                seen[name].append(outcome(exc))
+        if client._life.phase is not CLOSED:
+            drained(client)
+        report = client.shutdown(0)
+        stats = client.stats()
+        seen[name].append((stats.posted, dict(stats.dropped), report.unsent_records,
+                           dict(report.dropped)))
+    assert seen["fast"] == seen["pure"]
+    assert unsent["fast"] == unsent["pure"]
+
+
+def test_the_compiled_post_is_the_instances_and_the_pure_one_the_classes(
+        compiled_post, monkeypatch, refusing_port):
+    fast = BufferedClient("127.0.0.1", refusing_port, at_exit=False)
+    pure = pure_post_client(monkeypatch, host="127.0.0.1", port=refusing_port,
+                            at_exit=False)
+    try:
+        assert type(fast.post.__self__).__name__ == "Poster"
+        assert pure.post.__func__ is BufferedClient.post
+    finally:
+        fast.close()
+        pure.close()
+
+
+def test_the_at_fork_counter_moves_in_every_child(speedups):
+    # What the compiled post() reads instead of os.getpid(): moved by libc's at-fork
+    # handler, so also in a child forked without Python's hooks (ctypes calls libc).
+    before = speedups.forks()
+    out = run_python(
+        "import ctypes, os\n"
+        "from fluentclient import _speedups\n"
+        "start = _speedups.forks()\n"
+        "pid = ctypes.PyDLL(None).fork()\n"
+        "if pid == 0:\n"
+        "    os._exit(_speedups.forks() - start)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "print(os.waitstatus_to_exitcode(status), _speedups.forks() - start)\n")
+    assert out.split() == ["1", "0"], out
+    assert speedups.forks() == before

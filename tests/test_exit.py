@@ -11,6 +11,8 @@ half a second, which children competing for the same cores could not promise.
 
 from __future__ import annotations
 
+import signal
+import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -310,3 +312,175 @@ def test_a_worker_thread_may_first_use_a_client_after_main_returned(late_results
     assert result.foreign_stderr() == [], result.describe()
     assert result.lines("LATE")[0][1:] == ["True"], result.describe()
     assert server.wait_for(lambda: any(e.tag == "late.worker" for e in server.events), 5)
+
+
+# -- every client of the process: one deadline, one summary (issue 19, item 1) -----------
+
+THREE_CLIENTS_CHILD = """
+import logging
+from loguru import logger
+from fluentclient import BufferedClient
+from fluentclient.handler import FluentHandler
+from fluentclient.loguru import FluentSink
+
+port, timeout = P["port"], P["timeout"]
+client = BufferedClient("127.0.0.1", port, shutdown_timeout=timeout)
+handler = FluentHandler("exit.handler", port=port, close_timeout=timeout)
+logging.getLogger().addHandler(handler)
+sink = FluentSink("exit.sink", port=port, close_timeout=timeout)
+logger.remove()
+logger.add(sink)
+client.post("exit.client", {"n": 1})
+logging.getLogger("app").warning("order 7 placed")
+logger.info("charged")
+# Every one has found the server down before the process ends.
+everyone = (client, handler.client, sink.client)
+deadline = _time.monotonic() + 20
+while not all(c.stats().connect_failures for c in everyone) and _time.monotonic() < deadline:
+    _time.sleep(0.01)
+stamp("EXITING")
+"""
+
+
+def test_every_client_of_a_process_drains_within_one_deadline_and_one_summary():
+    pytest.importorskip("loguru")
+    timeout = 1.0
+    with ForwardServer() as server:
+        server.refuse()
+        result = Child("three", THREE_CLIENTS_CHILD,
+                       {"port": server.port, "timeout": timeout}).finish()
+    assert result.returncode == 0, result.describe()
+    assert result.foreign_stderr() == [], result.describe()
+    # One after another they took three deadlines; at once, the longest (and the moment
+    # aborted threads get to settle their counts, on a machine that may be loaded).
+    took = result.seconds_between("EXITING", "AT_EXIT_DONE")
+    assert took <= timeout + 2 * SLACK, f"the exit took {took:.2f} s\n{result.describe()}"
+    said = [line for line in result.stderr.splitlines() if "not sent" in line]
+    # One line per client, each naming it and what it left.
+    assert len(said) == 3, result.describe()
+    for who in ("BufferedClient to", "FluentHandler's client to", "FluentSink's client to"):
+        assert sum(who in line and "1 record " in line for line in said) == 1, (
+            who, result.describe())
+    assert result.stderr.count("waiting up to") <= 1, result.describe()
+
+
+# -- a second interrupt during the exit drain (item 3) -------------------------------------
+
+CTRL_C_CHILD = """
+import threading
+from fluentclient import BufferedClient
+
+client = BufferedClient("127.0.0.1", P["port"], shutdown_timeout=30)
+for i in range(100):
+    client.post("exit.ctrl_c", {"i": i})
+deadline = _time.monotonic() + 20
+while not client.stats().connect_failures and _time.monotonic() < deadline:
+    _time.sleep(0.01)
+stamp("READY")
+threading.Event().wait(60)  # the first Ctrl-C ends this
+"""
+
+
+def test_a_second_ctrl_c_abandons_the_exit_drain_and_still_says_what_was_not_sent():
+    with ForwardServer() as server:
+        server.refuse()
+        child = Child("ctrl_c", CTRL_C_CHILD, {"port": server.port})
+        child.wait_for_line("READY", timeout=30)
+        child.signal(signal.SIGINT)  # main ends in KeyboardInterrupt: the exit drain
+        child.wait_for_stderr("waiting up to 30 s")  # the drain has begun
+        second = child.signal(signal.SIGINT)
+        result = child.finish(timeout=60)
+    # Ended as an uncaught KeyboardInterrupt ends Python, and promptly, not after 30 s.
+    assert result.returncode == -signal.SIGINT, result.describe()
+    assert result.ended - second < 5, result.describe()
+    assert "Exception ignored" not in result.stderr, result.describe()
+    # Only the program's own traceback (its KeyboardInterrupt), none from the drain.
+    assert result.stderr.count("Traceback") == 1, result.describe()
+    said = [line for line in result.stderr.splitlines() if "not sent" in line]
+    assert len(said) == 1 and "100 records" in said[0] and "interrupted" in said[0], (
+        result.describe())
+
+
+# -- the library's own failures reach a person (item 13) -----------------------------------
+
+DICTCONFIG_CHILD = """
+import logging, logging.config
+logging.config.dictConfig({
+    "version": 1,
+    "handlers": {"fluent": {"class": "fluentclient.handler.FluentHandler",
+                            "host": "fluentd.invalid", "tag": "app"}},
+    "root": {"handlers": ["fluent"], "level": "INFO"},
+})
+logging.getLogger("orders").info("order 7 placed")
+stamp("EXITING")
+"""
+
+
+def _no_such_name(host: str) -> bool:
+    try:
+        socket.getaddrinfo(host, 24224)
+    except socket.gaierror as exc:
+        return exc.errno == socket.EAI_NONAME
+    return False
+
+
+def test_a_dictconfig_that_disables_our_logger_still_says_the_host_and_the_loss():
+    if not _no_such_name("fluentd.invalid"):
+        pytest.skip("this machine's resolver does not answer that fluentd.invalid has no "
+                    "address")
+    result = Child("dictconfig", DICTCONFIG_CHILD).finish()
+    assert result.returncode == 0, result.describe()
+    assert result.foreign_stderr() == [], result.describe()
+    lines = result.stderr.splitlines()
+    # The cause, in words, and what it cost: each said once.
+    said = [line for line in lines if "not sent" in line]
+    assert len(said) == 1 and "1 record " in said[0], result.describe()
+    assert "fluentd.invalid" in said[0] and "does not resolve" in said[0], result.describe()
+    assert sum("Name or service not known" in line or "not known" in line
+               for line in lines if "not sent" not in line) <= 1, result.describe()
+    # A host that does not exist is not waited for (close_timeout is 5 s).
+    assert result.seconds_between("EXITING", "AT_EXIT_DONE") <= 2 * SLACK, result.describe()
+
+
+LOGGING_SETUPS = {
+    # logging.config disabled the logger (the FluentHandler it built made it).
+    "disabled": """
+import logging.config
+from fluentclient.handler import FluentHandler
+logging.config.dictConfig({"version": 1, "root": {"level": "INFO"}})
+""",
+    # No handler anywhere, and the program removed Python's last resort.
+    "no-last-resort": """
+import logging
+logging.lastResort = None
+""",
+    # Logging works: each line must come once, not once more from us.
+    "a-handler": """
+import logging, sys
+logging.basicConfig(stream=sys.stderr, format="%(message)s")
+""",
+}
+
+FAILURES_CHILD = """
+from fluentclient import BufferedClient
+
+client = BufferedClient("127.0.0.1", P["port"], shutdown_timeout=0.3)
+client.post("exit.quiet", {"n": 1})
+deadline = _time.monotonic() + 20
+while not client.stats().connect_failures and _time.monotonic() < deadline:
+    _time.sleep(0.01)
+stamp("EXITING")
+"""
+
+
+@pytest.mark.parametrize("setup", list(LOGGING_SETUPS))
+def test_connect_failures_and_losses_reach_stderr_once_however_logging_is_set_up(setup):
+    with ForwardServer() as server:
+        server.refuse()
+        result = Child(setup, LOGGING_SETUPS[setup] + FAILURES_CHILD,
+                       {"port": server.port}).finish()
+    assert result.returncode == 0, result.describe()
+    lines = result.stderr.splitlines()
+    assert sum("cannot connect to" in line and "retrying" in line for line in lines) == 1, (
+        result.describe())
+    assert sum("not sent" in line for line in lines) == 1, result.describe()

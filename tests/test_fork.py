@@ -24,8 +24,12 @@ N = 20_000  # the parent's records: about 6 MB, more than the kernel buffers hol
 M = 500  # the child's
 
 FORKER = """
-import os, threading
+import os, threading, warnings
 from fluentclient import BufferedClient
+
+# This program forks with threads of its own running on purpose (a poster, and one holding
+# the client's locks): Python 3.12+ rightly warns about those, whatever the client does.
+warnings.filterwarnings("ignore", r"This process .* is multi-threaded", DeprecationWarning)
 
 client = BufferedClient("127.0.0.1", P["port"], shutdown_timeout=10, write_timeout=30)
 
@@ -272,6 +276,37 @@ def test_a_fork_that_skips_the_at_fork_hooks_is_caught_by_a_pid_check(fluent_ser
     assert result.stamp("REAPED") - result.stamp("EXITING") <= 1.0 + 0.5, result.describe()
 
 
+FIRST_POST_AFTER_RAW_FORK = """
+import ctypes, os
+from fluentclient import BufferedClient
+
+client = BufferedClient("127.0.0.1", P["port"], at_exit=False)
+client.post("raw.parent", {"i": 0})  # threads started
+deadline = _time.monotonic() + 10
+while not client._reader.idle:  # fork while the reader sleeps (see RAW_FORK)
+    assert _time.monotonic() < deadline, "the reader never went idle"
+    _time.sleep(0.01)
+parent_state = client._life
+pid = ctypes.PyDLL(None).fork()
+if pid == 0:
+    # The usual path of post(), compiled or not, must notice the fork at once: it may
+    # not queue the record into the parent's state, whose reader does not exist here.
+    client.post("raw.parent", {"i": 1})
+    os._exit(0 if client._pid == os.getpid() and client._life is not parent_state else 3)
+_, status = os.waitpid(pid, 0)
+stamp("CHILD", os.waitstatus_to_exitcode(status))
+client.close()
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="calls libc fork through ctypes")
+def test_the_first_post_after_a_fork_without_hooks_starts_the_child_afresh(fluent_server):
+    result = Child("raw-fork-post", FIRST_POST_AFTER_RAW_FORK,
+                   {"port": fluent_server.port}).finish(timeout=30)
+    assert result.returncode == 0, result.describe()
+    assert result.lines("CHILD")[0][1:] == ["0"], result.describe()
+
+
 SYNC_FORK = """
 import os
 from fluentclient import SyncClient
@@ -352,6 +387,9 @@ def _read_all(fd: int, timeout: float) -> bytes:
             data += chunk
 
 
+# This test forks the test process itself, whose server thread runs: Python 3.12+ warns
+# about that thread, which is the test's, not the client's.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 @pytest.mark.parametrize("stop", ["shutdown", "close"])
 @pytest.mark.parametrize("used", [False, True], ids=["never-started", "started"])
 def test_a_client_stopped_before_a_fork_stays_stopped_in_the_child(fluent_server, stop,

@@ -212,7 +212,7 @@ def test_extra_fields_and_unserializable_values_keep_the_line(fluent_server, att
     assert [e.record["message"] for e in fluent_server.events] == ["before", "odd values", "after"]
     odd = by_message(fluent_server)["odd values"].record
     assert odd["user"] == {"id": 7, "roles": ["admin", "ops"]}
-    assert odd["when"] == "2024-05-01 12:30:00"
+    assert odd["when"] == "2024-05-01T12:30:00"
     assert odd["tags"] == ["b"]
     assert odd["huge"] == str(2**80)
     assert odd["raw"] == b"\x00\x01"
@@ -259,11 +259,74 @@ def test_message_formats_plain_formatters_and_dict_messages(fluent_server, attac
     assert fluent_server.wait_for_events(4, timeout=5)
     records = {(e.tag, e.record.get("message")): e.record for e in fluent_server.events}
     assert records["fmt.str", "INFO|one arg"]["level"] == "INFO"
-    assert records["fmt.plain", "INFO:two"]["logger"]
+    # A text formatter (basicConfig's, a framework's) does not touch the message.
+    assert records["fmt.plain", "two"]["logger"]
+    assert "INFO:two" not in records["fmt.plain", "two"].values()
     merged = records["fmt.noextra", None]
     assert merged["event"] == "login" and merged["user"] == 42
     assert merged["level"] == "audit"  # the caller's own field wins
     assert "dropped" not in records["fmt.noextra", "three"]
+
+
+def test_basic_config_leaves_the_message_the_message(fluent_server):
+    """logging.basicConfig(handlers=[...]) gives the handler its own text formatter; the
+    record's message stays what was logged, and formatted_field keeps that line too."""
+    code = textwrap.dedent(f"""
+        import logging, sys
+        from fluentclient.handler import FluentHandler
+        opts = dict(host={fluent_server.host!r}, port={fluent_server.port})
+        logging.basicConfig(level=logging.INFO, handlers=[
+            FluentHandler(tag="basic.plain", **opts),
+            FluentHandler(tag="basic.line", formatted_field="formatted", **opts),
+        ])
+        logging.getLogger("orders").info("order %d placed", 7)
+        # Trace ids cost nothing, not even an import, without OpenTelemetry.
+        assert not [m for m in sys.modules if m.startswith("opentelemetry")]
+    """)
+    subprocess.run([sys.executable, "-c", code], env=child_env(), check=True, timeout=60)
+    assert fluent_server.wait_for_events(2, timeout=10)
+    records = {e.tag: e.record for e in fluent_server.events}
+    assert records["basic.plain"]["message"] == "order 7 placed"
+    assert records["basic.plain"]["level"] == "INFO"
+    assert "formatted" not in records["basic.plain"]
+    assert records["basic.line"]["message"] == "order 7 placed"
+    assert records["basic.line"]["formatted"] == "INFO:orders:order 7 placed"
+
+
+def test_trace_and_span_ids_of_the_current_span(fluent_server, attach):
+    sdk = pytest.importorskip("opentelemetry.sdk.trace")
+    tracer = sdk.TracerProvider().get_tracer("tests")
+    plain = handler_for(fluent_server, tag="otel.plain")
+    renamed = handler_for(fluent_server, tag="otel.renamed")
+    renamed.setFormatter(FluentFormatter(fields={"trace_id": "trace.id", "span_id": None}))
+    off = handler_for(fluent_server, tag="otel.off", trace_ids=False)
+    logs = [attach(h) for h in (plain, renamed, off)]
+    with tracer.start_as_current_span("checkout") as span:
+        ids = span.get_span_context()
+        for log in logs:
+            log.info("in span")
+        logs[0].info("own id", extra={"trace_id": "mine"})
+    logs[0].info("no span")
+    for h in (plain, renamed, off):
+        h.flush()
+    assert fluent_server.wait_for_events(5, timeout=5)
+    got = {(e.tag, e.record["message"]): e.record for e in fluent_server.events}
+    trace_id, span_id = f"{ids.trace_id:032x}", f"{ids.span_id:016x}"
+    assert len(trace_id) == 32 and len(span_id) == 16 and trace_id != "0" * 32
+    record = got["otel.plain", "in span"]
+    assert (record["trace_id"], record["span_id"]) == (trace_id, span_id)
+    record = got["otel.renamed", "in span"]
+    assert record["trace.id"] == trace_id and not {"trace_id", "span_id"} & set(record)
+    assert not {"trace_id", "span_id"} & set(got["otel.off", "in span"])
+    assert got["otel.plain", "own id"]["trace_id"] == "mine"
+    assert got["otel.plain", "own id"]["span_id"] == span_id
+    assert not {"trace_id", "span_id"} & set(got["otel.plain", "no span"])
+
+
+def test_formatted_field_must_be_a_name(fluent_server):
+    for bad in ("", 3):
+        with pytest.raises(TypeError, match="formatted_field"):
+            handler_for(fluent_server, formatted_field=bad)
 
 
 def test_json_format_for_a_console(fluent_server):

@@ -48,6 +48,7 @@ from fluentclient.server import ForwardServer
 from .conftest import FAST_BACKOFF
 
 TAG = "hostile.case"
+UTC = datetime.timezone.utc
 FRAME = 64 * 1024
 BUFFER = 256 * 1024
 GOOD = ({"good": 0}, {"good": 1})
@@ -87,6 +88,7 @@ UNSAFE = Dropped(UnsafeRecordError, "unsafe")
 TOO_LARGE = Dropped(RecordTooLargeError, "too_large")
 BAD_TAG = Refused(InvalidTagError)
 BAD_TIME = Refused(InvalidTimeError)
+NOT_A_MAPPING = Refused(SerializationError)
 
 
 @dataclass(frozen=True)
@@ -355,9 +357,15 @@ CASES: list[Case] = [
     row("unprintable-object", lambda: {"v": Unprintable()}, UNSERIALIZABLE),
     row("unprintable-object-default-str", lambda: {"v": Unprintable()}, UNSERIALIZABLE,
         default=str),
-    row("datetime", lambda: {"v": datetime.datetime(2024, 1, 2, 3, 4, 5)}, UNSERIALIZABLE),
+    row("datetime", lambda: {"v": datetime.datetime(2024, 1, 2, 3, 4, 5)},
+        Sent({"v": "2024-01-02T03:04:05"})),
+    row("datetime-aware", lambda: {"v": datetime.datetime(2024, 1, 2, 3, 4, 5, 6, UTC)},
+        Sent({"v": "2024-01-02T03:04:05.000006+00:00"})),
     row("datetime-default-str", lambda: {"v": datetime.datetime(2024, 1, 2, 3, 4, 5)},
-        Sent({"v": "2024-01-02 03:04:05"}), default=str),
+        Sent({"v": "2024-01-02T03:04:05"}), default=str),
+    row("date-and-time", lambda: {"d": datetime.date(2024, 1, 2), "t": datetime.time(3, 4)},
+        Sent({"d": "2024-01-02", "t": "03:04:00"})),
+    row("datetime-key", lambda: {datetime.date(2024, 1, 2): 1}, Sent({"2024-01-02": 1})),
     row("enum", lambda: {"v": Plain.A}, UNSERIALIZABLE),
     row("enum-default-name", lambda: {"v": Plain.A}, Sent({"v": "A"}),
         default=lambda e: e.name),
@@ -416,9 +424,9 @@ CASES: list[Case] = [
     row("nul-in-str", lambda: {"v": "a\x00b", "k\x00": 1}, Sent({"v": "a\x00b", "k\x00": 1})),
     row("str-enum-key", lambda: {Color.RED: 1}, Sent({"red": 1})),
     # the record itself
-    row("record-none", lambda: None, UNSERIALIZABLE),
-    row("record-list", lambda: [("a", 1)], UNSERIALIZABLE),
-    row("record-str", lambda: "a log line", UNSERIALIZABLE),
+    row("record-none", lambda: None, NOT_A_MAPPING),
+    row("record-list", lambda: [("a", 1)], NOT_A_MAPPING),
+    row("record-str", lambda: "a log line", NOT_A_MAPPING),
     row("record-mappingproxy", lambda: types.MappingProxyType({"a": 1}), Sent({"a": 1})),
     row("record-custom-mapping", lambda: Settings({"a": 1}), Sent({"a": 1})),
     row("record-mapping-getitem-raises", lambda: BrokenMapping({"a": 1}), UNSERIALIZABLE),

@@ -187,6 +187,98 @@ def test_exceptions_arrive_as_the_handlers_fields(fluent_server, log):
     assert not {"exc_type", "exc_message", "exc_traceback"} & set(records["fine"])
 
 
+class Unpicklable(Exception):
+    def __reduce__(self):
+        raise TypeError("not this one")
+
+
+@pytest.mark.parametrize("fmt", [None, "{time} {level} {message}"], ids=["default", "own"])
+def test_exceptions_arrive_the_same_with_and_without_enqueue(fluent_server, log, fmt):
+    """loguru pickles a record for its worker thread with enqueue=True, and the traceback
+    object with it is lost: the sink still sends the whole traceback, in the same shape,
+    and never the values of local variables that loguru's diagnose prints."""
+    options = {} if fmt is None else {"format": fmt}
+    log.add(sink_for(fluent_server, tag="app.direct"), **options)
+    log.add(sink_for(fluent_server, tag="app.queued"), enqueue=True, **options)
+
+    def charge(card: str) -> None:
+        pin = "PIN-8086"  # noqa: F841 - a local that loguru's diagnose would show
+        raise PaymentDeclined(f"card {card} declined")
+
+    try:
+        charge("4242")
+    except PaymentDeclined:
+        log.exception("charge failed")
+    try:
+        raise Unpicklable("only loguru's text keeps these words")
+    except Unpicklable:
+        log.exception("odd exception")
+    try:
+        try:
+            charge("1111")
+        except PaymentDeclined as exc:
+            raise RuntimeError("retry failed") from exc
+    except RuntimeError:
+        log.exception("chained")
+    log.opt(exception=ValueError("bad input")).warning("given")
+    log.complete()
+    assert fluent_server.wait_for_events(8, timeout=10)
+    keys = ("exc_type", "exc_message", "exc_traceback")
+    got = {(e.tag, e.record["message"]): {k: e.record.get(k) for k in keys}
+           for e in fluent_server.events}
+    for message in ("charge failed", "odd exception", "chained", "given"):
+        direct, queued = got["app.direct", message], got["app.queued", message]
+        assert queued["exc_type"] == direct["exc_type"], message
+        assert queued["exc_message"] == direct["exc_message"], message
+        # The same frames and lines; Python's own carets (^^^), which loguru does not
+        # print, are all that may differ.
+        assert [line for line in queued["exc_traceback"].split("\n")
+                if line.strip(" ^~")] == [
+            line for line in direct["exc_traceback"].split("\n") if line.strip(" ^~")]
+    tb = got["app.queued", "charge failed"]["exc_traceback"]
+    assert tb.startswith("Traceback (most recent call last):\n  File ")
+    assert "in charge" in tb and 'raise PaymentDeclined(f"card {card} declined")' in tb
+    assert tb.endswith("PaymentDeclined: card 4242 declined")
+    assert "PIN-8086" not in tb and "└" not in tb
+    odd = got["app.queued", "odd exception"]
+    assert odd["exc_type"] == "tests.test_loguru.Unpicklable"
+    assert odd["exc_message"] == "only loguru's text keeps these words"
+    assert got["app.queued", "given"]["exc_traceback"] == "ValueError: bad input"
+    assert "\n\nThe above exception was the direct cause" in (
+        got["app.queued", "chained"]["exc_traceback"])
+
+
+def test_trace_and_span_ids_of_the_current_span(fluent_server, log):
+    """In the sink itself, and with enqueue=True (whose sink runs on loguru's worker
+    thread) through trace_patcher, which takes them where the message is logged."""
+    from fluentclient.loguru import trace_patcher
+
+    sdk = pytest.importorskip("opentelemetry.sdk.trace")
+    tracer = sdk.TracerProvider().get_tracer("tests")
+    log.add(sink_for(fluent_server, tag="lg.direct"))
+    log.add(sink_for(fluent_server, tag="lg.renamed", fields={"span_id": "span"}))
+    log.add(sink_for(fluent_server, tag="lg.off", trace_ids=False))
+    log.add(sink_for(fluent_server, tag="lg.queued"), enqueue=True)
+    patched = log.patch(trace_patcher)
+    with tracer.start_as_current_span("ship") as span:
+        ids = span.get_span_context()
+        patched.info("in span")
+    patched.info("no span")
+    log.complete()
+    assert fluent_server.wait_for_events(8, timeout=10)
+    got = {(e.tag, e.record["message"]): e.record for e in fluent_server.events}
+    trace_id, span_id = f"{ids.trace_id:032x}", f"{ids.span_id:016x}"
+    for tag in ("lg.direct", "lg.queued"):
+        record = got[tag, "in span"]
+        assert (record["trace_id"], record["span_id"]) == (trace_id, span_id), tag
+        assert not {"trace_id", "span_id"} & set(got[tag, "no span"])
+    assert got["lg.renamed", "in span"]["span"] == span_id
+    assert "span_id" not in got["lg.renamed", "in span"]
+    # trace_patcher bound them as extras, which trace_ids=False does not filter.
+    assert got["lg.off", "in span"]["trace_id"] == trace_id
+    assert not {"trace_id", "span_id"} & set(got["lg.off", "no span"])
+
+
 def test_tags_fixed_from_the_module_or_from_a_bound_value(fluent_server, log):
     log.add(sink_for(fluent_server, tag="app.fixed"), filter=lambda r: r["extra"].get("s") == 1)
     log.add(sink_for(fluent_server, tag_prefix="svc"), filter=lambda r: r["extra"].get("s") == 2)
@@ -276,7 +368,7 @@ def test_unserializable_extras_keep_the_record_and_its_neighbours(fluent_server,
     assert [e.record["message"] for e in fluent_server.events] == ["before", "odd values", "after"]
     odd = by_message(fluent_server)["odd values"].record
     assert odd["user"] == {"id": 7, "3": ["a", "b"]}
-    assert odd["when"] == "2024-05-01 12:30:00" and odd["tags"] == ["b"]
+    assert odd["when"] == "2024-05-01T12:30:00" and odd["tags"] == ["b"]
     assert odd["huge"] == str(2**80) and odd["raw"] == b"\x00\x01"
     assert odd["opaque"] == "<unprintable Opaque>"
     assert odd["cyclic"][0] == 1 and isinstance(odd["cyclic"][1], list)

@@ -153,8 +153,8 @@ def test_several_clients_share_a_prefix_by_their_labels(fluent_server):
 
     with pytest.raises(ConfigurationError, match="already registered"):
         register(SyncClient(), registry, labels={"client": "audit"})
-    with pytest.raises(ConfigurationError, match="differ"):
-        register(SyncClient(), registry, labels={"team": "x"})
+    with pytest.raises(ConfigurationError, match="already registered"):
+        register(audit, registry, labels={"client": "audit2"})
 
     unregister(audit, registry)
     assert registry.get_sample_value("fluentclient_records_sent_total",
@@ -169,6 +169,32 @@ def test_several_clients_share_a_prefix_by_their_labels(fluent_server):
     assert registry.get_sample_value("fluentclient_records_sent_total") == 1
     audit.shutdown()
     access.shutdown()
+
+
+def test_clients_with_and_without_labels_share_a_prefix(fluent_server):
+    """The operating guide's example: a client without labels, then one with a label."""
+    registry = CollectorRegistry()
+    main = SyncClient(fluent_server.host, fluent_server.port)
+    audit = SyncClient(fluent_server.host, fluent_server.port, tag_prefix="audit")
+    team = SyncClient(fluent_server.host, fluent_server.port)
+    register(main, registry)
+    register(audit, registry, labels={"client": "audit"})
+    register(team, registry, labels={"team": "x", "client": "audit"})
+    main.post("metrics.main", {"x": 1})
+    for _ in range(2):
+        audit.post("metrics.audit", {"x": 1})
+    assert_exported(registry, main.stats(), {})
+    assert_exported(registry, audit.stats(), {"client": "audit"})
+    assert_exported(registry, team.stats(), {"team": "x", "client": "audit"})
+    text = generate_latest(registry).decode()
+    assert "fluentclient_records_sent_total 1.0" in text
+    assert 'fluentclient_records_sent_total{client="audit"} 2.0' in text
+    with pytest.raises(ConfigurationError, match="already registered"):
+        register(SyncClient(), registry)
+    for client in (main, audit, team):
+        unregister(client, registry)
+        client.shutdown()
+    assert registry.get_sample_value("fluentclient_records_sent_total") is None
 
 
 def test_the_default_registry_is_prometheus_clients():

@@ -6,21 +6,25 @@ serialized.
 from __future__ import annotations
 
 import contextlib
-import datetime
+import decimal
+import errno
 import io
 import json
 import logging
 import logging.handlers
 import queue
+import socket
 from collections.abc import Iterator
 
 import pytest
 
-from fluentclient import BufferedClient, SerializationError
+from fluentclient import BufferedClient, FluentConnectionError, SerializationError, SyncClient
 from fluentclient.handler import FluentHandler
+from fluentclient.server import ForwardServer
 
 from .conftest import FAST_BACKOFF
 from .subproc import Child
+from .waiting import wait_until
 
 # Never resolves (RFC 2606), so connecting fails at the name lookup.
 NOWHERE = "fluentd.invalid"
@@ -84,10 +88,12 @@ def test_dict_config_to_an_unresolvable_host_warns_on_stderr_once_and_exits_on_t
     result, params = run_dict_config()
     assert result.returncode == 0, result.describe()
     assert result.foreign_stderr() == [], result.describe()
-    # The outage is said once, at once; the wait at exit is said with what bounds it.
+    # The outage is said once, at once; a wait at exit is said with what bounds it (none
+    # when the resolver says the name does not exist: exit does not wait for that).
     assert len(outage_lines(result.stderr)) == 1, result.describe()
-    waits = [line for line in result.stderr.splitlines() if "waiting up to 1 s" in line]
-    assert len(waits) == 1 and "(close_timeout)" in waits[0], result.describe()
+    waits = [line for line in result.stderr.splitlines() if "waiting up to" in line]
+    assert all("1 s (close_timeout)" in line for line in waits), result.describe()
+    assert len(waits) <= 1, result.describe()
     assert "not sent" in result.stderr, result.describe()
     # close_timeout bounds the exit (the client's drain used to take its own 5 s).
     # Generous: a loaded machine can be slow to run the hooks, never by seconds.
@@ -119,7 +125,8 @@ def test_a_handler_configured_for_fluentclient_gets_the_warnings_and_stderr_stay
 
 def test_a_fluentclient_logger_disabled_by_dict_config_is_said_once():
     # logging.config's default, disable_existing_loggers=True, switches off the logger
-    # that building the handler just made: said once, not left to vanish.
+    # that building the handler just made: said once, not left to vanish; and what it
+    # would have said (the host, the records not sent) still reaches stderr, once each.
     child = Child("disabled", """
         import logging, logging.config
         logging.config.dictConfig({
@@ -134,8 +141,10 @@ def test_a_fluentclient_logger_disabled_by_dict_config_is_said_once():
     result = child.finish(timeout=60)
     assert result.returncode == 0, result.describe()
     lines = result.stderr.splitlines()
-    assert len(lines) == 1 and '"disable_existing_loggers": False' in lines[0], (
-        result.describe())
+    assert len(lines) == 3, result.describe()
+    assert '"disable_existing_loggers": False' in lines[0], result.describe()
+    assert lines[1].startswith(f"fluentclient: cannot connect to {NOWHERE}"), result.describe()
+    assert "2 records" in lines[2] and "not sent" in lines[2], result.describe()
 
 
 # -- in this process: where the client's own records go --------------------------------
@@ -270,7 +279,7 @@ def test_an_unserializable_record_is_named_by_tag_field_and_type(fluent_server, 
     )
     try:
         with caplog.at_level(logging.WARNING, logger="fluentclient"):
-            when = datetime.datetime(2024, 1, 2, 3, 4, 5)
+            when = decimal.Decimal("1.50")
             # True: queued. The packing, and the drop, come later on the reader.
             assert client.post("shop.orders", {"order": 1, "when": when}) is True
             assert client.post("shop.orders", {"order": 2, "nested": {"x": [1, object()]}})
@@ -278,13 +287,66 @@ def test_an_unserializable_record_is_named_by_tag_field_and_type(fluent_server, 
         assert client.stats().dropped == {"unserializable": 2}
         [warning] = [r.getMessage() for r in caplog.records if r.name == "fluentclient"]
         assert "'shop.orders'" in warning and "['when']" in warning
-        assert "datetime" in warning and "default=str" in warning
+        assert "Decimal" in warning and "default=str" in warning
         assert [msg.tag for _, msg in errors] == ["shop.orders", "shop.orders"]
         assert all(isinstance(err, SerializationError) for err, _ in errors)
         assert "['nested']['x'][1]" in str(errors[1][0]) and "object" in str(errors[1][0])
-        with pytest.raises(SerializationError, match=r"\['when'\].*datetime"):
+        with pytest.raises(SerializationError, match=r"\['when'\].*Decimal"):
             client.post("shop.orders", {"when": when}, sync_append=True)
         assert client.stats().dropped == {"unserializable": 3}
     finally:
         client.shutdown(5)
     assert fluent_server.event_count == 0
+
+
+# -- errors that say what to do ---------------------------------------------------------------
+
+UNRESOLVED = (f"cannot connect to {NOWHERE}:24224: the host name '{NOWHERE}' does not resolve "
+              "(Name or service not known); check the host setting (host=, servers= or "
+              "FLUENT_HOST)")
+
+
+def _name_does_not_exist() -> None:
+    try:
+        socket.getaddrinfo(NOWHERE, 24224)
+    except socket.gaierror as exc:
+        if exc.errno == socket.EAI_NONAME:
+            return
+    pytest.skip(f"this machine's resolver does not say that {NOWHERE} does not exist")
+
+
+def test_a_sync_client_to_a_host_that_does_not_resolve_raises_what_to_change():
+    _name_does_not_exist()
+    client = SyncClient(NOWHERE, 24224)
+    with pytest.raises(FluentConnectionError) as raised:
+        client.post("app.x", {"i": 1})
+    assert str(raised.value) == UNRESOLVED
+    client.shutdown()
+
+
+def test_a_buffered_client_to_a_host_that_does_not_resolve_says_so_once_and_retries(caplog):
+    # A name may appear later (a service still starting), so the client keeps trying;
+    # but this is most likely a wrong setting, said once at error level, not as an outage.
+    _name_does_not_exist()
+    caplog.set_level(logging.DEBUG, logger="fluentclient")
+    client = BufferedClient(NOWHERE, 24224, backoff=FAST_BACKOFF, at_exit=False)
+    client.post("app.x", {"i": 1})
+    assert wait_until(lambda: client.stats().connect_failures >= 3, timeout=20)
+    client.shutdown(timeout=0.2)
+    loud = [(r.levelname, r.getMessage()) for r in caplog.records
+            if r.name == "fluentclient" and r.levelno >= logging.WARNING
+            and "does not resolve" in r.getMessage()]
+    assert loud == [("ERROR", f"fluentclient: {UNRESOLVED}; retrying with backoff, in case "
+                              "the name appears later")]
+
+
+def test_a_forward_server_on_a_port_in_use_names_the_address():
+    with ForwardServer() as first:
+        second = ForwardServer(first.host, first.port)
+        with pytest.raises(OSError) as raised:
+            second.start()
+        second.close()
+    assert raised.value.errno == errno.EADDRINUSE
+    assert str(raised.value) == (
+        f"cannot listen on {first.host}:{first.port}: Address already in use (another "
+        "process listens there: stop it, or choose another port (0 picks a free one))")

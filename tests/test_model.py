@@ -957,6 +957,9 @@ MODEL_SETTINGS = settings.get_profile("model-ci")
 ClientModel.TestCase.settings = MODEL_SETTINGS
 
 
+# Its fork rule forks this process, whose embedded server thread runs: Python 3.12+ warns
+# about that thread, the test's own (the client's are parked, see tests/test_fork_parking.py).
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 @pytest.mark.skipif(os.name != "posix", reason="the embedded server's faults need POSIX")
 def test_the_model_holds() -> None:
     ClientModel.TestCase().runTest()

@@ -50,6 +50,9 @@ def test_exit_is_bounded_when_the_server_is_stuck(fluent_server):
     assert elapsed < 5
 
 
+# Forks this process, whose embedded server thread runs: Python 3.12+ warns about that
+# thread, the test's own (the client's are parked, see tests/test_fork_parking.py).
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_child_posts_after_fork_and_does_not_resend_the_parents_records(fluent_server):
     client = BufferedClient(fluent_server.host, fluent_server.port, backoff=FAST_BACKOFF,

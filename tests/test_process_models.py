@@ -98,6 +98,7 @@ def exactly_once(server: FluentBit, tag: str, key: str, expected: Sequence[Any],
 WSGI_APP = """\
 import logging
 import os
+import signal
 import time
 
 from fluentclient import BufferedClient
@@ -122,7 +123,10 @@ def application(environ, start_response):
     if query:
         # Long enough for concurrent requests to spread over every worker.
         time.sleep(0.02)
-        client.post(TAG, {"n": int(query), "pid": os.getpid()})
+        # Whose SIGTERM handler the worker has while it serves: the server's own.
+        handler = signal.getsignal(signal.SIGTERM)
+        client.post(TAG, {"n": int(query), "pid": os.getpid(),
+                          "sigterm": getattr(handler, "__module__", None) or str(handler)})
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [str(os.getpid()).encode()]
 """
@@ -380,6 +384,9 @@ def test_gunicorn_workers_deliver_every_request(fluent_bit, web_server, setup):
     assert {r["n"]: r["pid"] for r in records} == served
     assert len(set(served.values())) == 2, "both workers served requests"
     assert_boots(fluent_bit, tag, 1 if "preload" in setup else 2)
+    # gunicorn owns SIGTERM in its workers: the client installed no handler over its own
+    # (with --preload, ours went in at import in the master and gunicorn replaced it).
+    assert all(r["sigterm"].startswith("gunicorn.") for r in records), records[0]
 
 
 # -- Celery ------------------------------------------------------------------------------

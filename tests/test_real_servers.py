@@ -26,6 +26,7 @@ from fluentclient import (
     EventTime,
     FluentConnectionError,
     FluentError,
+    FluentTimeoutError,
     SyncClient,
     TlsError,
 )
@@ -311,6 +312,24 @@ def test_unverified_certificate_is_a_tls_error(
              client_threads, caplog, good=tls_client(pki), tls=True)
 
 
+def test_tls_against_a_plain_port_says_to_turn_tls_off(
+    real_server_kind: str, real_server_factory: Factory, pki: Pki,
+) -> None:
+    # Fluent Bit closes the connection on our ClientHello, a TlsError. fluentd reads it as
+    # msgpack: it resets the connection, a TlsError too, or, when the bytes end inside an
+    # object, waits for the rest, and the handshake times out. Each says what to change.
+    server = real_server_factory(real_server_kind)
+    client = SyncClient("127.0.0.1", server.port, connect_timeout=3, **tls_client(pki))
+    for _ in range(2):
+        with pytest.raises((TlsError, FluentTimeoutError)) as info:
+            client.post("real.refused.plain", {"n": 1})
+        assert "set tls=False (FLUENT_TLS=false), or point at the server's TLS port" in str(
+            info.value), repr(info.value)
+        if real_server_kind == "fluent-bit":
+            assert isinstance(info.value, TlsError), repr(info.value)
+    client.close()
+
+
 # -- exact data: times, Unicode, sizes, tags ----------------------------------------------
 
 
@@ -338,6 +357,58 @@ def test_event_time_nanoseconds_and_unicode_exact(shared_server: RealServer, kin
     events = shared_server.wait_for(len(posts), tag, timeout=WAIT)
     assert [(t, r) for _, t, r in events] == [
         (t.to_ns(), r) for t, r in posts]
+
+
+def test_datetimes_arrive_as_the_same_iso_text_from_every_path(
+        shared_server: RealServer) -> None:
+    """Both clients and the three log integrations send a datetime, date or time as its
+    ISO 8601 text, and both servers store that text as it was sent."""
+    import datetime
+
+    import structlog
+    from loguru import logger as loguru_logger
+
+    from fluentclient.handler import FluentHandler
+    from fluentclient.loguru import FluentSink
+    from fluentclient.structlog import FluentProcessor
+
+    tag = "real.datetimes"
+    utc = datetime.timezone.utc
+    values = {
+        "at": datetime.datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=utc),
+        "naive": datetime.datetime(2024, 1, 2, 3, 4, 5),
+        "day": datetime.date(2024, 1, 2),
+        "nested": {"t": datetime.time(3, 4, 5)},
+    }
+    expected = {
+        "at": "2024-01-02T03:04:05.000006+00:00", "naive": "2024-01-02T03:04:05",
+        "day": "2024-01-02", "nested": {"t": "03:04:05"},
+    }
+    with SyncClient("127.0.0.1", shared_server.port) as sync:
+        sync.post(tag, {"path": "sync", **values})
+    client = make_client("buffered", shared_server)
+    client.post(tag, {"path": "buffered", **values})
+    handler = FluentHandler(tag=tag, client=client)
+    std = logging.getLogger("tests.real.datetimes")
+    std.propagate = False
+    std.addHandler(handler)
+    try:
+        std.warning("logged", extra={"path": "logging", **values})
+    finally:
+        std.removeHandler(handler)
+        handler.close()
+    with pytest.raises(structlog.DropEvent):
+        FluentProcessor(client, tag=tag)(None, "info", {"path": "structlog", **values})
+    sink = loguru_logger.add(FluentSink(tag=tag, client=client), format="{message}")
+    try:
+        loguru_logger.bind(path="loguru", **values).info("logged")
+    finally:
+        loguru_logger.remove(sink)
+    client.shutdown(timeout=WAIT)
+    events = shared_server.wait_for(5, tag, timeout=WAIT)
+    got = {r["path"]: {k: r.get(k) for k in expected} for _, _, r in events}
+    assert got == {path: expected
+                   for path in ("sync", "buffered", "logging", "structlog", "loguru")}
 
 
 def test_times_past_2038(shared_server: RealServer) -> None:

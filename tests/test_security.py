@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import ssl
 import time
@@ -15,8 +16,10 @@ from fluentclient import (
     Backoff,
     BufferedClient,
     FluentConnectionError,
+    FluentTimeoutError,
     Server,
     SyncClient,
+    TlsError,
 )
 from fluentclient._connection import NO_SECURITY
 from fluentclient._pool import Link
@@ -25,6 +28,7 @@ from fluentclient.server import ForwardServer
 
 from .certs import Pki, server_context
 from .conftest import FAST_BACKOFF
+from .waiting import wait_until
 
 KEY = "a shared secret"
 
@@ -210,3 +214,95 @@ def test_a_refusal_waits_the_longest_delay_once_and_a_good_write_resets_it():
     link.failed("the server closed the connection")
     assert link.retry_at - time.monotonic() <= 0.011
     assert type(link.stats().error) is FluentConnectionError
+
+
+# -- TLS on one side only: the cause in words, the setting to change --------------------------
+
+TLS_OFF_HINT = ("it probably does not speak TLS; set tls=False (FLUENT_TLS=false), or point "
+                "at the server's TLS port")
+
+
+def _server_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "fluentclient.server" and r.levelno >= logging.WARNING]
+
+
+def test_a_tls_client_against_a_plain_server_is_told_to_turn_tls_off(pki, caplog):
+    caplog.set_level(logging.DEBUG)
+    with ForwardServer() as server:
+        client = SyncClient(server.host, server.port, tls=True, tls_ca_file=str(pki.ca_file))
+        for _ in range(3):
+            with pytest.raises(TlsError) as raised:
+                client.post("sec.tls", {"i": 1})
+            # In parentheses, OpenSSL's name for the EOF, which depends on its version.
+            assert re.fullmatch(
+                rf"TLS with {server.host}:{server.port} failed: the server closed the "
+                rf"connection during the TLS handshake \(.+\): {re.escape(TLS_OFF_HINT)}",
+                str(raised.value)), str(raised.value)
+        client.shutdown()
+        assert wait_until(lambda: len(server.errors) == 3, timeout=10), server.errors
+        # Three connections, each recorded, but one line in the server's log, not a
+        # "broken frame" per connection.
+        assert all("began a TLS handshake, but this server does not speak TLS" in e
+                   for e in server.errors), server.errors
+        [line] = _server_warnings(caplog)
+        assert "set tls=False on the client, or give the server a certificate" in line
+
+
+def test_a_buffered_tls_client_against_a_plain_server_says_it_once_as_configuration(
+        pki, caplog):
+    caplog.set_level(logging.DEBUG, logger="fluentclient")
+    with ForwardServer() as server:
+        client = BufferedClient(server.host, server.port, tls=True,
+                                tls_ca_file=str(pki.ca_file), backoff=FAST_BACKOFF,
+                                at_exit=False)
+        client.post("sec.tls", {"i": 1})
+        assert wait_until(lambda: client.stats().connect_failures >= 3, timeout=20)
+        stats = client.stats()
+        client.shutdown(timeout=0.5)
+    [server_stats] = stats.servers
+    assert isinstance(server_stats.error, TlsError)
+    assert TLS_OFF_HINT in str(server_stats.error)
+    said = [r for r in caplog.records if r.name == "fluentclient" and TLS_OFF_HINT in
+            r.getMessage() and r.levelno >= logging.WARNING]
+    # Once, as an error, however often it was tried; never as an outage to wait out.
+    assert [r.levelname for r in said] == ["ERROR"], [r.getMessage() for r in said]
+    assert not any("retrying until the shutdown deadline" in r.getMessage()
+                   for r in caplog.records)
+
+
+def test_a_plain_client_against_a_tls_server_is_told_to_turn_tls_on(pki, caplog):
+    caplog.set_level(logging.DEBUG)
+    with ForwardServer(ssl_context=server_context(pki)) as server:
+        client = SyncClient(server.host, server.port, require_ack=True, ack_timeout=10)
+        for _ in range(2):
+            with pytest.raises(FluentConnectionError) as raised:
+                client.post("sec.plain", {"i": 1})
+            # The server resets without a word, as fluentd and Fluent Bit do: the client
+            # can only suggest TLS, but says which setting turns it on.
+            assert "reset the connection without ever answering: if it expects TLS, set " \
+                   "tls=True (FLUENT_TLS=true)" in str(raised.value)
+        client.shutdown()
+        assert wait_until(lambda: len(server.errors) == 2, timeout=10), server.errors
+        [line] = _server_warnings(caplog)
+        assert "TLS handshake failed: the client did not start one" in line
+        assert "set tls=True on the client, or serve without TLS" in line
+
+
+def test_a_tls_handshake_nobody_answers_times_out_with_the_same_advice(pki):
+    # fluentd sometimes reads a ClientHello as the start of a msgpack object and waits for
+    # the rest: the handshake ends at connect_timeout. A listener that never reads does
+    # the same here.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        client = SyncClient("127.0.0.1", port, tls=True, tls_ca_file=str(pki.ca_file),
+                            connect_timeout=0.3)
+        with pytest.raises(FluentTimeoutError) as raised:
+            client.post("sec.silent", {"i": 1})
+        client.close()
+    assert str(raised.value) == (
+        f"TLS with 127.0.0.1:{port} failed: no answer to the TLS handshake in time; if the "
+        "server does not speak TLS, set tls=False (FLUENT_TLS=false), or point at the "
+        "server's TLS port")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from unittest import mock
 
 import pytest
 
@@ -23,6 +24,7 @@ SLACK = 0.5
 
 SERVING = """
 import threading
+from unittest import mock
 from fluentclient import BufferedClient, shutdown_on_signal
 
 client = BufferedClient("127.0.0.1", P["port"], shutdown_timeout=P["timeout"],
@@ -254,3 +256,121 @@ def test_it_must_be_called_from_the_main_thread_with_a_client(fluent_server):
     with pytest.raises(ValueError, match="signal"):
         shutdown_on_signal(client, signals=[])
     client.shutdown(1)
+
+
+# -- SIGTERM by default, without shutdown_on_signal() (issue 19, items 2 and 3) ------------
+
+HELD = """
+import os, signal, threading
+if P.get("env"):
+    os.environ["FLUENTCLIENT_NO_SIGNAL_HANDLER"] = "1"
+from fluentclient import BufferedClient
+
+if P.get("app") == "before":
+    def app_handler(signum, frame):
+        stamp("APP_HANDLER")
+        raise SystemExit(3)  # a graceful stop: the at-exit drain sends what is held
+    signal.signal(signal.SIGTERM, app_handler)
+# Held until the signal; with the server down, tried (and failed) at once instead.
+client = BufferedClient("127.0.0.1", P["port"], flush_interval=0.05 if P.get("down") else 60,
+                        write_threshold=2**22, shutdown_timeout=P["timeout"],
+                        **({} if P.get("ours", True) else {"handle_sigterm": False}))
+for i in range(P["records"]):
+    client.post("sig.held", {"i": i})
+if P.get("app") in ("after", "chained"):
+    previous = signal.getsignal(signal.SIGTERM)
+    def app_handler(signum, frame):
+        stamp("APP_HANDLER")
+        if P["app"] == "chained" and callable(previous):
+            previous(signum, frame)  # ours, replaced: it drains and leaves the rest to us
+            stamp("CHAINED", client.stats().sent)
+        raise SystemExit(3)
+    signal.signal(signal.SIGTERM, app_handler)
+if P.get("down"):
+    deadline = _time.monotonic() + 20
+    while not client.stats().connect_failures and _time.monotonic() < deadline:
+        _time.sleep(0.01)
+handler = signal.getsignal(signal.SIGTERM)
+stamp("READY", handler.__module__ if callable(handler) else str(handler))
+threading.Event().wait(60)
+stamp("NOT_KILLED")
+"""
+
+
+def held_child(server: ForwardServer, **params) -> Child:
+    params = {"port": server.port, "records": 1000, "timeout": 5.0, **params}
+    return Child("held", HELD, params)
+
+
+def test_sigterm_by_default_sends_what_was_held_then_dies_of_the_signal(fluent_server):
+    child = held_child(fluent_server)
+    ready = child.wait_for_line("READY", timeout=30)
+    child.signal(signal.SIGTERM)
+    result = child.finish(timeout=30)
+    assert result.returncode == -signal.SIGTERM, result.describe()
+    assert result.stderr == "", result.describe()
+    # Held by a 60 s flush interval: only the drain on SIGTERM sent them.
+    assert fluent_server.wait_for_events(1000, timeout=10), (
+        f"{len(fluent_server.events)} of 1000 records arrived")
+    assert sorted(e.record["i"] for e in fluent_server.events) == list(range(1000))
+    assert ready == [mock.ANY, "fluentclient._sigterm"]
+
+
+def test_sigterm_by_default_with_the_server_down_says_what_was_not_sent(fluent_server):
+    fluent_server.refuse()
+    child = held_child(fluent_server, timeout=0.5, down=True)
+    child.wait_for_line("READY", timeout=30)
+    sent = child.signal(signal.SIGTERM)
+    result = child.finish(timeout=30)
+    assert result.returncode == -signal.SIGTERM, result.describe()
+    assert result.ended - sent <= 0.5 + 2.0, result.describe()  # the deadline, and exit
+    assert result.foreign_stderr() == [], result.describe()
+    said = [line for line in result.stderr.splitlines() if "not sent" in line]
+    assert len(said) == 1 and "1,000 records" in said[0] and "SIGTERM" in said[0], (
+        result.describe())
+
+
+def test_a_second_sigterm_abandons_the_drain_and_still_says_what_was_not_sent(fluent_server):
+    fluent_server.refuse()
+    child = held_child(fluent_server, timeout=30, down=True, records=10)
+    child.wait_for_line("READY", timeout=30)
+    child.signal(signal.SIGTERM)
+    child.wait_for_stderr("waiting up to 30 s")  # the drain has begun
+    second = child.signal(signal.SIGTERM)
+    result = child.finish(timeout=60)
+    assert result.returncode == -signal.SIGTERM, result.describe()
+    assert result.ended - second < 5, result.describe()
+    assert result.foreign_stderr() == [], result.describe()
+    said = [line for line in result.stderr.splitlines() if "not sent" in line]
+    assert len(said) == 1 and "10 records" in said[0] and "interrupted" in said[0], (
+        result.describe())
+
+
+@pytest.mark.parametrize("app", ["before", "after", "chained"])
+def test_an_application_handler_wins_over_ours(fluent_server, app):
+    child = held_child(fluent_server, app=app, records=100)
+    words = child.wait_for_line("READY", timeout=30)
+    assert words[1] == "__main__", words  # the app's handler is SIGTERM's
+    child.signal(signal.SIGTERM)
+    result = child.finish(timeout=30)
+    # The app's handler ran and decided how the process ends; ours did not kill it.
+    assert result.returncode == 3, result.describe()
+    assert result.lines("APP_HANDLER"), result.describe()
+    assert result.foreign_stderr() == [], result.describe()
+    if app == "chained":
+        # Called by the app as the handler it replaced: ours drained, then returned.
+        assert result.lines("CHAINED")[0][1:] == ["100"], result.describe()
+    # Either way the records went, through the exit drain or ours.
+    assert fluent_server.wait_for_events(100, timeout=10), len(fluent_server.events)
+
+
+@pytest.mark.parametrize("how", ["env", "keyword"])
+def test_the_handler_can_be_turned_off(fluent_server, how):
+    child = held_child(fluent_server, records=10,
+                       **({"env": True} if how == "env" else {"ours": False}))
+    words = child.wait_for_line("READY", timeout=30)
+    assert words[1] in ("0", "Handlers.SIG_DFL"), words  # str() of SIG_DFL differs by version
+    child.signal(signal.SIGTERM)
+    result = child.finish(timeout=30)
+    assert result.returncode == -signal.SIGTERM, result.describe()
+    assert result.stderr == "", result.describe()

@@ -129,6 +129,69 @@ def test_factory_logger_takes_a_rendered_string_too(fluent_server, client):
     assert event.record["level"] == "info"
 
 
+@pytest.mark.parametrize("path", ["render_to_log_kwargs", "ProcessorFormatter"])
+def test_through_the_standard_library_message_and_level_are_logging_s(fluent_server, path):
+    """structlog on top of logging, to a FluentHandler that has a text formatter (as
+    basicConfig gives it): the message is the event, the level logging's name of it."""
+    import logging
+
+    from fluentclient.handler import FluentHandler
+
+    handler = FluentHandler(tag="sl.stdlib", host=fluent_server.host, port=fluent_server.port,
+                            backoff=FAST_BACKOFF, at_exit=False)
+    handler.setFormatter(logging.Formatter(logging.BASIC_FORMAT))
+    std = logging.getLogger(f"billing.{path}")
+    std.propagate = False
+    std.setLevel(logging.DEBUG)
+    std.addHandler(handler)
+    last = (structlog.stdlib.render_to_log_kwargs if path == "render_to_log_kwargs"
+            else structlog.stdlib.ProcessorFormatter.wrap_for_formatter)
+    log = structlog.wrap_logger(
+        std, processors=[structlog.processors.add_log_level, last],
+        wrapper_class=structlog.stdlib.BoundLogger,
+    )
+    try:
+        log.info("charged", amount=3)
+        log.warning("late", days=2)
+        handler.flush()
+        assert fluent_server.wait_for_events(2, timeout=5)
+    finally:
+        std.removeHandler(handler)
+        handler.close()
+    got = [{k: e.record.get(k) for k in ("message", "event", "level", "amount", "days")}
+           for e in fluent_server.events]
+    if path == "render_to_log_kwargs":
+        assert got == [
+            {"message": "charged", "event": None, "level": "INFO", "amount": 3, "days": None},
+            {"message": "late", "event": None, "level": "WARNING", "amount": None, "days": 2},
+        ]
+    else:  # the event dict is the message: merged as fields, as a dict message is
+        assert got == [
+            {"message": None, "event": "charged", "level": "INFO", "amount": 3, "days": None},
+            {"message": None, "event": "late", "level": "WARNING", "amount": None, "days": 2},
+        ]
+
+
+def test_trace_and_span_ids_of_the_current_span(fluent_server, client):
+    sdk = pytest.importorskip("opentelemetry.sdk.trace")
+    tracer = sdk.TracerProvider().get_tracer("tests")
+    on = wrapped([FluentProcessor(client, tag="sl.otel")])
+    off = wrapped([FluentProcessor(client, tag="sl.otel.off", trace_ids=False)])
+    with tracer.start_as_current_span("charge") as span:
+        ids = span.get_span_context()
+        on.info("in span")
+        off.info("in span")
+    on.info("no span")
+    assert client.flush(5)
+    assert fluent_server.wait_for_events(3, timeout=5)
+    got = {(e.tag, e.record["event"]): e.record for e in fluent_server.events}
+    record = got["sl.otel", "in span"]
+    assert record["trace_id"] == f"{ids.trace_id:032x}"
+    assert record["span_id"] == f"{ids.span_id:016x}"
+    assert not {"trace_id", "span_id"} & set(got["sl.otel.off", "in span"])
+    assert not {"trace_id", "span_id"} & set(got["sl.otel", "no span"])
+
+
 def test_fluentclient_never_imports_structlog():
     code = (
         "import sys, fluentclient, fluentclient.handler, fluentclient.aio\n"

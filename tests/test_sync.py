@@ -75,6 +75,17 @@ def test_bad_input_raises_and_nothing_is_sent(fluent_server):
     assert [e.record for e in fluent_server.events] == [{"x": 1}]
 
 
+@pytest.mark.parametrize("record", ["hello", ["a", "list"], None])
+def test_a_record_that_is_not_a_mapping_raises_with_the_cure(fluent_server, record):
+    with SyncClient(fluent_server.host, fluent_server.port) as client:
+        with pytest.raises(SerializationError,
+                           match=f"mapping.*not {type(record).__name__}.*\\{{\"message\""):
+            client.post("sync.nomap", record)
+        client.post("sync.nomap", {"x": 1})
+        assert client.stats().posted == 1
+    assert [e.record for e in fluent_server.events] == [{"x": 1}]
+
+
 def test_unix_socket(tmp_path):
     with ForwardServer(unix_path=str(tmp_path / "s.sock")) as server:
         with SyncClient(unix_path=server.unix_path) as client:
