@@ -82,6 +82,48 @@ def _no_packing_is_true(request: pytest.FixtureRequest) -> Iterator[None]:
                     "record, so it must run on both paths (remove the marker)")
 
 
+# -- parallel runs -------------------------------------------------------------------------
+# tests/run_both_paths.py runs the suite with pytest-xdist, test by test (--dist loadgroup),
+# in collection order (--no-loadscope-reorder). Two things are decided here, in each worker
+# (all of them must collect the same tests in the same order):
+#
+# * A file whose tests share a module- or session-scoped fixture (a real fluentd, a matrix
+#   of children timed one at a time) runs whole in one worker, or each worker would make
+#   its own. SPLIT_ANYWAY names files whose shared fixture is cheap to make again (a Fluent
+#   Bit starts in a fraction of a second) and whose tests are long: one worker would take
+#   longer on them alone than the others on everything else.
+# * The longest files go first: a worker that took one of them last would still be running
+#   it long after the others had run out of work. The seconds (one serial run on two cores)
+#   only need to be roughly right; a new long file belongs here too.
+SPLIT_ANYWAY = ("test_process_models",)
+LONGEST_FIRST = (
+    "test_model",  # 80 s: one hypothesis state machine
+    "test_process_models",  # 80 s: gunicorn, uWSGI, Celery, multiprocessing
+    "test_real_servers",  # 70 s: real fluentd and Fluent Bit
+    "test_cli",  # 65 s
+    "test_framing", "test_exit", "test_benchmark_smoke", "test_contained_conn",
+    "test_contained_linger", "test_docs",  # 20 to 30 s each
+)
+
+
+def _shares_a_fixture(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    return any(defs[-1].scope in ("module", "package", "session")
+               for defs in info.name2fixturedefs.values() if defs)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not hasattr(config, "workerinput"):  # only in an xdist worker: a serial run
+        return  # keeps the plain order
+    for item in items:
+        if item.path.stem not in SPLIT_ANYWAY and _shares_a_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable
+
+
 # -- nothing left behind -------------------------------------------------------------------
 
 _THREADS_AT_START: set[threading.Thread] = set()

@@ -285,7 +285,12 @@ def test_post_never_waits_for_the_server(fluent_server, state):
         report = client.shutdown(0.5)
         assert time.monotonic() - t0 < 1.5
     if state != "drops":
-        assert report.unsent_records > 0 or sum(report.dropped.values()) > 0
+        not_delivered = report.unsent_records + sum(report.dropped.values())
+        if state == "stalled":
+            # What the socket buffers took is possibly lost: on a loaded machine the writer
+            # keeps up with the posts, and loopback's buffers can take all 3000 records.
+            not_delivered += report.possibly_lost
+        assert not_delivered > 0, report
 
 
 def test_shutdown_drains_everything(fluent_server):
