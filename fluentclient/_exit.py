@@ -105,8 +105,13 @@ def _drain(clients: list[BufferedClient], why: str) -> bool:
             except RuntimeError:  # no new threads now: this thread does it, in turn
                 inline.append(client)
         _say_wait(clients, longest, why)
+        # Python 3.12.0 and 3.12.1 refuse new threads once the interpreter is exiting,
+        # whatever is left to do: the clients are drained here, one after the other, and
+        # one that cannot reach a server by any deadline is not waited for.
         for client in inline:
-            _stop(client, start + timeouts[client], reports, done)
+            hopeless = client._hopeless() is not None
+            _stop(client, time.monotonic() if hopeless else start + timeouts[client],
+                  reports, done)
         _wait(clients, done, start + longest + _GRACE)
     except (KeyboardInterrupt, Interrupted):
         state.waiting = False
@@ -211,8 +216,9 @@ def _line(client: BufferedClient, report: ShutdownReport | None,
         # Its shutdown did not finish (the thread that was to run it could not take the
         # client's lock in time): what the books say it still held.
         held = client._held()
-        return (f"{count(held, 'record')} held not sent (its shutdown did not finish in "
-                f"time)") if held else None
+        why = "the drain was interrupted" if interrupted else \
+            "its shutdown did not finish in time"
+        return f"{count(held, 'record')} held not sent ({why})" if held else None
     unsent = report.unsent_records - report.spooled - report.handed_over
     if not unsent and not report.possibly_lost and not report.spooled \
             and not report.handed_over:

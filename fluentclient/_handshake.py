@@ -17,7 +17,7 @@ from typing import Any
 import msgpack
 
 from .errors import AuthenticationError
-from .message import short_repr
+from .message import peer_text, short_repr
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def check_pong(obj: Any, *, helo: Helo, salt: str, shared_key: str, self_hostnam
     if ok is not True:
         if not reason:
             reason = "no reason given"
-        why = reason[:200] if isinstance(reason, str) else short_repr(reason, 80)
+        why = peer_text(reason) if isinstance(reason, str) else short_repr(reason, 80)
         raise AuthenticationError(f"the server refused us: {why}")
     if not isinstance(server_hostname, str) or not isinstance(digest, str):
         raise AuthenticationError("malformed PONG")

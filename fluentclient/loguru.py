@@ -114,9 +114,10 @@ def trace_patcher(record: loguru.Record) -> None:
 
 _TRACEBACK_HEAD = "Traceback (most recent call last):"
 # What loguru's diagnose=True writes under a source line: the values of its variables
-# (``    │   └ 0``, or ``    -> 0`` for one). Never sent: the traceback formatted here,
+# (``    │   └ 0``, or ``    -> 0`` for one; ``|`` and ``->`` where loguru writes ASCII,
+# as it does when the sink's encoding is not UTF-8). Never sent: the traceback formatted here,
 # without enqueue, never holds them, and they may hold secrets.
-_DIAGNOSIS = re.compile(r"^[ \t]*(?:[│└]|-> )")
+_DIAGNOSIS = re.compile(r"^[ \t]*(?:[│└]|(?:\|[ \t|]*)?-> |\|[ \t|]*$)")
 # Between the tracebacks of chained exceptions, with a blank line on each side as
 # traceback.format_exception writes them.
 _CHAIN_LINES = (

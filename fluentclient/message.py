@@ -143,6 +143,17 @@ _REPR.maxstring = 80
 _REPR.maxother = 80
 
 
+def peer_text(text: str, limit: int = 200) -> str:
+    """Words a server sent (a refusal's reason), fit for a message or a log line: cut to
+    ``limit`` characters, with lone surrogates (bytes that were not UTF-8) and control
+    characters escaped, so that they can neither break a handler that encodes to UTF-8
+    nor forge lines of their own in a log."""
+    cut = text[:limit]
+    if cut.isprintable():
+        return cut
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
+
+
 def short_repr(obj: object, limit: int = 200) -> str:
     """A repr for messages and logs: never raises, whatever ``obj`` is (also one a server
     sent: a Python repr of deeply nested data would raise RecursionError)."""

@@ -191,6 +191,23 @@ def test_pong_failure_carries_the_servers_reason() -> None:
     assert isinstance(info.value, FluentConnectionError)
 
 
+@given(reason=st.text(max_size=300) | st.binary(max_size=300).map(
+    lambda b: b.decode("utf-8", "surrogateescape")))
+@example(reason="bad key \udcff\udcfe")
+@example(reason="bad key\n2026-01-01 ERROR forged line")
+def test_a_refusals_reason_is_fit_for_a_log_line(reason: str) -> None:
+    # A server's words, bytes that were not UTF-8 or a line break among them, must neither
+    # break a handler that encodes to UTF-8 nor forge a log line of their own.
+    helo = Helo(NONCE, AUTH, True)
+    with pytest.raises(AuthenticationError) as info:
+        check_pong(["PONG", False, reason, "", ""], helo=helo, salt=SALT, shared_key=KEY,
+                   self_hostname=CLIENT)
+    text = str(info.value)
+    text.encode("utf-8")
+    assert text.isprintable(), text
+    assert len(text) < 1000
+
+
 # -- fluent-bit's str fields holding raw bytes ----------------------------------------------
 
 NOT_UTF8_NONCE = bytes([0xFF, 0x80, 0xC3, 0x28, 0xED, 0xA0, 0x80, 0x00] * 2)
