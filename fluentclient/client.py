@@ -509,6 +509,7 @@ class BufferedClient(_Client):
                               "error; it cannot carry a record about its own failure")
             queued = self._refuse(DROP_REENTRANT, err, msg, sync_append)
             return queued if delivery is None else delivery
+        orphaned = False
         if life.phase is NEW:
             try:
                 self._start()
@@ -517,6 +518,19 @@ class BufferedClient(_Client):
                 err = ClientClosedError(f"cannot start the client: {exc}")
                 queued = self._refuse(DROP_CLOSED, err, msg, sync_append)
                 return queued if delivery is None else delivery
+            # Its client object was collected before this first post began (see
+            # _forgotten): once the record is queued, stop as a forgotten client stops.
+            orphaned = self.__dict__.pop("_orphaned", False)
+        try:
+            return self._post_started(msg, delivery, sync_append, timeout)
+        finally:
+            if orphaned:
+                _forgotten(self)
+
+    def _post_started(self, msg: Message, delivery: Future[None] | None,
+                      sync_append: bool, timeout: float | None) -> bool | Future[None]:
+        """The rest of _post_carefully, once the client runs."""
+        life = self._life
         reader = self._reader
         if len(self._queue) >= self._admission.queue_limit and not self._admission.own_thread():
             # Posts are outrunning packing: let the reader catch up rather than let
@@ -1176,7 +1190,12 @@ def _forgotten(core: BufferedClient) -> None:
         core._forget_in_child()
         return
     if life.phase is NEW and not core._journal.owns_files:
-        return  # no thread, socket or file was ever opened
+        # No thread, socket or file was ever opened. But the compiled post() holds the
+        # core, not the client, so in ``BufferedClient(...).post(...)`` the client is
+        # collected before its first post runs: that post starts the client, and then
+        # comes back here (see _post_carefully).
+        core.__dict__["_orphaned"] = True
+        return
     # Until drained: a child forked meanwhile closes its copies of the files and sockets.
     _process.forgotten.add(core)
     try:

@@ -11,6 +11,7 @@ half a second, which children competing for the same cores could not promise.
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import sys
@@ -165,7 +166,10 @@ def test_the_process_exits_within_the_shutdown_timeout(exit_matrix, case):
             timeout=5,
         ), result.describe()
         if case.how == "return":
-            assert "not sent" not in result.stderr
+            # Nothing was left unsent. (On a loaded machine the deadline may come before
+            # the proof that the server read the last frames: "possibly lost" is honest.)
+            assert not re.search(r"\b[1-9][\d,]* records? \([^)]*\) not sent",
+                                 result.stderr), result.describe()
     else:
         # What could not be sent is said once, not hidden.
         said = [line for line in result.stderr.splitlines() if "not sent" in line]
@@ -492,3 +496,33 @@ def test_connect_failures_and_losses_reach_stderr_once_however_logging_is_set_up
     assert sum("cannot connect to" in line and "retrying" in line for line in lines) == 1, (
         result.describe())
     assert sum("not sent" in line for line in lines) == 1, result.describe()
+
+
+# -- a client dropped in the expression of its first post --------------------------------
+
+DROPPED_AT_ONCE_CHILD = """
+from fluentclient import BufferedClient
+# The client object is collected before post() runs (the compiled post holds only the
+# client's core): its record must still be tried, and what was not sent said.
+BufferedClient("127.0.0.1", P["port"], shutdown_timeout=0.5).post("gone.at.once", {"n": 1})
+stamp("EXITING")
+"""
+
+
+@pytest.mark.parametrize("server_up", [True, False], ids=["server-up", "server-down"])
+def test_a_client_dropped_as_it_first_posts_still_sends_or_says_so(server_up, tmp_path):
+    server = ForwardServer().start()
+    try:
+        port = server.port
+        if not server_up:
+            server.stop()
+        result = Child("dropped", DROPPED_AT_ONCE_CHILD, {"port": port}).finish()
+        assert result.returncode == 0, result.describe()
+        if server_up:
+            assert server.wait_for(
+                lambda: [e.record for e in server.events] == [{"n": 1}], 5), result.describe()
+        else:
+            said = [line for line in result.stderr.splitlines() if "not sent" in line]
+            assert len(said) == 1 and "1 record " in said[0], result.describe()
+    finally:
+        server.stop()
