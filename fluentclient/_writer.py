@@ -267,21 +267,7 @@ class Writer:
             self._in_socket_call(
                 conn.send, data, deadline_within(self._life, self._write_timeout))
         except SendError as exc:
-            # Frames wholly written are tracked like any other; the cut one goes back.
-            written: list[Frame] = []
-            end = start
-            for frame in frames:
-                end += len(frame.data)
-                if end > start + exc.written:
-                    break
-                written.append(frame)
-            self._track(link, written, start)
-            # The rest never left whole: at most the head of one, which no server decodes.
-            cut = frames[len(written):]
-            for frame in cut:
-                frame.left = False
-            self._ledger.requeue(sum(f.records for f in cut), retried=False)
-            self._failure.link_failed(link, str(exc), pending=cut + rest)
+            self._send_failed(link, frames, rest, start, exc)
             return False
         self._track(link, frames, start)
         # Written is not delivered: the backoff starts over only once the server proves
@@ -293,6 +279,24 @@ class Writer:
         # A server that closes after one frame (keepalive off) is left to _tend, which
         # closes the connection once the frame is confirmed: closing now would cut it.
         return True
+
+    def _send_failed(self, link: Link, frames: list[Frame], rest: list[Frame], start: int,
+                     exc: SendError) -> None:
+        """Frames wholly written are tracked like any other; the cut one goes back."""
+        written: list[Frame] = []
+        end = start
+        for frame in frames:
+            end += len(frame.data)
+            if end > start + exc.written:
+                break
+            written.append(frame)
+        self._track(link, written, start)
+        # The rest never left whole: at most the head of one, which no server decodes.
+        cut = frames[len(written):]
+        for frame in cut:
+            frame.left = False
+        self._ledger.requeue(sum(f.records for f in cut), retried=False)
+        self._failure.link_failed(link, str(exc), pending=cut + rest)
 
     def _in_socket_call(self, call: Callable[..., _R], *args: object) -> _R:
         """``call(*args)``, marked as a socket call a fork need not wait out."""
