@@ -46,14 +46,13 @@ class AckTracking:
             return replies
         acked: list[Frame] = []
         for reply in replies:
-            head = link.unconfirmed[0][1] if link.unconfirmed else None
+            head = link.unconfirmed.head()
             # Acks come in order; anything else means this connection is out of step
             # (fluentd #4057) and must not be trusted with another frame.
             if head is None or not isinstance(reply, dict) or reply.get("ack") != head.chunk:
                 self._acked(link, acked)
                 return Fault(f"unexpected reply {short_repr(reply, 80)}")
-            link.unconfirmed.popleft()
-            acked.append(head)
+            acked.append(link.unconfirmed.pop_head())
         self._acked(link, acked)
         if conn.eof:
             return Fault(conn.lost or "the server closed the connection")
@@ -104,5 +103,5 @@ class AckTracking:
         reset on the wire). Shutdown reports them unsent, spools them or hands them to
         on_unsent: at-least-once, so they may arrive as well."""
         if link.unconfirmed:
-            self._ledger.requeue(sum(f.records for _, f in link.unconfirmed), retried=False)
-        link.unconfirmed.clear()
+            self._ledger.requeue(link.unconfirmed.records(), retried=False)
+        link.unconfirmed.take_all()

@@ -99,8 +99,7 @@ class LinkFailure:
 
     def lose_unconfirmed(self, link: Link) -> int:
         """The link's written, unconfirmed frames are possibly lost; how many records."""
-        frames = [frame for _, frame in link.unconfirmed]
-        link.unconfirmed.clear()
+        frames = [frame for _, frame in link.unconfirmed.take_all()]
         if not frames:
             return 0
         records = sum(f.records for f in frames)
@@ -181,8 +180,7 @@ class LinkFailure:
 
     def _to_send_again(self, link: Link, *, resend: bool) -> tuple[list[Frame], list[Frame]]:
         """Take the frames still unconfirmed: those to send again, and those given up."""
-        frames = [frame for _, frame in link.unconfirmed]
-        link.unconfirmed.clear()
+        frames = [frame for _, frame in link.unconfirmed.take_all()]
         for frame in frames:
             frame.attempts += 1
             if resend:

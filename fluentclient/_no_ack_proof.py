@@ -203,11 +203,10 @@ class NoAckProof:
     def hand_over(self, link: Link) -> tuple[Unproven, deque[tuple[int, Frame]]]:
         """Take what the link's failed connection has not proven read, for it to finish
         retiring: every such frame, and those of them the peer had not taken, whole."""
+        tail = deque(link.unconfirmed.take_all())
         unproven: Unproven = deque(link.unsettled)
-        unproven.extend((end, frame.records, frame.chunk) for end, frame in link.unconfirmed)
-        tail = deque(link.unconfirmed)
+        unproven.extend((end, frame.records, frame.chunk) for end, frame in tail)
         link.unsettled.clear()
-        link.unconfirmed.clear()
         return unproven, tail
 
     # -- inside ----------------------------------------------------------------------------
@@ -235,15 +234,12 @@ class NoAckProof:
     def _taken_up_to(self, link: Link, offset: int) -> bool:
         """The peer took the stream up to ``offset``: the frames written before it leave
         the buffer and wait to be settled. Whether there were any."""
-        taken: list[Frame] = []
         if not link.unsettled:
             link.unsettled_since = time.monotonic()
-        while link.unconfirmed and link.unconfirmed[0][0] <= offset:
-            end, frame = link.unconfirmed.popleft()
-            taken.append(frame)
-            link.unsettled.append((end, frame.records, frame.chunk))
+        taken = link.unconfirmed.pop_through(offset)
+        link.unsettled.extend((end, frame.records, frame.chunk) for end, frame in taken)
         if taken:
-            self._buffer.release(taken)
+            self._buffer.release([frame for _, frame in taken])
         return bool(taken)
 
     def _marker_acked(self, link: Link, reply: object) -> bool:
@@ -260,17 +256,16 @@ class NoAckProof:
             if marker == chunk:
                 self._count_sent(sum(link.unsettled.popleft()[1] for _ in range(i + 1)))
                 return True
-        for i, (_, frame) in enumerate(link.unconfirmed):
-            if frame.chunk == chunk:
-                taken = [link.unconfirmed.popleft()[1] for _ in range(i + 1)]
-                settled = sum(n for _, n, _ in link.unsettled) + sum(f.records for f in taken)
-                link.unsettled.clear()
-                link.progress_at = time.monotonic()
-                # Counted before the release wakes flush(): whoever it wakes finds them.
-                self._count_sent(settled)
-                self._buffer.release(taken)
-                return True
-        return False
+        taken = link.unconfirmed.pop_through_chunk(chunk)
+        if taken is None:
+            return False
+        settled = sum(n for _, n, _ in link.unsettled) + sum(f.records for f in taken)
+        link.unsettled.clear()
+        link.progress_at = time.monotonic()
+        # Counted before the release wakes flush(): whoever it wakes finds them.
+        self._count_sent(settled)
+        self._buffer.release(taken)
+        return True
 
     def _count_sent(self, records: int) -> None:
         if records:

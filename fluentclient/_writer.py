@@ -314,7 +314,7 @@ class Writer:
         link.frames_on_conn += len(frames)
         for frame in frames:
             offset += len(frame.data)
-            link.unconfirmed.append((offset, frame))
+            link.unconfirmed.add(offset, frame)
 
     def _connected_link(self) -> Link | None:
         """A link with a live connection, connecting one if need be."""
