@@ -53,7 +53,9 @@ class LinkFailure:
         else:
             self.link_failed(link, fault.reason)
 
-    def refused(self, link: Link, exc: FluentError, pending: list[Frame] | None = None) -> None:
+    def refused(
+        self, link: Link, exc: FluentError, pending: list[Frame] | None = None
+    ) -> None:
         """The server refused us on a connection that was up: an unasked HELO. Reported
         like a refused handshake: once until the reason changes, then the longest backoff."""
         news = link.last_error != str(exc)
@@ -69,25 +71,20 @@ class LinkFailure:
         A ``refusal`` (the server will not take our frames until the configuration
         changes) always backs off, the longest delay, even with nothing in flight.
         """
-        if link.conn is not None and not self._require_ack and refusal is None:
-            helo = self._proof.take_late_markers(link, link.conn)
-            if helo is not None:
-                self.refused(link, helo, pending)
-                return
+        if refusal is None and self._refused_meanwhile(link, pending):
+            return
         conn, link.conn = link.conn, None
-        resend = retired = False
-        records_retiring = 0
+        resend, retiring = False, 0
         if conn is not None:
             resend = self._reset_by_server(link, conn)
-            records_retiring = self._end_connection(
+            retiring = self._end_connection(
                 link, conn, may_retire=refusal is None and not resend)
-            retired = records_retiring > 0
         if pending:
             self._buffer.requeue(pending)
         if refusal is not None:
             link.failed(reason, backoff_to_max=True, error=refusal)
-        if retired:
-            self._left_retiring(link, reason, records_retiring)
+        if retiring:
+            self._left_retiring(link, reason, retiring)
         elif not link.unconfirmed and not self._proof.holds_unsettled(link) and not pending:
             # A server closing an idle connection owes us nothing: reconnect when needed,
             # without counting a failure or backing off. A connection that failed while
@@ -95,7 +92,8 @@ class LinkFailure:
             # frame whole must not be reconnected to at every write_timeout, uncounted.
             log.debug("fluentclient: %s closed an idle connection: %s", link.name, reason)
         else:
-            self._count_failure(link, reason, resend=resend, failed_already=refusal is not None)
+            self._count_failure(link, reason, resend=resend,
+                                failed_already=refusal is not None)
 
     def lose_unconfirmed(self, link: Link) -> int:
         """The link's written, unconfirmed frames are possibly lost; how many records."""
@@ -113,6 +111,17 @@ class LinkFailure:
         return records
 
     # -- the steps ---------------------------------------------------------------------
+
+    def _refused_meanwhile(self, link: Link, pending: list[Frame] | None) -> bool:
+        """Without acks, whether the replies that came before the failure hold an unasked
+        HELO: then the server refused us, and that is what ends the connection."""
+        if link.conn is None or self._require_ack:
+            return False
+        helo = self._proof.take_late_markers(link, link.conn)
+        if helo is None:
+            return False
+        self.refused(link, helo, pending)
+        return True
 
     def _reset_by_server(self, link: Link, conn: Connection) -> bool:
         """Without acks: settle what the server proved it read or its TCP took, and say
