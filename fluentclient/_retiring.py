@@ -98,6 +98,8 @@ class Retirement:
 
     def tend(self, link: Link) -> None:
         """Read the retiring connections; end those done, failed or out of time."""
+        if not link.retiring:
+            return
         now = time.monotonic()
         for old in list(link.retiring):
             self._read(link, old)
