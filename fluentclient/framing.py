@@ -16,6 +16,7 @@ import os
 import struct
 import zlib
 from collections.abc import Iterable, Mapping
+from functools import partial
 from typing import Any, Callable, Optional
 
 import msgpack
@@ -184,29 +185,40 @@ class EntryPacker:
         """Pack messages in order into runs of one tag each.
 
         A record that cannot be packed goes to ``failed`` and leaves no trace in its run.
-        This is the reader thread's inner loop: a plain dict that the guard passes is
-        packed here directly, everything else through the whole of :meth:`pack`'s path.
-
-        Whatever goes wrong with one record (its own code raising, another thread
-        changing it) costs that record alone, as a :class:`SerializationError`: never the
-        thread, never its neighbours. The boundary is a ``try`` around each record, which
-        costs nothing until something raises.
+        This is the reader thread's inner loop. Whatever goes wrong with one record (its
+        own code raising, another thread changing it) costs that record alone, as a
+        :class:`SerializationError`: never the thread, never its neighbours.
         """
+        if self._fast is not None and not self._int_time:
+            # The common records in one compiled pass over the batch; each other one is
+            # packed by the loop below, alone.
+            return self._fast.runs(messages, partial(self._one_run, failed), PackedRun)
+        return self._python_runs(messages, failed)
+
+    def _one_run(
+        self, failed: Callable[[Message, SerializationError], None], msg: Message
+    ) -> bytes | None:
+        """The entry of a record the compiled pass left, or None if it failed."""
+        runs = self._python_runs((msg,), failed)
+        return runs[0].data if runs else None
+
+    def _python_runs(
+        self, messages: Iterable[Message], failed: Callable[[Message, SerializationError], None]
+    ) -> list[PackedRun]:
+        """pack_runs in Python: a plain dict that the guard passes is packed here
+        directly, everything else through the whole of :meth:`pack`'s path. The boundary
+        around each record is a ``try``, which costs nothing until something raises."""
         runs: list[PackedRun] = []
         guard = self._guard
         flat = guard.flat if guard is not None else None
         packb, head, int_time = self._packer.pack, _EVENT_TIME_ENTRY_HEAD.pack, self._int_time
-        # The compiled packer's whole entry: None for a record it leaves to the code below.
-        fast = self._fast.entry if self._fast is not None and not int_time else None
         run: PackedRun | None = None
         entries: list[bytes] = []
         kept: list[Message] = []
         for msg in messages:
             record = msg.record
             try:
-                if fast is not None and (entry := fast(record, msg.time_ns)) is not None:
-                    pass
-                elif type(record) is dict and not int_time:
+                if type(record) is dict and not int_time:
                     # One moment's copy is checked and packed (see _body).
                     record = record.copy()
                     if flat is None or flat(record):
