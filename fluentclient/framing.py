@@ -11,7 +11,6 @@ a module of its own, and its names are importable from here.
 from __future__ import annotations
 
 import base64
-import datetime
 import os
 import struct
 import zlib
@@ -30,6 +29,7 @@ from ._decoding import (
     decoded_time_ns,
     new_unpacker,
 )
+from ._plain_values import plain_value
 from ._recheck import check_distinct, second_look
 from ._threads import swallow
 from .errors import SerializationError
@@ -369,12 +369,12 @@ class EntryPacker:
         # From here on Python code may run (an overridden method, the user's hook) and let
         # another thread change a list or dict that msgpack is half-way through.
         self._ran = True
-        plain = _plain(obj)
+        plain = plain_value(obj)
         if plain is obj:
             if self._default is None:
                 raise TypeError(f"{_NO_DEFAULT} {type(obj).__qualname__} object")
             try:
-                plain = _plain(self._default(obj))
+                plain = plain_value(self._default(obj))
             except BaseException as exc:
                 if isinstance(exc, Exception) or not swallow(exc):
                     raise
@@ -398,61 +398,6 @@ def _as_dict(record: Any) -> dict[Any, Any]:
         return dict(record)
     except Exception as exc:
         raise SerializationError(f"the record could not be read: {_describe(exc)}") from exc
-
-
-_TIMES = (datetime.date, datetime.time)  # datetime.datetime is a date
-
-
-def iso_text(value: datetime.date | datetime.time) -> str:
-    """A datetime, date or time as ISO 8601 text: ``2024-01-02T03:04:05.000006+00:00``.
-
-    A naive datetime or time is sent as it is, without an offset: the client cannot know
-    which zone it meant. A subclass whose ``isoformat`` fails is written with the base
-    class's.
-    """
-    text: object = None
-    try:
-        text = value.isoformat()
-    except Exception:
-        pass
-    if type(text) is str:
-        return text
-    if isinstance(value, datetime.datetime):
-        return datetime.datetime.isoformat(value)
-    if isinstance(value, datetime.date):
-        return datetime.date.isoformat(value)
-    return datetime.time.isoformat(value)
-
-
-def _plain(obj: Any) -> Any:
-    """The plain built-in value of a tuple or of a subclass of a type msgpack packs, or
-    the ISO 8601 text of a datetime, date or time.
-
-    The copies go through the base types' own methods, so a subclass's overrides (a
-    str-mixin Enum's ``__str__``) do not change the value. Anything else comes back as is.
-
-    Datetimes are the one value with no msgpack form that nearly every application logs;
-    refusing them cost the whole record, while the log integrations sent them as text.
-    ISO 8601 is what both servers' parsers, Elasticsearch and Loki read as a time, and it
-    is decided before ``default=`` so that a datetime reads the same whatever client or
-    integration sent it.
-    """
-    if isinstance(obj, (list, tuple)):
-        return list(obj)
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    if isinstance(obj, str):
-        return str.__str__(obj)
-    if isinstance(obj, int):
-        return int.__int__(obj)
-    if isinstance(obj, float):
-        return float.__float__(obj)
-    if isinstance(obj, (bytes, bytearray)):
-        return bytes(memoryview(obj))
-    if isinstance(obj, _TIMES):
-        return iso_text(obj)
-    return obj
-
 
 
 def _describe(exc: BaseException) -> str:
