@@ -71,7 +71,7 @@ from ._buffer import Buffer, Frame
 from ._connection import describe
 from ._journal import Journal, NullJournal, open_journal
 from ._ledger import Ledger, State
-from ._lifecycle import CLOSED, CLOSING, FAILED, NEW, RUNNING, Lifecycle, swallow
+from ._lifecycle import CLOSED, CLOSING, FAILED, NEW, RUNNING, Lifecycle
 from ._options import (
     BufferOptions,
     RecordOptions,
@@ -86,6 +86,7 @@ from ._reader import Reader
 from ._reporting import Reporting
 from ._sender import Sender, is_hopeless, is_unresolvable
 from ._shutdown import Ending, UnsentCallback
+from ._threads import swallow
 from ._words import count
 from ._writer import Writer, resolve_futures
 from .backoff import Backoff
