@@ -276,7 +276,7 @@ def test_a_retiring_connection_ends_at_its_linger(fluent_server):
     fluent_server.stall(True)
     client = BufferedClient(fluent_server.host, fluent_server.port, write_timeout=0.3,
                             backoff=FAST_BACKOFF, at_exit=False, buffer_limit=64 << 20)
-    client._writer._linger = 1.0
+    client._writer._retirement.linger = 1.0
     link = client._writer.links[0]
     try:
         _post_while_stalled(client, 16_000)
