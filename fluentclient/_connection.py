@@ -24,14 +24,13 @@ from typing import Any, Callable, Union
 from . import _connect_failures as failures
 from . import _handshake as handshake
 from . import _socket_state as state
-from ._decoding import new_unpacker
+from ._replies import ConnectionLost, Replies
 from .errors import AuthenticationError, FluentConnectionError, FluentTimeoutError
 
 Address = Union[tuple[str, int], str]
 
 # l_onoff=1, l_linger=0: close() sends a reset and drops what is still queued.
 _LINGER_RESET = struct.pack("ii", 1, 0)
-_READ_SIZE = 65536
 
 
 class SendError(FluentConnectionError):
@@ -40,10 +39,6 @@ class SendError(FluentConnectionError):
     def __init__(self, message: str, written: int) -> None:
         super().__init__(message)
         self.written = written
-
-
-class ConnectionLost(FluentConnectionError):
-    """The server closed or reset the connection, or sent something unreadable."""
 
 
 def describe(address: Address) -> str:
@@ -82,19 +77,12 @@ class Connection:
         # False when the server's HELO said it closes after one event frame.
         self.keepalive = True
         self.server_hostname: str | None = None
-        # The server closed its side (seen by read_available); ``lost`` says how, if it
-        # reset the connection rather than closing it.
-        self.eof = False
-        self.lost: str | None = None
-        self.lost_error: OSError | None = None
         self._aborted = False
         self._unix = isinstance(address, str)
         self._tls = security.ssl_context is not None
         self._resolved = resolved
-        self._inbound = new_unpacker(max_buffer_size=1024 * 1024)
-        # Whether the server ever sent us a byte: a reset from one that never did is what
-        # a TLS server does to a plain client (see _read_failed).
-        self._heard = False
+        # What the server says, and whether it closed its side: the reading side owns it.
+        self.replies = Replies(describe(address), tls=self._tls, unix=self._unix)
         # Asks the kernel, without waiting, whether the server said anything (see
         # quiet()): made on first use, with the epoll instance it may hold.
         self._ask: Callable[[], list[Any]] | None = None
@@ -134,9 +122,9 @@ class Connection:
                 # A server that wants the handshake speaks first; one that does not
                 # says nothing until a frame comes. Whatever is here already is looked
                 # at now, so the first frame is not thrown at a server that discards it.
-                self.refuse_if_helo(self.read_available())
-                if self.lost_error is not None:
-                    raise self.lost_error  # a TLS alert, say: classified below
+                self.replies.refuse_if_helo(self.read_available())
+                if self.replies.lost_error is not None:
+                    raise self.replies.lost_error  # a TLS alert, say: classified below
         except AuthenticationError as exc:
             self.close()
             if str(exc).startswith(where):
@@ -276,121 +264,25 @@ class Connection:
             except OSError:
                 pass
 
-    # -- reading what the server says ---------------------------------------------------
+    # -- reading what the server says (decoded by ``replies``) ----------------------------
 
     def read_object(self, deadline: float) -> Any:
         """The next msgpack object from the server, waiting until ``deadline``."""
-        sock = self.sock
-        if sock is None:
-            raise ConnectionLost("not connected")
-        while True:
-            for obj in self._decoded(1):
-                return obj
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise FluentTimeoutError(f"{describe(self.address)} did not answer in time")
-            sock.settimeout(remaining)
-            try:
-                data = sock.recv(_READ_SIZE)
-            except socket.timeout as exc:
-                raise FluentTimeoutError(
-                    f"{describe(self.address)} did not answer in time"
-                ) from exc
-            except OSError as exc:
-                raise ConnectionLost(self._read_failed(exc)) from exc
-            if not data:
-                raise ConnectionLost(f"{describe(self.address)} closed the connection")
-            self._feed(data)
+        return self.replies.read_object(self.sock, deadline, self.bytes_written)
 
     def read_available(self) -> list[Any]:
-        """Whatever objects the server has sent so far, without waiting.
+        """Whatever objects the server has sent so far, without waiting (see
+        :meth:`Replies.read_available`)."""
+        return self.replies.read_available(self.sock, self.bytes_written)
 
-        A server's close comes after its last acks: those are returned, and ``eof`` is set
-        (with ``lost`` saying why when it was a reset rather than a FIN). Raises
-        :class:`ConnectionLost` when the server sent something unreadable.
-        """
-        sock = self.sock
-        if sock is None:
-            raise ConnectionLost("not connected")
-        sock.settimeout(0.0)
-        while True:
-            try:
-                data = sock.recv(_READ_SIZE)
-            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
-                break
-            except OSError as exc:
-                self.eof = True
-                self.lost = self._read_failed(exc)
-                self.lost_error = exc
-                break
-            if not data:
-                self.eof = True
-                break
-            self._feed(data)
-            if len(data) < _READ_SIZE:
-                break
-        return self._decoded()
+    def wait_readable(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for something to read (a reply, or the server's close)."""
+        return self.replies.wait_readable(self.sock, timeout)
 
     def can_read_whole(self) -> bool:
         """Whether what ``peer_closed`` found is still there to read (it reads a byte of a
         TLS stream rather than peeking)."""
         return not self._tls
-
-    def refuse_if_helo(self, replies: list[Any]) -> list[Any]:
-        """Raise if the server sent HELO unasked: it wants a handshake we were not told to
-        do, and discards our frames (fluentd, Fluent Bit with ``shared_key`` set)."""
-        for reply in replies:
-            if isinstance(reply, list) and reply[:1] == ["HELO"]:
-                raise AuthenticationError(
-                    f"{describe(self.address)} requires the forward handshake (it sent "
-                    "HELO): set shared_key (and username and password if it has users)"
-                )
-        return replies
-
-    def wait_readable(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` for something to read (a reply, or the server's close)."""
-        sock = self.sock
-        if sock is None:
-            return False
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
-            return True
-        try:
-            readable, _, _ = select.select([sock], [], [], max(0.0, timeout))
-        except (OSError, ValueError):
-            return True  # closed under us: the read that follows says how
-        return bool(readable)
-
-    def _decoded(self, limit: int | None = None) -> list[Any]:
-        """The whole objects received so far (at most ``limit``)."""
-        objs: list[Any] = []
-        try:
-            for obj in self._inbound:
-                objs.append(obj)
-                if len(objs) == limit:
-                    break
-        except Exception as exc:  # not msgpack, too deep, a key Python cannot hash...
-            raise ConnectionLost(
-                f"{describe(self.address)} sent something unreadable: {type(exc).__name__}"
-            ) from exc
-        return objs
-
-    def _read_failed(self, exc: OSError) -> str:
-        text = f"reading from {describe(self.address)}: {exc}"
-        if (isinstance(exc, ConnectionResetError) and not self._heard and not self._tls
-                and not self._unix and self.bytes_written):
-            # A TLS server reads our first frame as a broken handshake and resets without
-            # a word (fluentd, Fluent Bit and ForwardServer all do); the client cannot
-            # tell that apart from a crash for sure, so this is a hint, not a verdict.
-            text += ("; the server reset the connection without ever answering: if it "
-                     "expects TLS, set tls=True (FLUENT_TLS=true)")
-        return text
-
-    def _feed(self, data: bytes) -> None:
-        self._heard = True
-        try:
-            self._inbound.feed(data)
-        except Exception as exc:  # msgpack's BufferFull: a server flooding us
-            raise ConnectionLost(f"{describe(self.address)} sent too much: {exc}") from exc
 
     def close_gracefully(self, deadline: float) -> tuple[bool, list[Any]]:
         """Half-close, then read until the server closes too.
@@ -407,21 +299,11 @@ class Connection:
             if self.sock is None:
                 return False, replies
             replies += self.read_available()
-            if self.eof:
+            if self.replies.eof:
                 # Closed or reset before our FIN: the server may have dropped unread bytes.
                 return False, replies
-            sock = self.sock
-            sock.shutdown(socket.SHUT_WR)
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False, replies
-                sock.settimeout(remaining)
-                data = sock.recv(_READ_SIZE)
-                if not data:
-                    return True, replies
-                self._feed(data)
-                replies += self._decoded()
+            self.sock.shutdown(socket.SHUT_WR)
+            return self.replies.read_to_end(self.sock, deadline, replies), replies
         except (OSError, ConnectionLost):
             return False, replies
         finally:
