@@ -1,5 +1,8 @@
 """One socket's life: connect (TLS, handshake), write with a deadline, read replies, close.
 
+The steps of opening are in ``_opening``; what the server says is decoded, and whether it
+ended the connection kept, by the connection's :class:`~fluentclient._replies.Replies`.
+
 A :class:`Connection` is driven by a single thread (the writer, or the caller of the sync
 client). The one exception is :meth:`Connection.abort`, which another thread may call to
 break a connect or a write that is stuck past a shutdown deadline: ``shutdown(2)`` wakes a
@@ -18,12 +21,12 @@ import socket
 import ssl
 import struct
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Union
 
 from . import _connect_failures as failures
-from . import _handshake as handshake
+from . import _opening as opening
 from . import _socket_state as state
+from ._opening import NO_SECURITY, Security
 from ._replies import ConnectionLost, Replies
 from .errors import AuthenticationError, FluentConnectionError, FluentTimeoutError
 
@@ -43,21 +46,6 @@ class SendError(FluentConnectionError):
 
 def describe(address: Address) -> str:
     return address if isinstance(address, str) else f"{address[0]}:{address[1]}"
-
-
-@dataclass(frozen=True)
-class Security:
-    """TLS and forward-handshake settings, the same for every connection of a client."""
-
-    ssl_context: ssl.SSLContext | None = None
-    server_hostname: str | None = None
-    shared_key: str | None = None
-    self_hostname: str = ""
-    username: str = ""
-    password: str = ""
-
-
-NO_SECURITY = Security()
 
 
 class Connection:
@@ -117,7 +105,9 @@ class Connection:
                         raise
                     raise failure from exc
             if self.security.shared_key is not None:
-                self._handshake(deadline)
+                self.keepalive, self.server_hostname = opening.shake_hands(
+                    self.security, self.read_object, self.send, deadline
+                )
             elif self.wait_readable(0.0):
                 # A server that wants the handshake speaks first; one that does not
                 # says nothing until a frame comes. Whatever is here already is looked
@@ -140,10 +130,7 @@ class Connection:
             raise failures.connect_failure(where, host, exc) from exc
 
     def _connect_socket(self, family: int, target: Any, deadline: float) -> None:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        if not self._unix:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock = opening.stream_socket(family, tcp=not self._unix)
         # Published before connecting so that abort() can break the connect.
         self.sock = sock
         if self._aborted:
@@ -154,56 +141,18 @@ class Connection:
     def resolve(self) -> list[tuple[Any, Any]]:
         """Every (family, socket address) of the host, in the resolver's order (looked up
         once if given)."""
-        if self._resolved is not None:
-            return self._resolved
-        assert not isinstance(self.address, str)
-        host, port = self.address
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        if not infos:
-            raise FluentConnectionError(f"{host} has no address")
-        self._resolved = [(info[0], info[4]) for info in infos]
+        if self._resolved is None:
+            assert not isinstance(self.address, str)
+            self._resolved = opening.addresses(*self.address)
         return self._resolved
 
     def _start_tls(self, deadline: float) -> None:
-        context = self.security.ssl_context
-        assert context is not None and self.sock is not None
-        name = self.security.server_hostname
-        if name is None and not isinstance(self.address, str):
-            name = self.address[0]
-        tls = context.wrap_socket(
-            self.sock, server_hostname=name if context.check_hostname or name else None,
-            do_handshake_on_connect=False,
-        )
-        self.sock = tls
+        assert self.sock is not None
+        host = None if isinstance(self.address, str) else self.address[0]
+        # Published before the TLS handshake so that abort() can break it.
+        tls = self.sock = opening.wrap_tls(self.sock, self.security, host)
         tls.settimeout(max(0.001, deadline - time.monotonic()))
         tls.do_handshake()
-
-    def _handshake(self, deadline: float) -> None:
-        sec = self.security
-        assert sec.shared_key is not None
-        helo = handshake.parse_helo(self.read_object(deadline))
-        self.keepalive = helo.keepalive
-        salt = handshake.new_salt()
-        ping = handshake.build_ping(
-            helo, self_hostname=sec.self_hostname, shared_key=sec.shared_key, salt=salt,
-            username=sec.username, password=sec.password,
-        )
-        # fluent-bit needs the whole PING in one read: one send of one buffer.
-        self.send(ping, deadline)
-        try:
-            pong = self.read_object(deadline)
-        except ConnectionLost as exc:
-            # Fluent Bit's answer to a wrong shared key (or a PING it cannot parse) is to
-            # close without a PONG. A server going away at this very moment looks the
-            # same, but that is rare; a wrong key repeats on every attempt.
-            raise AuthenticationError(
-                "closed the connection after our PING without a PONG: "
-                "the shared key is probably wrong"
-            ) from exc
-        self.server_hostname = handshake.check_pong(
-            pong, helo=helo, salt=salt, shared_key=sec.shared_key,
-            self_hostname=sec.self_hostname,
-        )
 
     def abort(self, *, discard: bool = True) -> None:
         """Break a blocked connect or send from another thread.

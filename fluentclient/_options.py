@@ -12,7 +12,7 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ._connection import Security
+from ._opening import Security
 from ._pool import Link, Server, ServerSpec
 from .backoff import Backoff
 from .framing import Default, EntryPacker, FrameBuilder
