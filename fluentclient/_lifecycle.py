@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -117,9 +118,31 @@ class Lifecycle:
                 self.changed.notify_all()
 
 
+# Every thread a client runs to do its work (its reader and writer), in this process:
+# the one meaning of "own thread". Each client enlists its own (see OwnThreads).
+_crews: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+
+
+class OwnThreads:
+    """The threads one client runs: never made to wait for room, since they make it."""
+
+    __slots__ = ("_threads",)
+
+    def __init__(self) -> None:
+        self._threads: tuple[threading.Thread, ...] = ()
+
+    def enlist(self, *threads: threading.Thread) -> None:
+        """These are the client's threads now (replacing those before a fork)."""
+        self._threads = threads
+        _crews.update(threads)
+
+    def includes_caller(self) -> bool:
+        return threading.current_thread() in self._threads
+
+
 def own_thread() -> bool:
-    """Whether the caller is one of a client's threads (reader, writer)."""
-    return threading.current_thread().name.startswith("fluentclient-")
+    """Whether the caller is a thread some client runs (a reader or a writer)."""
+    return threading.current_thread() in _crews
 
 
 def swallow(exc: BaseException) -> bool:
@@ -140,5 +163,13 @@ def thread_failed(buf: Buffer, life: Lifecycle, which: str, exc: BaseException) 
     # the other way round.
     life.fail(f"the {which} thread failed: {exc!r}")
     with buf.lock:
+        buf.changed.notify_all()
+        buf.done.notify_all()
+
+
+def abandon(buf: Buffer, life: Lifecycle) -> None:
+    """Cut the drain short: the threads stop without new work (see ``abandoned``)."""
+    with buf.lock:
+        life.abandoned = True
         buf.changed.notify_all()
         buf.done.notify_all()

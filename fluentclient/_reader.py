@@ -11,8 +11,9 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FuturesTimeout
 from operator import attrgetter
 from typing import Callable, NamedTuple, TypeVar
 
@@ -20,12 +21,13 @@ from ._admission import Admission
 from ._buffer import Buffer, Frame, Tagged
 from ._journal import Claim, Journal, NullJournal, Replayed
 from ._ledger import Ledger
-from ._lifecycle import CLOSED, Lifecycle, thread_failed
+from ._lifecycle import CLOSED, NEW, RUNNING, Lifecycle, thread_failed
 from ._parking import READER, Parking, WakeUp
+from ._reporting import Reporter
 from ._spool import Span
 from .errors import (
-    BufferFullError,
-    FluentError,
+    ClientClosedError,
+    FluentTimeoutError,
     RecordTooLargeError,
     SerializationError,
     UnsafeRecordError,
@@ -34,7 +36,6 @@ from .framing import EntryPacker, PackedRun
 from .message import Message, settle_future
 from .stats import (
     DROP_BUFFER_FULL,
-    DROP_EVICTED,
     DROP_SPOOL_FULL,
     DROP_TOO_LARGE,
     DROP_UNSAFE,
@@ -61,9 +62,6 @@ def _sleep0() -> None:
 # CPU without a timer; sleep(0) would cost the timer slack (about 50 us on Linux).
 yield_gil: Callable[[], None] = getattr(os, "sched_yield", _sleep0)
 
-Failure = Callable[[str, FluentError, Message], None]
-SpooledFailure = Callable[[str, FluentError, int], None]
-Evicted = Callable[[list[Frame]], None]
 _T = TypeVar("_T", bound=Tagged)
 _DELIVERY = attrgetter("delivery")
 _WAITER = attrgetter("waiter")
@@ -96,13 +94,11 @@ class Reader:
         buf: Buffer,
         life: Lifecycle,
         packer: EntryPacker,
-        fail: Failure,
+        reporter: Reporter,
         *,
         admission: Admission,
         batch: int,
         ledger: Ledger,
-        evicted: Evicted,
-        fail_spooled: SpooledFailure,
         journal: Journal | None = None,
         parking: Parking | None = None,
     ) -> None:
@@ -110,8 +106,9 @@ class Reader:
         self._buffer = buf
         self._life = life
         self._packer = packer
-        self._fail = fail
-        self._fail_spooled = fail_spooled
+        # Where every record this reader drops is counted and told.
+        self._reporter = reporter
+        self._fail = reporter.fail
         self._admission = admission
         # Records taken from the queue at a time (see _admission.Pace): enough to amortise
         # the lock and the hand-off after a full batch, few enough that one batch takes
@@ -119,7 +116,6 @@ class Reader:
         self._batch = batch
         self._ledger = ledger
         self._journal: Journal = journal or NullJournal()
-        self._evicted = evicted
         # overflow="block": records that find the buffer full wait here for room rather
         # than being dropped, holding up the queue behind them.
         self._carry: list[tuple[Message, bytes]] = []
@@ -273,9 +269,10 @@ class Reader:
 
     # -- the queue -----------------------------------------------------------------------
 
-    def evict_queued(self, nbytes: float, mean: float) -> None:
-        """overflow="drop_oldest": drop the oldest queued records, about ``nbytes`` worth
-        (``mean`` bytes each, as packed), to make room. Runs on the posting thread."""
+    def evict_queued(self, nbytes: float, mean: float) -> list[Message]:
+        """overflow="drop_oldest": take the oldest queued records, about ``nbytes`` worth
+        (``mean`` bytes each, as packed), out of the queue, counted as gone from it; the
+        caller drops them. Runs on the posting thread."""
         evicted: list[Message] = []
         with self.pop_lock:
             q = self._queue
@@ -288,10 +285,7 @@ class Reader:
                 nbytes -= mean
             if evicted:
                 self._ledger.take(len(evicted))
-        if evicted:
-            err = BufferFullError("evicted to make room for newer records")
-            for msg in evicted:
-                self._fail(DROP_EVICTED, err, msg)
+        return evicted
 
     def take_back(self, msg: Message) -> bool:
         """Remove ``msg``, queued after shutdown's final sweep, from the queue; False if it
@@ -313,6 +307,63 @@ class Reader:
         q.clear()
         self._ledger.take(len(stranded))
         return stranded
+
+    def wait_taken(self, deadline: float | None) -> bool:
+        """Wait until every record queued so far has left the queue (buffered or dropped),
+        as the ledger counts them; False at the deadline. True as soon as the client stops
+        running: flush() then waits for the shutdown's outcome instead."""
+        ledger, life = self._ledger, self._life
+        target = ledger.entered()
+        if ledger.left_queue() >= target:
+            return True
+        self.wake.set()
+        # This thread notifies nobody per batch (that would cost every batch a wake-up):
+        # look again every few milliseconds.
+        return self._buffer.wait_until(
+            lambda: ledger.left_queue() >= target or life.phase is not RUNNING,
+            deadline, step=0.005)
+
+    def wait_appended(self, waiter: Future[None], timeout: float | None) -> None:
+        """post(sync_append=True): wait until this thread has buffered the record, or
+        raise why not (see Message.waiter)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            # In slices, so that a reader that is gone (it never should be) turns into an
+            # error rather than a caller waiting forever.
+            step = 0.5 if deadline is None else min(0.5, max(0.0, deadline - time.monotonic()))
+            try:
+                waiter.result(step)
+                return
+            except FuturesTimeout:
+                pass
+            if deadline is not None and time.monotonic() >= deadline:
+                raise FluentTimeoutError(
+                    f"the record did not reach the buffer within {timeout} s"
+                ) from None
+            if self._life.phase is not NEW and self.gone() and not waiter.done():
+                raise ClientClosedError("the client's reader thread has stopped")
+
+    def gone(self) -> bool:
+        """Whether the thread ran and ended (not merely parked for a fork)."""
+        thread = self.thread
+        if thread.ident is None or thread.is_alive():
+            return False
+        # Parked, or restarted since (the crew puts the new thread in place before it
+        # withdraws the request): not gone.
+        return not self._parking.requested and self.thread is thread
+
+    def released(self, frames: Sequence[Frame]) -> None:
+        """Frames gone for good (sent, given up, evicted): the spool need not replay them.
+
+        Called on the writer's thread and, through eviction, on callers': the journal
+        only queues the spans, and this thread writes them on its next turn.
+        """
+        journal = self._journal
+        if not journal.recording:
+            return
+        journal.done([(f.tag, f.first_seq, f.last_seq) for f in frames])
+        if self.idle:
+            self.wake.set()
 
     def wait_drained(self, timeout: float) -> None:
         """Let the reader take the queue down to one batch, for at most ``timeout`` s.
@@ -422,12 +473,9 @@ class Reader:
         # A run whose records nobody awaits an ack for can go in whole: looked at before
         # the lock is taken, so the writer never waits on this scan.
         whole = run if run is not None and not any(map(_DELIVERY, kept)) else None
-        evicted: list[Frame] = []
         with buf.lock:
             before = buf.pending_bytes
-            over = self._admission.excess_locked(size)
-            if over > 0:
-                evicted = buf.evict_locked(over)
+            evicted = self._admission.make_room_locked(size)
             first_seq = buf.next_seq
             if whole is not None and buf.add_run_locked(whole.tag, whole.data, len(kept)):
                 rejected: list[_T] = []
@@ -452,7 +500,8 @@ class Reader:
             self._admission.learn(size / len(kept))
         self._admission.refresh()
         if evicted:
-            self._evicted(evicted)
+            self._admission.evicted(evicted)
+            self.released(evicted)
         if self._journal.recording:
             self._spool_batch(first_seq, kept, packed, rejected)
         return rejected
@@ -529,7 +578,7 @@ class Reader:
             if len(entry) > buf.payload_limit(tag):
                 # Spooled under a larger max_frame_size: taken over, and counted as dropped.
                 self._note_taken(tag, seq)
-                self._fail_spooled(DROP_TOO_LARGE, RecordTooLargeError(
+                self._reporter.fail_spooled(DROP_TOO_LARGE, RecordTooLargeError(
                     f"a spooled {len(entry)}-byte record does not fit in a frame of "
                     f"{buf.max_frame_size} bytes"), 1)
                 continue
@@ -544,7 +593,7 @@ class Reader:
             rejected = self._add(msgs, entries, spooled=True)
             if rejected:
                 # Room was there when measured; eviction can still take it.
-                self._fail_spooled(DROP_BUFFER_FULL, self._admission.buffer_full(),
+                self._reporter.fail_spooled(DROP_BUFFER_FULL, self._admission.buffer_full(),
                                    len(rejected))
         elif self._replay_next is not None:
             return False  # waiting for room
