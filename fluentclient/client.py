@@ -11,7 +11,6 @@ docs/architecture.md draws the threads and says which locks each path takes.
 
 from __future__ import annotations
 
-import logging
 import os
 import ssl
 import sys
@@ -24,12 +23,11 @@ from concurrent.futures import Future
 from dataclasses import replace
 from typing import Literal, overload
 
-from . import _clients, _draining, _forks, _process, _sigterm
+from . import _clients, _draining, _forks, _posting, _process, _sigterm
 from ._accel import fast_poster
 from ._admission import Admission, pace_for
 from ._base import Client as _Client
 from ._base import TagChecker as _TagChecker
-from ._base import not_a_mapping as _not_a_mapping
 from ._buffer import Buffer
 from ._crew import Crew
 from ._flush import flush
@@ -61,22 +59,15 @@ from ._sender import Sender
 from ._shutdown import Ending, UnsentCallback
 from ._writer import Writer
 from .backoff import Backoff
-from .errors import ClientClosedError, FluentError
 from .framing import Default
 from .guard import DEFAULT_MAX_DEPTH
 from .message import Message, TimeLike
-from .stats import DROP_CLOSED, DROP_REENTRANT, ShutdownReport, Stats
+from .stats import ShutdownReport, Stats
 from .sync import SyncClient
 
 __all__ = ["BufferedClient", "SyncClient"]
 
-log = logging.getLogger("fluentclient")
 
-# The longest a post() waits for the reader to drain the queue (see _admission.Pace):
-# the reader only packs (a batch in well under a millisecond), so it takes this long only
-# if starved of the CPU; then the caller goes on, within the byte limits, rather than
-# wait longer than the few milliseconds a post() may take.
-_DRAIN_WAIT = 0.004
 _getpid = os.getpid
 _time_ns = _time.time_ns
 
@@ -288,31 +279,7 @@ class BufferedClient(_Client):
             self._poster.bind(self._queue, self._life, self._admission, self._reporting,
                               self._reader, self._count_post, self._pid)
 
-    def _start(self) -> None:
-        # Threads start on first use, so a client made at import time in a preforking
-        # server (gunicorn --preload) has no threads when the fork happens.
-        if self._pid != _getpid():
-            # Threads started on the parent's state would be orphaned by the pid check.
-            self._check_fork()
-        with self._crew.lock:
-            if self._life.phase is not NEW or self._handoff is not None:
-                return
-            if sys.is_finalizing() or _process.main_thread_finished():
-                # Threads started now would be killed unflushed a moment later.
-                raise ClientClosedError("the interpreter is shutting down")
-            if _process.in_uwsgi_master():
-                # uWSGI's master forks its workers without holding the GIL: a worker
-                # forked while one of our threads held it would wait for it forever.
-                # So no threads here; what the master posts waits in the queue, and
-                # the first worker to claim the handoff sends it.
-                self._handoff = _process.Handoff()
-                return
-            self._crew.start()
-        if self._handle_sigterm:
-            _sigterm.offer()
-        note, self._fork_note = self._fork_note, None
-        if note is not None:
-            log.error("fluentclient: %s", note)
+    _start = _posting.start
 
     # -- posting -------------------------------------------------------------------------
 
@@ -390,111 +357,10 @@ class BufferedClient(_Client):
             self._reader.wake.set()
         return True
 
-    def _post_carefully(
-        self, tag: str, record: Mapping[str, object], time: TimeLike | None,
-        sync_append: bool, timeout: float | None, ack: bool,
-    ) -> bool | Future[None]:
-        """post() when anything is out of the ordinary: a tag or time to check, a fork
-        to notice, threads to start, a limit reached, a record that is not a plain dict, or
-        a caller who wants to hear of the record."""
-        if not isinstance(record, Mapping):
-            raise _not_a_mapping(record)
-        full_tag, time_ns = self._tags.stamp(tag, time)
-        if self._pid != _getpid():
-            # Forked without Python's at-fork hooks (uWSGI's workers, a C extension): the
-            # state here is the parent's, and its threads do not exist in this process.
-            # Checked on every post, because nothing else runs in such a child to notice.
-            self._check_fork()
-        delivery: Future[None] | None = None
-        if ack:
-            if not self._transport.require_ack:
-                raise ValueError("post(ack=True) needs a client made with require_ack=True")
-            delivery = Future()
-        # The ack kind answers with its future whatever became of the record, the plain
-        # kind with whether it was queued.
-        msg = Message(full_tag, record, time_ns, None, delivery)
-        life, reporter = self._life, self._reporter
-        if life.phase is not RUNNING and life.phase is not NEW:
-            queued = reporter.refuse(DROP_CLOSED, self._closed_error(), msg, sync_append)
-            return queued if delivery is None else delivery
-        reporting = self._reporting
-        # ``busy`` first, as in post(): nearly always 0, and then not even a call is due.
-        if reporting.busy and reporting.active() and self._admission.own_thread():
-            # Posted while our reader or writer reports an error (an on_error that logs
-            # to a handler of this client): queued, it would come back to the same
-            # thread, perhaps to be dropped and reported again, without end.
-            err = FluentError("posted while the client's own thread was reporting an "
-                              "error; it cannot carry a record about its own failure")
-            queued = reporter.refuse(DROP_REENTRANT, err, msg, sync_append)
-            return queued if delivery is None else delivery
-        orphaned = False
-        if life.phase is NEW:
-            try:
-                self._start()
-            except (ClientClosedError, RuntimeError) as exc:
-                # No new threads once the interpreter is finalizing.
-                err = ClientClosedError(f"cannot start the client: {exc}")
-                queued = reporter.refuse(DROP_CLOSED, err, msg, sync_append)
-                return queued if delivery is None else delivery
-            # Its client object was collected before this first post began (see
-            # _forgotten.py): once the record is queued, stop as a forgotten client stops.
-            orphaned = self.__dict__.pop("_orphaned", False)
-        try:
-            return self._post_started(msg, delivery, sync_append, timeout)
-        finally:
-            if orphaned:
-                forgotten(self)
-
-    def _post_started(self, msg: Message, delivery: Future[None] | None,
-                      sync_append: bool, timeout: float | None) -> bool | Future[None]:
-        """The rest of _post_carefully, once the client runs."""
-        life, reader, admission = self._life, self._reader, self._admission
-        if len(self._queue) >= admission.queue_limit and not admission.own_thread():
-            # Posts are outrunning packing: let the reader catch up rather than let
-            # objects pile up in the queue. It is busy on the CPU, never on I/O.
-            reader.wait_drained(_DRAIN_WAIT)
-        admission.refresh()
-        if admission.full() and not admission.admit(msg, sync_append, reader):
-            return False if delivery is None else delivery
-        self._count_post()
-        if not sync_append:
-            self._queue.append(msg)
-            if life.phase is not RUNNING and life.phase is not NEW:
-                queued = self._queued_late(msg, False)
-                return queued if delivery is None else delivery
-            if reader.idle:
-                reader.wake.set()
-            return True if delivery is None else delivery
-        waiter: Future[None] = Future()
-        msg.waiter = waiter
-        self._queue.append(msg)
-        if life.phase is not RUNNING and life.phase is not NEW:
-            self._queued_late(msg, True)  # raises if taken back
-        reader.wake.set()
-        reader.wait_appended(waiter, timeout)
-        return True if delivery is None else delivery
-
-    def _queued_late(self, msg: Message, raises: bool) -> bool:
-        """post() queued ``msg`` and then found the client no longer running.
-
-        A shutdown whose final sweep has not run yet finds the record (unless the reader
-        packs it first) and hands it over with the rest. One whose sweep is done left it
-        behind: it is taken back here and refused. Either way no record is left between
-        the two: every True is sent or unsent, every False counted ``closed``.
-        """
-        if not self._reader.take_back(msg):
-            return True
-        err = self._closed_error()
-        self._reporter.refuse_late(DROP_CLOSED, err, msg)
-        if raises:
-            raise err
-        return False
-
-    def _closed_error(self) -> ClientClosedError:
-        life = self._life
-        if life.phase is FAILED and life.failure is not None:
-            return ClientClosedError(f"the client stopped working: {life.failure}")
-        return ClientClosedError("the client is shut down")
+    # What the usual path leaves to the careful one (see _posting.py); the compiled
+    # post() calls these two too.
+    _post_carefully = _posting.post_carefully
+    _queued_late = _posting.queued_late
 
     # -- flushing and stopping -----------------------------------------------------------
 
