@@ -6,11 +6,9 @@ import enum
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from ._buffer import Buffer
-    from .stats import ShutdownReport
+from .stats import ShutdownReport
 
 
 class Phase(enum.Enum):
@@ -157,7 +155,21 @@ def swallow(exc: BaseException) -> bool:
     return own_thread() and not isinstance(exc, KeyboardInterrupt)
 
 
-def thread_failed(buf: Buffer, life: Lifecycle, which: str, exc: BaseException) -> None:
+class Waiters(Protocol):
+    """Where the threads wait (the buffer's lock and its two conditions): every change
+    of the end's details is made under that lock and notified there."""
+
+    @property
+    def lock(self) -> threading.Lock: ...
+
+    @property
+    def changed(self) -> threading.Condition: ...
+
+    @property
+    def done(self) -> threading.Condition: ...
+
+
+def thread_failed(buf: Waiters, life: Lifecycle, which: str, exc: BaseException) -> None:
     """Record that a client's thread died, and wake whoever waits on the buffer."""
     # Not nested: the buffer's lock may be taken while holding the lifecycle's, never
     # the other way round.
@@ -167,7 +179,7 @@ def thread_failed(buf: Buffer, life: Lifecycle, which: str, exc: BaseException) 
         buf.done.notify_all()
 
 
-def abandon(buf: Buffer, life: Lifecycle) -> None:
+def abandon(buf: Waiters, life: Lifecycle) -> None:
     """Cut the drain short: the threads stop without new work (see ``abandoned``)."""
     with buf.lock:
         life.abandoned = True
