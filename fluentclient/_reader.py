@@ -11,20 +11,20 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
 from operator import attrgetter
-from typing import Callable, NamedTuple, TypeVar
+from typing import Callable, TypeVar
 
 from ._admission import Admission
 from ._buffer import Buffer, Frame, Tagged
-from ._journal import Claim, Journal, NullJournal, Replayed
+from ._journal import Journal, NullJournal
 from ._ledger import Ledger
 from ._lifecycle import CLOSED, NEW, RUNNING, Lifecycle, thread_failed
 from ._parking import READER, Parking, WakeUp
+from ._replay import Replay, Spooled
 from ._reporting import Reporter
-from ._spool import Span
 from .errors import (
     ClientClosedError,
     FluentTimeoutError,
@@ -65,13 +65,6 @@ yield_gil: Callable[[], None] = getattr(os, "sched_yield", _sleep0)
 _T = TypeVar("_T", bound=Tagged)
 _DELIVERY = attrgetter("delivery")
 _WAITER = attrgetter("waiter")
-
-
-class _Spooled(NamedTuple):
-    """A record replayed from the spool: packed already, and no caller waits on it."""
-
-    tag: str
-    delivery: Future[None] | None = None
 
 
 class Reader:
@@ -119,14 +112,6 @@ class Reader:
         # overflow="block": records that find the buffer full wait here for room rather
         # than being dropped, holding up the queue behind them.
         self._carry: list[tuple[Message, bytes]] = []
-        self._orphans: Iterator[Claim] | None = self._journal.orphans()
-        self._orphan: Claim | None = None
-        self._replay: Iterator[Replayed] | None = None
-        self._replay_next: Replayed | None = None
-        self._replay_taken: list[Span] = []
-        # Records previous processes left in the spool that this reader did not take over
-        # and leaves there for a later process: counted as it stops, for the report.
-        self.left_in_spool = 0
         self.wake = WakeUp()
         # True while the reader waits for post() to wake it rather than polling.
         self.idle = False
@@ -140,12 +125,21 @@ class Reader:
         self._drained = threading.Condition(threading.Lock())
         self._drain_waiters = 0
         self._parking = parking or Parking()
+        # What previous processes left in the spool, fed in between batches.
+        self._replay = Replay(self._journal, buf, life, reporter, admission, batch,
+                              self._add_spooled)
         self.thread = self.new_thread()
+
+    @property
+    def left_in_spool(self) -> int:
+        """Records previous processes left in the spool that this reader did not take
+        over and left there for a later process: counted as it stops, for the report."""
+        return self._replay.left_in_spool
 
     def has_work(self) -> bool:
         """Whether anything but the queue waits for this reader (read while it is parked):
         records waiting for room, spans to write to the spool, a spool to replay."""
-        return bool(self._carry) or self._orphans is not None or self._journal.pending()
+        return bool(self._carry) or self._replay.active or self._journal.pending()
 
     def new_thread(self) -> threading.Thread:
         """A thread to run (or, after parking for a fork, resume) this reader's loop."""
@@ -202,8 +196,8 @@ class Reader:
             if self._drain_waiters and len(q) <= size:
                 with self._drained:
                     self._drained.notify_all()
-            replaying = (self._orphans is not None and not self._replay_cut()
-                         and self._replay_step())
+            replaying = (self._replay.active and not self._replay.cut()
+                         and self._replay.step())
             if batch:
                 self._append(batch)  # type: ignore[arg-type]
                 buf = self._buffer
@@ -222,8 +216,8 @@ class Reader:
             if stopping:
                 # Replay is part of the drain: the backlog a previous process left
                 # is sent like any record held, until done or the deadline. What is
-                # still on disk then is counted (see _stop_replay).
-                if self._orphans is None or self._replay_cut():
+                # still on disk then is counted (see Replay.stop).
+                if not self._replay.active or self._replay.cut():
                     break
                 if not replaying:
                     # Waiting for room; the writer frees it without waking us.
@@ -239,7 +233,7 @@ class Reader:
                 # seen here or sees ``idle`` and sets ``wake``. A pending replay
                 # waiting for room keeps polling instead.
                 self.idle = True
-                if not q and self._orphans is None and not self._journal.pending():
+                if not q and not self._replay.active and not self._journal.pending():
                     self.wake.wait(1.0)
                 self.idle = False
             self.wake.clear()
@@ -248,7 +242,7 @@ class Reader:
     def _stopped(self) -> None:
         """The loop ended for good: settle what it held."""
         try:
-            self._stop_replay()
+            self._replay.stop()
         except Exception as exc:
             log.exception("fluentclient reader thread failed")
             thread_failed(self._buffer, self._life, "reader", exc)
@@ -506,6 +500,9 @@ class Reader:
             self._spool_batch(first_seq, kept, packed, rejected)
         return rejected
 
+    def _add_spooled(self, records: list[Spooled], entries: list[bytes]) -> list[Spooled]:
+        return self._add(records, entries, spooled=True)
+
     def _within_spool_limit(self, run: PackedRun) -> None:
         """Cut ``run`` to what the spool has room for; the rest is dropped as spool full."""
         spool = self._journal
@@ -557,93 +554,3 @@ class Reader:
         with self._buffer.lock:
             oldest = self._buffer.oldest_held_locked()
         self._journal.maintain(oldest)
-
-    # -- replaying what a previous process left ------------------------------------------
-
-    def _replay_step(self) -> bool:
-        """Feed one batch of orphaned records if the buffer has room; False if it did not."""
-        if self._replay is None and not self._next_orphan():
-            return False
-        assert self._replay is not None
-        buf = self._buffer
-        room = buf.limit - buf.held_bytes
-        msgs: list[_Spooled] = []
-        entries: list[bytes] = []
-        while len(msgs) < self._batch:
-            item = self._replay_next or next(self._replay, None)
-            self._replay_next = None
-            if item is None:
-                break
-            tag, entry, seq = item
-            if len(entry) > buf.payload_limit(tag):
-                # Spooled under a larger max_frame_size: taken over, and counted as dropped.
-                self._note_taken(tag, seq)
-                self._reporter.fail_spooled(DROP_TOO_LARGE, RecordTooLargeError(
-                    f"a spooled {len(entry)}-byte record does not fit in a frame of "
-                    f"{buf.max_frame_size} bytes"), 1)
-                continue
-            if len(entry) > room:
-                self._replay_next = item
-                break
-            room -= len(entry)
-            msgs.append(_Spooled(tag))
-            entries.append(entry)
-            self._note_taken(tag, seq)
-        if msgs:
-            rejected = self._add(msgs, entries, spooled=True)
-            if rejected:
-                # Room was there when measured; eviction can still take it.
-                self._reporter.fail_spooled(DROP_BUFFER_FULL, self._admission.buffer_full(),
-                                   len(rejected))
-        elif self._replay_next is not None:
-            return False  # waiting for room
-        else:
-            # This owner is done: its records are ours now.
-            assert self._orphan is not None
-            self._orphan.finish()
-            self._orphan = self._replay = None
-            self._replay_taken = []
-            return self._orphans is not None
-        return True
-
-    def _next_orphan(self) -> bool:
-        assert self._orphans is not None
-        self._orphan = next(self._orphans, None)
-        if self._orphan is None:
-            self._orphans = None
-            return False
-        log.info("fluentclient: replaying records left in the spool by %s", self._orphan.owner)
-        self._replay = self._orphan.records()
-        return True
-
-    def _note_taken(self, tag: str, seq: int) -> None:
-        taken = self._replay_taken
-        if taken and taken[-1][0] == tag and taken[-1][2] == seq - 1:
-            taken[-1] = (tag, taken[-1][1], seq)
-        else:
-            taken.append((tag, seq, seq))
-
-    def _replay_cut(self) -> bool:
-        """Whether replay must stop: close(), or shutdown's deadline has passed."""
-        life = self._life
-        drain = life.drain_deadline
-        return life.abandoned or (drain is not None and time.monotonic() >= drain)
-
-    def _stop_replay(self) -> None:
-        """Leave what replay did not take to a later process, and count it.
-
-        The owners not reached yet are claimed only for as long as it takes to count
-        their records from the blocks' counts, then left as they were.
-        """
-        left = 0
-        if self._orphan is not None:
-            taken = sum(last - first + 1 for _, first, last in self._replay_taken)
-            left += max(0, self._orphan.pending() - taken)
-            self._orphan.abandon(self._replay_taken)
-            self._orphan = self._replay = None
-        orphans, self._orphans = self._orphans, None
-        if orphans is not None:
-            for claim in orphans:
-                left += claim.pending()
-                claim.abandon(())
-        self.left_in_spool = left
