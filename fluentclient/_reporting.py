@@ -1,4 +1,5 @@
-"""Keeping a client's error reports from feeding on themselves.
+"""Telling the user of dropped records (:class:`Reporter`), and keeping those reports
+from feeding on themselves (:class:`Reporting`).
 
 A client reports a dropped record to ``on_error`` and, the first time for each reason,
 as a warning on the "fluentclient" logger. Both can lead straight back into the same
