@@ -23,6 +23,7 @@ from .errors import (
     UnsafeRecordError,
 )
 from .message import EventTime, Message
+from .server import ForwardServer
 from .stats import JournalStats, ServerStats, ShutdownReport, Stats, UnsentRecord
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "FluentConnectionError",
     "FluentError",
     "FluentTimeoutError",
+    "ForwardServer",
     "InvalidTagError",
     "InvalidTimeError",
     "JournalStats",

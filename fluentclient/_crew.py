@@ -9,9 +9,10 @@ from collections import deque
 
 from . import _parking
 from ._buffer import Buffer
-from ._lifecycle import RUNNING, Lifecycle, OwnThreads
+from ._lifecycle import RUNNING, Lifecycle
 from ._parking import READER, Parking
 from ._reader import Reader
+from ._threads import OwnThreads
 from ._writer import Writer
 
 

@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import Callable, Optional
 
 from ._ledger import Ledger, State
-from ._lifecycle import swallow
+from ._threads import swallow
 from .errors import FluentError
 from .message import Message, settle_future
 

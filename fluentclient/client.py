@@ -41,7 +41,6 @@ from ._lifecycle import (
     NEW,
     RUNNING,
     Lifecycle,
-    OwnThreads,
 )
 from ._options import (
     BufferOptions,
@@ -57,6 +56,7 @@ from ._reader import Reader
 from ._reporting import ErrorCallback, Reporter, Reporting
 from ._sender import Sender
 from ._shutdown import Ending, UnsentCallback
+from ._threads import OwnThreads
 from ._writer import Writer
 from .backoff import Backoff
 from .framing import Default
