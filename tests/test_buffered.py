@@ -458,10 +458,10 @@ def _slowly(obj: object) -> str:
 
 
 def test_posts_outrunning_the_reader_wait_for_it_instead_of_piling_up(fluent_server, monkeypatch):
-    from fluentclient import client as client_module
+    from fluentclient import _posting
 
     # Only the bound is under test here, not its safety valve.
-    monkeypatch.setattr(client_module, "_DRAIN_WAIT", 60.0)
+    monkeypatch.setattr(_posting, "DRAIN_WAIT", 60.0)
     client = client_for(fluent_server, default=_slowly)
     try:
         longest = 0
@@ -525,10 +525,10 @@ def _through_gate(obj: object) -> str:
                          [(True, 128, 256), (False, 256, 512)], ids=["spool", "no_spool"])
 def test_the_reader_batch_and_queue_limit_depend_on_the_spool(
         fluent_server, tmp_path, monkeypatch, spooled, batch, queue_limit):
-    from fluentclient import client as client_module
+    from fluentclient import _posting
 
     # A poster that reaches the limit waits for the reader for as long as it is held.
-    monkeypatch.setattr(client_module, "_DRAIN_WAIT", 60.0)
+    monkeypatch.setattr(_posting, "DRAIN_WAIT", 60.0)
     first, second = _Gate(), _Gate()
     extra = {"spool_dir": str(tmp_path / "spool")} if spooled else {}
     client = client_for(fluent_server, default=_through_gate, **extra)

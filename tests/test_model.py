@@ -753,7 +753,7 @@ class ClientModel(RuleBasedStateMachine):
         if "writer" not in parked:
             assert c._writer.thread.is_alive(), f"the writer died: {c._life.failure}"
         if parked == {"reader", "writer"}:
-            assert not c._has_work(), "a dormant client holds work that no thread will send"
+            assert not c._crew.has_work(), "a dormant client holds work that no thread will send"
 
     @invariant()
     @_checked
