@@ -1,6 +1,6 @@
 """Admission: whether a record may join what a BufferedClient holds, decided in one place.
 
-The limits are ``buffer_limit`` (bytes buffered plus an estimate for what still waits in
+The limits are ``Buffering.limit`` (bytes buffered plus an estimate for what still waits in
 the queue) and the spool's own limit; the overflow policy says what happens when one is
 reached. Both ``post()`` and the reader ask here, and get a :class:`Verdict` to act on:
 this module decides, it never waits, evicts or counts anything itself.
@@ -17,8 +17,6 @@ from typing import NamedTuple, Protocol
 from ._buffer import Buffer
 from .errors import BufferFullError
 from .stats import DROP_BUFFER_FULL, DROP_SPOOL_FULL
-
-OVERFLOW_POLICIES = ("drop_newest", "drop_oldest", "block", "raise")
 
 
 class Pace(NamedTuple):
@@ -93,8 +91,7 @@ class Admission:
         *,
         queue_limit: int,
     ) -> None:
-        if policy not in OVERFLOW_POLICIES:
-            raise ValueError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}")
+        # One of options.OVERFLOW_POLICIES: the Buffering object checked it.
         self.policy = policy
         self._timeout = timeout
         self._buffer = buffer

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Union
 
 from ._accel import REASON
@@ -28,6 +28,7 @@ from .client import BufferedClient, SyncClient
 from .config import VARIABLES, check_tag, options_from_env
 from .errors import ConfigurationError, FluentError, InvalidTimeError
 from .message import EventTime, TimeLike
+from .options import Auth, Buffering, Tls
 from .server import ForwardServer, ReceivedEvent
 from .stats import ShutdownReport, Stats
 
@@ -130,11 +131,17 @@ def _show_progress(args: argparse.Namespace) -> bool:
 
 # -- cat -------------------------------------------------------------------------------------
 
-# Options cat passes to the client under the same name.
-_PASSED_THROUGH = (
-    "shared_key", "username", "password", "tls", "tls_ca_file", "tls_cert_file",
-    "tls_key_file", "tls_verify", "tls_server_name",
-)
+# Flags of cat that set a field of the client's Auth or Tls object: flag -> field.
+_AUTH_FLAGS = {"shared_key": "shared_key", "username": "username", "password": "password"}
+_TLS_FLAGS = {
+    "tls_ca_file": "ca_file", "tls_cert_file": "cert_file", "tls_key_file": "key_file",
+    "tls_verify": "verify", "tls_server_name": "server_name",
+}
+
+
+def _flags(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
+    return {field: getattr(args, flag) for flag, field in flags.items()
+            if getattr(args, flag) is not None}
 
 
 def client_options(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
@@ -152,9 +159,11 @@ def client_options(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, A
             options["host"] = args.host
         if args.port is not None:
             options["port"] = args.port
-    for name in _PASSED_THROUGH:
-        if getattr(args, name) is not None:
-            options[name] = getattr(args, name)
+    # A flag changes one field of what the environment gave, the rest stays.
+    auth = _flags(args, _AUTH_FLAGS)
+    if auth:
+        options["auth"] = replace(options.get("auth", Auth()), **auth)
+    _tls_options(args, options)
     if args.ack is not None:
         options["require_ack"] = args.ack
     if args.compress is not None:
@@ -162,11 +171,23 @@ def client_options(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, A
     return options
 
 
+def _tls_options(args: argparse.Namespace, options: dict[str, Any]) -> None:
+    given = options.get("tls")
+    fields = _flags(args, _TLS_FLAGS)
+    tls = replace(given if isinstance(given, Tls) else Tls(), **fields)
+    wanted = bool(given) if args.tls is None else args.tls
+    # As for a client: a CA or a certificate turns TLS on, whatever the flag says.
+    if wanted or tls.ca_file is not None or tls.cert_file is not None:
+        options["tls"] = tls
+    elif given is not None or args.tls is not None:
+        options["tls"] = False
+
+
 def make_client(args: argparse.Namespace, options: dict[str, Any]) -> Client:
     if args.sync:
         return SyncClient(**options)
-    return BufferedClient(**options, buffer_limit=CAT_BUFFER_LIMIT, at_exit=False,
-                          shutdown_timeout=args.timeout)
+    return BufferedClient(**options, buffering=Buffering(limit=CAT_BUFFER_LIMIT),
+                          at_exit=False, shutdown_timeout=args.timeout)
 
 
 @dataclass
@@ -508,8 +529,8 @@ exit status: 0 if every check passed, 1 if one failed, 130 if interrupted."""
 def cat_epilog() -> str:
     """The exit statuses, examples and the environment variables, from the list read."""
     rows = []
-    for suffix, option in VARIABLES.items():
-        note = _VARIABLE_NOTES.get(suffix, "--" + option.replace("_", "-"))
+    for suffix in VARIABLES:
+        note = _VARIABLE_NOTES.get(suffix, "--" + suffix.lower().replace("_", "-"))
         rows.append(f"  FLUENT_{suffix:<16} {note}")
     return "\n\n".join([
         CAT_EXIT,
@@ -621,10 +642,14 @@ def serve_defaults(args: argparse.Namespace, env: dict[str, Any]) -> None:
     """``serve`` listens where ``cat`` would send, with the same key and user."""
     if args.unix_path is None and args.host is None and args.port is None:
         args.unix_path = env.get("unix_path")
-    for name, default in (("host", "127.0.0.1"), ("port", 24224), ("shared_key", None),
-                          ("username", None), ("password", None)):
+    for name, default in (("host", "127.0.0.1"), ("port", 24224)):
         if getattr(args, name) is None:
             setattr(args, name, env.get(name, default))
+    auth = env.get("auth", Auth())
+    for name in ("shared_key", "username", "password"):
+        if getattr(args, name) is None:
+            # An empty user name or password is no setting at all.
+            setattr(args, name, getattr(auth, name) or None)
 
 
 class _Named(logging.Formatter):

@@ -225,8 +225,8 @@ class FluentHandler(logging.Handler):
     ``tag`` is used for every record; with ``tag=None`` the tag is made from the logger's
     name (``tag_prefix.`` + the name with anything a tag may not hold replaced by ``_``).
     The handler makes its own :class:`BufferedClient` from ``host``, ``port``,
-    ``unix_path`` and any other client option given (``buffer_limit``, ``require_ack``,
-    ``tls``, ``on_error``, ...), or shares the ``client`` given.
+    ``unix_path`` and any other client option given (``require_ack``, ``tls``,
+    ``buffering=Buffering(...)``, ``on_error``, ...), or shares the ``client`` given.
 
     The ``message`` field is always the message as logged (``record.getMessage()``),
     whatever formatter the handler has: ``logging.basicConfig``, ``dictConfig`` and
