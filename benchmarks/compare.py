@@ -47,6 +47,8 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+from fluentclient import Buffering, Timeouts
+
 HERE = Path(__file__).resolve().parent
 RECORD = {
     "message": "GET /api/v1/items/1234 HTTP/1.1 200 512 bytes in 12.5 ms",
@@ -176,7 +178,7 @@ def make_poster(name: str, port: int) -> tuple[Any, Any, Any]:
     if name == "sync":
         from fluentclient import SyncClient
 
-        sync = SyncClient("127.0.0.1", port, connect_timeout=3.0, write_timeout=3.0)
+        sync = SyncClient("127.0.0.1", port, timeouts=Timeouts(connect=3.0, write=3.0))
 
         def post_sync(r: dict[str, Any]) -> None:
             try:
@@ -322,8 +324,8 @@ def child_latency(name: str, port: int, seconds: float, fill: int, burst: int) -
 def child_memory(port: int, records: int) -> dict[str, Any]:
     from fluentclient import BufferedClient
 
-    client = BufferedClient("127.0.0.1", port, at_exit=False, buffer_limit=BUFFER_LIMIT,
-                            write_timeout=3.0)
+    client = BufferedClient("127.0.0.1", port, at_exit=False, timeouts=Timeouts(write=3.0),
+                            buffering=Buffering(limit=BUFFER_LIMIT))
     client.post(TAG, RECORD)
     client.flush(2)
     idle = current_rss_mib()

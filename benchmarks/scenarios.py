@@ -43,6 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from fluentclient import Buffering  # noqa: E402
 from fluentclient.server import ForwardServer  # noqa: E402
 
 TAG = "scenario.record"
@@ -340,7 +341,8 @@ def _replay(server: ForwardServer, spool: str) -> int:
     # The locks of the processes that went away, noted before ours exists: this needs
     # nothing of the client's internals, which change.
     theirs = {name for name in os.listdir(spool) if name.endswith(".lock")}
-    with BufferedClient(server.host, server.port, spool_dir=spool, at_exit=False) as client:
+    with BufferedClient(server.host, server.port, buffering=Buffering(spool_dir=spool),
+                        at_exit=False) as client:
         deadline = time.monotonic() + 60
         # The replay is over once the files of the process that went away are deleted.
         while time.monotonic() < deadline and theirs & set(os.listdir(spool)):

@@ -19,7 +19,7 @@ from concurrent.futures import Future
 
 import pytest
 
-from fluentclient import BufferedClient, FluentError
+from fluentclient import BufferedClient, FluentError, Timeouts
 from fluentclient.server import ForwardServer
 
 from .subproc import Child
@@ -269,7 +269,8 @@ def test_a_client_shut_down_or_closed_emits_no_warning(fluent_server):
 
 
 def _stalled_client(server: ForwardServer) -> tuple[BufferedClient, Future[None]]:
-    client = BufferedClient(server.host, server.port, shutdown_timeout=6, write_timeout=30,
+    client = BufferedClient(server.host, server.port, shutdown_timeout=6,
+                            timeouts=Timeouts(write=30),
                             require_ack=True)
     delivery = client.post("stalled", {"i": -1}, ack=True)
     for i in range(2000):

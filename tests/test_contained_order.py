@@ -14,7 +14,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering
 from fluentclient._spool import Spool
 from fluentclient.framing import EntryPacker
 from fluentclient.message import Message
@@ -28,8 +28,9 @@ from .waiting import wait_until
 
 def block_client(server: ForwardServer, **kwargs: object) -> BufferedClient:
     return BufferedClient(
-        server.host, server.port, at_exit=False, backoff=FAST_BACKOFF, overflow="block",
-        overflow_timeout=60, flush_interval=0.01, **kwargs,  # type: ignore[arg-type]
+        server.host, server.port, at_exit=False, backoff=FAST_BACKOFF,
+        buffering=Buffering(overflow="block", overflow_timeout=60, flush_interval=0.01),
+        **kwargs,  # type: ignore[arg-type]
     )
 
 
@@ -91,7 +92,8 @@ def test_drop_newest_drops_what_does_not_fit_and_keeps_the_rest_in_order(fluent_
     the larger one is lost and counted, never sent late."""
     fluent_server.refuse()
     client = BufferedClient(fluent_server.host, fluent_server.port, at_exit=False,
-                            backoff=FAST_BACKOFF, buffer_limit=4096, max_frame_size=4096)
+                            backoff=FAST_BACKOFF, buffering=Buffering(limit=4096,
+                                                                      max_frame_size=4096))
     for i, pad in ((99, 1500), (100, 1500), (101, 1500), (102, 10)):
         client.post("order.test", {"i": i, "pad": "a" * pad})
     assert wait_until(lambda: client.stats().buffered + client.stats().dropped_total == 4)
@@ -121,7 +123,8 @@ def leave_spool(directory: Path, n: int, *, first: int = 0, per_block: int = 100
 
 
 def spool_client(server: ForwardServer, spool: Path, **kwargs: object) -> BufferedClient:
-    return BufferedClient(server.host, server.port, spool_dir=spool, at_exit=False,
+    return BufferedClient(server.host, server.port, buffering=Buffering(spool_dir=spool),
+                          at_exit=False,
                           backoff=FAST_BACKOFF, **kwargs)  # type: ignore[arg-type]
 
 

@@ -28,7 +28,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from fluentclient import AuthenticationError, BufferedClient, FluentError, SyncClient
+from fluentclient import AuthenticationError, BufferedClient, FluentError, SyncClient, Timeouts
 from fluentclient._handshake import build_helo
 from fluentclient.framing import ack_for, decode_frame, new_unpacker
 from fluentclient.server import ForwardServer
@@ -277,8 +277,9 @@ def check_buffered(
     scripted.expect(script)
     errors: list[FluentError] = []
     client = BufferedClient(
-        scripted.host, scripted.port, connect_timeout=CONNECT_TIMEOUT, write_timeout=1.0,
-        ack_timeout=ACK_TIMEOUT, ack_retry_limit=100, backoff=FAST_BACKOFF, at_exit=False,
+        scripted.host, scripted.port, timeouts=Timeouts(connect=CONNECT_TIMEOUT, write=1.0,
+                                                        ack=ACK_TIMEOUT, ack_retries=100),
+        backoff=FAST_BACKOFF, at_exit=False,
         on_error=lambda err, msg: errors.append(err), **options,
     )
     try:
@@ -320,8 +321,8 @@ def check_sync(
     upstream.clear()
     scripted.expect(script)
     client = SyncClient(
-        scripted.host, scripted.port, connect_timeout=CONNECT_TIMEOUT, write_timeout=1.0,
-        ack_timeout=ACK_TIMEOUT, **options,
+        scripted.host, scripted.port, timeouts=Timeouts(connect=CONNECT_TIMEOUT, write=1.0,
+                                                        ack=ACK_TIMEOUT), **options,
     )
     with client:
         start = time.monotonic()

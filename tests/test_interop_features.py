@@ -50,6 +50,7 @@ from fluentclient import (
     FluentConnectionError,
     FluentError,
     SyncClient,
+    Timeouts,
 )
 from tests.certs import Pki
 from tests.peer_server import NodePeer, PeerEvent, assert_peer_equal, require_peer
@@ -284,7 +285,8 @@ def assert_clean_report(report: Any, records: int) -> None:
 
 def assert_nothing_arrived(peer: NodePeer, **good_options: Any) -> None:
     """After a refused client is closed: a good client's sentinel must be the only event."""
-    good = SyncClient(peer.host, peer.port, require_ack=True, ack_timeout=WAIT, **good_options)
+    good = SyncClient(peer.host, peer.port, require_ack=True, timeouts=Timeouts(ack=WAIT),
+                      **good_options)
     try:
         good.post(SENTINEL_TAG, {"barrier": True})
     finally:

@@ -46,7 +46,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from fluentclient import Backoff, BufferedClient
+from fluentclient import Backoff, BufferedClient, Buffering
 from fluentclient.errors import FluentError
 from fluentclient.message import Message
 from fluentclient.server import ForwardServer
@@ -872,8 +872,9 @@ class ClientModel(RuleBasedStateMachine):
         assert self.client is not None
         came_before = set(before)
         later = BufferedClient(self.server.host, self.server.port, at_exit=False,
-                               backoff=FAST_BACKOFF, flush_interval=0.01,
-                               spool_dir=os.path.join(self.tmp, "spool"))
+                               backoff=FAST_BACKOFF,
+                               buffering=Buffering(flush_interval=0.01,
+                                                   spool_dir=os.path.join(self.tmp, "spool")))
         try:
             replay = later.shutdown(10)
         finally:

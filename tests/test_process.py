@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering
 
 from .conftest import FAST_BACKOFF
 from .subproc import child_env
@@ -56,7 +56,7 @@ def test_exit_is_bounded_when_the_server_is_stuck(fluent_server):
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_child_posts_after_fork_and_does_not_resend_the_parents_records(fluent_server):
     client = BufferedClient(fluent_server.host, fluent_server.port, backoff=FAST_BACKOFF,
-                            at_exit=False, flush_interval=3600)
+                            at_exit=False, buffering=Buffering(flush_interval=3600))
     client.post("fork.parent", {"who": "parent", "n": 0}, sync_append=True)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child

@@ -12,7 +12,7 @@ from unittest import mock
 
 import pytest
 
-from fluentclient import BufferedClient, shutdown_on_signal
+from fluentclient import BufferedClient, Buffering, shutdown_on_signal
 from fluentclient.server import ForwardServer
 
 from .conftest import FAST_BACKOFF
@@ -170,7 +170,7 @@ def usr1():
 
 def client_for(server: ForwardServer) -> BufferedClient:
     return BufferedClient(server.host, server.port, at_exit=False, backoff=FAST_BACKOFF,
-                          flush_interval=60)
+                          buffering=Buffering(flush_interval=60))
 
 
 def test_a_previous_callable_is_called_after_the_shutdown_and_once_per_signal(

@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering
 from fluentclient._spool import Spool, _split_entries, read_blocks
 from fluentclient.server import ForwardServer
 
@@ -75,7 +75,8 @@ def killed_after(port: int, spool: Path, n: int, *, flush: float = 0.2) -> None:
 
 def new_client(server: ForwardServer, spool: Path, **kwargs) -> BufferedClient:
     kwargs.setdefault("backoff", FAST_BACKOFF)
-    return BufferedClient(server.host, server.port, spool_dir=spool, at_exit=False, **kwargs)
+    return BufferedClient(server.host, server.port, buffering=Buffering(spool_dir=spool),
+                          at_exit=False, **kwargs)
 
 
 def ids(server: ForwardServer, phase: str | None = None) -> list[int]:
@@ -196,7 +197,7 @@ def test_live_owners_are_never_claimed(tmp_path, fluent_server):
 
 
 def test_segments_are_deleted_as_their_records_are_sent(tmp_path, fluent_server):
-    with new_client(fluent_server, tmp_path, buffer_limit=256 * 1024) as client:
+    with new_client(fluent_server, tmp_path, buffering=Buffering(limit=256 * 1024)) as client:
         spool = client._journal._spool
         for i in range(20_000):
             client.post("spool.test", {"i": i, "pad": "y" * 100})
@@ -284,7 +285,7 @@ def test_a_spooled_record_too_large_for_the_new_frame_size_is_counted(tmp_path, 
     left = Spool(str(tmp_path), limit=1 << 20)
     left.append(0, [("spool.test", big + small)], 2)
     left.close(keep=True)
-    with new_client(fluent_server, tmp_path, max_frame_size=2048) as client:
+    with new_client(fluent_server, tmp_path, buffering=Buffering(max_frame_size=2048)) as client:
         assert fluent_server.wait_for_events(1, timeout=10)
         assert client.flush(timeout=5)
     stats = client.stats()
