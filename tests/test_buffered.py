@@ -536,7 +536,7 @@ def test_the_reader_batch_and_queue_limit_depend_on_the_spool(
     # A poster that reaches the limit waits for the reader for as long as it is held.
     monkeypatch.setattr(client_module, "_DRAIN_WAIT", 60.0)
     first, second = _Gate(), _Gate()
-    extra = {"spool_dir": str(tmp_path / "spool")} if spooled else {}
+    extra = {"buffering": Buffering(spool_dir=str(tmp_path / "spool"))} if spooled else {}
     client = client_for(fluent_server, records=RecordRules(default=_through_gate), **extra)
     total = queue_limit + batch + 50
     posted = 0

@@ -15,7 +15,7 @@ from collections import Counter
 
 import pytest
 
-from fluentclient import Auth, BufferedClient, Buffering, DeliveryError, Timeouts
+from fluentclient import Auth, BufferedClient, Buffering, DeliveryError, Timeouts, Tls
 from fluentclient.errors import PossiblyLostError
 from fluentclient.server import ForwardServer
 
@@ -168,7 +168,7 @@ def transport(request, tmp_path):
     if request.param == "tls":
         pki = request.getfixturevalue("pki")
         server = ForwardServer(ssl_context=server_context(pki))
-        options = {"tls_ca_file": str(pki.ca_file)}
+        options = {"tls": Tls(ca_file=str(pki.ca_file))}
     elif request.param == "unix":
         server = ForwardServer(unix_path=str(tmp_path / "fluent.sock"))
         options = {}

@@ -22,7 +22,7 @@ from collections import Counter
 
 import pytest
 
-from fluentclient import BufferedClient, Buffering, Timeouts
+from fluentclient import BufferedClient, Buffering, Timeouts, Tls
 from fluentclient.server import ForwardServer
 
 from .certs import server_context
@@ -57,7 +57,7 @@ def transport(request, tmp_path):
     if request.param == "tls":
         pki = request.getfixturevalue("pki")
         server = ForwardServer(ssl_context=server_context(pki))
-        options = {"tls_ca_file": str(pki.ca_file)}
+        options = {"tls": Tls(ca_file=str(pki.ca_file))}
     elif request.param == "unix":
         server = ForwardServer(unix_path=str(tmp_path / "fluent.sock"))
         options = {}
@@ -294,10 +294,10 @@ def test_a_retiring_connection_ends_at_its_linger(fluent_server):
 
 RETIRING_COPY = """
 import gc, os, time
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering, Timeouts
 
-client = BufferedClient("127.0.0.1", P["port"], write_timeout=0.3, shutdown_timeout=1,
-                        buffer_limit=64 << 20)
+client = BufferedClient("127.0.0.1", P["port"], timeouts=Timeouts(write=0.3),
+                        buffering=Buffering(limit=64 << 20), shutdown_timeout=1)
 link = client._writer.links[0]
 for i in range(16_000):
     client.post("copy.retiring", {"i": i, "pad": "p" * 200})

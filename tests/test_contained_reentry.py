@@ -124,7 +124,7 @@ def test_a_report_on_the_readers_thread_posts_nothing_back_to_it() -> None:
 # server is down, with a buffer small enough to drop, and an on_error that logs.
 ROOT_HANDLER_CHILD = """
 import logging, sys, threading
-from fluentclient import Backoff
+from fluentclient import Backoff, Buffering
 from fluentclient.handler import FluentHandler
 
 calls = 0
@@ -142,7 +142,7 @@ def on_error(err, msg):
     finally:
         depth.n = d - 1
 
-handler = FluentHandler("app", port=P["port"], buffer_limit=1024, on_error=on_error,
+handler = FluentHandler("app", port=P["port"], buffering=Buffering(limit=1024), on_error=on_error,
                         close_timeout=0.5, backoff=Backoff(initial=0.01, maximum=0.1))
 root = logging.getLogger()
 root.addHandler(handler)

@@ -22,7 +22,7 @@ from collections import Counter
 import msgpack
 import pytest
 
-from fluentclient import BufferedClient, Buffering, Timeouts
+from fluentclient import BufferedClient, Buffering, Timeouts, Tls
 from fluentclient.server import ForwardServer
 
 from .certs import server_context
@@ -118,7 +118,8 @@ def test_where_a_reset_proves_nothing_nothing_is_sent_again(transport, tmp_path,
     if transport == "tls":
         pki = request.getfixturevalue("pki")
         server = ForwardServer(ssl_context=server_context(pki)).start()
-        options = {"host": server.host, "port": server.port, "tls_ca_file": str(pki.ca_file)}
+        options = {"host": server.host, "port": server.port,
+                   "tls": Tls(ca_file=str(pki.ca_file))}
     else:
         server = ForwardServer(unix_path=str(tmp_path / "fluent.sock")).start()
         options = {"unix_path": server.unix_path}

@@ -7,6 +7,7 @@ import re
 import socket
 import ssl
 import time
+from typing import Any
 
 import msgpack
 import pytest
@@ -48,7 +49,7 @@ def test_shared_key_handshake(kind, helo_as_str):
     with ForwardServer(shared_key=KEY, helo_as_str=helo_as_str) as server:
         cls = BufferedClient if kind == "buffered" else SyncClient
         options = {"at_exit": False} if kind == "buffered" else {}
-        with cls(server.host, server.port, shared_key=KEY, self_hostname="app.test",
+        with cls(server.host, server.port, auth=Auth(shared_key=KEY, self_hostname="app.test"),
                  **options) as client:
             post_all(client, 20)
         assert server.wait_for_events(20, timeout=5)
@@ -104,11 +105,10 @@ def test_server_speaks_first_and_refuses_records_before_ping():
         assert server.event_count == 0
 
 
-def client_tls(pki: Pki, *, cert: bool = False) -> dict:
-    options = {"tls_ca_file": str(pki.ca_file)}
+def client_tls(pki: Pki, *, cert: bool = False, **fields: Any) -> dict:
     if cert:
-        options.update(tls_cert_file=str(pki.client_cert), tls_key_file=str(pki.client_key))
-    return options
+        fields.update(cert_file=str(pki.client_cert), key_file=str(pki.client_key))
+    return {"tls": Tls(ca_file=str(pki.ca_file), **fields)}
 
 
 @pytest.mark.parametrize("kind", ["buffered", "sync"])
@@ -116,7 +116,7 @@ def test_tls_with_handshake_and_acks(pki, kind):
     with ForwardServer(ssl_context=server_context(pki), shared_key=KEY) as server:
         cls = BufferedClient if kind == "buffered" else SyncClient
         options = {"at_exit": False} if kind == "buffered" else {}
-        with cls(server.host, server.port, shared_key=KEY, require_ack=True,
+        with cls(server.host, server.port, auth=Auth(shared_key=KEY), require_ack=True,
                  **client_tls(pki), **options) as client:
             post_all(client, 300)
         assert server.wait_for_events(300, timeout=5)
@@ -129,8 +129,8 @@ def test_tls_verifies_the_server_by_default(pki):
         with pytest.raises(FluentConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
             SyncClient(server.host, server.port, tls=True).post("sec.v", {"x": 1})
         with pytest.raises(FluentConnectionError):
-            SyncClient(server.host, server.port, tls=Tls(server_name="other.test"),
-                       **client_tls(pki)).post("sec.v", {"x": 1})
+            SyncClient(server.host, server.port,
+                       **client_tls(pki, server_name="other.test")).post("sec.v", {"x": 1})
         assert server.event_count == 0
 
 
