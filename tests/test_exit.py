@@ -66,7 +66,7 @@ def poster(client, stop):
 def main():
     client = BufferedClient("127.0.0.1", P["port"], shutdown_timeout=P["timeout"],
                             timeouts=Timeouts(connect=P["io_timeout"], write=P["io_timeout"]),
-                            buffering=Buffering(limit=P["buffer_limit"]), )
+                            buffering=Buffering(limit=P["buffer_limit"]))
     if P["threads"]:
         stop = threading.Event()  # never set: these threads post until the end
         for _ in range(8):

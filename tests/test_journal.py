@@ -125,15 +125,16 @@ def test_drop_oldest_with_a_spool_does_no_file_io_on_the_posting_thread(
 _FULL_DISK_CHILD = textwrap.dedent(
     """
     import json, logging, resource, signal, sys
-    from fluentclient import Backoff, BufferedClient
+    from fluentclient import Backoff, BufferedClient, Buffering
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     port, spool = int(sys.argv[1]), sys.argv[2]
     # Writes past 256 KiB fail with EFBIG (a full disk, as the writer sees it) rather than
     # killing the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
-    client = BufferedClient("127.0.0.1", port, spool_dir=spool, spool_limit=8 << 20,
-                            buffer_limit=1 << 20, at_exit=False,
+    client = BufferedClient("127.0.0.1", port, at_exit=False,
+                            buffering=Buffering(spool_dir=spool, spool_limit=8 << 20,
+                                                limit=1 << 20),
                             backoff=Backoff(initial=0.01, maximum=0.05))
     for i in range(3000):
         assert client.post("t", {"i": i, "pad": "d" * 800})
@@ -254,7 +255,7 @@ _PERMISSION_CHILD = textwrap.dedent(
     """
     import json, logging, os, shutil, sys, tempfile, time
     import encodings.idna  # getaddrinfo's codec, imported while python's files are ours
-    from fluentclient import Backoff, BufferedClient
+    from fluentclient import Backoff, BufferedClient, Buffering
     from fluentclient.framing import EntryPacker
     from fluentclient.message import Message
     from fluentclient._spool import Spool
@@ -266,8 +267,9 @@ _PERMISSION_CHILD = textwrap.dedent(
         os.setuid(65534)
 
     def client(spool):
-        return BufferedClient("127.0.0.1", port, spool_dir=spool, spool_limit=2 << 20,
-                              buffer_limit=1 << 20, at_exit=False,
+        return BufferedClient("127.0.0.1", port, at_exit=False,
+                              buffering=Buffering(spool_dir=spool, spool_limit=2 << 20,
+                                                  limit=1 << 20),
                               backoff=Backoff(initial=0.01, maximum=0.05))
 
     out = {}

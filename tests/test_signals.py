@@ -29,7 +29,7 @@ from fluentclient import BufferedClient, Buffering, shutdown_on_signal
 
 client = BufferedClient("127.0.0.1", P["port"], shutdown_timeout=P["timeout"],
                         buffering=Buffering(flush_interval=60, limit=P["buffer_limit"],
-                                            write_threshold=P["write_threshold"]), )
+                                            write_threshold=P["write_threshold"]))
 shutdown_on_signal(client)
 
 def fill_until_stuck():

@@ -19,11 +19,12 @@ from .waiting import wait_until
 CHILD = textwrap.dedent(
     """
     import sys, time
-    from fluentclient import Backoff, BufferedClient
+    from fluentclient import Backoff, BufferedClient, Buffering, Timeouts
     port, spool, ack = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "ack"
     client = BufferedClient(
-        "127.0.0.1", port, spool_dir=spool, require_ack=ack, ack_timeout=30,
-        backoff=Backoff(initial=0.01, maximum=0.05), flush_interval=0.01,
+        "127.0.0.1", port, require_ack=ack, timeouts=Timeouts(ack=30),
+        backoff=Backoff(initial=0.01, maximum=0.05),
+        buffering=Buffering(spool_dir=spool, flush_interval=0.01),
     )
     # Each phase "name:records:flush_timeout" posts, flushes, says its name, and waits
     # for a line on stdin before the next one; after the last the process waits to be
@@ -216,9 +217,9 @@ def test_forked_child_gets_its_own_spool(tmp_path, fluent_server):
     code = textwrap.dedent(
         """
         import os, sys
-        from fluentclient import Backoff, BufferedClient
+        from fluentclient import Backoff, BufferedClient, Buffering
         port, spool = int(sys.argv[1]), sys.argv[2]
-        client = BufferedClient("127.0.0.1", port, spool_dir=spool,
+        client = BufferedClient("127.0.0.1", port, buffering=Buffering(spool_dir=spool),
                                 backoff=Backoff(initial=0.01, maximum=0.05))
         for i in range(100):
             client.post("spool.test", {"i": i, "who": "parent"})
