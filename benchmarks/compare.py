@@ -164,10 +164,10 @@ def make_poster(name: str, port: int) -> tuple[Any, Any, Any]:
     """(post(record), finish(), close_now()) for one contender."""
     name = base_name(name)
     if name.startswith("buffered"):
-        from fluentclient import BufferedClient
+        from fluentclient import BufferedClient, Buffering, Timeouts
 
-        options: dict[str, Any] = {"at_exit": False, "buffer_limit": BUFFER_LIMIT,
-                                   "write_timeout": 3.0, "connect_timeout": 3.0}
+        options: dict[str, Any] = {"at_exit": False, "buffering": Buffering(limit=BUFFER_LIMIT),
+                                   "timeouts": Timeouts(write=3.0, connect=3.0)}
         if name == "buffered_ack":
             options["require_ack"] = True
         if name == "buffered_gzip":

@@ -544,13 +544,12 @@ def test_hostile_input(case: Case, mode: str, server: ForwardServer) -> None:
     errors: list[tuple[FluentError, Message | None]] = []
     client: BufferedClient | SyncClient
     if mode == "sync_client":
-        client = SyncClient(server.host, server.port, records=RecordRules(default=default),
-                            max_frame_size=FRAME,
-                            **dict(case.options))
+        client = SyncClient(server.host, server.port, max_frame_size=FRAME,
+                            records=RecordRules(default=default, **dict(case.options)))
     else:
         client = BufferedClient(
             server.host, server.port, buffering=Buffering(max_frame_size=FRAME, limit=BUFFER),
-            records=RecordRules(default=default), **dict(case.options),
+            records=RecordRules(default=default, **dict(case.options)),
             backoff=FAST_BACKOFF, at_exit=False,
             on_error=lambda err, msg: errors.append((err, msg)),
         )

@@ -116,7 +116,7 @@ def run_case(server: RealServer, odd: Odd) -> tuple[BufferedClient, list[tuple[A
     client = BufferedClient(
         "127.0.0.1", server.port, require_ack=True, timeouts=Timeouts(ack=10, ack_retries=2),
         buffering=Buffering(write_threshold=4 * 2**20, flush_interval=60), at_exit=False,
-        on_error=lambda err, msg: errors.append((err, msg)), **odd.options,
+        on_error=lambda err, msg: errors.append((err, msg)), records=RecordRules(**odd.options),
     )
     tag = f"odd.{odd.id}"
     for i in range(GOOD_BEFORE):

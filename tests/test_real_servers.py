@@ -58,12 +58,14 @@ Factory = Callable[..., RealServer]
 def make_client(kind: str, server: RealServer, **options: Any) -> Any:
     if kind == "buffered":
         options.setdefault("backoff", FAST_BACKOFF)
+        if "max_frame_size" in options:  # a SyncClient keyword; a BufferedClient's buffering
+            options["buffering"] = Buffering(max_frame_size=options.pop("max_frame_size"))
         return BufferedClient("127.0.0.1", server.port, at_exit=False, **options)
     return SyncClient("127.0.0.1", server.port, **options)
 
 
 def secure(**fields: Any) -> dict[str, Any]:
-    return {"auth": Auth(shared_key=KEY, self_hostname="client.test", **fields)}
+    return {"auth": Auth(**{"shared_key": KEY, "self_hostname": "client.test", **fields})}
 
 
 def tls_client(pki: Pki, **fields: Any) -> dict[str, Any]:
@@ -142,7 +144,7 @@ def test_acks_every_frame(shared_server: RealServer, kind: str) -> None:
     n = 600 if kind == "buffered" else 30
     extra = {"max_frame_size": 4096} if kind == "buffered" else {}
     stats = send_and_check(kind, shared_server, f"real.ack.{kind}", n, require_ack=True,
-                           ack_timeout=WAIT, **extra)
+                           timeouts=Timeouts(ack=WAIT), **extra)
     (server,) = stats.servers
     assert server.frames_sent > (1 if kind == "buffered" else n - 1), stats
     assert server.acked_frames == server.frames_sent, stats
@@ -219,7 +221,7 @@ def test_mutual_tls_fluentd(real_server_factory: Factory, pki: Pki,
     ours = tls_client(pki, cert_file=str(pki.client_cert), key_file=str(pki.client_key))
     for kind in CLIENT_KINDS:
         send_and_check(kind, server, f"real.mtls.{kind}", 30, require_ack=True, **ours)
-    client = make_client("sync", server, require_ack=True, connect_timeout=WAIT,
+    client = make_client("sync", server, require_ack=True, timeouts=Timeouts(connect=WAIT),
                          **tls_client(pki))
     with pytest.raises(TlsError, match="ALERT_HANDSHAKE_FAILURE"):
         client.post("real.mtls.refused.none", {"n": 1})
@@ -294,7 +296,7 @@ def test_wrong_shared_key_is_an_authentication_error(
     # fluentd answers PONG false "shared_key mismatch"; Fluent Bit closes without a PONG.
     needle = "shared_key mismatch" if real_server_kind == "fluentd" else "shared key"
     _refused(server, "real.refused.key", AuthenticationError, needle, client_threads, caplog,
-             good=secure(), require_ack=True, **{**secure(), "shared_key": "not the key"})
+             good=secure(), require_ack=True, **secure(shared_key="not the key"))
 
 
 def test_wrong_password_is_an_authentication_error(
