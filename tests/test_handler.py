@@ -91,7 +91,7 @@ def test_dict_config_in_a_process_sends_every_line_by_exit(fluent_server):
                 "class": "fluentclient.handler.FluentHandler",
                 "host": "127.0.0.1", "port": {fluent_server.port},
                 "tag_prefix": "svc", "formatter": "fluent", "level": "INFO",
-                "flush_interval": 3600, "buffer_limit": 1048576,
+                "buffering": {{"flush_interval": 3600, "limit": 1048576}},
             }}}},
             "loggers": {{"orders.api": {{"handlers": ["fluent"], "level": "DEBUG"}}}},
         }})

@@ -524,7 +524,7 @@ def test_every_line_arrives_by_exit_without_a_traceback(fluent_server):
         atexit.register(lambda: logger.info("after the drain"))
         from fluentclient.loguru import FluentSink
         logger.add(FluentSink(host="127.0.0.1", port={fluent_server.port}, tag="exit.test",
-                              flush_interval=3600))
+                              buffering={{"flush_interval": 3600}}))
         for i in range(300):
             logger.bind(i=i).info("line {{}}", i)
     """)

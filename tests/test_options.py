@@ -260,3 +260,16 @@ def test_from_env_builds_the_objects_and_takes_them_as_overrides(pki: Pki, clien
         with BufferedClient.from_env(environ={}, at_exit=False,
                                      buffering=Buffering(limit=4096)) as client:
             assert client._buffer.limit == 4096
+
+
+def test_a_logging_integration_builds_an_object_from_a_mapping_of_its_fields():
+    # What logging.config.dictConfig can give: plain values only.
+    handler = FluentHandler(at_exit=False, buffering={"limit": 4096, "flush_interval": 5},
+                            timeouts={"connect": 2})
+    try:
+        assert handler.client._buffer_options == Buffering(limit=4096, flush_interval=5)
+        assert handler.client._transport.timeouts == Timeouts(connect=2)
+    finally:
+        handler.close()
+    with pytest.raises(ConfigurationError, match="^Buffering.limit: "):
+        FluentHandler(at_exit=False, buffering={"limit": 10})
