@@ -284,7 +284,7 @@ def server_paused(ctx: Context) -> Row:
             ended.set()
         watcher.join(60)
         return ctx.row("server paused, then reads again", server, run,
-                       "`write_timeout=1`; resumes after two connections timed out")
+                       "`Timeouts(write=1)`; resumes after two connections timed out")
 
 
 def black_holed(ctx: Context) -> Row:

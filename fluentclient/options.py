@@ -23,9 +23,6 @@ MiB = 1024 * 1024
 # What a BufferedClient does with a record that finds its buffer full (docs/guarantees.md).
 OVERFLOW_POLICIES = ("drop_newest", "drop_oldest", "block", "raise")
 
-_Path = Union[str, "os.PathLike[str]"]
-
-
 def _fail(owner: object, field: str, message: str) -> ConfigurationError:
     return ConfigurationError(message, variable=f"{type(owner).__name__}.{field}")
 
@@ -64,9 +61,9 @@ class Tls:
     ``tls=True`` on a client means ``Tls()``."""
 
     context: ssl.SSLContext | None = None
-    ca_file: _Path | None = None
-    cert_file: _Path | None = None
-    key_file: _Path | None = None
+    ca_file: str | os.PathLike[str] | None = None
+    cert_file: str | os.PathLike[str] | None = None
+    key_file: str | os.PathLike[str] | None = None
     verify: bool = True
     server_name: str | None = None
 
@@ -161,7 +158,7 @@ class Buffering:
     max_frame_size: int = MiB
     overflow: str = "drop_newest"
     overflow_timeout: float = 1.0
-    spool_dir: _Path | None = None
+    spool_dir: str | os.PathLike[str] | None = None
     spool_limit: int | None = None
 
     def __post_init__(self) -> None:

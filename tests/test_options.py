@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import ssl
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -273,3 +274,12 @@ def test_a_logging_integration_builds_an_object_from_a_mapping_of_its_fields():
         handler.close()
     with pytest.raises(ConfigurationError, match="^Buffering.limit: "):
         FluentHandler(at_exit=False, buffering={"limit": 10})
+
+
+def test_the_migration_page_has_a_row_for_every_moved_keyword():
+    page = (Path(__file__).resolve().parent.parent / "docs" / "migration.md").read_text(
+        encoding="utf-8")
+    for old, (keyword, field) in MOVED.items():
+        cls = {"tls": "Tls", "auth": "Auth", "timeouts": "Timeouts", "buffering": "Buffering",
+               "records": "RecordRules"}[keyword]
+        assert f"| `{old}` | `{keyword}={cls}({field}=...)` |" in page, old
