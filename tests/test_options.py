@@ -283,3 +283,23 @@ def test_the_migration_page_has_a_row_for_every_moved_keyword():
         cls = {"tls": "Tls", "auth": "Auth", "timeouts": "Timeouts", "buffering": "Buffering",
                "records": "RecordRules"}[keyword]
         assert f"| `{old}` | `{keyword}={cls}({field}=...)` |" in page, old
+
+
+def test_cat_flags_change_one_field_of_the_objects_the_environment_made(pki: Pki):
+    from fluentclient.cli import build_parser, client_options
+    from fluentclient.config import options_from_env
+
+    def options(env: dict[str, str], *flags: str) -> dict[str, object]:
+        return client_options(build_parser().parse_args(["cat", "t", *flags]),
+                              options_from_env(env))
+
+    env = {"FLUENT_SHARED_KEY": "k", "FLUENT_USERNAME": "u",
+           "FLUENT_TLS_CA_FILE": str(pki.ca_file)}
+    got = options(env, "--password", "pw", "--no-tls-verify")
+    assert got["auth"] == Auth(shared_key="k", username="u", password="pw")
+    assert got["tls"] == Tls(ca_file=str(pki.ca_file), verify=False)
+    # As for a client: a CA file turns TLS on, whatever --no-tls says.
+    assert options(env, "--no-tls")["tls"] == Tls(ca_file=str(pki.ca_file))
+    assert options({"FLUENT_TLS": "true"}, "--no-tls")["tls"] is False
+    assert options({}, "--tls", "--tls-server-name", "n")["tls"] == Tls(server_name="n")
+    assert "tls" not in options({}) and "auth" not in options({})
