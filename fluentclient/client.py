@@ -65,7 +65,6 @@ from . import _parking, _process, _sigterm
 from ._accel import fast_poster
 from ._admission import Act, Admission, pace_for
 from ._base import Client as _Client
-from ._base import TagChecker as _TagChecker
 from ._base import not_a_mapping as _not_a_mapping
 from ._buffer import Buffer, Frame
 from ._connection import describe
@@ -84,9 +83,9 @@ from ._words import count
 from ._writer import Writer, resolve_futures
 from .backoff import Backoff
 from .errors import (
-    ConfigurationError,
     BufferFullError,
     ClientClosedError,
+    ConfigurationError,
     FluentError,
     FluentTimeoutError,
 )

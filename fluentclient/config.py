@@ -4,10 +4,11 @@
 the prefix are the keys of :data:`VARIABLES`) and returns keyword arguments for
 :class:`BufferedClient` or :class:`SyncClient`, the TLS and handshake settings as ``tls``
 (a :class:`Tls`, or a flag) and ``auth`` (an :class:`Auth`). Only variables that are set
-appear in the result, so the clients' own defaults still apply to the rest. A variable set to the empty
-string counts as unset, because container tooling often cannot unset a variable, only blank
-it. A value the client could not use raises :class:`ConfigurationError` naming the
-variable, here, rather than an error about a keyword argument later.
+appear in the result, so the clients' own defaults still apply to the rest. A variable
+set to the empty string counts as unset, because container tooling often cannot unset a
+variable, only blank it. A value the client could not use raises
+:class:`ConfigurationError` naming the variable, here, rather than an error about a
+keyword argument later.
 
 This module imports nothing from the clients, so they can call it without an import cycle.
 """

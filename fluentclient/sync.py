@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from typing import Literal, overload
 
-from ._base import Client, TagChecker, not_a_mapping
+from ._base import Client, not_a_mapping
 from ._connection import Connection, ConnectionLost, SendError
 from ._ledger import Ledger
 from ._options import MiB, builder_for, packer_for
