@@ -13,6 +13,7 @@ from ._moved import refuse_moved
 from ._options import TransportOptions, checked_rules, security_from, servers_from
 from ._pool import ServerSpec
 from .backoff import Backoff
+from .config import options_from_env
 from .errors import InvalidTagError, SerializationError
 from .message import MAX_TAG_LENGTH, TAG_PATTERN, TimeLike, short_repr, time_to_ns
 from .options import Auth, RecordRules, Timeouts, TlsSetting
@@ -131,8 +132,6 @@ class Client:
         environment's whole destination rather than mixing with it; an option object
         (``tls=Tls(...)``, ``auth=Auth(...)``) replaces the one the environment made.
         """
-        from .config import options_from_env
-
         options = options_from_env(environ, prefix=prefix)
         if any(key in overrides for key in ADDRESS_OPTIONS):
             for key in ADDRESS_OPTIONS:
