@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgpack
@@ -639,7 +639,8 @@ def test_tls_records_arrive(tls_peer: NodePeer, pki: Pki, kind: str, how: str) -
 
 def _sync_refused(peer: NodePeer, **options: Any) -> FluentError:
     peer.clear()
-    client = make_client("sync", peer, timeouts=Timeouts(connect=WAIT), **options)
+    options["timeouts"] = replace(options.get("timeouts", Timeouts()), connect=WAIT)
+    client = make_client("sync", peer, **options)
     try:
         with pytest.raises(FluentConnectionError) as info:
             client.post("tls.refused", {"n": 1})

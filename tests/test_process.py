@@ -23,8 +23,9 @@ def run_python(code: str, timeout: float = 30) -> subprocess.CompletedProcess:
 
 def test_records_are_sent_at_process_exit(fluent_server):
     result = run_python(f"""
-        from fluentclient import BufferedClient
-        c = BufferedClient("127.0.0.1", {fluent_server.port}, flush_interval=3600)
+        from fluentclient import BufferedClient, Buffering
+        c = BufferedClient("127.0.0.1", {fluent_server.port},
+                           buffering=Buffering(flush_interval=3600))
         for i in range(2000):
             c.post("exit.drain", {{"i": i}})
         # no shutdown(): the at-exit hook must drain
@@ -37,9 +38,9 @@ def test_exit_is_bounded_when_the_server_is_stuck(fluent_server):
     fluent_server.stall(True)
     t0 = time.monotonic()
     result = run_python(f"""
-        from fluentclient import BufferedClient
+        from fluentclient import BufferedClient, Timeouts
         c = BufferedClient("127.0.0.1", {fluent_server.port}, shutdown_timeout=1.0,
-                           write_timeout=30)
+                           timeouts=Timeouts(write=30))
         for i in range(30000):
             c.post("exit.stuck", {{"i": i, "pad": "x" * 200}})
     """)

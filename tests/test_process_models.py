@@ -398,7 +398,7 @@ import time
 
 from celery import Celery
 
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering
 
 logging.getLogger("fluentclient").addHandler(logging.FileHandler(os.environ["APP_LOG"]))
 
@@ -410,7 +410,7 @@ app.conf.broker_transport_options = {
 }
 app.conf.worker_prefetch_multiplier = 1
 client = BufferedClient("127.0.0.1", int(os.environ["FLUENT_PORT"]),
-                        flush_interval=float(os.environ["APP_FLUSH"]))
+                        buffering=Buffering(flush_interval=float(os.environ["APP_FLUSH"])))
 
 
 @app.task

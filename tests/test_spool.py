@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 from fluentclient import BufferedClient, Buffering
@@ -74,10 +75,11 @@ def killed_after(port: int, spool: Path, n: int, *, flush: float = 0.2) -> None:
     child.kill9()
 
 
-def new_client(server: ForwardServer, spool: Path, **kwargs) -> BufferedClient:
+def new_client(server: ForwardServer, spool: Path, *, buffering: Buffering = Buffering(),
+               **kwargs) -> BufferedClient:
     kwargs.setdefault("backoff", FAST_BACKOFF)
-    return BufferedClient(server.host, server.port, buffering=Buffering(spool_dir=spool),
-                          at_exit=False, **kwargs)
+    return BufferedClient(server.host, server.port, at_exit=False,
+                          buffering=replace(buffering, spool_dir=spool), **kwargs)
 
 
 def ids(server: ForwardServer, phase: str | None = None) -> list[int]:
