@@ -167,7 +167,7 @@ class Admission:
         return DROP_BUFFER_FULL, self.buffer_full()
 
     def buffer_full(self) -> BufferFullError:
-        return BufferFullError(f"buffer_limit of {self._buffer.limit} bytes reached")
+        return BufferFullError(f"Buffering.limit of {self._buffer.limit} bytes reached")
 
     def spool_full(self) -> BufferFullError:
         assert self._spool is not None
