@@ -24,6 +24,7 @@ from .errors import (
 )
 from .message import EventTime, Message
 from .options import Auth, Buffering, RecordRules, Timeouts, Tls
+from .server import ForwardServer
 from .stats import JournalStats, ServerStats, ShutdownReport, Stats, UnsentRecord
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "FluentConnectionError",
     "FluentError",
     "FluentTimeoutError",
+    "ForwardServer",
     "InvalidTagError",
     "InvalidTimeError",
     "JournalStats",

@@ -40,6 +40,9 @@ class FastPacker(Protocol):
 
     def body(self, record: Any) -> bytes | None: ...
 
+    def runs(self, messages: Any, slow: Callable[[Any], bytes | None],
+             run_type: Callable[[str], Any]) -> list[Any]: ...
+
 
 class FastPoster(Protocol):
     """What ``_speedups.Poster`` offers: BufferedClient.post()'s usual path."""

@@ -6,49 +6,32 @@ break a connect or a write that is stuck past a shutdown deadline: ``shutdown(2)
 thread blocked on the socket, where ``close(2)`` would not.
 
 The connection also reports how many of the bytes it was given the peer has taken
-(:meth:`Connection.confirmed_offset`). On Linux the kernel tells how many written bytes
-are still in its send queue (``SIOCOUTQ``); everything before that point reached the
-peer's kernel, and for a Unix socket it was even read by the server. Frames after that
-point can be sent again whole on the next connection instead of being given up. Under TLS
-the queue holds encrypted records, not our bytes, so nothing can be confirmed that way.
+(:meth:`Connection.confirmed_offset`, as the kernel counts them: see ``_socket_state``).
+Frames after that point can be sent again whole on the next connection instead of being
+given up.
 """
 
 from __future__ import annotations
 
-import fcntl
-import functools
 import select
 import socket
 import ssl
 import struct
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
+from . import _connect_failures as failures
 from . import _handshake as handshake
-from .errors import AuthenticationError, FluentConnectionError, FluentTimeoutError, TlsError
-from .framing import new_unpacker
+from . import _socket_state as state
+from ._decoding import new_unpacker
+from .errors import AuthenticationError, FluentConnectionError, FluentTimeoutError
 
 Address = Union[tuple[str, int], str]
 
 # l_onoff=1, l_linger=0: close() sends a reset and drops what is still queued.
 _LINGER_RESET = struct.pack("ii", 1, 0)
-_SIOCOUTQ = 0x5411  # the same number as TIOCOUTQ on Linux
-_TCP_ESTABLISHED = 1
-_TCP_CLOSE = 7
-# struct tcp_info: 8 one-byte fields, 24 u32, then u64 pacing_rate, max_pacing_rate and
-# bytes_acked (Linux 4.2 and later).
-_BYTES_ACKED_AT = 8 + 24 * 4 + 2 * 8
-_TCP_INFO_SIZE = 256
-_HAS_OUTQ = sys.platform.startswith("linux")
 _READ_SIZE = 65536
-# What epoll(7) or poll(2) reports when the server said anything: bytes, its FIN (RDHUP
-# where the platform has it), urgent data; errors and hang-ups are always reported.
-_EPOLL_SAID = select.EPOLLIN | select.EPOLLPRI | select.EPOLLRDHUP \
-    if hasattr(select, "epoll") else 0
-_POLL_SAID = select.POLLIN | select.POLLPRI | getattr(select, "POLLRDHUP", 0) \
-    if hasattr(select, "poll") else 0
 
 
 class SendError(FluentConnectionError):
@@ -61,85 +44,6 @@ class SendError(FluentConnectionError):
 
 class ConnectionLost(FluentConnectionError):
     """The server closed or reset the connection, or sent something unreadable."""
-
-
-# TLS failures that say the connection broke, not that the two sides disagree: they may
-# pass by themselves (a server restarting mid-handshake).
-_TLS_TRANSIENT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
-
-
-def _tls_failure(where: str, exc: ssl.SSLError) -> FluentConnectionError:
-    """The error a failed TLS handshake raises: TlsError when retrying cannot fix it."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return TlsError(
-            f"TLS with {where} failed: certificate verify failed: "
-            f"{exc.verify_message} ({exc.reason})"
-        )
-    if isinstance(exc, _TLS_TRANSIENT):
-        return FluentConnectionError(f"TLS with {where} failed: {exc.reason or exc}")
-    # An alert from the server (it refused our certificate, or none was given), or no
-    # common protocol version or cipher: configuration, like a refused key.
-    reason = str(exc.reason or exc)
-    _, alert, name = reason.partition("ALERT_")
-    if alert:
-        # OpenSSL names alerts like TLSV13_ALERT_CERTIFICATE_REQUIRED: say it in words.
-        return TlsError(f"TLS with {where} failed: the server sent the alert "
-                        f"'{name.replace('_', ' ').lower()}' ({reason})")
-    return TlsError(f"TLS with {where} failed: {reason}")
-
-
-# What OpenSSL says when the bytes it got back are not TLS at all: the port speaks
-# something else (the plain forward protocol answering with msgpack, HTTP, ...).
-_NOT_TLS_REASONS = frozenset({
-    "WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST",
-    "UNKNOWN_PROTOCOL", "UNEXPECTED_RECORD",
-})
-# Where to change TLS, said once for every message that points at it.
-_SET_TLS_OFF = "set tls=False (FLUENT_TLS=false), or point at the server's TLS port"
-
-
-def _handshake_cut(where: str, exc: OSError) -> TlsError:
-    """The server ended the connection while our TLS handshake was under way.
-
-    A plain forward server does so every time: it reads our ClientHello as a broken frame
-    and closes (fluentd resets, Fluent Bit and ForwardServer close). A server restarting
-    at that very moment would look the same, but that is rare, while the mismatch repeats
-    on every attempt: so it is reported as configuration, loudly and once, and retried
-    only at the backoff's slowest pace.
-    """
-    how = "reset" if isinstance(exc, ConnectionResetError) else "closed"
-    cause = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
-    return TlsError(f"TLS with {where} failed: the server {how} the connection during the "
-                    f"TLS handshake ({cause}): it probably does not speak TLS; {_SET_TLS_OFF}")
-
-
-def _not_tls_answer(where: str, exc: ssl.SSLError) -> TlsError | None:
-    """The server answered our handshake with bytes that are not TLS, or None."""
-    if str(exc.reason) not in _NOT_TLS_REASONS:
-        return None
-    return TlsError(f"TLS with {where} failed: the server answered the TLS handshake with "
-                    f"something that is not TLS ({exc.reason}): it does not speak TLS on "
-                    f"this port; {_SET_TLS_OFF}")
-
-
-def _unresolved(where: str, host: str, exc: socket.gaierror) -> FluentConnectionError:
-    # Raised "from exc": the writer finds the resolver's answer in the cause (see
-    # _sender.is_unresolvable) and says it once, at error level, as a wrong setting.
-    if exc.errno in _NO_SUCH_NAME:
-        return FluentConnectionError(
-            f"cannot connect to {where}: the host name {host!r} does not resolve "
-            f"({exc.strerror}); check the host setting (host=, servers= or FLUENT_HOST)")
-    return FluentConnectionError(
-        f"cannot connect to {where}: looking up the host name {host!r} failed "
-        f"({exc.strerror})")
-
-
-# The resolver's answers for a name that does not exist, as against one it could not
-# look up just now (EAI_AGAIN) or another failure.
-_NO_SUCH_NAME = frozenset(
-    code for code in (getattr(socket, "EAI_NONAME", None), getattr(socket, "EAI_NODATA", None))
-    if code is not None
-)
 
 
 def describe(address: Address) -> str:
@@ -219,15 +123,11 @@ class Connection:
             if self._tls:
                 try:
                     self._start_tls(deadline)
-                except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError,
-                        ConnectionAbortedError, BrokenPipeError) as exc:
-                    raise _handshake_cut(where, exc) from exc
-                except socket.timeout as exc:
-                    raise FluentTimeoutError(
-                        f"TLS with {where} failed: no answer to the TLS handshake in time; "
-                        "if the server does not speak TLS, " + _SET_TLS_OFF) from exc
-                except ssl.SSLError as exc:
-                    raise (_not_tls_answer(where, exc) or _tls_failure(where, exc)) from exc
+                except OSError as exc:
+                    failure = failures.tls_start_failure(where, exc)
+                    if failure is None:
+                        raise
+                    raise failure from exc
             if self.security.shared_key is not None:
                 self._handshake(deadline)
             elif self.wait_readable(0.0):
@@ -242,28 +142,14 @@ class Connection:
             if str(exc).startswith(where):
                 raise
             raise AuthenticationError(f"{where}: {exc}") from exc
-        except FluentConnectionError:
+        except (FluentConnectionError, FluentTimeoutError):
+            # Ours already say what failed (a FluentTimeoutError is a socket.timeout too).
             self.close()
             raise
-        except FluentTimeoutError:
-            # Ours already says what timed out (it is a socket.timeout too).
-            self.close()
-            raise
-        except socket.timeout as exc:
-            self.close()
-            raise FluentTimeoutError(f"connecting to {where} timed out") from exc
-        except socket.gaierror as exc:
-            self.close()
-            host = self.address if isinstance(self.address, str) else self.address[0]
-            raise _unresolved(where, host, exc) from exc
-        except ssl.SSLError as exc:
-            self.close()
-            raise _tls_failure(where, exc) from exc
         except OSError as exc:
             self.close()
-            raise FluentConnectionError(
-                f"cannot connect to {where}: {exc.strerror or exc}"
-            ) from exc
+            host = self.address if isinstance(self.address, str) else self.address[0]
+            raise failures.connect_failure(where, host, exc) from exc
 
     def _connect_socket(self, family: int, target: Any, deadline: float) -> None:
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -638,20 +524,7 @@ class Connection:
             return False
 
     def _asker(self, sock: socket.socket) -> Callable[[], list[Any]]:
-        """A call that returns the events waiting on ``sock``, without waiting: an empty
-        list when the server said nothing. epoll where there is one (a call costs half
-        of poll's, which copies its descriptor list in and out each time)."""
-        if _EPOLL_SAID:
-            epoll = self._epoll = select.epoll()
-            epoll.register(sock.fileno(), _EPOLL_SAID)
-            ask: Callable[[], list[Any]] = functools.partial(epoll.poll, 0, 1)
-        elif _POLL_SAID:
-            poller = select.poll()
-            poller.register(sock, _POLL_SAID)
-            ask = functools.partial(poller.poll, 0)
-        else:
-            def ask() -> list[Any]:  # no poll(2) either: says "something", so look
-                return [True]
+        ask, self._epoll = state.said_asker(sock)
         self._ask = ask
         return ask
 
@@ -682,7 +555,7 @@ class Connection:
     @property
     def can_confirm(self) -> bool:
         """Whether :meth:`confirmed_offset` can ever know anything here."""
-        return _HAS_OUTQ and not self._tls
+        return state.HAS_OUTQ and not self._tls
 
     def acked_offset(self) -> int | None:
         """How many bytes written so far the peer's TCP acknowledged (Linux ``TCP_INFO``).
@@ -691,23 +564,13 @@ class Connection:
         queue: it tells which frames reached the peer before the connection died.
         """
         info = self._tcp_info()
-        return None if info is None else self._acked_in(info)
+        return None if info is None else state.acked_in(info, self.bytes_written)
 
     def _tcp_info(self) -> bytes | None:
-        """The kernel's TCP_INFO for a plain TCP connection on Linux, with bytes_acked in
-        it (Linux 4.2 and later); None otherwise."""
         sock = self.sock
-        if sock is None or self._unix or self._tls or not _HAS_OUTQ:
+        if sock is None or self._unix or self._tls:
             return None
-        try:
-            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
-        except OSError:
-            return None
-        return info if len(info) >= _BYTES_ACKED_AT + 8 else None
-
-    def _acked_in(self, info: bytes) -> int:
-        (acked,) = struct.unpack_from("=Q", info, _BYTES_ACKED_AT)
-        return min(int(acked), self.bytes_written)
+        return state.tcp_info(sock)
 
     def dead_offset(self) -> int | None:
         """Once the connection can deliver nothing more, how far the peer's TCP acknowledged
@@ -722,24 +585,14 @@ class Connection:
         our doing, not proof that the server stopped reading).
         """
         info = None if self._aborted else self._tcp_info()
-        if info is None or info[0] != _TCP_CLOSE:
+        if info is None or not state.closed_in(info):
             return None
-        return self._acked_in(info)
+        return state.acked_in(info, self.bytes_written)
 
     def confirmed_offset(self) -> int | None:
         """How many of the bytes written so far the peer has taken, or None if unknown now."""
         sock = self.sock
         if sock is None or not self.can_confirm:
             return None
-        try:
-            buf = fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0")
-            (queued,) = struct.unpack("i", buf)
-            if not self._unix:
-                # After a reset the kernel empties the send queue, and an empty queue would
-                # read as "all taken": trust the number only on an established connection.
-                state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
-                if state != _TCP_ESTABLISHED:
-                    return None
-        except OSError:
-            return None
-        return self.bytes_written - int(queued)
+        queued = state.still_queued(sock, tcp=not self._unix)
+        return None if queued is None else self.bytes_written - queued

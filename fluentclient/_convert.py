@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Callable, Optional, Union
 
+from ._plain_values import iso_text
 from .errors import InvalidTagError
-from .framing import iso_text
 from .guard import DEFAULT_MAX_DEPTH
 from .message import MAX_TAG_LENGTH, TAG_UNSAFE_CHARS
 
@@ -77,7 +77,7 @@ def safe_value(value: Any, default: Converter | None = str, _depth: int = 0) -> 
         if isinstance(value, (bytearray, memoryview)):
             return bytes(value)
         if isinstance(value, _TIMES):
-            # As the clients send them (see framing._plain): one form everywhere.
+            # As the clients send them (see _plain_values.plain_value): one form everywhere.
             try:
                 return iso_text(value)
             except Exception:

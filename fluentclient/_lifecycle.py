@@ -117,23 +117,6 @@ class Lifecycle:
                 self.changed.notify_all()
 
 
-def own_thread() -> bool:
-    """Whether the caller is one of a client's threads (reader, writer)."""
-    return threading.current_thread().name.startswith("fluentclient-")
-
-
-def swallow(exc: BaseException) -> bool:
-    """Whether an exception a user's callback raised may be logged and dropped here.
-
-    Any ``Exception``; on our own threads anything but ``KeyboardInterrupt`` too (a
-    ``SystemExit`` there would end the thread quietly), so that no callback can stop them.
-    Elsewhere the caller's ``SystemExit`` and the like are the caller's.
-    """
-    if isinstance(exc, Exception):
-        return True
-    return own_thread() and not isinstance(exc, KeyboardInterrupt)
-
-
 def thread_failed(buf: Buffer, life: Lifecycle, which: str, exc: BaseException) -> None:
     """Record that a client's thread died, and wake whoever waits on the buffer."""
     # Not nested: the buffer's lock may be taken while holding the lifecycle's, never

@@ -207,6 +207,76 @@ cdef class Packer:
             return self._drop()
         return self._take()
 
+    def runs(self, messages, slow, run_type):
+        """The reader's batch packed into runs of one tag: ``EntryPacker.pack_runs``.
+
+        Each common record is packed straight into one buffer for the whole batch, and
+        each run's bytes are cut from it once: no bytes object per entry, no join. Any
+        other record is ``slow(msg)``'s: the Python packer's entry, or None when that
+        record failed (``slow`` reports it), which then leaves no trace in its run, as
+        in Python. ``run_type`` is framing.PackedRun; the runs come back sealed.
+        """
+        cdef list runs = []
+        cdef list sizes = None
+        cdef list kept = None
+        cdef object run = None
+        cdef object tag = None
+        cdef object msg_tag, entry
+        cdef Py_ssize_t start = 0, before, n
+        self.length = 0
+        try:
+            for msg in messages:
+                before = self.length
+                if self._entry_at(msg.record, msg.time_ns) != PACKED:
+                    self.length = before
+                    entry = slow(msg)
+                    if entry is None:
+                        continue
+                    n = PyBytes_GET_SIZE(entry)
+                    if self._reserve(n) != PACKED:
+                        raise MemoryError()
+                    memcpy(self.buf + self.length, PyBytes_AS_STRING(entry), n)
+                    self.length += n
+                msg_tag = msg.tag
+                if run is None or (msg_tag is not tag and msg_tag != tag):
+                    if run is not None:
+                        run.data = PyBytes_FromStringAndSize(self.buf + start, before - start)
+                    start = before
+                    tag = msg_tag
+                    run = run_type(tag)
+                    sizes = run.sizes
+                    kept = run.messages
+                    runs.append(run)
+                sizes.append(self.length - before)
+                kept.append(msg)
+            if run is not None:
+                run.data = PyBytes_FromStringAndSize(self.buf + start, self.length - start)
+        finally:
+            self._drop()
+        return runs
+
+    cdef int _entry_at(self, object record, object time_ns) noexcept:
+        """``entry()``'s pass, written at the end of the buffer; NOT_MINE leaves the
+        buffer's length for the caller to restore."""
+        cdef int overflow = 0
+        cdef long long t
+        cdef char* at
+        if not PyDict_CheckExact(record) or not PyLong_CheckExact(time_ns):
+            return NOT_MINE
+        t = PyLong_AsLongLongAndOverflow(time_ns, &overflow)
+        if overflow != 0 or t < 0 or t // _NS > 0xFFFFFFFF:
+            return NOT_MINE
+        if self._reserve(11) != PACKED:
+            return NOT_MINE
+        at = self.buf + self.length
+        at[0] = <char>0x92
+        at[1] = <char>0xD7
+        at[2] = 0
+        _put32(at + 3, <uint32_t>(t // _NS))
+        _put32(at + 7, <uint32_t>(t % _NS))
+        self.length += 11
+        return self._map(record, 1)
+
     # -- the buffer ----------------------------------------------------------------------
 
     cdef object _take(self):

@@ -70,7 +70,7 @@ from ._buffer import Buffer, Frame
 from ._connection import describe
 from ._journal import Journal, NullJournal, open_journal
 from ._ledger import Ledger, State
-from ._lifecycle import CLOSED, CLOSING, FAILED, NEW, RUNNING, Lifecycle, swallow
+from ._lifecycle import CLOSED, CLOSING, FAILED, NEW, RUNNING, Lifecycle
 from ._options import MiB as _MiB
 from ._options import builder_for, packer_for
 from ._parking import READER, Parking
@@ -79,6 +79,7 @@ from ._reader import Reader
 from ._reporting import Reporting
 from ._sender import Sender, is_hopeless, is_unresolvable
 from ._shutdown import Ending, UnsentCallback
+from ._threads import swallow
 from ._words import count
 from ._writer import Writer, resolve_futures
 from .backoff import Backoff

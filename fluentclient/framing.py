@@ -4,28 +4,37 @@ Encoding is split in two steps so that the buffer can grow one frame's entries i
 :class:`EntryPacker` turns a :class:`Message` into the bytes of one ``[time, record]``
 entry, and :func:`packed_forward_frame` wraps a run of entries of one tag into a
 PackedForward frame ``[tag, bin(entries), {"size": n, ...}]``. Decoding (all four event
-modes, gzip, both time forms) serves the embedded server and the tests.
+modes, gzip, both time forms) serves the embedded server and the tests; it is written in
+a module of its own, and its names are importable from here.
 """
 
 from __future__ import annotations
 
 import base64
-import datetime
-import gzip
 import os
 import struct
 import zlib
 from collections.abc import Iterable, Mapping
-from typing import Any, Callable, Optional, Union
+from functools import partial
+from typing import Any, Callable, Optional
 
 import msgpack
 
 from ._accel import FastPacker, fast_packer
-from ._lifecycle import swallow
-from ._words import count
-from .errors import SerializationError, UnsafeRecordError
+from ._decoding import (
+    DecodedFrame,
+    FrameError,
+    ack_for,
+    decode_frame,
+    decoded_time_ns,
+    new_unpacker,
+)
+from ._plain_values import plain_value
+from ._recheck import check_distinct, second_look
+from ._threads import swallow
+from .errors import SerializationError
 from .guard import RecordGuard
-from .message import EventTime, Message, short_repr
+from .message import Message, short_repr
 
 __all__ = [
     "EntryPacker",
@@ -50,6 +59,9 @@ _BIN32 = struct.Struct(">BI")
 _STR32 = struct.Struct(">BI")
 
 Default = Optional[Callable[[Any], Any]]
+
+# Public here, wherever they happen to be defined.
+DecodedFrame.__module__ = FrameError.__module__ = __name__
 
 
 class PackedRun:
@@ -173,29 +185,40 @@ class EntryPacker:
         """Pack messages in order into runs of one tag each.
 
         A record that cannot be packed goes to ``failed`` and leaves no trace in its run.
-        This is the reader thread's inner loop: a plain dict that the guard passes is
-        packed here directly, everything else through the whole of :meth:`pack`'s path.
-
-        Whatever goes wrong with one record (its own code raising, another thread
-        changing it) costs that record alone, as a :class:`SerializationError`: never the
-        thread, never its neighbours. The boundary is a ``try`` around each record, which
-        costs nothing until something raises.
+        This is the reader thread's inner loop. Whatever goes wrong with one record (its
+        own code raising, another thread changing it) costs that record alone, as a
+        :class:`SerializationError`: never the thread, never its neighbours.
         """
+        if self._fast is not None and not self._int_time:
+            # The common records in one compiled pass over the batch; each other one is
+            # packed by the loop below, alone.
+            return self._fast.runs(messages, partial(self._one_run, failed), PackedRun)
+        return self._python_runs(messages, failed)
+
+    def _one_run(
+        self, failed: Callable[[Message, SerializationError], None], msg: Message
+    ) -> bytes | None:
+        """The entry of a record the compiled pass left, or None if it failed."""
+        runs = self._python_runs((msg,), failed)
+        return runs[0].data if runs else None
+
+    def _python_runs(
+        self, messages: Iterable[Message], failed: Callable[[Message, SerializationError], None]
+    ) -> list[PackedRun]:
+        """pack_runs in Python: a plain dict that the guard passes is packed here
+        directly, everything else through the whole of :meth:`pack`'s path. The boundary
+        around each record is a ``try``, which costs nothing until something raises."""
         runs: list[PackedRun] = []
         guard = self._guard
         flat = guard.flat if guard is not None else None
         packb, head, int_time = self._packer.pack, _EVENT_TIME_ENTRY_HEAD.pack, self._int_time
-        # The compiled packer's whole entry: None for a record it leaves to the code below.
-        fast = self._fast.entry if self._fast is not None and not int_time else None
         run: PackedRun | None = None
         entries: list[bytes] = []
         kept: list[Message] = []
         for msg in messages:
             record = msg.record
             try:
-                if fast is not None and (entry := fast(record, msg.time_ns)) is not None:
-                    pass
-                elif type(record) is dict and not int_time:
+                if type(record) is dict and not int_time:
                     # One moment's copy is checked and packed (see _body).
                     record = record.copy()
                     if flat is None or flat(record):
@@ -261,10 +284,10 @@ class EntryPacker:
         if self._guard is None or not self._unsure:
             # Only str came of it (default=str on a datetime, a str Enum): a str is safe
             # anywhere as a value, but as a key it may now equal another key.
-            _check_distinct(body)
+            check_distinct(body)
             return body
         self._unsure = False
-        return _second_look(body, self._guard)
+        return second_look(body, self._guard)
 
     def _failure(self, exc: Exception) -> SerializationError:
         """What to raise for a record whose packing ended in an error we did not expect:
@@ -336,7 +359,7 @@ class EntryPacker:
         except Exception as exc:
             self._ran = self._unsure = False
             raise SerializationError(f"record cannot be serialized: {_describe(exc)}") from exc
-        # Escaping rewrote a str: a key may now read like another (see _check_distinct).
+        # Escaping rewrote a str: a key may now read like another (see check_distinct).
         self._ran = True
         return body
 
@@ -347,12 +370,12 @@ class EntryPacker:
         # From here on Python code may run (an overridden method, the user's hook) and let
         # another thread change a list or dict that msgpack is half-way through.
         self._ran = True
-        plain = _plain(obj)
+        plain = plain_value(obj)
         if plain is obj:
             if self._default is None:
                 raise TypeError(f"{_NO_DEFAULT} {type(obj).__qualname__} object")
             try:
-                plain = _plain(self._default(obj))
+                plain = plain_value(self._default(obj))
             except BaseException as exc:
                 if isinstance(exc, Exception) or not swallow(exc):
                     raise
@@ -376,129 +399,6 @@ def _as_dict(record: Any) -> dict[Any, Any]:
         return dict(record)
     except Exception as exc:
         raise SerializationError(f"the record could not be read: {_describe(exc)}") from exc
-
-
-_TIMES = (datetime.date, datetime.time)  # datetime.datetime is a date
-
-
-def iso_text(value: datetime.date | datetime.time) -> str:
-    """A datetime, date or time as ISO 8601 text: ``2024-01-02T03:04:05.000006+00:00``.
-
-    A naive datetime or time is sent as it is, without an offset: the client cannot know
-    which zone it meant. A subclass whose ``isoformat`` fails is written with the base
-    class's.
-    """
-    text: object = None
-    try:
-        text = value.isoformat()
-    except Exception:
-        pass
-    if type(text) is str:
-        return text
-    if isinstance(value, datetime.datetime):
-        return datetime.datetime.isoformat(value)
-    if isinstance(value, datetime.date):
-        return datetime.date.isoformat(value)
-    return datetime.time.isoformat(value)
-
-
-def _plain(obj: Any) -> Any:
-    """The plain built-in value of a tuple or of a subclass of a type msgpack packs, or
-    the ISO 8601 text of a datetime, date or time.
-
-    The copies go through the base types' own methods, so a subclass's overrides (a
-    str-mixin Enum's ``__str__``) do not change the value. Anything else comes back as is.
-
-    Datetimes are the one value with no msgpack form that nearly every application logs;
-    refusing them cost the whole record, while the log integrations sent them as text.
-    ISO 8601 is what both servers' parsers, Elasticsearch and Loki read as a time, and it
-    is decided before ``default=`` so that a datetime reads the same whatever client or
-    integration sent it.
-    """
-    if isinstance(obj, (list, tuple)):
-        return list(obj)
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    if isinstance(obj, str):
-        return str.__str__(obj)
-    if isinstance(obj, int):
-        return int.__int__(obj)
-    if isinstance(obj, float):
-        return float.__float__(obj)
-    if isinstance(obj, (bytes, bytearray)):
-        return bytes(memoryview(obj))
-    if isinstance(obj, _TIMES):
-        return iso_text(obj)
-    return obj
-
-
-_CHANGED = ("the record changed while it was being serialized (a default hook, or another "
-            "thread, altered a list or dict in it)")
-
-
-def _distinct_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
-    """A decoded map, refused if two of its keys came out the same.
-
-    Rewrites made while packing (a lone surrogate escaped as ``\\udc80``, a key made by
-    ``default=``, a str subclass made a plain str) can turn two keys into one spelling:
-    every server then keeps one value and loses the other without a word.
-    """
-    try:
-        out = dict(pairs)
-    except TypeError:  # a map used as a key (under non_str_keys="keep"): not hashable
-        out = {_hashable(key): value for key, value in pairs}
-    if len(out) != len(pairs):
-        seen: set[Any] = set()
-        for key, _ in pairs:
-            key = _hashable(key)
-            if key in seen:
-                raise UnsafeRecordError(
-                    f"two keys of a map are both sent as {short_repr(key, 40)}")
-            seen.add(key)
-    return out
-
-
-def _decoded(body: bytes) -> Any:
-    """``body`` decoded, keys proven distinct in every map, arrays as tuples (so an array
-    used as a key stays hashable).
-
-    Decoding also proves the bytes are exactly one msgpack object. msgpack writes a
-    list's or dict's length before its items: had Python code run while it packed and
-    changed that length, the bytes would no longer parse as the one object they claim to
-    be, and would garble every entry after them in the frame.
-    """
-    try:
-        return msgpack.unpackb(
-            body, raw=False, strict_map_key=False, use_list=False, timestamp=0,
-            object_pairs_hook=_distinct_map,
-        )
-    except UnsafeRecordError:
-        raise
-    except Exception as exc:
-        raise SerializationError(_CHANGED) from exc
-
-
-def _check_distinct(body: bytes) -> None:
-    """Raise unless ``body`` is exactly one msgpack object with distinct keys in each map."""
-    _decoded(body)
-
-
-def _second_look(body: bytes, guard: RecordGuard) -> bytes:
-    """The guard's rules applied to what the packer made of a record's odd values.
-
-    Python code ran during packing (a subclass turned into its plain value, another
-    Mapping copied, a ``default=`` hook): the result, not the record, is what the guard
-    must see, since a hook may return NaN or something deeply nested. Decoding also
-    proves the bytes whole and the keys distinct (see :func:`_decoded`).
-    """
-    record = _decoded(body)
-    cleaned = guard.clean(record)
-    if cleaned is record:
-        return body
-    try:
-        return _packb(cleaned)
-    except Exception as exc:  # pragma: no cover - what was decoded packs again
-        raise SerializationError(f"record cannot be serialized: {_describe(exc)}") from exc
 
 
 def _describe(exc: BaseException) -> str:
@@ -643,134 +543,3 @@ def _size_option(count: int) -> bytes:
 def new_chunk_id() -> str:
     """A fresh ack token: Base64 of 16 random bytes, 24 ASCII characters."""
     return base64.b64encode(os.urandom(16)).decode("ascii")
-
-
-# --- decoding -----------------------------------------------------------------------------
-
-Time = Union[EventTime, int, float]
-Entry = tuple[Time, Any]
-
-
-def _ext_hook(code: int, data: bytes) -> Any:
-    if code == 0 and len(data) == 8:
-        return EventTime(*struct.unpack(">II", data))
-    return msgpack.ExtType(code, data)
-
-
-def new_unpacker(**kwargs: Any) -> msgpack.Unpacker:
-    """A streaming unpacker that knows EventTime and accepts every legal encoding width."""
-    options: dict[str, Any] = dict(
-        ext_hook=_ext_hook,
-        raw=False,
-        unicode_errors="surrogateescape",
-        strict_map_key=False,
-        max_buffer_size=64 * 1024 * 1024,
-    )
-    options.update(kwargs)
-    return msgpack.Unpacker(**options)
-
-
-class FrameError(ValueError):
-    """A frame the forward protocol does not allow."""
-
-
-def _plain_time(t: Any) -> Time:
-    # The v1.5 "metadata" form carries [EventTime, {meta}] in place of the time.
-    if isinstance(t, list) and t:
-        t = t[0]
-    if isinstance(t, (EventTime, int, float)) and not isinstance(t, bool):
-        return t
-    raise FrameError(f"bad event time {short_repr(t)}")
-
-
-def _entries(payload: bytes, unpacker: msgpack.Unpacker) -> list[Entry]:
-    unpacker.feed(payload)
-    entries = []
-    for entry in unpacker:
-        if not isinstance(entry, list) or len(entry) != 2:
-            raise FrameError(f"bad entry {short_repr(entry)}")
-        entries.append((_plain_time(entry[0]), entry[1]))
-    # The stream has no count of its own: a payload cut inside an entry just stops.
-    if unpacker.tell() != len(payload):
-        short = len(payload) - unpacker.tell()
-        raise FrameError(f"entries end {count(short, 'byte')} short of a whole entry")
-    return entries
-
-
-def _hashable(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(_hashable(item) for item in value)
-    if isinstance(value, dict):
-        return tuple((_hashable(k), _hashable(v)) for k, v in value.items())
-    return value
-
-
-def _dict_with_hashable_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
-    return {_hashable(key): value for key, value in pairs}
-
-
-def _decode_entries(payload: bytes) -> list[Entry]:
-    try:
-        return _entries(payload, new_unpacker())
-    except TypeError:
-        # A map key that is an array or a map (what a tuple key becomes): fluentd takes
-        # it, but a Python dict needs hashable keys, so such keys are decoded as tuples.
-        return _entries(payload, new_unpacker(object_pairs_hook=_dict_with_hashable_keys))
-
-
-class DecodedFrame:
-    """What one frame carried: its tag, its entries, its options and its event mode."""
-
-    __slots__ = ("tag", "entries", "options", "mode")
-
-    def __init__(self, tag: str, entries: list[Entry], options: dict[str, Any], mode: str):
-        self.tag = tag
-        self.entries = entries
-        self.options = options
-        self.mode = mode
-
-
-def decode_frame(obj: Any) -> DecodedFrame:
-    """Decode one top-level object of the stream in any of the four event modes."""
-    if not isinstance(obj, list) or len(obj) < 2 or not isinstance(obj[0], str):
-        raise FrameError("a frame is an array of at least two elements starting with a str tag")
-    tag, second = obj[0], obj[1]
-    if isinstance(second, list):
-        options = obj[2] if len(obj) > 2 else {}
-        entries = []
-        for entry in second:
-            if not isinstance(entry, list) or len(entry) != 2:
-                raise FrameError(f"bad entry {short_repr(entry)}")
-            entries.append((_plain_time(entry[0]), entry[1]))
-        mode = "Forward"
-    elif isinstance(second, (bytes, str)):
-        options = obj[2] if len(obj) > 2 else {}
-        payload = second.encode("utf-8", "surrogateescape") if isinstance(second, str) else second
-        compressed = isinstance(options, dict) and options.get("compressed") == "gzip"
-        if compressed:
-            payload = gzip.decompress(payload)  # joins back-to-back members too
-        entries = _decode_entries(payload)
-        mode = "CompressedPackedForward" if compressed else "PackedForward"
-    else:
-        if len(obj) < 3:
-            raise FrameError("a Message-mode frame needs tag, time and record")
-        options = obj[3] if len(obj) > 3 else {}
-        entries = [(_plain_time(second), obj[2])]
-        mode = "Message"
-    if not isinstance(options, dict):
-        raise FrameError(f"options must be a map, got {short_repr(options)}")
-    return DecodedFrame(tag, entries, options, mode)
-
-
-def ack_for(chunk: Any) -> bytes:
-    """The server's reply to a frame that carried ``chunk``."""
-    return _packb({"ack": chunk})
-
-
-def decoded_time_ns(t: Time) -> int:
-    """Nanoseconds of a decoded time, whatever form it arrived in."""
-    if isinstance(t, EventTime):
-        return t.to_ns()
-    if isinstance(t, float):
-        return round(t * _NS)
-    return t * _NS

@@ -161,7 +161,7 @@ def test_demo_progress_counts_what_the_server_took():
 
 def test_demo_checks_can_fail():
     """The server side's checks are not a formality: each kind of damage is caught."""
-    from fluentclient._demo import RECORD, Check, Run, expected_time, summary
+    from fluentclient.cli._demo import RECORD, Check, Run, expected_time, summary
     from fluentclient.server import ReceivedEvent
     from fluentclient.stats import ShutdownReport
 
@@ -191,7 +191,7 @@ def test_demo_checks_can_fail():
 
 
 def test_demo_fails_clearly_when_its_server_cannot_start(monkeypatch, capsys):
-    from fluentclient import _demo
+    from fluentclient.cli import _demo
 
     monkeypatch.setattr(_demo, "_BOOT", "import sys; sys.exit(3)")
     assert _demo.demo(1000, progress=False) == 1

@@ -286,7 +286,8 @@ def test_the_migration_page_has_a_row_for_every_moved_keyword():
 
 
 def test_cat_flags_change_one_field_of_the_objects_the_environment_made(pki: Pki):
-    from fluentclient.cli import build_parser, client_options
+    from fluentclient.cli._cat import client_options
+    from fluentclient.cli._parser import build_parser
     from fluentclient.config import options_from_env
 
     def options(env: dict[str, str], *flags: str) -> dict[str, object]:

@@ -1033,6 +1033,24 @@ def test_delayed_acks_leave_other_connections_served(fluent_server: ForwardServe
         assert fluent_server.acks_sent == 1
 
 
+def test_a_delayed_ack_whose_connection_closed_meanwhile_is_let_go(
+    fluent_server: ForwardServer,
+) -> None:
+    # Long enough that a loaded server sees the close well before the ack falls due.
+    fluent_server.delay_acks(2.0)
+    with peer(fluent_server) as gone:
+        gone.sock.sendall(framed("gone"))
+        assert fluent_server.wait_for_events(1)
+    assert fluent_server.wait_for(lambda: fluent_server.open_connections == 0)
+    assert fluent_server.acks_sent == 0
+    with peer(fluent_server) as p:
+        p.sock.sendall(framed("kept"))
+        # Held after the first one: once it is written, the first one fell due too.
+        assert p.next() == {"ack": "kept"}
+    assert fluent_server.acks_sent == 1
+    assert fluent_server.errors == []
+
+
 def test_withheld_acks_resume_with_the_next_frame(fluent_server: ForwardServer) -> None:
     with peer(fluent_server) as p:
         fluent_server.withhold_acks(True)

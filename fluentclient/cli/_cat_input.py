@@ -16,8 +16,8 @@ from typing import Any, BinaryIO, NamedTuple, Union
 
 import msgpack
 
-from .framing import new_unpacker
-from .message import EventTime, TimeLike
+from .._decoding import new_unpacker
+from ..message import EventTime, TimeLike
 
 _CHUNK = 64 * 1024
 _NS = 1_000_000_000

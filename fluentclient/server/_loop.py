@@ -10,11 +10,11 @@ from collections import deque
 from concurrent.futures import Future
 from typing import Any, Callable, TypeVar
 
-from ._server_acks import AckSchedule
-from ._server_faults import Faults
-from ._server_listener import Listener
-from ._server_record import Recorder
-from ._server_session import Session, SessionContext, Settings
+from ._acks import AckSchedule
+from ._faults import Faults
+from ._listener import Listener
+from ._record import Recorder
+from ._session import Session, SessionContext, Settings
 
 log = logging.getLogger("fluentclient.server")
 

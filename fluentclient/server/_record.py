@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, NamedTuple
 
-from .framing import DecodedFrame, Time
+from .._decoding import DecodedFrame, Time
 
 
 class ReceivedEvent(NamedTuple):

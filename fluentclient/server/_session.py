@@ -13,12 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import _handshake as handshake
-from ._server_acks import AckSchedule, acks_for
-from ._server_faults import Faults
-from ._server_record import ReceivedEvent, Recorder
-from ._words import count
-from .framing import DecodedFrame, FrameError, decode_frame, new_unpacker
+from .. import _handshake as handshake
+from .._decoding import DecodedFrame, FrameError, decode_frame, new_unpacker
+from .._words import count
+from ._acks import AckSchedule, acks_for
+from ._faults import Faults
+from ._record import ReceivedEvent, Recorder
 
 log = logging.getLogger("fluentclient.server")
 
@@ -129,7 +129,9 @@ class Session:
             self._read()
 
     def write_held_acks(self, data: bytes, count: int) -> None:
-        """A batch of delayed acks fell due."""
+        """A batch of delayed acks fell due; a closed connection lets them go."""
+        if self.closed:
+            return
         self._held -= 1
         self._out += data
         self._env.recorder.acks_written(count)
@@ -309,7 +311,8 @@ class Session:
         if acks:
             if delay:
                 self._held += 1
-                self._env.held_acks.hold(delay, self, b"".join(acks), len(acks))
+                self._env.held_acks.hold(delay, self.write_held_acks, b"".join(acks),
+                                         len(acks))
             else:
                 self._out += b"".join(acks)
                 self._flush()

@@ -1,17 +1,7 @@
-"""An embedded forward-protocol server, for tests, demos and ``python -m fluentclient serve``.
+"""ForwardServer: the embedded server's public face, its life cycle and its fault switches.
 
-:class:`ForwardServer` listens on TCP (``127.0.0.1`` and an ephemeral port by default) or on a
-Unix stream socket, decodes every frame it receives in any of the four event modes, records
-the events, and answers ``chunk`` options with acks, as fluentd and fluent-bit do. It also has
-fault switches that act on the real sockets, so that a client can be tested against a server
-that goes away, stops reading, resets connections in the middle of a frame, refuses
-connections or never answers them at all.
-
-All socket work happens in one background thread around a selector. The fault switches do
-not touch sockets themselves: they hand a function to that thread and wait until it has run,
-so when a switch returns its effect is already in place (no further reads after ``stall()``,
-connects refused after ``refuse()``, and so on), and no socket is ever closed under the feet
-of a ``select`` running in another thread.
+The socket work is done by the loop (see ``_loop``); each switch hands it a function and
+waits until that has run.
 """
 
 from __future__ import annotations
@@ -24,17 +14,12 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Callable
 
-from ._server_faults import Faults
-from ._server_listener import Listener
-from ._server_loop import CommandQueue, ServerLoop
-from ._server_record import ReceivedEvent, Recorder
-from ._server_session import Settings
-from .framing import DecodedFrame
-
-__all__ = ["ForwardServer", "ReceivedEvent"]
-
-# The event type is public here, wherever it happens to be defined.
-ReceivedEvent.__module__ = __name__
+from .._decoding import DecodedFrame
+from ._faults import Faults
+from ._listener import Listener
+from ._loop import CommandQueue, ServerLoop
+from ._record import ReceivedEvent, Recorder
+from ._session import Settings
 
 log = logging.getLogger("fluentclient.server")
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import Callable
 
-from ._server_faults import Faults
-from .framing import DecodedFrame, ack_for
+from .._decoding import DecodedFrame, ack_for
+from ._faults import Faults
 
-if TYPE_CHECKING:
-    from ._server_session import Session
+# Writes a batch of acks that fell due (the packed acks, how many) on the connection that
+# owes them. The schedule knows no more of connections than this.
+Deliver = Callable[[bytes, int], None]
 
 
 def acks_for(frames: list[DecodedFrame], faults: Faults) -> list[bytes]:
@@ -32,24 +33,24 @@ class AckSchedule:
     """Batches of acks that ``delay_acks()`` holds back, each with the moment it falls due."""
 
     def __init__(self) -> None:
-        # (when due, the connection, the acks packed, how many)
-        self._held: list[tuple[float, Session, bytes, int]] = []
+        # (when due, where they go, the acks packed, how many)
+        self._held: list[tuple[float, Deliver, bytes, int]] = []
 
     def __bool__(self) -> bool:
         return bool(self._held)
 
-    def hold(self, delay: float, session: Session, data: bytes, count: int) -> None:
-        self._held.append((time.monotonic() + delay, session, data, count))
+    def hold(self, delay: float, deliver: Deliver, data: bytes, count: int) -> None:
+        self._held.append((time.monotonic() + delay, deliver, data, count))
 
     def send_due(self) -> float:
         """Hand the due batches to their connections; the seconds until the next one (or 1)."""
         now = time.monotonic()
         waiting = []
         for item in self._held:
-            due, session, data, count = item
+            due, deliver, data, count = item
             if due > now:
                 waiting.append(item)
-            elif not session.closed:
-                session.write_held_acks(data, count)
+            else:
+                deliver(data, count)
         self._held = waiting
         return min((item[0] - now for item in waiting), default=1.0)

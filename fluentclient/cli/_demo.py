@@ -11,6 +11,7 @@ even when the demo is killed outright.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -22,14 +23,15 @@ import time
 from types import TracebackType
 from typing import Any, Callable
 
-from ._accel import REASON
-from ._progress import Console, Progress
-from ._words import count
-from .client import BufferedClient
-from .message import EventTime
-from .options import Buffering
-from .server import ForwardServer, ReceivedEvent
-from .stats import ShutdownReport, Stats
+from .._accel import REASON
+from .._words import count
+from ..client import BufferedClient
+from ..errors import ConfigurationError
+from ..message import EventTime
+from ..options import Buffering
+from ..server import ForwardServer, ReceivedEvent
+from ..stats import ShutdownReport, Stats
+from ._progress import Console, Progress, show_progress
 
 TAG = "demo.access"
 RECORD = {
@@ -52,10 +54,10 @@ DELIVERY_TIMEOUT = 30.0
 
 # The server process imports this package from where the demo imported it, whatever the
 # current directory or the way the demo was started.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _BOOT = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from fluentclient._demo import serve_for_demo; sys.exit(serve_for_demo(sys.argv[2:]))"
+    "from fluentclient.cli._demo import serve_for_demo; sys.exit(serve_for_demo(sys.argv[2:]))"
 )
 
 
@@ -395,6 +397,13 @@ def summary(records: int, run: Run, verdict: dict[str, Any]) -> tuple[list[str],
 
 def _raise_interrupted(signum: int, frame: object) -> None:
     raise Interrupted()
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    """Post ``--records`` records to a server in another process, which checks each one."""
+    if args.records < 1:
+        raise ConfigurationError("--records needs at least 1 record")
+    return demo(args.records, progress=show_progress(args))
 
 
 def demo(records: int, *, progress: bool) -> int:

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
 import threading
 import time
 from types import TracebackType
 from typing import Callable, TextIO
 
-from .stats import Stats
+from ..stats import Stats
 
 # Erase the rest of the line, so a shorter status leaves no tail of the longer one.
 _ERASE = "\r\x1b[K"
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Whether a command shows its progress line: asked to, or on a terminal."""
+    return bool(args.progress) or sys.stderr.isatty()
 
 
 class Console:
