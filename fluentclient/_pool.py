@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -78,6 +79,59 @@ def _port(port: object, spec: object) -> int:
 ServerSpec = Union[Server, str, tuple[str, int]]
 
 
+class InFlight:
+    """Frames written on a link's connection and not yet confirmed (by the peer's kernel,
+    or by an ack), oldest first, each with the stream offset where it ends. The writer
+    adds them; whatever confirms them, or ends the connection, takes them out."""
+
+    __slots__ = ("_frames",)
+
+    def __init__(self) -> None:
+        self._frames: deque[tuple[int, Frame]] = deque()
+
+    def __bool__(self) -> bool:
+        return bool(self._frames)
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def __iter__(self) -> Iterator[tuple[int, Frame]]:
+        return iter(self._frames)
+
+    def add(self, end: int, frame: Frame) -> None:
+        self._frames.append((end, frame))
+
+    def head(self) -> Frame | None:
+        """The oldest frame, the next one an ack is due for."""
+        return self._frames[0][1] if self._frames else None
+
+    def pop_head(self) -> Frame:
+        return self._frames.popleft()[1]
+
+    def pop_through(self, offset: int) -> list[tuple[int, Frame]]:
+        """Take the frames that end at or before ``offset`` of the stream."""
+        taken: list[tuple[int, Frame]] = []
+        while self._frames and self._frames[0][0] <= offset:
+            taken.append(self._frames.popleft())
+        return taken
+
+    def pop_through_chunk(self, chunk: str) -> list[Frame] | None:
+        """Take the frame whose chunk id is ``chunk`` and every one before it; None (and
+        nothing taken) if no such frame is here."""
+        for i, (_, frame) in enumerate(self._frames):
+            if frame.chunk == chunk:
+                return [self._frames.popleft()[1] for _ in range(i + 1)]
+        return None
+
+    def take_all(self) -> list[tuple[int, Frame]]:
+        taken = list(self._frames)
+        self._frames.clear()
+        return taken
+
+    def records(self) -> int:
+        return sum(frame.records for _, frame in self._frames)
+
+
 class Retiring:
     """A failed connection (without acks) left to finish on its own.
 
@@ -128,9 +182,8 @@ class Link:
         self.retry_at = 0.0
         # Bytes written per unit of weight: the least loaded primary goes next.
         self.load = 0.0
-        # Frames written on this connection and not yet confirmed (by the kernel, or by an
-        # ack), with the stream offset where each ends.
-        self.unconfirmed: deque[tuple[int, Frame]] = deque()
+        # Frames written on this connection and not yet confirmed.
+        self.unconfirmed = InFlight()
         # Without acks: what the peer's kernel took and the server has not yet said it
         # read, as (stream offset where the frame ends, its records, its chunk id).
         self.unsettled: deque[tuple[int, int, str | None]] = deque()

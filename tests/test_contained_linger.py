@@ -278,7 +278,7 @@ def test_a_retiring_connection_ends_at_its_linger(fluent_server):
     client = BufferedClient(fluent_server.host, fluent_server.port, timeouts=Timeouts(write=0.3),
                             buffering=Buffering(limit=64 << 20),
                             backoff=FAST_BACKOFF, at_exit=False)
-    client._writer._linger = 1.0
+    client._writer._retirement.linger = 1.0
     link = client._writer.links[0]
     try:
         _post_while_stalled(client, 16_000)

@@ -82,7 +82,7 @@ class _HoldWriter(logging.Handler):
     def handle(self, record: logging.LogRecord) -> bool:
         # Not emit(): that runs under the handler's lock, which would hold up every other
         # thread's logging while the writer waits here.
-        if record.funcName == "_await_markers" and not self.entered.is_set():
+        if record.funcName == "await_markers" and not self.entered.is_set():
             self.entered.set()
             self.go.wait(30)
         return True
