@@ -1,24 +1,30 @@
-"""Admission: whether a record may join what a BufferedClient holds, decided in one place.
+"""Admission: whether a record may join what a BufferedClient holds, and what happens
+when it may not: the one unit that knows the overflow policies.
 
-The limits are ``buffer_limit`` (bytes buffered plus an estimate for what still waits in
+The limits are ``Buffering.limit`` (bytes buffered plus an estimate for what still waits in
 the queue) and the spool's own limit; the overflow policy says what happens when one is
-reached. Both ``post()`` and the reader ask here, and get a :class:`Verdict` to act on:
-this module decides, it never waits, evicts or counts anything itself.
+reached. :meth:`Admission.judge` decides, as a :class:`Verdict`; :meth:`Admission.admit`
+acts on the verdicts for post() (evicts, waits for room or refuses, and reports it). The
+reader asks the same object about a batch it packed. The queue's head stays the
+reader's: admission asks it to give up its oldest records (:class:`QueueHead`).
 """
 
 from __future__ import annotations
 
 import enum
-import threading
 import time
-from collections.abc import Collection, Sized
-from typing import NamedTuple, Protocol
+from collections.abc import Sequence, Sized
+from typing import Callable, NamedTuple, Protocol
 
-from ._buffer import Buffer
+from ._buffer import Buffer, Frame
+from ._ledger import Ledger, State
+from ._lifecycle import RUNNING, Lifecycle
+from ._reporting import Reporter
+from ._words import count
+from ._writer import resolve_futures
 from .errors import BufferFullError
-from .stats import DROP_BUFFER_FULL, DROP_SPOOL_FULL
-
-OVERFLOW_POLICIES = ("drop_newest", "drop_oldest", "block", "raise")
+from .message import Message
+from .stats import DROP_BUFFER_FULL, DROP_EVICTED, DROP_SPOOL_FULL
 
 
 class Pace(NamedTuple):
@@ -48,13 +54,31 @@ def pace_for(spooled: bool) -> Pace:
 
 
 class SpoolLimit(Protocol):
-    """What admission needs of a spool: how full it is."""
+    """What admission needs of a spool: how full it is, and whether it has finished
+    segments to delete (room, once the reader has done so)."""
 
     @property
     def size(self) -> int: ...
 
     @property
     def limit(self) -> int: ...
+
+    def pending(self) -> bool: ...
+
+
+class Wakeable(Protocol):
+    def set(self) -> None: ...
+
+
+class QueueHead(Protocol):
+    """What admission asks of the queue's owner (the reader) for post()."""
+
+    @property
+    def wake(self) -> Wakeable: ...
+
+    def evict_queued(self, nbytes: float, mean: float) -> list[Message]: ...
+
+    def released(self, frames: Sequence[Frame]) -> None: ...
 
 
 class Act(enum.Enum):
@@ -89,12 +113,14 @@ class Admission:
         buffer: Buffer,
         queue: Sized,
         spool: SpoolLimit | None,
-        own_threads: Collection[threading.Thread],
+        own_thread: Callable[[], bool],
         *,
         queue_limit: int,
+        life: Lifecycle,
+        ledger: Ledger,
+        reporter: Reporter,
     ) -> None:
-        if policy not in OVERFLOW_POLICIES:
-            raise ValueError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}")
+        # One of options.OVERFLOW_POLICIES: the Buffering object checked it.
         self.policy = policy
         self._timeout = timeout
         self._buffer = buffer
@@ -106,7 +132,10 @@ class Admission:
         self.mean_entry = 256.0
         # The client's own threads make the room: a post from one of them (a log handler
         # in a callback) must never wait for it.
-        self._own_threads = own_threads
+        self.own_thread = own_thread
+        self._life = life
+        self._ledger = ledger
+        self._reporter = reporter
         # Records past which post() waits for the reader (see Pace).
         self.queue_limit = queue_limit
         # How long the queue may grow before post() must ask (see refresh()).
@@ -127,11 +156,6 @@ class Admission:
             return
         free = (buf.limit - buf.held_bytes) / self.mean_entry
         self.room = max(0, min(self.queue_limit, int(free)))
-
-    def own_thread(self) -> bool:
-        """Whether the caller is one of the client's own threads, which must never wait
-        for room: they are the ones that make it."""
-        return threading.current_thread() in self._own_threads
 
     def learn(self, mean: float) -> None:
         """The mean size of the entries in a batch the reader just packed."""
@@ -170,21 +194,92 @@ class Admission:
         return DROP_BUFFER_FULL, self.buffer_full()
 
     def buffer_full(self) -> BufferFullError:
-        return BufferFullError(f"buffer_limit of {self._buffer.limit} bytes reached")
+        return BufferFullError(f"Buffering.limit of {self._buffer.limit} bytes reached")
 
     def spool_full(self) -> BufferFullError:
         assert self._spool is not None
         return BufferFullError(f"spool_limit of {self._spool.limit} bytes reached")
 
+    # -- acting on the verdicts, for post() -----------------------------------------------
+
+    def admit(self, msg: Message, sync_append: bool, head: QueueHead) -> bool:
+        """A limit is reached: act on the verdicts until one admits (True) or refuses
+        (False, or the refusal raised, as the policy and ``sync_append`` say)."""
+        spool = self._spool
+        if spool is not None and spool.pending():
+            # The reader deletes finished segments: a full spool may have room then.
+            head.wake.set()
+        reporting = self._reporter.marks
+        verdict = self.judge()
+        while verdict.act is not Act.ADMIT:
+            if verdict.act is Act.EVICT:
+                self._evict_for(verdict.nbytes, head)
+            elif verdict.act is Act.WAIT:
+                # A record posted while we report an error (a log line of on_error) is
+                # refused at once rather than stall the report: it is counted quietly.
+                if not reporting.active():
+                    self._wait_for_room(verdict.deadline)
+            else:
+                assert verdict.error is not None
+                # overflow="raise" would raise into our own reporting, and each refusal
+                # would print a traceback (a log handler's handleError): not there.
+                raises = verdict.raises and not reporting.active()
+                return self._reporter.refuse(
+                    verdict.reason, verdict.error, msg, sync_append or raises)
+            verdict = self.judge(after=verdict.act)
+        return True
+
+    def _evict_for(self, nbytes: float, head: QueueHead) -> None:
+        buf, mean = self._buffer, self.mean_entry
+        with buf.lock:
+            over = buf.held_bytes + len(self._queue) * mean + nbytes - buf.limit
+            evicted = buf.evict_locked(int(over) + 1) if over > 0 else []
+            over -= sum(frame.entry_bytes for frame in evicted)
+        if evicted:
+            self.evicted(evicted)
+            head.released(evicted)
+        if over > 0:
+            # Next oldest: what still waits for the reader, which owns the queue's head.
+            queued = head.evict_queued(over, mean)
+            if queued:
+                err = BufferFullError("evicted to make room for newer records")
+                for msg in queued:
+                    self._reporter.fail(DROP_EVICTED, err, msg)
+
+    def _wait_for_room(self, deadline: float) -> None:
+        # Woken by every release and by the reader while we wait; the step covers room
+        # made by a spool cleanup.
+        life = self._life
+        self._buffer.wait_until(
+            lambda: not self.full() or life.phase is not RUNNING, deadline, step=0.05,
+            for_room=True)
+
+    def evicted(self, frames: list[Frame]) -> None:
+        """Frames removed by the drop_oldest policy: count them and tell their futures.
+        The caller then releases them (see Reader.released)."""
+        records = sum(frame.records for frame in frames)
+        err = BufferFullError(
+            f"evicted to make room for newer records ({count(records, 'record')})")
+        # Counted before the futures and on_error hear of it (see Reporter.fail).
+        first = self._ledger.drop(DROP_EVICTED, records, State.BUFFERED) == records
+        for frame in frames:
+            resolve_futures(frame, err)
+        if first:
+            self._reporter.tell(err, None, "fluentclient: dropping the oldest records to "
+                                "make room: %s", err)
+        else:
+            self._reporter.tell(err, None)
+
     # -- the reader's questions, for a batch already packed ------------------------------
 
-    def excess_locked(self, incoming: int) -> int:
-        """Bytes of the oldest frames to evict before ``incoming`` bytes join the buffer
+    def make_room_locked(self, incoming: int) -> list[Frame]:
+        """The oldest frames evicted so that ``incoming`` bytes can join the buffer
         (drop_oldest only; otherwise the buffer refuses what does not fit). Called with
-        the buffer's lock held."""
+        the buffer's lock held; the caller reports them (:meth:`evicted`) once it is not."""
         if self.policy != "drop_oldest":
-            return 0
-        return max(0, self._buffer.held_bytes + incoming - self._buffer.limit)
+            return []
+        over = self._buffer.held_bytes + incoming - self._buffer.limit
+        return self._buffer.evict_locked(over) if over > 0 else []
 
     def spool_fits(self, sizes: list[int], overhead: int) -> int:
         """How many of these entries, in order, the spool still has room for."""

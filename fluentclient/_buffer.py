@@ -421,6 +421,34 @@ class Buffer:
                 self.done.wait(remaining)
             return True
 
+    def wait_until(
+        self, ready: Callable[[], object], deadline: float | None, *, step: float,
+        poke: bool = False, for_room: bool = False,
+    ) -> bool:
+        """Wait until ``ready()`` (asked with the lock held, every ``step`` seconds and
+        whenever ``done`` is notified); False at the deadline.
+
+        ``poke``: wake the writer at each look, so that it reads answers now rather than
+        at its next turn. ``for_room``: a post waiting for room, which the reader then
+        wakes as it adds (see ``room_waiters``).
+        """
+        with self.lock:
+            if for_room:
+                self.room_waiters += 1
+            try:
+                while not ready():
+                    remaining = step if deadline is None else min(
+                        step, deadline - time.monotonic())
+                    if remaining <= 0:
+                        return False
+                    if poke:
+                        self.changed.notify_all()
+                    self.done.wait(remaining)
+                return True
+            finally:
+                if for_room:
+                    self.room_waiters -= 1
+
     def drain_all(self) -> tuple[int, int, list[Frame]]:
         """Remove everything held (once the writer is gone or given up on): the records,
         bytes and frames that never left this process.

@@ -22,14 +22,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
 
 from . import _notice
+from ._clients import Drainable, drained_at_exit
 from ._words import count
-
-if TYPE_CHECKING:
-    from .client import BufferedClient
-    from .stats import ShutdownReport
+from .stats import ShutdownReport
 
 log = logging.getLogger("fluentclient")
 
@@ -66,9 +63,7 @@ def drain_all(why: str = "at exit") -> bool:
     Safe to call more than once (at exit, then from a logging integration's close):
     a client already stopped is not waited for again.
     """
-    from . import _process
-
-    clients = sorted((c for c in list(_process.drained_at_exit) if c._exit_pending()),
+    clients = sorted((c for c in list(drained_at_exit) if c._exit_pending()),
                      key=lambda c: c._exit_order)
     if not clients:
         return False
@@ -83,18 +78,18 @@ def drain_all(why: str = "at exit") -> bool:
         state.running = False
 
 
-def _drain(clients: list[BufferedClient], why: str) -> bool:
+def _drain(clients: list[Drainable], why: str) -> bool:
     start = time.monotonic()
     timeouts = {c: max(0.0, c.shutdown_timeout) for c in clients}
     longest = max(timeouts.values())
-    reports: dict[BufferedClient, ShutdownReport] = {}
+    reports: dict[Drainable, ShutdownReport] = {}
     done = _Countdown(len(clients))
     interrupted = False
     try:
         # From here on a second interrupt on the main thread lands in this block.
         if threading.current_thread() is threading.main_thread():
             state.waiting = True
-        inline: list[BufferedClient] = []
+        inline: list[Drainable] = []
         for client in clients:
             thread = threading.Thread(
                 target=_stop, args=(client, start + timeouts[client], reports, done),
@@ -155,8 +150,8 @@ class _Countdown:
         return self._all.wait(max(0.0, timeout))
 
 
-def _stop(client: BufferedClient, deadline: float,
-          reports: dict[BufferedClient, ShutdownReport], done: _Countdown) -> None:
+def _stop(client: Drainable, deadline: float,
+          reports: dict[Drainable, ShutdownReport], done: _Countdown) -> None:
     try:
         report = client._drain_for_exit(deadline)
         if report is not None:
@@ -167,9 +162,9 @@ def _stop(client: BufferedClient, deadline: float,
         done.one_done()
 
 
-def _wait(clients: list[BufferedClient], done: _Countdown, deadline: float) -> None:
+def _wait(clients: list[Drainable], done: _Countdown, deadline: float) -> None:
     """Wait for the shutdowns until ``deadline``, abandoning those not worth waiting for."""
-    hopeless: set[BufferedClient] = set()
+    hopeless: set[Drainable] = set()
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -182,7 +177,7 @@ def _wait(clients: list[BufferedClient], done: _Countdown, deadline: float) -> N
             return
 
 
-def _say_wait(clients: list[BufferedClient], longest: float, why: str) -> None:
+def _say_wait(clients: list[Drainable], longest: float, why: str) -> None:
     """One line before a wait for servers known to be down: what it waits for, how long."""
     # Not those it will not wait for (see _wait).
     waiting = [(c, c._unreachable()) for c in clients if c._hopeless() is None]
@@ -199,7 +194,7 @@ def _say_wait(clients: list[BufferedClient], longest: float, why: str) -> None:
     )
 
 
-def _summarize(clients: list[BufferedClient], reports: dict[BufferedClient, ShutdownReport],
+def _summarize(clients: list[Drainable], reports: dict[Drainable, ShutdownReport],
                interrupted: bool, why: str) -> None:
     """One line per client that left something unsent (none if everything went)."""
     for client in clients:
@@ -210,7 +205,7 @@ def _summarize(clients: list[BufferedClient], reports: dict[BufferedClient, Shut
             _notice.warn(f"unsent {name}", "fluentclient: %s, %s: %s", why, name, line)
 
 
-def _line(client: BufferedClient, report: ShutdownReport | None,
+def _line(client: Drainable, report: ShutdownReport | None,
           interrupted: bool) -> str | None:
     if report is None:
         # Its shutdown did not finish (the thread that was to run it could not take the
@@ -236,7 +231,7 @@ def _line(client: BufferedClient, report: ShutdownReport | None,
     return "; ".join(parts) + f" ({_cause(client, report, interrupted)})"
 
 
-def _cause(client: BufferedClient, report: ShutdownReport, interrupted: bool) -> str:
+def _cause(client: Drainable, report: ShutdownReport, interrupted: bool) -> str:
     hopeless = client._hopeless()
     if hopeless is not None:
         return f"not waited for: {hopeless}"

@@ -5,11 +5,9 @@ from __future__ import annotations
 import enum
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from ._buffer import Buffer
-    from .stats import ShutdownReport
+from .stats import ShutdownReport
 
 
 class Phase(enum.Enum):
@@ -117,11 +115,33 @@ class Lifecycle:
                 self.changed.notify_all()
 
 
-def thread_failed(buf: Buffer, life: Lifecycle, which: str, exc: BaseException) -> None:
+class Waiters(Protocol):
+    """Where the threads wait (the buffer's lock and its two conditions): every change
+    of the end's details is made under that lock and notified there."""
+
+    @property
+    def lock(self) -> threading.Lock: ...
+
+    @property
+    def changed(self) -> threading.Condition: ...
+
+    @property
+    def done(self) -> threading.Condition: ...
+
+
+def thread_failed(buf: Waiters, life: Lifecycle, which: str, exc: BaseException) -> None:
     """Record that a client's thread died, and wake whoever waits on the buffer."""
     # Not nested: the buffer's lock may be taken while holding the lifecycle's, never
     # the other way round.
     life.fail(f"the {which} thread failed: {exc!r}")
     with buf.lock:
+        buf.changed.notify_all()
+        buf.done.notify_all()
+
+
+def abandon(buf: Waiters, life: Lifecycle) -> None:
+    """Cut the drain short: the threads stop without new work (see ``abandoned``)."""
+    with buf.lock:
+        life.abandoned = True
         buf.changed.notify_all()
         buf.done.notify_all()

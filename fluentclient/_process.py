@@ -3,7 +3,8 @@ skip the usual hooks for either (multiprocessing, Celery's prefork pool, uWSGI).
 
 The client itself decides what a fork means for its own state
 (``BufferedClient._after_fork_in_child``) and what draining means
-(``BufferedClient._drain_at_exit``); this module only finds out when to ask.
+(``BufferedClient._drain_for_exit``); this module only finds out when to ask, and knows
+a client only as _clients.py describes it.
 """
 
 from __future__ import annotations
@@ -15,26 +16,18 @@ import os
 import sys
 import threading
 import time
-import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import _parking
-
-if TYPE_CHECKING:
-    from .client import BufferedClient
+from . import _parking, _sigterm
+from ._clients import Client, ForkAware, drained_at_exit, forgotten, live
+from ._exit import drain_all
 
 log = logging.getLogger("fluentclient")
 
-live_clients: weakref.WeakSet[BufferedClient] = weakref.WeakSet()
-# The cores of clients collected while their drain runs on a thread of theirs (see
-# client._forgotten). Held strongly: nothing else of the program refers to them.
-forgotten: set[BufferedClient] = set()
 # One lock per process for noticing a fork that skipped the at-fork hooks (see
 # BufferedClient._check_fork); setdefault on a dict is atomic, so every thread of a
 # process gets the same.
 _fork_locks: dict[int, threading.Lock] = {}
-# Clients made with at_exit=True: what the end of the process drains (see _exit.py).
-drained_at_exit: weakref.WeakSet[BufferedClient] = weakref.WeakSet()
 _hooked = False
 _made = itertools.count()
 
@@ -52,14 +45,11 @@ def main_thread_finished() -> bool:
 
 
 def _at_exit() -> None:
-    from . import _sigterm
-    from ._exit import drain_all
-
     drain_all()
     _sigterm.after_exit_drain()
 
 
-def register_at_exit(client: BufferedClient) -> None:
+def register_at_exit(client: Client) -> None:
     """Drain ``client`` at the end of the process, with every other client.
 
     One hook for the process, registered with the first client: so it runs after every
@@ -88,7 +78,7 @@ def register_at_exit(client: BufferedClient) -> None:
     util.register_after_fork(client, _drain_in_worker)
 
 
-def _drain_in_worker(client: BufferedClient) -> None:
+def _drain_in_worker(client: Client) -> None:
     from multiprocessing import util
 
     # Holds no client, so a client dropped in the worker is not kept alive; the first of
@@ -120,8 +110,6 @@ _celery_hooked = False
 
 
 def _drain_all(*args: object, **kwargs: object) -> None:
-    from ._exit import drain_all
-
     try:
         drain_all()
     except Exception:  # the host's exit path must go on whatever happens here
@@ -219,7 +207,7 @@ def _drain_in_uwsgi() -> None:
 
 
 # The clients whose threads were asked to park for the fork under way.
-_parked: list[BufferedClient] = []
+_parked: list[ForkAware] = []
 
 
 def _park_all() -> None:
@@ -229,7 +217,7 @@ def _park_all() -> None:
         return  # no thread could be started again after the fork
     deadline = time.monotonic() + _parking.PARK_WAIT
     waits: list[threading.Thread] = []
-    for client in list(live_clients):
+    for client in list(live):
         threads = client._park(deadline)
         if threads:
             _parked.append(client)
@@ -269,7 +257,7 @@ def _resume_all() -> None:
 def _reinit_in_child() -> None:
     # The child's clients start afresh: nothing of theirs is parked.
     _parked.clear()
-    for client in list(live_clients):
+    for client in list(live):
         client._after_fork_in_child()
     # Their drain runs in the parent only: here nothing of theirs is left but our copies
     # of their files and sockets.

@@ -11,21 +11,23 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FuturesTimeout
 from operator import attrgetter
-from typing import Callable, NamedTuple, TypeVar
+from typing import Callable, TypeVar
 
 from ._admission import Admission
 from ._buffer import Buffer, Frame, Tagged
-from ._journal import Claim, Journal, NullJournal, Replayed
+from ._journal import Journal, NullJournal
 from ._ledger import Ledger
-from ._lifecycle import CLOSED, Lifecycle, thread_failed
+from ._lifecycle import CLOSED, NEW, RUNNING, Lifecycle, thread_failed
 from ._parking import READER, Parking, WakeUp
-from ._spool import Span
+from ._replay import Replay, Spooled
+from ._reporting import Reporter
 from .errors import (
-    BufferFullError,
-    FluentError,
+    ClientClosedError,
+    FluentTimeoutError,
     RecordTooLargeError,
     SerializationError,
     UnsafeRecordError,
@@ -34,7 +36,6 @@ from .framing import EntryPacker, PackedRun
 from .message import Message, settle_future
 from .stats import (
     DROP_BUFFER_FULL,
-    DROP_EVICTED,
     DROP_SPOOL_FULL,
     DROP_TOO_LARGE,
     DROP_UNSAFE,
@@ -61,19 +62,9 @@ def _sleep0() -> None:
 # CPU without a timer; sleep(0) would cost the timer slack (about 50 us on Linux).
 yield_gil: Callable[[], None] = getattr(os, "sched_yield", _sleep0)
 
-Failure = Callable[[str, FluentError, Message], None]
-SpooledFailure = Callable[[str, FluentError, int], None]
-Evicted = Callable[[list[Frame]], None]
 _T = TypeVar("_T", bound=Tagged)
 _DELIVERY = attrgetter("delivery")
 _WAITER = attrgetter("waiter")
-
-
-class _Spooled(NamedTuple):
-    """A record replayed from the spool: packed already, and no caller waits on it."""
-
-    tag: str
-    delivery: Future[None] | None = None
 
 
 class Reader:
@@ -96,13 +87,11 @@ class Reader:
         buf: Buffer,
         life: Lifecycle,
         packer: EntryPacker,
-        fail: Failure,
+        reporter: Reporter,
         *,
         admission: Admission,
         batch: int,
         ledger: Ledger,
-        evicted: Evicted,
-        fail_spooled: SpooledFailure,
         journal: Journal | None = None,
         parking: Parking | None = None,
     ) -> None:
@@ -110,8 +99,9 @@ class Reader:
         self._buffer = buf
         self._life = life
         self._packer = packer
-        self._fail = fail
-        self._fail_spooled = fail_spooled
+        # Where every record this reader drops is counted and told.
+        self._reporter = reporter
+        self._fail = reporter.fail
         self._admission = admission
         # Records taken from the queue at a time (see _admission.Pace): enough to amortise
         # the lock and the hand-off after a full batch, few enough that one batch takes
@@ -119,18 +109,9 @@ class Reader:
         self._batch = batch
         self._ledger = ledger
         self._journal: Journal = journal or NullJournal()
-        self._evicted = evicted
         # overflow="block": records that find the buffer full wait here for room rather
         # than being dropped, holding up the queue behind them.
         self._carry: list[tuple[Message, bytes]] = []
-        self._orphans: Iterator[Claim] | None = self._journal.orphans()
-        self._orphan: Claim | None = None
-        self._replay: Iterator[Replayed] | None = None
-        self._replay_next: Replayed | None = None
-        self._replay_taken: list[Span] = []
-        # Records previous processes left in the spool that this reader did not take over
-        # and leaves there for a later process: counted as it stops, for the report.
-        self.left_in_spool = 0
         self.wake = WakeUp()
         # True while the reader waits for post() to wake it rather than polling.
         self.idle = False
@@ -144,12 +125,21 @@ class Reader:
         self._drained = threading.Condition(threading.Lock())
         self._drain_waiters = 0
         self._parking = parking or Parking()
+        # What previous processes left in the spool, fed in between batches.
+        self._replay = Replay(self._journal, buf, life, reporter, admission, batch,
+                              self._add_spooled)
         self.thread = self.new_thread()
+
+    @property
+    def left_in_spool(self) -> int:
+        """Records previous processes left in the spool that this reader did not take
+        over and left there for a later process: counted as it stops, for the report."""
+        return self._replay.left_in_spool
 
     def has_work(self) -> bool:
         """Whether anything but the queue waits for this reader (read while it is parked):
         records waiting for room, spans to write to the spool, a spool to replay."""
-        return bool(self._carry) or self._orphans is not None or self._journal.pending()
+        return bool(self._carry) or self._replay.active or self._journal.pending()
 
     def new_thread(self) -> threading.Thread:
         """A thread to run (or, after parking for a fork, resume) this reader's loop."""
@@ -206,8 +196,8 @@ class Reader:
             if self._drain_waiters and len(q) <= size:
                 with self._drained:
                     self._drained.notify_all()
-            replaying = (self._orphans is not None and not self._replay_cut()
-                         and self._replay_step())
+            replaying = (self._replay.active and not self._replay.cut()
+                         and self._replay.step())
             if batch:
                 self._append(batch)  # type: ignore[arg-type]
                 buf = self._buffer
@@ -226,8 +216,8 @@ class Reader:
             if stopping:
                 # Replay is part of the drain: the backlog a previous process left
                 # is sent like any record held, until done or the deadline. What is
-                # still on disk then is counted (see _stop_replay).
-                if self._orphans is None or self._replay_cut():
+                # still on disk then is counted (see Replay.stop).
+                if not self._replay.active or self._replay.cut():
                     break
                 if not replaying:
                     # Waiting for room; the writer frees it without waking us.
@@ -243,7 +233,7 @@ class Reader:
                 # seen here or sees ``idle`` and sets ``wake``. A pending replay
                 # waiting for room keeps polling instead.
                 self.idle = True
-                if not q and self._orphans is None and not self._journal.pending():
+                if not q and not self._replay.active and not self._journal.pending():
                     self.wake.wait(1.0)
                 self.idle = False
             self.wake.clear()
@@ -252,7 +242,7 @@ class Reader:
     def _stopped(self) -> None:
         """The loop ended for good: settle what it held."""
         try:
-            self._stop_replay()
+            self._replay.stop()
         except Exception as exc:
             log.exception("fluentclient reader thread failed")
             thread_failed(self._buffer, self._life, "reader", exc)
@@ -273,9 +263,10 @@ class Reader:
 
     # -- the queue -----------------------------------------------------------------------
 
-    def evict_queued(self, nbytes: float, mean: float) -> None:
-        """overflow="drop_oldest": drop the oldest queued records, about ``nbytes`` worth
-        (``mean`` bytes each, as packed), to make room. Runs on the posting thread."""
+    def evict_queued(self, nbytes: float, mean: float) -> list[Message]:
+        """overflow="drop_oldest": take the oldest queued records, about ``nbytes`` worth
+        (``mean`` bytes each, as packed), out of the queue, counted as gone from it; the
+        caller drops them. Runs on the posting thread."""
         evicted: list[Message] = []
         with self.pop_lock:
             q = self._queue
@@ -288,10 +279,7 @@ class Reader:
                 nbytes -= mean
             if evicted:
                 self._ledger.take(len(evicted))
-        if evicted:
-            err = BufferFullError("evicted to make room for newer records")
-            for msg in evicted:
-                self._fail(DROP_EVICTED, err, msg)
+        return evicted
 
     def take_back(self, msg: Message) -> bool:
         """Remove ``msg``, queued after shutdown's final sweep, from the queue; False if it
@@ -313,6 +301,63 @@ class Reader:
         q.clear()
         self._ledger.take(len(stranded))
         return stranded
+
+    def wait_taken(self, deadline: float | None) -> bool:
+        """Wait until every record queued so far has left the queue (buffered or dropped),
+        as the ledger counts them; False at the deadline. True as soon as the client stops
+        running: flush() then waits for the shutdown's outcome instead."""
+        ledger, life = self._ledger, self._life
+        target = ledger.entered()
+        if ledger.left_queue() >= target:
+            return True
+        self.wake.set()
+        # This thread notifies nobody per batch (that would cost every batch a wake-up):
+        # look again every few milliseconds.
+        return self._buffer.wait_until(
+            lambda: ledger.left_queue() >= target or life.phase is not RUNNING,
+            deadline, step=0.005)
+
+    def wait_appended(self, waiter: Future[None], timeout: float | None) -> None:
+        """post(sync_append=True): wait until this thread has buffered the record, or
+        raise why not (see Message.waiter)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            # In slices, so that a reader that is gone (it never should be) turns into an
+            # error rather than a caller waiting forever.
+            step = 0.5 if deadline is None else min(0.5, max(0.0, deadline - time.monotonic()))
+            try:
+                waiter.result(step)
+                return
+            except FuturesTimeout:
+                pass
+            if deadline is not None and time.monotonic() >= deadline:
+                raise FluentTimeoutError(
+                    f"the record did not reach the buffer within {timeout} s"
+                ) from None
+            if self._life.phase is not NEW and self.gone() and not waiter.done():
+                raise ClientClosedError("the client's reader thread has stopped")
+
+    def gone(self) -> bool:
+        """Whether the thread ran and ended (not merely parked for a fork)."""
+        thread = self.thread
+        if thread.ident is None or thread.is_alive():
+            return False
+        # Parked, or restarted since (the crew puts the new thread in place before it
+        # withdraws the request): not gone.
+        return not self._parking.requested and self.thread is thread
+
+    def released(self, frames: Sequence[Frame]) -> None:
+        """Frames gone for good (sent, given up, evicted): the spool need not replay them.
+
+        Called on the writer's thread and, through eviction, on callers': the journal
+        only queues the spans, and this thread writes them on its next turn.
+        """
+        journal = self._journal
+        if not journal.recording:
+            return
+        journal.done([(f.tag, f.first_seq, f.last_seq) for f in frames])
+        if self.idle:
+            self.wake.set()
 
     def wait_drained(self, timeout: float) -> None:
         """Let the reader take the queue down to one batch, for at most ``timeout`` s.
@@ -422,12 +467,9 @@ class Reader:
         # A run whose records nobody awaits an ack for can go in whole: looked at before
         # the lock is taken, so the writer never waits on this scan.
         whole = run if run is not None and not any(map(_DELIVERY, kept)) else None
-        evicted: list[Frame] = []
         with buf.lock:
             before = buf.pending_bytes
-            over = self._admission.excess_locked(size)
-            if over > 0:
-                evicted = buf.evict_locked(over)
+            evicted = self._admission.make_room_locked(size)
             first_seq = buf.next_seq
             if whole is not None and buf.add_run_locked(whole.tag, whole.data, len(kept)):
                 rejected: list[_T] = []
@@ -452,10 +494,14 @@ class Reader:
             self._admission.learn(size / len(kept))
         self._admission.refresh()
         if evicted:
-            self._evicted(evicted)
+            self._admission.evicted(evicted)
+            self.released(evicted)
         if self._journal.recording:
             self._spool_batch(first_seq, kept, packed, rejected)
         return rejected
+
+    def _add_spooled(self, records: list[Spooled], entries: list[bytes]) -> list[Spooled]:
+        return self._add(records, entries, spooled=True)
 
     def _within_spool_limit(self, run: PackedRun) -> None:
         """Cut ``run`` to what the spool has room for; the rest is dropped as spool full."""
@@ -508,93 +554,3 @@ class Reader:
         with self._buffer.lock:
             oldest = self._buffer.oldest_held_locked()
         self._journal.maintain(oldest)
-
-    # -- replaying what a previous process left ------------------------------------------
-
-    def _replay_step(self) -> bool:
-        """Feed one batch of orphaned records if the buffer has room; False if it did not."""
-        if self._replay is None and not self._next_orphan():
-            return False
-        assert self._replay is not None
-        buf = self._buffer
-        room = buf.limit - buf.held_bytes
-        msgs: list[_Spooled] = []
-        entries: list[bytes] = []
-        while len(msgs) < self._batch:
-            item = self._replay_next or next(self._replay, None)
-            self._replay_next = None
-            if item is None:
-                break
-            tag, entry, seq = item
-            if len(entry) > buf.payload_limit(tag):
-                # Spooled under a larger max_frame_size: taken over, and counted as dropped.
-                self._note_taken(tag, seq)
-                self._fail_spooled(DROP_TOO_LARGE, RecordTooLargeError(
-                    f"a spooled {len(entry)}-byte record does not fit in a frame of "
-                    f"{buf.max_frame_size} bytes"), 1)
-                continue
-            if len(entry) > room:
-                self._replay_next = item
-                break
-            room -= len(entry)
-            msgs.append(_Spooled(tag))
-            entries.append(entry)
-            self._note_taken(tag, seq)
-        if msgs:
-            rejected = self._add(msgs, entries, spooled=True)
-            if rejected:
-                # Room was there when measured; eviction can still take it.
-                self._fail_spooled(DROP_BUFFER_FULL, self._admission.buffer_full(),
-                                   len(rejected))
-        elif self._replay_next is not None:
-            return False  # waiting for room
-        else:
-            # This owner is done: its records are ours now.
-            assert self._orphan is not None
-            self._orphan.finish()
-            self._orphan = self._replay = None
-            self._replay_taken = []
-            return self._orphans is not None
-        return True
-
-    def _next_orphan(self) -> bool:
-        assert self._orphans is not None
-        self._orphan = next(self._orphans, None)
-        if self._orphan is None:
-            self._orphans = None
-            return False
-        log.info("fluentclient: replaying records left in the spool by %s", self._orphan.owner)
-        self._replay = self._orphan.records()
-        return True
-
-    def _note_taken(self, tag: str, seq: int) -> None:
-        taken = self._replay_taken
-        if taken and taken[-1][0] == tag and taken[-1][2] == seq - 1:
-            taken[-1] = (tag, taken[-1][1], seq)
-        else:
-            taken.append((tag, seq, seq))
-
-    def _replay_cut(self) -> bool:
-        """Whether replay must stop: close(), or shutdown's deadline has passed."""
-        life = self._life
-        drain = life.drain_deadline
-        return life.abandoned or (drain is not None and time.monotonic() >= drain)
-
-    def _stop_replay(self) -> None:
-        """Leave what replay did not take to a later process, and count it.
-
-        The owners not reached yet are claimed only for as long as it takes to count
-        their records from the blocks' counts, then left as they were.
-        """
-        left = 0
-        if self._orphan is not None:
-            taken = sum(last - first + 1 for _, first, last in self._replay_taken)
-            left += max(0, self._orphan.pending() - taken)
-            self._orphan.abandon(self._replay_taken)
-            self._orphan = self._replay = None
-        orphans, self._orphans = self._orphans, None
-        if orphans is not None:
-            for claim in orphans:
-                left += claim.pending()
-                claim.abandon(())
-        self.left_in_spool = left

@@ -1,4 +1,5 @@
-"""Keeping a client's error reports from feeding on themselves.
+"""Telling the user of dropped records (:class:`Reporter`), and keeping those reports
+from feeding on themselves (:class:`Reporting`).
 
 A client reports a dropped record to ``on_error`` and, the first time for each reason,
 as a warning on the "fluentclient" logger. Both can lead straight back into the same
@@ -23,8 +24,19 @@ life; what must be caught is only the call chain that runs on this thread now.
 
 from __future__ import annotations
 
+import logging
 import threading
 from types import TracebackType
+from typing import Callable, Optional
+
+from ._ledger import Ledger, State
+from ._threads import swallow
+from .errors import FluentError
+from .message import Message, settle_future
+
+log = logging.getLogger("fluentclient")
+
+ErrorCallback = Callable[[FluentError, Optional[Message]], None]
 
 
 class Reporting:
@@ -84,3 +96,102 @@ class Reporting:
         if depth == 0:
             with self._lock:
                 self.busy -= 1
+
+
+class Reporter:
+    """Tells the user of records a client drops: counted first, then ``on_error`` and a
+    warning the first time per reason, with the thread marked as reporting.
+
+    Every unit that drops a record (post(), the reader, admission, the writer) reports
+    here; none of them calls back into the client.
+    """
+
+    __slots__ = ("_ledger", "marks", "_on_error")
+
+    def __init__(self, ledger: Ledger, marks: Reporting, on_error: ErrorCallback | None) -> None:
+        self._ledger = ledger
+        self.marks = marks
+        self._on_error = on_error
+
+    def refuse(self, reason: str, err: FluentError, msg: Message, raises: bool) -> bool:
+        """A record post() turned away before it reached the queue: False, or ``err``
+        raised if ``raises``."""
+        # Counted (and reported) before anyone waiting on the record is woken, so that
+        # whoever learns of the drop finds it in stats() already.
+        self.told(reason, err, msg, self._ledger.refuse(reason))
+        settle_future(msg.delivery, err)
+        if raises:
+            raise err
+        return False
+
+    def refuse_late(self, reason: str, err: FluentError, msg: Message) -> None:
+        """A record queued after shutdown's final sweep, taken back: refused."""
+        # Counted before anyone waiting on the record is woken, as in refuse().
+        self.told(reason, err, msg, self._ledger.refuse_late(reason))
+        for future in (msg.waiter, msg.delivery):
+            settle_future(future, err)
+
+    def fail(self, reason: str, err: FluentError, msg: Message) -> None:
+        """A queued record that never reached the buffer."""
+        # Counted first, as in refuse(): a sync_append caller woken by the error must see
+        # the drop in stats(), and on_error must not run ahead of the count.
+        self.told(reason, err, msg, self._ledger.drop(reason, 1, State.QUEUED))
+        for future in (msg.waiter, msg.delivery):
+            settle_future(future, err)
+
+    def fail_spooled(self, reason: str, err: FluentError, records: int) -> None:
+        """Records a previous process left in the spool that cannot be sent: taken over,
+        and dropped at once. No Message exists for them, so on_error gets None."""
+        self._ledger.replay(records)
+        self.told(reason, err, None, self._ledger.drop(reason, records, State.BUFFERED))
+
+    def told(self, reason: str, err: FluentError, msg: Message | None, total: int) -> None:
+        """Report a drop already counted, ``total`` the count for its reason so far."""
+        # The warning comes once per reason, so a flood of drops cannot flood the log;
+        # stats() and on_error see every one. The tag says which part of the program to
+        # look at.
+        if total != 1:
+            self.tell(err, msg)
+        elif msg is None:
+            self.tell(err, msg, "fluentclient: dropping records (%s): %s", reason, err)
+        else:
+            self.tell(err, msg, "fluentclient: dropping records (%s): %s (the first: "
+                      "tag %r; stats().dropped counts them all)", reason, err, msg.tag)
+
+    def failure(self, err: FluentError) -> None:
+        """A failure that concerns no one record (the writer's)."""
+        self.tell(err, None)
+
+    def tell(self, err: FluentError, msg: Message | None, *warning: object) -> None:
+        """Tell on_error (and log ``warning``, if given), this thread marked as reporting.
+
+        A report that arises while this thread is already reporting for this client is
+        left unsaid (see the module's docstring); the first one is said once.
+        """
+        marks = self.marks
+        if marks.active():
+            if marks.silence():
+                log.warning(
+                    "fluentclient: a record posted while this client was reporting a "
+                    "drop (from on_error, or a log handler reached by its warnings) was "
+                    "dropped too: %s; such drops are counted in stats().dropped but not "
+                    "reported, so that no report can set off another", err)
+            return
+        with marks:
+            if warning:
+                log.warning(*warning)
+            call_on_error(self._on_error, err, msg)
+
+
+def call_on_error(
+    callback: ErrorCallback | None, err: FluentError, msg: Message | None
+) -> None:
+    """Call the user's on_error; the caller marks it as the client's reporting."""
+    if callback is None:
+        return
+    try:
+        callback(err, msg)
+    except BaseException as exc:
+        if not swallow(exc):
+            raise
+        log.exception("fluentclient: the on_error callback raised")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Sequence
 
 from ._connection import Connection
 from ._ledger import Ledger
@@ -147,3 +148,28 @@ def is_hopeless(exc: BaseException | None) -> bool:
 
 _NO_SUCH_NAME = {socket.EAI_NONAME} | (
     {socket.EAI_NODATA} if hasattr(socket, "EAI_NODATA") else set())
+
+
+def why_hopeless(links: Sequence[Link]) -> str | None:
+    """Why none of these servers can take records before any deadline (a host that does
+    not resolve, a refused key, a setting it cannot use), or None."""
+    errors = [link.error for link in links]
+    if not links or any(link.conn is not None for link in links) or not all(
+            is_hopeless(e) for e in errors):
+        return None
+    first = errors[0]
+    assert first is not None  # every one is hopeless, so none is missing
+    if is_unresolvable(first):
+        return f"the host does not resolve: {first}"
+    return str(first)
+
+
+def why_unreachable(links: Sequence[Link]) -> str | None:
+    """Why none of these servers can take records now (the last error), or None if one
+    may: read beside the writer, which owns the links, so a moment stale at worst."""
+    if any(link.conn is not None for link in links):
+        return None
+    errors = [link.last_error for link in links]
+    if not errors or any(e is None for e in errors):
+        return None  # a server not tried yet, or whose last attempt worked
+    return errors[0]

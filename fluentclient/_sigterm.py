@@ -26,12 +26,8 @@ import os
 import signal
 import threading
 from types import FrameType
-from typing import TYPE_CHECKING
 
 from . import _exit
-
-if TYPE_CHECKING:
-    from .client import BufferedClient
 
 log = logging.getLogger("fluentclient")
 
@@ -44,10 +40,12 @@ _decided = False
 _pending = False
 
 
-def offer(client: BufferedClient) -> None:
-    """Install the handler if this is the moment: see the module's docstring."""
+def offer(wanted: bool = True) -> None:
+    """Install the handler if this is the moment: see the module's docstring.
+
+    ``wanted``: whether the client calling may install it (``handle_sigterm``)."""
     global _decided
-    if _decided or not client._handle_sigterm:
+    if _decided or not wanted:
         return
     if threading.current_thread() is not threading.main_thread():
         return  # signal.signal() works only there: the next client made there decides

@@ -7,11 +7,33 @@ user's ``default=`` hook) can ask without importing the buffer and its machinery
 from __future__ import annotations
 
 import threading
+import weakref
+
+# Every thread a client runs to do its work (its reader and writer), in this process:
+# the one meaning of "own thread". Each client enlists its own (see OwnThreads).
+_crews: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+
+
+class OwnThreads:
+    """The threads one client runs: never made to wait for room, since they make it."""
+
+    __slots__ = ("_threads",)
+
+    def __init__(self) -> None:
+        self._threads: tuple[threading.Thread, ...] = ()
+
+    def enlist(self, *threads: threading.Thread) -> None:
+        """These are the client's threads now (replacing those before a fork)."""
+        self._threads = threads
+        _crews.update(threads)
+
+    def includes_caller(self) -> bool:
+        return threading.current_thread() in self._threads
 
 
 def own_thread() -> bool:
-    """Whether the caller is one of a client's threads (reader, writer)."""
-    return threading.current_thread().name.startswith("fluentclient-")
+    """Whether the caller is a thread some client runs (a reader or a writer)."""
+    return threading.current_thread() in _crews
 
 
 def swallow(exc: BaseException) -> bool:
