@@ -54,8 +54,8 @@ class AckTracking:
                 return Fault(f"unexpected reply {short_repr(reply, 80)}")
             acked.append(link.unconfirmed.pop_head())
         self._acked(link, acked)
-        if conn.eof:
-            return Fault(conn.lost or "the server closed the connection")
+        if conn.replies.eof:
+            return Fault(conn.replies.lost or "the server closed the connection")
         now = time.monotonic()
         if acked:
             link.progress_at = now

@@ -1,5 +1,8 @@
 """One socket's life: connect (TLS, handshake), write with a deadline, read replies, close.
 
+The steps of opening are in ``_opening``; what the server says is decoded, and whether it
+ended the connection kept, by the connection's :class:`~fluentclient._replies.Replies`.
+
 A :class:`Connection` is driven by a single thread (the writer, or the caller of the sync
 client). The one exception is :meth:`Connection.abort`, which another thread may call to
 break a connect or a write that is stuck past a shutdown deadline: ``shutdown(2)`` wakes a
@@ -18,20 +21,19 @@ import socket
 import ssl
 import struct
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Union
 
 from . import _connect_failures as failures
-from . import _handshake as handshake
+from . import _opening as opening
 from . import _socket_state as state
-from ._decoding import new_unpacker
+from ._opening import NO_SECURITY, Security
+from ._replies import ConnectionLost, Replies
 from .errors import AuthenticationError, FluentConnectionError, FluentTimeoutError
 
 Address = Union[tuple[str, int], str]
 
 # l_onoff=1, l_linger=0: close() sends a reset and drops what is still queued.
 _LINGER_RESET = struct.pack("ii", 1, 0)
-_READ_SIZE = 65536
 
 
 class SendError(FluentConnectionError):
@@ -42,27 +44,8 @@ class SendError(FluentConnectionError):
         self.written = written
 
 
-class ConnectionLost(FluentConnectionError):
-    """The server closed or reset the connection, or sent something unreadable."""
-
-
 def describe(address: Address) -> str:
     return address if isinstance(address, str) else f"{address[0]}:{address[1]}"
-
-
-@dataclass(frozen=True)
-class Security:
-    """TLS and forward-handshake settings, the same for every connection of a client."""
-
-    ssl_context: ssl.SSLContext | None = None
-    server_hostname: str | None = None
-    shared_key: str | None = None
-    self_hostname: str = ""
-    username: str = ""
-    password: str = ""
-
-
-NO_SECURITY = Security()
 
 
 class Connection:
@@ -82,19 +65,12 @@ class Connection:
         # False when the server's HELO said it closes after one event frame.
         self.keepalive = True
         self.server_hostname: str | None = None
-        # The server closed its side (seen by read_available); ``lost`` says how, if it
-        # reset the connection rather than closing it.
-        self.eof = False
-        self.lost: str | None = None
-        self.lost_error: OSError | None = None
         self._aborted = False
         self._unix = isinstance(address, str)
         self._tls = security.ssl_context is not None
         self._resolved = resolved
-        self._inbound = new_unpacker(max_buffer_size=1024 * 1024)
-        # Whether the server ever sent us a byte: a reset from one that never did is what
-        # a TLS server does to a plain client (see _read_failed).
-        self._heard = False
+        # What the server says, and whether it closed its side: the reading side owns it.
+        self.replies = Replies(describe(address), tls=self._tls, unix=self._unix)
         # Asks the kernel, without waiting, whether the server said anything (see
         # quiet()): made on first use, with the epoll instance it may hold.
         self._ask: Callable[[], list[Any]] | None = None
@@ -129,14 +105,16 @@ class Connection:
                         raise
                     raise failure from exc
             if self.security.shared_key is not None:
-                self._handshake(deadline)
+                self.keepalive, self.server_hostname = opening.shake_hands(
+                    self.security, self.read_object, self.send, deadline
+                )
             elif self.wait_readable(0.0):
                 # A server that wants the handshake speaks first; one that does not
                 # says nothing until a frame comes. Whatever is here already is looked
                 # at now, so the first frame is not thrown at a server that discards it.
-                self.refuse_if_helo(self.read_available())
-                if self.lost_error is not None:
-                    raise self.lost_error  # a TLS alert, say: classified below
+                self.replies.refuse_if_helo(self.read_available())
+                if self.replies.lost_error is not None:
+                    raise self.replies.lost_error  # a TLS alert, say: classified below
         except AuthenticationError as exc:
             self.close()
             if str(exc).startswith(where):
@@ -152,10 +130,7 @@ class Connection:
             raise failures.connect_failure(where, host, exc) from exc
 
     def _connect_socket(self, family: int, target: Any, deadline: float) -> None:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        if not self._unix:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock = opening.stream_socket(family, tcp=not self._unix)
         # Published before connecting so that abort() can break the connect.
         self.sock = sock
         if self._aborted:
@@ -166,56 +141,18 @@ class Connection:
     def resolve(self) -> list[tuple[Any, Any]]:
         """Every (family, socket address) of the host, in the resolver's order (looked up
         once if given)."""
-        if self._resolved is not None:
-            return self._resolved
-        assert not isinstance(self.address, str)
-        host, port = self.address
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        if not infos:
-            raise FluentConnectionError(f"{host} has no address")
-        self._resolved = [(info[0], info[4]) for info in infos]
+        if self._resolved is None:
+            assert not isinstance(self.address, str)
+            self._resolved = opening.addresses(*self.address)
         return self._resolved
 
     def _start_tls(self, deadline: float) -> None:
-        context = self.security.ssl_context
-        assert context is not None and self.sock is not None
-        name = self.security.server_hostname
-        if name is None and not isinstance(self.address, str):
-            name = self.address[0]
-        tls = context.wrap_socket(
-            self.sock, server_hostname=name if context.check_hostname or name else None,
-            do_handshake_on_connect=False,
-        )
-        self.sock = tls
+        assert self.sock is not None
+        host = None if isinstance(self.address, str) else self.address[0]
+        # Published before the TLS handshake so that abort() can break it.
+        tls = self.sock = opening.wrap_tls(self.sock, self.security, host)
         tls.settimeout(max(0.001, deadline - time.monotonic()))
         tls.do_handshake()
-
-    def _handshake(self, deadline: float) -> None:
-        sec = self.security
-        assert sec.shared_key is not None
-        helo = handshake.parse_helo(self.read_object(deadline))
-        self.keepalive = helo.keepalive
-        salt = handshake.new_salt()
-        ping = handshake.build_ping(
-            helo, self_hostname=sec.self_hostname, shared_key=sec.shared_key, salt=salt,
-            username=sec.username, password=sec.password,
-        )
-        # fluent-bit needs the whole PING in one read: one send of one buffer.
-        self.send(ping, deadline)
-        try:
-            pong = self.read_object(deadline)
-        except ConnectionLost as exc:
-            # Fluent Bit's answer to a wrong shared key (or a PING it cannot parse) is to
-            # close without a PONG. A server going away at this very moment looks the
-            # same, but that is rare; a wrong key repeats on every attempt.
-            raise AuthenticationError(
-                "closed the connection after our PING without a PONG: "
-                "the shared key is probably wrong"
-            ) from exc
-        self.server_hostname = handshake.check_pong(
-            pong, helo=helo, salt=salt, shared_key=sec.shared_key,
-            self_hostname=sec.self_hostname,
-        )
 
     def abort(self, *, discard: bool = True) -> None:
         """Break a blocked connect or send from another thread.
@@ -276,121 +213,25 @@ class Connection:
             except OSError:
                 pass
 
-    # -- reading what the server says ---------------------------------------------------
+    # -- reading what the server says (decoded by ``replies``) ----------------------------
 
     def read_object(self, deadline: float) -> Any:
         """The next msgpack object from the server, waiting until ``deadline``."""
-        sock = self.sock
-        if sock is None:
-            raise ConnectionLost("not connected")
-        while True:
-            for obj in self._decoded(1):
-                return obj
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise FluentTimeoutError(f"{describe(self.address)} did not answer in time")
-            sock.settimeout(remaining)
-            try:
-                data = sock.recv(_READ_SIZE)
-            except socket.timeout as exc:
-                raise FluentTimeoutError(
-                    f"{describe(self.address)} did not answer in time"
-                ) from exc
-            except OSError as exc:
-                raise ConnectionLost(self._read_failed(exc)) from exc
-            if not data:
-                raise ConnectionLost(f"{describe(self.address)} closed the connection")
-            self._feed(data)
+        return self.replies.read_object(self.sock, deadline, self.bytes_written)
 
     def read_available(self) -> list[Any]:
-        """Whatever objects the server has sent so far, without waiting.
+        """Whatever objects the server has sent so far, without waiting (see
+        :meth:`Replies.read_available`)."""
+        return self.replies.read_available(self.sock, self.bytes_written)
 
-        A server's close comes after its last acks: those are returned, and ``eof`` is set
-        (with ``lost`` saying why when it was a reset rather than a FIN). Raises
-        :class:`ConnectionLost` when the server sent something unreadable.
-        """
-        sock = self.sock
-        if sock is None:
-            raise ConnectionLost("not connected")
-        sock.settimeout(0.0)
-        while True:
-            try:
-                data = sock.recv(_READ_SIZE)
-            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
-                break
-            except OSError as exc:
-                self.eof = True
-                self.lost = self._read_failed(exc)
-                self.lost_error = exc
-                break
-            if not data:
-                self.eof = True
-                break
-            self._feed(data)
-            if len(data) < _READ_SIZE:
-                break
-        return self._decoded()
+    def wait_readable(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for something to read (a reply, or the server's close)."""
+        return self.replies.wait_readable(self.sock, timeout)
 
     def can_read_whole(self) -> bool:
         """Whether what ``peer_closed`` found is still there to read (it reads a byte of a
         TLS stream rather than peeking)."""
         return not self._tls
-
-    def refuse_if_helo(self, replies: list[Any]) -> list[Any]:
-        """Raise if the server sent HELO unasked: it wants a handshake we were not told to
-        do, and discards our frames (fluentd, Fluent Bit with ``shared_key`` set)."""
-        for reply in replies:
-            if isinstance(reply, list) and reply[:1] == ["HELO"]:
-                raise AuthenticationError(
-                    f"{describe(self.address)} requires the forward handshake (it sent "
-                    "HELO): set shared_key (and username and password if it has users)"
-                )
-        return replies
-
-    def wait_readable(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` for something to read (a reply, or the server's close)."""
-        sock = self.sock
-        if sock is None:
-            return False
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
-            return True
-        try:
-            readable, _, _ = select.select([sock], [], [], max(0.0, timeout))
-        except (OSError, ValueError):
-            return True  # closed under us: the read that follows says how
-        return bool(readable)
-
-    def _decoded(self, limit: int | None = None) -> list[Any]:
-        """The whole objects received so far (at most ``limit``)."""
-        objs: list[Any] = []
-        try:
-            for obj in self._inbound:
-                objs.append(obj)
-                if len(objs) == limit:
-                    break
-        except Exception as exc:  # not msgpack, too deep, a key Python cannot hash...
-            raise ConnectionLost(
-                f"{describe(self.address)} sent something unreadable: {type(exc).__name__}"
-            ) from exc
-        return objs
-
-    def _read_failed(self, exc: OSError) -> str:
-        text = f"reading from {describe(self.address)}: {exc}"
-        if (isinstance(exc, ConnectionResetError) and not self._heard and not self._tls
-                and not self._unix and self.bytes_written):
-            # A TLS server reads our first frame as a broken handshake and resets without
-            # a word (fluentd, Fluent Bit and ForwardServer all do); the client cannot
-            # tell that apart from a crash for sure, so this is a hint, not a verdict.
-            text += ("; the server reset the connection without ever answering: if it "
-                     "expects TLS, set tls=True (FLUENT_TLS=true)")
-        return text
-
-    def _feed(self, data: bytes) -> None:
-        self._heard = True
-        try:
-            self._inbound.feed(data)
-        except Exception as exc:  # msgpack's BufferFull: a server flooding us
-            raise ConnectionLost(f"{describe(self.address)} sent too much: {exc}") from exc
 
     def close_gracefully(self, deadline: float) -> tuple[bool, list[Any]]:
         """Half-close, then read until the server closes too.
@@ -407,21 +248,11 @@ class Connection:
             if self.sock is None:
                 return False, replies
             replies += self.read_available()
-            if self.eof:
+            if self.replies.eof:
                 # Closed or reset before our FIN: the server may have dropped unread bytes.
                 return False, replies
-            sock = self.sock
-            sock.shutdown(socket.SHUT_WR)
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False, replies
-                sock.settimeout(remaining)
-                data = sock.recv(_READ_SIZE)
-                if not data:
-                    return True, replies
-                self._feed(data)
-                replies += self._decoded()
+            self.sock.shutdown(socket.SHUT_WR)
+            return self.replies.read_to_end(self.sock, deadline, replies), replies
         except (OSError, ConnectionLost):
             return False, replies
         finally:

@@ -21,10 +21,11 @@ from collections import deque
 from typing import Optional
 
 from ._buffer import Buffer, Frame
-from ._connection import Connection, ConnectionLost
+from ._connection import Connection
 from ._ledger import Ledger
 from ._lifecycle import Lifecycle
 from ._pool import Link
+from ._replies import ConnectionLost
 from ._writer_common import Fault, deadline_within, read_replies
 from .errors import AuthenticationError
 from .message import short_repr
@@ -104,8 +105,8 @@ class NoAckProof:
         for reply in replies:
             if not self._marker_acked(link, reply):
                 return Fault(f"unexpected reply {short_repr(reply, 80)}")
-        if conn.eof:
-            return Fault(conn.lost or "the server closed the connection")
+        if conn.replies.eof:
+            return Fault(conn.replies.lost or "the server closed the connection")
         return None
 
     def settle(self, link: Link) -> None:
@@ -184,7 +185,7 @@ class NoAckProof:
         handshake, and that must be said, not lost with the connection.
         """
         try:
-            replies = (conn.refuse_if_helo(conn.read_available())
+            replies = (conn.replies.refuse_if_helo(conn.read_available())
                        if conn.sock is not None else [])
         except AuthenticationError as exc:
             return exc
@@ -220,7 +221,7 @@ class NoAckProof:
             # No longer established (reset, or closed with frames in flight): requeue them
             # now rather than after a write timeout spent waiting for progress that cannot
             # come.
-            return Fault(conn.lost or "the connection is no longer open")
+            return Fault(conn.replies.lost or "the connection is no longer open")
         now = time.monotonic()
         if offset > link.confirmed:
             link.confirmed = offset

@@ -11,7 +11,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ._connection import Security
+from ._opening import Security
 from ._pool import Link, Server, ServerSpec
 from .backoff import Backoff
 from .errors import ConfigurationError

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from ._buffer import Frame
-from ._connection import Address, Connection, Security, describe
+from ._connection import Address, Connection, describe
+from ._opening import Security
 from .backoff import Backoff
 from .errors import FluentConnectionError, FluentError
 from .stats import ServerStats

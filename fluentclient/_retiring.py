@@ -17,11 +17,12 @@ import time
 
 from ._buffer import Buffer, Frame
 from ._connect_notes import ConnectNotes
-from ._connection import Connection, ConnectionLost
+from ._connection import Connection
 from ._ledger import Ledger
 from ._lifecycle import Lifecycle
 from ._no_ack_proof import NoAckProof
 from ._pool import Link, Retiring
+from ._replies import ConnectionLost
 from ._sender import Sender
 from ._words import count
 from ._writer_common import cut_short
@@ -69,7 +70,7 @@ class Retirement:
         taken leave the buffer's limit, so a server that stalls does not eat the limit
         twice.
         """
-        closed = conn.eof
+        closed = conn.replies.eof
         if conn.sock is None or cut_short(self._life) or (closed and not (
                 link.unconfirmed and conn.can_confirm and not link.server.unix_path)):
             # A server that closed its side proves nothing more by staying connected,
@@ -106,7 +107,7 @@ class Retirement:
             conn = old.conn
             if not old.unproven:
                 self._end(link, old, "")
-            elif conn.eof:
+            elif conn.replies.eof:
                 self._closed_by_server(link, old, now)
             elif now >= old.until:
                 drain = self._life.drain_deadline
@@ -128,31 +129,31 @@ class Retirement:
         # tail goes out again. A FIN before ours is followed by such a reset when our
         # unacknowledged bytes reach a socket that is gone.
         conn = old.conn
-        clean = old.half_closed and conn.lost is None
+        clean = old.half_closed and conn.replies.lost is None
         dead = conn.dead_offset()
         if old.eof_until is None:
             old.eof_until = now + _RESET_WAIT
         if dead is None and not clean and old.tail and now < old.eof_until:
             return
-        self._end(link, old, conn.lost or "the server closed it",
+        self._end(link, old, conn.replies.lost or "the server closed it",
                   read_all=clean and dead is None, dead=dead)
 
     def _read(self, link: Link, old: Retiring) -> None:
         """Settle the frames whose markers the server acked (each ack proves all before)."""
         conn = old.conn
-        if conn.sock is None or conn.eof:
+        if conn.sock is None or conn.replies.eof:
             return
         try:
             replies = Sender.replies(conn)
         except AuthenticationError as exc:
             # An unasked HELO: the server discards our frames until we do the handshake.
-            conn.eof, conn.lost = True, str(exc)
+            conn.replies.end(str(exc))
             news = link.last_error != str(exc)
             link.failed(str(exc), backoff_to_max=True, error=exc)
             self._notes.refused(exc, news)
             return
         except ConnectionLost as exc:
-            conn.eof, conn.lost = True, str(exc)
+            conn.replies.end(str(exc))
             return
         settled = 0
         read_to = -1

@@ -17,10 +17,11 @@ import socket
 import time
 from collections.abc import Sequence
 
-from ._connection import Connection, ConnectionLost
+from ._connection import Connection
 from ._ledger import Ledger
 from ._options import TransportOptions
 from ._pool import Link, choose, level
+from ._replies import ConnectionLost
 from .errors import AuthenticationError, ConfigurationError, FluentError, TlsError
 from .message import short_repr
 
@@ -99,20 +100,20 @@ class Sender:
                 replies = conn.read_available()
             except ConnectionLost:
                 return True  # garbage: a new connection, like any other end
-            conn.refuse_if_helo(replies)
+            conn.replies.refuse_if_helo(replies)
         return True
 
     @staticmethod
     def replies(conn: Connection) -> list[object]:
         """What the server said since we last looked, without waiting; raises
         AuthenticationError for an unasked HELO, ConnectionLost for garbage."""
-        return conn.refuse_if_helo(conn.read_available())
+        return conn.replies.refuse_if_helo(conn.read_available())
 
     @staticmethod
     def await_ack(conn: Connection, chunk: str, deadline: float) -> None:
         """Wait for the ack of ``chunk``, the next reply due on this connection."""
         reply = conn.read_object(deadline)
-        conn.refuse_if_helo([reply])
+        conn.replies.refuse_if_helo([reply])
         if not isinstance(reply, dict) or reply.get("ack") != chunk:
             raise ConnectionLost(f"expected the ack for {chunk!r}, got {short_repr(reply, 80)}")
 

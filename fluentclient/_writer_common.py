@@ -7,8 +7,9 @@ import time
 from dataclasses import dataclass
 
 from ._buffer import Frame
-from ._connection import Connection, ConnectionLost
+from ._connection import Connection
 from ._lifecycle import Lifecycle
+from ._replies import ConnectionLost
 from ._sender import Sender
 from .errors import AuthenticationError, FluentError
 from .message import settle_future

@@ -26,7 +26,7 @@ from fluentclient import (
     Tls,
     TlsError,
 )
-from fluentclient._connection import NO_SECURITY
+from fluentclient._opening import NO_SECURITY
 from fluentclient._pool import Link
 from fluentclient.framing import new_unpacker
 from fluentclient.server import ForwardServer
