@@ -158,14 +158,34 @@ def base_name(name: str) -> str:
     return name[:-len(PURE)] if name.endswith(PURE) else name
 
 
+def settings(*, buffer_limit: int | None = None, write_timeout: float | None = None,
+             connect_timeout: float | None = None) -> dict[str, Any]:
+    """Client keywords for the package that runs: a --baseline tree may predate the option
+    objects, and then takes the same settings as flat keywords."""
+    flat = {"buffer_limit": buffer_limit, "write_timeout": write_timeout,
+            "connect_timeout": connect_timeout}
+    given = {k: v for k, v in flat.items() if v is not None}
+    try:
+        from fluentclient import Buffering, Timeouts
+    except ImportError:
+        return given
+    options: dict[str, Any] = {}
+    if buffer_limit is not None:
+        options["buffering"] = Buffering(limit=buffer_limit)
+    times = {"write": write_timeout, "connect": connect_timeout}
+    if any(v is not None for v in times.values()):
+        options["timeouts"] = Timeouts(**{k: v for k, v in times.items() if v is not None})
+    return options
+
+
 def make_poster(name: str, port: int) -> tuple[Any, Any, Any]:
     """(post(record), finish(), close_now()) for one contender."""
     name = base_name(name)
     if name.startswith("buffered"):
         from fluentclient import BufferedClient
 
-        options: dict[str, Any] = {"at_exit": False, "buffer_limit": BUFFER_LIMIT,
-                                   "write_timeout": 3.0, "connect_timeout": 3.0}
+        options: dict[str, Any] = {"at_exit": False, **settings(
+            buffer_limit=BUFFER_LIMIT, write_timeout=3.0, connect_timeout=3.0)}
         if name == "buffered_ack":
             options["require_ack"] = True
         if name == "buffered_gzip":
@@ -176,7 +196,8 @@ def make_poster(name: str, port: int) -> tuple[Any, Any, Any]:
     if name == "sync":
         from fluentclient import SyncClient
 
-        sync = SyncClient("127.0.0.1", port, connect_timeout=3.0, write_timeout=3.0)
+        sync = SyncClient("127.0.0.1", port,
+                          **settings(connect_timeout=3.0, write_timeout=3.0))
 
         def post_sync(r: dict[str, Any]) -> None:
             try:
@@ -322,8 +343,8 @@ def child_latency(name: str, port: int, seconds: float, fill: int, burst: int) -
 def child_memory(port: int, records: int) -> dict[str, Any]:
     from fluentclient import BufferedClient
 
-    client = BufferedClient("127.0.0.1", port, at_exit=False, buffer_limit=BUFFER_LIMIT,
-                            write_timeout=3.0)
+    client = BufferedClient("127.0.0.1", port, at_exit=False,
+                            **settings(buffer_limit=BUFFER_LIMIT, write_timeout=3.0))
     client.post(TAG, RECORD)
     client.flush(2)
     idle = current_rss_mib()

@@ -33,13 +33,14 @@ CASES = ("none", "dormant", "running", "held")
 
 CHILD = textwrap.dedent("""
     import json, os, sys, time
-    from fluentclient import BufferedClient
+    from fluentclient import BufferedClient, Buffering
 
     case, port, forks = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     client = None
     if case != "none":
         client = BufferedClient("127.0.0.1", port,
-                                flush_interval=60.0 if case == "held" else 0.1)
+                                buffering=Buffering(
+                                    flush_interval=60.0 if case == "held" else 0.1))
         client.post("bench.fork", {"i": -1})
         assert client.flush(10)
     times = []

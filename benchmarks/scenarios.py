@@ -43,6 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from fluentclient import Buffering  # noqa: E402
 from fluentclient.server import ForwardServer  # noqa: E402
 
 TAG = "scenario.record"
@@ -53,7 +54,7 @@ TAG = "scenario.record"
 def child_main(p: dict[str, Any]) -> None:
     import atexit
 
-    from fluentclient import BufferedClient, shutdown_on_signal
+    from fluentclient import BufferedClient, Buffering, Timeouts, shutdown_on_signal
 
     def stamp(name: str, *values: Any) -> None:
         print(name, repr(time.monotonic()), *values, flush=True)
@@ -67,7 +68,10 @@ def child_main(p: dict[str, Any]) -> None:
 
     # Registered before the client's own hook, so it runs after it (last in, first out).
     atexit.register(report)
-    client = BufferedClient("127.0.0.1", p["port"], **p["client"])
+    # The option objects come as dicts of their fields (the parameters travel as JSON).
+    objects = {"buffering": Buffering, "timeouts": Timeouts}
+    options = {k: objects[k](**v) if k in objects else v for k, v in p["client"].items()}
+    client = BufferedClient("127.0.0.1", p["port"], **options)
     if p["end"] == "sigterm":
         def die(signum: int, frame: Any) -> None:
             # The application's own handler: report, then die of the signal.
@@ -274,12 +278,13 @@ def server_paused(ctx: Context) -> Row:
         watcher.start()
         try:
             run = ctx.run(server, pad=1000, client={
-                "write_timeout": 1.0, "shutdown_timeout": 30.0, "buffer_limit": 64 << 20})
+                "timeouts": {"write": 1.0}, "shutdown_timeout": 30.0,
+                "buffering": {"limit": 64 << 20}})
         finally:
             ended.set()
         watcher.join(60)
         return ctx.row("server paused, then reads again", server, run,
-                       "`write_timeout=1`; resumes after two connections timed out")
+                       "`Timeouts(write=1)`; resumes after two connections timed out")
 
 
 def black_holed(ctx: Context) -> Row:
@@ -315,14 +320,14 @@ def fork_with_buffered_records(ctx: Context) -> Row:
         # Half posted and held (long interval, high threshold) when the process forks; the
         # child posts the other half; both exit normally.
         run = ctx.run(server, end="fork",
-                      client={"flush_interval": 60, "write_threshold": 2**22})
+                      client={"buffering": {"flush_interval": 60, "write_threshold": 2**22}})
         return ctx.row("fork with buffered records", server, run)
 
 
 def sigterm(ctx: Context) -> Row:
     with ForwardServer() as server:
         run = ctx.run(server, end="sigterm", after_posted=signal_once_posted(signal.SIGTERM),
-                      client={"flush_interval": 60, "write_threshold": 2**22})
+                      client={"buffering": {"flush_interval": 60, "write_threshold": 2**22}})
         return ctx.row("SIGTERM (shutdown_on_signal)", server, run)
 
 
@@ -340,7 +345,8 @@ def _replay(server: ForwardServer, spool: str) -> int:
     # The locks of the processes that went away, noted before ours exists: this needs
     # nothing of the client's internals, which change.
     theirs = {name for name in os.listdir(spool) if name.endswith(".lock")}
-    with BufferedClient(server.host, server.port, spool_dir=spool, at_exit=False) as client:
+    with BufferedClient(server.host, server.port, buffering=Buffering(spool_dir=spool),
+                        at_exit=False) as client:
         deadline = time.monotonic() + 60
         # The replay is over once the files of the process that went away are deleted.
         while time.monotonic() < deadline and theirs & set(os.listdir(spool)):
@@ -358,7 +364,9 @@ def _spooled(ctx: Context, name: str, *, down: bool, end: str,
             server.refuse()
         after = signal_once_posted(signal.SIGKILL) if end == "kill" else None
         run = ctx.run(server, end=end, after_posted=after,
-                      client={"spool_dir": spool, **(client or {})})
+                      client={**(client or {}),
+                              "buffering": {"spool_dir": spool,
+                                            **(client or {}).get("buffering", {})}})
         server.refuse(False)
         replayed = _replay(server, spool)
         row = ctx.row(name, server, run, note=f"{replayed:,} replayed by the next start")
@@ -379,13 +387,13 @@ def spool_kill_9_server_down(ctx: Context) -> Row:
 
 def spool_kill_9_healthy(ctx: Context) -> Row:
     return _spooled(ctx, "kill -9 while sending, spool_dir set", down=False, end="kill",
-                    client={"flush_interval": 60, "write_threshold": 2**16})
+                    client={"buffering": {"flush_interval": 60, "write_threshold": 2**16}})
 
 
 def spool_kill_9_acks(ctx: Context) -> Row:
     return _spooled(ctx, "kill -9 while sending, spool_dir set, require_ack=True",
                     down=False, end="kill",
-                    client={"flush_interval": 60, "write_threshold": 2**16,
+                    client={"buffering": {"flush_interval": 60, "write_threshold": 2**16},
                             "require_ack": True})
 
 

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fluentclient import Buffering
+
 HERE = Path(__file__).resolve().parent
 TAG = "soak.access"
 
@@ -149,8 +151,8 @@ def soak(args: argparse.Namespace) -> int:
     logging.getLogger("fluentclient").propagate = False
     server = FlakyServer(args.seed, args.max_cut)
     client = BufferedClient("127.0.0.1", server.port, at_exit=False,
-                            buffer_limit=args.buffer_limit, require_ack=args.ack,
-                            spool_dir=args.spool)
+                            buffering=Buffering(limit=args.buffer_limit,
+                                                spool_dir=args.spool), require_ack=args.ack)
     report_every = args.report_every or max(1.0, args.duration / 10)
     print(f"{args.rate:,} records/s for {args.duration:g} s{' with acks' if args.ack else ''}"
           f"{' with a spool' if args.spool else ''}"

@@ -25,6 +25,8 @@ import sys
 import tempfile
 import time
 
+from fluentclient import Buffering
+
 _COUNT = struct.Struct("<Qd")  # posts returned, and the monotonic time of the first
 
 
@@ -37,8 +39,9 @@ def _absent_port() -> int:
 def child(spool_dir: str, shared: str) -> None:
     from fluentclient import BufferedClient
 
-    client = BufferedClient("127.0.0.1", _absent_port(), spool_dir=spool_dir,
-                            buffer_limit=64 * 2**20, at_exit=False)
+    client = BufferedClient("127.0.0.1", _absent_port(),
+                            buffering=Buffering(spool_dir=spool_dir, limit=64 * 2**20),
+                            at_exit=False)
     with open(shared, "r+b") as f:
         counter = mmap.mmap(f.fileno(), _COUNT.size)
     start = time.monotonic()
@@ -71,7 +74,8 @@ def one_round(after: float) -> dict[str, float]:
         os.unlink(shared.name)
         rate = posted / (killed_at - start)
         with ForwardServer() as server:
-            client = BufferedClient(server.host, server.port, spool_dir=spool_dir,
+            client = BufferedClient(server.host, server.port,
+                                    buffering=Buffering(spool_dir=spool_dir),
                                     at_exit=False)
             # Replay reaches the server as fast as it can; wait until nothing more comes.
             seen = -1

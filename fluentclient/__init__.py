@@ -23,11 +23,17 @@ from .errors import (
     UnsafeRecordError,
 )
 from .message import EventTime, Message
+from .options import Auth, Buffering, RecordRules, Timeouts, Tls
 from .server import ForwardServer
 from .stats import JournalStats, ServerStats, ShutdownReport, Stats, UnsentRecord
 
 __all__ = [
     "COMPILED",
+    "Auth",
+    "Buffering",
+    "RecordRules",
+    "Timeouts",
+    "Tls",
     "AuthenticationError",
     "DeliveryError",
     "PossiblyLostError",

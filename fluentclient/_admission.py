@@ -1,7 +1,7 @@
 """Admission: whether a record may join what a BufferedClient holds, and what happens
 when it may not: the one unit that knows the overflow policies.
 
-The limits are ``buffer_limit`` (bytes buffered plus an estimate for what still waits in
+The limits are ``Buffering.limit`` (bytes buffered plus an estimate for what still waits in
 the queue) and the spool's own limit; the overflow policy says what happens when one is
 reached. :meth:`Admission.judge` decides, as a :class:`Verdict`; :meth:`Admission.admit`
 acts on the verdicts for post() (evicts, waits for room or refuses, and reports it). The
@@ -120,7 +120,7 @@ class Admission:
         ledger: Ledger,
         reporter: Reporter,
     ) -> None:
-        # ``policy`` is one of _options.OVERFLOW_POLICIES, checked where it was given.
+        # One of options.OVERFLOW_POLICIES: the Buffering object checked it.
         self.policy = policy
         self._timeout = timeout
         self._buffer = buffer
@@ -194,7 +194,7 @@ class Admission:
         return DROP_BUFFER_FULL, self.buffer_full()
 
     def buffer_full(self) -> BufferFullError:
-        return BufferFullError(f"buffer_limit of {self._buffer.limit} bytes reached")
+        return BufferFullError(f"Buffering.limit of {self._buffer.limit} bytes reached")
 
     def spool_full(self) -> BufferFullError:
         assert self._spool is not None

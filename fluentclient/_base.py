@@ -1,15 +1,22 @@
 """What both clients share: the tag check, the (tag, time) prelude of post(), and the
-base class with configuration from the environment and ``with`` blocks."""
+base class with the common settings, configuration from the environment and ``with``
+blocks."""
 
 from __future__ import annotations
 
 import time as _time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
+from ._moved import refuse_moved
+from ._options import TransportOptions, checked_rules, security_from, servers_from
+from ._pool import ServerSpec
+from .backoff import Backoff
+from .config import options_from_env
 from .errors import InvalidTagError, SerializationError
 from .message import MAX_TAG_LENGTH, TAG_PATTERN, TimeLike, short_repr, time_to_ns
+from .options import Auth, RecordRules, Timeouts, TlsSetting
 from .stats import ShutdownReport
 
 _C = TypeVar("_C", bound="Client")
@@ -77,8 +84,42 @@ class TagChecker:
 
 
 class Client:
-    """What both clients share: configuration from the environment, ``with`` blocks
-    (leaving one shuts the client down), and awaitable flush and shutdown."""
+    """What both clients share: the common settings, configuration from the environment,
+    ``with`` blocks (leaving one shuts the client down), and awaitable flush and shutdown."""
+
+    def __new__(cls: type[_C], *args: Any, **kwargs: Any) -> _C:
+        # Before __init__, so that a keyword that moved into an option object is named
+        # with its new place rather than refused as unknown.
+        refuse_moved(cls.__name__, cls.__init__, kwargs)
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        unix_path: str | None,
+        servers: Sequence[ServerSpec] | None,
+        tag_prefix: str | None,
+        require_ack: bool,
+        tls: TlsSetting,
+        auth: Auth,
+        timeouts: Timeouts,
+        records: RecordRules,
+        backoff: Backoff,
+        compress: str | None,
+        compress_level: int,
+        dns_refresh: bool,
+    ) -> None:
+        """The one construction path of both clients: the settings they share, checked."""
+        self._transport = TransportOptions(
+            servers=servers_from(host, port, unix_path, servers),
+            security=security_from(tls, auth), timeouts=timeouts, backoff=backoff,
+            require_ack=require_ack, compress=compress, compress_level=compress_level,
+            dns_refresh=dns_refresh,
+        )
+        self._records = checked_rules(records)
+        self._tags = TagChecker(tag_prefix)
 
     @classmethod
     def from_env(
@@ -88,10 +129,9 @@ class Client:
         """A client configured by ``FLUENT_*`` variables, then by ``overrides``.
 
         An address given in ``overrides`` (host, port, unix_path or servers) replaces the
-        environment's whole destination rather than mixing with it.
+        environment's whole destination rather than mixing with it; an option object
+        (``tls=Tls(...)``, ``auth=Auth(...)``) replaces the one the environment made.
         """
-        from .config import options_from_env
-
         options = options_from_env(environ, prefix=prefix)
         if any(key in overrides for key in ADDRESS_OPTIONS):
             for key in ADDRESS_OPTIONS:

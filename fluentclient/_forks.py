@@ -19,12 +19,12 @@ from . import _process
 from ._journal import Journal, NullJournal
 from ._ledger import Ledger
 from ._lifecycle import CLOSED, CLOSING, Lifecycle
-from ._options import BufferOptions
 from ._reader import Reader
 from ._reporting import Reporting
 from ._writer import Writer
 from .errors import ClientClosedError
 from .message import Message
+from .options import Buffering
 
 log = logging.getLogger("fluentclient")
 
@@ -43,7 +43,7 @@ class Forkable(Protocol):
     _reader: Reader
     _writer: Writer
     _fork_note: str | None
-    _buffer_options: BufferOptions
+    _buffer_options: Buffering
 
     def _fresh(self, *, closed: bool = False) -> None: ...
 

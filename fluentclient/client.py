@@ -12,7 +12,6 @@ docs/architecture.md draws the threads and says which locks each path takes.
 from __future__ import annotations
 
 import os
-import ssl
 import sys
 import threading
 import time as _time
@@ -21,35 +20,22 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
+from functools import partial
 from typing import Literal, overload
 
 from . import _clients, _draining, _forks, _posting, _process, _sigterm
 from ._accel import fast_poster
 from ._admission import Admission, pace_for
 from ._base import Client as _Client
-from ._base import TagChecker as _TagChecker
 from ._buffer import Buffer
 from ._crew import Crew
 from ._flush import flush
 from ._forgotten import core_of, forgotten
 from ._journal import Journal, NullJournal, open_journal
 from ._ledger import Ledger
-from ._lifecycle import (
-    CLOSED,
-    CLOSING,
-    FAILED,
-    NEW,
-    RUNNING,
-    Lifecycle,
-)
-from ._options import (
-    BufferOptions,
-    RecordOptions,
-    TransportOptions,
-    security_from,
-    servers_from,
-)
+from ._lifecycle import CLOSED, CLOSING, FAILED, NEW, RUNNING, Lifecycle
 from ._options import MiB as _MiB
+from ._options import builder_for, packer_for
 from ._parking import Parking
 from ._pool import ServerSpec
 from ._reader import Reader
@@ -59,9 +45,9 @@ from ._shutdown import Ending, UnsentCallback
 from ._threads import OwnThreads
 from ._writer import Writer
 from .backoff import Backoff
-from .framing import Default
-from .guard import DEFAULT_MAX_DEPTH
+from .errors import ConfigurationError
 from .message import Message, TimeLike
+from .options import Auth, Buffering, RecordRules, Timeouts, TlsSetting
 from .stats import ShutdownReport, Stats
 from .sync import SyncClient
 
@@ -76,11 +62,10 @@ class BufferedClient(_Client):
     """Posts records without ever blocking; a reader and a writer thread do the rest.
 
     ``post()`` returns at once whatever the server does. Records are packed into
-    PackedForward frames of at most ``max_frame_size`` bytes and written when
-    ``write_threshold`` bytes are waiting or ``flush_interval`` seconds have passed since
-    the oldest unsent one. Memory is bounded by ``buffer_limit``, which also covers what
-    still waits to be packed; past it new records are dropped and counted. Every record
-    ends up counted in :meth:`stats` as sent, dropped, possibly lost or unsent.
+    PackedForward frames and written when enough bytes wait or a moment passed; memory is
+    bounded, and past the limit new records are dropped and counted (see
+    :class:`~fluentclient.options.Buffering`). Every record ends up counted in
+    :meth:`stats` as sent, dropped, possibly lost or unsent.
     """
 
     def __init__(
@@ -91,81 +76,39 @@ class BufferedClient(_Client):
         unix_path: str | None = None,
         servers: Sequence[ServerSpec] | None = None,
         tag_prefix: str | None = None,
-        buffer_limit: int = 8 * _MiB,
-        write_threshold: int = 8 * 1024,
-        flush_interval: float = 0.1,
-        max_frame_size: int = _MiB,
-        connect_timeout: float = 5.0,
-        write_timeout: float = 5.0,
-        backoff: Backoff = Backoff(),
-        on_error: ErrorCallback | None = None,
-        default: Default = None,
-        max_depth: int = DEFAULT_MAX_DEPTH,
-        non_str_keys: str = "str",
-        non_finite_floats: str = "null",
-        non_utf8_bytes: str = "str",
-        shutdown_timeout: float = 5.0,
         require_ack: bool = False,
-        ack_timeout: float = 60.0,
-        ack_retry_limit: int = 8,
-        shared_key: str | None = None,
-        self_hostname: str | None = None,
-        username: str = "",
-        password: str = "",
-        ssl_context: ssl.SSLContext | None = None,
-        tls: bool = False,
-        tls_ca_file: str | None = None,
-        tls_cert_file: str | None = None,
-        tls_key_file: str | None = None,
-        tls_verify: bool = True,
-        tls_server_name: str | None = None,
+        tls: TlsSetting = False,
+        auth: Auth = Auth(),
+        timeouts: Timeouts = Timeouts(),
+        buffering: Buffering = Buffering(),
+        records: RecordRules = RecordRules(),
+        backoff: Backoff = Backoff(),
         compress: str | None = None,
         compress_level: int = 6,
-        keepalive_timeout: float | None = None,
         dns_refresh: bool = True,
-        int_time: bool = False,
-        entries_as_str: bool = False,
+        on_error: ErrorCallback | None = None,
+        on_unsent: UnsentCallback | None = None,
+        shutdown_timeout: float = 5.0,
         at_exit: bool = True,
         handle_sigterm: bool = True,
-        overflow: str = "drop_newest",
-        overflow_timeout: float = 1.0,
-        spool_dir: str | os.PathLike[str] | None = None,
-        spool_limit: int | None = None,
-        on_unsent: UnsentCallback | None = None,
     ) -> None:
-        self._buffer_options = BufferOptions(
-            buffer_limit=buffer_limit, write_threshold=write_threshold,
-            flush_interval=flush_interval, max_frame_size=max_frame_size, overflow=overflow,
-            overflow_timeout=overflow_timeout,
-            spool_dir=None if spool_dir is None else os.fspath(spool_dir),
-            spool_limit=spool_limit, shutdown_timeout=shutdown_timeout,
+        super().__init__(
+            host, port, unix_path=unix_path, servers=servers, tag_prefix=tag_prefix,
+            require_ack=require_ack, tls=tls, auth=auth, timeouts=timeouts, records=records,
+            backoff=backoff, compress=compress, compress_level=compress_level,
+            dns_refresh=dns_refresh,
         )
-        self._transport = TransportOptions(
-            servers=servers_from(host, port, unix_path, servers),
-            security=security_from(
-                shared_key=shared_key, self_hostname=self_hostname, username=username,
-                password=password, ssl_context=ssl_context, tls=tls, tls_ca_file=tls_ca_file,
-                tls_cert_file=tls_cert_file, tls_key_file=tls_key_file, tls_verify=tls_verify,
-                tls_server_name=tls_server_name,
-            ),
-            connect_timeout=connect_timeout, write_timeout=write_timeout, backoff=backoff,
-            require_ack=require_ack, ack_timeout=ack_timeout, ack_retry_limit=ack_retry_limit,
-            compress=compress, compress_level=compress_level,
-            keepalive_timeout=keepalive_timeout, dns_refresh=dns_refresh,
-        )
-        self._records = RecordOptions(
-            default=default, max_depth=max_depth, non_str_keys=non_str_keys,
-            non_finite_floats=non_finite_floats, non_utf8_bytes=non_utf8_bytes,
-            int_time=int_time, entries_as_str=entries_as_str,
-        )
-        self._tags = _TagChecker(tag_prefix)
+        if not isinstance(buffering, Buffering):
+            raise ConfigurationError(
+                f"must be a Buffering, got {type(buffering).__name__}", variable="buffering")
+        if shutdown_timeout < 0:
+            raise ConfigurationError("must not be negative", variable="shutdown_timeout")
+        self._buffer_options = buffering
         # post()'s first look: a tag seen before, already checked and prefixed.
         self._known_tag = self._tags.known.get
         # What the client's threads and callbacks hold instead of the client, so that a
         # client the program drops is collected (see _forgotten.py).
         self._core = core_of(self)
-        self._overflow = overflow
-        self._overflow_timeout = overflow_timeout
         self._on_unsent = on_unsent
         self._journal: Journal = NullJournal()
         self._on_error = on_error
@@ -226,15 +169,16 @@ class BufferedClient(_Client):
         self._ledger = Ledger()
         self._count_post = self._ledger.enqueue_one
         self._queue: deque[object] = deque()
-        frame_size = o.max_frame_size
+        frame_size = o.frame_limit
         if t.compress:
             # Deflate can grow incompressible input a little (stored blocks, gzip header
             # and trailer): leave room so a compressed frame still fits.
             frame_size -= frame_size // 500 + 64
         if not closed:
-            self._journal = open_journal(o.spool_dir, limit=o.spool_bytes)
+            spool_dir = None if o.spool_dir is None else os.fspath(o.spool_dir)
+            self._journal = open_journal(spool_dir, limit=o.spool_bytes)
         self._buffer = Buffer(
-            limit=o.buffer_limit,
+            limit=o.limit,
             write_threshold=o.write_threshold,
             max_frame_size=frame_size,
         )
@@ -253,7 +197,7 @@ class BufferedClient(_Client):
         # that runs none of them (see _parking.py).
         self._parking = Parking()
         self._reader = Reader(
-            self._queue, self._buffer, self._life, self._records.packer(), self._reporter,
+            self._queue, self._buffer, self._life, packer_for(self._records), self._reporter,
             admission=self._admission, batch=pace.batch, ledger=self._ledger,
             journal=self._journal, parking=self._parking,
         )
@@ -264,9 +208,9 @@ class BufferedClient(_Client):
             self._buffer,
             self._life,
             self._ledger,
-            self._records.builder(t, markers=True),
+            builder_for(self._records, t, markers=True),
             flush_interval=o.flush_interval,
-            max_write=max(o.max_frame_size, _MiB),
+            max_write=max(o.frame_limit, _MiB),
             transport=t,
             report=self._reporter.failure,
             parking=self._parking,
@@ -407,7 +351,7 @@ class BufferedClient(_Client):
         ending = Ending(
             queue=self._queue, buffer=self._buffer, ledger=self._ledger, life=self._life,
             reader=self._reader, writer=self._writer, journal=self._journal,
-            on_unsent=self._on_unsent, packer=self._records.packer,
+            on_unsent=self._on_unsent, packer=partial(packer_for, self._records),
         )
         # CLOSING already: an earlier shutdown was cut short (an exception); stop the
         # threads it may have left running, if there were any.

@@ -2,11 +2,13 @@
 
 ``options_from_env()`` reads ``FLUENT_HOST``, ``FLUENT_PORT`` and the rest (the names after
 the prefix are the keys of :data:`VARIABLES`) and returns keyword arguments for
-:class:`BufferedClient` or :class:`SyncClient`. Only variables that are set appear in the
-result, so the clients' own defaults still apply to the rest. A variable set to the empty
-string counts as unset, because container tooling often cannot unset a variable, only blank
-it. A value the client could not use raises :class:`ConfigurationError` naming the
-variable, here, rather than an error about a keyword argument later.
+:class:`BufferedClient` or :class:`SyncClient`, the TLS and handshake settings as ``tls``
+(a :class:`Tls`, or a flag) and ``auth`` (an :class:`Auth`). Only variables that are set
+appear in the result, so the clients' own defaults still apply to the rest. A variable
+set to the empty string counts as unset, because container tooling often cannot unset a
+variable, only blank it. A value the client could not use raises
+:class:`ConfigurationError` naming the variable, here, rather than an error about a
+keyword argument later.
 
 This module imports nothing from the clients, so they can call it without an import cycle.
 """
@@ -21,6 +23,7 @@ from typing import Any, Callable
 from ._pool import Server
 from .errors import ConfigurationError
 from .message import MAX_TAG_LENGTH, TAG_PATTERN
+from .options import Auth, Tls
 
 __all__ = ["options_from_env", "VARIABLES"]
 
@@ -122,27 +125,28 @@ def _text(value: str, variable: str) -> str:
     return value
 
 
-# Each variable, by its name after the prefix: the client option it sets and its parser.
+# Each variable, by its name after the prefix: where its value goes (a client keyword,
+# or ``keyword.field`` of the option object that keyword takes) and its parser.
 _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "HOST": ("host", _text),
     "PORT": ("port", parse_port),
     "UNIX_PATH": ("unix_path", _text),
     "SERVERS": ("servers", parse_servers),
     "TAG_PREFIX": ("tag_prefix", check_tag),
-    "SHARED_KEY": ("shared_key", _text),
-    "USERNAME": ("username", _text),
-    "PASSWORD": ("password", _text),
+    "SHARED_KEY": ("auth.shared_key", _text),
+    "USERNAME": ("auth.username", _text),
+    "PASSWORD": ("auth.password", _text),
     "TLS": ("tls", parse_bool),
-    "TLS_CA_FILE": ("tls_ca_file", _pem_file),
-    "TLS_CERT_FILE": ("tls_cert_file", _pem_file),
-    "TLS_KEY_FILE": ("tls_key_file", _pem_file),
-    "TLS_VERIFY": ("tls_verify", parse_bool),
-    "TLS_SERVER_NAME": ("tls_server_name", _text),
+    "TLS_CA_FILE": ("tls.ca_file", _pem_file),
+    "TLS_CERT_FILE": ("tls.cert_file", _pem_file),
+    "TLS_KEY_FILE": ("tls.key_file", _pem_file),
+    "TLS_VERIFY": ("tls.verify", parse_bool),
+    "TLS_SERVER_NAME": ("tls.server_name", _text),
     "REQUIRE_ACK": ("require_ack", parse_bool),
     "COMPRESS": ("compress", _compress),
 }
-# Variable name after the prefix -> the option it sets.
-VARIABLES: Mapping[str, str] = {suffix: option for suffix, (option, _) in _PARSERS.items()}
+# Variable name after the prefix -> where its value goes.
+VARIABLES: Mapping[str, str] = {suffix: place for suffix, (place, _) in _PARSERS.items()}
 
 
 def options_from_env(
@@ -155,17 +159,28 @@ def options_from_env(
     """
     env = os.environ if environ is None else environ
     options: dict[str, Any] = {}
+    fields: dict[str, dict[str, Any]] = {"tls": {}, "auth": {}}
     given: list[str] = []
-    for suffix, (option, parse) in _PARSERS.items():
+    for suffix, (place, parse) in _PARSERS.items():
         variable = prefix + suffix
         value = env.get(variable, "")
         if suffix not in _SECRETS:
             value = value.strip()
         if value == "":
             continue
-        options[option] = parse(value, variable)
+        keyword, _, field = place.partition(".")
+        if field:
+            fields[keyword][field] = parse(value, variable)
+        else:
+            options[keyword] = parse(value, variable)
         given.append(suffix)
     _check_together(given, prefix)
+    if fields["auth"]:
+        options["auth"] = Auth(**fields["auth"])
+    # As with the files given to a client: a CA or a certificate turns TLS on.
+    tls = fields["tls"]
+    if options.get("tls") or "ca_file" in tls or "cert_file" in tls:
+        options["tls"] = Tls(**tls)
     return options
 
 

@@ -54,7 +54,7 @@ class RecordTooLargeError(FluentError, ValueError):
 
 
 class BufferFullError(FluentError, BufferError):
-    """The buffer (including what waits to enter it) has reached ``buffer_limit``."""
+    """The buffer (with what waits to enter it) has reached ``Buffering.limit``."""
 
 
 class ClientClosedError(FluentError, RuntimeError):

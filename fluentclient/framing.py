@@ -322,7 +322,8 @@ class EntryPacker:
             text += f"the value at {where}: "
         text += _describe(exc)
         if self._default is None and _NO_DEFAULT in str(exc):
-            text += "; give the client default=str to send such values as text"
+            text += ("; give the client records=RecordRules(default=str) to send such "
+                     "values as text")
         return text
 
     def _culprit(self, value: Any, depth: int) -> str | None:

@@ -43,6 +43,7 @@ from ._trace import current_ids, put_ids
 from .client import BufferedClient, SyncClient
 from .errors import BufferFullError, ClientClosedError, FluentError
 from .message import EventTime, Message
+from .options import Auth, Buffering, RecordRules, Timeouts, Tls
 from .stats import ShutdownReport
 
 __all__ = ["FIELDS", "FluentFormatter", "FluentHandler"]
@@ -225,8 +226,9 @@ class FluentHandler(logging.Handler):
     ``tag`` is used for every record; with ``tag=None`` the tag is made from the logger's
     name (``tag_prefix.`` + the name with anything a tag may not hold replaced by ``_``).
     The handler makes its own :class:`BufferedClient` from ``host``, ``port``,
-    ``unix_path`` and any other client option given (``buffer_limit``, ``require_ack``,
-    ``tls``, ``on_error``, ...), or shares the ``client`` given.
+    ``unix_path`` and any other client option given (``require_ack``, ``tls``,
+    ``buffering=Buffering(...)``, ``on_error``, ...; from a logging config file an option
+    object can be a dict of its fields), or shares the ``client`` given.
 
     The ``message`` field is always the message as logged (``record.getMessage()``),
     whatever formatter the handler has: ``logging.basicConfig``, ``dictConfig`` and
@@ -409,6 +411,14 @@ class FluentHandler(logging.Handler):
         return f"<{type(self).__name__} {where} ({level})>"
 
 
+# The client keywords that take an option object, which an integration also builds from a
+# mapping of its fields.
+_OPTION_OBJECTS: dict[str, Callable[..., object]] = {
+    "tls": Tls, "auth": Auth, "timeouts": Timeouts, "buffering": Buffering,
+    "records": RecordRules,
+}
+
+
 def client_of(
     owner: str,
     client: Client | None,
@@ -429,6 +439,12 @@ def client_of(
                 f"{owner} makes; they cannot change the shared client given"
             )
         return client, False
+    for keyword, cls in _OPTION_OBJECTS.items():
+        given = options.get(keyword)
+        # logging.config.dictConfig (and a loguru config file) can only give plain
+        # values: a mapping stands for the object made of its fields.
+        if isinstance(given, Mapping):
+            options[keyword] = cls(**given)
     if buffer_overflow_handler is not None:
         options["on_error"] = _overflow_reporter(buffer_overflow_handler, options.get("on_error"))
     # At the end of the process the client's own drain runs before the integration is

@@ -193,8 +193,8 @@ class FluentSink:
     """A loguru sink that posts each message to Fluentd without ever blocking.
 
     ``logger.add(FluentSink(...))``. The sink makes its own :class:`BufferedClient` from
-    ``host``, ``port``, ``unix_path`` and any other client option given (``buffer_limit``,
-    ``require_ack``, ``tls``, ``on_error``, ...), or shares the ``client`` given, as
+    ``host``, ``port``, ``unix_path`` and any other client option given (``require_ack``,
+    ``tls``, ``buffering=Buffering(...)``, ``on_error``, ...), or shares the ``client`` given, as
     :class:`~fluentclient.handler.FluentHandler` does.
     ``buffer_overflow_handler`` is called with each record dropped because the buffer was
     full.

@@ -90,7 +90,7 @@ _SERVER_COUNTERS = (
 )
 _GAUGES = (
     ("buffered", "records_buffered", "Records on their way: queued, buffered or in flight."),
-    ("buffered_bytes", "buffered_bytes", "Bytes held against buffer_limit."),
+    ("buffered_bytes", "buffered_bytes", "Bytes held against Buffering.limit."),
 )
 
 

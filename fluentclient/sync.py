@@ -8,7 +8,6 @@ caller's ``timeout``.
 from __future__ import annotations
 
 import os
-import ssl
 import sys
 import threading
 import time as _time
@@ -18,10 +17,10 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from typing import Literal, overload
 
-from ._base import Client, TagChecker, not_a_mapping
+from ._base import Client, not_a_mapping
 from ._connection import Connection, ConnectionLost, SendError
 from ._ledger import Ledger
-from ._options import MiB, RecordOptions, TransportOptions, security_from, servers_from
+from ._options import MiB, builder_for, packer_for
 from ._pool import Link, ServerSpec
 from ._sender import Sender
 from .backoff import Backoff
@@ -33,9 +32,8 @@ from .errors import (
     FluentTimeoutError,
     RecordTooLargeError,
 )
-from .framing import Default
-from .guard import DEFAULT_MAX_DEPTH
 from .message import Message, TimeLike, time_to_ns
+from .options import Auth, RecordRules, Timeouts, TlsSetting
 from .stats import DROP_SEND_FAILED, ShutdownReport, Stats
 
 __all__ = ["SyncClient"]
@@ -72,61 +70,31 @@ class SyncClient(Client):
         unix_path: str | None = None,
         servers: Sequence[ServerSpec] | None = None,
         tag_prefix: str | None = None,
-        connect_timeout: float = 5.0,
-        write_timeout: float = 5.0,
-        default: Default = None,
-        max_depth: int = DEFAULT_MAX_DEPTH,
-        non_str_keys: str = "str",
-        non_finite_floats: str = "null",
-        non_utf8_bytes: str = "str",
         require_ack: bool = False,
-        ack_timeout: float = 60.0,
-        shared_key: str | None = None,
-        self_hostname: str | None = None,
-        username: str = "",
-        password: str = "",
-        ssl_context: ssl.SSLContext | None = None,
-        tls: bool = False,
-        tls_ca_file: str | None = None,
-        tls_cert_file: str | None = None,
-        tls_key_file: str | None = None,
-        tls_verify: bool = True,
-        tls_server_name: str | None = None,
+        tls: TlsSetting = False,
+        auth: Auth = Auth(),
+        timeouts: Timeouts = Timeouts(),
+        records: RecordRules = RecordRules(),
         compress: str | None = None,
         compress_level: int = 6,
-        keepalive_timeout: float | None = None,
         dns_refresh: bool = True,
-        int_time: bool = False,
-        entries_as_str: bool = False,
         max_frame_size: int = MiB,
     ) -> None:
-        self._transport = t = TransportOptions(
-            servers=servers_from(host, port, unix_path, servers),
-            security=security_from(
-                shared_key=shared_key, self_hostname=self_hostname, username=username,
-                password=password, ssl_context=ssl_context, tls=tls, tls_ca_file=tls_ca_file,
-                tls_cert_file=tls_cert_file, tls_key_file=tls_key_file, tls_verify=tls_verify,
-                tls_server_name=tls_server_name,
-            ),
-            connect_timeout=connect_timeout, write_timeout=write_timeout, backoff=Backoff(),
-            require_ack=require_ack, ack_timeout=ack_timeout, ack_retry_limit=0,
-            compress=compress, compress_level=compress_level,
-            keepalive_timeout=keepalive_timeout, dns_refresh=dns_refresh,
+        super().__init__(
+            host, port, unix_path=unix_path, servers=servers, tag_prefix=tag_prefix,
+            require_ack=require_ack, tls=tls, auth=auth, timeouts=timeouts, records=records,
+            backoff=Backoff(), compress=compress, compress_level=compress_level,
+            dns_refresh=dns_refresh,
         )
-        records = RecordOptions(
-            default=default, max_depth=max_depth, non_str_keys=non_str_keys,
-            non_finite_floats=non_finite_floats, non_utf8_bytes=non_utf8_bytes,
-            int_time=int_time, entries_as_str=entries_as_str,
-        )
-        self._tags = TagChecker(tag_prefix)
+        t = self._transport
         # Each tag seen (up to _TAGS of them): its full tag, and the largest entry a frame
         # of it can hold. One lookup per call, where the tag, its packed form and the frame
         # limit were three.
         self._tag_rooms: dict[str, tuple[str, int]] = {}
         self._known_tag = self._tag_rooms.get
-        self._packer = records.packer()
+        self._packer = packer_for(self._records)
         self._pack = self._packer.pack
-        self._builder = records.builder(t)
+        self._builder = builder_for(self._records, t)
         self._links = t.links()
         # With one server, the usual case, there is nothing to choose: each call tries it.
         self._single = self._links if len(self._links) == 1 else None
@@ -134,12 +102,12 @@ class SyncClient(Client):
         # _wrote_at_once): the one server, when no ack and no idle limit need a look.
         self._lane = (
             self._links[0]
-            if self._single and not require_ack and keepalive_timeout is None else None
+            if self._single and not require_ack and timeouts.idle is None else None
         )
         self._max_frame_size = max_frame_size
         # Read on every call: plain attributes, not a look through the options.
         self._require_ack = require_ack
-        self._idle_limit = keepalive_timeout
+        self._idle_limit = timeouts.idle
         # The one Message the packer is given, filled by each call under the lock (the
         # packer only reads it): making one per call cost more than packing the time.
         self._message = Message("", _NO_RECORD, 0)

@@ -8,10 +8,12 @@ from collections import Counter
 import pytest
 
 from fluentclient import (
+    Buffering,
     ClientClosedError,
     DeliveryError,
     FluentTimeoutError,
     SyncClient,
+    Timeouts,
 )
 
 from .test_acks import acking_client
@@ -19,7 +21,7 @@ from .test_acks import acking_client
 
 def test_flush_waits_for_acks_not_writes(fluent_server):
     fluent_server.delay_acks(0.3)
-    client = acking_client(fluent_server, flush_interval=3600)
+    client = acking_client(fluent_server, buffering=Buffering(flush_interval=3600))
     try:
         for i in range(100):
             client.post("ack.flush", {"i": i})
@@ -32,7 +34,7 @@ def test_flush_waits_for_acks_not_writes(fluent_server):
 
 def test_withheld_acks_are_resent_on_a_new_connection(fluent_server):
     fluent_server.withhold_acks(True)
-    client = acking_client(fluent_server, ack_timeout=0.3)
+    client = acking_client(fluent_server, timeouts=Timeouts(ack=0.3))
     try:
         futures = [client.post("ack.held", {"i": i}, ack=True) for i in range(100)]
         assert fluent_server.wait_for(lambda: client.stats().retried >= 100, timeout=10)
@@ -51,7 +53,8 @@ def test_withheld_acks_are_resent_on_a_new_connection(fluent_server):
 @pytest.mark.parametrize("fault", ["garble_acks", "duplicate_acks"])
 def test_acks_out_of_step_fail_the_connection_and_nothing_is_lost(fluent_server, fault):
     getattr(fluent_server, fault)(True)
-    client = acking_client(fluent_server, max_frame_size=2048, ack_retry_limit=100)
+    client = acking_client(fluent_server, timeouts=Timeouts(ack_retries=100),
+                           buffering=Buffering(max_frame_size=2048))
     try:
         futures = [client.post("ack.bad", {"i": i, "pad": "b" * 50}, ack=True)
                    for i in range(200)]
@@ -67,7 +70,7 @@ def test_acks_out_of_step_fail_the_connection_and_nothing_is_lost(fluent_server,
 def test_a_frame_never_acked_is_given_up_and_reported(fluent_server):
     fluent_server.withhold_acks(True)
     errors = []
-    client = acking_client(fluent_server, ack_timeout=0.1, ack_retry_limit=2,
+    client = acking_client(fluent_server, timeouts=Timeouts(ack=0.1, ack_retries=2),
                            on_error=lambda err, msg: errors.append(err))
     try:
         future = client.post("ack.never", {"x": 1}, ack=True)
@@ -100,7 +103,7 @@ def test_sync_client_waits_for_the_ack(fluent_server):
         assert fluent_server.acks_sent == 1
     fluent_server.withhold_acks(True)
     client = SyncClient(fluent_server.host, fluent_server.port, require_ack=True,
-                        ack_timeout=0.2)
+                        timeouts=Timeouts(ack=0.2))
     t0 = time.monotonic()
     with pytest.raises(FluentTimeoutError):
         client.post("ack.sync", {"x": 2})

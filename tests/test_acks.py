@@ -9,6 +9,7 @@ import pytest
 
 from fluentclient import (
     BufferedClient,
+    Buffering,
 )
 from fluentclient.server import ForwardServer
 
@@ -23,7 +24,7 @@ def acking_client(server: ForwardServer, **kwargs) -> BufferedClient:
 
 
 def test_every_frame_carries_a_chunk_and_is_acked(fluent_server):
-    with acking_client(fluent_server, max_frame_size=4096) as client:
+    with acking_client(fluent_server, buffering=Buffering(max_frame_size=4096)) as client:
         for i in range(2000):
             client.post("ack.all", {"i": i})
     stats = client.stats()

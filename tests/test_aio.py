@@ -9,10 +9,12 @@ import pytest
 
 from fluentclient import (
     BufferedClient,
+    Buffering,
     DeliveryError,
     FluentTimeoutError,
     SerializationError,
     SyncClient,
+    Timeouts,
     aio,
 )
 from fluentclient.server import ForwardServer
@@ -88,7 +90,7 @@ def test_delivered_times_out_without_touching_the_future(fluent_server):
     fluent_server.withhold_acks(True)
 
     async def main() -> None:
-        client = client_for(fluent_server, require_ack=True, ack_timeout=0.3)
+        client = client_for(fluent_server, require_ack=True, timeouts=Timeouts(ack=0.3))
         try:
             future = client.post("aio.late", {"x": 1}, ack=True)
             assert await asyncio.to_thread(fluent_server.wait_for_events, 1)  # it arrived
@@ -108,8 +110,8 @@ def test_delivered_raises_why_a_record_was_given_up(fluent_server):
     fluent_server.withhold_acks(True)
 
     async def main() -> None:
-        client = client_for(fluent_server, require_ack=True, ack_timeout=0.1,
-                            ack_retry_limit=1)
+        client = client_for(fluent_server, require_ack=True,
+                            timeouts=Timeouts(ack=0.1, ack_retries=1))
         try:
             with pytest.raises(DeliveryError):
                 await aio.delivered(client.post("aio.never", {"x": 1}, ack=True), timeout=10)
@@ -123,7 +125,7 @@ def test_flush_waits_off_the_loop_and_respects_its_deadline(fluent_server):
     fluent_server.refuse(True)
 
     async def main() -> None:
-        client = client_for(fluent_server, flush_interval=3600)
+        client = client_for(fluent_server, buffering=Buffering(flush_interval=3600))
         try:
             for i in range(100):
                 client.post("aio.flush", {"i": i})

@@ -11,11 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fluentclient import (
+    Auth,
     AuthenticationError,
     Backoff,
     BufferedClient,
+    Buffering,
     FluentConnectionError,
     SyncClient,
+    Timeouts,
 )
 from fluentclient.server import ForwardServer
 
@@ -79,7 +82,7 @@ def _state(client) -> str:
 
 def test_a_sync_clients_server_backs_off_from_the_start_after_a_success():
     port = _free_port()
-    client = SyncClient("127.0.0.1", port, shared_key=KEY, connect_timeout=5)
+    client = SyncClient("127.0.0.1", port, auth=Auth(shared_key=KEY), timeouts=Timeouts(connect=5))
     # Nothing listens yet: twelve failures in a row take the backoff to its maximum
     # (10 s, shortened by at most half by the jitter).
     for _ in range(12):
@@ -109,8 +112,8 @@ def test_a_refused_key_does_not_keep_the_writer_at_the_longest_delay():
     port = _free_port()
     # jitter=0: the longest delay is exactly 3 s, and the first one 0.02 s.
     backoff = Backoff(initial=0.02, maximum=3.0, jitter=0.0)
-    client = BufferedClient("127.0.0.1", port, shared_key=KEY, backoff=backoff,
-                            flush_interval=0.01)
+    client = BufferedClient("127.0.0.1", port, auth=Auth(shared_key=KEY),
+                            buffering=Buffering(flush_interval=0.01), backoff=backoff)
     try:
         wrong = ForwardServer(port=port, shared_key="not the key").start()
         try:

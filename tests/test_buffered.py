@@ -10,11 +10,14 @@ import pytest
 from fluentclient import (
     BufferedClient,
     BufferFullError,
+    Buffering,
     ClientClosedError,
     EventTime,
     InvalidTagError,
+    RecordRules,
     RecordTooLargeError,
     SerializationError,
+    Timeouts,
 )
 from fluentclient.framing import EntryPacker, decoded_time_ns, packed_forward_frame
 from fluentclient.message import Message
@@ -60,7 +63,7 @@ def test_default_time_is_now_with_nanoseconds(fluent_server):
 
 
 def test_int_time_option_sends_integer_seconds(fluent_server):
-    with client_for(fluent_server, int_time=True) as client:
+    with client_for(fluent_server, records=RecordRules(int_time=True)) as client:
         client.post("app.old", {"x": 1}, time=EventTime(1700000000, 5))
     assert fluent_server.wait_for_events(1, timeout=5)
     assert fluent_server.events[0].time == 1700000000
@@ -68,7 +71,7 @@ def test_int_time_option_sends_integer_seconds(fluent_server):
 
 
 def test_one_record_alone_arrives_after_the_flush_interval(fluent_server):
-    client = client_for(fluent_server, flush_interval=0.05)
+    client = client_for(fluent_server, buffering=Buffering(flush_interval=0.05))
     try:
         client.post("app.alone", {"x": 1})
         # No flush(), no shutdown: only the interval can send it.
@@ -79,7 +82,8 @@ def test_one_record_alone_arrives_after_the_flush_interval(fluent_server):
 
 def test_write_threshold_sends_before_the_interval(fluent_server):
     # An interval far beyond the test's patience: only the threshold can send these.
-    client = client_for(fluent_server, flush_interval=3600, write_threshold=1024)
+    client = client_for(fluent_server,
+                        buffering=Buffering(flush_interval=3600, write_threshold=1024))
     try:
         for i in range(200):
             client.post("app.bulk", {"i": i, "pad": "x" * 40})
@@ -89,7 +93,8 @@ def test_write_threshold_sends_before_the_interval(fluent_server):
 
 
 def test_frames_are_packed_forward_grouped_by_tag_and_bounded(fluent_server):
-    with client_for(fluent_server, max_frame_size=4096, write_threshold=64 * 1024) as client:
+    with client_for(fluent_server,
+                    buffering=Buffering(max_frame_size=4096, write_threshold=64 * 1024)) as client:
         for i in range(300):
             client.post("app.even" if i % 2 == 0 else "app.odd", {"i": i, "pad": "y" * 50})
     assert fluent_server.wait_for_events(300, timeout=5)
@@ -202,7 +207,8 @@ def test_default_hook_serializes_user_types(fluent_server):
         def __init__(self, x: int, y: int) -> None:
             self.x, self.y = x, y
 
-    with client_for(fluent_server, default=lambda o: {"x": o.x, "y": o.y}) as client:
+    with client_for(fluent_server,
+                    records=RecordRules(default=lambda o: {"x": o.x, "y": o.y})) as client:
         client.post("app.p", {"p": Point(1, 2)}, sync_append=True)
     assert fluent_server.wait_for_events(1, timeout=5)
     assert fluent_server.events[0].record == {"p": {"x": 1, "y": 2}}
@@ -222,8 +228,7 @@ def test_buffer_limit_drops_newest_and_counts(fluent_server):
 
     client = client_for(
         fluent_server,
-        buffer_limit=64 * 1024,
-        max_frame_size=16 * 1024,
+        buffering=Buffering(limit=64 * 1024, max_frame_size=16 * 1024),
         on_error=on_error,
     )
     try:
@@ -270,8 +275,8 @@ def test_post_never_waits_for_the_server(fluent_server, state):
         fluent_server.stop()
     else:
         fluent_server.drop_after(1000)
-    client = client_for(fluent_server, write_timeout=10, connect_timeout=10,
-                        buffer_limit=256 * 1024)
+    client = client_for(fluent_server, timeouts=Timeouts(write=10, connect=10),
+                        buffering=Buffering(limit=256 * 1024))
     try:
         slowest = 0.0
         for i in range(3000):
@@ -294,7 +299,7 @@ def test_post_never_waits_for_the_server(fluent_server, state):
 
 
 def test_shutdown_drains_everything(fluent_server):
-    client = client_for(fluent_server, flush_interval=3600)
+    client = client_for(fluent_server, buffering=Buffering(flush_interval=3600))
     for i in range(10_000):
         client.post("app.drain", {"i": i})
     report = client.shutdown(10)
@@ -305,7 +310,7 @@ def test_shutdown_drains_everything(fluent_server):
 
 def test_shutdown_returns_on_time_when_the_server_is_stuck(fluent_server):
     fluent_server.stall(True)
-    client = client_for(fluent_server, write_timeout=30, connect_timeout=30)
+    client = client_for(fluent_server, timeouts=Timeouts(write=30, connect=30))
     for i in range(20_000):
         client.post("app.stuck", {"i": i, "pad": "s" * 300})
     t0 = time.monotonic()
@@ -322,7 +327,8 @@ def test_shutdown_returns_on_time_when_the_server_is_stuck(fluent_server):
 
 
 def test_close_does_not_drain(fluent_server):
-    client = client_for(fluent_server, flush_interval=3600, write_threshold=10**6)
+    client = client_for(fluent_server,
+                        buffering=Buffering(flush_interval=3600, write_threshold=10**6))
     for i in range(100):
         client.post("app.close", {"i": i}, sync_append=True)
     client.close()
@@ -333,7 +339,7 @@ def test_close_does_not_drain(fluent_server):
 
 
 def test_flush_waits_for_the_server_to_take_records(fluent_server):
-    client = client_for(fluent_server, flush_interval=3600)
+    client = client_for(fluent_server, buffering=Buffering(flush_interval=3600))
     try:
         for i in range(500):
             client.post("app.flush", {"i": i})
@@ -345,7 +351,7 @@ def test_flush_waits_for_the_server_to_take_records(fluent_server):
 
 def test_flush_times_out_against_a_stuck_server(fluent_server):
     fluent_server.stall(True)
-    client = client_for(fluent_server, flush_interval=3600)
+    client = client_for(fluent_server, buffering=Buffering(flush_interval=3600))
     try:
         for i in range(20_000):
             client.post("app.flushstuck", {"i": i, "pad": "f" * 300})
@@ -357,7 +363,7 @@ def test_flush_times_out_against_a_stuck_server(fluent_server):
 
 
 def test_reconnects_after_a_server_restart(fluent_server):
-    client = client_for(fluent_server, flush_interval=0.01)
+    client = client_for(fluent_server, buffering=Buffering(flush_interval=0.01))
     try:
         client.post("app.r", {"phase": 1})
         assert fluent_server.wait_for_events(1, timeout=5)
@@ -462,7 +468,7 @@ def test_posts_outrunning_the_reader_wait_for_it_instead_of_piling_up(fluent_ser
 
     # Only the bound is under test here, not its safety valve.
     monkeypatch.setattr(_posting, "DRAIN_WAIT", 60.0)
-    client = client_for(fluent_server, default=_slowly)
+    client = client_for(fluent_server, records=RecordRules(default=_slowly))
     try:
         longest = 0
         for i in range(1500):
@@ -530,8 +536,8 @@ def test_the_reader_batch_and_queue_limit_depend_on_the_spool(
     # A poster that reaches the limit waits for the reader for as long as it is held.
     monkeypatch.setattr(_posting, "DRAIN_WAIT", 60.0)
     first, second = _Gate(), _Gate()
-    extra = {"spool_dir": str(tmp_path / "spool")} if spooled else {}
-    client = client_for(fluent_server, default=_through_gate, **extra)
+    extra = {"buffering": Buffering(spool_dir=str(tmp_path / "spool"))} if spooled else {}
+    client = client_for(fluent_server, records=RecordRules(default=_through_gate), **extra)
     total = queue_limit + batch + 50
     posted = 0
 

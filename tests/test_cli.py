@@ -21,7 +21,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from fluentclient import EventTime, SyncClient
+from fluentclient import EventTime, RecordRules, SyncClient
 from fluentclient.server import ForwardServer
 
 from .certs import Pki, server_context
@@ -276,7 +276,7 @@ def test_serve_prints_events_as_json_lines():
         assert proc.stderr is not None and proc.stdout is not None
         assert "listening on" in Output(proc.stderr.fileno()).line()
         # "keep": the bytes go as bin, which is what this shows the server printing.
-        with SyncClient("127.0.0.1", port, non_utf8_bytes="keep") as client:
+        with SyncClient("127.0.0.1", port, records=RecordRules(non_utf8_bytes="keep")) as client:
             client.post("cli.serve", {"msg": "héllo", "raw": b"\x00\xff"},
                         time=EventTime(1700000000, 42))
         line = json.loads(Output(proc.stdout.fileno()).line())

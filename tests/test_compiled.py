@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fluentclient
-from fluentclient import BufferedClient, _accel
+from fluentclient import BufferedClient, Buffering, _accel
 from fluentclient import client as client_module
 from fluentclient._lifecycle import CLOSED
 from fluentclient.framing import EntryPacker
@@ -537,7 +537,7 @@ def drained(client: BufferedClient) -> None:
 def test_both_paths_post_alike(compiled_post, monkeypatch, refusing_port, script, stop_at,
                                require_ack, prefix):
     options = dict(host="127.0.0.1", port=refusing_port, at_exit=False, tag_prefix=prefix,
-                   require_ack=require_ack, flush_interval=60.0)
+                   require_ack=require_ack, buffering=Buffering(flush_interval=60.0))
     seen: dict[str, list[Any]] = {"fast": [], "pure": []}
     unsent: dict[str, list[Any]] = {"fast": [], "pure": []}
 

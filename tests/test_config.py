@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fluentclient import BufferedClient, FluentError, Server, SyncClient
+from fluentclient import Auth, BufferedClient, FluentError, Server, SyncClient, Tls
 from fluentclient.config import VARIABLES, options_from_env
 from fluentclient.errors import ConfigurationError
 from fluentclient.server import ForwardServer
@@ -60,8 +60,16 @@ def test_ports_out_of_range_or_oddly_written_are_refused(value):
 def test_booleans_in_any_case(name, truth, data):
     words = ["1", "true", "yes", "on"] if truth else ["0", "false", "no", "off"]
     value = data.draw(spellings(words))
-    option = {"TLS": "tls", "TLS_VERIFY": "tls_verify", "REQUIRE_ACK": "require_ack"}[name]
-    assert options_from_env({f"FLUENT_{name}": f" {value} "}) == {option: truth}
+    env = {f"FLUENT_{name}": f" {value} "}
+    expected = {
+        "TLS": {"tls": Tls() if truth else False},
+        # Verification only means something with TLS on.
+        "TLS_VERIFY": {"tls": Tls(verify=truth)},
+        "REQUIRE_ACK": {"require_ack": truth},
+    }[name]
+    if name == "TLS_VERIFY":
+        env["FLUENT_TLS"] = "on"
+    assert options_from_env(env) == expected
 
 
 @pytest.mark.parametrize("value", ["2", "maybe", "y", "enabled", "tru"])
@@ -126,15 +134,10 @@ def test_every_variable_at_once(pki: Pki):
         "host": "fluentd.internal",
         "port": 24225,
         "tag_prefix": "shop.web",
-        "shared_key": " secret with spaces ",  # secrets are taken exactly
-        "username": "app",
-        "password": " pw ",
-        "tls": True,
-        "tls_ca_file": str(pki.ca_file),
-        "tls_cert_file": str(pki.client_cert),
-        "tls_key_file": str(pki.client_key),
-        "tls_verify": False,
-        "tls_server_name": "fluentd.test",
+        # Secrets are taken exactly.
+        "auth": Auth(shared_key=" secret with spaces ", username="app", password=" pw "),
+        "tls": Tls(ca_file=str(pki.ca_file), cert_file=str(pki.client_cert),
+                   key_file=str(pki.client_key), verify=False, server_name="fluentd.test"),
         "require_ack": True,
         "compress": "gzip",
     }

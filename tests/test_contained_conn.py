@@ -15,7 +15,7 @@ from collections import Counter
 
 import pytest
 
-from fluentclient import BufferedClient, DeliveryError
+from fluentclient import Auth, BufferedClient, Buffering, DeliveryError, Timeouts, Tls
 from fluentclient.errors import PossiblyLostError
 from fluentclient.server import ForwardServer
 
@@ -60,7 +60,7 @@ def test_ack_retries_span_a_five_second_outage(fluent_server):
 def test_backoff_resets_on_an_ack_not_on_a_connect(fluent_server):
     fluent_server.drop_after(20)
     client = BufferedClient(fluent_server.host, fluent_server.port, require_ack=True,
-                            at_exit=False, backoff=FAST_BACKOFF, ack_retry_limit=100)
+                            at_exit=False, backoff=FAST_BACKOFF, timeouts=Timeouts(ack_retries=100))
     try:
         future = client.post("outage.reset", {"pad": "x" * 200}, ack=True)
         link = client._writer.links[0]
@@ -77,8 +77,9 @@ def test_frames_that_left_and_were_never_acked_are_possibly_lost_not_dropped(flu
     fluent_server.garble_acks(True)
     errors: list[BaseException] = []
     client = BufferedClient(fluent_server.host, fluent_server.port, require_ack=True,
-                            ack_retry_limit=2, backoff=FAST_BACKOFF, at_exit=False,
-                            max_frame_size=4096,
+                            timeouts=Timeouts(ack_retries=2),
+                            buffering=Buffering(max_frame_size=4096), backoff=FAST_BACKOFF,
+                            at_exit=False,
                             on_error=lambda err, msg: errors.append(err))
     try:
         futures = [client.post("garbled", {"i": i}, ack=True) for i in range(300)]
@@ -103,8 +104,9 @@ def test_a_stuck_server_that_resumes_gets_no_record_twice(fluent_server):
     # again. The frames requeued when the connection timed out must not also arrive
     # through the old socket.
     fluent_server.stall(True)
-    client = BufferedClient(fluent_server.host, fluent_server.port, write_timeout=0.5,
-                            backoff=FAST_BACKOFF, at_exit=False, buffer_limit=64 << 20)
+    client = BufferedClient(fluent_server.host, fluent_server.port, timeouts=Timeouts(write=0.5),
+                            buffering=Buffering(limit=64 << 20),
+                            backoff=FAST_BACKOFF, at_exit=False)
     total = 16_000
     pad = "p" * 200
     try:
@@ -134,10 +136,12 @@ def _one_abandoned_run(server: ForwardServer, run: int, **options) -> set[int]:
     unsent: list[object] = []
     if server.unix_path:
         client = BufferedClient(unix_path=server.unix_path, at_exit=False,
-                                on_unsent=unsent.extend, flush_interval=0.001, **options)
+                                on_unsent=unsent.extend, buffering=Buffering(flush_interval=0.001),
+                                **options)
     else:
         client = BufferedClient(server.host, server.port, at_exit=False,
-                                on_unsent=unsent.extend, flush_interval=0.001, **options)
+                                on_unsent=unsent.extend, buffering=Buffering(flush_interval=0.001),
+                                **options)
     stop = threading.Event()
 
     def post() -> None:
@@ -164,7 +168,7 @@ def transport(request, tmp_path):
     if request.param == "tls":
         pki = request.getfixturevalue("pki")
         server = ForwardServer(ssl_context=server_context(pki))
-        options = {"tls_ca_file": str(pki.ca_file)}
+        options = {"tls": Tls(ca_file=str(pki.ca_file))}
     elif request.param == "unix":
         server = ForwardServer(unix_path=str(tmp_path / "fluent.sock"))
         options = {}
@@ -197,8 +201,9 @@ def test_a_server_that_closes_after_each_frame_gets_every_record_once():
     # keepalive false in its HELO: one frame per connection. The writer used to close
     # right after writing, before the server's kernel took the frame, and reset it.
     with ForwardServer(shared_key="k", keepalive=False) as server:
-        client = BufferedClient(server.host, server.port, shared_key="k", at_exit=False,
-                                flush_interval=0.005, backoff=FAST_BACKOFF)
+        client = BufferedClient(server.host, server.port, auth=Auth(shared_key="k"),
+                                buffering=Buffering(flush_interval=0.005), at_exit=False,
+                                backoff=FAST_BACKOFF)
         try:
             for i in range(30):
                 client.post("one.per.conn", {"i": i})

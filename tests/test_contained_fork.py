@@ -19,7 +19,7 @@ from concurrent.futures import Future
 
 import pytest
 
-from fluentclient import BufferedClient, FluentError
+from fluentclient import BufferedClient, FluentError, Timeouts
 from fluentclient.server import ForwardServer
 
 from .subproc import Child
@@ -46,10 +46,11 @@ def reap(pid, deadline):
 
 FORK_LOOP = REAP + """
 import threading
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering
 
-client = BufferedClient("127.0.0.1", P["port"], spool_dir=P["spool"], shutdown_timeout=10,
-                        flush_interval=0.01)
+client = BufferedClient("127.0.0.1", P["port"],
+                        buffering=Buffering(spool_dir=P["spool"], flush_interval=0.01),
+                        shutdown_timeout=10)
 stop = threading.Event()
 posted = 0
 
@@ -129,10 +130,11 @@ def test_forks_while_the_reader_writes_the_spool_never_hang_the_child(tmp_path):
 
 HELD_LOCKS = REAP + """
 import ctypes, faulthandler, threading
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering
 
-client = BufferedClient("127.0.0.1", P["port"], spool_dir=P["spool"], shutdown_timeout=10,
-                        flush_interval=0.05)
+client = BufferedClient("127.0.0.1", P["port"],
+                        buffering=Buffering(spool_dir=P["spool"], flush_interval=0.05),
+                        shutdown_timeout=10)
 
 def hold_locks(held, release):
     # Every lock of the client a parent thread can hold at the fork, held through it.
@@ -269,7 +271,8 @@ def test_a_client_shut_down_or_closed_emits_no_warning(fluent_server):
 
 
 def _stalled_client(server: ForwardServer) -> tuple[BufferedClient, Future[None]]:
-    client = BufferedClient(server.host, server.port, shutdown_timeout=6, write_timeout=30,
+    client = BufferedClient(server.host, server.port, shutdown_timeout=6,
+                            timeouts=Timeouts(write=30),
                             require_ack=True)
     delivery = client.post("stalled", {"i": -1}, ack=True)
     for i in range(2000):
@@ -328,9 +331,10 @@ def test_a_forgotten_sync_client_closes_its_socket_and_says_so(fluent_server):
 
 DROPPED_AT_EXIT = """
 import gc
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering
 
-client = BufferedClient("127.0.0.1", P["port"], shutdown_timeout=10, flush_interval=60)
+client = BufferedClient("127.0.0.1", P["port"], shutdown_timeout=10,
+                        buffering=Buffering(flush_interval=60))
 for i in range(P["n"]):
     client.post("dropped.exit", {"i": i})
 del client
@@ -393,7 +397,7 @@ def test_a_forked_child_closes_its_copy_of_the_parents_socket(fluent_server):
 
 FORK_DURING_DRAIN = """
 import gc, os, threading
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering, Timeouts
 
 def inodes():
     found = set()
@@ -405,8 +409,8 @@ def inodes():
     return found
 
 def forget():
-    client = BufferedClient("127.0.0.1", P["port"], spool_dir=P["spool"], shutdown_timeout=20,
-                            write_timeout=60)
+    client = BufferedClient("127.0.0.1", P["port"], timeouts=Timeouts(write=60),
+                            buffering=Buffering(spool_dir=P["spool"]), shutdown_timeout=20)
     for i in range(2000):
         client.post("drain.parent", {"i": i, "pad": "d" * 1024})
     deadline = _time.monotonic() + 20
@@ -445,14 +449,15 @@ def test_a_child_forked_while_a_forgotten_client_drains_closes_its_copies(tmp_pa
 
 SPOOL_GONE = """
 import logging, os
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering
 
 class Said(logging.Handler):
     def emit(self, record):
         stamp("LOGGED", record.getMessage().replace(" ", "_"))
 
 logging.getLogger("fluentclient").addHandler(Said())
-client = BufferedClient("127.0.0.1", P["port"], spool_dir=P["spool"], shutdown_timeout=10)
+client = BufferedClient("127.0.0.1", P["port"], buffering=Buffering(spool_dir=P["spool"]),
+                        shutdown_timeout=10)
 client.post("gone.parent", {"i": 0})
 assert client.flush(10)
 # The child cannot open a spool there: the path is a file now.

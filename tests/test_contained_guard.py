@@ -18,7 +18,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fluentclient import BufferedClient, SerializationError, SyncClient, UnsafeRecordError
+from fluentclient import (
+    BufferedClient,
+    Buffering,
+    RecordRules,
+    SerializationError,
+    SyncClient,
+    UnsafeRecordError,
+)
 from fluentclient.framing import EntryPacker
 from fluentclient.guard import BYTES_RULES, KEY_RULES, RecordGuard
 from fluentclient.message import Message
@@ -126,7 +133,7 @@ def test_a_record_another_thread_keeps_changing_costs_the_client_nothing(
     big = big_record()
     record = SHAPES[shape](big)
     with BufferedClient(server.host, server.port, backoff=FAST_BACKOFF, at_exit=False,
-                        buffer_limit=64 * 1024 * 1024,
+                        buffering=Buffering(limit=64 * 1024 * 1024),
                         on_error=lambda err, msg: errors.append(err)) as client:
         with Mutator(big) as mutator:
             for _ in range(posts):
@@ -208,7 +215,8 @@ def test_a_record_whose_own_code_raises_is_dropped_alone(
 ) -> None:
     server.clear()
     errors: list[Any] = []
-    with BufferedClient(server.host, server.port, default=default, backoff=FAST_BACKOFF,
+    with BufferedClient(server.host, server.port, records=RecordRules(default=default),
+                        backoff=FAST_BACKOFF,
                         at_exit=False, on_error=lambda err, msg: errors.append(err)) as client:
         # One batch: the neighbours share the bad record's run.
         assert client.post(TAG, {"n": 0}) is True
@@ -220,7 +228,7 @@ def test_a_record_whose_own_code_raises_is_dropped_alone(
     assert [e.record for e in server.events] == [{"n": 0}, {"n": 1}]
     assert stats.sent == 2 and dict(stats.dropped) == {"unserializable": 1}
     assert len(errors) == 1 and isinstance(errors[0], SerializationError)
-    with SyncClient(server.host, server.port, default=default) as sync:
+    with SyncClient(server.host, server.port, records=RecordRules(default=default)) as sync:
         with pytest.raises(SerializationError):
             sync.post(TAG, bad)
 
@@ -320,7 +328,8 @@ def test_keys_that_come_out_the_same_are_refused_as_unsafe(
     """Issue 17: both keys went out as ``\\udc80``, servers kept one, and sent=1."""
     server.clear()
     errors: list[Any] = []
-    with BufferedClient(server.host, server.port, default=str, backoff=FAST_BACKOFF,
+    with BufferedClient(server.host, server.port, records=RecordRules(default=str),
+                        backoff=FAST_BACKOFF,
                         at_exit=False, on_error=lambda err, msg: errors.append(err)) as client:
         assert client.post(TAG, record) is True
         assert client.post(TAG, {"after": 1}) is True
@@ -330,6 +339,6 @@ def test_keys_that_come_out_the_same_are_refused_as_unsafe(
     stats = client.stats()
     assert stats.sent == 1 and dict(stats.dropped) == {"unsafe": 1}
     assert len(errors) == 1 and isinstance(errors[0], UnsafeRecordError)
-    with SyncClient(server.host, server.port, default=str) as sync:
+    with SyncClient(server.host, server.port, records=RecordRules(default=str)) as sync:
         with pytest.raises(UnsafeRecordError):
             sync.post(TAG, record)

@@ -22,7 +22,7 @@ from collections import Counter
 
 import pytest
 
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering, Timeouts, Tls
 from fluentclient.server import ForwardServer
 
 from .certs import server_context
@@ -57,7 +57,7 @@ def transport(request, tmp_path):
     if request.param == "tls":
         pki = request.getfixturevalue("pki")
         server = ForwardServer(ssl_context=server_context(pki))
-        options = {"tls_ca_file": str(pki.ca_file)}
+        options = {"tls": Tls(ca_file=str(pki.ca_file))}
     elif request.param == "unix":
         server = ForwardServer(unix_path=str(tmp_path / "fluent.sock"))
         options = {}
@@ -80,8 +80,9 @@ def test_a_server_that_pauses_and_resumes_gets_nearly_every_record_once(transpor
     # count them sent.
     fluent_server, options = transport
     fluent_server.stall(True)
-    client = BufferedClient(write_timeout=0.5, backoff=FAST_BACKOFF, at_exit=False,
-                            buffer_limit=64 << 20, **options)
+    client = BufferedClient(timeouts=Timeouts(write=0.5), buffering=Buffering(limit=64 << 20),
+                            backoff=FAST_BACKOFF, at_exit=False,
+                            **options)
     # Reads again as soon as a connection has failed, even mid-posting: a loaded machine
     # must not let more connections fail first (past two per server, the oldest ends).
     failed = threading.Event()
@@ -129,9 +130,9 @@ def test_shutdown_while_a_connection_retires_keeps_its_deadline_and_closes_it(
     unsent: list[object] = []
     fds_before = _open_fds()
     fluent_server.stall(True)
-    client = BufferedClient(fluent_server.host, fluent_server.port, write_timeout=0.3,
-                            backoff=FAST_BACKOFF, at_exit=False, buffer_limit=64 << 20,
-                            on_unsent=unsent.extend)
+    client = BufferedClient(fluent_server.host, fluent_server.port, timeouts=Timeouts(write=0.3),
+                            buffering=Buffering(limit=64 << 20),
+                            backoff=FAST_BACKOFF, at_exit=False, on_unsent=unsent.extend)
     link = client._writer.links[0]
     total = 16_000
     try:
@@ -187,9 +188,9 @@ def test_frames_a_stuck_writer_is_writing_are_possibly_lost_not_handed_over():
     unsent: list[object] = []
     with ForwardServer() as server:
         server.stall(True)
-        client = BufferedClient(server.host, server.port, write_timeout=60,
-                                at_exit=False, buffer_limit=256 << 20,
-                                on_unsent=unsent.extend)
+        client = BufferedClient(server.host, server.port, timeouts=Timeouts(write=60),
+                                buffering=Buffering(limit=256 << 20),
+                                at_exit=False, on_unsent=unsent.extend)
         client._writer.abort = lambda: None  # type: ignore[method-assign]
         try:
             i = 0
@@ -239,9 +240,9 @@ def test_retiring_connections_per_server_are_bounded(fluent_server):
     # A server that never reads while connection after connection times out: the writer
     # keeps at most two retiring, ending the oldest (its records possibly lost).
     fluent_server.stall(True)
-    client = BufferedClient(fluent_server.host, fluent_server.port, write_timeout=0.2,
-                            backoff=FAST_BACKOFF, at_exit=False, buffer_limit=64 << 20,
-                            overflow="drop_newest")
+    client = BufferedClient(fluent_server.host, fluent_server.port, timeouts=Timeouts(write=0.2),
+                            buffering=Buffering(limit=64 << 20, overflow="drop_newest"),
+                            backoff=FAST_BACKOFF, at_exit=False)
     link = client._writer.links[0]
     done = threading.Event()
     poster = _post_until(client, done)
@@ -274,8 +275,9 @@ def test_a_retiring_connection_ends_at_its_linger(fluent_server):
     # connection is closed and what it held counts as possibly lost, while the client
     # goes on.
     fluent_server.stall(True)
-    client = BufferedClient(fluent_server.host, fluent_server.port, write_timeout=0.3,
-                            backoff=FAST_BACKOFF, at_exit=False, buffer_limit=64 << 20)
+    client = BufferedClient(fluent_server.host, fluent_server.port, timeouts=Timeouts(write=0.3),
+                            buffering=Buffering(limit=64 << 20),
+                            backoff=FAST_BACKOFF, at_exit=False)
     client._writer._retirement.linger = 1.0
     link = client._writer.links[0]
     try:
@@ -292,10 +294,10 @@ def test_a_retiring_connection_ends_at_its_linger(fluent_server):
 
 RETIRING_COPY = """
 import gc, os, time
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering, Timeouts
 
-client = BufferedClient("127.0.0.1", P["port"], write_timeout=0.3, shutdown_timeout=1,
-                        buffer_limit=64 << 20)
+client = BufferedClient("127.0.0.1", P["port"], timeouts=Timeouts(write=0.3),
+                        buffering=Buffering(limit=64 << 20), shutdown_timeout=1)
 link = client._writer.links[0]
 for i in range(16_000):
     client.post("copy.retiring", {"i": i, "pad": "p" * 200})
@@ -347,9 +349,10 @@ def test_a_first_frame_the_server_never_takes_whole_counts_a_failure_and_backs_o
     # write_timeout, uncounted).
     with ForwardServer(unix_path=str(tmp_path / "fwd.sock")) as server:
         server.stall(True)
-        client = BufferedClient(unix_path=server.unix_path, write_timeout=0.3,
+        client = BufferedClient(unix_path=server.unix_path, timeouts=Timeouts(write=0.3),
+                                buffering=Buffering(max_frame_size=4 << 20, limit=64 << 20),
                                 backoff=FAST_BACKOFF, at_exit=False,
-                                max_frame_size=4 << 20, buffer_limit=64 << 20)
+                                )
         try:
             for i in range(2000):
                 client.post("linger", {"i": i, "pad": PAD * 10})
@@ -367,8 +370,9 @@ def test_a_drain_cut_by_its_deadline_times_out_even_if_the_writer_is_gone_when_l
     # nothing was reported as not timed out. The join here returns late on purpose.
     with ForwardServer() as server:
         server.stall(True)
-        client = BufferedClient(server.host, server.port, at_exit=False, write_timeout=30,
-                                buffer_limit=1 << 20, backoff=FAST_BACKOFF)
+        client = BufferedClient(server.host, server.port, at_exit=False,
+                                timeouts=Timeouts(write=30), buffering=Buffering(limit=1 << 20),
+                                backoff=FAST_BACKOFF)
         for i in range(2000):
             client.post("linger", {"i": i, "pad": PAD})
         assert wait_until(lambda: client.stats().frames_sent > 0, 20), client.stats()

@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering
 from fluentclient._spool import Spool
 from fluentclient.framing import EntryPacker
 from fluentclient.message import Message
@@ -26,17 +27,18 @@ from .waiting import wait_until
 # -- item 13: order kept under back-pressure -----------------------------------------------
 
 
-def block_client(server: ForwardServer, **kwargs: object) -> BufferedClient:
+def block_client(server: ForwardServer, **buffering: Any) -> BufferedClient:
     return BufferedClient(
-        server.host, server.port, at_exit=False, backoff=FAST_BACKOFF, overflow="block",
-        overflow_timeout=60, flush_interval=0.01, **kwargs,  # type: ignore[arg-type]
+        server.host, server.port, at_exit=False, backoff=FAST_BACKOFF,
+        buffering=Buffering(overflow="block", overflow_timeout=60, flush_interval=0.01,
+                            **buffering),
     )
 
 
 def test_a_smaller_record_never_overtakes_one_waiting_for_room(fluent_server):
     # Nothing can leave while the server refuses: the buffer fills and stays full.
     fluent_server.refuse()
-    client = block_client(fluent_server, buffer_limit=4096, max_frame_size=4096)
+    client = block_client(fluent_server, limit=4096, max_frame_size=4096)
     for i, pad in ((99, 1500), (100, 1500), (101, 1500), (102, 10)):
         client.post("order.test", {"i": i, "pad": "a" * pad})
     # 99 and 100 fit; 101 waits for room, and 102, small enough to fit, waits behind it.
@@ -58,7 +60,7 @@ def test_each_threads_records_arrive_in_the_order_posted(fluent_server, sizes):
     posting: each thread's records reach the server in the order posted, none missing."""
     fluent_server.clear()
     fluent_server.refuse()
-    client = block_client(fluent_server, buffer_limit=4096, max_frame_size=4096)
+    client = block_client(fluent_server, limit=4096, max_frame_size=4096)
     start = threading.Barrier(len(sizes))
 
     def poster(thread: int, pads: list[int]) -> None:
@@ -91,7 +93,8 @@ def test_drop_newest_drops_what_does_not_fit_and_keeps_the_rest_in_order(fluent_
     the larger one is lost and counted, never sent late."""
     fluent_server.refuse()
     client = BufferedClient(fluent_server.host, fluent_server.port, at_exit=False,
-                            backoff=FAST_BACKOFF, buffer_limit=4096, max_frame_size=4096)
+                            backoff=FAST_BACKOFF, buffering=Buffering(limit=4096,
+                                                                      max_frame_size=4096))
     for i, pad in ((99, 1500), (100, 1500), (101, 1500), (102, 10)):
         client.post("order.test", {"i": i, "pad": "a" * pad})
     assert wait_until(lambda: client.stats().buffered + client.stats().dropped_total == 4)
@@ -120,9 +123,10 @@ def leave_spool(directory: Path, n: int, *, first: int = 0, per_block: int = 100
     left.close(keep=True)
 
 
-def spool_client(server: ForwardServer, spool: Path, **kwargs: object) -> BufferedClient:
-    return BufferedClient(server.host, server.port, spool_dir=spool, at_exit=False,
-                          backoff=FAST_BACKOFF, **kwargs)  # type: ignore[arg-type]
+def spool_client(server: ForwardServer, spool: Path, **buffering: Any) -> BufferedClient:
+    return BufferedClient(server.host, server.port,
+                          buffering=Buffering(spool_dir=spool, **buffering),
+                          at_exit=False, backoff=FAST_BACKOFF)
 
 
 def received_ids(server: ForwardServer) -> list[int]:
@@ -145,7 +149,7 @@ def test_with_the_server_down_the_report_counts_what_stays_on_disk(
     leave_spool(tmp_path, 1000)
     fluent_server.refuse()
     # A buffer too small for the backlog: replay waits for room that never comes.
-    client = spool_client(fluent_server, tmp_path, buffer_limit=4096)
+    client = spool_client(fluent_server, tmp_path, limit=4096)
     with caplog.at_level(logging.WARNING, logger="fluentclient"):
         report = client.shutdown(1)
     assert report.timed_out and not report.complete
@@ -167,7 +171,7 @@ def test_close_counts_the_owners_it_never_reached(tmp_path, fluent_server):
     leave_spool(tmp_path, 300)
     leave_spool(tmp_path, 200, first=300)
     fluent_server.refuse()
-    client = spool_client(fluent_server, tmp_path, buffer_limit=4096)
+    client = spool_client(fluent_server, tmp_path, limit=4096)
     client.close()
     report = client.shutdown()
     assert report.spooled + report.left_in_spool == 500

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from fluentclient import BufferedClient, BufferFullError
+from fluentclient import BufferedClient, BufferFullError, Buffering
 from fluentclient.stats import DROP_REENTRANT
 
 from .conftest import FAST_BACKOFF
@@ -86,7 +86,7 @@ def test_on_error_posting_to_its_own_full_client_stops_every_chain() -> None:
     again, for as long as the server is down)."""
     reports = Reports()
     client = BufferedClient("127.0.0.1", dead_port(), on_error=reports, at_exit=False,
-                            buffer_limit=1024, backoff=FAST_BACKOFF)
+                            buffering=Buffering(limit=1024), backoff=FAST_BACKOFF)
     reports.client = client
     n = 2000
     for i in range(n):
@@ -124,7 +124,7 @@ def test_a_report_on_the_readers_thread_posts_nothing_back_to_it() -> None:
 # server is down, with a buffer small enough to drop, and an on_error that logs.
 ROOT_HANDLER_CHILD = """
 import logging, sys, threading
-from fluentclient import Backoff
+from fluentclient import Backoff, Buffering
 from fluentclient.handler import FluentHandler
 
 calls = 0
@@ -142,7 +142,7 @@ def on_error(err, msg):
     finally:
         depth.n = d - 1
 
-handler = FluentHandler("app", port=P["port"], buffer_limit=1024, on_error=on_error,
+handler = FluentHandler("app", port=P["port"], buffering=Buffering(limit=1024), on_error=on_error,
                         close_timeout=0.5, backoff=Backoff(initial=0.01, maximum=0.1))
 root = logging.getLogger()
 root.addHandler(handler)
@@ -206,8 +206,9 @@ def test_a_post_from_on_error_never_raises_with_overflow_raise() -> None:
         finally:
             reporting.clear()
 
-    client = BufferedClient("127.0.0.1", dead_port(), at_exit=False, buffer_limit=1024,
-                            overflow="raise", backoff=FAST_BACKOFF, on_error=on_error)
+    client = BufferedClient("127.0.0.1", dead_port(), at_exit=False,
+                            buffering=Buffering(limit=1024, overflow="raise"),
+                            backoff=FAST_BACKOFF, on_error=on_error)
     try:
         with pytest.raises(BufferFullError):
             for i in range(1000):
@@ -236,8 +237,9 @@ def test_a_post_from_on_error_does_not_wait_for_room_with_overflow_block() -> No
         finally:
             reporting.clear()
 
-    client = BufferedClient("127.0.0.1", dead_port(), at_exit=False, buffer_limit=1024,
-                            overflow="block", overflow_timeout=4.0, backoff=FAST_BACKOFF,
+    client = BufferedClient("127.0.0.1", dead_port(), at_exit=False,
+                            buffering=Buffering(limit=1024, overflow="block", overflow_timeout=4.0),
+                            backoff=FAST_BACKOFF,
                             on_error=on_error)
     try:
         fill(client)

@@ -22,7 +22,7 @@ from collections import Counter
 import msgpack
 import pytest
 
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering, Timeouts, Tls
 from fluentclient.server import ForwardServer
 
 from .certs import server_context
@@ -81,8 +81,8 @@ def test_what_a_resetting_server_never_took_is_sent_again_once(failed_by):
     server = ForwardServer().start()
     server.stall(True)
     client = BufferedClient(server.host, server.port, at_exit=False, backoff=FAST_BACKOFF,
-                            buffer_limit=256 << 20, max_frame_size=FRAME,
-                            write_timeout=0.5 if failed_by == "write_timeout" else 120.0)
+                            timeouts=Timeouts(write=0.5 if failed_by == "write_timeout" else 120.0),
+                            buffering=Buffering(limit=256 << 20, max_frame_size=FRAME))
     link = client._writer.links[0]
     try:
         if failed_by == "write_timeout":
@@ -118,13 +118,15 @@ def test_where_a_reset_proves_nothing_nothing_is_sent_again(transport, tmp_path,
     if transport == "tls":
         pki = request.getfixturevalue("pki")
         server = ForwardServer(ssl_context=server_context(pki)).start()
-        options = {"host": server.host, "port": server.port, "tls_ca_file": str(pki.ca_file)}
+        options = {"host": server.host, "port": server.port,
+                   "tls": Tls(ca_file=str(pki.ca_file))}
     else:
         server = ForwardServer(unix_path=str(tmp_path / "fluent.sock")).start()
         options = {"unix_path": server.unix_path}
     server.stall(True)
-    client = BufferedClient(at_exit=False, backoff=FAST_BACKOFF, buffer_limit=256 << 20,
-                            max_frame_size=FRAME, write_timeout=0.5, **options)
+    client = BufferedClient(at_exit=False, backoff=FAST_BACKOFF, timeouts=Timeouts(write=0.5),
+                            buffering=Buffering(limit=256 << 20, max_frame_size=FRAME),
+                            **options)
     link = client._writer.links[0]
     try:
         posted = _stream_until(client, lambda: bool(link.retiring))
@@ -191,7 +193,7 @@ class _HalfClosingServer:
 def test_a_server_that_closes_its_side_and_goes_on_reading_gets_nothing_twice():
     server = _HalfClosingServer()
     client = BufferedClient("127.0.0.1", server.port, at_exit=False, backoff=FAST_BACKOFF,
-                            buffer_limit=256 << 20, max_frame_size=FRAME)
+                            buffering=Buffering(limit=256 << 20, max_frame_size=FRAME))
     total = 20_000
     try:
         for i in range(total):

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering
 from fluentclient.server import ForwardServer
 from fluentclient.stats import Stats, UnsentRecord
 
@@ -121,7 +121,7 @@ def test_flush_after_a_clean_shutdown_is_true(fluent_server):
 def test_flush_true_means_the_server_has_every_record_posted_before_the_call(fluent_server):
     """With acks, a True flush means the server confirmed every record posted before
     the call, while another thread keeps posting through it."""
-    client = client_for(fluent_server, require_ack=True, flush_interval=0.05)
+    client = client_for(fluent_server, require_ack=True, buffering=Buffering(flush_interval=0.05))
     stop = threading.Event()
     returned = [0]  # posts that returned True, in order of their ids
 
@@ -328,7 +328,7 @@ def test_flush_waits_for_records_an_eviction_or_a_drop_settles(fluent_server, ov
     """The ledger is what flush() reads: records dropped on the way count as settled,
     so a flush with drops still completes once the rest is written."""
     fluent_server.refuse()
-    client = client_for(fluent_server, buffer_limit=64 * 1024, overflow=overflow)
+    client = client_for(fluent_server, buffering=Buffering(limit=64 * 1024, overflow=overflow))
     try:
         for i in range(3000):
             client.post("t", {"i": i, "pad": "p" * 80})

@@ -34,7 +34,7 @@ RECORDS = 2000
 EXIT_CHILD = """
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering, Timeouts
 
 def fill_until_stuck(client, tag):
     # Post until the buffer overflows and the writer's byte count stops moving: the
@@ -65,8 +65,8 @@ def poster(client, stop):
 
 def main():
     client = BufferedClient("127.0.0.1", P["port"], shutdown_timeout=P["timeout"],
-                            connect_timeout=P["io_timeout"], write_timeout=P["io_timeout"],
-                            buffer_limit=P["buffer_limit"])
+                            timeouts=Timeouts(connect=P["io_timeout"], write=P["io_timeout"]),
+                            buffering=Buffering(limit=P["buffer_limit"]))
     if P["threads"]:
         stop = threading.Event()  # never set: these threads post until the end
         for _ in range(8):

@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering, Timeouts
 from fluentclient.server import ForwardServer
 
 from .conftest import FAST_BACKOFF
@@ -55,8 +55,9 @@ def test_records_reported_unsent_at_the_deadline_never_reach_the_server(any_serv
     fluent_server = any_server
     fluent_server.stall()
     unsent: list = []
-    client = client_for(fluent_server, at_exit=False, buffer_limit=2**20, write_timeout=30,
-                        backoff=FAST_BACKOFF, on_unsent=unsent.extend)
+    client = client_for(fluent_server, at_exit=False, timeouts=Timeouts(write=30),
+                        buffering=Buffering(limit=2**20), backoff=FAST_BACKOFF,
+                        on_unsent=unsent.extend)
     fill_until_stuck(client, "acct.stuck")
     report = client.shutdown(0.3)
     # What was wholly written to the stuck connection may still be read: possibly lost.
@@ -76,7 +77,7 @@ def test_records_reported_unsent_at_the_deadline_never_reach_the_server(any_serv
 
 def test_a_server_restart_mid_stream_never_duplicates_without_acks(fluent_server):
     client = BufferedClient(fluent_server.host, fluent_server.port, at_exit=False,
-                            backoff=FAST_BACKOFF, flush_interval=0.005)
+                            backoff=FAST_BACKOFF, buffering=Buffering(flush_interval=0.005))
     posted = 0
 
     def duplicated() -> list[int]:

@@ -8,7 +8,7 @@ import threading
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, RecordRules
 from fluentclient.server import ForwardServer
 
 
@@ -30,7 +30,8 @@ def test_flush_waits_for_a_batch_the_reader_holds() -> None:
 
     outcome: dict[str, bool] = {}
     with ForwardServer() as server:
-        client = BufferedClient(server.host, server.port, at_exit=False, default=convert)
+        client = BufferedClient(server.host, server.port, at_exit=False,
+                                records=RecordRules(default=convert))
         client.post("flush.held", {"value": Slow()})
         assert entered.wait(30)
 

@@ -25,13 +25,13 @@ M = 500  # the child's
 
 FORKER = """
 import os, threading, warnings
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Timeouts
 
 # This program forks with threads of its own running on purpose (a poster, and one holding
 # the client's locks): Python 3.12+ rightly warns about those, whatever the client does.
 warnings.filterwarnings("ignore", r"This process .* is multi-threaded", DeprecationWarning)
 
-client = BufferedClient("127.0.0.1", P["port"], shutdown_timeout=10, write_timeout=30)
+client = BufferedClient("127.0.0.1", P["port"], shutdown_timeout=10, timeouts=Timeouts(write=30))
 
 def wait_until_held():
     # The server takes nothing (stalled or refusing): wait until our buffer holds bytes
@@ -157,10 +157,11 @@ def test_fork_with_held_records_and_held_locks_sends_each_record_once(fault):
 POOL = """
 import os
 import multiprocessing as mp
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering
 
 # A long flush interval: what a worker posted stays in its buffer until something drains it.
-client = BufferedClient("127.0.0.1", P["port"], shutdown_timeout=5, flush_interval=60)
+client = BufferedClient("127.0.0.1", P["port"], shutdown_timeout=5,
+                        buffering=Buffering(flush_interval=60))
 
 def task(k):
     for i in range(P["m"]):
@@ -210,9 +211,10 @@ def test_multiprocessing_fork_pool_workers_deliver_and_never_resend(fluent_serve
 
 RAW_FORK = """
 import ctypes, os
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering
 
-client = BufferedClient("127.0.0.1", P["port"], shutdown_timeout=1, flush_interval=0.05)
+client = BufferedClient("127.0.0.1", P["port"], shutdown_timeout=1,
+                        buffering=Buffering(flush_interval=0.05))
 
 def main():
     for i in range(P["n"]):
@@ -309,9 +311,9 @@ def test_the_first_post_after_a_fork_without_hooks_starts_the_child_afresh(fluen
 
 SYNC_FORK = """
 import os
-from fluentclient import SyncClient
+from fluentclient import SyncClient, Timeouts
 
-client = SyncClient("127.0.0.1", P["port"], require_ack=True, ack_timeout=10)
+client = SyncClient("127.0.0.1", P["port"], require_ack=True, timeouts=Timeouts(ack=10))
 client.post("sync.parent", {"i": -1})  # connected before the fork
 pid = os.fork()
 tag, count = ("sync.child", P["m"]) if pid == 0 else ("sync.parent", P["n"])
@@ -435,9 +437,10 @@ def test_a_client_stopped_before_a_fork_stays_stopped_in_the_child(fluent_server
 
 RAW_FORK_CLOSED = """
 import ctypes, os
-from fluentclient import BufferedClient, ClientClosedError
+from fluentclient import BufferedClient, Buffering, ClientClosedError
 
-client = BufferedClient("127.0.0.1", P["port"], shutdown_timeout=1, flush_interval=0.05)
+client = BufferedClient("127.0.0.1", P["port"], shutdown_timeout=1,
+                        buffering=Buffering(flush_interval=0.05))
 client.post("rawclosed.parent", {"i": 0})
 assert client.flush(5)
 getattr(client, P["stop"])()  # its threads are gone: nothing of ours runs at the fork

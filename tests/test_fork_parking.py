@@ -154,10 +154,10 @@ def test_a_fork_while_the_threads_run_parks_them_until_the_next_post(fluent_serv
 
 
 HELD = COUNTING + """
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering
 
 # Records wait in the buffer for a minute: the client holds work at the fork.
-client = BufferedClient("127.0.0.1", P["port"], flush_interval=60)
+client = BufferedClient("127.0.0.1", P["port"], buffering=Buffering(flush_interval=60))
 for i in range(P["n"]):
     client.post("held.parent", {"i": i})
 warnings.resetwarnings()
@@ -188,12 +188,12 @@ def test_a_fork_while_records_are_held_brings_the_threads_back_at_once(fluent_se
 
 STUCK = """
 import os, threading, warnings
-from fluentclient import BufferedClient, _parking
+from fluentclient import BufferedClient, Timeouts, _parking
 
 # Were the stuck writer waited for, each fork would take this long.
 _parking.PARK_WAIT = 30.0
 
-client = BufferedClient("127.0.0.1", P["port"], write_timeout=60, shutdown_timeout=20)
+client = BufferedClient("127.0.0.1", P["port"], timeouts=Timeouts(write=60), shutdown_timeout=20)
 
 def fork_once():
     with warnings.catch_warnings(record=True) as caught:

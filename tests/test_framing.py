@@ -200,10 +200,11 @@ odd_records = records | st.sampled_from([{"bad": _Unpackable()}, {"s": "\udcff l
 def test_pack_runs_makes_what_pack_makes_record_by_record(items, guarded):
     """The reader packs batches into runs; each must equal the one-at-a-time packing,
     with the same records refused for the same reasons and the tags' order kept."""
-    from fluentclient._options import RecordOptions
+    from fluentclient._options import packer_for
+    from fluentclient.options import RecordRules
 
     def packer() -> EntryPacker:
-        return RecordOptions().packer() if guarded else EntryPacker()
+        return packer_for(RecordRules()) if guarded else EntryPacker()
 
     msgs = [Message(tag, rec, t.to_ns()) for tag, t, rec in items]
     one, expected_fail, expected = packer(), [], []

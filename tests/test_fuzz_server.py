@@ -28,7 +28,14 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from fluentclient import AuthenticationError, BufferedClient, FluentError, SyncClient
+from fluentclient import (
+    Auth,
+    AuthenticationError,
+    BufferedClient,
+    FluentError,
+    SyncClient,
+    Timeouts,
+)
 from fluentclient._handshake import build_helo
 from fluentclient.framing import ack_for, decode_frame, new_unpacker
 from fluentclient.server import ForwardServer
@@ -36,6 +43,7 @@ from fluentclient.server import ForwardServer
 from .conftest import FAST_BACKOFF
 
 KEY = "fuzz-key"
+CLIENT_AUTH = Auth(shared_key=KEY, self_hostname="client.test")
 TAG = "fuzz.server"
 NONCE = bytes(range(16))
 AUTH = b""
@@ -277,8 +285,9 @@ def check_buffered(
     scripted.expect(script)
     errors: list[FluentError] = []
     client = BufferedClient(
-        scripted.host, scripted.port, connect_timeout=CONNECT_TIMEOUT, write_timeout=1.0,
-        ack_timeout=ACK_TIMEOUT, ack_retry_limit=100, backoff=FAST_BACKOFF, at_exit=False,
+        scripted.host, scripted.port, timeouts=Timeouts(connect=CONNECT_TIMEOUT, write=1.0,
+                                                        ack=ACK_TIMEOUT, ack_retries=100),
+        backoff=FAST_BACKOFF, at_exit=False,
         on_error=lambda err, msg: errors.append(err), **options,
     )
     try:
@@ -320,8 +329,8 @@ def check_sync(
     upstream.clear()
     scripted.expect(script)
     client = SyncClient(
-        scripted.host, scripted.port, connect_timeout=CONNECT_TIMEOUT, write_timeout=1.0,
-        ack_timeout=ACK_TIMEOUT, **options,
+        scripted.host, scripted.port, timeouts=Timeouts(connect=CONNECT_TIMEOUT, write=1.0,
+                                                        ack=ACK_TIMEOUT), **options,
     )
     with client:
         start = time.monotonic()
@@ -367,7 +376,7 @@ def test_known_nasty_replies(secured, acking, client: str, kind: str, payload: b
     upstream, scripted = acking if kind == "ack" else secured
     options: dict[str, Any] = (
         {"require_ack": True} if kind == "ack"
-        else {"shared_key": KEY, "self_hostname": "client.test"}
+        else {"auth": CLIENT_AUTH}
     )
     check = check_buffered if client == "buffered" else check_sync
     check(upstream, scripted, Script(kind, payload, "close"), **options)
@@ -383,8 +392,7 @@ FUZZ = settings(max_examples=12)
 @example(payload=b"\xc1", then="close")
 def test_buffered_survives_any_helo(secured, payload: bytes, then: str) -> None:
     upstream, scripted = secured
-    check_buffered(upstream, scripted, Script("helo", payload, then), shared_key=KEY,
-                   self_hostname="client.test")
+    check_buffered(upstream, scripted, Script("helo", payload, then), auth=CLIENT_AUTH)
 
 
 @FUZZ
@@ -394,8 +402,7 @@ def test_buffered_survives_any_helo(secured, payload: bytes, then: str) -> None:
 @example(payload=b"\xc1", then="close")
 def test_sync_survives_any_helo(secured, payload: bytes, then: str) -> None:
     upstream, scripted = secured
-    check_sync(upstream, scripted, Script("helo", payload, then), shared_key=KEY,
-               self_hostname="client.test")
+    check_sync(upstream, scripted, Script("helo", payload, then), auth=CLIENT_AUTH)
 
 
 @FUZZ
@@ -405,8 +412,7 @@ def test_sync_survives_any_helo(secured, payload: bytes, then: str) -> None:
 @example(payload=PONG_REFUSED, then="close")
 def test_buffered_survives_any_pong(secured, payload: bytes, then: str) -> None:
     upstream, scripted = secured
-    check_buffered(upstream, scripted, Script("pong", payload, then), shared_key=KEY,
-                   self_hostname="client.test")
+    check_buffered(upstream, scripted, Script("pong", payload, then), auth=CLIENT_AUTH)
 
 
 @FUZZ
@@ -416,8 +422,7 @@ def test_buffered_survives_any_pong(secured, payload: bytes, then: str) -> None:
 @example(payload=PONG_FORGED, then="silent")
 def test_sync_survives_any_pong(secured, payload: bytes, then: str) -> None:
     upstream, scripted = secured
-    check_sync(upstream, scripted, Script("pong", payload, then), shared_key=KEY,
-               self_hostname="client.test")
+    check_sync(upstream, scripted, Script("pong", payload, then), auth=CLIENT_AUTH)
 
 
 @FUZZ

@@ -16,7 +16,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fluentclient import BufferedClient, BufferFullError, EventTime, InvalidTagError
+from fluentclient import (
+    BufferedClient,
+    BufferFullError,
+    Buffering,
+    EventTime,
+    InvalidTagError,
+    Timeouts,
+)
 from fluentclient._convert import record_time_ns, safe_value, tag_from_name
 from fluentclient.handler import FluentFormatter, FluentHandler
 from fluentclient.server import ForwardServer
@@ -84,7 +91,7 @@ def test_dict_config_in_a_process_sends_every_line_by_exit(fluent_server):
                 "class": "fluentclient.handler.FluentHandler",
                 "host": "127.0.0.1", "port": {fluent_server.port},
                 "tag_prefix": "svc", "formatter": "fluent", "level": "INFO",
-                "flush_interval": 3600, "buffer_limit": 1048576,
+                "buffering": {{"flush_interval": 3600, "limit": 1048576}},
             }}}},
             "loggers": {{"orders.api": {{"handlers": ["fluent"], "level": "DEBUG"}}}},
         }})
@@ -386,7 +393,7 @@ def test_emit_on_a_shared_client_shut_down_elsewhere_does_not_raise(fluent_serve
 
 
 def test_close_shuts_its_own_client_down_and_delivers(fluent_server, attach):
-    handler = handler_for(fluent_server, flush_interval=3600, close_timeout=5)
+    handler = handler_for(fluent_server, buffering=Buffering(flush_interval=3600), close_timeout=5)
     log = attach(handler)
     for i in range(2000):
         log.info("drain %d", i)
@@ -398,7 +405,7 @@ def test_close_shuts_its_own_client_down_and_delivers(fluent_server, attach):
 
 def test_close_returns_by_its_deadline_when_the_server_is_stuck(fluent_server, attach):
     fluent_server.stall(True)
-    handler = handler_for(fluent_server, close_timeout=0.5, write_timeout=30)
+    handler = handler_for(fluent_server, close_timeout=0.5, timeouts=Timeouts(write=30))
     log = attach(handler)
     for i in range(4000):
         log.info("stuck %d", i, extra={"pad": "x" * 1000})
@@ -414,7 +421,7 @@ def test_close_returns_by_its_deadline_when_the_server_is_stuck(fluent_server, a
 
 def test_a_shared_client_is_flushed_not_shut_down(fluent_server, attach):
     client = BufferedClient(fluent_server.host, fluent_server.port, at_exit=False,
-                            flush_interval=3600)
+                            buffering=Buffering(flush_interval=3600))
     try:
         first = FluentHandler(client=client, tag="shared.one", close_timeout=5)
         second = FluentHandler(client=client, tag="shared.two")
@@ -431,7 +438,7 @@ def test_a_shared_client_is_flushed_not_shut_down(fluent_server, attach):
         client.shutdown(2)
     assert [e.tag for e in fluent_server.events] == ["shared.one", "shared.two", "shared.direct"]
     with pytest.raises(ValueError):
-        FluentHandler(client=client, buffer_limit=1024)
+        FluentHandler(client=client, buffering=Buffering(limit=1024))
 
 
 def test_buffer_overflow_handler_gets_each_record_dropped_for_space(fluent_server, attach):
@@ -439,7 +446,7 @@ def test_buffer_overflow_handler_gets_each_record_dropped_for_space(fluent_serve
     overflowed = []
     errors = []
     handler = handler_for(
-        fluent_server, tag="over.flow", buffer_limit=1024, close_timeout=0.2,
+        fluent_server, tag="over.flow", buffering=Buffering(limit=1024), close_timeout=0.2,
         buffer_overflow_handler=overflowed.append,
         on_error=lambda err, msg: errors.append(err),
     )

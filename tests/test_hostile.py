@@ -31,10 +31,12 @@ from hypothesis import strategies as st
 
 from fluentclient import (
     BufferedClient,
+    Buffering,
     EventTime,
     FluentError,
     InvalidTagError,
     InvalidTimeError,
+    RecordRules,
     RecordTooLargeError,
     SerializationError,
     SyncClient,
@@ -542,12 +544,13 @@ def test_hostile_input(case: Case, mode: str, server: ForwardServer) -> None:
     errors: list[tuple[FluentError, Message | None]] = []
     client: BufferedClient | SyncClient
     if mode == "sync_client":
-        client = SyncClient(server.host, server.port, default=default, max_frame_size=FRAME,
-                            **dict(case.options))
+        client = SyncClient(server.host, server.port, max_frame_size=FRAME,
+                            records=RecordRules(default=default, **dict(case.options)))
     else:
         client = BufferedClient(
-            server.host, server.port, default=default, max_frame_size=FRAME, **dict(case.options),
-            buffer_limit=BUFFER, backoff=FAST_BACKOFF, at_exit=False,
+            server.host, server.port, buffering=Buffering(max_frame_size=FRAME, limit=BUFFER),
+            records=RecordRules(default=default, **dict(case.options)),
+            backoff=FAST_BACKOFF, at_exit=False,
             on_error=lambda err, msg: errors.append((err, msg)),
         )
     sync_append = mode == "sync_append"

@@ -36,20 +36,25 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgpack
 import pytest
 
 from fluentclient import (
+    Auth,
     AuthenticationError,
     Backoff,
     BufferedClient,
+    Buffering,
     EventTime,
     FluentConnectionError,
     FluentError,
+    RecordRules,
     SyncClient,
+    Timeouts,
+    Tls,
 )
 from tests.certs import Pki
 from tests.peer_server import NodePeer, PeerEvent, assert_peer_equal, require_peer
@@ -140,34 +145,31 @@ def secure_peer(pki: Pki) -> Iterator[NodePeer]:
 
 # FluentServer keeps whatever msgpack carries: these tests check the wire itself, so the
 # rules that make odd records safe for fluentd and Fluent Bit are off (tests/test_odd_records.py).
-AS_IS = dict(max_depth=200, non_str_keys="keep", non_finite_floats="keep",
-             non_utf8_bytes="keep")
+AS_IS = RecordRules(max_depth=200, non_str_keys="keep", non_finite_floats="keep",
+                    non_utf8_bytes="keep")
 
 
 def make_client(kind: str, peer: NodePeer, **kwargs: Any) -> Any:
-    for option, value in AS_IS.items():
-        kwargs.setdefault(option, value)
+    kwargs.setdefault("records", AS_IS)
     if kind == "buffered":
         kwargs.setdefault("backoff", QUICK_BACKOFF)
         return BufferedClient(peer.host, peer.port, at_exit=False, **kwargs)
     return SyncClient(peer.host, peer.port, **kwargs)
 
 
-def auth_options(password: str | None = None, **extra: Any) -> dict[str, Any]:
+def auth_options(password: str | None = None, **fields: Any) -> dict[str, Any]:
     """Handshake options for a client; ``password`` selects user ``alice``."""
-    options: dict[str, Any] = {"shared_key": SHARED_KEY, "self_hostname": CLIENT_HOSTNAME}
+    chosen: dict[str, Any] = {"shared_key": SHARED_KEY, "self_hostname": CLIENT_HOSTNAME}
     if password is not None:
-        options.update(username="alice", password=password)
-    options.update(extra)
-    return options
+        chosen.update(username="alice", password=password)
+    chosen.update(fields)
+    return {"auth": Auth(**chosen)}
 
 
-def tls_options(pki: Pki, *, client_cert: bool = False, **extra: Any) -> dict[str, Any]:
-    options: dict[str, Any] = {"tls_ca_file": str(pki.ca_file)}
+def tls_options(pki: Pki, *, client_cert: bool = False, **fields: Any) -> dict[str, Any]:
     if client_cert:
-        options.update(tls_cert_file=str(pki.client_cert), tls_key_file=str(pki.client_key))
-    options.update(extra)
-    return options
+        fields.update(cert_file=str(pki.client_cert), key_file=str(pki.client_key))
+    return {"tls": Tls(ca_file=str(pki.ca_file), **fields)}
 
 
 def make_posts(n: int, *, pad: int = 0, seed: int = 0) -> list[Post]:
@@ -284,7 +286,8 @@ def assert_clean_report(report: Any, records: int) -> None:
 
 def assert_nothing_arrived(peer: NodePeer, **good_options: Any) -> None:
     """After a refused client is closed: a good client's sentinel must be the only event."""
-    good = SyncClient(peer.host, peer.port, require_ack=True, ack_timeout=WAIT, **good_options)
+    good = SyncClient(peer.host, peer.port, require_ack=True, timeouts=Timeouts(ack=WAIT),
+                      **good_options)
     try:
         good.post(SENTINEL_TAG, {"barrier": True})
     finally:
@@ -459,8 +462,8 @@ def test_acks_every_record_arrives_once_and_futures_resolve(
 ) -> None:
     posts = make_posts(240)
     # A small frame limit makes the buffered client pipeline many acked frames.
-    extra = {"max_frame_size": 4096} if kind == "buffered" else {}
-    client = make_client(kind, plain_peer, require_ack=True, ack_timeout=WAIT, **extra)
+    extra = {"buffering": Buffering(max_frame_size=4096)} if kind == "buffered" else {}
+    client = make_client(kind, plain_peer, require_ack=True, timeouts=Timeouts(ack=WAIT), **extra)
     got = deliver(plain_peer, client, posts, ack=True)
     assert_exact(posts, got.events)
     assert got.stats.sent == len(posts), got.stats
@@ -478,7 +481,7 @@ def test_acks_every_record_arrives_once_and_futures_resolve(
 def test_acks_plain_posts_are_acked_too(plain_peer: NodePeer, kind: str) -> None:
     """require_ack without post(ack=True): flush() waits for the acks; sent counts them."""
     posts = make_posts(40, seed=3)
-    client = make_client(kind, plain_peer, require_ack=True, ack_timeout=WAIT)
+    client = make_client(kind, plain_peer, require_ack=True, timeouts=Timeouts(ack=WAIT))
     got = deliver(plain_peer, client, posts)
     assert_exact(posts, got.events)
     assert got.stats.sent == len(posts), got.stats
@@ -623,7 +626,7 @@ def test_buffered_wrong_password_reports_and_sends_nothing(
 def test_tls_records_arrive(tls_peer: NodePeer, pki: Pki, kind: str, how: str) -> None:
     if how == "ssl_context":
         options: dict[str, Any] = {
-            "ssl_context": ssl.create_default_context(cafile=str(pki.ca_file))
+            "tls": Tls(context=ssl.create_default_context(cafile=str(pki.ca_file)))
         }
     else:
         options = tls_options(pki)
@@ -636,7 +639,8 @@ def test_tls_records_arrive(tls_peer: NodePeer, pki: Pki, kind: str, how: str) -
 
 def _sync_refused(peer: NodePeer, **options: Any) -> FluentError:
     peer.clear()
-    client = make_client("sync", peer, connect_timeout=WAIT, **options)
+    options["timeouts"] = replace(options.get("timeouts", Timeouts()), connect=WAIT)
+    client = make_client("sync", peer, **options)
     try:
         with pytest.raises(FluentConnectionError) as info:
             client.post("tls.refused", {"n": 1})
@@ -684,7 +688,7 @@ def test_tls_without_the_ca_fails_to_connect(tls_peer: NodePeer, pki: Pki, kind:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_tls_wrong_server_name_fails_to_connect(tls_peer: NodePeer, pki: Pki, kind: str) -> None:
-    options = tls_options(pki, tls_server_name="elsewhere.fluentclient.test")
+    options = tls_options(pki, server_name="elsewhere.fluentclient.test")
     if kind == "sync":
         err = _sync_refused(tls_peer, **options)
         assert _is_verify_failure(str(err)) or "hostname" in str(err).lower(), repr(err)
@@ -695,7 +699,7 @@ def test_tls_wrong_server_name_fails_to_connect(tls_peer: NodePeer, pki: Pki, ki
 
 def test_tls_verify_off_connects_without_the_ca(tls_peer: NodePeer) -> None:
     posts = make_posts(5, seed=41)
-    client = make_client("sync", tls_peer, tls=True, tls_verify=False)
+    client = make_client("sync", tls_peer, tls=Tls(verify=False))
     got = deliver(tls_peer, client, posts)
     assert_exact(posts, got.events)
 
@@ -723,9 +727,10 @@ def test_mutual_tls_without_a_trusted_client_cert_fails_with_acks(
     handshake) and Node just closes the socket without an alert, so all the client can see
     then is the connection closing.
     """
-    options = tls_options(pki, require_ack=True, ack_timeout=WAIT)
-    if cert == "untrusted":
-        options.update(tls_cert_file=str(pki.stranger_cert), tls_key_file=str(pki.stranger_key))
+    stranger = (dict(cert_file=str(pki.stranger_cert), key_file=str(pki.stranger_key))
+                if cert == "untrusted" else {})
+    options = {**tls_options(pki, **stranger), "require_ack": True,
+               "timeouts": Timeouts(ack=WAIT)}
     alert = "certificate required" if cert == "none" else None
     if kind == "sync":
         err = _sync_refused(mtls_peer, **options)
@@ -779,9 +784,9 @@ def test_tls_handshake_and_acks_together(
     secure_peer: NodePeer, pki: Pki, kind: str, compress: str | None
 ) -> None:
     posts = make_posts(150, seed=71)
-    extra = {"max_frame_size": 8192} if kind == "buffered" else {}
+    extra = {"buffering": Buffering(max_frame_size=8192)} if kind == "buffered" else {}
     client = make_client(
-        kind, secure_peer, require_ack=True, ack_timeout=WAIT, compress=compress,
+        kind, secure_peer, require_ack=True, timeouts=Timeouts(ack=WAIT), compress=compress,
         **tls_options(pki), **auth_options(password=USERS["alice"]), **extra,
     )
     got = deliver(secure_peer, client, posts, ack=True)
@@ -826,9 +831,9 @@ def test_tls_with_wrong_shared_key_is_refused(secure_peer: NodePeer, pki: Pki, k
 def test_gzip_records_arrive(plain_peer: NodePeer, kind: str, ack: bool) -> None:
     posts = make_posts(120, pad=60, seed=81)  # about 700 bytes each, very compressible
     raw_size = sum(len(msgpack.packb(record)) for _, _, record in posts)
-    extra = {"max_frame_size": 16 * 1024} if kind == "buffered" else {}
+    extra = {"buffering": Buffering(max_frame_size=16 * 1024)} if kind == "buffered" else {}
     client = make_client(
-        kind, plain_peer, compress="gzip", require_ack=ack, ack_timeout=WAIT, **extra
+        kind, plain_peer, compress="gzip", require_ack=ack, timeouts=Timeouts(ack=WAIT), **extra
     )
     got = deliver(plain_peer, client, posts, ack=ack)
     assert_exact(posts, got.events)

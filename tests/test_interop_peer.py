@@ -12,6 +12,7 @@ import socket
 import struct
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import msgpack
@@ -19,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fluentclient import BufferedClient, EventTime, SyncClient
+from fluentclient import BufferedClient, Buffering, EventTime, RecordRules, SyncClient
 from tests.peer_server import (
     NodePeer,
     PeerEvent,
@@ -47,13 +48,12 @@ def peer() -> Iterator[NodePeer]:
 
 # FluentServer keeps whatever msgpack carries: these tests check the wire itself, so the
 # rules that make odd records safe for fluentd and Fluent Bit are off (tests/test_odd_records.py).
-AS_IS = dict(max_depth=200, non_str_keys="keep", non_finite_floats="keep",
-             non_utf8_bytes="keep")
+AS_IS = RecordRules(max_depth=200, non_str_keys="keep", non_finite_floats="keep",
+                    non_utf8_bytes="keep")
 
 
 def make_client(kind: str, peer: NodePeer, **kwargs: Any) -> Any:
-    for option, value in AS_IS.items():
-        kwargs.setdefault(option, value)
+    kwargs.setdefault("records", AS_IS)
     if kind == "buffered":
         return BufferedClient(peer.host, peer.port, at_exit=False, **kwargs)
     return SyncClient(peer.host, peer.port, **kwargs)
@@ -314,7 +314,7 @@ def test_int_time_sends_integer_seconds(peer: NodePeer, kind: str) -> None:
         ("time.int", None, {"n": 3}),
     ]
     before = time.time()
-    client = make_client(kind, peer, int_time=True)
+    client = make_client(kind, peer, records=replace(AS_IS, int_time=True))
     try:
         events = send_and_collect(peer, client, posts)
     finally:
@@ -338,7 +338,7 @@ def test_many_records_through_buffered_client_in_order_once(peer: NodePeer) -> N
         for i in range(n)
     ]
     # A small frame limit makes the client split the run into many PackedForward frames.
-    client = make_client("buffered", peer, max_frame_size=16 * 1024)
+    client = make_client("buffered", peer, buffering=Buffering(max_frame_size=16 * 1024))
     try:
         events = send_and_collect(peer, client, posts)
         stats = client.stats()

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering
 from fluentclient._spool import Spool
 from fluentclient.framing import EntryPacker
 from fluentclient.message import Message
@@ -97,8 +97,9 @@ def test_drop_oldest_with_a_spool_does_no_file_io_on_the_posting_thread(
     fluent_server.refuse()
     spool_dir = tmp_path / "spool"
     # A spool_limit of 256 KiB makes segments of 64 KiB: many are finished and deleted.
-    client = client_for(fluent_server, spool_dir=spool_dir, buffer_limit=64 * 1024,
-                        spool_limit=256 * 1024, overflow="drop_oldest")
+    client = client_for(fluent_server,
+                        buffering=Buffering(spool_dir=spool_dir, limit=64 * 1024,
+                                            spool_limit=256 * 1024, overflow="drop_oldest"))
     try:
         assert client.post("t", {"i": -1}, sync_append=True)
         seen = _watch_thread(threading.get_ident())
@@ -124,15 +125,16 @@ def test_drop_oldest_with_a_spool_does_no_file_io_on_the_posting_thread(
 _FULL_DISK_CHILD = textwrap.dedent(
     """
     import json, logging, resource, signal, sys
-    from fluentclient import Backoff, BufferedClient
+    from fluentclient import Backoff, BufferedClient, Buffering
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     port, spool = int(sys.argv[1]), sys.argv[2]
     # Writes past 256 KiB fail with EFBIG (a full disk, as the writer sees it) rather than
     # killing the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
-    client = BufferedClient("127.0.0.1", port, spool_dir=spool, spool_limit=8 << 20,
-                            buffer_limit=1 << 20, at_exit=False,
+    client = BufferedClient("127.0.0.1", port, at_exit=False,
+                            buffering=Buffering(spool_dir=spool, spool_limit=8 << 20,
+                                                limit=1 << 20),
                             backoff=Backoff(initial=0.01, maximum=0.05))
     for i in range(3000):
         assert client.post("t", {"i": i, "pad": "d" * 800})
@@ -166,8 +168,9 @@ def test_a_full_disk_breaks_the_journal_and_records_still_arrive(tmp_path, fluen
 
 def test_a_directory_removed_at_rollover_shows_in_stats(tmp_path, fluent_server, caplog):
     spool_dir = tmp_path / "spool"
-    with client_for(fluent_server, spool_dir=spool_dir, spool_limit=2 << 20,
-                    buffer_limit=1 << 20) as client:
+    with client_for(fluent_server,
+                    buffering=Buffering(spool_dir=spool_dir, spool_limit=2 << 20,
+                                        limit=1 << 20)) as client:
         assert client.post("t", {"i": 0})
         assert client.flush(timeout=10)
         assert client.stats().journal is not None and not client.stats().journal.broken
@@ -196,7 +199,7 @@ def test_without_a_spool_stats_have_no_journal(fluent_server):
 def _replayed_by_a_new_client(
     server: ForwardServer, spool_dir: Path, expect: int
 ) -> BufferedClient:
-    client = client_for(server, spool_dir=spool_dir)
+    client = client_for(server, buffering=Buffering(spool_dir=spool_dir))
     assert wait_until(lambda: client.stats().replayed >= expect)
     assert server.wait_for(lambda: len(set(ids(server))) >= expect, timeout=20)
     assert client.flush(timeout=10)
@@ -236,7 +239,7 @@ def test_a_garbage_file_named_like_a_segment_is_skipped(tmp_path, fluent_server,
 def test_a_foreign_lock_file_is_neither_claimed_nor_deleted(tmp_path, fluent_server, caplog):
     foreign = tmp_path / "backup.lock"
     foreign.write_text("someone else's")
-    with client_for(fluent_server, spool_dir=tmp_path) as client:
+    with client_for(fluent_server, buffering=Buffering(spool_dir=tmp_path)) as client:
         assert client.post("t", {"i": 0})
         assert client.flush(timeout=10)
         health = client.stats().journal
@@ -252,7 +255,7 @@ _PERMISSION_CHILD = textwrap.dedent(
     """
     import json, logging, os, shutil, sys, tempfile, time
     import encodings.idna  # getaddrinfo's codec, imported while python's files are ours
-    from fluentclient import Backoff, BufferedClient
+    from fluentclient import Backoff, BufferedClient, Buffering
     from fluentclient.framing import EntryPacker
     from fluentclient.message import Message
     from fluentclient._spool import Spool
@@ -264,8 +267,9 @@ _PERMISSION_CHILD = textwrap.dedent(
         os.setuid(65534)
 
     def client(spool):
-        return BufferedClient("127.0.0.1", port, spool_dir=spool, spool_limit=2 << 20,
-                              buffer_limit=1 << 20, at_exit=False,
+        return BufferedClient("127.0.0.1", port, at_exit=False,
+                              buffering=Buffering(spool_dir=spool, spool_limit=2 << 20,
+                                                  limit=1 << 20),
                               backoff=Backoff(initial=0.01, maximum=0.05))
 
     out = {}

@@ -9,7 +9,7 @@ import threading
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering, Timeouts
 from fluentclient.server import ForwardServer
 
 from .conftest import FAST_BACKOFF
@@ -36,7 +36,8 @@ def test_the_ledger_matches_the_posts_made_and_the_events_received(
 ):
     fluent_server.clear()
     client = BufferedClient(fluent_server.host, fluent_server.port, backoff=FAST_BACKOFF,
-                            at_exit=False, max_frame_size=FRAME, write_threshold=512)
+                            at_exit=False, buffering=Buffering(max_frame_size=FRAME,
+                                                               write_threshold=512))
     returned: list[bool] = []
     barrier = threading.Barrier(len(plans))
 
@@ -101,7 +102,8 @@ def test_stats_after_shutdown_equal_the_report_once_the_abandoned_writer_ends(
     logger.setLevel(logging.DEBUG)
     logger.addHandler(hold)
     client = BufferedClient(fluent_server.host, fluent_server.port, backoff=FAST_BACKOFF,
-                            at_exit=False, keepalive_timeout=0.2, flush_interval=0.01)
+                            at_exit=False, timeouts=Timeouts(idle=0.2),
+                            buffering=Buffering(flush_interval=0.01))
     try:
         for i in range(10):
             client.post("ledger.drift", {"i": i})
@@ -140,7 +142,8 @@ def test_a_spooled_record_that_cannot_be_sent_reaches_on_error_without_a_fake_me
     left.close(keep=True)
     told: list[tuple[Exception, object]] = []
     client = BufferedClient(fluent_server.host, fluent_server.port, backoff=FAST_BACKOFF,
-                            at_exit=False, spool_dir=tmp_path, max_frame_size=2048,
+                            at_exit=False,
+                            buffering=Buffering(spool_dir=tmp_path, max_frame_size=2048),
                             on_error=lambda err, msg: told.append((err, msg)))
     report = client.shutdown(10)
     assert fluent_server.wait_for_events(1, timeout=10)

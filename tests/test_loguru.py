@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from loguru import logger
 
-from fluentclient import BufferedClient, EventTime, InvalidTagError, SyncClient
+from fluentclient import BufferedClient, Buffering, EventTime, InvalidTagError, SyncClient
 from fluentclient.handler import FIELDS as HANDLER_FIELDS
 from fluentclient.loguru import FIELDS, FluentSink
 from fluentclient.server import ForwardServer
@@ -305,14 +305,15 @@ def test_bad_tags_and_options_are_refused_at_configuration(client):
     with pytest.raises(ValueError):
         FluentSink(tag="a", tag_prefix="b", at_exit=False)
     with pytest.raises(ValueError):
-        FluentSink(client=client, buffer_limit=1024)
+        FluentSink(client=client, buffering=Buffering(limit=1024))
     with pytest.raises(ValueError):
         FluentSink(close_timeout=-1, at_exit=False)
 
 
 def test_a_shared_client_is_flushed_not_closed(fluent_server, client, log):
     client_flushes_only_when_asked = BufferedClient(
-        fluent_server.host, fluent_server.port, at_exit=False, flush_interval=3600)
+        fluent_server.host, fluent_server.port, at_exit=False,
+        buffering=Buffering(flush_interval=3600))
     try:
         sink = FluentSink(client=client_flushes_only_when_asked, tag="shared.loguru")
         handler_id = log.add(sink)
@@ -329,7 +330,8 @@ def test_a_shared_client_is_flushed_not_closed(fluent_server, client, log):
 
 
 def test_remove_shuts_the_own_client_down_and_delivers(fluent_server, log):
-    sink = sink_for(fluent_server, tag="app.drain", flush_interval=3600, close_timeout=5)
+    sink = sink_for(fluent_server, tag="app.drain", buffering=Buffering(flush_interval=3600),
+                    close_timeout=5)
     handler_id = log.add(sink)
     for i in range(2000):
         log.info("drain {}", i)
@@ -386,7 +388,7 @@ _extras = st.dictionaries(st.text().filter(lambda k: k not in FIELDS), odd_value
 def hypothesis_sink(fluent_server, log) -> Iterator[FluentSink]:
     # Each example waits for its record to arrive: a short flush interval keeps the
     # hundred examples from waiting out the default 0.1 s each.
-    sink = sink_for(fluent_server, tag="app.any", flush_interval=0.005)
+    sink = sink_for(fluent_server, tag="app.any", buffering=Buffering(flush_interval=0.005))
     log.add(sink)
     yield sink
 
@@ -522,7 +524,7 @@ def test_every_line_arrives_by_exit_without_a_traceback(fluent_server):
         atexit.register(lambda: logger.info("after the drain"))
         from fluentclient.loguru import FluentSink
         logger.add(FluentSink(host="127.0.0.1", port={fluent_server.port}, tag="exit.test",
-                              flush_interval=3600))
+                              buffering={{"flush_interval": 3600}}))
         for i in range(300):
             logger.bind(i=i).info("line {{}}", i)
     """)

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from fluentclient import Backoff, BufferedClient, Stats, SyncClient
+from fluentclient import Backoff, BufferedClient, Buffering, Stats, SyncClient
 from fluentclient.errors import ConfigurationError
 from fluentclient.metrics import DROP_REASONS, SERVER_STATES, register, unregister
 from fluentclient.server import ForwardServer
@@ -84,7 +84,7 @@ def test_unacknowledged_frames_show_in_buffered_bytes_and_buffer_full_drops(flue
     fluent_server.withhold_acks(True)
     registry = CollectorRegistry()
     client = BufferedClient(fluent_server.host, fluent_server.port, at_exit=False,
-                            buffer_limit=64 * 1024, require_ack=True)
+                            buffering=Buffering(limit=64 * 1024), require_ack=True)
     register(client, registry, labels={"app": "shop"})
     for i in range(5000):
         client.post("metrics.stuck", {"i": i, "pad": "x" * 100})
@@ -124,7 +124,7 @@ def test_per_server_state_and_counters():
         # longer than the test keeps the refused server backing off for both reads.
         client = BufferedClient(servers=[down_address, f"{up.host}:{up.port}"],
                                 backoff=Backoff(initial=600, maximum=600, jitter=0),
-                                at_exit=False, write_threshold=64)
+                                at_exit=False, buffering=Buffering(write_threshold=64))
         register(client, registry, prefix="app_fluent")
         for i in range(200):
             client.post("metrics.pool", {"i": i})

@@ -32,7 +32,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -46,7 +46,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from fluentclient import Backoff, BufferedClient
+from fluentclient import Backoff, BufferedClient, Buffering, Timeouts
 from fluentclient.errors import FluentError
 from fluentclient.message import Message
 from fluentclient.server import ForwardServer
@@ -362,20 +362,24 @@ class ClientModel(RuleBasedStateMachine):
     def make_client(self, variant: str, overflow: str, small_buffer: bool) -> None:
         self.variant = variant
         self.overflow = overflow
+        # The client is built through the option objects: each setting has its one home.
+        timeouts = Timeouts(write=1.0, connect=1.0)
+        buffering = Buffering(
+            flush_interval=0.01, limit=64 * 1024 if small_buffer else 4 * 1024 * 1024,
+            overflow=overflow, overflow_timeout=0.2,
+        )
         options: dict[str, Any] = dict(
-            at_exit=False, backoff=FAST_BACKOFF, flush_interval=0.01,
-            write_timeout=1.0, connect_timeout=1.0, shutdown_timeout=2.0,
-            buffer_limit=64 * 1024 if small_buffer else 4 * 1024 * 1024,
-            overflow=overflow, overflow_timeout=0.2, on_error=self._on_error,
+            at_exit=False, backoff=FAST_BACKOFF, shutdown_timeout=2.0, on_error=self._on_error,
         )
         if variant == "ack":
-            options.update(require_ack=True, ack_timeout=0.5, ack_retry_limit=4,
-                           on_unsent=self._on_unsent)
+            timeouts = replace(timeouts, ack=0.5, ack_retries=4)
+            options.update(require_ack=True, on_unsent=self._on_unsent)
         elif variant == "spool":
-            options.update(spool_dir=os.path.join(self.tmp, "spool"))
+            buffering = replace(buffering, spool_dir=os.path.join(self.tmp, "spool"))
         else:
             options.update(on_unsent=self._on_unsent)
-        self.client = BufferedClient(self.server.host, self.server.port, **options)
+        self.client = BufferedClient(self.server.host, self.server.port, timeouts=timeouts,
+                                     buffering=buffering, **options)
 
     # -- posting -------------------------------------------------------------------------
 
@@ -872,8 +876,9 @@ class ClientModel(RuleBasedStateMachine):
         assert self.client is not None
         came_before = set(before)
         later = BufferedClient(self.server.host, self.server.port, at_exit=False,
-                               backoff=FAST_BACKOFF, flush_interval=0.01,
-                               spool_dir=os.path.join(self.tmp, "spool"))
+                               backoff=FAST_BACKOFF,
+                               buffering=Buffering(flush_interval=0.01,
+                                                   spool_dir=os.path.join(self.tmp, "spool")))
         try:
             replay = later.shutdown(10)
         finally:

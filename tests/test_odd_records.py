@@ -24,9 +24,12 @@ from hypothesis import strategies as st
 
 from fluentclient import (
     BufferedClient,
+    Buffering,
     FluentError,
+    RecordRules,
     SerializationError,
     SyncClient,
+    Timeouts,
     UnsafeRecordError,
 )
 from fluentclient.framing import EntryPacker
@@ -111,10 +114,9 @@ def run_case(server: RealServer, odd: Odd) -> tuple[BufferedClient, list[tuple[A
     """Post the case's 401 records in one frame and wait for every ack."""
     errors: list[tuple[Any, Any]] = []
     client = BufferedClient(
-        "127.0.0.1", server.port, require_ack=True, ack_timeout=10, ack_retry_limit=2,
-        # One frame: nothing is written until flush().
-        write_threshold=4 * 2**20, flush_interval=60, at_exit=False,
-        on_error=lambda err, msg: errors.append((err, msg)), **odd.options,
+        "127.0.0.1", server.port, require_ack=True, timeouts=Timeouts(ack=10, ack_retries=2),
+        buffering=Buffering(write_threshold=4 * 2**20, flush_interval=60), at_exit=False,
+        on_error=lambda err, msg: errors.append((err, msg)), records=RecordRules(**odd.options),
     )
     tag = f"odd.{odd.id}"
     for i in range(GOOD_BEFORE):
@@ -199,13 +201,13 @@ def test_max_depth_must_be_sane() -> None:
         with pytest.raises(ValueError):
             RecordGuard(max_depth=bad)
     with pytest.raises(ValueError):
-        BufferedClient(max_depth=0, at_exit=False)
+        BufferedClient(records=RecordRules(max_depth=0), at_exit=False)
     with pytest.raises(ValueError):
-        SyncClient(non_str_keys="drop")
+        SyncClient(records=RecordRules(non_str_keys="drop"))
     with pytest.raises(ValueError):
-        SyncClient(non_finite_floats="zero")
+        SyncClient(records=RecordRules(non_finite_floats="zero"))
     with pytest.raises(ValueError):
-        BufferedClient(non_utf8_bytes="latin-1", at_exit=False)
+        BufferedClient(records=RecordRules(non_utf8_bytes="latin-1"), at_exit=False)
 
 
 def test_non_finite_floats_rules() -> None:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from fluentclient import BufferedClient, BufferFullError, EventTime
+from fluentclient import BufferedClient, BufferFullError, Buffering, EventTime
 from fluentclient.server import ForwardServer
 from fluentclient.stats import UnsentRecord
 
@@ -32,13 +32,13 @@ def ids(server: ForwardServer) -> list[int]:
 
 def test_overflow_must_be_a_known_policy(fluent_server):
     with pytest.raises(ValueError, match="overflow"):
-        client_for(fluent_server, overflow="drop_everything")
+        client_for(fluent_server, buffering=Buffering(overflow="drop_everything"))
 
 
 def test_drop_oldest_keeps_the_newest_records(fluent_server):
     fluent_server.refuse()
     n = 5000
-    client = client_for(fluent_server, buffer_limit=64 * 1024, overflow="drop_oldest")
+    client = client_for(fluent_server, buffering=Buffering(limit=64 * 1024, overflow="drop_oldest"))
     taken = sum(bool(client.post("t", {"i": i, "pad": PAD})) for i in range(n))
     # Everything posted reaches the reader; the oldest are evicted to make room.
     assert wait_until(lambda: client.stats().buffered + client.stats().dropped_total == n)
@@ -60,7 +60,7 @@ def test_drop_oldest_keeps_the_newest_records(fluent_server):
 def test_drop_newest_is_the_default_and_keeps_the_oldest(fluent_server):
     fluent_server.refuse()
     n = 5000
-    client = client_for(fluent_server, buffer_limit=64 * 1024)
+    client = client_for(fluent_server, buffering=Buffering(limit=64 * 1024))
     results = [client.post("t", {"i": i, "pad": PAD}) for i in range(n)]
     assert results[0] is True and results.count(False) > 0
     assert wait_until(lambda: client.stats().buffered + client.stats().dropped_total == n)
@@ -83,7 +83,7 @@ def fill(client: BufferedClient, limit: int = 400_000) -> int:
 
 def test_raise_policy_raises_without_sync_append(fluent_server):
     fluent_server.stall()
-    client = client_for(fluent_server, buffer_limit=64 * 1024, overflow="raise")
+    client = client_for(fluent_server, buffering=Buffering(limit=64 * 1024, overflow="raise"))
     with pytest.raises(BufferFullError):
         for i in range(400_000):
             client.post("t", {"i": i, "pad": PAD})
@@ -93,8 +93,9 @@ def test_raise_policy_raises_without_sync_append(fluent_server):
 
 def test_block_gives_up_after_its_timeout_and_counts_the_drop(fluent_server):
     fluent_server.refuse()
-    client = client_for(fluent_server, buffer_limit=64 * 1024, overflow="block",
-                        overflow_timeout=0.3)
+    client = client_for(fluent_server,
+                        buffering=Buffering(limit=64 * 1024, overflow="block",
+                                            overflow_timeout=0.3))
     taken = fill(client)
     assert taken > 100
     start = time.monotonic()
@@ -110,8 +111,9 @@ def test_block_gives_up_after_its_timeout_and_counts_the_drop(fluent_server):
 def test_block_waits_for_room_and_loses_nothing(fluent_server):
     fluent_server.refuse()
     n = 30_000
-    client = client_for(fluent_server, buffer_limit=64 * 1024, overflow="block",
-                        overflow_timeout=60)
+    client = client_for(fluent_server,
+                        buffering=Buffering(limit=64 * 1024, overflow="block",
+                                            overflow_timeout=60))
     results: list[bool] = []
     poster = threading.Thread(
         target=lambda: results.extend(client.post("t", {"i": i, "pad": PAD}) for i in range(n))

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering
 
 from .conftest import FAST_BACKOFF
 from .subproc import child_env
@@ -23,8 +23,9 @@ def run_python(code: str, timeout: float = 30) -> subprocess.CompletedProcess:
 
 def test_records_are_sent_at_process_exit(fluent_server):
     result = run_python(f"""
-        from fluentclient import BufferedClient
-        c = BufferedClient("127.0.0.1", {fluent_server.port}, flush_interval=3600)
+        from fluentclient import BufferedClient, Buffering
+        c = BufferedClient("127.0.0.1", {fluent_server.port},
+                           buffering=Buffering(flush_interval=3600))
         for i in range(2000):
             c.post("exit.drain", {{"i": i}})
         # no shutdown(): the at-exit hook must drain
@@ -37,9 +38,9 @@ def test_exit_is_bounded_when_the_server_is_stuck(fluent_server):
     fluent_server.stall(True)
     t0 = time.monotonic()
     result = run_python(f"""
-        from fluentclient import BufferedClient
+        from fluentclient import BufferedClient, Timeouts
         c = BufferedClient("127.0.0.1", {fluent_server.port}, shutdown_timeout=1.0,
-                           write_timeout=30)
+                           timeouts=Timeouts(write=30))
         for i in range(30000):
             c.post("exit.stuck", {{"i": i, "pad": "x" * 200}})
     """)
@@ -56,7 +57,7 @@ def test_exit_is_bounded_when_the_server_is_stuck(fluent_server):
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_child_posts_after_fork_and_does_not_resend_the_parents_records(fluent_server):
     client = BufferedClient(fluent_server.host, fluent_server.port, backoff=FAST_BACKOFF,
-                            at_exit=False, flush_interval=3600)
+                            at_exit=False, buffering=Buffering(flush_interval=3600))
     client.post("fork.parent", {"who": "parent", "n": 0}, sync_append=True)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child

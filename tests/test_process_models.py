@@ -101,7 +101,7 @@ import os
 import signal
 import time
 
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering
 
 logging.basicConfig(filename=os.environ["APP_LOG"], level=logging.INFO,
                     format="%(process)d %(levelname)s %(name)s %(message)s")
@@ -109,7 +109,7 @@ logging.basicConfig(filename=os.environ["APP_LOG"], level=logging.INFO,
 TAG = os.environ["APP_TAG"]
 BOOT = int(os.environ["APP_BOOT"])
 client = BufferedClient("127.0.0.1", int(os.environ["FLUENT_PORT"]),
-                        flush_interval=float(os.environ["APP_FLUSH"]))
+                        buffering=Buffering(flush_interval=float(os.environ["APP_FLUSH"])))
 # Used at import: without lazy loading this runs in the master, right before the fork.
 # Enough records that a thread of the client would still be busy with them then.
 # A reloading uWSGI master imports again under the same pid: each import has its own id.
@@ -398,7 +398,7 @@ import time
 
 from celery import Celery
 
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering
 
 logging.getLogger("fluentclient").addHandler(logging.FileHandler(os.environ["APP_LOG"]))
 
@@ -410,7 +410,7 @@ app.conf.broker_transport_options = {
 }
 app.conf.worker_prefetch_multiplier = 1
 client = BufferedClient("127.0.0.1", int(os.environ["FLUENT_PORT"]),
-                        flush_interval=float(os.environ["APP_FLUSH"]))
+                        buffering=Buffering(flush_interval=float(os.environ["APP_FLUSH"])))
 
 
 @app.task
@@ -477,10 +477,11 @@ import multiprocessing as mp
 import os
 import sys
 
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering
 
 # Made at import: with forkserver each worker imports this module and makes its own.
-client = BufferedClient("127.0.0.1", int(os.environ["FLUENT_PORT"]), flush_interval=3600)
+client = BufferedClient("127.0.0.1", int(os.environ["FLUENT_PORT"]),
+                        buffering=Buffering(flush_interval=3600))
 TAG = os.environ["APP_TAG"]
 
 
@@ -542,9 +543,9 @@ sys.modules["uwsgi"] = fake
 
 UWSGI_MASTER = FAKE_UWSGI + """\
 import threading
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering
 
-client = BufferedClient("127.0.0.1", P["port"], flush_interval=3600)
+client = BufferedClient("127.0.0.1", P["port"], buffering=Buffering(flush_interval=3600))
 for i in range(P["n"]):
     client.post(P["tag"], {"who": "master", "i": i})
 assert threading.active_count() == 1, "no threads in the master"

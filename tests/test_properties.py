@@ -8,7 +8,7 @@ from collections import defaultdict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering, RecordRules
 
 from .conftest import FAST_BACKOFF
 from .test_framing import records
@@ -24,8 +24,9 @@ def test_concurrent_posts_all_arrive_once_equal_in_order(fluent_server, per_thre
     # The records may hold infinities, bytes that are not UTF-8 and deep nesting; this is
     # about transport, so the odd-record rules (tested on their own) send them as they are.
     client = BufferedClient(fluent_server.host, fluent_server.port, backoff=FAST_BACKOFF,
-                            at_exit=False, write_threshold=512, non_finite_floats="keep",
-                            non_utf8_bytes="keep", max_depth=64)
+                            at_exit=False, buffering=Buffering(write_threshold=512),
+                            records=RecordRules(non_finite_floats="keep", non_utf8_bytes="keep",
+                                                max_depth=64))
     barrier = threading.Barrier(len(per_thread))
 
     def run(t: int, recs: list) -> None:
@@ -57,7 +58,8 @@ def test_cut_connections_never_yield_half_frames_or_unseen_losses(fluent_server,
     fluent_server.clear()
     fluent_server.drop_after(cut)
     client = BufferedClient(fluent_server.host, fluent_server.port, backoff=FAST_BACKOFF,
-                            at_exit=False, write_threshold=2048, max_frame_size=8192)
+                            at_exit=False, buffering=Buffering(write_threshold=2048,
+                                                               max_frame_size=8192))
     for i in range(n):
         client.post("cut.stream", {"i": i, "pad": "c" * 64})
     # Let it go through at least one cut, then heal the server so the rest can drain.

@@ -130,8 +130,10 @@ def test_the_options_table_names_every_option_of_buffered_client():
 def test_the_environment_table_matches_the_variables_read():
     text = section("Configuration from the environment", page("guides/operating.md"))
     pairs = {}
+    # An option is a client keyword, or ``keyword.field`` of the object it takes.
+    place = re.compile(r"`([A-Za-z_][A-Za-z0-9_.]*)")
     for variables, options, _ in table(text, "| variable |"):
-        for variable, option in zip(NAME.findall(variables), NAME.findall(options)):
+        for variable, option in zip(NAME.findall(variables), place.findall(options)):
             pairs[variable] = option
     assert pairs == {f"FLUENT_{suffix}": option for suffix, option in VARIABLES.items()}
 

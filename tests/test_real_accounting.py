@@ -12,7 +12,7 @@ from collections import Counter
 
 import msgpack
 
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering
 from tests.real_servers import RealServer, UnreadWatch
 
 from .conftest import FAST_BACKOFF
@@ -25,7 +25,7 @@ SLACK = 0.5  # seconds of the stream, beyond each restart's own length, the boun
 def test_plain_stream_across_graceful_restarts(real_server: RealServer) -> None:
     tag = "acct.restart"
     client = BufferedClient("127.0.0.1", real_server.port, at_exit=False,
-                            backoff=FAST_BACKOFF, max_frame_size=FRAME)
+                            backoff=FAST_BACKOFF, buffering=Buffering(max_frame_size=FRAME))
     stop_times: list[float] = []
 
     unread: list[int] = []

@@ -23,14 +23,18 @@ import pytest
 from fluentclient import (
     AuthenticationError,
     BufferedClient,
+    Buffering,
     EventTime,
     FluentConnectionError,
     FluentError,
     FluentTimeoutError,
     SyncClient,
+    Timeouts,
     TlsError,
 )
 from fluentclient.framing import frame_overhead
+from fluentclient.options import Auth
+from fluentclient.options import Tls as ClientTls
 from tests.certs import Pki
 from tests.conftest import FAST_BACKOFF
 from tests.real_servers import (
@@ -54,16 +58,18 @@ Factory = Callable[..., RealServer]
 def make_client(kind: str, server: RealServer, **options: Any) -> Any:
     if kind == "buffered":
         options.setdefault("backoff", FAST_BACKOFF)
+        if "max_frame_size" in options:  # a SyncClient keyword; a BufferedClient's buffering
+            options["buffering"] = Buffering(max_frame_size=options.pop("max_frame_size"))
         return BufferedClient("127.0.0.1", server.port, at_exit=False, **options)
     return SyncClient("127.0.0.1", server.port, **options)
 
 
-def secure(**options: Any) -> dict[str, Any]:
-    return {"shared_key": KEY, "self_hostname": "client.test", **options}
+def secure(**fields: Any) -> dict[str, Any]:
+    return {"auth": Auth(**{"shared_key": KEY, "self_hostname": "client.test", **fields})}
 
 
-def tls_client(pki: Pki, **options: Any) -> dict[str, Any]:
-    return {"tls": True, "tls_ca_file": str(pki.ca_file), **options}
+def tls_client(pki: Pki, **fields: Any) -> dict[str, Any]:
+    return {"tls": ClientTls(ca_file=str(pki.ca_file), **fields)}
 
 
 def send_and_check(kind: str, server: RealServer, tag: str, n: int, **options: Any) -> Any:
@@ -138,7 +144,7 @@ def test_acks_every_frame(shared_server: RealServer, kind: str) -> None:
     n = 600 if kind == "buffered" else 30
     extra = {"max_frame_size": 4096} if kind == "buffered" else {}
     stats = send_and_check(kind, shared_server, f"real.ack.{kind}", n, require_ack=True,
-                           ack_timeout=WAIT, **extra)
+                           timeouts=Timeouts(ack=WAIT), **extra)
     (server,) = stats.servers
     assert server.frames_sent > (1 if kind == "buffered" else n - 1), stats
     assert server.acked_frames == server.frames_sent, stats
@@ -212,18 +218,18 @@ def test_mutual_tls_fluentd(real_server_factory: Factory, pki: Pki,
     handshake_failure and unknown_ca), a TlsError for both clients."""
     server = real_server_factory(
         "fluentd", tls=Tls(pki.server_cert, pki.server_key, ca=pki.ca_file))
-    ours = tls_client(pki, tls_cert_file=str(pki.client_cert), tls_key_file=str(pki.client_key))
+    ours = tls_client(pki, cert_file=str(pki.client_cert), key_file=str(pki.client_key))
     for kind in CLIENT_KINDS:
         send_and_check(kind, server, f"real.mtls.{kind}", 30, require_ack=True, **ours)
-    client = make_client("sync", server, require_ack=True, connect_timeout=WAIT,
+    client = make_client("sync", server, require_ack=True, timeouts=Timeouts(connect=WAIT),
                          **tls_client(pki))
     with pytest.raises(TlsError, match="ALERT_HANDSHAKE_FAILURE"):
         client.post("real.mtls.refused.none", {"n": 1})
     client.close()
     _refused(server, "real.mtls.refused.stranger", TlsError, "alert_unknown_ca",
              client_threads, caplog, good=ours,
-             **tls_client(pki, tls_cert_file=str(pki.stranger_cert),
-                          tls_key_file=str(pki.stranger_key)))
+             **tls_client(pki, cert_file=str(pki.stranger_cert),
+                          key_file=str(pki.stranger_key)))
     assert server.events("real.mtls.refused.none") == []
 
 
@@ -245,7 +251,7 @@ def _refused(server: RealServer, tag: str, expected: type[FluentError], needle: 
              caplog: pytest.LogCaptureFixture, good: dict[str, Any], **options: Any) -> None:
     """Both clients are refused with ``expected``; ``good`` are options that get in."""
     # The sync client raises it.
-    sync = SyncClient("127.0.0.1", server.port, connect_timeout=WAIT, **options)
+    sync = SyncClient("127.0.0.1", server.port, timeouts=Timeouts(connect=WAIT), **options)
     with pytest.raises(expected) as info:
         sync.post(tag, {"n": -1})
     assert needle in str(info.value).lower(), repr(info.value)
@@ -255,7 +261,8 @@ def _refused(server: RealServer, tag: str, expected: type[FluentError], needle: 
     # The buffered client reports it to on_error and in stats(), and logs it once.
     errors: list[BaseException] = []
     caplog.set_level(logging.DEBUG, logger="fluentclient")
-    client = BufferedClient("127.0.0.1", server.port, at_exit=False, connect_timeout=WAIT,
+    client = BufferedClient("127.0.0.1", server.port, at_exit=False,
+                            timeouts=Timeouts(connect=WAIT),
                             backoff=FAST_BACKOFF, on_error=lambda err, msg: errors.append(err),
                             **options)
     for i in range(5):
@@ -289,7 +296,7 @@ def test_wrong_shared_key_is_an_authentication_error(
     # fluentd answers PONG false "shared_key mismatch"; Fluent Bit closes without a PONG.
     needle = "shared_key mismatch" if real_server_kind == "fluentd" else "shared key"
     _refused(server, "real.refused.key", AuthenticationError, needle, client_threads, caplog,
-             good=secure(), require_ack=True, **{**secure(), "shared_key": "not the key"})
+             good=secure(), require_ack=True, **secure(shared_key="not the key"))
 
 
 def test_wrong_password_is_an_authentication_error(
@@ -319,7 +326,7 @@ def test_tls_against_a_plain_port_says_to_turn_tls_off(
     # msgpack: it resets the connection, a TlsError too, or, when the bytes end inside an
     # object, waits for the rest, and the handshake times out. Each says what to change.
     server = real_server_factory(real_server_kind)
-    client = SyncClient("127.0.0.1", server.port, connect_timeout=3, **tls_client(pki))
+    client = SyncClient("127.0.0.1", server.port, timeouts=Timeouts(connect=3), **tls_client(pki))
     for _ in range(2):
         with pytest.raises((TlsError, FluentTimeoutError)) as info:
             client.post("real.refused.plain", {"n": 1})
@@ -539,7 +546,8 @@ def test_graceful_restart_with_acks_loses_nothing(real_server_kind: str,
     server = real_server_factory(real_server_kind)
     tag = "real.restart.ack"
     client = BufferedClient("127.0.0.1", server.port, at_exit=False, require_ack=True,
-                            backoff=FAST_BACKOFF, max_frame_size=4096, ack_timeout=WAIT)
+                            backoff=FAST_BACKOFF, timeouts=Timeouts(ack=WAIT),
+                            buffering=Buffering(max_frame_size=4096))
     stream = Stream(client, tag, ack=False)
     stream.wait_posted(1000)
     server.restart()
@@ -557,7 +565,8 @@ def test_kill_and_start_with_acks_loses_nothing(real_server_kind: str,
     server = real_server_factory(real_server_kind, durable=real_server_kind == "fluentd")
     tag = "real.kill.ack"
     client = BufferedClient("127.0.0.1", server.port, at_exit=False, require_ack=True,
-                            backoff=FAST_BACKOFF, max_frame_size=4096, ack_timeout=WAIT)
+                            backoff=FAST_BACKOFF, timeouts=Timeouts(ack=WAIT),
+                            buffering=Buffering(max_frame_size=4096))
     stream = Stream(client, tag, ack=True)
     stream.wait_posted(1000)
     server.kill()
@@ -586,7 +595,7 @@ def test_plain_restart_reports_what_it_may_have_lost(real_server_kind: str,
     server = real_server_factory(real_server_kind)
     tag = "real.restart.plain"
     client = BufferedClient("127.0.0.1", server.port, at_exit=False, backoff=FAST_BACKOFF,
-                            max_frame_size=4096)
+                            buffering=Buffering(max_frame_size=4096))
     stream = Stream(client, tag, ack=False)
     stream.wait_posted(1000)
     server.restart()
@@ -609,7 +618,7 @@ def test_sync_client_with_acks_across_a_restart(real_server_kind: str,
     and reconnects; a post that raises was not acknowledged and is posted again."""
     server = real_server_factory(real_server_kind)
     tag = "real.restart.sync"
-    client = SyncClient("127.0.0.1", server.port, require_ack=True, ack_timeout=WAIT)
+    client = SyncClient("127.0.0.1", server.port, require_ack=True, timeouts=Timeouts(ack=WAIT))
 
     def post(i: int) -> None:
         deadline = time.monotonic() + WAIT
@@ -639,7 +648,7 @@ def test_no_shared_key_against_a_secured_server(real_server_kind: str,
     quietly: the sync client raises (with acks at once; without, by its next post at the
     latest), the buffered client reports to on_error once and keeps the records."""
     server = real_server_factory(real_server_kind, security=Security(KEY))
-    sync = SyncClient("127.0.0.1", server.port, require_ack=True, ack_timeout=WAIT)
+    sync = SyncClient("127.0.0.1", server.port, require_ack=True, timeouts=Timeouts(ack=WAIT))
     try:
         with pytest.raises(AuthenticationError, match="set shared_key"):
             sync.post("real.nokey", {"n": 1})

@@ -7,18 +7,23 @@ import re
 import socket
 import ssl
 import time
+from typing import Any
 
 import msgpack
 import pytest
 
 from fluentclient import (
+    Auth,
     AuthenticationError,
     Backoff,
     BufferedClient,
+    Buffering,
     FluentConnectionError,
     FluentTimeoutError,
     Server,
     SyncClient,
+    Timeouts,
+    Tls,
     TlsError,
 )
 from fluentclient._connection import NO_SECURITY
@@ -44,7 +49,7 @@ def test_shared_key_handshake(kind, helo_as_str):
     with ForwardServer(shared_key=KEY, helo_as_str=helo_as_str) as server:
         cls = BufferedClient if kind == "buffered" else SyncClient
         options = {"at_exit": False} if kind == "buffered" else {}
-        with cls(server.host, server.port, shared_key=KEY, self_hostname="app.test",
+        with cls(server.host, server.port, auth=Auth(shared_key=KEY, self_hostname="app.test"),
                  **options) as client:
             post_all(client, 20)
         assert server.wait_for_events(20, timeout=5)
@@ -54,12 +59,13 @@ def test_shared_key_handshake(kind, helo_as_str):
 def test_users_and_passwords():
     users = {"alice": "wonder", "bob": "builder"}
     with ForwardServer(shared_key=KEY, users=users) as server:
-        with SyncClient(server.host, server.port, shared_key=KEY, username="bob",
-                        password="builder") as client:
+        with SyncClient(server.host, server.port,
+                        auth=Auth(shared_key=KEY, username="bob", password="builder")) as client:
             client.post("sec.u", {"ok": 1})
         with pytest.raises(AuthenticationError, match="username/password"):
-            SyncClient(server.host, server.port, shared_key=KEY, username="bob",
-                       password="nope").post("sec.u", {"ok": 0})
+            SyncClient(server.host, server.port,
+                       auth=Auth(shared_key=KEY, username="bob", password="nope")).post("sec.u",
+                                                                                          {"ok": 0})
         assert server.wait_for_events(1, timeout=5)
         assert [e.record for e in server.events] == [{"ok": 1}]
         assert server.auth_failures == 1
@@ -69,8 +75,10 @@ def test_a_wrong_key_sends_nothing_and_is_reported():
     errors = []
     with ForwardServer(shared_key=KEY) as server:
         with pytest.raises(AuthenticationError, match="shared_key mismatch"):
-            SyncClient(server.host, server.port, shared_key="wrong").post("sec.w", {"x": 1})
-        client = BufferedClient(server.host, server.port, shared_key="wrong", at_exit=False,
+            SyncClient(server.host, server.port, auth=Auth(shared_key="wrong")).post("sec.w",
+                                                                                     {"x": 1})
+        client = BufferedClient(server.host, server.port, auth=Auth(shared_key="wrong"),
+                                at_exit=False,
                                 backoff=FAST_BACKOFF,
                                 on_error=lambda err, msg: errors.append(err))
         post_all(client, 10)
@@ -97,11 +105,10 @@ def test_server_speaks_first_and_refuses_records_before_ping():
         assert server.event_count == 0
 
 
-def client_tls(pki: Pki, *, cert: bool = False) -> dict:
-    options = {"tls_ca_file": str(pki.ca_file)}
+def client_tls(pki: Pki, *, cert: bool = False, **fields: Any) -> dict:
     if cert:
-        options.update(tls_cert_file=str(pki.client_cert), tls_key_file=str(pki.client_key))
-    return options
+        fields.update(cert_file=str(pki.client_cert), key_file=str(pki.client_key))
+    return {"tls": Tls(ca_file=str(pki.ca_file), **fields)}
 
 
 @pytest.mark.parametrize("kind", ["buffered", "sync"])
@@ -109,7 +116,7 @@ def test_tls_with_handshake_and_acks(pki, kind):
     with ForwardServer(ssl_context=server_context(pki), shared_key=KEY) as server:
         cls = BufferedClient if kind == "buffered" else SyncClient
         options = {"at_exit": False} if kind == "buffered" else {}
-        with cls(server.host, server.port, shared_key=KEY, require_ack=True,
+        with cls(server.host, server.port, auth=Auth(shared_key=KEY), require_ack=True,
                  **client_tls(pki), **options) as client:
             post_all(client, 300)
         assert server.wait_for_events(300, timeout=5)
@@ -122,8 +129,8 @@ def test_tls_verifies_the_server_by_default(pki):
         with pytest.raises(FluentConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
             SyncClient(server.host, server.port, tls=True).post("sec.v", {"x": 1})
         with pytest.raises(FluentConnectionError):
-            SyncClient(server.host, server.port, tls_server_name="other.test",
-                       **client_tls(pki)).post("sec.v", {"x": 1})
+            SyncClient(server.host, server.port,
+                       **client_tls(pki, server_name="other.test")).post("sec.v", {"x": 1})
         assert server.event_count == 0
 
 
@@ -134,7 +141,7 @@ def test_mutual_tls(pki):
             client.post("sec.m", {"x": 1})
         # Without a client certificate the server refuses; acks make that visible.
         with pytest.raises(FluentConnectionError):
-            SyncClient(server.host, server.port, require_ack=True, ack_timeout=2,
+            SyncClient(server.host, server.port, require_ack=True, timeouts=Timeouts(ack=2),
                        **client_tls(pki)).post("sec.m", {"x": 2})
         assert server.wait_for_events(1, timeout=5)
         assert [e.record for e in server.events] == [{"x": 1}]
@@ -151,8 +158,9 @@ def test_a_client_stuck_in_tls_does_not_hold_up_others(pki):
 
 def test_one_frame_per_connection_when_keepalive_is_off():
     with ForwardServer(shared_key=KEY, keepalive=False) as server:
-        with BufferedClient(server.host, server.port, shared_key=KEY, require_ack=True,
-                            max_frame_size=2048, at_exit=False) as client:
+        with BufferedClient(server.host, server.port, auth=Auth(shared_key=KEY),
+                            buffering=Buffering(max_frame_size=2048), require_ack=True,
+                            at_exit=False) as client:
             post_all(client, 400)
         assert server.wait_for_events(400, timeout=10)
         assert [e.record["i"] for e in server.events] == list(range(400))
@@ -163,7 +171,7 @@ def test_server_context_is_tls_only(pki):
     with ForwardServer(ssl_context=server_context(pki)) as server:
         with pytest.raises(FluentConnectionError):
             SyncClient(server.host, server.port, require_ack=True,
-                       ack_timeout=1).post("sec.plain", {"x": 1})
+                       timeouts=Timeouts(ack=1)).post("sec.plain", {"x": 1})
         assert server.event_count == 0
         assert any("TLS" in e for e in server.errors)
     assert ssl.HAS_TLSv1_3
@@ -174,11 +182,12 @@ def test_a_close_without_pong_is_an_authentication_error(caplog):
     caplog.set_level(logging.DEBUG, logger="fluentclient")
     errors = []
     with ForwardServer(shared_key=KEY, helo_as_str=True, silent_key_refusal=True) as server:
-        sync = SyncClient(server.host, server.port, shared_key="wrong")
+        sync = SyncClient(server.host, server.port, auth=Auth(shared_key="wrong"))
         with pytest.raises(AuthenticationError, match="without a PONG: the shared key"):
             sync.post("sec.silent", {"x": 1})
         assert isinstance(sync.stats().servers[0].error, AuthenticationError)
-        client = BufferedClient(server.host, server.port, shared_key="wrong", at_exit=False,
+        client = BufferedClient(server.host, server.port, auth=Auth(shared_key="wrong"),
+                                at_exit=False,
                                 backoff=FAST_BACKOFF,
                                 on_error=lambda err, msg: errors.append(err))
         post_all(client, 10, tag="sec.silent")
@@ -200,8 +209,9 @@ def test_a_bad_user_still_gets_a_pong_from_a_silent_server():
     with ForwardServer(shared_key=KEY, users={"bob": "builder"},
                        silent_key_refusal=True) as server:
         with pytest.raises(AuthenticationError, match="username/password mismatch"):
-            SyncClient(server.host, server.port, shared_key=KEY, username="bob",
-                       password="nope").post("sec.u", {"ok": 0})
+            SyncClient(server.host, server.port,
+                       auth=Auth(shared_key=KEY, username="bob", password="nope")).post("sec.u",
+                                                                                          {"ok": 0})
 
 
 def test_a_refusal_waits_the_longest_delay_once_and_a_good_write_resets_it():
@@ -230,7 +240,7 @@ def _server_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_a_tls_client_against_a_plain_server_is_told_to_turn_tls_off(pki, caplog):
     caplog.set_level(logging.DEBUG)
     with ForwardServer() as server:
-        client = SyncClient(server.host, server.port, tls=True, tls_ca_file=str(pki.ca_file))
+        client = SyncClient(server.host, server.port, tls=Tls(ca_file=str(pki.ca_file)))
         for _ in range(3):
             with pytest.raises(TlsError) as raised:
                 client.post("sec.tls", {"i": 1})
@@ -253,8 +263,8 @@ def test_a_buffered_tls_client_against_a_plain_server_says_it_once_as_configurat
         pki, caplog):
     caplog.set_level(logging.DEBUG, logger="fluentclient")
     with ForwardServer() as server:
-        client = BufferedClient(server.host, server.port, tls=True,
-                                tls_ca_file=str(pki.ca_file), backoff=FAST_BACKOFF,
+        client = BufferedClient(server.host, server.port, tls=Tls(ca_file=str(pki.ca_file)),
+                                backoff=FAST_BACKOFF,
                                 at_exit=False)
         client.post("sec.tls", {"i": 1})
         assert wait_until(lambda: client.stats().connect_failures >= 3, timeout=20)
@@ -274,7 +284,7 @@ def test_a_buffered_tls_client_against_a_plain_server_says_it_once_as_configurat
 def test_a_plain_client_against_a_tls_server_is_told_to_turn_tls_on(pki, caplog):
     caplog.set_level(logging.DEBUG)
     with ForwardServer(ssl_context=server_context(pki)) as server:
-        client = SyncClient(server.host, server.port, require_ack=True, ack_timeout=10)
+        client = SyncClient(server.host, server.port, require_ack=True, timeouts=Timeouts(ack=10))
         for _ in range(2):
             with pytest.raises(FluentConnectionError) as raised:
                 client.post("sec.plain", {"i": 1})
@@ -297,8 +307,8 @@ def test_a_tls_handshake_nobody_answers_times_out_with_the_same_advice(pki):
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         port = silent.getsockname()[1]
-        client = SyncClient("127.0.0.1", port, tls=True, tls_ca_file=str(pki.ca_file),
-                            connect_timeout=0.3)
+        client = SyncClient("127.0.0.1", port, tls=Tls(ca_file=str(pki.ca_file)),
+                            timeouts=Timeouts(connect=0.3))
         with pytest.raises(FluentTimeoutError) as raised:
             client.post("sec.silent", {"i": 1})
         client.close()

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Timeouts
 from fluentclient.server import ForwardServer
 
 from .conftest import FAST_BACKOFF
@@ -92,7 +92,7 @@ def test_a_server_started_black_holed_never_answers():
 def test_a_buffered_client_counts_timed_out_connects_and_delivers_after(fluent_server):
     fluent_server.blackhole()
     client = BufferedClient(fluent_server.host, fluent_server.port, at_exit=False,
-                            backoff=FAST_BACKOFF, connect_timeout=0.2)
+                            backoff=FAST_BACKOFF, timeouts=Timeouts(connect=0.2))
     try:
         client.post("hole.later", {"n": 1})
         deadline = time.monotonic() + 5

@@ -12,7 +12,7 @@ from unittest import mock
 
 import pytest
 
-from fluentclient import BufferedClient, shutdown_on_signal
+from fluentclient import BufferedClient, Buffering, shutdown_on_signal
 from fluentclient.server import ForwardServer
 
 from .conftest import FAST_BACKOFF
@@ -25,11 +25,11 @@ SLACK = 0.5
 SERVING = """
 import threading
 from unittest import mock
-from fluentclient import BufferedClient, shutdown_on_signal
+from fluentclient import BufferedClient, Buffering, shutdown_on_signal
 
 client = BufferedClient("127.0.0.1", P["port"], shutdown_timeout=P["timeout"],
-                        flush_interval=60, buffer_limit=P["buffer_limit"],
-                        write_threshold=P["write_threshold"])
+                        buffering=Buffering(flush_interval=60, limit=P["buffer_limit"],
+                                            write_threshold=P["write_threshold"]))
 shutdown_on_signal(client)
 
 def fill_until_stuck():
@@ -115,10 +115,11 @@ def test_sigterm_while_the_main_thread_is_inside_shutdown_does_not_deadlock(flue
 
 WORKER = """
 import signal
-from fluentclient import BufferedClient, shutdown_on_signal
+from fluentclient import BufferedClient, Buffering, shutdown_on_signal
 
 alive = True
-client = BufferedClient("127.0.0.1", P["port"], shutdown_timeout=5, flush_interval=60)
+client = BufferedClient("127.0.0.1", P["port"], shutdown_timeout=5,
+                        buffering=Buffering(flush_interval=60))
 
 def handle_exit(signum, frame):
     # A gunicorn-style worker: stop taking requests, finish the current one, return.
@@ -170,7 +171,7 @@ def usr1():
 
 def client_for(server: ForwardServer) -> BufferedClient:
     return BufferedClient(server.host, server.port, at_exit=False, backoff=FAST_BACKOFF,
-                          flush_interval=60)
+                          buffering=Buffering(flush_interval=60))
 
 
 def test_a_previous_callable_is_called_after_the_shutdown_and_once_per_signal(
@@ -264,7 +265,7 @@ HELD = """
 import os, signal, threading
 if P.get("env"):
     os.environ["FLUENTCLIENT_NO_SIGNAL_HANDLER"] = "1"
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering
 
 if P.get("app") == "before":
     def app_handler(signum, frame):
@@ -272,8 +273,10 @@ if P.get("app") == "before":
         raise SystemExit(3)  # a graceful stop: the at-exit drain sends what is held
     signal.signal(signal.SIGTERM, app_handler)
 # Held until the signal; with the server down, tried (and failed) at once instead.
-client = BufferedClient("127.0.0.1", P["port"], flush_interval=0.05 if P.get("down") else 60,
-                        write_threshold=2**22, shutdown_timeout=P["timeout"],
+client = BufferedClient("127.0.0.1", P["port"],
+                        buffering=Buffering(flush_interval=0.05 if P.get("down") else 60,
+                                            write_threshold=2**22),
+                        shutdown_timeout=P["timeout"],
                         **({} if P.get("ours", True) else {"handle_sigterm": False}))
 for i in range(P["records"]):
     client.post("sig.held", {"i": i})

@@ -6,9 +6,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering
 from fluentclient._spool import Spool, _split_entries, read_blocks
 from fluentclient.server import ForwardServer
 
@@ -19,11 +20,12 @@ from .waiting import wait_until
 CHILD = textwrap.dedent(
     """
     import sys, time
-    from fluentclient import Backoff, BufferedClient
+    from fluentclient import Backoff, BufferedClient, Buffering, Timeouts
     port, spool, ack = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "ack"
     client = BufferedClient(
-        "127.0.0.1", port, spool_dir=spool, require_ack=ack, ack_timeout=30,
-        backoff=Backoff(initial=0.01, maximum=0.05), flush_interval=0.01,
+        "127.0.0.1", port, require_ack=ack, timeouts=Timeouts(ack=30),
+        backoff=Backoff(initial=0.01, maximum=0.05),
+        buffering=Buffering(spool_dir=spool, flush_interval=0.01),
     )
     # Each phase "name:records:flush_timeout" posts, flushes, says its name, and waits
     # for a line on stdin before the next one; after the last the process waits to be
@@ -73,9 +75,11 @@ def killed_after(port: int, spool: Path, n: int, *, flush: float = 0.2) -> None:
     child.kill9()
 
 
-def new_client(server: ForwardServer, spool: Path, **kwargs) -> BufferedClient:
+def new_client(server: ForwardServer, spool: Path, *, buffering: Buffering = Buffering(),
+               **kwargs) -> BufferedClient:
     kwargs.setdefault("backoff", FAST_BACKOFF)
-    return BufferedClient(server.host, server.port, spool_dir=spool, at_exit=False, **kwargs)
+    return BufferedClient(server.host, server.port, at_exit=False,
+                          buffering=replace(buffering, spool_dir=spool), **kwargs)
 
 
 def ids(server: ForwardServer, phase: str | None = None) -> list[int]:
@@ -196,7 +200,7 @@ def test_live_owners_are_never_claimed(tmp_path, fluent_server):
 
 
 def test_segments_are_deleted_as_their_records_are_sent(tmp_path, fluent_server):
-    with new_client(fluent_server, tmp_path, buffer_limit=256 * 1024) as client:
+    with new_client(fluent_server, tmp_path, buffering=Buffering(limit=256 * 1024)) as client:
         spool = client._journal._spool
         for i in range(20_000):
             client.post("spool.test", {"i": i, "pad": "y" * 100})
@@ -215,9 +219,9 @@ def test_forked_child_gets_its_own_spool(tmp_path, fluent_server):
     code = textwrap.dedent(
         """
         import os, sys
-        from fluentclient import Backoff, BufferedClient
+        from fluentclient import Backoff, BufferedClient, Buffering
         port, spool = int(sys.argv[1]), sys.argv[2]
-        client = BufferedClient("127.0.0.1", port, spool_dir=spool,
+        client = BufferedClient("127.0.0.1", port, buffering=Buffering(spool_dir=spool),
                                 backoff=Backoff(initial=0.01, maximum=0.05))
         for i in range(100):
             client.post("spool.test", {"i": i, "who": "parent"})
@@ -284,7 +288,7 @@ def test_a_spooled_record_too_large_for_the_new_frame_size_is_counted(tmp_path, 
     left = Spool(str(tmp_path), limit=1 << 20)
     left.append(0, [("spool.test", big + small)], 2)
     left.close(keep=True)
-    with new_client(fluent_server, tmp_path, max_frame_size=2048) as client:
+    with new_client(fluent_server, tmp_path, buffering=Buffering(max_frame_size=2048)) as client:
         assert fluent_server.wait_for_events(1, timeout=10)
         assert client.flush(timeout=5)
     stats = client.stats()

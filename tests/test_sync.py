@@ -17,6 +17,7 @@ from fluentclient import (
     InvalidTagError,
     SerializationError,
     SyncClient,
+    Timeouts,
 )
 from fluentclient.framing import EntryPacker, FrameBuilder
 from fluentclient.message import Message
@@ -42,7 +43,7 @@ def test_raises_when_no_server_listens():
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()  # nothing listens on this port now
-    client = SyncClient("127.0.0.1", port, connect_timeout=1)
+    client = SyncClient("127.0.0.1", port, timeouts=Timeouts(connect=1))
     with pytest.raises(FluentConnectionError) as info:
         client.post("sync.down", {"x": 1})
     assert isinstance(info.value, ConnectionError) and isinstance(info.value, FluentError)
@@ -110,7 +111,7 @@ def test_a_failed_send_is_counted_as_dropped_never_as_buffered():
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()  # nothing listens on this port now
-    client = SyncClient("127.0.0.1", port, connect_timeout=1)
+    client = SyncClient("127.0.0.1", port, timeouts=Timeouts(connect=1))
     for _ in range(2):
         with pytest.raises(FluentConnectionError):
             client.post("sync.down", {"x": 1})
@@ -124,7 +125,7 @@ def test_a_failed_send_is_counted_as_dropped_never_as_buffered():
 def test_a_record_written_but_never_acked_is_possibly_lost_not_buffered(fluent_server):
     fluent_server.withhold_acks()
     client = SyncClient(fluent_server.host, fluent_server.port, require_ack=True,
-                        ack_timeout=0.5)
+                        timeouts=Timeouts(ack=0.5))
     with pytest.raises(FluentError):
         client.post("sync.noack", {"x": 1})
     s = client.stats()
@@ -135,7 +136,7 @@ def test_a_record_written_but_never_acked_is_possibly_lost_not_buffered(fluent_s
 def test_stats_during_a_send_show_nothing_buffered():
     with ForwardServer() as server:
         server.withhold_acks()
-        client = SyncClient(server.host, server.port, require_ack=True, ack_timeout=30)
+        client = SyncClient(server.host, server.port, require_ack=True, timeouts=Timeouts(ack=30))
         failed: list[BaseException] = []
 
         def post() -> None:
@@ -199,7 +200,7 @@ def test_a_frame_the_kernel_takes_only_in_part_is_finished_or_counted_possibly_l
     within write_timeout, or the call raises and counts it possibly lost, and never writes
     it again (the server would get its head twice)."""
     fluent_server.stall()  # it takes connections and reads nothing
-    client = SyncClient(fluent_server.host, fluent_server.port, write_timeout=0.5)
+    client = SyncClient(fluent_server.host, fluent_server.port, timeouts=Timeouts(write=0.5))
     filler = "x" * 20_000
     raised: FluentError | None = None
     posted = 0
@@ -259,7 +260,7 @@ def test_a_frame_larger_than_the_socket_buffers_goes_whole_and_once(fluent_serve
     the server reads: the first on a new connection, the next ones on the same."""
     filler = "y" * 12_000_000  # more than any send buffer here takes in one call
     with SyncClient(fluent_server.host, fluent_server.port, max_frame_size=32 * 2**20,
-                    write_timeout=60) as client:
+                    timeouts=Timeouts(write=60)) as client:
         for i in range(3):
             client.post("sync.large", {"i": i, "filler": filler})
         s = client.stats()

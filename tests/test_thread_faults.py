@@ -9,7 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
-from fluentclient import BufferedClient
+from fluentclient import BufferedClient, Buffering, RecordRules
 from fluentclient._spool import Spool
 from fluentclient.framing import EntryPacker
 from fluentclient.message import Message
@@ -71,7 +71,7 @@ def test_a_default_hook_raising_systemexit_drops_only_its_record(fluent_server, 
     def default(obj):
         raise SystemExit("from default=")
 
-    with client_for(fluent_server, default=default) as client:
+    with client_for(fluent_server, records=RecordRules(default=default)) as client:
         assert client.post("t", {"x": object()})
         for i in range(10):
             assert client.post("t", {"i": i})
@@ -141,13 +141,13 @@ def test_a_foreign_file_named_like_a_segment_is_skipped(tmp_path, fluent_server,
     stray.write_bytes(b"not ours")
     # Replay cut short by shutdown: the server is down and the buffer is small.
     fluent_server.refuse()
-    client = client_for(fluent_server, spool_dir=tmp_path, buffer_limit=16 * 1024)
+    client = client_for(fluent_server, buffering=Buffering(spool_dir=tmp_path, limit=16 * 1024))
     assert wait_until(lambda: client.stats().replayed > 0)
     client.shutdown(timeout=0.5)
     assert not client._reader.thread.is_alive()
     assert thread_failures(caplog) == []
     fluent_server.refuse(False)
-    with client_for(fluent_server, spool_dir=tmp_path) as again:
+    with client_for(fluent_server, buffering=Buffering(spool_dir=tmp_path)) as again:
         for i in range(3000, 3100):
             assert again.post("t", {"i": i})
         assert fluent_server.wait_for(lambda: len(set(ids(fluent_server))) >= 3100, timeout=20)
@@ -164,8 +164,9 @@ def test_a_spool_directory_gone_at_rollover_degrades_to_memory(
 ):
     spool_dir = tmp_path / "spool"
     # Segments of 256 KiB (a spool_limit of 2 MiB): 2000 records of 200 bytes roll over.
-    with client_for(fluent_server, spool_dir=spool_dir, spool_limit=2 << 20,
-                    buffer_limit=1 << 20) as client:
+    with client_for(fluent_server,
+                    buffering=Buffering(spool_dir=spool_dir, spool_limit=2 << 20,
+                                        limit=1 << 20)) as client:
         for i in range(10):
             assert client.post("t", {"i": i})
         assert client.flush(timeout=10)

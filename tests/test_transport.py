@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from fluentclient import BufferedClient, Server, SyncClient
+from fluentclient import BufferedClient, Buffering, RecordRules, Server, SyncClient, Timeouts
 from fluentclient.server import ForwardServer
 
 from .conftest import FAST_BACKOFF
@@ -39,8 +39,9 @@ def test_bad_compress_option():
 
 
 def test_entries_as_str_for_old_servers(fluent_server):
-    with BufferedClient(fluent_server.host, fluent_server.port, entries_as_str=True,
-                        int_time=True, at_exit=False) as client:
+    with BufferedClient(fluent_server.host, fluent_server.port,
+                        records=RecordRules(entries_as_str=True, int_time=True),
+                        at_exit=False) as client:
         client.post("old.srv", {"x": 1}, time=1700000000)
     assert fluent_server.wait_for_events(1, timeout=5)
     assert fluent_server.events[0].time == 1700000000
@@ -57,7 +58,7 @@ def servers_for(*srvs: ForwardServer, standby: tuple[bool, ...] = (), weights=()
 def test_records_are_spread_over_servers_by_weight():
     with ForwardServer() as a, ForwardServer() as b:
         client = BufferedClient(servers=servers_for(a, b, weights=(30, 90)), at_exit=False,
-                                max_frame_size=1024, write_threshold=512)
+                                buffering=Buffering(max_frame_size=1024, write_threshold=512))
         for i in range(4000):
             client.post("lb.w", {"i": i, "pad": "w" * 40})
         report = client.shutdown(10)
@@ -73,7 +74,7 @@ def test_records_are_spread_over_servers_by_weight():
 def test_failover_to_the_healthy_server_and_rejoin():
     with ForwardServer() as a, ForwardServer() as b:
         client = BufferedClient(servers=servers_for(a, b), backoff=FAST_BACKOFF, at_exit=False,
-                                flush_interval=0.01, require_ack=True)
+                                buffering=Buffering(flush_interval=0.01), require_ack=True)
         try:
             a.stop()
             futures = [client.post("lb.f", {"i": i}, ack=True) for i in range(500)]
@@ -136,8 +137,9 @@ def test_server_specs_parse_ipv6_and_check_ports():
 
 
 def test_idle_connection_is_closed_and_reopened(fluent_server):
-    client = BufferedClient(fluent_server.host, fluent_server.port, keepalive_timeout=0.1,
-                            flush_interval=0.01, at_exit=False)
+    client = BufferedClient(fluent_server.host, fluent_server.port, timeouts=Timeouts(idle=0.1),
+                            buffering=Buffering(flush_interval=0.01),
+                            at_exit=False)
     try:
         client.post("ka.a", {"n": 1})
         assert fluent_server.wait_for_events(1, timeout=5)
@@ -155,7 +157,7 @@ def test_compressed_frames_of_incompressible_records_stay_within_the_limit(fluen
 
     limit = 8192
     with BufferedClient(fluent_server.host, fluent_server.port, compress="gzip",
-                        max_frame_size=limit, at_exit=False) as client:
+                        buffering=Buffering(max_frame_size=limit), at_exit=False) as client:
         for _ in range(200):
             client.post("gz.rand", {"noise": os.urandom(700)})
     assert fluent_server.wait_for_events(200, timeout=5)

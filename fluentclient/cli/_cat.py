@@ -10,7 +10,7 @@ import argparse
 import signal
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Union
 
 from .._words import count
@@ -18,6 +18,7 @@ from ..client import BufferedClient, SyncClient
 from ..config import check_tag, options_from_env
 from ..errors import FluentError, InvalidTimeError
 from ..message import TimeLike
+from ..options import Auth, Buffering, Tls
 from ..stats import ShutdownReport
 from ._cat_input import BadInput, Item, json_lines, msgpack_objects, take_time
 from ._cat_wait import Backpressure, WaitNotice
@@ -37,11 +38,17 @@ class Interrupted(Exception):
     """SIGTERM, turned into an exception so cat stops reading and still reports."""
 
 
-# Options cat passes to the client under the same name.
-_PASSED_THROUGH = (
-    "shared_key", "username", "password", "tls", "tls_ca_file", "tls_cert_file",
-    "tls_key_file", "tls_verify", "tls_server_name",
-)
+# Flags of cat that set a field of the client's Auth or Tls object: flag -> field.
+_AUTH_FLAGS = {"shared_key": "shared_key", "username": "username", "password": "password"}
+_TLS_FLAGS = {
+    "tls_ca_file": "ca_file", "tls_cert_file": "cert_file", "tls_key_file": "key_file",
+    "tls_verify": "verify", "tls_server_name": "server_name",
+}
+
+
+def _flags(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
+    return {field: getattr(args, flag) for flag, field in flags.items()
+            if getattr(args, flag) is not None}
 
 
 def client_options(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
@@ -59,9 +66,11 @@ def client_options(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, A
             options["host"] = args.host
         if args.port is not None:
             options["port"] = args.port
-    for name in _PASSED_THROUGH:
-        if getattr(args, name) is not None:
-            options[name] = getattr(args, name)
+    # A flag changes one field of what the environment gave, the rest stays.
+    auth = _flags(args, _AUTH_FLAGS)
+    if auth:
+        options["auth"] = replace(options.get("auth", Auth()), **auth)
+    _tls_options(args, options)
     if args.ack is not None:
         options["require_ack"] = args.ack
     if args.compress is not None:
@@ -69,11 +78,23 @@ def client_options(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, A
     return options
 
 
+def _tls_options(args: argparse.Namespace, options: dict[str, Any]) -> None:
+    given = options.get("tls")
+    fields = _flags(args, _TLS_FLAGS)
+    tls = replace(given if isinstance(given, Tls) else Tls(), **fields)
+    wanted = bool(given) if args.tls is None else args.tls
+    # As for a client: a CA or a certificate turns TLS on, whatever the flag says.
+    if wanted or tls.ca_file is not None or tls.cert_file is not None:
+        options["tls"] = tls
+    elif given is not None or args.tls is not None:
+        options["tls"] = False
+
+
 def make_client(args: argparse.Namespace, options: dict[str, Any]) -> Client:
     if args.sync:
         return SyncClient(**options)
-    return BufferedClient(**options, buffer_limit=CAT_BUFFER_LIMIT, at_exit=False,
-                          shutdown_timeout=args.timeout)
+    return BufferedClient(**options, buffering=Buffering(limit=CAT_BUFFER_LIMIT),
+                          at_exit=False, shutdown_timeout=args.timeout)
 
 
 @dataclass

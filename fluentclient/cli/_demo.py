@@ -28,6 +28,7 @@ from .._words import count
 from ..client import BufferedClient
 from ..errors import ConfigurationError
 from ..message import EventTime
+from ..options import Buffering
 from ..server import ForwardServer, ReceivedEvent
 from ..stats import ShutdownReport, Stats
 from ._progress import Console, Progress, show_progress
@@ -332,7 +333,8 @@ def post_all(port: int, records: int, base_ns: int, console: Console, progress: 
     run = Run()
     # A server slower than this loop makes post() wait for room rather than drop: the
     # demo is to show every record arriving, whatever the two machines' speeds.
-    client = BufferedClient("127.0.0.1", port, at_exit=False, overflow="block")
+    client = BufferedClient("127.0.0.1", port, at_exit=False,
+                            buffering=Buffering(overflow="block"))
     try:
         interval = 0.25 if console.live else 1.0
         with Progress(console, StatusLine(client.stats, arrived), enabled=progress,

@@ -98,8 +98,8 @@ exit status: 0 if every check passed, 1 if one failed, 130 if interrupted."""
 def cat_epilog() -> str:
     """The exit statuses, examples and the environment variables, from the list read."""
     rows = []
-    for suffix, option in VARIABLES.items():
-        note = _VARIABLE_NOTES.get(suffix, "--" + option.replace("_", "-"))
+    for suffix in VARIABLES:
+        note = _VARIABLE_NOTES.get(suffix, "--" + suffix.lower().replace("_", "-"))
         rows.append(f"  FLUENT_{suffix:<16} {note}")
     return "\n\n".join([
         CAT_EXIT,

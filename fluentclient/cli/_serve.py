@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ..message import EventTime
+from ..options import Auth
 from ..server import ForwardServer, ReceivedEvent
 
 
@@ -83,7 +84,11 @@ def serve_defaults(args: argparse.Namespace, env: dict[str, Any]) -> None:
     """``serve`` listens where ``cat`` would send, with the same key and user."""
     if args.unix_path is None and args.host is None and args.port is None:
         args.unix_path = env.get("unix_path")
-    for name, default in (("host", "127.0.0.1"), ("port", 24224), ("shared_key", None),
-                          ("username", None), ("password", None)):
+    for name, default in (("host", "127.0.0.1"), ("port", 24224)):
         if getattr(args, name) is None:
             setattr(args, name, env.get(name, default))
+    auth = env.get("auth", Auth())
+    for name in ("shared_key", "username", "password"):
+        if getattr(args, name) is None:
+            # An empty user name or password is no setting at all.
+            setattr(args, name, getattr(auth, name) or None)
