@@ -95,8 +95,10 @@ class Reader:
         # well under a millisecond of GIL time, so a posting thread never waits long.
         self._batch = batch
         self._ledger = ledger
-        journal = journal or NullJournal()
-        self._spooling = Spooling(journal, buf, admission, reporter)
+        # Asked per batch whether it records and has spans to write; what to write there
+        # is Spooling's.
+        self._journal: Journal = journal or NullJournal()
+        self._spooling = Spooling(self._journal, buf, admission, reporter)
         # overflow="block": records that find the buffer full wait here for room rather
         # than being dropped, holding up the queue behind them.
         self._carry: list[tuple[Message, bytes]] = []
@@ -109,7 +111,7 @@ class Reader:
         self.pop_lock = life.lock
         self._parking = parking or Parking()
         # What previous processes left in the spool, fed in between batches.
-        self._replay = Replay(journal, buf, life, reporter, admission, batch,
+        self._replay = Replay(self._journal, buf, life, reporter, admission, batch,
                               self._add_spooled)
         self._waits = ReaderWaits(q, batch, self.wake, life, ledger, buf,
                                   alive=self._alive, gone=self.gone)
@@ -124,7 +126,7 @@ class Reader:
     def has_work(self) -> bool:
         """Whether anything but the queue waits for this reader (read while it is parked):
         records waiting for room, spans to write to the spool, a spool to replay."""
-        return bool(self._carry) or self._replay.active or self._spooling.pending()
+        return bool(self._carry) or self._replay.active or self._journal.pending()
 
     def new_thread(self) -> threading.Thread:
         """A thread to run (or, after parking for a fork, resume) this reader's loop."""
@@ -150,12 +152,12 @@ class Reader:
         q, popleft = self._queue, self._queue.popleft
         size = self._batch
         stopping = False
-        parking, spooling, waits = self._parking, self._spooling, self._waits
+        parking, journal, waits = self._parking, self._journal, self._waits
         while True:
             if parking.requested and parking.park_here(READER):
                 return True
-            if spooling.pending():
-                spooling.maintain()
+            if journal.pending():
+                self._spooling.maintain()
             if self._carry and not self._retry_carry():
                 # No room yet (overflow="block"): what waits in the queue stays
                 # there, so post() sees the buffer full and waits too.
@@ -216,7 +218,7 @@ class Reader:
                 # seen here or sees ``idle`` and sets ``wake``. A pending replay
                 # waiting for room keeps polling instead.
                 self.idle = True
-                if not q and not self._replay.active and not spooling.pending():
+                if not q and not self._replay.active and not journal.pending():
                     self.wake.wait(1.0)
                 self.idle = False
             self.wake.clear()
@@ -318,7 +320,7 @@ class Reader:
             return
         for run in self._packer.pack_runs(batch, self._unpackable):
             self._drop_too_large(run)
-            if self._spooling.recording:
+            if self._journal.recording:
                 self._spooling.trim(run)
             if not run.messages:
                 continue
@@ -424,7 +426,7 @@ class Reader:
         if evicted:
             self._admission.evicted(evicted)
             self.released(evicted)
-        if self._spooling.recording:
+        if self._journal.recording:
             self._spooling.record(first_seq, kept, packed, rejected)
         return rejected
 

@@ -18,7 +18,9 @@ _BLOCK_OVERHEAD = 64
 
 
 class Spooling:
-    """The reader's side of the journal, one batch at a time."""
+    """The reader's side of the journal, one batch at a time. The reader asks the journal
+    itself whether it records (``recording``) and has spans to write (``pending``): two
+    questions per batch that cost it no call through here."""
 
     def __init__(self, journal: Journal, buffer: Buffer, admission: Admission,
                  reporter: Reporter) -> None:
@@ -26,15 +28,6 @@ class Spooling:
         self._buffer = buffer
         self._admission = admission
         self._fail = reporter.fail
-
-    @property
-    def recording(self) -> bool:
-        """Whether batches go to the journal (a spool that works)."""
-        return self._journal.recording
-
-    def pending(self) -> bool:
-        """Whether released spans wait to be written (see ``maintain``)."""
-        return self._journal.pending()
 
     def trim(self, run: PackedRun) -> None:
         """Cut ``run`` to what the spool has room for; the rest is dropped as spool full."""
