@@ -64,7 +64,7 @@ def test_a_batch_is_spooled_as_the_buffer_took_it(tmp_path_factory, batch, first
         (tag, entry, first_seq + n) for n, (tag, entry) in enumerate(took)]
 
 
-def test_a_run_is_cut_to_the_spools_room_and_the_rest_counted_spool_full(tmp_path):
+def test_a_run_is_cut_to_the_spools_room_and_the_rest_told_as_spool_full(tmp_path):
     told: list[tuple[FluentError, Message | None]] = []
     spooling, _ = spooling_on(tmp_path, 4096, told)
     messages = [Message("t", {"i": i, "pad": "x" * 200}, 0) for i in range(40)]
