@@ -13,7 +13,6 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FuturesTimeout
 from operator import attrgetter
 from typing import Callable, TypeVar
 
@@ -21,26 +20,16 @@ from ._admission import Admission
 from ._buffer import Buffer, Frame, Tagged
 from ._journal import Journal, NullJournal
 from ._ledger import Ledger
-from ._lifecycle import CLOSED, NEW, RUNNING, Lifecycle, thread_failed
+from ._lifecycle import CLOSED, Lifecycle, thread_failed
 from ._parking import READER, Parking, WakeUp
+from ._reader_waits import ReaderWaits
 from ._replay import Replay, Spooled
 from ._reporting import Reporter
-from .errors import (
-    ClientClosedError,
-    FluentTimeoutError,
-    RecordTooLargeError,
-    SerializationError,
-    UnsafeRecordError,
-)
+from ._spooling import Spooling
+from .errors import RecordTooLargeError, SerializationError, UnsafeRecordError
 from .framing import EntryPacker, PackedRun
 from .message import Message, settle_future
-from .stats import (
-    DROP_BUFFER_FULL,
-    DROP_SPOOL_FULL,
-    DROP_TOO_LARGE,
-    DROP_UNSAFE,
-    DROP_UNSERIALIZABLE,
-)
+from .stats import DROP_BUFFER_FULL, DROP_TOO_LARGE, DROP_UNSAFE, DROP_UNSERIALIZABLE
 
 log = logging.getLogger("fluentclient")
 
@@ -49,9 +38,6 @@ STOP = object()
 POLL = 0.005
 # How long the reader leaves the GIL to the writer when a large write is due.
 WRITER_TURN = 0.0002
-# Room kept in the spool for a block's head and its tags, beyond the entries themselves.
-_BLOCK_OVERHEAD = 64
-
 
 
 def _sleep0() -> None:
@@ -75,10 +61,11 @@ class Reader:
     (``sync_append``). While records keep coming the reader looks again every ``POLL``
     seconds by itself.
 
-    Each batch is also appended to the journal once it is in the buffer, and records a
-    previous process left in the spool are fed in between batches as room allows. The
-    journal's file work is done here, never on a caller's thread: the spans that others
-    mark done are written on this thread's next turn.
+    Each batch is also appended to the journal once it is in the buffer (``Spooling``),
+    and records a previous process left in the spool are fed in between batches as room
+    allows (``Replay``). The journal's file work is done here, never on a caller's thread:
+    the spans that others mark done are written on this thread's next turn. What callers
+    wait for from this thread is ``ReaderWaits``'s.
     """
 
     def __init__(
@@ -108,7 +95,10 @@ class Reader:
         # well under a millisecond of GIL time, so a posting thread never waits long.
         self._batch = batch
         self._ledger = ledger
+        # Asked per batch whether it records and has spans to write; what to write there
+        # is Spooling's.
         self._journal: Journal = journal or NullJournal()
+        self._spooling = Spooling(self._journal, buf, admission, reporter)
         # overflow="block": records that find the buffer full wait here for room rather
         # than being dropped, holding up the queue behind them.
         self._carry: list[tuple[Message, bytes]] = []
@@ -119,15 +109,12 @@ class Reader:
         # (the lifecycle's), here, through evict_queued() or take_back(), or in shutdown's
         # final sweep (take_all_locked), and is counted in the ledger as it leaves.
         self.pop_lock = life.lock
-        # post() callers waiting for the queue to drain (see wait_drained). A lock of its
-        # own: a caller interrupted there (a signal handler that shuts the client down)
-        # must not hold up the lifecycle's lock.
-        self._drained = threading.Condition(threading.Lock())
-        self._drain_waiters = 0
         self._parking = parking or Parking()
         # What previous processes left in the spool, fed in between batches.
         self._replay = Replay(self._journal, buf, life, reporter, admission, batch,
                               self._add_spooled)
+        self._waits = ReaderWaits(q, batch, self.wake, life, ledger, buf,
+                                  alive=self._alive, gone=self.gone)
         self.thread = self.new_thread()
 
     @property
@@ -165,12 +152,12 @@ class Reader:
         q, popleft = self._queue, self._queue.popleft
         size = self._batch
         stopping = False
-        parking = self._parking
+        parking, journal, waits = self._parking, self._journal, self._waits
         while True:
             if parking.requested and parking.park_here(READER):
                 return True
-            if self._journal.pending():
-                self._maintain()
+            if journal.pending():
+                self._spooling.maintain()
             if self._carry and not self._retry_carry():
                 # No room yet (overflow="block"): what waits in the queue stays
                 # there, so post() sees the buffer full and waits too.
@@ -193,9 +180,7 @@ class Reader:
                     batch = [m for m in batch if m is not STOP]
                 if batch:
                     self._ledger.take(len(batch))
-            if self._drain_waiters and len(q) <= size:
-                with self._drained:
-                    self._drained.notify_all()
+            waits.took(len(q))
             replaying = (self._replay.active and not self._replay.cut()
                          and self._replay.step())
             if batch:
@@ -233,7 +218,7 @@ class Reader:
                 # seen here or sees ``idle`` and sets ``wake``. A pending replay
                 # waiting for room keeps polling instead.
                 self.idle = True
-                if not q and not self._replay.active and not self._journal.pending():
+                if not q and not self._replay.active and not journal.pending():
                     self.wake.wait(1.0)
                 self.idle = False
             self.wake.clear()
@@ -254,8 +239,7 @@ class Reader:
                 for msg, _ in reversed(self._carry):
                     self._queue.appendleft(msg)
                 self._ledger.take(-len(self._carry))
-        with self._drained:
-            self._drained.notify_all()
+        self._waits.stopped()
         self._carry = []
         with self._buffer.lock:
             self._life.reader_done = True
@@ -303,39 +287,19 @@ class Reader:
         return stranded
 
     def wait_taken(self, deadline: float | None) -> bool:
-        """Wait until every record queued so far has left the queue (buffered or dropped),
-        as the ledger counts them; False at the deadline. True as soon as the client stops
-        running: flush() then waits for the shutdown's outcome instead."""
-        ledger, life = self._ledger, self._life
-        target = ledger.entered()
-        if ledger.left_queue() >= target:
-            return True
-        self.wake.set()
-        # This thread notifies nobody per batch (that would cost every batch a wake-up):
-        # look again every few milliseconds.
-        return self._buffer.wait_until(
-            lambda: ledger.left_queue() >= target or life.phase is not RUNNING,
-            deadline, step=0.005)
+        """flush(): see ReaderWaits.taken."""
+        return self._waits.taken(deadline)
 
     def wait_appended(self, waiter: Future[None], timeout: float | None) -> None:
-        """post(sync_append=True): wait until this thread has buffered the record, or
-        raise why not (see Message.waiter)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            # In slices, so that a reader that is gone (it never should be) turns into an
-            # error rather than a caller waiting forever.
-            step = 0.5 if deadline is None else min(0.5, max(0.0, deadline - time.monotonic()))
-            try:
-                waiter.result(step)
-                return
-            except FuturesTimeout:
-                pass
-            if deadline is not None and time.monotonic() >= deadline:
-                raise FluentTimeoutError(
-                    f"the record did not reach the buffer within {timeout} s"
-                ) from None
-            if self._life.phase is not NEW and self.gone() and not waiter.done():
-                raise ClientClosedError("the client's reader thread has stopped")
+        """post(sync_append=True): see ReaderWaits.appended."""
+        self._waits.appended(waiter, timeout)
+
+    def wait_drained(self, timeout: float) -> None:
+        """post() outrunning packing: see ReaderWaits.drained."""
+        self._waits.drained(timeout)
+
+    def _alive(self) -> bool:
+        return self.thread.is_alive()
 
     def gone(self) -> bool:
         """Whether the thread ran and ended (not merely parked for a fork)."""
@@ -347,41 +311,9 @@ class Reader:
         return not self._parking.requested and self.thread is thread
 
     def released(self, frames: Sequence[Frame]) -> None:
-        """Frames gone for good (sent, given up, evicted): the spool need not replay them.
-
-        Called on the writer's thread and, through eviction, on callers': the journal
-        only queues the spans, and this thread writes them on its next turn.
-        """
-        journal = self._journal
-        if not journal.recording:
-            return
-        journal.done([(f.tag, f.first_seq, f.last_seq) for f in frames])
-        if self.idle:
+        """Frames gone for good: the spool need not replay them (see Spooling.release)."""
+        if self._spooling.release(frames) and self.idle:
             self.wake.set()
-
-    def wait_drained(self, timeout: float) -> None:
-        """Let the reader take the queue down to one batch, for at most ``timeout`` s.
-
-        post() calls this when posts outrun packing: the caller gives up the GIL to the
-        reader rather than letting Python objects pile up in the queue. The reader is
-        busy on the CPU, never on the server, so this waits for no I/O.
-        """
-        deadline = time.monotonic() + timeout
-        # Bounded even to take the lock: a signal handler that posts while its own thread
-        # holds it (waiting here) must not deadlock, only give up.
-        if not self._drained.acquire(timeout=timeout):
-            return
-        self._drain_waiters += 1
-        try:
-            while len(self._queue) > self._batch and self.thread.is_alive():
-                self.wake.set()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                self._drained.wait(remaining)
-        finally:
-            self._drain_waiters -= 1
-            self._drained.release()
 
     def _append(self, batch: list[Message]) -> None:
         if not batch:
@@ -389,7 +321,7 @@ class Reader:
         for run in self._packer.pack_runs(batch, self._unpackable):
             self._drop_too_large(run)
             if self._journal.recording:
-                self._within_spool_limit(run)
+                self._spooling.trim(run)
             if not run.messages:
                 continue
             if self._carry:
@@ -443,10 +375,8 @@ class Reader:
         """Try again to buffer the records that found it full; True once all are in."""
         msgs = [m for m, _ in self._carry]
         rejected = self._add(msgs, [e for _, e in self._carry])
+        self._settle_waiters(msgs, rejected)
         refused = set(map(id, rejected))
-        for msg in msgs:
-            if msg.waiter is not None and id(msg) not in refused:
-                settle_future(msg.waiter)
         self._carry = [(m, e) for m, e in self._carry if id(m) in refused]
         return not self._carry
 
@@ -497,60 +427,8 @@ class Reader:
             self._admission.evicted(evicted)
             self.released(evicted)
         if self._journal.recording:
-            self._spool_batch(first_seq, kept, packed, rejected)
+            self._spooling.record(first_seq, kept, packed, rejected)
         return rejected
 
     def _add_spooled(self, records: list[Spooled], entries: list[bytes]) -> list[Spooled]:
         return self._add(records, entries, spooled=True)
-
-    def _within_spool_limit(self, run: PackedRun) -> None:
-        """Cut ``run`` to what the spool has room for; the rest is dropped as spool full."""
-        spool = self._journal
-        if spool.size + len(run.data) + _BLOCK_OVERHEAD > spool.limit:
-            self._maintain()
-        fits = self._admission.spool_fits(run.sizes, _BLOCK_OVERHEAD)
-        if fits == len(run.sizes):
-            return
-        err = self._admission.spool_full()
-        for msg in run.messages[fits:]:
-            self._fail(DROP_SPOOL_FULL, err, msg)
-        run.data = run.data[:sum(run.sizes[:fits])]
-        del run.messages[fits:]
-        del run.sizes[fits:]
-
-    def _spool_batch(
-        self, first_seq: int, kept: list[_T], packed: PackedRun | list[bytes],
-        rejected: list[_T],
-    ) -> None:
-        if isinstance(packed, PackedRun):
-            if not rejected:
-                self._journal.append(first_seq, [(packed.tag, bytes(packed.data))], len(kept))
-                return
-            entries = packed.entries()
-        else:
-            entries = packed
-        if rejected:
-            dropped = set(map(id, rejected))
-            pairs = [(m.tag, e) for m, e in zip(kept, entries) if id(m) not in dropped]
-        else:
-            pairs = [(m.tag, e) for m, e in zip(kept, entries)]
-        if not pairs:
-            return
-        runs: list[tuple[str, bytes]] = []
-        counts: list[int] = []
-        run_tag, run, n = pairs[0][0], bytearray(), 0
-        for tag, entry in pairs:
-            if tag != run_tag:
-                runs.append((run_tag, bytes(run)))
-                counts.append(n)
-                run_tag, run, n = tag, bytearray(), 0
-            run += entry
-            n += 1
-        runs.append((run_tag, bytes(run)))
-        counts.append(n)
-        self._journal.append(first_seq, runs, len(pairs), counts)
-
-    def _maintain(self) -> None:
-        with self._buffer.lock:
-            oldest = self._buffer.oldest_held_locked()
-        self._journal.maintain(oldest)

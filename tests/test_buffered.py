@@ -495,7 +495,7 @@ def test_a_drain_wait_entered_again_on_its_own_thread_gives_up_instead_of_deadlo
         returned = threading.Event()
 
         def reenter() -> None:
-            with reader._drained:  # as the interrupted wait holds it
+            with reader._waits._drained:  # as the interrupted wait holds it
                 reader.wait_drained(0.2)
             returned.set()
 
@@ -555,7 +555,7 @@ def test_the_reader_batch_and_queue_limit_depend_on_the_spool(
         reader = client._reader
         poster.start()
         # The poster fills the queue up to the limit, then waits for the reader.
-        assert wait_until(lambda: reader._drain_waiters == 1), len(client._queue)
+        assert wait_until(lambda: reader._waits._drain_waiters == 1), len(client._queue)
         assert len(client._queue) == queue_limit
         first.opened.set()
         # The reader takes one batch, headed by the second gate, and is held again; the
@@ -564,7 +564,7 @@ def test_the_reader_batch_and_queue_limit_depend_on_the_spool(
         # its second, and ``posted`` stands still.
         assert second.entered.wait(20)
         assert wait_until(lambda: len(client._queue) == queue_limit
-                          and reader._drain_waiters == 1), len(client._queue)
+                          and reader._waits._drain_waiters == 1), len(client._queue)
         assert posted - len(client._queue) == batch
     finally:
         first.opened.set()
