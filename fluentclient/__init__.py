@@ -1,8 +1,8 @@
 """fluentclient: ship structured events to Fluentd and Fluent Bit over the forward protocol."""
 
 from ._accel import COMPILED
-from ._pool import Server
-from ._signals import shutdown_on_signal
+from ._lifetime._signals import shutdown_on_signal
+from ._transport._pool import Server
 from .backoff import Backoff
 from .client import BufferedClient, SyncClient
 from .errors import (

@@ -21,7 +21,7 @@ from ._ledger import Ledger, State
 from ._lifecycle import RUNNING, Lifecycle
 from ._reporting import Reporter
 from ._words import count
-from ._writer import resolve_futures
+from ._writing._writer import resolve_futures
 from .errors import BufferFullError
 from .message import Message
 from .stats import DROP_BUFFER_FULL, DROP_EVICTED, DROP_SPOOL_FULL

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from ._moved import refuse_moved
 from ._options import TransportOptions, checked_rules, security_from, servers_from
-from ._pool import ServerSpec
+from ._transport._pool import ServerSpec
 from .backoff import Backoff
 from .config import options_from_env
 from .errors import InvalidTagError, SerializationError

@@ -7,13 +7,13 @@ import threading
 import time
 from collections import deque
 
-from . import _parking
 from ._buffer import Buffer
 from ._lifecycle import RUNNING, Lifecycle
-from ._parking import READER, Parking
-from ._reader import Reader
+from ._lifetime import _parking
+from ._lifetime._parking import READER, Parking
+from ._reading._reader import Reader
 from ._threads import OwnThreads
-from ._writer import Writer
+from ._writing._writer import Writer
 
 
 class Crew:

@@ -12,8 +12,8 @@ import time
 from ._buffer import Buffer
 from ._ledger import Ledger
 from ._lifecycle import NEW, RUNNING, Lifecycle
-from ._reader import Reader
-from ._writer import Writer
+from ._reading._reader import Reader
+from ._writing._writer import Writer
 
 
 def flush(life: Lifecycle, reader: Reader, buffer: Buffer, writer: Writer, ledger: Ledger,

@@ -11,8 +11,8 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ._opening import Security
-from ._pool import Link, Server, ServerSpec
+from ._transport._opening import Security
+from ._transport._pool import Link, Server, ServerSpec
 from .backoff import Backoff
 from .errors import ConfigurationError
 from .framing import EntryPacker, FrameBuilder

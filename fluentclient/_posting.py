@@ -14,13 +14,13 @@ from collections.abc import Mapping
 from concurrent.futures import Future
 from typing import Callable, Protocol
 
-from . import _process, _sigterm
 from ._admission import Admission
 from ._base import TagChecker, not_a_mapping
 from ._crew import Crew
-from ._forgotten import Forgettable, forgotten
 from ._lifecycle import FAILED, NEW, RUNNING
-from ._reader import Reader
+from ._lifetime import _process, _sigterm
+from ._lifetime._forgotten import Forgettable, forgotten
+from ._reading._reader import Reader
 from ._reporting import Reporter, Reporting
 from .errors import ClientClosedError, FluentError
 from .message import Message, TimeLike

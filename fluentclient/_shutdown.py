@@ -19,9 +19,9 @@ from ._buffer import Buffer, Frame
 from ._journal import Journal
 from ._ledger import Ledger
 from ._lifecycle import Lifecycle
-from ._reader import STOP, Reader
+from ._reading._reader import STOP, Reader
 from ._words import count
-from ._writer import Writer, resolve_futures
+from ._writing._writer import Writer, resolve_futures
 from .errors import ClientClosedError, FluentError
 from .framing import EntryPacker, FrameError, decode_frame, new_unpacker
 from .message import Message, settle_future

@@ -23,27 +23,28 @@ from dataclasses import replace
 from functools import partial
 from typing import Literal, overload
 
-from . import _clients, _draining, _forks, _posting, _process, _sigterm
+from . import _posting
 from ._accel import fast_poster
 from ._admission import Admission, pace_for
 from ._base import Client as _Client
 from ._buffer import Buffer
 from ._crew import Crew
 from ._flush import flush
-from ._forgotten import core_of, forgotten
 from ._journal import Journal, NullJournal, open_journal
 from ._ledger import Ledger
 from ._lifecycle import CLOSED, CLOSING, FAILED, NEW, RUNNING, Lifecycle
+from ._lifetime import _clients, _draining, _forks, _process, _sigterm
+from ._lifetime._forgotten import core_of, forgotten
+from ._lifetime._parking import Parking
 from ._options import MiB as _MiB
 from ._options import builder_for, packer_for
-from ._parking import Parking
-from ._pool import ServerSpec
-from ._reader import Reader
+from ._reading._reader import Reader
 from ._reporting import ErrorCallback, Reporter, Reporting
-from ._sender import Sender
 from ._shutdown import Ending, UnsentCallback
 from ._threads import OwnThreads
-from ._writer import Writer
+from ._transport._pool import ServerSpec
+from ._transport._sender import Sender
+from ._writing._writer import Writer
 from .backoff import Backoff
 from .errors import ConfigurationError
 from .message import Message, TimeLike

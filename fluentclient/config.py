@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Callable
 
-from ._pool import Server
+from ._transport._pool import Server
 from .errors import ConfigurationError
 from .message import MAX_TAG_LENGTH, TAG_PATTERN
 from .options import Auth, Tls

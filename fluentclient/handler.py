@@ -29,7 +29,6 @@ import time
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 
-from . import _exit, _process
 from ._convert import (
     Converter,
     check_tag,
@@ -39,6 +38,7 @@ from ._convert import (
     tag_from_name,
     text,
 )
+from ._lifetime import _exit, _process
 from ._trace import current_ids, put_ids
 from .client import BufferedClient, SyncClient
 from .errors import BufferFullError, ClientClosedError, FluentError

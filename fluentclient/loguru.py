@@ -35,7 +35,6 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "fluentclient from its checkout with the loguru extra"
     ) from exc
 
-from . import _exit, _process
 from ._convert import (
     Converter,
     check_tag,
@@ -46,6 +45,7 @@ from ._convert import (
     tag_from_name,
     text,
 )
+from ._lifetime import _exit, _process
 from ._trace import SPAN_ID, TRACE_ID, current_ids, put_ids
 from .errors import FluentError
 from .handler import _TAG_CACHE, Client, FieldMap, client_of

@@ -18,12 +18,12 @@ from concurrent.futures import Future
 from typing import Literal, overload
 
 from ._base import Client, not_a_mapping
-from ._connection import Connection, SendError
 from ._ledger import Ledger
 from ._options import MiB, builder_for, packer_for
-from ._pool import Link, ServerSpec
-from ._replies import ConnectionLost
-from ._sender import Sender
+from ._transport._connection import Connection, SendError
+from ._transport._pool import Link, ServerSpec
+from ._transport._replies import ConnectionLost
+from ._transport._sender import Sender
 from .backoff import Backoff
 from .errors import (
     AuthenticationError,

@@ -445,7 +445,7 @@ def test_every_method_of_the_buffer_is_used_by_the_client():
 
     package = Path(fluentclient.__file__).parent
     # Called as ``obj.name(`` somewhere in the package, the buffer itself included.
-    source = "\n".join(p.read_text() for p in package.glob("*.py"))
+    source = "\n".join(p.read_text() for p in package.rglob("*.py"))
     unused = [
         name for name, member in vars(Buffer).items()
         if inspect.isfunction(member) and not name.startswith("__")

@@ -2,7 +2,7 @@
 
 Python 3.12+ warns at every os.fork() in a process running more than one thread. A client
 starts no thread until it is used, and parks the ones it runs while a fork happens (see
-fluentclient/_parking.py). Each forking program runs in a child process (the test process
+fluentclient/_lifetime/_parking.py). Each forking program runs in a child process (the test process
 has threads of its own), shows that warning on stderr at every fork, and also counts the threads
 that exist at the very moment of the fork, through an at-fork hook registered before
 fluentclient is imported: such hooks run in reverse order, so it runs after the client's
@@ -188,7 +188,8 @@ def test_a_fork_while_records_are_held_brings_the_threads_back_at_once(fluent_se
 
 STUCK = """
 import os, threading, warnings
-from fluentclient import BufferedClient, Timeouts, _parking
+from fluentclient import BufferedClient, Timeouts
+from fluentclient._lifetime import _parking
 
 # Were the stuck writer waited for, each fork would take this long.
 _parking.PARK_WAIT = 30.0

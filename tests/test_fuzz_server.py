@@ -36,7 +36,7 @@ from fluentclient import (
     SyncClient,
     Timeouts,
 )
-from fluentclient._handshake import build_helo
+from fluentclient._transport._handshake import build_helo
 from fluentclient.framing import ack_for, decode_frame, new_unpacker
 from fluentclient.server import ForwardServer
 

@@ -1,4 +1,4 @@
-"""fluentclient._handshake against forward-protocol.md §5, byte for byte, plus fuzzing.
+"""fluentclient._transport._handshake against forward-protocol.md §5, byte for byte, plus fuzzing.
 
 tests/test_handshake_vectors.py checks the same vectors through decoded objects and lengths;
 this module pins the exact wire bytes, the str/bin corner cases of fluent-bit, both HELO
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from fluentclient._handshake import (
+from fluentclient._transport._handshake import (
     Helo,
     build_helo,
     build_ping,

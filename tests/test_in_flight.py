@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fluentclient._buffer import Frame
-from fluentclient._pool import InFlight
+from fluentclient._transport._pool import InFlight
 
 _SIZES = st.lists(st.integers(1, 50), max_size=12)
 

@@ -748,7 +748,7 @@ class ClientModel(RuleBasedStateMachine):
         if c._reader.thread.ident is None:  # not started yet
             return
         # After a fork a client with nothing to send stays dormant, its threads parked
-        # until the next post or flush (fluentclient/_parking.py); a writer stuck in a
+        # until the next post or flush (fluentclient/_lifetime/_parking.py); a writer stuck in a
         # socket call at the fork never parked and runs on.
         parking = c._parking
         parked = set(parking.parked) if parking.requested else set()

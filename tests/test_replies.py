@@ -9,7 +9,7 @@ import struct
 import msgpack
 import pytest
 
-from fluentclient._replies import ConnectionLost, Replies
+from fluentclient._transport._replies import ConnectionLost, Replies
 
 from .waiting import wait_until
 

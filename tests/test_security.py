@@ -26,8 +26,8 @@ from fluentclient import (
     Tls,
     TlsError,
 )
-from fluentclient._opening import NO_SECURITY
-from fluentclient._pool import Link
+from fluentclient._transport._opening import NO_SECURITY
+from fluentclient._transport._pool import Link
 from fluentclient.framing import new_unpacker
 from fluentclient.server import ForwardServer
 

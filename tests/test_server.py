@@ -16,7 +16,14 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from fluentclient._handshake import Helo, build_helo, build_ping, check_pong, new_salt, parse_helo
+from fluentclient._transport._handshake import (
+    Helo,
+    build_helo,
+    build_ping,
+    check_pong,
+    new_salt,
+    parse_helo,
+)
 from fluentclient.errors import AuthenticationError
 from fluentclient.framing import ack_for, new_unpacker
 from fluentclient.message import EventTime

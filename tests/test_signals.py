@@ -316,7 +316,7 @@ def test_sigterm_by_default_sends_what_was_held_then_dies_of_the_signal(fluent_s
     assert fluent_server.wait_for_events(1000, timeout=10), (
         f"{len(fluent_server.events)} of 1000 records arrived")
     assert sorted(e.record["i"] for e in fluent_server.events) == list(range(1000))
-    assert ready == [mock.ANY, "fluentclient._sigterm"]
+    assert ready == [mock.ANY, "fluentclient._lifetime._sigterm"]
 
 
 def test_sigterm_by_default_with_the_server_down_says_what_was_not_sent(fluent_server):

@@ -13,10 +13,10 @@ from fluentclient._buffer import Buffer
 from fluentclient._journal import Journal, open_journal
 from fluentclient._ledger import Ledger
 from fluentclient._lifecycle import Lifecycle
-from fluentclient._replay import Spooled
+from fluentclient._reading._replay import Spooled
+from fluentclient._reading._spooling import Spooling
 from fluentclient._reporting import Reporter, Reporting
 from fluentclient._spool import Spool
-from fluentclient._spooling import Spooling
 from fluentclient.errors import BufferFullError, FluentError
 from fluentclient.framing import EntryPacker
 from fluentclient.message import Message

@@ -178,7 +178,7 @@ def test_compressed_frames_of_incompressible_records_stay_within_the_limit(fluen
 def test_every_address_of_a_host_is_tried_in_turn(fluent_server):
     import socket
 
-    from fluentclient._connection import Connection
+    from fluentclient._transport._connection import Connection
     from fluentclient.errors import FluentConnectionError
 
     # Nothing listens on 127.0.0.2 (the server is bound to 127.0.0.1 only): refused, so

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .. import _handshake as handshake
 from .._decoding import DecodedFrame, FrameError, decode_frame, new_unpacker
+from .._transport import _handshake as handshake
 from .._words import count
 from ._acks import AckSchedule, acks_for
 from ._faults import Faults

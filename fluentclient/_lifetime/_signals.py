@@ -23,9 +23,9 @@ from collections.abc import Iterable
 from types import FrameType
 from typing import Any, Callable, Optional, Protocol, Union
 
+from .._words import count
+from ..stats import ShutdownReport
 from . import _sigterm
-from ._words import count
-from .stats import ShutdownReport
 
 log = logging.getLogger("fluentclient")
 

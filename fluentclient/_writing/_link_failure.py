@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import logging
 
+from .._buffer import Buffer, Frame
+from .._ledger import Ledger
+from .._lifecycle import Lifecycle
+from .._transport._connection import Connection
+from .._transport._pool import Link
+from .._words import count
+from ..errors import FluentError, PossiblyLostError
 from ._ack_tracking import AckTracking
-from ._buffer import Buffer, Frame
 from ._connect_notes import ConnectNotes
-from ._connection import Connection
-from ._ledger import Ledger
-from ._lifecycle import Lifecycle
 from ._no_ack_proof import NoAckProof
-from ._pool import Link
 from ._retiring import Retirement
-from ._words import count
 from ._writer_common import Fault, resolve_futures
-from .errors import FluentError, PossiblyLostError
 
 log = logging.getLogger("fluentclient")
 

@@ -24,22 +24,22 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from .._buffer import Buffer, Frame
+from .._ledger import Ledger
+from .._lifecycle import Lifecycle, thread_failed
+from .._lifetime._parking import WRITER, Parking
+from .._options import TransportOptions
+from .._transport._connection import SendError
+from .._transport._pool import Link
+from .._transport._sender import Sender
+from ..errors import FluentError
+from ..framing import FrameBuilder
 from ._ack_tracking import AckTracking
-from ._buffer import Buffer, Frame
 from ._connect_notes import ConnectNotes
-from ._connection import SendError
-from ._ledger import Ledger
-from ._lifecycle import Lifecycle, thread_failed
 from ._link_failure import LinkFailure
 from ._no_ack_proof import NoAckProof
-from ._options import TransportOptions
-from ._parking import WRITER, Parking
-from ._pool import Link
 from ._retiring import Retirement
-from ._sender import Sender
 from ._writer_common import Fault, cut_short, deadline_within, resolve_futures
-from .errors import FluentError
-from .framing import FrameBuilder
 
 __all__ = ["Writer", "resolve_futures"]
 

@@ -12,12 +12,12 @@ import logging
 import time
 from collections.abc import Callable
 
-from . import _notice
-from ._lifecycle import Lifecycle
-from ._pool import Link
-from ._sender import is_refusal, is_unresolvable
-from ._words import count
-from .errors import FluentError
+from .. import _notice
+from .._lifecycle import Lifecycle
+from .._transport._pool import Link
+from .._transport._sender import is_refusal, is_unresolvable
+from .._words import count
+from ..errors import FluentError
 
 log = logging.getLogger("fluentclient")
 

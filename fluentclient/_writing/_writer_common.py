@@ -6,13 +6,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from ._buffer import Frame
-from ._connection import Connection
-from ._lifecycle import Lifecycle
-from ._replies import ConnectionLost
-from ._sender import Sender
-from .errors import AuthenticationError, FluentError
-from .message import settle_future
+from .._buffer import Frame
+from .._lifecycle import Lifecycle
+from .._transport._connection import Connection
+from .._transport._replies import ConnectionLost
+from .._transport._sender import Sender
+from ..errors import AuthenticationError, FluentError
+from ..message import settle_future
 
 
 @dataclass(frozen=True)

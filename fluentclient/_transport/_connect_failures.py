@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import ssl
 
-from .errors import FluentConnectionError, FluentError, FluentTimeoutError, TlsError
+from ..errors import FluentConnectionError, FluentError, FluentTimeoutError, TlsError
 
 # TLS failures that say the connection broke, not that the two sides disagree: they may
 # pass by themselves (a server restarting mid-handshake).

@@ -11,11 +11,11 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Callable
 
-from ._buffer import Buffer
-from ._ledger import Ledger
-from ._lifecycle import NEW, RUNNING, Lifecycle
-from ._parking import WakeUp
-from .errors import ClientClosedError, FluentTimeoutError
+from .._buffer import Buffer
+from .._ledger import Ledger
+from .._lifecycle import NEW, RUNNING, Lifecycle
+from .._lifetime._parking import WakeUp
+from ..errors import ClientClosedError, FluentTimeoutError
 
 
 class ReaderWaits:

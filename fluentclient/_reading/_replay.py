@@ -10,14 +10,14 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Callable, NamedTuple
 
-from ._admission import Admission
-from ._buffer import Buffer
-from ._journal import Claim, Journal, Replayed
-from ._lifecycle import Lifecycle
-from ._reporting import Reporter
-from ._spool import Span
-from .errors import RecordTooLargeError
-from .stats import DROP_BUFFER_FULL, DROP_TOO_LARGE
+from .._admission import Admission
+from .._buffer import Buffer
+from .._journal import Claim, Journal, Replayed
+from .._lifecycle import Lifecycle
+from .._reporting import Reporter
+from .._spool import Span
+from ..errors import RecordTooLargeError
+from ..stats import DROP_BUFFER_FULL, DROP_TOO_LARGE
 
 log = logging.getLogger("fluentclient")
 

@@ -13,8 +13,8 @@ import ssl
 import time
 from typing import Any
 
-from ._decoding import new_unpacker
-from .errors import AuthenticationError, FluentConnectionError, FluentTimeoutError
+from .._decoding import new_unpacker
+from ..errors import AuthenticationError, FluentConnectionError, FluentTimeoutError
 
 _READ_SIZE = 65536
 

@@ -20,15 +20,15 @@ import time
 from collections import deque
 from typing import Optional
 
-from ._buffer import Buffer, Frame
-from ._connection import Connection
-from ._ledger import Ledger
-from ._lifecycle import Lifecycle
-from ._pool import Link
-from ._replies import ConnectionLost
+from .._buffer import Buffer, Frame
+from .._ledger import Ledger
+from .._lifecycle import Lifecycle
+from .._transport._connection import Connection
+from .._transport._pool import Link
+from .._transport._replies import ConnectionLost
+from ..errors import AuthenticationError
+from ..message import short_repr
 from ._writer_common import Fault, deadline_within, read_replies
-from .errors import AuthenticationError
-from .message import short_repr
 
 log = logging.getLogger("fluentclient")
 

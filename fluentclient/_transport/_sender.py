@@ -17,13 +17,13 @@ import socket
 import time
 from collections.abc import Sequence
 
+from .._ledger import Ledger
+from .._options import TransportOptions
+from ..errors import AuthenticationError, ConfigurationError, FluentError, TlsError
+from ..message import short_repr
 from ._connection import Connection
-from ._ledger import Ledger
-from ._options import TransportOptions
 from ._pool import Link, choose, level
 from ._replies import ConnectionLost
-from .errors import AuthenticationError, ConfigurationError, FluentError, TlsError
-from .message import short_repr
 
 
 class Sender:

@@ -17,12 +17,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Union
 
-from ._buffer import Frame
+from .._buffer import Frame
+from ..backoff import Backoff
+from ..errors import FluentConnectionError, FluentError
+from ..stats import ServerStats
 from ._connection import Address, Connection, describe
 from ._opening import Security
-from .backoff import Backoff
-from .errors import FluentConnectionError, FluentError
-from .stats import ServerStats
 
 
 @dataclass(frozen=True)

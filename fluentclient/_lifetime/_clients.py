@@ -11,7 +11,7 @@ import threading
 import weakref
 from typing import Protocol
 
-from .stats import ShutdownReport
+from ..stats import ShutdownReport
 
 
 class ForkAware(Protocol):

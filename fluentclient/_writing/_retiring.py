@@ -15,18 +15,18 @@ from __future__ import annotations
 import logging
 import time
 
-from ._buffer import Buffer, Frame
+from .._buffer import Buffer, Frame
+from .._ledger import Ledger
+from .._lifecycle import Lifecycle
+from .._transport._connection import Connection
+from .._transport._pool import Link, Retiring
+from .._transport._replies import ConnectionLost
+from .._transport._sender import Sender
+from .._words import count
+from ..errors import AuthenticationError
 from ._connect_notes import ConnectNotes
-from ._connection import Connection
-from ._ledger import Ledger
-from ._lifecycle import Lifecycle
 from ._no_ack_proof import NoAckProof
-from ._pool import Link, Retiring
-from ._replies import ConnectionLost
-from ._sender import Sender
-from ._words import count
 from ._writer_common import cut_short
-from .errors import AuthenticationError
 
 log = logging.getLogger("fluentclient")
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ._admission import Admission
-from ._buffer import Buffer, Frame, Tagged
-from ._journal import Journal
-from ._reporting import Reporter
-from .framing import PackedRun
-from .stats import DROP_SPOOL_FULL
+from .._admission import Admission
+from .._buffer import Buffer, Frame, Tagged
+from .._journal import Journal
+from .._reporting import Reporter
+from ..framing import PackedRun
+from ..stats import DROP_SPOOL_FULL
 
 # Room kept in the spool for a block's head and its tags, beyond the entries themselves.
 _BLOCK_OVERHEAD = 64

@@ -23,10 +23,10 @@ import logging
 import threading
 import time
 
-from . import _notice
+from .. import _notice
+from .._words import count
+from ..stats import ShutdownReport
 from ._clients import Drainable, drained_at_exit
-from ._words import count
-from .stats import ShutdownReport
 
 log = logging.getLogger("fluentclient")
 

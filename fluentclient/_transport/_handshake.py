@@ -16,8 +16,8 @@ from typing import Any
 
 import msgpack
 
-from .errors import AuthenticationError
-from .message import peer_text, short_repr
+from ..errors import AuthenticationError
+from ..message import peer_text, short_repr
 
 
 @dataclass(frozen=True)

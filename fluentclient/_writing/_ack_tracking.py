@@ -13,14 +13,14 @@ import logging
 import time
 from collections.abc import Callable
 
-from ._buffer import Buffer, Frame
-from ._ledger import Ledger
-from ._options import TransportOptions
-from ._pool import Link
-from ._words import count
+from .._buffer import Buffer, Frame
+from .._ledger import Ledger
+from .._options import TransportOptions
+from .._transport._pool import Link
+from .._words import count
+from ..errors import FluentError, PossiblyLostError
+from ..message import short_repr
 from ._writer_common import Fault, read_replies, resolve_futures
-from .errors import FluentError, PossiblyLostError
-from .message import short_repr
 
 log = logging.getLogger("fluentclient")
 

@@ -13,9 +13,9 @@ import ssl
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..errors import AuthenticationError, FluentConnectionError
 from . import _handshake as handshake
 from ._replies import ConnectionLost
-from .errors import AuthenticationError, FluentConnectionError
 
 
 @dataclass(frozen=True)

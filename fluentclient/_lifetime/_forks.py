@@ -15,16 +15,16 @@ from collections import deque
 from dataclasses import replace
 from typing import Protocol
 
+from .._journal import Journal, NullJournal
+from .._ledger import Ledger
+from .._lifecycle import CLOSED, CLOSING, Lifecycle
+from .._reading._reader import Reader
+from .._reporting import Reporting
+from .._writing._writer import Writer
+from ..errors import ClientClosedError
+from ..message import Message
+from ..options import Buffering
 from . import _process
-from ._journal import Journal, NullJournal
-from ._ledger import Ledger
-from ._lifecycle import CLOSED, CLOSING, Lifecycle
-from ._reader import Reader
-from ._reporting import Reporting
-from ._writer import Writer
-from .errors import ClientClosedError
-from .message import Message
-from .options import Buffering
 
 log = logging.getLogger("fluentclient")
 

@@ -16,20 +16,20 @@ from concurrent.futures import Future
 from operator import attrgetter
 from typing import Callable, TypeVar
 
-from ._admission import Admission
-from ._buffer import Buffer, Frame, Tagged
-from ._journal import Journal, NullJournal
-from ._ledger import Ledger
-from ._lifecycle import CLOSED, Lifecycle, thread_failed
-from ._parking import READER, Parking, WakeUp
+from .._admission import Admission
+from .._buffer import Buffer, Frame, Tagged
+from .._journal import Journal, NullJournal
+from .._ledger import Ledger
+from .._lifecycle import CLOSED, Lifecycle, thread_failed
+from .._lifetime._parking import READER, Parking, WakeUp
+from .._reporting import Reporter
+from ..errors import RecordTooLargeError, SerializationError, UnsafeRecordError
+from ..framing import EntryPacker, PackedRun
+from ..message import Message, settle_future
+from ..stats import DROP_BUFFER_FULL, DROP_TOO_LARGE, DROP_UNSAFE, DROP_UNSERIALIZABLE
 from ._reader_waits import ReaderWaits
 from ._replay import Replay, Spooled
-from ._reporting import Reporter
 from ._spooling import Spooling
-from .errors import RecordTooLargeError, SerializationError, UnsafeRecordError
-from .framing import EntryPacker, PackedRun
-from .message import Message, settle_future
-from .stats import DROP_BUFFER_FULL, DROP_TOO_LARGE, DROP_UNSAFE, DROP_UNSERIALIZABLE
 
 log = logging.getLogger("fluentclient")
 

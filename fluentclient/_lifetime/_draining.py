@@ -8,16 +8,16 @@ import threading
 import time
 from typing import Protocol
 
-from ._buffer import Buffer
-from ._connection import describe
-from ._journal import Journal
-from ._ledger import Ledger
-from ._lifecycle import CLOSING, FAILED, NEW, RUNNING, Lifecycle, abandon
-from ._options import TransportOptions
-from ._sender import why_hopeless, why_unreachable
-from ._words import count
-from ._writer import Writer
-from .stats import ShutdownReport
+from .._buffer import Buffer
+from .._journal import Journal
+from .._ledger import Ledger
+from .._lifecycle import CLOSING, FAILED, NEW, RUNNING, Lifecycle, abandon
+from .._options import TransportOptions
+from .._transport._connection import describe
+from .._transport._sender import why_hopeless, why_unreachable
+from .._words import count
+from .._writing._writer import Writer
+from ..stats import ShutdownReport
 
 log = logging.getLogger("fluentclient")
 

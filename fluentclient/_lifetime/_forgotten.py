@@ -13,12 +13,12 @@ import threading
 import warnings
 from typing import Protocol, TypeVar
 
+from .._journal import Journal
+from .._lifecycle import CLOSED, CLOSING, NEW, Lifecycle
+from .._options import TransportOptions
+from .._transport._connection import describe
+from ..stats import ShutdownReport
 from . import _clients
-from ._connection import describe
-from ._journal import Journal
-from ._lifecycle import CLOSED, CLOSING, NEW, Lifecycle
-from ._options import TransportOptions
-from .stats import ShutdownReport
 
 log = logging.getLogger("fluentclient")
 

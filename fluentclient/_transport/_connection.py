@@ -1,7 +1,7 @@
 """One socket's life: connect (TLS, handshake), write with a deadline, read replies, close.
 
 The steps of opening are in ``_opening``; what the server says is decoded, and whether it
-ended the connection kept, by the connection's :class:`~fluentclient._replies.Replies`.
+ended the connection kept, by the connection's :class:`~fluentclient._transport._replies.Replies`.
 
 A :class:`Connection` is driven by a single thread (the writer, or the caller of the sync
 client). The one exception is :meth:`Connection.abort`, which another thread may call to
@@ -23,12 +23,12 @@ import struct
 import time
 from typing import Any, Callable, Union
 
+from ..errors import AuthenticationError, FluentConnectionError, FluentTimeoutError
 from . import _connect_failures as failures
 from . import _opening as opening
 from . import _socket_state as state
 from ._opening import NO_SECURITY, Security
 from ._replies import ConnectionLost, Replies
-from .errors import AuthenticationError, FluentConnectionError, FluentTimeoutError
 
 Address = Union[tuple[str, int], str]
 

@@ -1,0 +1,1 @@
+"""The reader thread: it packs posted messages into the buffer."""

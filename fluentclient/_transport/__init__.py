@@ -1,0 +1,1 @@
+"""Reaching the servers, for both clients: links, connections, handshakes."""

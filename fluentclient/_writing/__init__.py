@@ -1,0 +1,1 @@
+"""The writer thread: it sends whole frames and proves what arrived."""
