@@ -6,6 +6,7 @@ user's ``default=`` hook) can ask without importing the buffer and its machinery
 
 from __future__ import annotations
 
+import signal
 import threading
 import weakref
 
@@ -29,6 +30,29 @@ class OwnThreads:
 
     def includes_caller(self) -> bool:
         return threading.current_thread() in self._threads
+
+
+# Signals a thread can only cause itself (a fault in its own code): never blocked, or the
+# process would hang on them rather than die.
+_SYNCHRONOUS = frozenset(
+    getattr(signal, name) for name in ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGABRT",
+                                       "SIGTRAP", "SIGSYS")
+    if hasattr(signal, name)
+)
+
+
+def leave_signals_to_others() -> None:
+    """Block the process's asynchronous signals in the calling thread, one of ours.
+
+    The kernel hands a signal sent to the process (SIGTERM from ``docker stop``, SIGINT,
+    SIGHUP, ...) to any thread that does not block it, and Python runs its handler only
+    on the main thread. Should it land on one of our threads while the main thread waits
+    on a lock (``Event().wait(30)``), nothing wakes the main thread, and the handler runs
+    when that wait ends. Blocked here, it goes to a thread that can take it.
+    """
+    if not hasattr(signal, "pthread_sigmask"):
+        return  # Windows: no POSIX signals to steer
+    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - _SYNCHRONOUS)
 
 
 def own_thread() -> bool:

@@ -24,6 +24,7 @@ import threading
 import time
 
 from .. import _notice
+from .._threads import leave_signals_to_others
 from .._words import count
 from ..stats import ShutdownReport
 from ._clients import Drainable, drained_at_exit
@@ -92,7 +93,7 @@ def _drain(clients: list[Drainable], why: str) -> bool:
         inline: list[Drainable] = []
         for client in clients:
             thread = threading.Thread(
-                target=_stop, args=(client, start + timeouts[client], reports, done),
+                target=_stop_apart, args=(client, start + timeouts[client], reports, done),
                 name="fluentclient-exit", daemon=True,
             )
             try:
@@ -148,6 +149,14 @@ class _Countdown:
 
     def wait(self, timeout: float) -> bool:
         return self._all.wait(max(0.0, timeout))
+
+
+def _stop_apart(client: Drainable, deadline: float,
+                reports: dict[Drainable, ShutdownReport], done: _Countdown) -> None:
+    """:func:`_stop` on a thread of its own: a second Ctrl-C or SIGTERM must reach the
+    main thread, which waits for this one and abandons the drain."""
+    leave_signals_to_others()
+    _stop(client, deadline, reports, done)
 
 
 def _stop(client: Drainable, deadline: float,

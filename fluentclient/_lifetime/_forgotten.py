@@ -16,6 +16,7 @@ from typing import Protocol, TypeVar
 from .._journal import Journal
 from .._lifecycle import CLOSED, CLOSING, NEW, Lifecycle
 from .._options import TransportOptions
+from .._threads import leave_signals_to_others
 from .._transport._connection import describe
 from ..stats import ShutdownReport
 from . import _clients
@@ -81,7 +82,7 @@ def forgotten(core: Forgettable) -> None:
     # Until drained: a child forked meanwhile closes its copies of the files and sockets.
     _clients.forgotten.add(core)
     try:
-        threading.Thread(target=_drain, args=(core,), name="fluentclient-forgotten",
+        threading.Thread(target=_drain_apart, args=(core,), name="fluentclient-forgotten",
                          daemon=False).start()
     except RuntimeError:
         # No new threads (the interpreter is going away): stop without sending.
@@ -92,6 +93,13 @@ def forgotten(core: Forgettable) -> None:
         f"(what it held is sent now, within shutdown_timeout)",
         ResourceWarning, source=core, stacklevel=2,
     )
+
+
+def _drain_apart(core: Forgettable) -> None:
+    """:func:`_drain` on a thread of its own, which leaves the process's signals to the
+    threads that handle them."""
+    leave_signals_to_others()
+    _drain(core)
 
 
 def _drain(core: Forgettable, timeout: float | None = None) -> None:

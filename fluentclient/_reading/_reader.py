@@ -23,6 +23,7 @@ from .._ledger import Ledger
 from .._lifecycle import CLOSED, Lifecycle, thread_failed
 from .._lifetime._parking import READER, Parking, WakeUp
 from .._reporting import Reporter
+from .._threads import leave_signals_to_others
 from ..errors import RecordTooLargeError, SerializationError, UnsafeRecordError
 from ..framing import EntryPacker, PackedRun
 from ..message import Message, settle_future
@@ -133,6 +134,7 @@ class Reader:
         return threading.Thread(target=self._run, name="fluentclient-reader", daemon=True)
 
     def _run(self) -> None:
+        leave_signals_to_others()
         parked = False
         try:
             parked = self._loop()

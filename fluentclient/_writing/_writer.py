@@ -29,6 +29,7 @@ from .._ledger import Ledger
 from .._lifecycle import Lifecycle, thread_failed
 from .._lifetime._parking import WRITER, Parking
 from .._options import TransportOptions
+from .._threads import leave_signals_to_others
 from .._transport._connection import SendError
 from .._transport._pool import Link
 from .._transport._sender import Sender
@@ -132,6 +133,7 @@ class Writer:
     # -- the loop ------------------------------------------------------------------------
 
     def _run(self) -> None:
+        leave_signals_to_others()
         try:
             while True:
                 for link in self.links:
