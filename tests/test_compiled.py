@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import enum
+import gc
 import importlib
 import os
 import socket
@@ -589,6 +590,33 @@ def test_the_compiled_post_is_the_instances_and_the_pure_one_the_classes(
     finally:
         fast.close()
         pure.close()
+
+
+def test_the_compiled_post_queues_messages_the_collector_does_not_track(speedups):
+    # Tracked, every queued Message that outlived two young collections in a burst was
+    # promoted to the old generation, and the promotions set off full collections: the
+    # longest pauses in post(). Untracked, it must still be freed by reference counting.
+    from collections import deque
+
+    class State:  # what post() reads of the client's lifecycle, admission, reader...
+        phase = "running"
+        room = 10
+        busy = 0
+        idle = False
+
+    queue: deque[Message] = deque()
+    poster = speedups.Poster(Message, {"t": "p.t"}, None, None, "running",
+                             lambda: 1_700_000_000 * 10**9, os.getpid)
+    state = State()
+    poster.bind(queue, state, state, state, state, lambda: None, os.getpid())
+    record = {"k": "v"}
+    before = sys.getrefcount(record)
+    assert poster.post("t", record) is True
+    assert not gc.is_tracked(queue[0])
+    assert gc.is_tracked(Message("t", record, 0))  # the pure path's: the collector's own
+    assert sys.getrefcount(record) == before + 1
+    queue.clear()
+    assert sys.getrefcount(record) == before
 
 
 def test_the_at_fork_counter_moves_in_every_child(speedups):
