@@ -20,13 +20,16 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections import deque
 from types import ModuleType
 from typing import Any, Callable, Protocol
 
 import msgpack
 
-__all__ = ["COMPILED", "ENV_SWITCH", "REASON", "FastPacker", "FastPoster", "fast_packer",
-           "fast_poster"]
+from .message import Message
+
+__all__ = ["COMPILED", "ENV_SWITCH", "REASON", "FastPacker", "FastPoster", "Take",
+           "fast_packer", "fast_poster", "fast_take"]
 
 log = logging.getLogger("fluentclient")
 
@@ -52,6 +55,10 @@ class FastPoster(Protocol):
 
     def post(self, tag: Any, record: Any, *, time: Any = None, sync_append: Any = False,
              timeout: Any = None, ack: Any = False) -> Any: ...
+
+
+# The reader's batch from its queue: (queue, size, marker) -> (items, marker seen).
+Take = Callable[[Any, int, object], "tuple[list[Any], bool]"]
 
 
 def _as_list(obj: Any) -> Any:
@@ -114,15 +121,46 @@ def _self_check(module: ModuleType) -> None:
             raise AssertionError(f"the compiled packer took {record!r:.80}")
     if packer.entry({}, -1) is not None or packer.entry({}, 2**32 * 10**9) is not None:
         raise AssertionError("the compiled packer took a time EventTime cannot hold")
+    _check_runs(module)
     _check_poster(module)
+
+
+class _Run:
+    """What the check below gives runs() for framing.PackedRun (which imports this)."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.sizes: list[int] = []
+        self.messages: list[Message] = []
+        self.data = b""
+        self.largest = 0
+        self.waiters = self.deliveries = False
+
+
+def _check_runs(module: ModuleType) -> None:
+    """Raise unless runs() reads a Message's slots where they are, and take() takes."""
+    from concurrent.futures import Future
+
+    t = 1_700_000_000 * 10**9 + 7
+    head = b"\x92\xd7\x00" + (1_700_000_000).to_bytes(4, "big") + (7).to_bytes(4, "big")
+    msgs = [Message("a", {"k": 1}, t), Message("a", {"k": "vv"}, t, waiter=Future()),
+            Message("b", {}, t, delivery=Future())]
+    runs = module.Packer(8, Message).runs(msgs, lambda msg: None, _Run)
+    seen = [(r.tag, r.data, r.sizes, r.messages, r.largest, r.waiters, r.deliveries)
+            for r in runs]
+    first = [head + _reference.pack(m.record) for m in msgs[:2]]
+    if seen != [("a", b"".join(first), [len(e) for e in first], msgs[:2],
+                 max(map(len, first)), True, False),
+                ("b", head + b"\x80", [12], msgs[2:], 12, False, True)]:
+        raise AssertionError("the compiled packer read another Message")
+    marker = object()
+    queue: deque[object] = deque([1, marker, 2, 3])
+    if module.take(queue, 3, marker) != ([1, 2], True) or list(queue) != [3]:
+        raise AssertionError("the compiled take() took other items")
 
 
 def _check_poster(module: ModuleType) -> None:
     """Raise unless the compiled post() queues a Message as the Python one makes it."""
-    from collections import deque
-
-    from .message import Message
-
     class State:  # what post() reads of the client's lifecycle, admission, reader...
         phase = "running"
         room = 10
@@ -202,8 +240,14 @@ def fast_packer(max_depth: int | None) -> FastPacker | None:
     if module is None:
         return None
     packer: FastPacker = module.Packer(
-        module.DEPTH_WITHOUT_GUARD if max_depth is None else max_depth)
+        module.DEPTH_WITHOUT_GUARD if max_depth is None else max_depth, Message)
     return packer
+
+
+def fast_take() -> Take | None:
+    """The reader's batch taken from its queue in one C pass, or None in pure Python."""
+    module = _module
+    return None if module is None else module.take
 
 
 def fast_poster(

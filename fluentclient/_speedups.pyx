@@ -101,6 +101,18 @@ cdef extern from *:
     }
     #endif
 
+    /* Where a __slots__ attribute lives in its instance, from its member descriptor, or
+       -1 if the descriptor is not one such slot can be read through directly (an object
+       slot that may be written). */
+    #include "structmember.h"
+    static Py_ssize_t fc_slot_offset(PyObject* descr) {
+        PyMemberDef* m = ((PyMemberDescrObject*)descr)->d_member;
+        if (m == NULL || m->type != T_OBJECT_EX || (m->flags & READONLY)) return -1;
+        return m->offset;
+    }
+    /* The object in the slot at ``at`` (borrowed), NULL while the slot is unset. */
+    #define FC_SLOT(obj, at) (*(PyObject**)((char*)(obj) + (at)))
+
     /* A member descriptor's setter (a __slots__ attribute), called directly: what
        setattr() ends in, without looking the name up. */
     static int fc_set_slot(PyObject* descr, PyObject* obj, PyObject* value) {
@@ -119,6 +131,8 @@ cdef extern from *:
     """
     unsigned long fc_forks
     int fc_watch_forks() except -1
+    Py_ssize_t fc_slot_offset(object descr)
+    PyObject* FC_SLOT(object obj, Py_ssize_t at)
     int fc_set_slot(object descr, object obj, object value) except -1
     object fc_alloc_untracked(object type)
 
@@ -131,6 +145,8 @@ def forks():
     """How many forks led to this process (0 in the first one): the count post() checks."""
     return fc_forks
 
+
+from types import MemberDescriptorType as _MemberDescriptor
 
 # The interpreter this module was compiled for, checked against the running one at start.
 BUILT_FOR = PY_VERSION_HEX
@@ -152,6 +168,47 @@ cdef long long _NS = 1000000000
 cdef object _U64_MAX = 0xFFFFFFFFFFFFFFFF
 
 
+cdef Py_ssize_t _slot_at(object cls, str name) except -2:
+    """Where ``cls``'s __slots__ attribute ``name`` lives in an instance, or -1."""
+    descr = cls.__dict__.get(name)
+    if type(descr) is not _MemberDescriptor:
+        return -1
+    return fc_slot_offset(descr)
+
+
+cdef inline object _slot(object msg, Py_ssize_t at, str name):
+    """The slot's value; an unset slot raises as reading it by name does."""
+    cdef PyObject* value = FC_SLOT(msg, at)
+    if value == NULL:
+        return getattr(msg, name)
+    return <object>value
+
+
+cdef int _close_run(object run, object data, Py_ssize_t largest, bint waiters,
+                    bint deliveries) except -1:
+    run.data = data
+    run.largest = largest
+    run.waiters = waiters
+    run.deliveries = deliveries
+    return 0
+
+
+def take(queue, Py_ssize_t size, marker):
+    """Up to ``size`` items from the left of the deque ``queue``, in one pass that keeps
+    the GIL, and whether ``marker`` was among them (it is left out of the list)."""
+    cdef list taken = []
+    cdef bint seen = False
+    cdef Py_ssize_t n = min(len(queue), size)
+    popleft = queue.popleft
+    for _ in range(n):
+        item = popleft()
+        if item is marker:
+            seen = True
+        else:
+            taken.append(item)
+    return taken, seen
+
+
 @cython.final
 cdef class Packer:
     """Packs common records into a buffer it keeps. One per EntryPacker, like its packer.
@@ -164,8 +221,11 @@ cdef class Packer:
     cdef Py_ssize_t length
     cdef Py_ssize_t cap
     cdef readonly int max_depth
+    # The message class whose slots runs() reads directly (None: by name), and where.
+    cdef object message
+    cdef Py_ssize_t at_tag, at_record, at_time, at_waiter, at_delivery
 
-    def __cinit__(self, int max_depth):
+    def __cinit__(self, int max_depth, message=None):
         if max_depth < 1 or max_depth > DEPTH_WITHOUT_GUARD:
             raise ValueError(f"max_depth must be from 1 to {DEPTH_WITHOUT_GUARD}")
         self.max_depth = max_depth
@@ -174,6 +234,14 @@ cdef class Packer:
             raise MemoryError()
         self.cap = _START
         self.length = 0
+        self.message = None
+        if message is not None:
+            at = [_slot_at(message, name)
+                  for name in ("tag", "record", "time_ns", "waiter", "delivery")]
+            if min(at) >= 0:
+                self.at_tag, self.at_record, self.at_time, self.at_waiter, \
+                    self.at_delivery = at
+                self.message = message
 
     def __dealloc__(self):
         PyMem_Free(self.buf)
@@ -221,20 +289,32 @@ cdef class Packer:
         each run's bytes are cut from it once: no bytes object per entry, no join. Any
         other record is ``slow(msg)``'s: the Python packer's entry, or None when that
         record failed (``slow`` reports it), which then leaves no trace in its run, as
-        in Python. ``run_type`` is framing.PackedRun; the runs come back sealed.
+        in Python. ``run_type`` is framing.PackedRun; the runs come back sealed, with
+        their ``largest`` entry and whether any message has a waiter or a delivery.
+
+        A message of the class given at construction is read through its slots' places,
+        without a look-up by name: the reader's batch scans cost more than packing.
         """
         cdef list runs = []
         cdef list sizes = None
         cdef list kept = None
         cdef object run = None
         cdef object tag = None
-        cdef object msg_tag, entry
-        cdef Py_ssize_t start = 0, before, n
+        cdef object msg_tag, entry, record, time_ns, waiter, delivery
+        cdef Py_ssize_t start = 0, before, n, size, largest = 0
+        cdef bint direct, waiters = False, deliveries = False
         self.length = 0
         try:
             for msg in messages:
+                direct = type(msg) is self.message
+                if direct:
+                    record = _slot(msg, self.at_record, "record")
+                    time_ns = _slot(msg, self.at_time, "time_ns")
+                else:
+                    record = msg.record
+                    time_ns = msg.time_ns
                 before = self.length
-                if self._entry_at(msg.record, msg.time_ns) != PACKED:
+                if self._entry_at(record, time_ns) != PACKED:
                     self.length = before
                     entry = slow(msg)
                     if entry is None:
@@ -244,20 +324,39 @@ cdef class Packer:
                         raise MemoryError()
                     memcpy(self.buf + self.length, PyBytes_AS_STRING(entry), n)
                     self.length += n
-                msg_tag = msg.tag
+                if direct:
+                    msg_tag = _slot(msg, self.at_tag, "tag")
+                    waiter = _slot(msg, self.at_waiter, "waiter")
+                    delivery = _slot(msg, self.at_delivery, "delivery")
+                else:
+                    msg_tag = msg.tag
+                    waiter = msg.waiter
+                    delivery = msg.delivery
                 if run is None or (msg_tag is not tag and msg_tag != tag):
                     if run is not None:
-                        run.data = PyBytes_FromStringAndSize(self.buf + start, before - start)
+                        _close_run(run, PyBytes_FromStringAndSize(self.buf + start,
+                                                                  before - start),
+                                   largest, waiters, deliveries)
                     start = before
                     tag = msg_tag
                     run = run_type(tag)
                     sizes = run.sizes
                     kept = run.messages
                     runs.append(run)
-                sizes.append(self.length - before)
+                    largest, waiters, deliveries = 0, False, False
+                size = self.length - before
+                sizes.append(size)
                 kept.append(msg)
+                if size > largest:
+                    largest = size
+                if waiter is not None:
+                    waiters = True
+                if delivery is not None:
+                    deliveries = True
             if run is not None:
-                run.data = PyBytes_FromStringAndSize(self.buf + start, self.length - start)
+                _close_run(run, PyBytes_FromStringAndSize(self.buf + start,
+                                                          self.length - start),
+                           largest, waiters, deliveries)
         finally:
             self._drop()
         return runs
@@ -594,9 +693,6 @@ cdef bint _is_utf8(const uint8_t* s, Py_ssize_t n) noexcept:
 
 
 # -- post() --------------------------------------------------------------------------------
-
-from types import MemberDescriptorType as _MemberDescriptor
-
 
 @cython.final
 cdef class Poster:

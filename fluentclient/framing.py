@@ -68,10 +68,13 @@ class PackedRun:
     """Consecutive entries of one tag, packed.
 
     ``sizes[i]`` is the length of the entry of ``messages[i]``; ``data`` holds the entries
-    one after the other in that order.
+    one after the other in that order. ``largest`` is the longest entry; ``waiters`` and
+    ``deliveries`` say whether any message may have a ``waiter`` or a ``delivery``. The
+    packer notes them as it goes, so that the reader need not scan the run again.
     """
 
-    __slots__ = ("tag", "data", "sizes", "messages", "pieces")
+    __slots__ = ("tag", "data", "sizes", "messages", "pieces", "largest", "waiters",
+                 "deliveries")
 
     def __init__(self, tag: str) -> None:
         self.tag = tag
@@ -80,10 +83,14 @@ class PackedRun:
         self.messages: list[Message] = []
         # The entries while the run is packed, joined by seal().
         self.pieces: list[bytes] = []
+        self.largest = 0
+        self.waiters = False
+        self.deliveries = False
 
     def seal(self) -> None:
         self.data = b"".join(self.pieces)
         self.sizes = list(map(len, self.pieces))
+        self.largest = max(self.sizes, default=0)
         self.pieces = []
 
     def entries(self) -> list[bytes]:
@@ -246,6 +253,10 @@ class EntryPacker:
                 entries, kept = run.pieces, run.messages
             entries.append(entry)
             kept.append(msg)
+            if msg.waiter is not None:
+                run.waiters = True
+            if msg.delivery is not None:
+                run.deliveries = True
         for run in runs:
             run.seal()
         return runs

@@ -75,7 +75,7 @@ def pair(speedups: ModuleType, guard: RecordGuard | None, default: Any = None,
     fast = EntryPacker(guard=guard, default=default, int_time=int_time)
     pure = EntryPacker(guard=guard, default=default, int_time=int_time)
     depth = guard.max_depth if guard is not None else speedups.DEPTH_WITHOUT_GUARD
-    fast._fast = speedups.Packer(depth)
+    fast._fast = speedups.Packer(depth, Message)
     pure._fast = None
     return fast, pure
 
@@ -101,7 +101,8 @@ def batch(packer: EntryPacker, messages: list[Message]) -> tuple[list[Any], list
     failed: list[Any] = []
     runs = packer.pack_runs(
         messages, lambda msg, exc: failed.append((index[id(msg)], *outcome(exc))))
-    return [(r.tag, r.data, r.sizes, [index[id(m)] for m in r.messages]) for r in runs], failed
+    return [(r.tag, r.data, r.sizes, [index[id(m)] for m in r.messages], r.largest,
+             r.waiters, r.deliveries) for r in runs], failed
 
 
 def assert_same(fast: EntryPacker, pure: EntryPacker, messages: list[Message]) -> None:
@@ -267,7 +268,19 @@ records = st.one_of(
 )
 times = st.one_of(st.just(T0), st.integers(0, 2**32 * 10**9 - 1),
                   st.sampled_from([-1, 2**32 * 10**9, 2**64, True]))
-messages = st.builds(Message, st.sampled_from(["a", "b"]), records, times)
+
+
+class Note(Message):
+    """A Message subclass: the compiled pass reads its fields by name."""
+
+    __slots__ = ()
+
+
+futures = st.one_of(st.none(), st.none(), st.builds(Future))
+message_fields = (st.sampled_from(["a", "b"]), records, times)
+messages = st.one_of(
+    st.builds(Message, *message_fields, waiter=futures, delivery=futures),
+    st.builds(Note, *message_fields, waiter=futures, delivery=futures))
 checking_guards = st.builds(
     RecordGuard, max_depth=st.sampled_from([1, 2, 3, 8, 8, 8, 11, 200]),
     non_str_keys=st.sampled_from(KEY_RULES), non_finite_floats=st.sampled_from(FLOAT_RULES),

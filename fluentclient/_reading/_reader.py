@@ -16,6 +16,7 @@ from concurrent.futures import Future
 from operator import attrgetter
 from typing import Callable, TypeVar
 
+from .._accel import fast_take
 from .._admission import Admission
 from .._buffer import Buffer, Frame, Tagged
 from .._journal import Journal, NullJournal
@@ -45,12 +46,26 @@ def _sleep0() -> None:
     time.sleep(0)
 
 
+def take_python(q: deque[object], size: int, marker: object) -> tuple[list[object], bool]:
+    """Up to ``size`` items from the left of ``q``, and whether ``marker`` was among them
+    (left out of the list). The compiled ``take`` does the same in one C pass."""
+    batch: list[object] = []
+    popleft = q.popleft
+    try:
+        while len(batch) < size:
+            batch.append(popleft())
+    except IndexError:
+        pass
+    if marker in batch:
+        return [item for item in batch if item is not marker], True
+    return batch, False
+
+
 # Hands the GIL to another thread for a moment. sched_yield() releases the GIL and the
 # CPU without a timer; sleep(0) would cost the timer slack (about 50 us on Linux).
 yield_gil: Callable[[], None] = getattr(os, "sched_yield", _sleep0)
 
 _T = TypeVar("_T", bound=Tagged)
-_DELIVERY = attrgetter("delivery")
 _WAITER = attrgetter("waiter")
 
 
@@ -151,7 +166,7 @@ class Reader:
         Parks only at the top of the loop, where every record is in the queue, the
         buffer or ``_carry``, so that a new thread can take over from there.
         """
-        q, popleft = self._queue, self._queue.popleft
+        q, take = self._queue, fast_take() or take_python
         size = self._batch
         stopping = False
         parking, journal, waits = self._parking, self._journal, self._waits
@@ -168,18 +183,12 @@ class Reader:
                 self.wake.wait(POLL)
                 self.wake.clear()
                 continue
-            batch: list[object] = []
             with self.pop_lock:
                 if self._life.phase is CLOSED:
                     break  # the queue is shutdown's now (a reader that outlived it)
-                try:
-                    while len(batch) < size:
-                        batch.append(popleft())
-                except IndexError:
-                    pass
-                if batch and STOP in batch:
+                batch, stop = take(q, size, STOP)
+                if stop:
                     stopping = True
-                    batch = [m for m in batch if m is not STOP]
                 if batch:
                     self._ledger.take(len(batch))
             waits.took(len(q))
@@ -332,7 +341,8 @@ class Reader:
                 self._carry += zip(run.messages, run.entries())
                 continue
             rejected = self._add(run.messages, run)
-            self._settle_waiters(run.messages, rejected)
+            if run.waiters:
+                self._settle_waiters(run.messages, rejected)
             if rejected and self._admission.keeps_rejected:
                 refused = set(map(id, rejected))
                 self._carry = [(m, e) for m, e in zip(run.messages, run.entries())
@@ -350,7 +360,7 @@ class Reader:
 
     def _drop_too_large(self, run: PackedRun) -> None:
         limit = self._buffer.payload_limit(run.tag)
-        if max(run.sizes) <= limit:
+        if run.largest <= limit:
             return
         entries = run.entries()
         msgs, run.messages = run.messages, []
@@ -396,9 +406,9 @@ class Reader:
             size = len(packed.data)
         else:
             run, size = None, sum(map(len, packed))
-        # A run whose records nobody awaits an ack for can go in whole: looked at before
-        # the lock is taken, so the writer never waits on this scan.
-        whole = run if run is not None and not any(map(_DELIVERY, kept)) else None
+        # A run whose records nobody awaits an ack for can go in whole (the packer noted
+        # whether any does).
+        whole = run if run is not None and not run.deliveries else None
         with buf.lock:
             before = buf.pending_bytes
             evicted = self._admission.make_room_locked(size)
