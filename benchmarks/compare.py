@@ -304,6 +304,26 @@ def _percentiles(timed: Sequence[int]) -> dict[str, float]:
             "p999_us": pick(0.999), "max_us": latencies[-1] / 1000}
 
 
+def _stalls(post: Any, n: int, start: int) -> dict[str, Any]:
+    """A second burst, each call timed by the wall clock and by the thread's CPU clock:
+    of the calls that took over a millisecond, how long the thread actually ran in them.
+    A long call that barely ran waited for a core or for the GIL (the machine and the
+    interpreter), not for work in post(). Kept apart from the timed burst, since the
+    CPU clock is a system call that would weigh on every figure there."""
+    wall, cpu = time.perf_counter_ns, time.thread_time_ns
+    slow: list[tuple[int, int]] = []
+    for record in records_of("fresh", n, start):
+        c0, t0 = cpu(), wall()
+        post(record)
+        t1, c1 = wall(), cpu()
+        if t1 - t0 > 1_000_000:
+            slow.append((t1 - t0, c1 - c0))
+    longest = max(slow, default=(0, 0))
+    return {"stalls_over_1ms": len(slow), "stall_max_us": longest[0] / 1000,
+            "stall_max_on_cpu_us": longest[1] / 1000,
+            "stalls_most_on_cpu_us": max((c for _, c in slow), default=0) / 1000}
+
+
 def child_latency(name: str, port: int, seconds: float, fill: int, burst: int) -> dict[str, Any]:
     """post() timed one call at a time: paced at 1,000/s, then (``burst``) flat out."""
     post, finish, close_now = make_poster(name, port)
@@ -343,7 +363,8 @@ def child_latency(name: str, port: int, seconds: float, fill: int, burst: int) -
             t0 = clock()
             post(record)
             latencies.append(clock() - t0)
-        result["burst"] = {**_percentiles(latencies), **observer.result()}
+        result["burst"] = {**_percentiles(latencies), **observer.result(),
+                           **_stalls(post, burst, fill + i + burst)}
     close_now()
     result.update(fill=fill, fill_s=fill_s)
     return result
@@ -619,6 +640,15 @@ def report(results: dict[str, Any]) -> str:
             lines.append(f"| {key} | {what} | {m['calls']:,} | {m['p50_us']:.1f} | "
                          f"{m['p99_us']:.1f} | {m['p999_us']:.1f} | {m['max_us']:,.0f} | "
                          f"{m['gen2']} | {r['fill']:,} in {r['fill_s']:.2f} s |")
+    stalled = {key: r["burst"] for key, r in results["latency"].items()
+               if "stalls_over_1ms" in r.get("burst", {})}
+    if stalled:
+        lines += ["", "| a second burst, each call also timed by the thread's CPU clock | "
+                  "calls over 1 ms | longest µs | of it on CPU µs | most on CPU of those µs |",
+                  "|---|---:|---:|---:|---:|"]
+    for key, m in stalled.items():
+        lines.append(f"| {key} | {m['stalls_over_1ms']:,} | {m['stall_max_us']:,.0f} | "
+                     f"{m['stall_max_on_cpu_us']:,.0f} | {m['stalls_most_on_cpu_us']:,.0f} |")
     if results["memory"]:
         lines += ["", "| burst of " + f"{results['records']:,}" + " records | idle RSS MiB | "
                   "peak RSS MiB | growth MiB | buffer_limit MiB | dropped |",
