@@ -495,17 +495,18 @@ def main() -> None:
         stuck = stuck_listener()
         states = {"healthy": sink.port, "stuck": stuck.getsockname()[1], "absent": absent_port(),
                   "flaky": flaky.port}
-        for client in [n for n in ("buffered", "fluent_logger_async", "fluent_logger_sync")
+        for client in [n for n in ("buffered", "buffered_pure", "fluent_logger_async",
+                                   "fluent_logger_sync")
                        if n in wanted or not args.only]:
             if not available(client):
                 continue
             for state, port in states.items():
                 fill = 0 if state != "stuck" else (2_000 if args.quick else 40_000)
                 # A client that blocks would take minutes over a burst: only ours runs one.
-                n = burst if client == "buffered" else 0
+                n = burst if _family(client) == "ours" else 0
                 results["latency"][f"{client}/{state}"] = run_child(
                     ["latency", client, str(port), str(latency_seconds), str(fill), str(n)],
-                    timeout=300)
+                    timeout=300, pure=client.endswith(PURE))
         for state in ("healthy", "stuck"):
             results["memory"][state] = run_child(["memory", str(states[state]), str(records)])
         stuck.close()
