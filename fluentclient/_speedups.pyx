@@ -200,12 +200,15 @@ def take(queue, Py_ssize_t size, marker):
     cdef bint seen = False
     cdef Py_ssize_t n = min(len(queue), size)
     popleft = queue.popleft
-    for _ in range(n):
-        item = popleft()
-        if item is marker:
-            seen = True
-        else:
-            taken.append(item)
+    try:
+        for _ in range(n):
+            item = popleft()
+            if item is marker:
+                seen = True
+            else:
+                taken.append(item)
+    except IndexError:  # emptied meanwhile (every pop holds one lock, so never)
+        pass
     return taken, seen
 
 
