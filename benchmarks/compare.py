@@ -267,19 +267,48 @@ def raw_ceiling(port: int, naive: bool = False, batch: int = 64 * 1024) -> tuple
     return post, finish, sock.close
 
 
+THREADS = {"MainThread": "caller", "fluentclient-reader": "reader",
+           "fluentclient-writer": "writer"}
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds so far of the caller's thread and the client's reader and writer, read
+    from /proc (Linux; elsewhere nothing). In clock ticks: 10 ms steps on most kernels."""
+    import threading
+
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    found: dict[str, float] = {}
+    for thread in threading.enumerate():
+        role = next((r for prefix, r in THREADS.items() if thread.name.startswith(prefix)),
+                    None)
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if role is not None:
+            found[role] = found.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
 def child_throughput(name: str, port: int, records: int, workload: str) -> dict[str, Any]:
     post, finish, _ = make_poster(name, port)
     post(RECORD)  # connect and warm up before the clock starts
     idle = rss_mib()
     observer = Observer()
+    cpu_at_start = thread_cpu()
     cpu0 = time.process_time()
     start = time.monotonic()
     for record in records_of(workload, records - 1):
         post(record)
     posted = time.monotonic()
+    # Before finish(): a BufferedClient's threads end in it.
+    by_thread = thread_cpu()
     report = finish()
     done = time.monotonic()
     cpu = time.process_time() - cpu0
+    by_thread = {f"{role}_us_per_record": (seconds - cpu_at_start.get(role, 0.0))
+                 / records * 1e6 for role, seconds in by_thread.items()}
     package = sys.modules.get("fluentclient")
     # What a BufferedClient says it never sent (dropped when its buffer was full, or left
     # unsent at shutdown): the sink is not waited for those.
@@ -287,7 +316,8 @@ def child_throughput(name: str, port: int, records: int, workload: str) -> dict[
                 if hasattr(report, "dropped") else 0)
     return {"start": start, "post_s": posted - start, "finish_s": done - start,
             "not_sent": not_sent,
-            "cpu_s": cpu, "cpu_us_per_record": cpu / records * 1e6, "idle_rss": idle,
+            "cpu_s": cpu, "cpu_us_per_record": cpu / records * 1e6, **by_thread,
+            "idle_rss": idle,
             "peak_rss": rss_mib(), **observer.result(),
             # Which package ran: the tree under test, or a --baseline one.
             "package": str(Path(package.__file__).parent) if package and package.__file__
@@ -569,6 +599,14 @@ def _throughput_table(workload: str, t: dict[str, Any]) -> list[str]:
             lines.append(f"\n{name}: in {len(short)} of {rounds} rounds the client dropped "
                          f"records for want of room ({', '.join(map(str, short))}); its "
                          "end-to-end rate counts those that arrived")
+    split = [(name, r) for name, r in t.items() if "reader_us_per_record" in r]
+    if split:
+        lines += ["", f"| {workload} dicts: CPU µs/record by thread, until the last post() "
+                  "returned | caller | reader | writer |", "|---|---:|---:|---:|"]
+    for name, r in split:
+        lines.append(f"| {name} | {r.get('caller_us_per_record', 0):.2f} | "
+                     f"{r['reader_us_per_record']:.2f} | "
+                     f"{r.get('writer_us_per_record', 0):.2f} |")
     ratios = []
     for name in ("buffered", "sync"):
         pure = name + PURE
