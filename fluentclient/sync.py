@@ -103,7 +103,7 @@ class SyncClient(Client):
         # With one server, the usual case, there is nothing to choose: each call tries it.
         self._single = self._links if len(self._links) == 1 else None
         # The link whose connection a call tries first, at the least cost (see
-        # _wrote_at_once): the one server, when no ack and no idle limit need a look.
+        # post()): the one server, when no ack and no idle limit need a look.
         self._lane = (
             self._links[0]
             if self._single and not require_ack and timeouts.idle is None else None
@@ -215,8 +215,24 @@ class SyncClient(Client):
                 data, chunk = self._builder.build(full_tag, entry, 1)
             self._maybe_delivered = False
             try:
-                if not self._wrote_at_once(data, start, timeout):
+                # The usual call: the frame goes on the connection the last call used,
+                # which the server has not closed since, in one poll(2) and one send(2).
+                # Anything else (no lane, no connection, a word from the server, a full
+                # socket buffer) takes _send, which does it all, with every look and retry.
+                link = self._lane
+                if link is None or link.conn is None or (
+                        timeout is not None and _monotonic() - start >= timeout):
                     self._send(data, chunk, start, timeout)
+                else:
+                    sent = link.conn.send_if_quiet(data)
+                    if sent == len(data):
+                        # What Sender.wrote does, less its backoff reset: that was done
+                        # by the first write on this connection, which took the whole path.
+                        link.frames_sent += 1
+                    elif sent < 0:
+                        self._send(data, chunk, start, timeout)
+                    else:
+                        self._write_rest(data, sent, start, timeout)
             except BaseException:
                 # Posted and settled at once: nothing is ever buffered here.
                 if self._maybe_delivered:
@@ -253,38 +269,22 @@ class SyncClient(Client):
         deadline = _monotonic() + step
         return deadline if timeout is None else min(deadline, start + timeout)
 
-    def _wrote_at_once(self, data: bytes, start: float, timeout: float | None) -> bool:
-        """The usual call: the frame went on the connection the last call used, which
-        the server has not closed since, in one poll(2) and one send(2). False when
-        nothing was written: then :meth:`_send` does it all, with every look and retry.
-        """
+    def _write_rest(self, data: bytes, sent: int, start: float, timeout: float | None) -> None:
+        """The kernel took the head of the frame on the lane: the rest follows on the
+        same connection, or the frame is possibly lost, never written again anywhere."""
         link = self._lane
-        if link is None:
-            return False
-        conn = link.conn
-        if conn is None or (timeout is not None and _monotonic() - start >= timeout):
-            return False
-        sent = conn.send_if_quiet(data)
-        if sent == len(data):
-            # What Sender.wrote does, less its backoff reset: that was done by the first
-            # write on this connection, which took the whole path.
-            link.frames_sent += 1
-            return True
-        if sent < 0:
-            return False
-        # The kernel took the head of the frame: the rest follows on this connection.
+        assert link is not None and link.conn is not None
         try:
-            conn.send(data, self._deadline(start, self._transport.write_timeout, timeout),
-                      start=sent)
+            link.conn.send(
+                data, self._deadline(start, self._transport.write_timeout, timeout),
+                start=sent)
         except SendError as exc:
-            # The server may have part of the frame: never written again, anywhere.
             self._maybe_delivered = True
             self._sender.drop(link)
             self._ledger.connection_failed()
             link.failed(str(exc), error=exc)
             raise
         link.frames_sent += 1
-        return True
 
     def _send(self, data: bytes, chunk: str | None, start: float, timeout: float | None) -> None:
         t, sender = self._transport, self._sender
