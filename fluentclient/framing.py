@@ -173,18 +173,7 @@ class EntryPacker:
                     int_head: bytes = self._packer.pack(divmod(time_ns, _NS)[0])
                     return b"\x92" + int_head + done
         try:
-            if type(record) is dict:
-                # What _body does, less two calls: a one-moment copy, checked and packed.
-                record = record.copy()
-                guard = self._guard
-                if guard is None or guard.flat(record):
-                    body = self._pack_body(record)
-                    if self._ran:
-                        body = self._checked(body)
-                else:
-                    body = self._guarded(record)
-            else:
-                body = self._body(record)
+            body = self._guarded(record.copy() if type(record) is dict else _as_dict(record))
         except SerializationError:
             raise
         except Exception as exc:
@@ -235,7 +224,7 @@ class EntryPacker:
             record = msg.record
             try:
                 if type(record) is dict and not int_time:
-                    # One moment's copy is checked and packed (see _body).
+                    # One moment's copy is checked and packed (see _guarded).
                     record = record.copy()
                     if flat is None or flat(record):
                         try:
@@ -266,18 +255,14 @@ class EntryPacker:
             run.seal()
         return runs
 
-    def _body(self, record: Mapping[Any, Any]) -> bytes:
+    def _guarded(self, record: dict[Any, Any]) -> bytes:
         """The packed record, checked and made safe as the class says.
 
-        What is checked and packed is a copy of the record, taken in one C call (and of
-        each dict and list in it that the guard walks): another thread that changes the
-        record meanwhile changes what the caller holds, not what is packed, so the guard's
-        rules hold for what is sent, and the record goes out as it was at one moment.
+        ``record`` is a copy of the caller's, taken in one C call (and so is each dict and
+        list in it that the guard walks): another thread that changes the record meanwhile
+        changes what the caller holds, not what is packed, so the guard's rules hold for
+        what is sent, and the record goes out as it was at one moment.
         """
-        return self._guarded(record.copy() if type(record) is dict else _as_dict(record))
-
-    def _guarded(self, record: dict[Any, Any]) -> bytes:
-        """:meth:`_body` of a copy of the record that no other code holds."""
         guard = self._guard
         if guard is not None:
             try:
@@ -290,7 +275,10 @@ class EntryPacker:
                 # key was made a str, say): that record is dropped, nothing else.
                 raise SerializationError(
                     f"record cannot be checked: {_describe(exc)}") from exc
-        body = self._pack_body(record)
+        try:
+            body: bytes = self._packer.pack(record)
+        except Exception as exc:
+            body = self._after_failure(record, exc)
         return self._checked(body) if self._ran else body
 
     def _checked(self, body: bytes) -> bytes:
@@ -312,13 +300,6 @@ class EntryPacker:
         error = SerializationError(f"record cannot be serialized: {_describe(exc)}")
         error.__cause__ = exc  # for on_error: what actually went wrong, and where
         return error
-
-    def _pack_body(self, record: dict[Any, Any]) -> bytes:
-        try:
-            body: bytes = self._packer.pack(record)
-        except Exception as exc:
-            body = self._after_failure(record, exc)
-        return body
 
     def _after_failure(self, record: dict[Any, Any], exc: Exception) -> bytes:
         """The packer raised ``exc``: pack ``record`` leniently, or say why it cannot be."""
