@@ -3,8 +3,8 @@
 A client whose process forked without Python's at-fork hooks (uWSGI's workers, a C
 extension calling fork()) still holds its parent's connections and locks, and must see
 that before it writes. Comparing os.getpid() with a stored pid does it, but getpid(2) is a
-system call on every call (glibc no longer caches the pid): a tenth of a pure-Python
-SyncClient.post().
+system call on every call (glibc no longer caches the pid): about 0.2 µs each where
+measured, against 0.02 µs for the read below.
 
 On Linux (4.14 and later) a private page marked ``MADV_WIPEONFORK`` reads as zeros in
 every child, however it was forked, even by a raw clone(2) that runs no at-fork handler.
