@@ -637,7 +637,7 @@ def _throughput_table(workload: str, t: dict[str, Any]) -> list[str]:
         if other in t and "buffered" in t:
             ratios.append(f"BufferedClient / {other}: "
                           f"{t['buffered']['e2e_rate'] / t[other]['e2e_rate']:.1f}")
-    for ours in ("sync", "sync@baseline"):
+    for ours in ("sync", "sync_pure", "sync@baseline", "sync_pure@baseline"):
         for other, label in (("fluent_logger_sync", "fluent-logger's FluentSender"),
                              ("raw_sync", "raw one-frame-per-record loop")):
             if other in t and ours in t:

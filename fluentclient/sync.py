@@ -18,6 +18,8 @@ from concurrent.futures import Future
 from typing import Literal, overload
 
 from ._base import Client, not_a_mapping
+from ._fork_mark import MARK as _MARK
+from ._fork_mark import epoch
 from ._ledger import Ledger
 from ._options import MiB, builder_for, packer_for
 from ._transport._connection import Connection, SendError
@@ -33,7 +35,8 @@ from .errors import (
     FluentTimeoutError,
     RecordTooLargeError,
 )
-from .message import Message, TimeLike, time_to_ns
+from .framing import one_entry_frame
+from .message import TimeLike, time_to_ns
 from .options import Auth, RecordRules, Timeouts, TlsSetting
 from .stats import DROP_SEND_FAILED, ShutdownReport, Stats
 
@@ -41,12 +44,9 @@ __all__ = ["SyncClient"]
 
 _time_ns = _time.time_ns
 _monotonic = _time.monotonic
-_getpid = os.getpid
 _INF = float("inf")
 # Tags a client remembers: a client fed endless distinct tags must not grow without end.
 _TAGS = 10_000
-# What the client's reused Message holds between calls: not the last caller's record.
-_NO_RECORD: Mapping[str, object] = {}
 
 _live_sync_clients: weakref.WeakSet[SyncClient] = weakref.WeakSet()
 
@@ -88,19 +88,22 @@ class SyncClient(Client):
             dns_refresh=dns_refresh,
         )
         t = self._transport
-        # Each tag seen (up to _TAGS of them): its full tag, and the largest entry a frame
-        # of it can hold. One lookup per call, where the tag, its packed form and the frame
-        # limit were three.
-        self._tag_rooms: dict[str, tuple[str, int]] = {}
+        # Each tag seen (up to _TAGS of them): its full tag, the largest entry a frame of
+        # it can hold, and the head of its frame when the frame is the plain one (see
+        # _learn). One lookup per call, where the tag, its packed form and the frame limit
+        # were three.
+        self._tag_rooms: dict[str, tuple[str, int, bytes | None]] = {}
         self._known_tag = self._tag_rooms.get
-        self._packer = packer_for(self._records)
-        self._pack = self._packer.pack
+        self._entry = packer_for(self._records).entry
         self._builder = builder_for(self._records, t)
+        b = self._builder
+        # Frames with nothing but the size in their options: made in one join.
+        self._plain_frames = not (b.chunks or b.compress or b.str_entries)
         self._links = t.links()
         # With one server, the usual case, there is nothing to choose: each call tries it.
         self._single = self._links if len(self._links) == 1 else None
         # The link whose connection a call tries first, at the least cost (see
-        # _wrote_at_once): the one server, when no ack and no idle limit need a look.
+        # post()): the one server, when no ack and no idle limit need a look.
         self._lane = (
             self._links[0]
             if self._single and not require_ack and timeouts.idle is None else None
@@ -109,14 +112,13 @@ class SyncClient(Client):
         # Read on every call: plain attributes, not a look through the options.
         self._require_ack = require_ack
         self._idle_limit = timeouts.idle
-        # The one Message the packer is given, filled by each call under the lock (the
-        # packer only reads it): making one per call cost more than packing the time.
-        self._message = Message("", _NO_RECORD, 0)
         self._lock = threading.Lock()
         self._ledger = Ledger()
         self._sender = Sender(self._links, self._ledger, t)
         self._closed = False
-        self._pid = _getpid()
+        self._pid = os.getpid()
+        # What _fork_mark.MARK read when this process's state was made (see post()).
+        self._epoch = epoch()
         # Whether the record being sent may have reached a server (see _send).
         self._maybe_delivered = False
         _live_sync_clients.add(self)
@@ -136,6 +138,7 @@ class SyncClient(Client):
         self._ledger = Ledger()
         self._sender = Sender(self._links, self._ledger, self._transport)
         self._pid = os.getpid()
+        self._epoch = epoch()
         for link in self._links:
             self._sender.drop(link)
 
@@ -187,34 +190,49 @@ class SyncClient(Client):
             known = self._known_tag(tag)
         except TypeError:  # unhashable, so no tag: _learn() says so
             known = None
-        full_tag, room = self._learn(tag) if known is None else known
+        full_tag, room, head = self._learn(tag) if known is None else known
         time_ns = _time_ns() if time is None else time_to_ns(time)
         if ack and not self._require_ack:
             raise ValueError("post(ack=True) needs a client made with require_ack=True")
         # Without a timeout the clock is read only if the call has to wait (see _write).
         start = 0.0 if timeout is None else _monotonic()
-        if self._pid != _getpid():
-            # Forked without the at-fork hooks (a C extension calling fork()).
-            self._after_fork_in_child()
+        if self._epoch != _MARK[0]:
+            # Perhaps forked without the at-fork hooks (a C extension calling fork()):
+            # a memory read, where a pid check was a system call on every call.
+            self._check_fork()
         with self._lock:
             if self._closed:
                 raise ClientClosedError("the client is closed")
-            message = self._message
-            message.tag, message.record, message.time_ns = full_tag, record, time_ns
-            try:
-                entry = self._pack(message)
-            finally:
-                message.record = _NO_RECORD
+            entry = self._entry(record, time_ns)
             if len(entry) > room:
                 raise RecordTooLargeError(
                     f"a {len(entry)}-byte record does not fit in a frame of "
                     f"{self._max_frame_size} bytes"
                 )
-            data, chunk = self._builder.build(full_tag, entry, 1)
+            if head is not None:
+                data, chunk = one_entry_frame(head, entry), None
+            else:
+                data, chunk = self._builder.build(full_tag, entry, 1)
             self._maybe_delivered = False
             try:
-                if not self._wrote_at_once(data, start, timeout):
+                # The usual call: the frame goes on the connection the last call used,
+                # which the server has not closed since, in one poll(2) and one send(2).
+                # Anything else (no lane, no connection, a word from the server, a full
+                # socket buffer) takes _send, which does it all, with every look and retry.
+                link = self._lane
+                if link is None or link.conn is None or (
+                        timeout is not None and _monotonic() - start >= timeout):
                     self._send(data, chunk, start, timeout)
+                else:
+                    sent = link.conn.send_if_quiet(data)
+                    if sent == len(data):
+                        # What Sender.wrote does, less its backoff reset: that was done
+                        # by the first write on this connection, which took the whole path.
+                        link.frames_sent += 1
+                    elif sent < 0:
+                        self._send(data, chunk, start, timeout)
+                    else:
+                        self._write_rest(data, sent, start, timeout)
             except BaseException:
                 # Posted and settled at once: nothing is ever buffered here.
                 if self._maybe_delivered:
@@ -230,11 +248,19 @@ class SyncClient(Client):
             return done
         return True
 
-    def _learn(self, tag: str) -> tuple[str, int]:
-        """The full tag of ``tag`` and the largest entry its frame holds; raises
-        InvalidTagError for a bad tag."""
+    def _check_fork(self) -> None:
+        if self._pid != os.getpid():
+            self._after_fork_in_child()
+        else:
+            self._epoch = epoch()
+
+    def _learn(self, tag: str) -> tuple[str, int, bytes | None]:
+        """The full tag of ``tag``, the largest entry its frame holds, and the head of
+        its frame if plain; raises InvalidTagError for a bad tag."""
         full_tag, _ = self._tags.stamp(tag, None)
-        known = full_tag, self._max_frame_size - self._builder.overhead(full_tag)
+        builder = self._builder
+        head = builder.head(full_tag) if self._plain_frames else None
+        known = full_tag, self._max_frame_size - builder.overhead(full_tag), head
         if len(self._tag_rooms) < _TAGS:
             self._tag_rooms[tag] = known
         return known
@@ -243,38 +269,22 @@ class SyncClient(Client):
         deadline = _monotonic() + step
         return deadline if timeout is None else min(deadline, start + timeout)
 
-    def _wrote_at_once(self, data: bytes, start: float, timeout: float | None) -> bool:
-        """The usual call: the frame went on the connection the last call used, which
-        the server has not closed since, in one poll(2) and one send(2). False when
-        nothing was written: then :meth:`_send` does it all, with every look and retry.
-        """
+    def _write_rest(self, data: bytes, sent: int, start: float, timeout: float | None) -> None:
+        """The kernel took the head of the frame on the lane: the rest follows on the
+        same connection, or the frame is possibly lost, never written again anywhere."""
         link = self._lane
-        if link is None:
-            return False
-        conn = link.conn
-        if conn is None or (timeout is not None and _monotonic() - start >= timeout):
-            return False
-        sent = conn.send_if_quiet(data)
-        if sent == len(data):
-            # What Sender.wrote does, less its backoff reset: that was done by the first
-            # write on this connection, which took the whole path.
-            link.frames_sent += 1
-            return True
-        if sent < 0:
-            return False
-        # The kernel took the head of the frame: the rest follows on this connection.
+        assert link is not None and link.conn is not None
         try:
-            conn.send(data, self._deadline(start, self._transport.write_timeout, timeout),
-                      start=sent)
+            link.conn.send(
+                data, self._deadline(start, self._transport.write_timeout, timeout),
+                start=sent)
         except SendError as exc:
-            # The server may have part of the frame: never written again, anywhere.
             self._maybe_delivered = True
             self._sender.drop(link)
             self._ledger.connection_failed()
             link.failed(str(exc), error=exc)
             raise
         link.frames_sent += 1
-        return True
 
     def _send(self, data: bytes, chunk: str | None, start: float, timeout: float | None) -> None:
         t, sender = self._transport, self._sender

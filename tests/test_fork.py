@@ -344,6 +344,48 @@ def test_a_sync_client_forked_with_a_live_connection_keeps_each_side_on_its_own(
     assert fluent_server.connections_accepted == 2
 
 
+SYNC_RAW_FORK = """
+import ctypes, os
+from fluentclient import SyncClient
+
+client = SyncClient("127.0.0.1", P["port"])
+client.post("syncraw.parent", {"i": -1})  # connected before the fork
+parent_conn = client._links[0].conn
+# libc's fork() through ctypes: none of Python's at-fork hooks run in the child, so the
+# child's first post() must notice by itself, or it writes on the parent's connection.
+pid = ctypes.PyDLL(None).fork()
+if pid == 0:
+    for i in range(P["m"]):
+        client.post("syncraw.child", {"i": i})
+    own = client._links[0].conn is not parent_conn and client._pid == os.getpid()
+    os._exit(0 if own and client.stats().connects == 1 else 3)
+_, status = os.waitpid(pid, 0)
+for i in range(P["n"]):
+    client.post("syncraw.parent", {"i": i})
+s = client.stats()
+stamp("PARENT", os.waitstatus_to_exitcode(status), s.sent, s.connects,
+      int(client._links[0].conn is parent_conn))
+client.close()
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="calls libc fork through ctypes")
+def test_a_sync_client_forked_without_the_hooks_connects_on_its_own_in_the_child(
+    fluent_server,
+):
+    n, m = 200, 200
+    result = Child("sync-raw-fork", SYNC_RAW_FORK, {"port": fluent_server.port, "n": n,
+                                                    "m": m}).finish(timeout=60)
+    assert result.returncode == 0, result.describe()
+    # The child exited 0 (its own connection); the parent kept its connection.
+    assert result.lines("PARENT")[0][1:] == ["0", str(n + 1), "1", "1"], result.describe()
+    assert fluent_server.wait_for_events(n + m + 1, timeout=10)
+    assert ids(fluent_server, "syncraw.child", "i") == Counter(range(m))
+    assert ids(fluent_server, "syncraw.parent", "i") == Counter(range(-1, n))
+    assert fluent_server.errors == []
+    assert fluent_server.connections_accepted == 2
+
+
 # -- a client stopped before the fork stays stopped after it -----------------------------
 
 def _child_posts_to(client, sync_client) -> dict:

@@ -18,6 +18,7 @@ from fluentclient.framing import (
     decode_frame,
     frame_overhead,
     new_unpacker,
+    one_entry_frame,
     packed_forward_frame,
 )
 from fluentclient.message import EventTime, Message
@@ -256,3 +257,16 @@ def test_a_builders_frame_is_the_frame_packed_in_one_go(
     assert chunk is not None
     assert data == packed_forward_frame(tag, entry_bytes, count, chunk=chunk,
                                         str_entries=str_entries)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    tag=frame_tags,
+    size=st.one_of(st.integers(0, 300), st.integers(65_530, 65_540)),
+)
+def test_a_one_entry_frame_is_the_frame_packed_in_one_go(tag, size):
+    """SyncClient's usual frame, made in one join after the cached head, across the bin8,
+    bin16 and bin32 lengths."""
+    entry = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    head = FrameBuilder().head(tag)
+    assert one_entry_frame(head, entry) == packed_forward_frame(tag, entry, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import socket
 import threading
 import weakref
@@ -306,3 +307,25 @@ def test_posts_from_several_threads_are_each_counted_once_and_every_snapshot_bal
     assert fluent_server.wait_for_events(threads * each, timeout=30)
     assert s.bytes_sent == fluent_server.bytes_received
     client.close()
+
+
+def test_a_fork_mark_that_changed_in_the_same_process_keeps_the_connection(
+    fluent_server, monkeypatch
+):
+    """post() compares a stored mark with one a fork changes (see _fork_mark); a mark
+    that differs in the same process (another thread wrote it) costs a pid check, never
+    the connection."""
+    from fluentclient import _fork_mark
+
+    with SyncClient(fluent_server.host, fluent_server.port) as client:
+        client.post("sync.mark", {"n": 1})
+        conn = client._links[0].conn
+        client._epoch = 0  # never a mark: as if stored before a fork
+        client.post("sync.mark", {"n": 2})
+        assert client._links[0].conn is conn
+        assert client._epoch == _fork_mark.MARK[0]
+        assert client.stats().connects == 1
+    assert fluent_server.wait_for_events(2, timeout=10)
+    # Where no page can be wiped on fork, the mark is the pid.
+    monkeypatch.setattr(_fork_mark, "_WORD", None)
+    assert _fork_mark.epoch() == _fork_mark._Pid()[0] == os.getpid()
