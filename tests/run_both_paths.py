@@ -15,7 +15,9 @@ those in every pass instead; a ``-m`` among the arguments replaces pass 2's own.
 
 Every pass runs its tests in parallel (pytest-xdist, ``WORKERS`` workers; a file whose
 tests share a module fixture stays in one, see tests/conftest.py; ``-n 0`` among the
-arguments runs serially). Every pass always runs, so one run shows
+arguments runs serially). The first pass runs beside the others, which run one after
+another (see ``run_lanes``; ``LANES=1`` runs them all in turn); each pass's output is
+printed whole when it ends. Every pass always runs, so one run shows
 every failure of each; the exit status is non-zero if any failed, and the last lines
 name the passes that did.
 
@@ -33,6 +35,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -123,20 +126,24 @@ def counts(junit: Path) -> tuple[int, int, int]:
     return (total - failed - skipped, failed, skipped)
 
 
+# Printing a pass's output: one pass at a time, whole, as each ends.
+_printing = threading.Lock()
+
+
 def run(one: Pass, number: int, of: int, args: list[str], workdir: Path) -> None:
     if one.missing:
-        print(f"\n=== pass {number} of {of}: {one.name}: NOT TESTED ({one.missing}) ===",
-              flush=True)
+        with _printing:
+            print(f"\n=== pass {number} of {of}: {one.name}: NOT TESTED ({one.missing}) ===",
+                  flush=True)
         return
     path, has_xdist = probe(one)
     label = {"True": "compiled", "False": "pure Python",
              "None": "pure Python (this package has no compiled path)"}.get(path or "", "?")
-    print(f"\n=== pass {number} of {of}: {one.name} (fluentclient runs {label}) ===",
-          flush=True)
+    notes: list[str] = []
     if one.wants_compiled and path == "False":
         one.path_problem = "the compiled packer is not in use (was it built?)"
         if not os.environ.get("CI"):
-            print(f"warning: {one.path_problem}; this pass tests pure Python", flush=True)
+            notes.append(f"warning: {one.path_problem}; this pass tests pure Python")
             one.path_problem = ""
     elif not one.wants_compiled and path == "True":
         one.path_problem = f"{SWITCH}=1 did not switch the compiled packer off"
@@ -148,16 +155,46 @@ def run(one: Pass, number: int, of: int, args: list[str], workdir: Path) -> None
         if has_xdist:
             parallel = PARALLEL
         else:
-            print("warning: pytest-xdist is not installed here; this pass runs serially",
-                  flush=True)
+            notes.append("warning: pytest-xdist is not installed here; this pass runs serially")
     junit = workdir / f"pass{number}.xml"
+    output = workdir / f"pass{number}.log"
     started = time.monotonic()
-    one.returncode = subprocess.call(
-        [one.python, "-m", "pytest", "-q", f"--junitxml={junit}", *parallel, *one.own_args,
-         *args],
-        env=one.env, cwd=ROOT)
+    with open(output, "wb") as out:
+        one.returncode = subprocess.call(
+            [one.python, "-m", "pytest", "-q", f"--junitxml={junit}", *parallel,
+             *one.own_args, *args],
+            env=one.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     one.seconds = time.monotonic() - started
     one.counts = counts(junit)
+    with _printing:
+        print(f"\n=== pass {number} of {of}: {one.name} (fluentclient runs {label}) ===",
+              flush=True)
+        for note in notes:
+            print(note, flush=True)
+        sys.stdout.buffer.write(output.read_bytes())
+        sys.stdout.flush()
+
+
+def run_lanes(passes: list[Pass], args: list[str], workdir: Path) -> None:
+    """The first pass (the whole suite) in one lane, the others one after another in a
+    second lane beside it: most tests wait on sockets, timers and child processes rather
+    than use a core, so two lanes take little more than the longer one alone. LANES=1 in
+    the environment runs every pass one after another instead."""
+    numbered = list(enumerate(passes, 1))
+    if os.environ.get("LANES", "2") == "1":
+        lanes = [numbered]
+    else:
+        lanes = [numbered[:1], numbered[1:]]
+
+    def lane(items: list[tuple[int, Pass]]) -> None:
+        for number, one in items:
+            run(one, number, len(passes), args, workdir)
+
+    threads = [threading.Thread(target=lane, args=(items,)) for items in lanes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def version_pass(version: str, env: dict[str, str], own_args: tuple[str, ...]) -> Pass:
@@ -183,8 +220,7 @@ def main(args: list[str]) -> int:
                    wants_compiled=False, own_args=pure_args),
               *(version_pass(version, plain, version_args) for version in VERSIONS)]
     with tempfile.TemporaryDirectory() as tmp:
-        for number, one in enumerate(passes, 1):
-            run(one, number, len(passes), args, Path(tmp))
+        run_lanes(passes, args, Path(tmp))
     print()
     for one in passes:
         if one.missing:
