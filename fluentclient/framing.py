@@ -210,7 +210,7 @@ class EntryPacker:
         around each record is a ``try``, which costs nothing until something raises."""
         runs: list[PackedRun] = []
         guard = self._guard
-        flat = guard.flat if guard is not None else None
+        flat = guard.flat_check if guard is not None else None
         packb, head, int_time = self._packer.pack, _EVENT_TIME_ENTRY_HEAD.pack, self._int_time
         run: PackedRun | None = None
         entries: list[bytes] = []
