@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
+from itertools import repeat, starmap
 from operator import attrgetter
 from typing import Callable, TypeVar
 
@@ -20,7 +21,7 @@ from .._admission import Admission
 from .._buffer import Buffer, Frame, Tagged
 from .._journal import Journal, NullJournal
 from .._ledger import Ledger
-from .._lifecycle import CLOSED, Lifecycle, thread_failed
+from .._lifecycle import CLOSED, RUNNING, Lifecycle, thread_failed
 from .._lifetime._parking import READER, Parking, WakeUp
 from .._reporting import Reporter
 from .._threads import leave_signals_to_others
@@ -168,16 +169,15 @@ class Reader:
                 self.wake.wait(POLL)
                 self.wake.clear()
                 continue
-            batch: list[object] = []
             with self.pop_lock:
                 if self._life.phase is CLOSED:
                     break  # the queue is shutdown's now (a reader that outlived it)
-                try:
-                    while len(batch) < size:
-                        batch.append(popleft())
-                except IndexError:
-                    pass
-                if batch and STOP in batch:
+                # Whatever takes from the queue holds this lock, and posts only append:
+                # the records counted now are all there to take, in one C loop.
+                batch: list[object] = list(starmap(popleft, repeat((), min(size, len(q)))))
+                # Shutdown queues STOP once the client is no longer running: only then is
+                # the batch worth a look for it.
+                if batch and self._life.phase is not RUNNING and STOP in batch:
                     stopping = True
                     batch = [m for m in batch if m is not STOP]
                 if batch:
