@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import platform
 import sys
 from typing import Protocol
 
@@ -24,9 +23,10 @@ __all__ = ["Mark", "PidMark", "unforked_mark"]
 _GENERIC = ("x86_64", "amd64", "i386", "i686", "aarch64", "arm64", "ppc64le", "ppc64",
             "s390x", "riscv64")
 _WIPEONFORK: int | None = getattr(mmap, "MADV_WIPEONFORK", None)
-if _WIPEONFORK is None and sys.platform == "linux" and (
-        platform.machine().lower() in _GENERIC or platform.machine().startswith("arm")):
-    _WIPEONFORK = 18
+if _WIPEONFORK is None and sys.platform == "linux":
+    _machine = os.uname().machine.lower()
+    if _machine in _GENERIC or _machine.startswith("arm"):
+        _WIPEONFORK = 18
 
 
 class Mark(Protocol):
