@@ -149,6 +149,9 @@ def _post_started(client: Posting, msg: Message, delivery: Future[None] | None,
     if admission.full() and not admission.admit(msg, sync_append, reader):
         return False if delivery is None else delivery
     client._count_post()
+    if delivery is not None or sync_append:
+        # Before the record is queued, so the reader that takes it knows to look.
+        reader.awaited = True
     if not sync_append:
         client._queue.append(msg)
         if life.phase is not RUNNING and life.phase is not NEW:

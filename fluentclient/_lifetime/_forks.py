@@ -103,6 +103,8 @@ def after_fork_in_child(client: Forkable) -> None:
     if handoff is not None and handoff.claim() and held:
         # Posted in the parent, whose ledger stayed there: this one takes them over.
         client._ledger.enqueue(len(held))
+        # Some may be records a caller waits on: the fresh reader must look for those.
+        client._reader.awaited = True
         client._queue.extend(held)
         try:
             client._start()

@@ -107,6 +107,9 @@ class Reader:
         self.wake = WakeUp()
         # True while the reader waits for post() to wake it rather than polling.
         self.idle = False
+        # Set for good, before it is queued, by the first record a caller waits on
+        # (``sync_append``, ``ack``): until then no batch is searched for futures.
+        self.awaited = False
         # The head of the queue is this reader's: every record leaves it under this lock
         # (the lifecycle's), here, through evict_queued() or take_back(), or in shutdown's
         # final sweep (take_all_locked), and is counted in the ledger as it leaves.
@@ -364,9 +367,8 @@ class Reader:
             run.pieces.append(entry)
         run.seal()
 
-    @staticmethod
-    def _settle_waiters(msgs: list[Message], rejected: list[Message]) -> None:
-        if not any(map(_WAITER, msgs)):
+    def _settle_waiters(self, msgs: list[Message], rejected: list[Message]) -> None:
+        if not (self.awaited and any(map(_WAITER, msgs))):
             return
         refused = set(map(id, rejected))
         for msg in msgs:
@@ -398,7 +400,8 @@ class Reader:
             run, size = None, sum(map(len, packed))
         # A run whose records nobody awaits an ack for can go in whole: looked at before
         # the lock is taken, so the writer never waits on this scan.
-        whole = run if run is not None and not any(map(_DELIVERY, kept)) else None
+        whole = (run if run is not None and not (self.awaited and any(map(_DELIVERY, kept)))
+                 else None)
         with buf.lock:
             before = buf.pending_bytes
             evicted = self._admission.make_room_locked(size)
