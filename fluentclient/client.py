@@ -35,6 +35,7 @@ from ._ledger import Ledger
 from ._lifecycle import CLOSED, CLOSING, FAILED, NEW, RUNNING, Lifecycle
 from ._lifetime import _clients, _draining, _forks, _process, _sigterm
 from ._lifetime._forgotten import core_of, forgotten
+from ._lifetime._mark import Mark, unforked_mark
 from ._lifetime._parking import Parking
 from ._options import MiB as _MiB
 from ._options import builder_for, packer_for
@@ -220,6 +221,8 @@ class BufferedClient(_Client):
                           self._queue, self._buffer, own)
         self._handoff: _process.Handoff | None = None
         self._pid = os.getpid()
+        # post()'s fork check: true until this process forks (see _mark.py).
+        self._unforked: Mark = unforked_mark()
         if self._poster is not None:
             self._poster.bind(self._queue, self._life, self._admission, self._reporting,
                               self._reader, self._count_post, self._pid)
@@ -286,7 +289,7 @@ class BufferedClient(_Client):
             or time is not None or ack or sync_append
             or len(queue) >= self._admission.room
             or life.phase is not RUNNING
-            or self._pid != _getpid() or self._reporting.busy
+            or not self._unforked[0] or self._reporting.busy
         ):
             return self._post_carefully(tag, record, time, sync_append, timeout, ack)
         # The usual case: a known tag, the time now, room to spare, and nobody waiting to

@@ -51,8 +51,10 @@ __all__ = [
 ]
 
 _NS = 1_000_000_000
-# fixarray(2), then fixext8 of type 0 holding seconds and nanoseconds as uint32 BE.
-_EVENT_TIME_ENTRY_HEAD = struct.Struct(">BBBII")
+# fixarray(2), then fixext8 of type 0 holding seconds and nanoseconds as uint32 BE. The
+# three constant bytes go in as one field: struct packs that faster than three.
+_EVENT_TIME_ENTRY_HEAD = struct.Struct(">3sII")
+_ENTRY_START = b"\x92\xd7\x00"
 _BIN8 = struct.Struct(">BB")
 _BIN16 = struct.Struct(">BH")
 _BIN32 = struct.Struct(">BI")
@@ -189,7 +191,7 @@ class EntryPacker:
         if self._int_time:
             head: bytes = self._packer.pack(sec)
             return b"\x92" + head + body
-        return _EVENT_TIME_ENTRY_HEAD.pack(0x92, 0xD7, 0x00, sec, nsec) + body
+        return _EVENT_TIME_ENTRY_HEAD.pack(_ENTRY_START, sec, nsec) + body
 
     def pack_runs(
         self, messages: Iterable[Message], failed: Callable[[Message, SerializationError], None]
@@ -222,8 +224,9 @@ class EntryPacker:
         around each record is a ``try``, which costs nothing until something raises."""
         runs: list[PackedRun] = []
         guard = self._guard
-        flat = guard.flat if guard is not None else None
+        flat = guard.flat_check if guard is not None else None
         packb, head, int_time = self._packer.pack, _EVENT_TIME_ENTRY_HEAD.pack, self._int_time
+        start = _ENTRY_START
         run: PackedRun | None = None
         entries: list[bytes] = []
         kept: list[Message] = []
@@ -243,7 +246,7 @@ class EntryPacker:
                     else:
                         body = self._guarded(record)
                     sec, nsec = divmod(msg.time_ns, _NS)
-                    entry = head(0x92, 0xD7, 0x00, sec, nsec) + body
+                    entry = head(start, sec, nsec) + body
                 else:
                     entry = self.pack(msg)
             except SerializationError as exc:

@@ -18,9 +18,8 @@ from concurrent.futures import Future
 from typing import Literal, overload
 
 from ._base import Client, not_a_mapping
-from ._fork_mark import MARK as _MARK
-from ._fork_mark import epoch
 from ._ledger import Ledger
+from ._lifetime._mark import Mark, unforked_mark
 from ._options import MiB, builder_for, packer_for
 from ._transport._connection import Connection, SendError
 from ._transport._pool import Link, ServerSpec
@@ -117,8 +116,8 @@ class SyncClient(Client):
         self._sender = Sender(self._links, self._ledger, t)
         self._closed = False
         self._pid = os.getpid()
-        # What _fork_mark.MARK read when this process's state was made (see post()).
-        self._epoch = epoch()
+        # post()'s fork check: true until this process forks (see _lifetime/_mark.py).
+        self._unforked: Mark = unforked_mark()
         # Whether the record being sent may have reached a server (see _send).
         self._maybe_delivered = False
         _live_sync_clients.add(self)
@@ -138,7 +137,7 @@ class SyncClient(Client):
         self._ledger = Ledger()
         self._sender = Sender(self._links, self._ledger, self._transport)
         self._pid = os.getpid()
-        self._epoch = epoch()
+        self._unforked = unforked_mark()
         for link in self._links:
             self._sender.drop(link)
 
@@ -196,9 +195,9 @@ class SyncClient(Client):
             raise ValueError("post(ack=True) needs a client made with require_ack=True")
         # Without a timeout the clock is read only if the call has to wait (see _write).
         start = 0.0 if timeout is None else _monotonic()
-        if self._epoch != _MARK[0]:
-            # Perhaps forked without the at-fork hooks (a C extension calling fork()):
-            # a memory read, where a pid check was a system call on every call.
+        if not self._unforked[0]:
+            # Forked without the at-fork hooks (a C extension calling fork()): a memory
+            # read, where a pid check was a system call on every call.
             self._check_fork()
         with self._lock:
             if self._closed:
@@ -252,7 +251,9 @@ class SyncClient(Client):
         if self._pid != os.getpid():
             self._after_fork_in_child()
         else:
-            self._epoch = epoch()
+            # A mark that reads as forked in the process that made it: the pid settles
+            # it, and a new mark spares the next call the system call.
+            self._unforked = unforked_mark()
 
     def _learn(self, tag: str) -> tuple[str, int, bytes | None]:
         """The full tag of ``tag``, the largest entry its frame holds, and the head of

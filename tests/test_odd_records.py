@@ -261,6 +261,16 @@ def test_a_flat_record_comes_back_as_the_same_object() -> None:
     assert not guard.flat(nested) and guard.clean(nested) is nested
 
 
+@pytest.mark.parametrize("keep", ["non_str_keys", "non_finite_floats", "non_utf8_bytes"])
+def test_a_rule_that_keeps_leaves_the_other_rules_checking(keep: str) -> None:
+    # flat() under a "keep" rule skips only what that rule keeps.
+    odd = {"non_str_keys": {1: "a"}, "non_finite_floats": {"f": math.nan},
+           "non_utf8_bytes": {"b": b"\xff"}}
+    guard = RecordGuard(**{keep: "keep"})  # type: ignore[arg-type]
+    for rule, record in odd.items():
+        assert guard.flat(record) is (rule == keep), rule
+
+
 def test_a_key_that_raises_while_made_a_str_is_that_records_problem_only() -> None:
     class Bad(bytes):
         def __bytes__(self) -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import os
 import socket
 import threading
 import weakref
@@ -309,23 +308,18 @@ def test_posts_from_several_threads_are_each_counted_once_and_every_snapshot_bal
     client.close()
 
 
-def test_a_fork_mark_that_changed_in_the_same_process_keeps_the_connection(
-    fluent_server, monkeypatch
+def test_a_fork_mark_that_reads_forked_in_the_same_process_keeps_the_connection(
+    fluent_server,
 ):
-    """post() compares a stored mark with one a fork changes (see _fork_mark); a mark
-    that differs in the same process (another thread wrote it) costs a pid check, never
-    the connection."""
-    from fluentclient import _fork_mark
-
+    """post() reads a mark that a fork wipes (see _lifetime/_mark.py); one that reads as
+    wiped in the process that made it costs a pid check and a new mark, never the
+    connection."""
     with SyncClient(fluent_server.host, fluent_server.port) as client:
         client.post("sync.mark", {"n": 1})
         conn = client._links[0].conn
-        client._epoch = 0  # never a mark: as if stored before a fork
+        client._unforked = bytearray(1)  # reads as wiped: as if made before a fork
         client.post("sync.mark", {"n": 2})
         assert client._links[0].conn is conn
-        assert client._epoch == _fork_mark.MARK[0]
+        assert client._unforked[0]
         assert client.stats().connects == 1
     assert fluent_server.wait_for_events(2, timeout=10)
-    # Where no page can be wiped on fork, the mark is the pid.
-    monkeypatch.setattr(_fork_mark, "_WORD", None)
-    assert _fork_mark.epoch() == _fork_mark._Pid()[0] == os.getpid()

@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
+from itertools import repeat, starmap
 from operator import attrgetter
 from typing import Callable, TypeVar
 
@@ -21,7 +22,7 @@ from .._admission import Admission
 from .._buffer import Buffer, Frame, Tagged
 from .._journal import Journal, NullJournal
 from .._ledger import Ledger
-from .._lifecycle import CLOSED, Lifecycle, thread_failed
+from .._lifecycle import CLOSED, RUNNING, Lifecycle, thread_failed
 from .._lifetime._parking import READER, Parking, WakeUp
 from .._reporting import Reporter
 from .._threads import leave_signals_to_others
@@ -47,16 +48,12 @@ def _sleep0() -> None:
 
 
 def take_python(q: deque[object], size: int, marker: object) -> tuple[list[object], bool]:
-    """Up to ``size`` items from the left of ``q``, and whether ``marker`` was among them
-    (left out of the list). The compiled ``take`` does the same in one C pass."""
-    batch: list[object] = []
-    popleft = q.popleft
-    try:
-        while len(batch) < size:
-            batch.append(popleft())
-    except IndexError:
-        pass
-    if marker in batch:
+    """Up to ``size`` items from the left of ``q``, and whether ``marker`` (None: no
+    marker to look for) was among them, left out of the list. Everything that takes from
+    the queue holds one lock and posts only append, so the items counted are all there
+    to take, in one C loop. The compiled ``take`` does the same in one C pass."""
+    batch = list(starmap(q.popleft, repeat((), min(size, len(q)))))
+    if marker is not None and marker in batch:
         return [item for item in batch if item is not marker], True
     return batch, False
 
@@ -186,7 +183,10 @@ class Reader:
             with self.pop_lock:
                 if self._life.phase is CLOSED:
                     break  # the queue is shutdown's now (a reader that outlived it)
-                batch, stop = take(q, size, STOP)
+                # Shutdown queues STOP only after the phase left RUNNING, which it
+                # changes under this lock: only then is the batch worth a look for it.
+                batch, stop = take(q, size, STOP if self._life.phase is not RUNNING
+                                   else None)
                 if stop:
                     stopping = True
                 if batch:
