@@ -159,20 +159,28 @@ def _check_runs(module: ModuleType) -> None:
         raise AssertionError("the compiled take() took other items")
 
 
-def _check_poster(module: ModuleType) -> None:
-    """Raise unless the compiled post() queues a Message as the Python one makes it."""
+def bound_poster(module: ModuleType, count: Callable[[], object]) -> tuple[Any, deque[Any]]:
+    """A compiled post() bound to a queue of its own and a running client's state, the
+    tag "t" known as "p.t" and the clock stopped at 1,700,000,000.000000007: what the
+    check below and the tests post through."""
     class State:  # what post() reads of the client's lifecycle, admission, reader...
         phase = "running"
         room = 10
         busy = 0
         idle = False
 
-    queue: deque[object] = deque()
-    counted: list[int] = []
+    queue: deque[Any] = deque()
     poster = module.Poster(Message, {"t": "p.t"}, None, None, "running",
                            lambda: 1_700_000_000 * 10**9 + 7, os.getpid)
     state = State()
-    poster.bind(queue, state, state, state, state, lambda: counted.append(1), os.getpid())
+    poster.bind(queue, state, state, state, state, count, os.getpid())
+    return poster, queue
+
+
+def _check_poster(module: ModuleType) -> None:
+    """Raise unless the compiled post() queues a Message as the Python one makes it."""
+    counted: list[int] = []
+    poster, queue = bound_poster(module, lambda: counted.append(1))
     record = {"k": "v"}
     if poster.post("t", record) is not True or counted != [1] or len(queue) != 1:
         raise AssertionError("the compiled post() did not queue a record")

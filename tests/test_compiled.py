@@ -609,19 +609,7 @@ def test_the_compiled_post_queues_messages_the_collector_does_not_track(speedups
     # Tracked, every queued Message that outlived two young collections in a burst was
     # promoted to the old generation, and the promotions set off full collections: the
     # longest pauses in post(). Untracked, it must still be freed by reference counting.
-    from collections import deque
-
-    class State:  # what post() reads of the client's lifecycle, admission, reader...
-        phase = "running"
-        room = 10
-        busy = 0
-        idle = False
-
-    queue: deque[Message] = deque()
-    poster = speedups.Poster(Message, {"t": "p.t"}, None, None, "running",
-                             lambda: 1_700_000_000 * 10**9, os.getpid)
-    state = State()
-    poster.bind(queue, state, state, state, state, lambda: None, os.getpid())
+    poster, queue = _accel.bound_poster(speedups, lambda: None)
     record = {"k": "v"}
     before = sys.getrefcount(record)
     assert poster.post("t", record) is True
