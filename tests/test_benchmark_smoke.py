@@ -32,6 +32,7 @@ SMOKED = {
     "accounting.py": "test_accounting_against_the_embedded_server_counts_every_record",
     "forward_sink.py": "test_forward_sink_counts_what_it_is_sent",
     "fork_cost.py": "test_fork_cost_reports_every_case",
+    "reader_steps.py": "test_reader_steps_times_every_step_both_ways",
     "soak.py": "tests/test_scenario_benchmarks.py::test_a_short_soak_prints_its_table_and_"
                "counts_every_record",
     "model_soak.py": "tests/test_model.py::test_the_soak_runner_runs_the_model_and_reports_"
@@ -232,3 +233,13 @@ def test_fork_cost_reports_every_case():
     medians = json.loads(out.stdout.strip().splitlines()[-1])["medians_us"]
     assert set(medians) == {"none", "dormant", "running", "held"}
     assert all(m > 0 for m in medians.values())
+
+
+def test_reader_steps_times_every_step_both_ways():
+    out = run_script("benchmarks/reader_steps.py", "--batches", "3", "--batch", "64")
+    assert out.returncode == 0, out.stderr
+    rows = table_rows(out.stdout)
+    assert [r[0] for r in rows] == ["before (Python loop, three scans)", "today"], out.stdout
+    for row in rows:
+        steps = [float(cell) for cell in row[1:]]
+        assert all(x >= 0 for x in steps) and steps[1] > 0, out.stdout
