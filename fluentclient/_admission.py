@@ -213,7 +213,12 @@ class Admission:
         verdict = self.judge()
         while verdict.act is not Act.ADMIT:
             if verdict.act is Act.EVICT:
-                self._evict_for(verdict.nbytes, head)
+                if self._evict_for(verdict.nbytes, head):
+                    # The room made is this record's, even if something took it since:
+                    # a record posted by on_error as it heard of the eviction, or a batch
+                    # the reader had in hand (in neither the queue nor the buffer, so not
+                    # counted). The reader evicts for those in turn, the oldest first.
+                    return True
             elif verdict.act is Act.WAIT:
                 # A record posted while we report an error (a log line of on_error) is
                 # refused at once rather than stall the report: it is counted quietly.
@@ -229,7 +234,9 @@ class Admission:
             verdict = self.judge(after=verdict.act)
         return True
 
-    def _evict_for(self, nbytes: float, head: QueueHead) -> None:
+    def _evict_for(self, nbytes: float, head: QueueHead) -> bool:
+        """Evict the oldest records, buffered then queued, about ``nbytes`` and whatever
+        is over the limit; whether any was."""
         buf, mean = self._buffer, self.mean_entry
         with buf.lock:
             over = buf.held_bytes + len(self._queue) * mean + nbytes - buf.limit
@@ -245,6 +252,8 @@ class Admission:
                 err = BufferFullError("evicted to make room for newer records")
                 for msg in queued:
                     self._reporter.fail(DROP_EVICTED, err, msg)
+                return True
+        return bool(evicted)
 
     def _wait_for_room(self, deadline: float) -> None:
         # Woken by every release and by the reader while we wait; the step covers room
@@ -294,3 +303,13 @@ class Admission:
             room -= sizes[fits]
             fits += 1
         return fits
+
+
+def oldest_to_cut(entries: Sequence[bytes], over: int) -> int:
+    """How many of the first (oldest) entries to drop so that ``over`` bytes fewer remain:
+    drop_oldest, for a batch bigger than the room the buffer has left."""
+    cut = 0
+    while cut < len(entries) and over > 0:
+        over -= len(entries[cut])
+        cut += 1
+    return cut

@@ -60,7 +60,7 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
 DROP_REASONS = (DROP_BUFFER_FULL, DROP_UNSERIALIZABLE, DROP_UNSAFE, DROP_TOO_LARGE,
                 DROP_CLOSED, DROP_NOT_ACKED, DROP_EVICTED, DROP_SPOOL_FULL, DROP_SEND_FAILED,
                 DROP_REENTRANT)
-SERVER_STATES = ("connected", "backing_off", "idle")
+SERVER_STATES = ("connecting", "connected", "backing_off", "idle")
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
@@ -185,7 +185,7 @@ class StatsCollector:
     def _servers(self, snapshots: list[tuple[dict[str, str], Stats]]) -> Iterator[Metric]:
         state = GaugeMetricFamily(
             self._name("server_state"),
-            "1 for the state each server is in (connected, backing_off, idle), else 0.",
+            "1 for the state each server is in (connecting, connected, backing_off, idle), else 0.",
         )
         standby = GaugeMetricFamily(self._name("server_standby"), "1 for a standby server.")
         counters = [

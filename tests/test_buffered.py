@@ -275,7 +275,7 @@ def test_post_never_waits_for_the_server(fluent_server, state):
         fluent_server.stop()
     else:
         fluent_server.drop_after(1000)
-    client = client_for(fluent_server, timeouts=Timeouts(write=10, connect=10),
+    client = client_for(fluent_server, timeouts=Timeouts(write=60, connect=60),
                         buffering=Buffering(limit=256 * 1024))
     try:
         slowest = 0.0
@@ -283,8 +283,10 @@ def test_post_never_waits_for_the_server(fluent_server, state):
             t0 = time.perf_counter()
             client.post("app.nb", {"i": i, "pad": "q" * 100})
             slowest = max(slowest, time.perf_counter() - t0)
-        # Blocking on the server would cost whole seconds (the I/O timeouts are 10 s).
-        assert slowest < 0.5
+        # Blocking on the server would cost a minute (the I/O timeouts). The bound is far
+        # below that and far above what a loaded machine can add: one CI run, with both
+        # lanes of the suite on 2 cores, once saw a post() of 2.1 s here.
+        assert slowest < 15
     finally:
         t0 = time.monotonic()
         report = client.shutdown(0.5)

@@ -252,7 +252,7 @@ class ClientModel(RuleBasedStateMachine):
         self.report: ShutdownReport | None = None
         self.faults: dict[str, Any] = {
             "stalled": False, "refusing": False, "stopped": False, "drop_after": None,
-            "withhold": False, "garble": False, "delay": None,
+            "withhold": False, "garble": False, "delay": None, "blackholed": False,
         }
         self.trace: list[str] = ["state = ClientModel()"]
         self.children: list[dict[str, Any]] = []  # what each forked child reported
@@ -583,6 +583,14 @@ class ClientModel(RuleBasedStateMachine):
         self._fault("refusing", on)
 
     @precondition(lambda self: not self.closed)
+    @rule(on=st.booleans())
+    @_traced
+    def blackhole(self, on: bool) -> None:
+        """A host that does not answer: each connect hangs for Timeouts.connect (1 s)."""
+        self.server.blackhole(on)
+        self._fault("blackholed", on)
+
+    @precondition(lambda self: not self.closed)
     @rule()
     @_traced
     def heal(self) -> None:
@@ -597,6 +605,7 @@ class ClientModel(RuleBasedStateMachine):
         s.garble_acks(False)
         s.delay_acks(None)
         s.refuse(False)
+        s.blackhole(False)
         s.restart()
         for name in self.faults:
             self.faults[name] = None if name in ("drop_after", "delay") else False
@@ -781,6 +790,18 @@ class ClientModel(RuleBasedStateMachine):
             # Without acks nothing is given up for want of one: a garbled or missing
             # ack costs at most a resend or a possible loss.
             assert not s.dropped.get("not_acked"), s
+
+    @invariant()
+    @_checked
+    def drop_oldest_refuses_only_for_frames_in_flight(self) -> None:
+        """drop_oldest makes room by evicting the oldest records; it can only fail to when
+        the buffer is taken up by frames written and not yet confirmed, which never
+        happens before the client's first connection."""
+        if self.client is None or self.overflow != "drop_oldest":
+            return
+        s = self.stats()
+        if s.connects == 0:
+            assert not s.dropped.get("buffer_full"), s
 
     @invariant()
     @_checked

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from fluentclient import BufferedClient, BufferFullError, Buffering, EventTime
+from fluentclient import BufferedClient, BufferFullError, Buffering, EventTime, Timeouts
 from fluentclient.server import ForwardServer
 from fluentclient.stats import UnsentRecord
 
@@ -49,12 +49,14 @@ def test_drop_oldest_keeps_the_newest_records(fluent_server):
     evicted = report.dropped.get("evicted", 0)
     assert evicted > n // 2
     assert len(got) + sum(report.dropped.values()) == n
-    assert taken == n - report.dropped.get("buffer_full", 0)
+    # Room is always made by evicting: no record is refused. (The writer never holds
+    # frames while it tries to connect, where they could not be evicted.)
+    assert taken == n and set(report.dropped) == {"evicted"}, report.dropped
     # The newest record survived and what arrived is in order, without repeats.
     assert got[-1] == n - 1 and got == sorted(set(got))
-    # The newest, in one unbroken run to the last. A frame the writer had taken for a
-    # connection attempt is never evicted, so one older run of consecutive records (that
-    # frame, up to a whole buffer of them) may have survived before it.
+    # The newest, in one unbroken run to the last. Records the reader has taken from the
+    # queue and not yet buffered are in neither place for post() to evict, so one older
+    # run may survive before it: those, while post() evicted the queued records after them.
     runs: list[list[int]] = []
     for i in got:
         if runs and i == runs[-1][1] + 1:
@@ -63,6 +65,46 @@ def test_drop_oldest_keeps_the_newest_records(fluent_server):
             runs.append([i, i])
     assert len(runs) <= 2, runs
     assert runs[-1][0] < n - 1, runs  # more than the last record: not the newest evicted
+
+
+def test_drop_oldest_evicts_while_the_writer_waits_on_a_connect(fluent_server):
+    # A host that does not answer: the writer's connect hangs for all of Timeouts.connect.
+    # The writer connects before it takes any frame, so what it would write stays in the
+    # buffer meanwhile, oldest first to be evicted: drop_oldest keeps taking the newest
+    # records rather than refusing them (which it did when the writer took the buffer's
+    # frames first and then sat in connect() holding them).
+    fluent_server.blackhole()
+    limit = 16 * 1024
+    client = client_for(fluent_server, timeouts=Timeouts(connect=60),
+                        buffering=Buffering(limit=limit, write_threshold=limit,
+                                            flush_interval=60, overflow="drop_oldest"))
+    try:
+        first = 150  # about 15 KiB: most of the buffer
+        for i in range(first):
+            assert client.post("t", {"i": i, "pad": PAD}, sync_append=True)
+        # Not written yet (under the threshold, well before the interval): a flush makes
+        # the whole buffer due, and the writer starts its connect.
+        assert client.flush(timeout=0.05) is False
+        assert wait_until(lambda: client.stats().servers[0].state == "connecting")
+        assert client.stats().buffered == first and not client.stats().dropped
+        n = 500
+        for i in range(first, n):
+            assert client.post("t", {"i": i, "pad": PAD}, sync_append=True)
+        stats = client.stats()
+        assert stats.servers[0].state == "connecting", stats
+        assert "buffer_full" not in stats.dropped, stats.dropped
+        assert stats.dropped["evicted"] >= n - limit // len(PAD), stats.dropped
+        fluent_server.blackhole(False)
+        # The attempt under way gets its answer on the SYN's next retransmission.
+        assert client.flush(timeout=60)
+        report = client.shutdown(timeout=10)
+    finally:
+        fluent_server.blackhole(False)
+        client.close()
+    got = ids(fluent_server)
+    assert len(got) + report.dropped["evicted"] == n
+    # The newest survived, in one unbroken run up to the last record.
+    assert got == list(range(n - len(got), n))
 
 
 def test_drop_newest_is_the_default_and_keeps_the_oldest(fluent_server):

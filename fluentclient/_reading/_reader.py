@@ -18,7 +18,7 @@ from operator import attrgetter
 from typing import Callable, TypeVar
 
 from .._accel import fast_take
-from .._admission import Admission
+from .._admission import Admission, oldest_to_cut
 from .._buffer import Buffer, Frame, Tagged
 from .._journal import Journal, NullJournal
 from .._ledger import Ledger
@@ -26,10 +26,21 @@ from .._lifecycle import CLOSED, RUNNING, Lifecycle, thread_failed
 from .._lifetime._parking import READER, Parking, WakeUp
 from .._reporting import Reporter
 from .._threads import leave_signals_to_others
-from ..errors import RecordTooLargeError, SerializationError, UnsafeRecordError
+from ..errors import (
+    BufferFullError,
+    RecordTooLargeError,
+    SerializationError,
+    UnsafeRecordError,
+)
 from ..framing import EntryPacker, PackedRun
 from ..message import Message, settle_future
-from ..stats import DROP_BUFFER_FULL, DROP_TOO_LARGE, DROP_UNSAFE, DROP_UNSERIALIZABLE
+from ..stats import (
+    DROP_BUFFER_FULL,
+    DROP_EVICTED,
+    DROP_TOO_LARGE,
+    DROP_UNSAFE,
+    DROP_UNSERIALIZABLE,
+)
 from ._reader_waits import ReaderWaits
 from ._replay import Replay, Spooled
 from ._spooling import Spooling
@@ -406,12 +417,21 @@ class Reader:
             size = len(packed.data)
         else:
             run, size = None, sum(map(len, packed))
-        # A run whose records nobody awaits an ack for can go in whole (the packer noted
-        # whether any does).
-        whole = run if run is not None and not run.deliveries else None
+        oldest: list[_T] = []
         with buf.lock:
             before = buf.pending_bytes
             evicted = self._admission.make_room_locked(size)
+            over = size - (buf.limit - buf.held_bytes)
+            if over > 0 and not spooled and self._admission.policy == "drop_oldest":
+                # The batch alone is more than the room left: the oldest of its own
+                # records go too, rather than the newest being refused.
+                every = packed.entries() if isinstance(packed, PackedRun) else packed
+                cut = oldest_to_cut(every, over)
+                oldest, kept, packed = kept[:cut], kept[cut:], every[cut:]
+                run, size = None, size - sum(map(len, every[:cut]))
+            # A run whose records nobody awaits an ack for can go in whole (the packer
+            # noted whether any does).
+            whole = run if run is not None and not run.deliveries else None
             first_seq = buf.next_seq
             if whole is not None and buf.add_run_locked(whole.tag, whole.data, len(kept)):
                 rejected: list[_T] = []
@@ -438,6 +458,10 @@ class Reader:
         if evicted:
             self._admission.evicted(evicted)
             self.released(evicted)
+        if oldest:
+            err = BufferFullError("evicted to make room for newer records")
+            for msg in oldest:
+                self._fail(DROP_EVICTED, err, msg)  # type: ignore[arg-type]
         if self._journal.recording:
             self._spooling.record(first_seq, kept, packed, rejected)
         return rejected

@@ -180,6 +180,8 @@ class Link:
         self.security = security
         self.dns_refresh = dns_refresh
         self.conn: Connection | None = None
+        # True while ``conn`` is being opened (connect, TLS, handshake): not usable yet.
+        self.connecting = False
         self.retry_at = 0.0
         # Bytes written per unit of weight: the least loaded primary goes next.
         self.load = 0.0
@@ -265,7 +267,7 @@ class Link:
     def stats(self) -> ServerStats:
         now = time.monotonic()
         if self.conn is not None:
-            state = "connected"
+            state = "connecting" if self.connecting else "connected"
         elif now < self.retry_at:
             state = "backing_off"
         else:

@@ -45,11 +45,14 @@ class Sender:
         (see :meth:`connect_failed`) or its own shutdown cutting the attempt short.
         """
         conn = link.new_connection()
+        link.connecting = True
         try:
             conn.connect(deadline)
         except FluentError as exc:
             link.conn = None
             return exc
+        finally:
+            link.connecting = False
         link.connected()
         level(link, self.links)
         self._ledger.connected()

@@ -53,6 +53,8 @@ _MARKER_POLL = 0.05
 _R = TypeVar("_R")
 # What _wait_for_work returns when the thread is to park for a fork.
 _PARK: list[Frame] = []
+# What it returns when frames are due and the best server has no connection yet.
+_CONNECT: list[Frame] = []
 
 
 class Writer:
@@ -145,6 +147,8 @@ class Writer:
                     # Parked for a fork: what this thread holds lives in this object
                     # and its links, where a new thread takes over after the fork.
                     return
+                if frames is _CONNECT:
+                    frames = self._connect_then_take()
                 if frames:
                     self._write(frames)
             self._finish()
@@ -178,6 +182,9 @@ class Writer:
                     elif life.reader_done and not in_flight and not retiring:
                         return None
                 if due == 0.0:
+                    best = next(iter(self._sender.candidates(now)), None)
+                    if best is None or best.conn is None:
+                        return _CONNECT  # see _connect_then_take
                     return buf.take_locked(self._max_write)
                 if in_flight or awaiting or retiring:
                     # Look at the links again soon: for confirmations, or to read the
@@ -192,6 +199,18 @@ class Writer:
                         return []
                     wait = min(wait, idle_close)
                 buf.changed.wait(wait)
+
+    def _connect_then_take(self) -> list[Frame]:
+        """Connect, then take the frames due. A connect may last its whole timeout (a host
+        that does not answer): the frames wait in the buffer meanwhile, where drop_oldest
+        can still evict them for newer records, not in this thread's hands."""
+        link = self._connected_link()
+        self._buffer.no_server = link is None
+        if link is None:
+            self._pause()
+            return []
+        with self._buffer.lock:
+            return self._buffer.take_locked(self._max_write)
 
     def _next_idle_close(self, now: float) -> float | None:
         if self._keepalive_timeout is None:
