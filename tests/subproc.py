@@ -45,6 +45,33 @@ _atexit.register(lambda: stamp("AT_EXIT_DONE"))
 """
 
 
+# For children that fork through libc (ctypes), skipping CPython's after-fork repair: the
+# child inherits the GIL's mutex and condition variable as they were, and a thread of the
+# parent queued on them (waking from a timed wait, say) can leave the child waiting
+# forever or crashing. No client can prevent that: a program that forks this way must do
+# it while its other threads sleep, and so do these children. ``quiet(client)`` waits
+# until the client's threads sit in their long waits: the reader idle, the writer with
+# nothing in flight and no answer owed (otherwise it looks every few milliseconds).
+# ``blocked_in_read(tid, fd)`` is true once a thread (its native id) is blocked reading
+# ``fd``, without the GIL: how a thread of the test's own waits through the fork.
+QUIET_FORK = """
+def quiet(client, timeout=10):
+    deadline = _time.monotonic() + timeout
+    writer = client._writer
+    while not (client._reader.idle and not any(l.unconfirmed for l in writer.links)
+               and not writer.settling()):
+        assert _time.monotonic() < deadline, "the client's threads never went quiet"
+        _time.sleep(0.01)
+
+_READ_SYSCALLS = {"0", "63"}  # read(2) on x86_64 and on aarch64
+
+def blocked_in_read(tid, fd):
+    with open(f"/proc/self/task/{tid}/syscall") as f:
+        words = f.read().split()
+    return len(words) > 1 and words[0] in _READ_SYSCALLS and int(words[1], 16) == fd
+"""
+
+
 @dataclass
 class Finished:
     name: str

@@ -22,7 +22,7 @@ import pytest
 from fluentclient import BufferedClient, FluentError, Timeouts
 from fluentclient.server import ForwardServer
 
-from .subproc import Child
+from .subproc import QUIET_FORK, Child
 from .waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -128,7 +128,7 @@ def test_forks_while_the_reader_writes_the_spool_never_hang_the_child(tmp_path):
         assert got == [(k, i) for k in range(forks) for i in range(m)]
 
 
-HELD_LOCKS = REAP + """
+HELD_LOCKS = REAP + QUIET_FORK + """
 import ctypes, faulthandler, threading
 from fluentclient import BufferedClient, Buffering
 
@@ -141,8 +141,9 @@ def hold_locks(held, release):
     spool, health = client._journal._spool._lock, client._journal._health._lock
     pop, buffer, ledger = client._reader.pop_lock, client._buffer.lock, client._ledger.lock
     with spool, health, pop, buffer, ledger:
-        held.set()
-        release.wait(60)
+        held.append(threading.get_native_id())
+        # Blocked in read(2), without the GIL, through the fork (see QUIET_FORK).
+        os.read(release, 1)
 
 def fork():
     if P["raw"]:
@@ -156,16 +157,13 @@ def main():
     for i in range(P["n"]):
         client.post("held.parent", {"i": i, "pad": "p" * 2048})
     assert client.flush(10)
-    # A raw fork also skips CPython's own repair of the GIL: fork while our threads
-    # sleep in their long waits, not about to queue for the GIL (see test_fork.py).
-    deadline = _time.monotonic() + 10
-    while not (client._reader.idle
-               and not any(link.unconfirmed for link in client._writer.links)):
-        assert _time.monotonic() < deadline, "the client's threads never went quiet"
-        _time.sleep(0.01)
-    held, release = threading.Event(), threading.Event()
+    quiet(client)  # a raw fork skips CPython's own repair of the GIL: see QUIET_FORK
+    held, (release, let_go) = [], os.pipe()
     threading.Thread(target=hold_locks, args=(held, release), daemon=True).start()
-    assert held.wait(10)
+    deadline = _time.monotonic() + 10
+    while not (held and blocked_in_read(held[0], release)):
+        assert _time.monotonic() < deadline, "the thread holding the locks never blocked"
+        _time.sleep(0.005)
     pid = fork()
     if pid == 0:
         # Where a child that hangs is stuck, for the failure message.
@@ -179,7 +177,7 @@ def main():
         finally:
             os._exit(code)
     code, took = reap(pid, P["deadline"])
-    release.set()
+    os.write(let_go, b"x")
     stamp("CHILD", code)
     report = client.shutdown(10)
     stamp("PARENT", report.sent)

@@ -16,7 +16,7 @@ import pytest
 
 from fluentclient.server import ForwardServer
 
-from .subproc import Child
+from .subproc import QUIET_FORK, Child
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 
@@ -209,7 +209,7 @@ def test_multiprocessing_fork_pool_workers_deliver_and_never_resend(fluent_serve
     assert got == Counter((k, i) for k in range(tasks) for i in range(m))
 
 
-RAW_FORK = """
+RAW_FORK = QUIET_FORK + """
 import ctypes, os
 from fluentclient import BufferedClient, Buffering
 
@@ -220,16 +220,7 @@ def main():
     for i in range(P["n"]):
         client.post("raw.parent", {"i": i})
     assert client.flush(5)  # connected, threads running
-    # This fork skips CPython's own after-fork repair too: the child inherits the GIL's
-    # condition variable with every thread that waited on it, threads it does not have,
-    # and a signal there can wait for them forever. So fork while ours sleep in their
-    # long waits (the reader idle, the writer with nothing in flight), not about to
-    # queue for the GIL.
-    deadline = _time.monotonic() + 10
-    while not (client._reader.idle
-               and not any(link.unconfirmed for link in client._writer.links)):
-        assert _time.monotonic() < deadline, "the client's threads never went quiet"
-        _time.sleep(0.01)
+    quiet(client)  # see QUIET_FORK
     # libc's fork() through ctypes: none of Python's at-fork hooks run in the child.
     # PyDLL keeps the GIL across the call, so the child starts holding it.
     pid = ctypes.PyDLL(None).fork()
@@ -278,16 +269,14 @@ def test_a_fork_that_skips_the_at_fork_hooks_is_caught_by_a_pid_check(fluent_ser
     assert result.stamp("REAPED") - result.stamp("EXITING") <= 1.0 + 0.5, result.describe()
 
 
-FIRST_POST_AFTER_RAW_FORK = """
+FIRST_POST_AFTER_RAW_FORK = QUIET_FORK + """
 import ctypes, os
 from fluentclient import BufferedClient
 
 client = BufferedClient("127.0.0.1", P["port"], at_exit=False)
 client.post("raw.parent", {"i": 0})  # threads started
-deadline = _time.monotonic() + 10
-while not client._reader.idle:  # fork while the reader sleeps (see RAW_FORK)
-    assert _time.monotonic() < deadline, "the reader never went idle"
-    _time.sleep(0.01)
+assert client.flush(10)
+quiet(client)  # see QUIET_FORK
 parent_state = client._life
 pid = ctypes.PyDLL(None).fork()
 if pid == 0:
