@@ -24,7 +24,6 @@ import logging
 import logging.handlers
 import socket
 import sys
-import threading
 import time
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
@@ -39,6 +38,7 @@ from ._convert import (
     text,
 )
 from ._lifetime import _exit, _process
+from ._lifetime._fork_safe import ForkSafeLock
 from ._trace import current_ids, put_ids
 from .client import BufferedClient, SyncClient
 from .errors import BufferFullError, ClientClosedError, FluentError
@@ -299,7 +299,7 @@ class FluentHandler(logging.Handler):
         self.report: ShutdownReport | None = None
         self._tags: dict[str, str] = {}
         self._closed = False
-        self._close_lock = threading.Lock()
+        self._close_lock = ForkSafeLock()
         self._plain = FluentFormatter()
         self.client, self._owns_client = client_of(
             "handler", client, host=host, port=port, unix_path=unix_path,
@@ -519,7 +519,7 @@ def _queues_to_fluent(handler: logging.Handler) -> bool:
     return bool(targets) and all(isinstance(h, FluentHandler) for h in targets)
 
 
-_watch_lock = threading.Lock()
+_watch_lock = ForkSafeLock()
 _own_checked = False
 
 

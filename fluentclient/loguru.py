@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime
 import logging
 import re
-import threading
 import time
 from typing import Any, Callable
 
@@ -46,6 +45,7 @@ from ._convert import (
     text,
 )
 from ._lifetime import _exit, _process
+from ._lifetime._fork_safe import ForkSafeLock
 from ._trace import SPAN_ID, TRACE_ID, current_ids, put_ids
 from .errors import FluentError
 from .handler import _TAG_CACHE, Client, FieldMap, client_of
@@ -303,7 +303,7 @@ class FluentSink:
         self._tags: dict[str, str] = {}
         self._fallback_tag = tag_from_name(_FALLBACK_NAME, self.tag_prefix)
         self._stopped = False
-        self._stop_lock = threading.Lock()
+        self._stop_lock = ForkSafeLock()
         self.client, self._owns_client = client_of(
             "sink", client, host=host, port=port, unix_path=unix_path,
             buffer_overflow_handler=buffer_overflow_handler, close_timeout=close_timeout,

@@ -16,11 +16,11 @@ module: prometheus_client is needed only by those who use it.
 from __future__ import annotations
 
 import re
-import threading
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
+from ._lifetime._fork_safe import ForkSafeLock
 from .errors import ConfigurationError
 from .stats import (
     DROP_BUFFER_FULL,
@@ -115,7 +115,7 @@ class StatsCollector:
                                      variable="prefix")
         _check_label_names(label_names)
         self.prefix = prefix
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
         self._clients: list[tuple[HasStats, dict[str, str]]] = []
 
     @property
@@ -230,7 +230,7 @@ def _add(family: Metric, labels: dict[str, str], value: float) -> None:
 _collectors: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, StatsCollector]] = (
     weakref.WeakKeyDictionary()
 )
-_collectors_lock = threading.Lock()
+_collectors_lock = ForkSafeLock()
 
 
 def register(

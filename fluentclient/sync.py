@@ -339,6 +339,10 @@ class SyncClient(Client):
                     link.failed(str(exc), error=exc)
                     break
                 sender.wrote(link, 1)
+                if self._single is None:
+                    # Bytes per unit of weight: the least loaded server takes the next
+                    # call, so that over time each gets its weight's share.
+                    link.load += len(data) / link.server.weight
                 if self._idle_limit is not None:
                     link.used_at = _monotonic()
                 if chunk is not None:

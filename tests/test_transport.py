@@ -11,6 +11,7 @@ from fluentclient import BufferedClient, Buffering, RecordRules, Server, SyncCli
 from fluentclient.server import ForwardServer
 
 from .conftest import FAST_BACKOFF
+from .waiting import wait_until
 
 
 def test_gzip_frames_arrive_whole(fluent_server):
@@ -69,6 +70,16 @@ def test_records_are_spread_over_servers_by_weight():
         assert 2.0 < b.event_count / a.event_count < 4.5
         states = {s.address: s for s in client.stats().servers}
         assert set(states) == {f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"}
+
+
+def test_a_sync_client_spreads_its_calls_over_servers_by_weight():
+    with ForwardServer() as a, ForwardServer() as b:
+        with SyncClient(servers=servers_for(a, b, weights=(30, 90))) as client:
+            for i in range(400):
+                client.post("lb.sync", {"i": i, "pad": "w" * 40})
+        assert wait_until(lambda: a.event_count + b.event_count == 400)
+        # One record per call, equal sizes: 1:3 exactly, give or take the first calls.
+        assert 90 <= a.event_count <= 110, (a.event_count, b.event_count)
 
 
 def test_failover_to_the_healthy_server_and_rejoin():

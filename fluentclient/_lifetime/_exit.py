@@ -28,6 +28,7 @@ from .._threads import leave_signals_to_others
 from .._words import count
 from ..stats import ShutdownReport
 from ._clients import Drainable, drained_at_exit
+from ._fork_safe import ForkSafeLock
 
 log = logging.getLogger("fluentclient")
 
@@ -46,7 +47,7 @@ class _State:
     """The drain under way on this process's main thread, if any (signal handlers read it)."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = ForkSafeLock()
         #: The main thread waits in drain_all(): an interrupt may be raised into it.
         self.waiting = False
         #: A drain is under way (on any thread).

@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional, Protocol, Union
 from .._words import count
 from ..stats import ShutdownReport
 from . import _sigterm
+from ._fork_safe import ForkSafeLock
 
 log = logging.getLogger("fluentclient")
 
@@ -66,7 +67,7 @@ class SignalShutdown:
         self.reports: list[ShutdownReport] = []
         self.fired = False
         self._previous: dict[int, _Handler] = {}
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
 
     def _install(self) -> None:
         try:

@@ -28,12 +28,13 @@ import threading
 from types import FrameType
 
 from . import _exit
+from ._fork_safe import ForkSafeLock
 
 log = logging.getLogger("fluentclient")
 
 ENV = "FLUENTCLIENT_NO_SIGNAL_HANDLER"
 
-_lock = threading.Lock()
+_lock = ForkSafeLock()
 _decided = False
 # A SIGTERM cut an at-exit drain short: once the summary is written, the process ends by
 # the signal, as it would have without us.
