@@ -49,7 +49,8 @@ _atexit.register(lambda: stamp("AT_EXIT_DONE"))
 # child inherits the GIL's mutex and condition variable as they were, and a thread of the
 # parent queued on them (waking from a timed wait, say) can leave the child waiting
 # forever or crashing. No client can prevent that: a program that forks this way must do
-# it while its other threads sleep, and so do these children. ``quiet(client)`` waits
+# it while its other threads sleep, and so do these children: ``park_threads()`` ends
+# the client's threads as Python's before-fork hook would. ``quiet(client)`` waits
 # until the client's threads sit in their long waits: the reader idle, the writer with
 # nothing in flight and no answer owed (otherwise it looks every few milliseconds).
 # ``blocked_in_read(tid, fd)`` is true once a thread (its native id) is blocked reading
@@ -62,6 +63,19 @@ def quiet(client, timeout=10):
                and not writer.settling()):
         assert _time.monotonic() < deadline, "the client's threads never went quiet"
         _time.sleep(0.01)
+
+def park_threads():
+    # What Python's before-fork hook does: the client's threads end, to be started again
+    # by resume_threads() (in the parent, after the fork). Even asleep in a timed wait, a
+    # thread wakes now and then and queues for the GIL; parked, it is not there at all.
+    from fluentclient._lifetime import _process
+    _process._park_all()
+    assert not any(t.name.startswith("fluentclient-") and t.is_alive()
+                   for t in __import__("threading").enumerate()), "a thread did not park"
+
+def resume_threads():
+    from fluentclient._lifetime import _process
+    _process._resume_all()
 
 _READ_SYSCALLS = {"0", "63"}  # read(2) on x86_64 and on aarch64
 

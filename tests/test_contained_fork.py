@@ -157,7 +157,9 @@ def main():
     for i in range(P["n"]):
         client.post("held.parent", {"i": i, "pad": "p" * 2048})
     assert client.flush(10)
-    quiet(client)  # a raw fork skips CPython's own repair of the GIL: see QUIET_FORK
+    quiet(client)
+    if P["raw"]:
+        park_threads()  # a raw fork skips CPython's own repair of the GIL: see QUIET_FORK
     held, (release, let_go) = [], os.pipe()
     threading.Thread(target=hold_locks, args=(held, release), daemon=True).start()
     deadline = _time.monotonic() + 10
@@ -178,6 +180,8 @@ def main():
             os._exit(code)
     code, took = reap(pid, P["deadline"])
     os.write(let_go, b"x")
+    if P["raw"]:
+        resume_threads()
     stamp("CHILD", code)
     report = client.shutdown(10)
     stamp("PARENT", report.sent)

@@ -220,7 +220,8 @@ def main():
     for i in range(P["n"]):
         client.post("raw.parent", {"i": i})
     assert client.flush(5)  # connected, threads running
-    quiet(client)  # see QUIET_FORK
+    quiet(client)
+    park_threads()  # see QUIET_FORK
     # libc's fork() through ctypes: none of Python's at-fork hooks run in the child.
     # PyDLL keeps the GIL across the call, so the child starts holding it.
     pid = ctypes.PyDLL(None).fork()
@@ -233,6 +234,7 @@ def main():
             client.post("raw.child", {"i": i})
         stamp("EXITING")
         return
+    resume_threads()
     for i in range(P["n"], 2 * P["n"]):
         client.post("raw.parent", {"i": i})
     assert client.flush(5)
@@ -276,7 +278,8 @@ from fluentclient import BufferedClient
 client = BufferedClient("127.0.0.1", P["port"], at_exit=False)
 client.post("raw.parent", {"i": 0})  # threads started
 assert client.flush(10)
-quiet(client)  # see QUIET_FORK
+quiet(client)
+park_threads()  # see QUIET_FORK
 parent_state = client._life
 pid = ctypes.PyDLL(None).fork()
 if pid == 0:
@@ -284,6 +287,7 @@ if pid == 0:
     # not queue the record into the parent's state, whose reader does not exist here.
     client.post("raw.parent", {"i": 1})
     os._exit(0 if client._pid == os.getpid() and client._life is not parent_state else 3)
+resume_threads()
 _, status = os.waitpid(pid, 0)
 stamp("CHILD", os.waitstatus_to_exitcode(status))
 client.close()
