@@ -214,7 +214,7 @@ class Admission:
         while verdict.act is not Act.ADMIT:
             if verdict.act is Act.EVICT:
                 if self._evict_for(verdict.nbytes, head):
-                    # The room made is this record's, even if something took it since:
+                    # The room is this record's, even if something took it since:
                     # a record posted by on_error as it heard of the eviction, or a batch
                     # the reader had in hand (in neither the queue nor the buffer, so not
                     # counted). The reader evicts for those in turn, the oldest first.
@@ -236,11 +236,14 @@ class Admission:
 
     def _evict_for(self, nbytes: float, head: QueueHead) -> bool:
         """Evict the oldest records, buffered then queued, about ``nbytes`` and whatever
-        is over the limit; whether any was."""
+        is over the limit; whether the record has room now (made, or found: the reader
+        took the queue into its hands, or the writer freed some, since post() looked)."""
         buf, mean = self._buffer, self.mean_entry
         with buf.lock:
             over = buf.held_bytes + len(self._queue) * mean + nbytes - buf.limit
-            evicted = buf.evict_locked(int(over) + 1) if over > 0 else []
+            if over <= 0:
+                return True
+            evicted = buf.evict_locked(int(over) + 1)
             over -= sum(frame.entry_bytes for frame in evicted)
         if evicted:
             self.evicted(evicted)
@@ -253,7 +256,9 @@ class Admission:
                 for msg in queued:
                     self._reporter.fail(DROP_EVICTED, err, msg)
                 return True
-        return bool(evicted)
+        # Nothing left to evict: the reader has the queue in hand, where it evicts for
+        # its batch itself; only frames on the wire filling the buffer leave no room.
+        return bool(evicted) or buf.held_bytes - buf.pending_bytes + nbytes <= buf.limit
 
     def _wait_for_room(self, deadline: float) -> None:
         # Woken by every release and by the reader while we wait; the step covers room
