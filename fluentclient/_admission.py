@@ -130,6 +130,7 @@ class Admission:
         # record still in the queue is charged against the buffer limit, so that post()
         # never serializes anything itself.
         self.mean_entry = 256.0
+        self._batches = 0
         # The client's own threads make the room: a post from one of them (a log handler
         # in a callback) must never wait for it.
         self.own_thread = own_thread
@@ -158,8 +159,15 @@ class Admission:
         self.room = max(0, min(self.queue_limit, int(free)))
 
     def learn(self, mean: float) -> None:
-        """The mean size of the entries in a batch the reader just packed."""
-        self.mean_entry = 0.9 * self.mean_entry + 0.1 * mean
+        """The mean size of the entries in a batch the reader just packed.
+
+        The first batches count as much as each other (a plain average), so that the
+        guess of 256 bytes is gone after the first: a guess too large refuses or evicts
+        records that would have fit. Then each batch counts a tenth, following a change.
+        """
+        self._batches += 1
+        weight = max(0.1, 1.0 / self._batches)
+        self.mean_entry += weight * (mean - self.mean_entry)
 
     @property
     def keeps_rejected(self) -> bool:

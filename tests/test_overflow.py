@@ -111,6 +111,25 @@ def test_drop_oldest_evicts_while_the_writer_waits_on_a_connect(fluent_server):
     assert got == list(range(n - len(got), n))
 
 
+def test_a_burst_of_small_records_that_fits_is_not_refused(fluent_server):
+    # post() charges each record still queued at the mean entry size the reader has seen,
+    # a guess of 256 bytes before the first batch. Once one 100-byte record is packed, a
+    # burst of 150 such records (15 KiB) fits a 16 KiB buffer, however far the reader
+    # lags: none is refused. (Charged at 240 bytes, as when the first batch counted a
+    # tenth, the 68th record still queued would be.)
+    fluent_server.refuse()
+    client = client_for(fluent_server, buffering=Buffering(limit=16 * 1024))
+    try:
+        assert client.post("t", {"i": -1, "pad": PAD}, sync_append=True)
+        taken = [client.post("t", {"i": i, "pad": PAD}) for i in range(150)]
+        assert all(taken), taken.index(False)
+        assert wait_until(lambda: client.stats().buffered == 151)
+        assert not client.stats().dropped
+    finally:
+        fluent_server.refuse(False)
+        client.close()
+
+
 def test_drop_newest_is_the_default_and_keeps_the_oldest(fluent_server):
     fluent_server.refuse()
     n = 5000
