@@ -13,7 +13,8 @@ what a failed connection costs, are other units' jobs:
   as possibly lost; _connect_notes.py: what is said about connecting.
 
 The loop fits on a screen: tend the links (read acks, confirm, settle, close idle ones),
-wait for work, write. Socket I/O never happens with the buffer's lock held.
+wait for work, write. Socket I/O never happens with the buffer's lock held, and no frame
+is taken from the buffer before a connection is up to write it on.
 """
 
 from __future__ import annotations
