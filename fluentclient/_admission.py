@@ -294,6 +294,14 @@ class Admission:
 
     # -- the reader's questions, for a batch already packed ------------------------------
 
+    def over_room_locked(self, incoming: int) -> int:
+        """drop_oldest: the bytes of an incoming batch beyond the room the buffer has left
+        once :meth:`make_room_locked` evicted what it could; those of its own oldest
+        records go too. 0 under any other policy, whose buffer refuses what does not fit."""
+        if self.policy != "drop_oldest":
+            return 0
+        return max(0, incoming - (self._buffer.limit - self._buffer.held_bytes))
+
     def make_room_locked(self, incoming: int) -> list[Frame]:
         """The oldest frames evicted so that ``incoming`` bytes can join the buffer
         (drop_oldest only; otherwise the buffer refuses what does not fit). Called with
@@ -318,11 +326,11 @@ class Admission:
         return fits
 
 
-def oldest_to_cut(entries: Sequence[bytes], over: int) -> int:
-    """How many of the first (oldest) entries to drop so that ``over`` bytes fewer remain:
-    drop_oldest, for a batch bigger than the room the buffer has left."""
-    cut = 0
-    while cut < len(entries) and over > 0:
-        over -= len(entries[cut])
+def oldest_to_cut(entries: Sequence[bytes], over: int) -> tuple[int, int]:
+    """How many of the first (oldest) entries to drop so that ``over`` bytes fewer remain,
+    and their bytes: drop_oldest, for a batch bigger than the room the buffer has left."""
+    cut = dropped = 0
+    while cut < len(entries) and dropped < over:
+        dropped += len(entries[cut])
         cut += 1
-    return cut
+    return cut, dropped

@@ -68,10 +68,11 @@ def park_threads():
     # What Python's before-fork hook does: the client's threads end, to be started again
     # by resume_threads() (in the parent, after the fork). Even asleep in a timed wait, a
     # thread wakes now and then and queues for the GIL; parked, it is not there at all.
+    import threading
     from fluentclient._lifetime import _process
     _process._park_all()
     assert not any(t.name.startswith("fluentclient-") and t.is_alive()
-                   for t in __import__("threading").enumerate()), "a thread did not park"
+                   for t in threading.enumerate()), "a thread did not park"
 
 def resume_threads():
     from fluentclient._lifetime import _process

@@ -42,9 +42,6 @@ class ForkSafeLock:
     ) -> None:
         self._lock.release()
 
-    def locked(self) -> bool:
-        return self._lock.locked()
-
 
 def _renew_in_child() -> None:
     # The child runs one thread: nothing can take or release these meanwhile.

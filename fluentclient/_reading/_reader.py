@@ -421,14 +421,14 @@ class Reader:
         with buf.lock:
             before = buf.pending_bytes
             evicted = self._admission.make_room_locked(size)
-            over = size - (buf.limit - buf.held_bytes)
-            if over > 0 and not spooled and self._admission.policy == "drop_oldest":
+            over = 0 if spooled else self._admission.over_room_locked(size)
+            if over:
                 # The batch alone is more than the room left: the oldest of its own
                 # records go too, rather than the newest being refused.
                 every = packed.entries() if isinstance(packed, PackedRun) else packed
-                cut = oldest_to_cut(every, over)
+                cut, dropped = oldest_to_cut(every, over)
                 oldest, kept, packed = kept[:cut], kept[cut:], every[cut:]
-                run, size = None, size - sum(map(len, every[:cut]))
+                run, size = None, size - dropped
             # A run whose records nobody awaits an ack for can go in whole (the packer
             # noted whether any does).
             whole = run if run is not None and not run.deliveries else None
