@@ -378,7 +378,9 @@ class Writer:
         with self._buffer.changed:
             # A fork cuts it short too: the thread parks, and tries again once resumed.
             while not self._life.abandoned and not self._parking.requested:
-                remaining = deadline - time.monotonic()
+                # A shutdown that began during the pause sets a deadline of its own.
+                remaining = deadline_within(self._life, deadline - time.monotonic()) \
+                    - time.monotonic()
                 if remaining <= 0:
                     break
                 self._buffer.changed.wait(remaining)
